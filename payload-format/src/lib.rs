@@ -1,0 +1,59 @@
+//! The ferry installer file format.
+//!
+//! An installer is one file laid out as
+//!
+//! ```text
+//! [stub][padding][entries…][index][signature][trailer]
+//! ```
+//!
+//! * the **stub** is the static `ferry-stub` executable, so the file runs as `./installer`;
+//! * **entries** start on 4 KiB boundaries and are stored either raw (already-compressed data such
+//!   as image layers, servable as a plain slice of the file) or as independent zstd frames;
+//! * the **index** lists every entry and carries the SHA-256 of the stub and of every fixed-size
+//!   chunk of the data region, so verification runs on all cores and a receiver can check a
+//!   stream chunk by chunk;
+//! * the **signature** is ed25519 over the trailer, which carries the index digest;
+//! * the fixed-size **trailer** sits at the very end so a reader finds everything from the file
+//!   length alone, without scanning for magic bytes.
+//!
+//! `docs/format.md` in the repository describes every byte. This crate is pure: it reads and
+//! writes files and never prints.
+#![deny(missing_docs)]
+
+mod error;
+mod extract;
+mod index;
+mod keys;
+mod reader;
+mod trailer;
+mod writer;
+
+pub use error::{Error, Result};
+pub use extract::{ExtractOptions, ExtractSummary};
+pub use index::{BundleMetadata, Compression, Entry, EntryKind, Index};
+pub use keys::{PublicKey, SecretKey, TrustPolicy, SignatureStatus};
+pub use reader::Payload;
+pub use trailer::{Trailer, FORMAT_VERSION, TRAILER_LEN, TRAILER_MAGIC};
+pub use writer::{PayloadWriter, WriteSummary, WriterOptions};
+
+/// Entries (and the data region) start on multiples of this many bytes.
+pub const ALIGN: u64 = 4096;
+
+/// Size of one hashed chunk of the data region, unless the writer chooses otherwise.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+
+/// Uncompressed bytes per zstd frame, unless the writer chooses otherwise.
+pub const DEFAULT_FRAME_SIZE: u32 = 2 << 20;
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
+}
+
+pub(crate) fn align_up(value: u64) -> u64 {
+    value.div_ceil(ALIGN) * ALIGN
+}
