@@ -1,0 +1,4 @@
+//! `ferry`: the packer.
+fn main() -> std::process::ExitCode {
+    ferry_packer::main()
+}

@@ -1,0 +1,202 @@
+//! `bundle.yaml`: the bundle spec, Kubernetes-style. Unknown fields are errors naming the field
+//! and its line; every path is resolved against the spec's directory and may not escape it.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::path::{Component, Path, PathBuf};
+
+/// The only `apiVersion` this packer reads.
+pub const API_VERSION: &str = "ferry.dev/v1alpha1";
+
+/// A parsed `bundle.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BundleFile {
+    /// Must be [`API_VERSION`].
+    pub api_version: String,
+    /// Must be `Bundle`.
+    pub kind: String,
+    /// Name and version.
+    pub metadata: Metadata,
+    /// What the bundle carries.
+    pub spec: Spec,
+}
+
+/// `metadata`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Bundle name.
+    pub name: String,
+    /// Bundle version.
+    pub version: String,
+}
+
+/// `spec`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    /// Kubernetes version.
+    pub kubernetes: Kubernetes,
+    /// Directory trees laid onto each node's filesystem root.
+    #[serde(default)]
+    pub rootfs: Vec<PathItem>,
+    /// YAML files or directories carried for the apply step.
+    #[serde(default)]
+    pub manifests: Vec<PathItem>,
+    /// Helm chart directories or `.tgz` files, carried as-is.
+    #[serde(default)]
+    pub charts: Vec<PathItem>,
+    /// Extra files placed at `dest` on the nodes.
+    #[serde(default)]
+    pub files: Vec<FileItem>,
+}
+
+/// `spec.kubernetes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// For example `v1.33.4`.
+    pub version: String,
+}
+
+/// `{path: …}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathItem {
+    /// Relative to the spec's directory.
+    pub path: String,
+}
+
+/// `{path: …, dest: …}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileItem {
+    /// Relative to the spec's directory.
+    pub path: String,
+    /// Absolute destination on the nodes.
+    pub dest: String,
+}
+
+/// A spec with its location, ready to resolve paths.
+#[derive(Debug)]
+pub struct Bundle {
+    /// The spec file.
+    pub file: PathBuf,
+    /// Canonical directory of the spec file.
+    pub dir: PathBuf,
+    /// The parsed spec.
+    pub spec: BundleFile,
+}
+
+impl Bundle {
+    /// Reads and checks a spec file.
+    pub fn load(path: &Path) -> Result<Bundle> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading bundle spec {}", path.display()))?;
+        let spec: BundleFile =
+            serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .canonicalize()
+            .with_context(|| format!("resolving the directory of {}", path.display()))?;
+        let bundle = Bundle { file: path.to_path_buf(), dir, spec };
+        bundle.check()?;
+        Ok(bundle)
+    }
+
+    fn check(&self) -> Result<()> {
+        let s = &self.spec;
+        let f = self.file.display();
+        if s.api_version != API_VERSION {
+            bail!("{f}: apiVersion is `{}`; this ferry reads `{API_VERSION}`", s.api_version);
+        }
+        if s.kind != "Bundle" {
+            bail!("{f}: kind is `{}`; expected `Bundle`", s.kind);
+        }
+        let name_ok = !s.metadata.name.is_empty()
+            && s.metadata.name.len() <= 63
+            && s.metadata.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !name_ok {
+            bail!("{f}: metadata.name `{}` must be 1-63 lowercase letters, digits, `-` or `.`", s.metadata.name);
+        }
+        if s.metadata.version.trim().is_empty() {
+            bail!("{f}: metadata.version is empty");
+        }
+        if parse_kubernetes_version(&s.spec.kubernetes.version).is_none() {
+            bail!("{f}: spec.kubernetes.version `{}` is not of the form vMAJOR.MINOR.PATCH", s.spec.kubernetes.version);
+        }
+        for item in &s.spec.files {
+            let d = Path::new(&item.dest);
+            if !d.is_absolute() || d.components().any(|c| matches!(c, Component::ParentDir)) || item.dest.ends_with('/') {
+                bail!("{f}: spec.files dest `{}` must be an absolute file path without `..`", item.dest);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves `rel` (from field `field`) against the spec directory, refusing paths that do
+    /// not exist or that lead outside it.
+    pub fn resolve(&self, field: &str, rel: &str) -> Result<PathBuf> {
+        let f = self.file.display();
+        if Path::new(rel).is_absolute() {
+            bail!("{f}: {field} `{rel}` must be relative to the spec's directory");
+        }
+        let joined = self.dir.join(rel);
+        let real = joined
+            .canonicalize()
+            .with_context(|| format!("{f}: {field} `{rel}` does not exist ({})", joined.display()))?;
+        if !real.starts_with(&self.dir) {
+            bail!("{f}: {field} `{rel}` escapes the spec's directory {} (it resolves to {})", self.dir.display(), real.display());
+        }
+        Ok(real)
+    }
+}
+
+/// `vX.Y.Z` → (X, Y, Z).
+pub fn parse_kubernetes_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = v.strip_prefix('v')?.splitn(3, '.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next()?.parse().ok()?;
+    Some((major, minor, patch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Bundle> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bundle.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        let b = Bundle::load(&p);
+        drop(dir);
+        b
+    }
+
+    const GOOD: &str = "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata:\n  name: demo\n  version: 0.1.0\nspec:\n  kubernetes:\n    version: v1.33.4\n  rootfs:\n    - path: rootfs\n  manifests: []\n  charts: []\n  files: []\n";
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let b = load(GOOD).unwrap();
+        assert_eq!(b.spec.metadata.name, "demo");
+        assert_eq!(b.spec.spec.rootfs[0].path, "rootfs");
+    }
+
+    #[test]
+    fn unknown_field_names_field_and_line() {
+        let yaml = GOOD.replace("  charts: []\n", "  charts: []\n  chartz: []\n");
+        let err = format!("{:#}", load(&yaml).unwrap_err());
+        assert!(err.contains("chartz"), "{err}");
+        assert!(err.contains("line 13") || err.contains("13:"), "{err}");
+    }
+
+    #[test]
+    fn bad_versions_and_kinds_are_named() {
+        assert!(format!("{:#}", load(&GOOD.replace("v1.33.4", "1.33")).unwrap_err()).contains("spec.kubernetes.version"));
+        assert!(format!("{:#}", load(&GOOD.replace("kind: Bundle", "kind: Pod")).unwrap_err()).contains("kind"));
+    }
+}
