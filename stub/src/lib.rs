@@ -8,6 +8,7 @@ pub mod cli;
 pub mod extract;
 pub mod inspect;
 pub mod printer;
+pub mod registry;
 pub mod trust;
 pub mod units;
 pub mod verify;
@@ -29,6 +30,8 @@ pub fn main() -> ExitCode {
         cli::Command::Verify(args) => verify::run(&own_file, &args, &printer),
         cli::Command::Inspect(args) => inspect::run(&own_file, &args, &printer),
         cli::Command::Extract(args) => extract::run(&own_file, &args, &printer),
+        cli::Command::Registry(cli::RegistryCommand::Serve(args)) => registry::serve(&args, &printer),
+        cli::Command::Registry(cli::RegistryCommand::Config(args)) => registry::config(&args, &printer),
     };
     finish(result, &printer)
 }

@@ -1,0 +1,318 @@
+//! `registry config`: the node files that point containerd at the built-in registry.
+//!
+//! * `certs.d/<registry>/hosts.toml` for every registry the bundle carries images from, plus
+//!   `certs.d/_default/hosts.toml`. `server` is the built-in registry, never the upstream: when
+//!   `server` is omitted containerd falls back to the image's own registry, which on an air-gapped
+//!   node is a doomed DNS/TLS attempt. Each endpoint (replicas, in the order given) is a
+//!   `[host."URL"]` table with pull and resolve capabilities; containerd tries them in file order,
+//!   then `server`. Per-registry copies exist because `_default` is only read when no
+//!   registry-specific directory exists (and containerd before 1.6.17 has no `_default`).
+//! * `config.toml` for containerd 1.7 (config version 2) or 2.x (version 3) with `config_path`,
+//!   `SystemdCgroup = true` (kubeadm's kubelets use the systemd cgroup driver) and the sandbox
+//!   image pinned to the pause image kubeadm expects for the bundle's Kubernetes version (the
+//!   kubelet flag for it is gone since 1.35; containerd's setting is the only one that counts).
+//!
+//! Every file is written atomically (temporary name, fsync, rename).
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The pause image kubeadm expects, by Kubernetes minor version: kubeadm's `PauseVersion` in
+/// `cmd/kubeadm/app/constants/constants.go` (3.10 in 1.31–1.33; 3.10.1 from 1.34, see
+/// ../shared/notes/k8s-offline.md §3.3). Extend it when a new minor is supported.
+const PAUSE_BY_MINOR: &[(u32, u32, &str)] = &[(31, 33, "registry.k8s.io/pause:3.10"), (34, 37, "registry.k8s.io/pause:3.10.1")];
+
+/// The pause image kubeadm uses for Kubernetes `version` (`v1.33.4`, `1.33`, …).
+pub fn kubeadm_pause_image(version: &str) -> Result<&'static str> {
+    let v = version.trim().trim_start_matches('v');
+    let mut parts = v.split('.');
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()).and_then(|p| p.parse::<u32>().ok());
+    let known = format!(
+        "v1.{}–v1.{}",
+        PAUSE_BY_MINOR.first().map(|r| r.0).unwrap_or(0),
+        PAUSE_BY_MINOR.last().map(|r| r.1).unwrap_or(0)
+    );
+    let (Some(1), Some(minor)) = (major, minor) else {
+        bail!("Kubernetes version `{version}` is not of the form v1.MINOR.PATCH; pass --sandbox-image to name the pause image");
+    };
+    PAUSE_BY_MINOR.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&minor)).map(|r| r.2).ok_or_else(|| {
+        anyhow::anyhow!(
+            "ferry does not know which pause image kubeadm v1.{minor} expects (it knows {known}); \
+             pass --sandbox-image registry.k8s.io/pause:<version> as listed by `kubeadm config images list`"
+        )
+    })
+}
+
+/// containerd major line the config.toml is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Containerd {
+    /// containerd 1.7 (and 1.6): config version 2, `io.containerd.grpc.v1.cri`.
+    V1_7,
+    /// containerd 2.x: config version 3, `io.containerd.cri.v1.images` / `.runtime`.
+    V2,
+}
+
+impl std::str::FromStr for Containerd {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "1.7" | "1.6" | "1" => Ok(Containerd::V1_7),
+            "2" | "2.0" | "2.1" | "2.2" | "2.x" => Ok(Containerd::V2),
+            _ => Err(format!("containerd version `{s}` is not supported: use 1.7 or 2")),
+        }
+    }
+}
+
+/// Everything the generated files depend on.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    /// Built-in registry URLs, first is `server`; all are `[host]` tables in this order.
+    pub endpoints: Vec<String>,
+    /// Registries in the bundle (normalised, e.g. `docker.io`).
+    pub registries: BTreeSet<String>,
+    /// Which config.toml dialect.
+    pub containerd: Containerd,
+    /// Where certs.d will live on the node.
+    pub config_path: String,
+    /// The pause image to pin.
+    pub sandbox_image: String,
+    /// `name version` of the bundle, for the header comment.
+    pub bundle: String,
+}
+
+/// Checks an endpoint URL: http or https, a host with optional port, no path, query or userinfo.
+pub fn check_endpoint(url: &str) -> Result<String> {
+    let url = url.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| anyhow::anyhow!("endpoint `{url}` must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', '"', '\\', ' ']) {
+        bail!("endpoint `{url}` must be a scheme and host[:port] only, e.g. http://10.0.0.10:5000 (containerd appends /v2 itself)");
+    }
+    Ok(url.to_string())
+}
+
+/// containerd's directory name for a registry host (`host:port` stays as is on Linux).
+fn host_dir(registry: &str) -> Result<&str> {
+    if registry.is_empty() || registry.starts_with('.') || registry.contains(['/', '\\', '\0']) || registry == "_default" {
+        bail!("registry `{registry}` in the bundle's image list is not a host name");
+    }
+    Ok(registry)
+}
+
+/// Renders every file as (path relative to --out, contents).
+pub fn render(inputs: &Inputs) -> Result<Vec<(PathBuf, String)>> {
+    if inputs.endpoints.is_empty() {
+        bail!("give at least one --endpoint URL of the built-in registry");
+    }
+    let mut files = Vec::new();
+    for registry in &inputs.registries {
+        let dir = host_dir(registry)?;
+        let what = format!("{registry} images");
+        files.push((Path::new("certs.d").join(dir).join("hosts.toml"), hosts_toml(inputs, &what)));
+    }
+    files.push((PathBuf::from("certs.d/_default/hosts.toml"), hosts_toml(inputs, "images of every other registry")));
+    files.push((PathBuf::from("config.toml"), config_toml(inputs)));
+    Ok(files)
+}
+
+fn hosts_toml(inputs: &Inputs, what: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Written by `installer registry config` for bundle {}.", inputs.bundle);
+    let _ = writeln!(s, "# Pulls of {what} go to the installer's built-in registry, never upstream:");
+    let _ = writeln!(s, "# `server` is the built-in registry too, so a miss fails fast on an air-gapped node.");
+    let _ = writeln!(s, "server = {}", toml_str(&inputs.endpoints[0]));
+    for e in &inputs.endpoints {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "[host.{}]", toml_str(e));
+        let _ = writeln!(s, "  capabilities = [\"pull\", \"resolve\"]");
+    }
+    s
+}
+
+fn config_toml(inputs: &Inputs) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Written by `installer registry config` for bundle {}.", inputs.bundle);
+    let sandbox = toml_str(&inputs.sandbox_image);
+    let path = toml_str(&inputs.config_path);
+    match inputs.containerd {
+        Containerd::V1_7 => {
+            let _ = write!(
+                s,
+                r#"# containerd 1.7 (config version 2). Registry mirrors live in hosts.toml files under
+# config_path; never add the legacy `registry.mirrors` table (containerd refuses both).
+version = 2
+
+[plugins."io.containerd.grpc.v1.cri"]
+  # The pause image kubeadm expects for this Kubernetes version; the bundle carries it.
+  sandbox_image = {sandbox}
+
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = {path}
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  # kubeadm configures the kubelet for the systemd cgroup driver; containerd must match.
+  SystemdCgroup = true
+"#
+            );
+        }
+        Containerd::V2 => {
+            let _ = write!(
+                s,
+                r#"# containerd 2.x (config version 3). Registry mirrors live in hosts.toml files under
+# config_path; never add the legacy `registry.mirrors` table (containerd refuses both).
+version = 3
+
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  # The pause image kubeadm expects for this Kubernetes version; the bundle carries it.
+  sandbox = {sandbox}
+
+[plugins."io.containerd.cri.v1.images".registry]
+  config_path = {path}
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+  # kubeadm configures the kubelet for the systemd cgroup driver; containerd must match.
+  SystemdCgroup = true
+"#
+            );
+        }
+    }
+    s
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory, flushed to
+/// disk, then renamed over the target, so a reader sees the old file or the new one, never half.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(contents).with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("flushing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(containerd: Containerd, endpoints: &[&str]) -> Inputs {
+        Inputs {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            registries: ["docker.io", "quay.io", "registry.k8s.io", "10.1.2.3:5000"].iter().map(|s| s.to_string()).collect(),
+            containerd,
+            config_path: "/etc/containerd/certs.d".into(),
+            sandbox_image: kubeadm_pause_image("v1.33.4").unwrap().into(),
+            bundle: "demo 1.0.0 (Kubernetes v1.33.4)".into(),
+        }
+    }
+
+    fn snapshot_all(name: &str, inputs: &Inputs) {
+        for (path, text) in render(inputs).unwrap() {
+            let snap = format!("{name}__{}", path.display().to_string().replace(['/', ':'], "_"));
+            insta::assert_snapshot!(snap, text);
+        }
+    }
+
+    #[test]
+    fn containerd_1_7_single_endpoint() {
+        let i = inputs(Containerd::V1_7, &["http://10.0.0.10:5000"]);
+        let files: Vec<String> = render(&i).unwrap().iter().map(|(p, _)| p.display().to_string()).collect();
+        assert_eq!(
+            files,
+            [
+                "certs.d/10.1.2.3:5000/hosts.toml",
+                "certs.d/docker.io/hosts.toml",
+                "certs.d/quay.io/hosts.toml",
+                "certs.d/registry.k8s.io/hosts.toml",
+                "certs.d/_default/hosts.toml",
+                "config.toml"
+            ]
+        );
+        snapshot_all("v1_7", &i);
+    }
+
+    #[test]
+    fn containerd_2_replicas() {
+        let mut i = inputs(Containerd::V2, &["http://10.0.0.10:5000", "http://10.0.0.11:5000"]);
+        i.sandbox_image = kubeadm_pause_image("v1.34.1").unwrap().into();
+        i.registries = ["docker.io".to_string()].into_iter().collect();
+        snapshot_all("v2_replicas", &i);
+    }
+
+    #[test]
+    fn pause_table() {
+        assert_eq!(kubeadm_pause_image("v1.31.0").unwrap(), "registry.k8s.io/pause:3.10");
+        assert_eq!(kubeadm_pause_image("1.33").unwrap(), "registry.k8s.io/pause:3.10");
+        assert_eq!(kubeadm_pause_image("v1.34.1").unwrap(), "registry.k8s.io/pause:3.10.1");
+        assert_eq!(kubeadm_pause_image("v1.37.0-rc.1").unwrap(), "registry.k8s.io/pause:3.10.1");
+        let err = kubeadm_pause_image("v1.29.3").unwrap_err().to_string();
+        assert!(err.contains("v1.29") && err.contains("--sandbox-image"), "{err}");
+        assert!(kubeadm_pause_image("latest").is_err());
+        assert!(kubeadm_pause_image("v2.0.0").is_err());
+    }
+
+    #[test]
+    fn endpoints_are_checked() {
+        assert_eq!(check_endpoint("http://10.0.0.10:5000/").unwrap(), "http://10.0.0.10:5000");
+        assert!(check_endpoint("10.0.0.10:5000").is_err());
+        assert!(check_endpoint("http://10.0.0.10:5000/v2").is_err());
+        assert!(check_endpoint("http://").is_err());
+        assert!(render(&inputs(Containerd::V2, &[])).is_err());
+    }
+
+    #[test]
+    fn strings_escape() {
+        assert_eq!(toml_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000A\"");
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a/b/f.toml");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1, "no temporary file left behind");
+    }
+}

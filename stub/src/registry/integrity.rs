@@ -1,0 +1,228 @@
+//! The memory-mapped installer and the "never serve an unverified byte" rule.
+//!
+//! The whole file is mapped once and wrapped in [`Bytes`], so a response body is an O(1) slice of
+//! the mapping: no per-request copy, and pages are read on demand by the kernel. Before any byte
+//! leaves the process, every payload chunk (the signed index's chunk table, 1 MiB by default)
+//! that the byte range touches is hashed and compared with the index. A chunk is hashed at most
+//! once per process: the outcome is remembered in two atomic bitsets (verified, known bad).
+//!
+//! Concurrent first requests for the same blob do not hash the same chunk twice: chunks are
+//! guarded by striped mutexes, and a thread that finds a chunk's stripe busy moves on to the
+//! next chunk and comes back later, so several requests hash a large layer together.
+
+use bytes::Bytes;
+use payload_format::{Error as FormatError, Payload};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, TryLockError};
+
+/// Number of mutex stripes guarding chunk hashing (a power of two).
+const STRIPES: usize = 64;
+
+/// A verified-on-first-use view of the installer's data region.
+pub struct VerifiedFile {
+    payload: Payload,
+    map: Bytes,
+    verified: Bitset,
+    bad: Bitset,
+    stripes: Vec<Mutex<()>>,
+}
+
+/// A chunk whose bytes do not match the signed index.
+#[derive(Debug, Clone)]
+pub struct CorruptChunk {
+    /// Chunk number.
+    pub chunk: u64,
+    /// The full message (names the file, the byte range and the entry).
+    pub message: String,
+}
+
+impl std::fmt::Display for CorruptChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CorruptChunk {}
+
+impl VerifiedFile {
+    /// Maps the payload's file. The payload's trailer, index and signature must already have
+    /// been checked by the caller; chunk contents are checked here, lazily.
+    pub fn new(payload: Payload) -> anyhow::Result<VerifiedFile> {
+        // SAFETY: the mapping is read-only. If someone truncates or rewrites the installer while
+        // it runs, reads may fault or change; every byte served is hashed against the signed
+        // index first, so changed content is refused rather than served.
+        let map = unsafe { memmap2::Mmap::map(payload.file()) }
+            .map_err(|e| anyhow::anyhow!("mapping {} into memory: {e}", payload.path().display()))?;
+        if (map.len() as u64) != payload.file_len() {
+            anyhow::bail!("{} changed size while being opened", payload.path().display());
+        }
+        let chunks = payload.chunk_count() as usize;
+        Ok(VerifiedFile {
+            map: Bytes::from_owner(map),
+            verified: Bitset::new(chunks),
+            bad: Bitset::new(chunks),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            payload,
+        })
+    }
+
+    /// The opened payload (index, trailer, path).
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
+    /// Bytes `start..end` (absolute file offsets) as a zero-copy slice of the mapping. Callers
+    /// must have called [`VerifiedFile::verify`] (or [`VerifiedFile::is_verified`]) first.
+    pub fn slice(&self, start: u64, end: u64) -> Bytes {
+        self.map.slice(start as usize..end as usize)
+    }
+
+    /// The chunks touched by absolute range `start..end` of the data region.
+    fn chunks_of(&self, start: u64, end: u64) -> std::ops::RangeInclusive<u64> {
+        if start >= end {
+            #[allow(clippy::reversed_empty_ranges)]
+            return 1..=0;
+        }
+        self.payload.chunk_of(start)..=self.payload.chunk_of(end - 1)
+    }
+
+    /// Whether every chunk under `start..end` is already known good (cheap: no hashing).
+    pub fn is_verified(&self, start: u64, end: u64) -> bool {
+        self.chunks_of(start, end).all(|n| self.verified.get(n))
+    }
+
+    /// Checks every chunk under `start..end` against the signed index, hashing those not yet
+    /// checked. Blocking (hashes up to the whole range): call it off the async workers.
+    pub fn verify(&self, start: u64, end: u64) -> Result<(), CorruptChunk> {
+        let range = self.chunks_of(start, end);
+        // First pass: hash every chunk whose stripe is free; skip busy ones, another request is
+        // hashing them (or a neighbour on the same stripe) right now.
+        let mut deferred = Vec::new();
+        for n in range {
+            if self.verified.get(n) {
+                continue;
+            }
+            match self.stripes[n as usize % STRIPES].try_lock() {
+                Ok(_guard) => self.check_locked(n)?,
+                Err(TryLockError::WouldBlock) => deferred.push(n),
+                Err(TryLockError::Poisoned(_)) => self.check_locked(n)?,
+            }
+        }
+        // Second pass: wait for the busy ones; usually they are done by now.
+        for n in deferred {
+            if self.verified.get(n) {
+                continue;
+            }
+            let _guard = self.stripes[n as usize % STRIPES].lock().unwrap_or_else(|p| p.into_inner());
+            self.check_locked(n)?;
+        }
+        Ok(())
+    }
+
+    /// Hashes chunk `n` unless already decided. The caller holds the chunk's stripe.
+    fn check_locked(&self, n: u64) -> Result<(), CorruptChunk> {
+        if self.verified.get(n) {
+            return Ok(());
+        }
+        if self.bad.get(n) {
+            return Err(self.corrupt(n));
+        }
+        let (s, e) = self.payload.chunk_range(n);
+        if self.payload.chunk_matches(n, &self.map[s as usize..e as usize]) {
+            self.verified.set(n);
+            Ok(())
+        } else {
+            self.bad.set(n);
+            Err(self.corrupt(n))
+        }
+    }
+
+    fn corrupt(&self, n: u64) -> CorruptChunk {
+        let err: FormatError = self.payload.chunk_error(n);
+        CorruptChunk { chunk: n, message: err.to_string() }
+    }
+
+    /// Bytes `start..end`, verified. For small reads at startup (manifests).
+    pub fn read(&self, start: u64, end: u64) -> Result<Bytes, CorruptChunk> {
+        self.verify(start, end)?;
+        Ok(self.slice(start, end))
+    }
+
+    /// Number of chunks verified so far (for the shutdown summary).
+    pub fn verified_chunks(&self) -> u64 {
+        self.verified.count()
+    }
+}
+
+/// A fixed-size set of bits that many threads set concurrently.
+struct Bitset(Vec<AtomicU64>);
+
+impl Bitset {
+    fn new(bits: usize) -> Bitset {
+        Bitset((0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+    fn get(&self, n: u64) -> bool {
+        // Acquire pairs with `set`'s Release: whoever sees the bit also sees the check's result.
+        self.0.get((n / 64) as usize).is_some_and(|w| w.load(Ordering::Acquire) & (1 << (n % 64)) != 0)
+    }
+    fn set(&self, n: u64) {
+        if let Some(w) = self.0.get((n / 64) as usize) {
+            w.fetch_or(1 << (n % 64), Ordering::Release);
+        }
+    }
+    fn count(&self) -> u64 {
+        self.0.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as u64).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use payload_format::{BundleMetadata, Compression, PayloadWriter, WriterOptions};
+    use std::io::Write;
+
+    fn build(dir: &std::path::Path, data: &[u8]) -> std::path::PathBuf {
+        let path = dir.join("installer");
+        let file = std::fs::File::create(&path).unwrap();
+        let opts = WriterOptions { chunk_size: 4096, ..Default::default() };
+        let mut w = PayloadWriter::new(file, &path, &mut &b"\x7fELF stub"[..], opts).unwrap();
+        w.add_file("blobs/sha256/aa", 0o644, Compression::Raw, &mut &data[..]).unwrap();
+        w.finish(BundleMetadata::default(), None).unwrap();
+        path
+    }
+
+    #[test]
+    fn verifies_once_and_refuses_corrupt_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let path = build(dir.path(), &data);
+        let vf = VerifiedFile::new(Payload::open(&path).unwrap()).unwrap();
+        let e = vf.payload().index().entry("blobs/sha256/aa").unwrap().clone();
+        assert!(!vf.is_verified(e.offset, e.offset + e.size));
+        assert_eq!(&vf.read(e.offset, e.offset + e.size).unwrap()[..], &data[..]);
+        assert!(vf.is_verified(e.offset, e.offset + e.size));
+        assert_eq!(vf.verified_chunks(), 5);
+
+        // Flip one byte in the third chunk of the entry and reopen.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_at(&[data[9000] ^ 0xff], e.offset + 9000).unwrap();
+        f.flush().unwrap();
+        let vf = VerifiedFile::new(Payload::open(&path).unwrap()).unwrap();
+        assert!(vf.read(e.offset, e.offset + 4096).is_ok(), "chunks before the damage still serve");
+        let err = vf.read(e.offset, e.offset + e.size).unwrap_err();
+        assert_eq!(err.chunk, 2);
+        assert!(err.message.contains("blobs/sha256/aa"), "{err}");
+        // Remembered as bad: still refused, without rehashing.
+        assert!(vf.verify(e.offset + 8192, e.offset + 8193).is_err());
+    }
+
+    #[test]
+    fn empty_ranges_need_no_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = build(dir.path(), b"x");
+        let vf = VerifiedFile::new(Payload::open(&path).unwrap()).unwrap();
+        assert!(vf.verify(5000, 5000).is_ok());
+        assert!(vf.is_verified(5000, 5000));
+    }
+}

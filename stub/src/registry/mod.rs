@@ -1,0 +1,209 @@
+//! The built-in registry: `installer registry serve` and `installer registry config`.
+//!
+//! `serve` answers the pull half of the OCI distribution API straight out of the installer file,
+//! memory-mapped: images keep their original references (keyed by registry and repository, with
+//! containerd's `?ns=`), nothing is imported or unpacked, and no byte leaves the process before
+//! the chunk holding it has been checked against the signed index.
+//!
+//! * [`integrity`] owns the mapping and the per-chunk verification;
+//! * [`store`] owns what can be served: images, repositories and blob reachability;
+//! * [`routes`] owns the HTTP API: parsing, resolution, headers, errors;
+//! * [`access_log`] owns response bodies and the one-line-per-request log;
+//! * [`config`] owns the containerd files `registry config` writes;
+//! * this module owns startup (trust checks, listener, runtime) and shutdown.
+
+pub mod access_log;
+pub mod config;
+pub mod integrity;
+pub mod routes;
+pub mod store;
+
+use crate::cli::{RegistryConfigArgs, RegistryServeArgs, TrustArgs};
+use crate::printer::Printer;
+use crate::trust;
+use crate::verify::open_payload;
+use access_log::{note, LogEntry, ServeBody};
+use anyhow::{Context, Result};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use integrity::VerifiedFile;
+use payload_format::{Payload, SignatureStatus, TrustPolicy};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::Store;
+
+/// Connections served at once; more wait in the kernel's accept queue. Bounds memory: each
+/// connection costs a task and hyper's buffers, never a copy of a blob.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// The state every request shares.
+pub struct Registry {
+    /// The mapped, lazily verified installer.
+    pub file: VerifiedFile,
+    /// What it serves.
+    pub store: Store,
+}
+
+/// Opens the installer and checks what `verify` checks except the full chunk scan: trailer,
+/// index digest, signature against the trust policy, and the installer program's own bytes.
+pub fn open_trusted(path: &Path, trust_args: &TrustArgs, printer: &Printer) -> Result<Payload> {
+    let policy = TrustPolicy { trusted: trust::trusted_keys(&trust_args.keys)?, allow_unsigned: trust_args.allow_unsigned };
+    let payload = open_payload(path)?;
+    let shown = payload.path().display().to_string();
+    match payload.check_signature(&policy)? {
+        SignatureStatus::Trusted(k) => printer.out(format!("{shown}: signed by {} (trusted)", k.fingerprint())),
+        SignatureStatus::ValidUnpinned(k) => {
+            printer.out(format!("{shown}: signed by {}", k.fingerprint()));
+            printer.warn(format!(
+                "no trusted keys given: the signature is valid, but only `--key NAME.pub` (or {} / FERRY_TRUSTED_KEYS) proves it is the key you expect",
+                trust::TRUSTED_KEYS_DIR
+            ));
+        }
+        SignatureStatus::Unsigned => {
+            printer.warn(format!("{shown} is UNSIGNED: nothing proves who built it (accepted because of --allow-unsigned)"))
+        }
+    }
+    payload.verify_stub()?;
+    Ok(payload)
+}
+
+/// Runs `registry serve` until SIGINT or SIGTERM.
+pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<()> {
+    let started = Instant::now();
+    let payload = open_trusted(&args.file, &args.trust, printer)?;
+    let shown = payload.path().display().to_string();
+    let file = VerifiedFile::new(payload)?;
+    let store = Store::build(&file)?;
+    for w in &store.warnings {
+        printer.warn(w);
+    }
+    for image in crate::verify::missing_images(file.payload()) {
+        printer.warn(format!("the bundle lacks image {image} (built with --allow-missing-images); pulls of it will fail"));
+    }
+    if store.repos.is_empty() {
+        printer.warn(format!("{shown} carries no images; the registry will answer 404 to every pull"));
+    }
+    let listener = std::net::TcpListener::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    listener.set_nonblocking(true).context("setting the listening socket non-blocking")?;
+    let addr = listener.local_addr().context("reading the listening address")?;
+    let (repos, tags, blobs) = store.summary();
+    // Always printed (even with --quiet): scripts and tests read the port from this line.
+    println!(
+        "registry listening on http://{addr} ({repos} repositories, {tags} tags, {blobs} blobs from {shown}; ready in {:.0} ms)",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let registry = Arc::new(Registry { file, store });
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().thread_name("registry");
+    // Chunk hashing runs on blocking threads; cap them (each only reads the mapping).
+    rt.max_blocking_threads(64);
+    if let Some(n) = args.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build().context("starting the async runtime")?;
+    let result = rt.block_on(accept_loop(listener, registry.clone()));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    note(&format!(
+        "registry stopped: {} requests, {} of {} chunks verified",
+        access_log::REQUESTS.load(std::sync::atomic::Ordering::Relaxed),
+        registry.file.verified_chunks(),
+        registry.file.payload().chunk_count()
+    ));
+    result
+}
+
+async fn accept_loop(listener: std::net::TcpListener, registry: Arc<Registry>) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener).context("registering the listener")?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+        };
+        let (stream, client) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    note(&format!("error: accepting a connection: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| respond(registry.clone(), client, req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                // A client that never finishes its headers does not hold a slot forever.
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await
+                && !e.is_incomplete_message()
+            {
+                note(&format!("connection from {client}: {e}"));
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn respond(registry: Arc<Registry>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<ServeBody>, Infallible> {
+    let started = Instant::now();
+    let (parts, _body) = req.into_parts();
+    let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| parts.uri.path().to_string());
+    let user_agent = parts.headers.get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let r = routes::Req { method: &parts.method, path: parts.uri.path(), query: parts.uri.query(), headers: &parts.headers };
+    let resp = routes::handle(registry, r).await;
+    let entry = LogEntry { client, method: parts.method.to_string(), target, status: resp.status().as_u16(), user_agent, started };
+    Ok(resp.map(|body| body.with_log(entry)))
+}
+
+/// Runs `registry config`.
+pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<()> {
+    let payload = open_trusted(&args.file, &args.trust, printer)?;
+    let meta = &payload.index().metadata;
+    let endpoints = args.endpoints.iter().map(|e| config::check_endpoint(e)).collect::<Result<Vec<_>>>()?;
+    let images: Vec<store::ImageRecord> = match meta.extra.get("images") {
+        None => Vec::new(),
+        Some(v) => serde_json::from_value(v.clone()).context("the index's metadata.images is not a list of image records")?,
+    };
+    let registries = images.iter().map(|i| store::normalize_registry(&i.registry)).collect();
+    let sandbox_image = match &args.sandbox_image {
+        Some(s) => s.clone(),
+        None => config::kubeadm_pause_image(&meta.kubernetes_version)
+            .with_context(|| format!("choosing containerd's sandbox image for bundle {} {}", meta.name, meta.version))?
+            .to_string(),
+    };
+    if !images.iter().any(|i| i.reference == sandbox_image) {
+        printer.warn(format!(
+            "the bundle does not carry {sandbox_image}, the sandbox image containerd will pull for every pod; add it to spec.images"
+        ));
+    }
+    let inputs = config::Inputs {
+        endpoints,
+        registries,
+        containerd: args.containerd,
+        config_path: args.config_path.clone(),
+        sandbox_image,
+        bundle: format!("{} {} (Kubernetes {})", meta.name, meta.version, meta.kubernetes_version),
+    };
+    for (rel, text) in config::render(&inputs)? {
+        let path = args.out.join(&rel);
+        config::write_atomic(&path, text.as_bytes())?;
+        printer.out(format!("wrote {}", path.display()));
+    }
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! What the registry can serve, computed once at startup from the signed index.
+//!
+//! The packer's contract (issue 3): every image blob is a raw entry `blobs/sha256/<hex>`;
+//! `metadata.extra.images` lists one object per image reference (`registry`, `repository`, `tag`
+//! or null, `digest` of the top-level manifest or index); `metadata.extra.manifests` maps every
+//! stored manifest and index digest to its media type.
+//!
+//! Repositories are keyed by (registry, repository), never by repository alone, so
+//! `docker.io/library/app` and `quay.io/library/app` stay apart. Each repository may serve only
+//! the blobs reachable from its own images: the closure is computed here by parsing the stored
+//! manifests (an index's children that the bundle does not carry are skipped: those platforms
+//! answer MANIFEST_UNKNOWN).
+
+use super::integrity::VerifiedFile;
+use payload_format::{Compression, EntryKind};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Index of a blob in [`Store::blobs`].
+pub type BlobId = u32;
+
+/// Where a blob's bytes lie in the installer.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Absolute file offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// For manifests and indexes: the exact media type to send as Content-Type.
+    pub media_type: Option<String>,
+}
+
+/// One repository of one registry.
+#[derive(Debug, Default)]
+pub struct Repo {
+    /// Registry domain, e.g. `docker.io`.
+    pub registry: String,
+    /// Repository path, e.g. `library/nginx`.
+    pub name: String,
+    /// Tag → blob id of the tagged manifest or index.
+    pub tags: BTreeMap<String, BlobId>,
+    /// Every blob (manifests, configs, layers) reachable from this repository's images.
+    pub reachable: HashSet<BlobId>,
+}
+
+/// Everything the registry serves.
+#[derive(Debug, Default)]
+pub struct Store {
+    /// Blobs by id.
+    pub blobs: Vec<Blob>,
+    by_digest: HashMap<String, BlobId>,
+    /// Repositories by (registry, repository).
+    pub repos: BTreeMap<(String, String), Repo>,
+    /// Repository name → registries that carry it.
+    by_name: HashMap<String, BTreeSet<String>>,
+    /// Problems found while building (missing blobs, corrupt manifests); printed at startup.
+    pub warnings: Vec<String>,
+}
+
+/// One element of `metadata.extra.images`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    /// The reference as written in the bundle, e.g. `docker.io/library/nginx:1.27`.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Registry domain.
+    pub registry: String,
+    /// Repository path.
+    pub repository: String,
+    /// Tag, or null for digest-pinned references.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Digest of the top-level manifest or index.
+    pub digest: String,
+}
+
+/// The parts of a manifest or index that reachability needs.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestDoc {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    blobs: Option<Vec<Descriptor>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    urls: Option<Vec<String>>,
+}
+
+/// Media types of manifest lists and indexes (they point at manifests, not layers).
+pub fn is_index_type(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        "application/vnd.oci.image.index.v1+json" | "application/vnd.docker.distribution.manifest.list.v2+json"
+    )
+}
+
+/// Whether `s` is `sha256:` and 64 lowercase hex digits (the only algorithm the payload stores).
+pub fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// Normalises a registry host the way containerd names Docker Hub.
+pub fn normalize_registry(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    match host.as_str() {
+        "registry-1.docker.io" | "index.docker.io" | "registry.hub.docker.com" => "docker.io".into(),
+        _ => host,
+    }
+}
+
+impl Store {
+    /// Builds the store from the payload's index, reading (and so verifying) every manifest.
+    pub fn build(file: &VerifiedFile) -> anyhow::Result<Store> {
+        let index = file.payload().index();
+        let extra = &index.metadata.extra;
+        let mut store = Store::default();
+
+        for e in &index.entries {
+            let Some(hex) = e.path.strip_prefix("blobs/sha256/") else { continue };
+            let digest = format!("sha256:{hex}");
+            if e.kind != EntryKind::File || !is_sha256_digest(&digest) {
+                continue;
+            }
+            if e.compression != Compression::Raw {
+                // The contract stores blobs raw so they are servable slices; a compressed one
+                // would need a decompressing path nobody asked for.
+                store.warnings.push(format!("{}: stored compressed, cannot be served; rebuild the installer", e.path));
+                continue;
+            }
+            let id = store.blobs.len() as BlobId;
+            store.by_digest.insert(digest.clone(), id);
+            store.blobs.push(Blob { digest, offset: e.offset, size: e.size, media_type: None });
+        }
+
+        let manifests: HashMap<String, String> = match extra.get("manifests") {
+            None => HashMap::new(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| anyhow::anyhow!("the index's metadata.manifests is not a digest → media type map: {e}"))?,
+        };
+        for (digest, media_type) in &manifests {
+            match store.by_digest.get(digest) {
+                Some(&id) => store.blobs[id as usize].media_type = Some(media_type.clone()),
+                None => store.warnings.push(format!("manifest {digest} is listed in the index but not stored")),
+            }
+        }
+
+        let images: Vec<ImageRecord> = match extra.get("images") {
+            None => Vec::new(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| anyhow::anyhow!("the index's metadata.images is not a list of image records: {e}"))?,
+        };
+
+        // Parse every manifest reachable from an image once, and remember its children.
+        let mut children: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
+        for image in &images {
+            let registry = normalize_registry(&image.registry);
+            let key = (registry.clone(), image.repository.clone());
+            let Some(&top) = store.by_digest.get(&image.digest) else {
+                store.warnings.push(format!("image {}: its manifest {} is not stored; it cannot be pulled", image.reference, image.digest));
+                continue;
+            };
+            let reachable = store.closure(file, top, &mut children);
+            store.by_name.entry(image.repository.clone()).or_default().insert(registry.clone());
+            let repo = store.repos.entry(key).or_insert_with(|| Repo { registry, name: image.repository.clone(), ..Default::default() });
+            if let Some(tag) = &image.tag {
+                repo.tags.insert(tag.clone(), top);
+            }
+            repo.reachable.extend(reachable);
+        }
+        Ok(store)
+    }
+
+    /// Every blob reachable from manifest `top` (itself included), parsing manifests as needed.
+    fn closure(&mut self, file: &VerifiedFile, top: BlobId, children: &mut HashMap<BlobId, Vec<BlobId>>) -> HashSet<BlobId> {
+        let mut seen = HashSet::new();
+        let mut todo = vec![top];
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if self.blobs[id as usize].media_type.is_none() && id != top {
+                continue; // a config or layer: a leaf
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = children.entry(id) {
+                slot.insert(self.parse_manifest(file, id));
+            }
+            todo.extend(children[&id].iter().copied());
+        }
+        seen
+    }
+
+    /// Reads and parses one manifest or index, returning the stored blobs it references.
+    fn parse_manifest(&mut self, file: &VerifiedFile, id: BlobId) -> Vec<BlobId> {
+        let blob = self.blobs[id as usize].clone();
+        let bytes = match file.read(blob.offset, blob.offset + blob.size) {
+            Ok(b) => b,
+            Err(e) => {
+                self.warnings.push(format!("manifest {}: {e}", blob.digest));
+                return Vec::new();
+            }
+        };
+        let doc: ManifestDoc = match serde_json::from_slice(&bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.warnings.push(format!("manifest {} is not valid JSON: {e}", blob.digest));
+                return Vec::new();
+            }
+        };
+        if blob.media_type.is_none() {
+            // Not in metadata.manifests (an older or hand-made payload): trust the document.
+            let guessed = doc.media_type.clone().unwrap_or_else(|| {
+                if doc.manifests.is_some() { "application/vnd.oci.image.index.v1+json" } else { "application/vnd.oci.image.manifest.v1+json" }.into()
+            });
+            self.blobs[id as usize].media_type = Some(guessed);
+        }
+        let mut out = Vec::new();
+        let is_index = doc.manifests.is_some();
+        let descriptors = doc.manifests.iter().flatten().chain(doc.config.iter()).chain(doc.layers.iter().flatten()).chain(doc.blobs.iter().flatten());
+        for d in descriptors {
+            match self.by_digest.get(&d.digest) {
+                Some(&child) => {
+                    if is_index && self.blobs[child as usize].media_type.is_none() {
+                        self.blobs[child as usize].media_type =
+                            Some(d.media_type.clone().unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into()));
+                    }
+                    out.push(child);
+                }
+                // An index's child for a platform the bundle does not carry: expected.
+                None if is_index => {}
+                // Foreign (non-distributable) layers are fetched from their URLs, not from us.
+                None if d.urls.as_ref().is_some_and(|u| !u.is_empty()) => {}
+                None => self.warnings.push(format!("manifest {} references {}, which the bundle lacks", blob.digest, d.digest)),
+            }
+        }
+        out
+    }
+
+    /// The blob with this digest, if stored.
+    pub fn blob_id(&self, digest: &str) -> Option<BlobId> {
+        self.by_digest.get(digest).copied()
+    }
+
+    /// The blob with this id.
+    pub fn blob(&self, id: BlobId) -> &Blob {
+        &self.blobs[id as usize]
+    }
+
+    /// Registries that carry a repository of this name.
+    pub fn registries_of(&self, name: &str) -> Vec<String> {
+        self.by_name.get(name).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The repository `registry`/`name`.
+    pub fn repo(&self, registry: &str, name: &str) -> Option<&Repo> {
+        self.repos.get(&(registry.to_string(), name.to_string()))
+    }
+
+    /// Every registry in the bundle.
+    pub fn registries(&self) -> BTreeSet<String> {
+        self.repos.keys().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// Number of distinct images (tags and digest pins) by repository.
+    pub fn summary(&self) -> (usize, usize, usize) {
+        let tags = self.repos.values().map(|r| r.tags.len()).sum();
+        (self.repos.len(), tags, self.blobs.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_and_registries() {
+        assert!(is_sha256_digest(&format!("sha256:{}", "a".repeat(64))));
+        assert!(!is_sha256_digest(&format!("sha256:{}", "A".repeat(64))));
+        assert!(!is_sha256_digest("sha256:abc"));
+        assert!(!is_sha256_digest(&format!("sha512:{}", "a".repeat(64))));
+        assert_eq!(normalize_registry("registry-1.docker.io"), "docker.io");
+        assert_eq!(normalize_registry("Quay.io"), "quay.io");
+        assert_eq!(normalize_registry("127.0.0.1:5000"), "127.0.0.1:5000");
+    }
+}
