@@ -1,6 +1,6 @@
 //! The fixed-size trailer at the very end of an installer.
 
-use crate::{Digest, Error, Result, ALIGN};
+use crate::{Digest, Error, Result};
 use std::path::Path;
 
 /// Length of the trailer in bytes.
@@ -117,8 +117,7 @@ impl Trailer {
             )));
         }
         let index_end = trailer.index_offset.checked_add(trailer.index_len);
-        if trailer.stub_len > trailer.data_offset
-            || trailer.data_offset % ALIGN != 0
+        if trailer.data_offset != crate::align_up(trailer.stub_len)
             || trailer.data_offset > trailer.index_offset
             || index_end != Some(trailer.signature_offset)
         {
@@ -139,7 +138,7 @@ mod tests {
         Trailer {
             version: FORMAT_VERSION,
             flags: FLAG_SIGNED,
-            stub_len: 100,
+            stub_len: 4000,
             data_offset: 4096,
             index_offset: 8192,
             index_len: 50,

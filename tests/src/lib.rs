@@ -27,3 +27,55 @@ pub fn run(cmd: &mut Command) -> Output {
 pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
+
+/// A `ferry` command (the release packer).
+pub fn ferry() -> Command {
+    Command::new(release_bin("ferry"))
+}
+
+/// A fresh scratch directory, removed when dropped.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("ferry-test-").tempdir().expect("creating a scratch directory")
+}
+
+/// Runs a command that must succeed and returns its combined output.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let t = text(&out);
+    assert!(out.status.success(), "{cmd:?} failed ({}):\n{t}", out.status);
+    t
+}
+
+/// Runs a command that must fail and returns its combined output.
+pub fn fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let t = text(&out);
+    assert!(!out.status.success(), "{cmd:?} unexpectedly succeeded:\n{t}");
+    assert!(!t.contains("panicked"), "{cmd:?} panicked:\n{t}");
+    t
+}
+
+/// Creates a signing key pair `NAME.key`/`NAME.pub` in `dir` and returns the key's base path.
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let base = dir.join(name);
+    ok(ferry().arg("keygen").arg("-o").arg(&base));
+    base
+}
+
+/// Builds `bundle` into `dir/installer`, signed with `key` (`None` = unsigned).
+pub fn build(bundle: &Path, dir: &Path, key: Option<&Path>) -> PathBuf {
+    let out = dir.join("installer");
+    let mut cmd = ferry();
+    cmd.arg("build").arg(bundle).arg("-o").arg(&out).env("SOURCE_DATE_EPOCH", "1700000000");
+    match key {
+        Some(k) => cmd.arg("--key").arg(k.with_extension("key")),
+        None => cmd.arg("--unsigned"),
+    };
+    ok(&mut cmd);
+    out
+}
+
+/// The example bundle under `examples/demo`.
+pub fn demo_bundle() -> PathBuf {
+    workspace_root().join("examples/demo/bundle.yaml")
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything ferry's build, demo and tests need on a fresh Debian 12 machine:
+# Debian packages and the Rust musl target (the installer stub is a static musl executable).
+# Idempotent; run as root.
+set -euo pipefail
+
+PACKAGES=(
+  # building the static stub
+  musl-tools file binutils pkg-config
+  # tests and benchmarks of the file format
+  openssh-client zstd tar coreutils python3
+  # images: an upstream registry, offline image building, a real containerd client
+  docker-registry skopeo umoci containerd runc busybox-static apache2-utils
+  # the lab of real hosts (scripts/testhosts)
+  systemd-container debootstrap iproute2 iputils-ping bridge-utils vde2 tini sshpass
+  openssh-server iptables ca-certificates
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  echo "setup: adding the Rust target x86_64-unknown-linux-musl"
+  rustup target add x86_64-unknown-linux-musl
+fi
