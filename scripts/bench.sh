@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Benchmarks, each a ratio measured side by side in one run against the baseline its issue names.
+# Prints one `name: value` line per figure. Absolute times on a shared VM are noise; ratios are not.
+#
+#   scripts/bench.sh [format|registry|all]      (default: all)
+#
+# Scratch data goes to $FERRY_BENCH_DIR (default /var/tmp/ferry-bench), removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+what="${1:-all}"
+dir="${FERRY_BENCH_DIR:-/var/tmp/ferry-bench}"
+measure() { python3 "$root/scripts/lib/measure.py" "$@"; }
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
+
+cargo build --release --locked -q
+ferry="$root/target/release/ferry"
+
+bench_format() {
+  # Issue 2: about 1 GiB incompressible (like image layers, stored raw) and about 1 GiB of
+  # compressible binaries, in one bundle.
+  local b="$dir/format"
+  rm -rf "$b"; mkdir -p "$b/bundle/rootfs/layers" "$b/bundle/rootfs/bin"
+  for i in $(seq 1 8); do head -c $((128 << 20)) /dev/urandom > "$b/bundle/rootfs/layers/layer$i.bin"; done
+  local total=0 n=0
+  while ((total < (1 << 30))); do
+    for f in /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so*; do
+      [[ -f "$f" && ! -L "$f" ]] || continue
+      n=$((n + 1)); cp "$f" "$b/bundle/rootfs/bin/$n-$(basename "$f")"; chmod 0755 "$b/bundle/rootfs/bin/$n-$(basename "$f")"
+      total=$((total + $(stat -c %s "$f")))
+      ((total < (1 << 30))) || break
+    done
+  done
+  chmod -R u-s,g-s "$b/bundle/rootfs"
+  cat > "$b/bundle/bundle.yaml" <<'YAML'
+apiVersion: ferry.dev/v1alpha1
+kind: Bundle
+metadata: {name: bench, version: 1.0.0}
+spec:
+  kubernetes: {version: v1.33.4}
+  rootfs: [{path: rootfs}]
+YAML
+  echo "format.input_bytes: $(du -sb "$b/bundle" | cut -f1)"
+  "$ferry" keygen -o "$b/key" >/dev/null
+  sync; cat "$b"/bundle/rootfs/*/* > /dev/null
+
+  read -r t_build _ < <(measure "$ferry" build "$b/bundle/bundle.yaml" -o "$b/installer" --key "$b/key.key")
+  read -r t_tar _ < <(measure sh -c "tar -C '$b/bundle' -cf - . | zstd -q -T0 -3 -o '$b/bundle.tar.zst'")
+  echo "format.build_seconds: $t_build"
+  echo "format.tar_zstd_seconds: $t_tar"
+  echo "format.build_vs_tar_zstd: $(ratio "$t_build" "$t_tar")"
+  echo "format.installer_bytes: $(stat -c %s "$b/installer")"
+  echo "format.tar_zstd_bytes: $(stat -c %s "$b/bundle.tar.zst")"
+
+  cat "$b/installer" > /dev/null
+  read -r t_verify rss_verify < <(measure "$b/installer" verify --key "$b/key.pub")
+  read -r t_sha _ < <(measure sha256sum "$b/installer")
+  echo "format.verify_seconds: $t_verify"
+  echo "format.sha256sum_seconds: $t_sha"
+  echo "format.verify_vs_sha256sum: $(ratio "$t_verify" "$t_sha")"
+
+  rm -rf "$b/x1" "$b/x2"; mkdir -p "$b/x1" "$b/x2"
+  read -r t_extract rss_extract < <(measure "$b/installer" extract --to "$b/x1")
+  read -r t_untar _ < <(measure sh -c "zstd -q -dc '$b/bundle.tar.zst' | tar -x -C '$b/x2'")
+  echo "format.extract_seconds: $t_extract"
+  echo "format.untar_zstd_seconds: $t_untar"
+  echo "format.extract_vs_untar_zstd: $(ratio "$t_extract" "$t_untar")"
+  echo "format.verify_peak_rss_anon_mib: $((rss_verify / 1024))"
+  echo "format.extract_peak_rss_anon_mib: $((rss_extract / 1024))"
+  rm -rf "$b"
+}
+
+case "$what" in
+  format) bench_format ;;
+  registry) scripts/bench-registry.sh ;;
+  all)
+    bench_format
+    [[ ! -x scripts/bench-registry.sh ]] || scripts/bench-registry.sh
+    ;;
+  *) echo "usage: scripts/bench.sh [format|registry|all]" >&2; exit 2 ;;
+esac
