@@ -11,7 +11,8 @@ use ferry_stub::units;
 use payload_format::{BundleMetadata, Compression, PayloadWriter, SecretKey, WriterOptions};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Chain, Cursor, Read};
+use sha2::Digest as _;
+use std::io::{Chain, Cursor, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,6 +24,19 @@ pub struct Planned {
     pub item: TreeItem,
     /// Which spec field it came from, for error messages.
     pub origin: String,
+    /// For image blobs: where the verified bytes are. They are stored raw (servable as a slice
+    /// of the installer) and hashed again while written, so a file changed after verification
+    /// fails the build instead of producing a bad blob.
+    pub blob: Option<BlobSource>,
+}
+
+/// A verified image blob: `item.size` bytes at `offset` of `item.source`, hashing to `sha256`.
+#[derive(Debug, Clone)]
+pub struct BlobSource {
+    /// Offset in the source file (non-zero inside tars).
+    pub offset: u64,
+    /// `sha256:<hex>`.
+    pub digest: String,
 }
 
 /// Everything the payload will hold, in path order (the order makes builds reproducible).
@@ -36,7 +50,17 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         Some(path) => Some(load_secret_key(path, printer)?),
         None => None,
     };
-    let plan = plan(&bundle)?;
+    let mut plan = plan(&bundle)?;
+    let output_dir = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let image_opts = crate::images::Options {
+        allow_missing: args.allow_missing_images,
+        offline: args.offline,
+        registry_auth: args.registry_auth.clone(),
+        jobs: args.jobs,
+    };
+    // The store lives until the installer is written: the plan points into it.
+    let images = crate::images::collect(&bundle, &image_opts, output_dir, printer)?;
+    add_blobs(&mut plan, &images.blobs)?;
     let stub = match &args.stub {
         Some(p) => std::fs::read(p).with_context(|| format!("reading stub {}", p.display()))?,
         None => crate::EMBEDDED_STUB.to_vec(),
@@ -50,13 +74,14 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         kubernetes_version: bundle.spec.spec.kubernetes.version.clone(),
         created: build_time()?,
         builder: format!("ferry {}", env!("CARGO_PKG_VERSION")),
-        extra: Default::default(),
+        extra: images.extra.clone(),
     };
     let total: u64 = plan.values().map(|p| p.item.size).sum();
     let progress = printer.progress(total, "build");
     let summary = write_installer(&args.output, &stub, &plan, metadata, key.as_ref(), &|n| progress.inc(n));
     progress.finish();
     let summary = summary?;
+    drop(images);
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         println!(
@@ -158,7 +183,21 @@ fn add(plan: &mut Plan, key: String, item: TreeItem, origin: &str) -> Result<()>
     if let Some(prev) = plan.get(&key) {
         bail!("{key} is provided twice: by {} and by {origin}", prev.origin);
     }
-    plan.insert(key, Planned { item, origin: origin.into() });
+    plan.insert(key, Planned { item, origin: origin.into(), blob: None });
+    Ok(())
+}
+
+/// Adds verified image blobs as `blobs/sha256/<hex>`: raw, mode 0644.
+pub fn add_blobs(plan: &mut Plan, blobs: &BTreeMap<String, crate::images::store::Slice>) -> Result<()> {
+    for (digest, slice) in blobs {
+        let hex = digest.strip_prefix("sha256:").with_context(|| format!("blob {digest} is not sha256"))?;
+        let key = format!("blobs/sha256/{hex}");
+        let item = TreeItem { rel: key.clone(), source: slice.path.clone(), kind: ItemKind::File, mode: 0o644, size: slice.size };
+        if let Some(prev) = plan.get(&key) {
+            bail!("{key} is provided twice: by {} and by the images", prev.origin);
+        }
+        plan.insert(key, Planned { item, origin: format!("image blob {digest}"), blob: Some(BlobSource { offset: slice.offset, digest: digest.clone() }) });
+    }
     Ok(())
 }
 
@@ -214,6 +253,20 @@ pub fn write_installer(
         match &item.kind {
             ItemKind::Dir => writer.add_dir(path, item.mode)?,
             ItemKind::Symlink(target) => writer.add_symlink(path, target)?,
+            ItemKind::File if planned.blob.is_some() => {
+                let blob = planned.blob.as_ref().expect("checked");
+                let mut f = File::open(&item.source).with_context(|| format!("{}: reading {}", planned.origin, item.source.display()))?;
+                f.seek(SeekFrom::Start(blob.offset))?;
+                let mut hashing = Hashing { inner: f.take(item.size), hasher: sha2::Sha256::new(), len: 0 };
+                let mut counted = Counting { inner: &mut hashing, progress };
+                writer
+                    .add_file(path, item.mode, Compression::Raw, &mut counted)
+                    .with_context(|| format!("{}: adding {}", planned.origin, item.source.display()))?;
+                let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
+                if hashing.len != item.size || actual != blob.digest {
+                    bail!("{}: {} changed after it was verified (now {} bytes hashing to {actual}); nothing was written", planned.origin, item.source.display(), hashing.len);
+                }
+            }
             ItemKind::File => {
                 let mut f = File::open(&item.source).with_context(|| format!("{}: reading {}", planned.origin, item.source.display()))?;
                 let (compression, mut reader) = sniff(&mut f).with_context(|| format!("reading {}", item.source.display()))?;
@@ -246,6 +299,21 @@ fn sniff<'a>(f: &'a mut File) -> std::io::Result<(Compression, Chain<Cursor<Vec<
         if packed.len() as f64 > head.len() as f64 * 0.9 { Compression::Raw } else { Compression::Zstd }
     };
     Ok((compression, Cursor::new(head).chain(f)))
+}
+
+struct Hashing<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
 }
 
 struct Counting<'a, R> {

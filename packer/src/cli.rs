@@ -25,6 +25,8 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Build an installer from a bundle.yaml.
     Build(BuildArgs),
+    /// List every image the bundle needs and where each was found (no registry is contacted).
+    Images(ImagesArgs),
     /// Verify an installer with this binary (not with the program inside the file).
     Verify(VerifyFileArgs),
     /// Show an installer's contents from its index.
@@ -66,6 +68,39 @@ pub struct BuildArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Build even when images cannot be resolved; the installer records them as missing.
+    #[arg(long)]
+    pub allow_missing_images: bool,
+    /// Never contact a registry (images then come only from local sources).
+    #[arg(long, env = "FERRY_OFFLINE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub offline: bool,
+    /// Registry login as HOST=USER:PASSWORD (repeatable); overrides ~/.docker/config.json.
+    #[arg(long, value_name = "HOST=USER:PASSWORD")]
+    pub registry_auth: Vec<String>,
+    /// Parallel image downloads.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+}
+
+/// Arguments of `images`.
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// The bundle spec.
+    #[arg(value_name = "BUNDLE.yaml", default_value = "bundle.yaml")]
+    pub spec_positional: PathBuf,
+    /// The bundle spec (same as the positional argument).
+    #[arg(short = 'f', long = "file", value_name = "BUNDLE.yaml")]
+    pub spec: Option<PathBuf>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ImagesArgs {
+    /// The spec file, from `-f` or the positional argument.
+    pub fn spec_path(&self) -> &PathBuf {
+        self.spec.as_ref().unwrap_or(&self.spec_positional)
+    }
 }
 
 impl BuildArgs {

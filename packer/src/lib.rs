@@ -4,6 +4,7 @@
 
 pub mod builder;
 pub mod cli;
+pub mod images;
 pub mod keygen;
 pub mod spec;
 pub mod tree;
@@ -22,6 +23,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Keygen(args) => keygen::run(&args, &printer),
         cli::Command::Build(args) => builder::run(&args, &printer),
+        cli::Command::Images(args) => images::run_list(args.spec_path(), args.json, &printer),
         cli::Command::Verify(args) => ferry_stub::verify::run(&args.file, &args.verify, &printer),
         cli::Command::Inspect(args) => ferry_stub::inspect::run(&args.file, &args.inspect, &printer),
     };

@@ -2,7 +2,10 @@
 //! and its line; every path is resolved against the spec's directory and may not escape it.
 
 use anyhow::{bail, Context, Result};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
 /// The only `apiVersion` this packer reads.
@@ -50,6 +53,84 @@ pub struct Spec {
     /// Extra files placed at `dest` on the nodes.
     #[serde(default)]
     pub files: Vec<FileItem>,
+    /// Platforms whose image manifests and layers the bundle carries (`linux/amd64`);
+    /// default: the build machine's.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Images carried besides those discovered in manifests, charts and the control plane.
+    #[serde(default)]
+    pub images: Vec<ImageItem>,
+    /// Where the build machine pulls each registry's images from, instead of the registry
+    /// itself: `docker.io: http://127.0.0.1:5000`, or a list tried in order.
+    #[serde(default)]
+    pub registry_mirrors: BTreeMap<String, Mirrors>,
+    /// Registries (`host:port`) the build machine may reach over plain http or unverified TLS.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+}
+
+/// One `spec.images` item: a reference, or a reference with a local source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageItem {
+    /// The reference the cluster uses.
+    pub r#ref: String,
+    /// `oci:PATH[:TAG]` or `docker-archive:PATH`; `None` pulls from the registry.
+    pub source: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageItemMap {
+    r#ref: String,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for ImageItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ImageItem;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an image reference, or a map with `ref` and optional `source`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<ImageItem, E> {
+                Ok(ImageItem { r#ref: v.to_string(), source: None })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<ImageItem, A::Error> {
+                let m = ImageItemMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ImageItem { r#ref: m.r#ref, source: m.source })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One or more mirror URLs of a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirrors(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Mirrors {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Mirrors;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mirror URL or a list of mirror URLs")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Mirrors, E> {
+                Ok(Mirrors(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Mirrors, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(Mirrors(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `spec.kubernetes`.
@@ -127,6 +208,22 @@ impl Bundle {
         if parse_kubernetes_version(&s.spec.kubernetes.version).is_none() {
             bail!("{f}: spec.kubernetes.version `{}` is not of the form vMAJOR.MINOR.PATCH", s.spec.kubernetes.version);
         }
+        for p in &s.spec.platforms {
+            crate::images::oci::Platform::parse(p).map_err(|e| anyhow::anyhow!("{f}: spec.platforms: {e}"))?;
+        }
+        for (i, item) in s.spec.images.iter().enumerate() {
+            crate::images::reference::ImageRef::parse(&item.r#ref).map_err(|e| anyhow::anyhow!("{f}: spec.images[{i}]: {e}"))?;
+            if let Some(src) = &item.source {
+                if !(src.starts_with("oci:") || src.starts_with("docker-archive:")) {
+                    bail!("{f}: spec.images[{i}].source `{src}` must be `oci:PATH[:TAG]` or `docker-archive:PATH`");
+                }
+            }
+        }
+        for (registry, mirrors) in &s.spec.registry_mirrors {
+            if mirrors.0.is_empty() {
+                bail!("{f}: registryMirrors.{registry} lists no mirror");
+            }
+        }
         for item in &s.spec.files {
             let d = Path::new(&item.dest);
             if !d.is_absolute() || d.components().any(|c| matches!(c, Component::ParentDir)) || item.dest.ends_with('/') {
@@ -192,6 +289,36 @@ mod tests {
         let err = format!("{:#}", load(&yaml).unwrap_err());
         assert!(err.contains("chartz"), "{err}");
         assert!(err.contains("line 13") || err.contains("13:"), "{err}");
+    }
+
+    #[test]
+    fn image_fields() {
+        let yaml = GOOD.replace(
+            "  files: []\n",
+            "  files: []\n  platforms: [linux/amd64, linux/arm64]\n  images:\n    - nginx:1.27\n    - ref: quay.io/example/app:2.1\n      source: oci:images/app-layout:2.1\n  registryMirrors:\n    docker.io: http://127.0.0.1:5000\n    quay.io: [https://a.example, https://b.example]\n  insecureRegistries: [127.0.0.1:5000]\n",
+        );
+        let b = load(&yaml).unwrap();
+        let s = &b.spec.spec;
+        assert_eq!(s.platforms, ["linux/amd64", "linux/arm64"]);
+        assert_eq!(s.images[0], ImageItem { r#ref: "nginx:1.27".into(), source: None });
+        assert_eq!(s.images[1].source.as_deref(), Some("oci:images/app-layout:2.1"));
+        assert_eq!(s.registry_mirrors["docker.io"].0, ["http://127.0.0.1:5000"]);
+        assert_eq!(s.registry_mirrors["quay.io"].0.len(), 2);
+        assert_eq!(s.insecure_registries, ["127.0.0.1:5000"]);
+    }
+
+    #[test]
+    fn bad_image_fields_are_named_with_lines() {
+        let yaml = GOOD.replace("  files: []\n", "  files: []\n  images:\n    - ref: nginx\n      sauce: oci:x\n");
+        let err = format!("{:#}", load(&yaml).unwrap_err());
+        assert!(err.contains("sauce") && err.contains("line 16"), "{err}");
+        let yaml = GOOD.replace("  files: []\n", "  files: []\n  images: [Nginx]\n");
+        let err = format!("{:#}", load(&yaml).unwrap_err());
+        assert!(err.contains("spec.images[0]") && err.contains("lowercase"), "{err}");
+        let yaml = GOOD.replace("  files: []\n", "  files: []\n  images: [{ref: a, source: 'http://x'}]\n");
+        assert!(format!("{:#}", load(&yaml).unwrap_err()).contains("oci:PATH"));
+        let yaml = GOOD.replace("  files: []\n", "  files: []\n  platforms: [amd64]\n");
+        assert!(format!("{:#}", load(&yaml).unwrap_err()).contains("spec.platforms"));
     }
 
     #[test]

@@ -1,0 +1,209 @@
+//! Images: everything between a bundle spec and the `blobs/sha256/…` entries of the installer.
+//!
+//! * [`reference`] normalises references like containerd;
+//! * [`discovery`] finds the images of manifests, charts, the control plane ([`controlplane`])
+//!   and `spec.images`;
+//! * [`collect`] resolves them to verified blobs from registries ([`registry_client`],
+//!   [`credentials`]), OCI layouts ([`oci_layout`]) and docker archives ([`docker_archive`]),
+//!   keeping them in a temporary [`store`];
+//! * this module turns the outcome into the payload contract the installer's registry reads:
+//!
+//! | index key | value |
+//! |---|---|
+//! | entries `blobs/sha256/<hex>` | every manifest, index, config and layer, byte-exact, raw, deduplicated |
+//! | `images` | `[{ref, registry, repository, tag, digest, mediaType, source, foundIn}]`, sorted by `ref` |
+//! | `manifests` | `{"sha256:…": mediaType}` for every stored manifest and index |
+//! | `platforms` | `["linux/amd64", …]` |
+//! | `missingImages` | references left out with `--allow-missing-images` |
+//!
+//! For a multi-platform image the index is kept as published and only the children for
+//! `spec.platforms` are stored.
+
+pub mod collect;
+pub mod controlplane;
+pub mod credentials;
+pub mod discovery;
+pub mod docker_archive;
+pub mod oci;
+pub mod oci_layout;
+pub mod reference;
+pub mod registry_client;
+pub mod store;
+
+use crate::spec::Bundle;
+use anyhow::{bail, Result};
+use discovery::{ChartMode, Discovered};
+use ferry_stub::printer::Printer;
+use ferry_stub::units;
+use oci::Platform;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+use store::{Slice, Store};
+
+/// Image-related build settings from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Build even when some images cannot be resolved, recording them as missing.
+    pub allow_missing: bool,
+    /// Never contact a registry.
+    pub offline: bool,
+    /// `HOST=USER:PASS` values.
+    pub registry_auth: Vec<String>,
+    /// Parallel downloads.
+    pub jobs: usize,
+}
+
+/// What the build adds to the installer.
+pub struct Collected {
+    /// Keeps downloaded blobs alive until the installer is written.
+    pub store: Store,
+    /// Payload blobs by digest.
+    pub blobs: BTreeMap<String, Slice>,
+    /// The index keys of the contract (`images`, `manifests`, `platforms`, `missingImages`).
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// `spec.platforms`, or the build machine's platform.
+pub fn platforms(bundle: &Bundle) -> Result<Vec<Platform>> {
+    let spec = &bundle.spec.spec.platforms;
+    if spec.is_empty() {
+        return Ok(vec![Platform::host()]);
+    }
+    let mut out = Vec::new();
+    for p in spec {
+        let p = Platform::parse(p).map_err(|e| anyhow::anyhow!("{}: spec.platforms: {e}", bundle.file.display()))?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// Discovers every image of the bundle, printing discovery warnings.
+pub fn discover(bundle: &Bundle, printer: &Printer) -> Result<Vec<Discovered>> {
+    let mut warnings = Vec::new();
+    let found = discovery::discover(bundle, &ChartMode::detect(), &mut warnings);
+    for w in warnings {
+        printer.warn(w);
+    }
+    found
+}
+
+/// Discovers and resolves every image; fails listing every unresolved image unless
+/// `allow_missing`. `temp_parent` holds the temporary blob store (next to the output).
+pub fn collect(bundle: &Bundle, opts: &Options, temp_parent: &Path, printer: &Printer) -> Result<Collected> {
+    let started = Instant::now();
+    let images = discover(bundle, printer)?;
+    let platforms = platforms(bundle)?;
+    let spec = &bundle.spec.spec;
+    let net = registry_client::Network::new(&spec.registry_mirrors, &spec.insecure_registries, opts.offline)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", bundle.file.display()))?;
+    let creds = credentials::Credentials::load(&opts.registry_auth)?;
+    let client = registry_client::RegistryClient::new(net, creds);
+    let store = Store::new_in(temp_parent)?;
+    let from_registries = images.iter().filter(|d| d.source == discovery::Source::Registry).count();
+    printer.out(format!(
+        "images: resolving {} ({} from registries, {} from local files) for {}",
+        images.len(),
+        from_registries,
+        images.len() - from_registries,
+        platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+    ));
+    let collector = collect::Collector { client: &client, store: &store, platforms: &platforms, jobs: opts.jobs.max(1), printer };
+    let outcome = collector.run(&images);
+    for w in &outcome.warnings {
+        printer.warn(w);
+    }
+    if !outcome.failed.is_empty() {
+        let lines: Vec<String> =
+            outcome.failed.iter().map(|(d, why)| format!("  - {} (from {}): {why}", d.image, d.found_in.join(", "))).collect();
+        if !opts.allow_missing {
+            bail!(
+                "{} of {} images could not be resolved, so no installer was written:\n{}\n(--allow-missing-images builds without them and records them as missing)",
+                outcome.failed.len(),
+                images.len(),
+                lines.join("\n")
+            );
+        }
+        for (d, why) in &outcome.failed {
+            printer.warn(format!("leaving out {}: {why}", d.image));
+        }
+    }
+    let stored: u64 = outcome.blobs.values().map(|s| s.size).sum();
+    printer.out(format!(
+        "images: {} resolved, {} missing; {} blobs, {} ({} pulled) in {:.1} s",
+        outcome.resolved.len(),
+        outcome.failed.len(),
+        outcome.blobs.len(),
+        units::bytes(stored),
+        units::bytes(outcome.pulled),
+        started.elapsed().as_secs_f64()
+    ));
+    let extra = metadata(&outcome, &platforms);
+    Ok(Collected { store, blobs: outcome.blobs, extra })
+}
+
+/// The index keys of the payload contract.
+fn metadata(outcome: &collect::Outcome, platforms: &[Platform]) -> serde_json::Map<String, Value> {
+    let mut images: Vec<Value> = outcome
+        .resolved
+        .iter()
+        .map(|r| {
+            let i = &r.discovered.image;
+            json!({
+                "ref": i.to_string(),
+                "registry": i.registry,
+                "repository": i.repository,
+                "tag": i.served_tag(),
+                "digest": r.digest,
+                "mediaType": r.media_type,
+                "source": r.discovered.source.kind(),
+                "foundIn": r.discovered.found_in,
+            })
+        })
+        .collect();
+    images.sort_by(|a, b| a["ref"].as_str().cmp(&b["ref"].as_str()));
+    let mut missing: Vec<String> = outcome.failed.iter().map(|(d, _)| d.image.to_string()).collect();
+    missing.sort();
+    let mut m = serde_json::Map::new();
+    m.insert("images".into(), Value::Array(images));
+    m.insert("manifests".into(), json!(outcome.manifests));
+    m.insert("platforms".into(), json!(platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>()));
+    m.insert("missingImages".into(), json!(missing));
+    m
+}
+
+/// `ferry images`: the discovered list, where each image comes from and where it was found.
+pub fn run_list(spec: &Path, as_json: bool, printer: &Printer) -> Result<()> {
+    let bundle = Bundle::load(spec)?;
+    let images = discover(&bundle, printer)?;
+    if as_json {
+        let list: Vec<Value> = images
+            .iter()
+            .map(|d| {
+                json!({
+                    "ref": d.image.to_string(),
+                    "registry": d.image.registry,
+                    "repository": d.image.repository,
+                    "tag": d.image.served_tag(),
+                    "digest": d.image.digest,
+                    "source": d.source.kind(),
+                    "sourcePath": match &d.source { discovery::Source::Registry => None, s => Some(s.describe()) },
+                    "foundIn": d.found_in,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let width = images.iter().map(|d| d.image.to_string().len()).max().unwrap_or(3).max(3);
+    let swidth = images.iter().map(|d| d.source.describe().len()).max().unwrap_or(6).max(6);
+    printer.out(format!("{:<width$}  {:<swidth$}  FOUND IN", "REF", "SOURCE"));
+    for d in &images {
+        printer.out(format!("{:<width$}  {:<swidth$}  {}", d.image.to_string(), d.source.describe(), d.found_in.join(", ")));
+    }
+    printer.out(format!("{} images", images.len()));
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Where verified blobs wait until the installer is written: a temporary directory next to the
+//! output (same filesystem, so gigabytes of layers do not land on a tmpfs `/tmp`), plus slices of
+//! local files (OCI layouts and docker archives are read in place, never copied).
+
+use anyhow::{Context, Result};
+use sha2::Digest as _;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// `size` bytes at `offset` of `path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    /// The file.
+    pub path: PathBuf,
+    /// Where the bytes start.
+    pub offset: u64,
+    /// How many bytes.
+    pub size: u64,
+}
+
+impl Slice {
+    /// A reader over the slice.
+    pub fn open(&self) -> std::io::Result<std::io::Take<std::fs::File>> {
+        let mut f = std::fs::File::open(&self.path)?;
+        f.seek(SeekFrom::Start(self.offset))?;
+        Ok(f.take(self.size))
+    }
+
+    /// The whole slice in memory (manifests and configs only; they are small).
+    pub fn read(&self, limit: u64) -> Result<Vec<u8>, String> {
+        if self.size > limit {
+            return Err(format!("{} bytes, more than the {limit} expected", self.size));
+        }
+        let mut out = Vec::with_capacity(self.size as usize);
+        self.open().and_then(|mut r| r.read_to_end(&mut out)).map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+        if out.len() as u64 != self.size {
+            return Err(format!("{} ends early", self.path.display()));
+        }
+        Ok(out)
+    }
+
+    /// Hashes the slice, failing unless it is `size` bytes hashing to `digest`.
+    pub fn verify(&self, digest: &str, progress: &(dyn Fn(u64) + Sync)) -> Result<(), String> {
+        let mut r = self.open().map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        loop {
+            let n = r.read(&mut buf).map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            got += n as u64;
+            progress(n as u64);
+        }
+        if got != self.size {
+            return Err(format!("{} holds {got} bytes of it, its descriptor says {}", self.path.display(), self.size));
+        }
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != digest {
+            return Err(format!("its content in {} hashes to {actual}", self.path.display()));
+        }
+        Ok(())
+    }
+}
+
+/// The temporary blob directory; removed when dropped.
+pub struct Store {
+    dir: tempfile::TempDir,
+}
+
+impl Store {
+    /// Creates the directory inside `parent`.
+    pub fn new_in(parent: &Path) -> Result<Store> {
+        let dir = tempfile::Builder::new()
+            .prefix(".ferry-images-")
+            .tempdir_in(parent)
+            .with_context(|| format!("creating a temporary directory for images in {}", parent.display()))?;
+        Ok(Store { dir })
+    }
+
+    /// Where blob `digest` is (or will be) stored.
+    pub fn path_for(&self, digest: &str) -> PathBuf {
+        self.dir.path().join(digest.replace(':', "-"))
+    }
+
+    /// Stores small bytes already verified against `digest` (manifests); idempotent.
+    pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<Slice, String> {
+        let path = self.path_for(digest);
+        if !path.exists() {
+            let tmp = path.with_extension(format!("tmp-{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+            let write = || -> std::io::Result<()> {
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(bytes)?;
+                std::fs::rename(&tmp, &path)
+            };
+            write().map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        Ok(Slice { path, offset: 0, size: bytes.len() as u64 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new_in(dir.path()).unwrap();
+        let data = b"hello blob";
+        let digest = crate::images::oci::digest_of(data);
+        let s = store.put(&digest, data).unwrap();
+        assert!(s.verify(&digest, &|_| {}).is_ok());
+        assert_eq!(s.read(100).unwrap(), data);
+        let inner = Slice { path: s.path.clone(), offset: 6, size: 4 };
+        assert_eq!(inner.read(100).unwrap(), b"blob");
+        assert!(inner.verify(&digest, &|_| {}).unwrap_err().contains("hashes to"));
+        let long = Slice { path: s.path.clone(), offset: 6, size: 40 };
+        assert!(long.verify(&crate::images::oci::digest_of(b"blob"), &|_| {}).unwrap_err().contains("descriptor says 40"));
+        let path = s.path.clone();
+        drop(store);
+        assert!(!path.exists(), "the store is removed with it");
+    }
+}
