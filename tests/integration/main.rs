@@ -1,2 +1,3 @@
 //! One integration-test binary; each module covers one area.
 mod build_verify;
+mod registry;

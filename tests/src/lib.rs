@@ -2,6 +2,8 @@
 //! directories, and (in [`lab`]) the multi-host lab.
 #![deny(missing_docs)]
 
+pub mod containerd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -9,9 +9,16 @@
 //! Concurrent first requests for the same blob do not hash the same chunk twice: chunks are
 //! guarded by striped mutexes, and a thread that finds a chunk's stripe busy moves on to the
 //! next chunk and comes back later, so several requests hash a large layer together.
+//!
+//! A chunk (1 MiB) usually holds several small blobs. When one of them is damaged, its chunk
+//! fails, but the others are still provably intact: a blob's name `blobs/sha256/<hex>` is part of
+//! the signed index, so bytes that hash to that digest are exactly the signed bytes.
+//! [`VerifiedFile::verify_blob`] falls back to that check, so damage takes down only the blob
+//! that is actually damaged.
 
 use bytes::Bytes;
 use payload_format::{Error as FormatError, Payload};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 
@@ -25,6 +32,8 @@ pub struct VerifiedFile {
     verified: Bitset,
     bad: Bitset,
     stripes: Vec<Mutex<()>>,
+    /// Blobs (by absolute offset) proven intact by their digest despite a failed chunk.
+    blobs_by_digest: Mutex<HashSet<u64>>,
 }
 
 /// A chunk whose bytes do not match the signed index.
@@ -62,6 +71,7 @@ impl VerifiedFile {
             verified: Bitset::new(chunks),
             bad: Bitset::new(chunks),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            blobs_by_digest: Mutex::new(HashSet::new()),
             payload,
         })
     }
@@ -142,10 +152,32 @@ impl VerifiedFile {
         CorruptChunk { chunk: n, message: err.to_string() }
     }
 
-    /// Bytes `start..end`, verified. For small reads at startup (manifests).
-    pub fn read(&self, start: u64, end: u64) -> Result<Bytes, CorruptChunk> {
-        self.verify(start, end)?;
-        Ok(self.slice(start, end))
+    /// Checks bytes `start..end` of the blob stored at `offset..offset+size` whose signed name
+    /// says its SHA-256 is `digest` (64 hex digits). Chunks first; if one fails, the whole blob is
+    /// hashed and compared with its digest, which proves it intact even when a neighbour sharing
+    /// the chunk is damaged. Blocking.
+    pub fn verify_blob(&self, offset: u64, size: u64, digest: &str, start: u64, end: u64) -> Result<(), CorruptChunk> {
+        let err = match self.verify(start, end) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let proven = |set: &HashSet<u64>| set.contains(&offset);
+        if proven(&self.blobs_by_digest.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(());
+        }
+        let actual = payload_format::sha256(&self.map[offset as usize..(offset + size) as usize]);
+        let hex: String = actual.iter().map(|b| format!("{b:02x}")).collect();
+        if hex == digest {
+            self.blobs_by_digest.lock().unwrap_or_else(|p| p.into_inner()).insert(offset);
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
+
+    /// Whether the blob at `offset` was proven intact by its digest (cheap).
+    pub fn blob_proven(&self, offset: u64) -> bool {
+        self.blobs_by_digest.lock().unwrap_or_else(|p| p.into_inner()).contains(&offset)
     }
 
     /// Number of chunks verified so far (for the shutdown summary).
@@ -199,7 +231,8 @@ mod tests {
         let vf = VerifiedFile::new(Payload::open(&path).unwrap()).unwrap();
         let e = vf.payload().index().entry("blobs/sha256/aa").unwrap().clone();
         assert!(!vf.is_verified(e.offset, e.offset + e.size));
-        assert_eq!(&vf.read(e.offset, e.offset + e.size).unwrap()[..], &data[..]);
+        vf.verify(e.offset, e.offset + e.size).unwrap();
+        assert_eq!(&vf.slice(e.offset, e.offset + e.size)[..], &data[..]);
         assert!(vf.is_verified(e.offset, e.offset + e.size));
         assert_eq!(vf.verified_chunks(), 5);
 
@@ -209,12 +242,39 @@ mod tests {
         f.write_at(&[data[9000] ^ 0xff], e.offset + 9000).unwrap();
         f.flush().unwrap();
         let vf = VerifiedFile::new(Payload::open(&path).unwrap()).unwrap();
-        assert!(vf.read(e.offset, e.offset + 4096).is_ok(), "chunks before the damage still serve");
-        let err = vf.read(e.offset, e.offset + e.size).unwrap_err();
+        assert!(vf.verify(e.offset, e.offset + 4096).is_ok(), "chunks before the damage still serve");
+        let err = vf.verify(e.offset, e.offset + e.size).unwrap_err();
         assert_eq!(err.chunk, 2);
         assert!(err.message.contains("blobs/sha256/aa"), "{err}");
         // Remembered as bad: still refused, without rehashing.
         assert!(vf.verify(e.offset + 8192, e.offset + 8193).is_err());
+        // The blob's own digest does not match either: refused.
+        let hex: String = payload_format::sha256(&data).iter().map(|b| format!("{b:02x}")).collect();
+        assert!(vf.verify_blob(e.offset, e.size, &hex, e.offset, e.offset + e.size).is_err());
+    }
+
+    #[test]
+    fn a_damaged_neighbour_does_not_take_down_an_intact_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("installer");
+        let file = std::fs::File::create(&path).unwrap();
+        let opts = WriterOptions { chunk_size: 1 << 20, ..Default::default() };
+        let mut w = PayloadWriter::new(file, &path, &mut &b"\x7fELF stub"[..], opts).unwrap();
+        w.add_file("blobs/sha256/a", 0o644, Compression::Raw, &mut &b"first blob"[..]).unwrap();
+        w.add_file("blobs/sha256/b", 0o644, Compression::Raw, &mut &b"second blob"[..]).unwrap();
+        w.finish(BundleMetadata::default(), None).unwrap();
+        let p = Payload::open(&path).unwrap();
+        let (a, b) = (p.index().entry("blobs/sha256/a").unwrap().clone(), p.index().entry("blobs/sha256/b").unwrap().clone());
+        assert_eq!(p.chunk_of(a.offset), p.chunk_of(b.offset), "both blobs share one chunk");
+        drop(p);
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_at(b"X", b.offset).unwrap();
+        let vf = VerifiedFile::new(Payload::open(&path).unwrap()).unwrap();
+        let hex = |d: &[u8]| payload_format::sha256(d).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert!(vf.verify(a.offset, a.offset + a.size).is_err(), "the shared chunk fails");
+        vf.verify_blob(a.offset, a.size, &hex(b"first blob"), a.offset, a.offset + a.size).unwrap();
+        assert!(vf.blob_proven(a.offset));
+        assert!(vf.verify_blob(b.offset, b.size, &hex(b"second blob"), b.offset, b.offset + b.size).is_err());
     }
 
     #[test]

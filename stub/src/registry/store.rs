@@ -209,8 +209,10 @@ impl Store {
     /// Reads and parses one manifest or index, returning the stored blobs it references.
     fn parse_manifest(&mut self, file: &VerifiedFile, id: BlobId) -> Vec<BlobId> {
         let blob = self.blobs[id as usize].clone();
-        let bytes = match file.read(blob.offset, blob.offset + blob.size) {
-            Ok(b) => b,
+        let hex = blob.digest.trim_start_matches("sha256:");
+        let (a, b) = (blob.offset, blob.offset + blob.size);
+        let bytes = match file.verify_blob(blob.offset, blob.size, hex, a, b) {
+            Ok(()) => file.slice(a, b),
             Err(e) => {
                 self.warnings.push(format!("manifest {}: {e}", blob.digest));
                 return Vec::new();

@@ -1,0 +1,781 @@
+//! Issue 3, installer half: `installer registry serve` and `installer registry config`, against
+//! real clients: skopeo, a private containerd (`ctr` pull through generated hosts.toml, then
+//! `ctr run`), and raw HTTP for the headers clients depend on.
+//!
+//! The fixture bundle holds busybox images built offline with umoci from Debian's static
+//! busybox:
+//! * `docker.io/library/app:1` and `quay.io/library/app:1`: same name, different content
+//!   (`/etc/marker` says which registry), to prove repositories are keyed by registry;
+//! * `docker.io/library/busybox:1.36`: a multi-arch index whose arm64 child is not carried;
+//! * `registry.k8s.io/pause:3.10` and `quay.io/library/app@sha256:…` (digest-pinned).
+//!
+//! Every process a test starts is stopped when the test ends (kill on drop).
+
+use ferry_tests::containerd::Containerd;
+use ferry_tests::{run, text, workspace_root};
+use payload_format::{BundleMetadata, Compression, PayloadWriter, SecretKey, WriterOptions};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures: images, the installer, a running registry, a tiny HTTP client.
+
+/// Runs a command that must succeed; returns stdout.
+fn sh(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}", out.status, text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex(&payload_format::sha256(data))
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An OCI layout `dir/name` holding one busybox image tagged `1`, whose `/etc/marker` holds
+/// `marker`. Returns the layout and its manifest digest.
+fn busybox_layout(dir: &Path, name: &str, marker: &str) -> (PathBuf, String) {
+    let layout = dir.join(name);
+    let bundle = dir.join(format!("{name}-unpacked"));
+    let image = format!("{}:1", layout.display());
+    sh(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    sh(Command::new("umoci").args(["new", "--image", &image]));
+    sh(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::copy("/usr/bin/busybox", rootfs.join("bin/busybox")).expect("copying /usr/bin/busybox (apt-get install busybox-static)");
+    for applet in ["sh", "cat", "echo", "ls"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/marker"), format!("{marker}\n")).unwrap();
+    sh(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+    sh(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/bin/sh", "--config.env", "PATH=/bin"]));
+    sh(Command::new("umoci").args(["gc", "--layout"]).arg(&layout));
+    std::fs::remove_dir_all(&bundle).unwrap();
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "1")
+        .expect("tag 1 in the layout")["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (layout, digest)
+}
+
+fn read_blob(layout: &Path, digest: &str) -> Vec<u8> {
+    std::fs::read(layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap()
+}
+
+/// One image of the fixture bundle.
+struct FixtureImage {
+    reference: &'static str,
+    registry: &'static str,
+    repository: &'static str,
+    tag: Option<&'static str>,
+    digest: String,
+}
+
+/// Everything the tests share: the layouts, the signed installer and its public key.
+struct Fixture {
+    dir: PathBuf,
+    installer: PathBuf,
+    public_key: PathBuf,
+    /// Manifest digest of the docker.io and quay.io `app:1` images.
+    docker_app: String,
+    quay_app: String,
+    /// The multi-arch index and its carried amd64 child.
+    index: String,
+    /// Digest of an arm64 manifest the index names but the bundle does not carry.
+    missing_child: String,
+    /// The layer of each app image.
+    docker_layer: String,
+    quay_layer: String,
+}
+
+/// Builds the fixture once per test binary, under cargo's per-target temporary directory (wiped
+/// at the next run).
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("registry-fixture");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (docker_layout, docker_app) = busybox_layout(&dir, "docker-app", "from docker.io");
+        let (quay_layout, quay_app) = busybox_layout(&dir, "quay-app", "from quay.io");
+        let layer_of = |layout: &Path, digest: &str| {
+            let m: Value = serde_json::from_slice(&read_blob(layout, digest)).unwrap();
+            m["layers"][0]["digest"].as_str().unwrap().to_string()
+        };
+        let docker_layer = layer_of(&docker_layout, &docker_app);
+        let quay_layer = layer_of(&quay_layout, &quay_app);
+
+        // A multi-arch index over the docker variant, naming an arm64 child the bundle lacks
+        // (as `ctr export` without --all-platforms leaves it).
+        let docker_manifest = read_blob(&docker_layout, &docker_app);
+        let missing_child = format!("sha256:{}", sha256_hex(b"arm64 manifest not carried"));
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": INDEX_TYPE,
+            "manifests": [
+                {"mediaType": MANIFEST_TYPE, "digest": docker_app, "size": docker_manifest.len(),
+                 "platform": {"architecture": "amd64", "os": "linux"}},
+                {"mediaType": MANIFEST_TYPE, "digest": missing_child, "size": 1234,
+                 "platform": {"architecture": "arm64", "os": "linux"}}
+            ]
+        }))
+        .unwrap();
+        let index_digest = format!("sha256:{}", sha256_hex(&index));
+        std::fs::write(dir.join("index.json-blob"), &index).unwrap();
+
+        let images = vec![
+            FixtureImage { reference: "docker.io/library/app:1", registry: "docker.io", repository: "library/app", tag: Some("1"), digest: docker_app.clone() },
+            FixtureImage { reference: "quay.io/library/app:1", registry: "quay.io", repository: "library/app", tag: Some("1"), digest: quay_app.clone() },
+            FixtureImage { reference: "docker.io/library/busybox:1.36", registry: "docker.io", repository: "library/busybox", tag: Some("1.36"), digest: index_digest.clone() },
+            FixtureImage { reference: "registry.k8s.io/pause:3.10", registry: "registry.k8s.io", repository: "pause", tag: Some("3.10"), digest: docker_app.clone() },
+            FixtureImage {
+                reference: Box::leak(format!("quay.io/library/app@{quay_app}").into_boxed_str()),
+                registry: "quay.io",
+                repository: "library/app",
+                tag: None,
+                digest: quay_app.clone(),
+            },
+        ];
+        let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut manifests = serde_json::Map::new();
+        for layout in [&docker_layout, &quay_layout] {
+            for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+                let e = e.unwrap();
+                blobs.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
+            }
+        }
+        blobs.insert(index_digest.trim_start_matches("sha256:").to_string(), index);
+        manifests.insert(docker_app.clone(), json!(MANIFEST_TYPE));
+        manifests.insert(quay_app.clone(), json!(MANIFEST_TYPE));
+        manifests.insert(index_digest.clone(), json!(INDEX_TYPE));
+
+        let key = SecretKey::generate().unwrap();
+        let public_key = dir.join("vendor.pub");
+        std::fs::write(&public_key, key.public().to_openssh("vendor")).unwrap();
+        let installer = dir.join("installer");
+        write_installer(&installer, &blobs, &images, manifests, Some(&key));
+        Fixture {
+            dir,
+            installer,
+            public_key,
+            docker_app,
+            quay_app,
+            index: index_digest,
+            missing_child,
+            docker_layer,
+            quay_layer,
+        }
+    })
+}
+
+/// Writes an installer in the packer's image contract (issue 3): raw `blobs/sha256/<hex>`
+/// entries, `extra.images`, `extra.manifests`, `extra.platforms`. The stub is the static
+/// `ferry-stub` that `cargo build --release` builds.
+fn write_installer(
+    path: &Path,
+    blobs: &BTreeMap<String, Vec<u8>>,
+    images: &[FixtureImage],
+    manifests: serde_json::Map<String, Value>,
+    key: Option<&SecretKey>,
+) {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let stub_path = target.join("stub/x86_64-unknown-linux-musl/release/ferry-stub");
+    let stub = std::fs::read(&stub_path).unwrap_or_else(|e| panic!("{}: {e}; run `cargo build --release` first", stub_path.display()));
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = PayloadWriter::new(file, path, &mut &stub[..], WriterOptions::default()).unwrap();
+    for (hex, data) in blobs {
+        assert_eq!(&sha256_hex(data), hex, "fixture blob digest");
+        w.add_file(&format!("blobs/sha256/{hex}"), 0o644, Compression::Raw, &mut &data[..]).unwrap();
+    }
+    let records: Vec<Value> = images
+        .iter()
+        .map(|i| {
+            json!({"ref": i.reference, "registry": i.registry, "repository": i.repository, "tag": i.tag,
+                   "digest": i.digest, "mediaType": manifests.get(&i.digest).cloned().unwrap_or(json!(MANIFEST_TYPE)),
+                   "source": "oci", "foundIn": ["spec.images"]})
+        })
+        .collect();
+    let mut extra = serde_json::Map::new();
+    extra.insert("images".into(), Value::Array(records));
+    extra.insert("manifests".into(), Value::Object(manifests));
+    extra.insert("platforms".into(), json!(["linux/amd64"]));
+    extra.insert("missingImages".into(), json!([]));
+    let meta = BundleMetadata {
+        name: "registry-test".into(),
+        version: "1.0.0".into(),
+        kubernetes_version: "v1.33.4".into(),
+        created: 1_700_000_000,
+        builder: "ferry tests".into(),
+        extra,
+    };
+    w.finish(meta, key).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// A running `installer registry serve`, killed on drop.
+struct Serve {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    addr: String,
+    log: PathBuf,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Serve {
+    fn start(installer: &Path, args: &[&str]) -> Serve {
+        Serve::try_start(installer, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(installer: &Path, args: &[&str]) -> Result<Serve, String> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = installer.with_file_name(format!("serve-{}-{n}.log", std::process::id()));
+        let mut child = Command::new(installer)
+            .args(["registry", "serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("FERRY_TRUSTED_KEYS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let status = child.wait().unwrap();
+                return Err(format!("registry serve exited ({status}) before listening:\n{}", std::fs::read_to_string(&log).unwrap()));
+            }
+            if let Some(rest) = line.strip_prefix("registry listening on http://") {
+                let addr = rest.split_whitespace().next().unwrap().to_string();
+                return Ok(Serve { child, addr, log, _stdout: stdout });
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        http(&self.addr, "GET", path, &[])
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The signed fixture installer, served with its key pinned.
+fn serve_fixture() -> Serve {
+    let f = fixture();
+    Serve::start(&f.installer, &["--key", f.public_key.to_str().unwrap()])
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn error_code(&self) -> String {
+        self.json()["errors"][0]["code"].as_str().unwrap_or("").to_string()
+    }
+    fn error_message(&self) -> String {
+        self.json()["errors"][0]["message"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to EOF.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ferry-tests\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    Resp { status, headers, body }
+}
+
+/// Waits until the registry log holds `n` access lines matching `pred` (lines are written when
+/// a response body finishes, which can trail the client by a moment).
+fn wait_log(serve: &Serve, pred: impl Fn(&str) -> bool, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = serve.log();
+        if log.lines().filter(|l| pred(l)).count() >= n || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn skopeo() -> Command {
+    let mut c = Command::new("skopeo");
+    // Never read the machine's registries.conf mirrors or policy: only loopback is contacted.
+    c.args(["--insecure-policy", "--registries-conf", "/dev/null"]);
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API, header by header.
+
+#[test]
+fn base_catalog_and_tags() {
+    let s = serve_fixture();
+    let r = s.get("/v2/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"{}");
+    assert_eq!(r.header("Docker-Distribution-API-Version"), Some("registry/2.0"));
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+
+    let cat = s.get("/v2/_catalog").json();
+    assert_eq!(cat["repositories"], json!(["library/app", "library/busybox", "pause"]));
+    let cat = s.get("/v2/_catalog?ns=quay.io").json();
+    assert_eq!(cat["repositories"], json!(["library/app"]));
+    let page = http(&s.addr, "GET", "/v2/_catalog?n=1", &[]);
+    assert_eq!(page.json()["repositories"], json!(["library/app"]));
+    assert!(page.header("Link").unwrap().contains("last=library/app"), "{page:?}");
+
+    let tags = s.get("/v2/library/busybox/tags/list").json();
+    assert_eq!(tags, json!({"name": "library/busybox", "tags": ["1.36"]}));
+    let tags = s.get("/v2/library/app/tags/list?ns=quay.io");
+    assert_eq!(tags.json()["tags"], json!(["1"]));
+    assert_eq!(tags.header("OCI-Namespace"), Some("quay.io"));
+    let unknown = s.get("/v2/library/nope/tags/list");
+    assert_eq!((unknown.status, unknown.error_code().as_str()), (404, "NAME_UNKNOWN"));
+    // Every response carries the API version header, errors included.
+    assert_eq!(unknown.header("Docker-Distribution-API-Version"), Some("registry/2.0"));
+}
+
+#[test]
+fn manifests_are_byte_exact_and_head_carries_get_headers() {
+    let f = fixture();
+    let s = serve_fixture();
+    for (path, digest, media_type) in [
+        ("/v2/library/app/manifests/1?ns=docker.io", &f.docker_app, MANIFEST_TYPE),
+        ("/v2/library/busybox/manifests/1.36", &f.index, INDEX_TYPE),
+        (&*format!("/v2/library/busybox/manifests/{}", f.docker_app), &f.docker_app, MANIFEST_TYPE),
+        (&*format!("/v2/library/app/manifests/{}", f.quay_app), &f.quay_app, MANIFEST_TYPE),
+    ] {
+        let get = s.get(path);
+        assert_eq!(get.status, 200, "{path}: {}", String::from_utf8_lossy(&get.body));
+        assert_eq!(format!("sha256:{}", sha256_hex(&get.body)), *digest, "{path}: bytes as stored");
+        assert_eq!(get.header("Content-Type"), Some(media_type), "{path}");
+        assert_eq!(get.header("Docker-Content-Digest"), Some(digest.as_str()), "{path}");
+        assert_eq!(get.header("Content-Length"), Some(get.body.len().to_string().as_str()), "{path}");
+        let head = http(&s.addr, "HEAD", path, &[]);
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty(), "HEAD has no body");
+        for h in ["Content-Type", "Content-Length", "Docker-Content-Digest", "Docker-Distribution-API-Version", "ETag"] {
+            assert_eq!(head.header(h), get.header(h), "{path}: HEAD's {h} must equal GET's");
+        }
+    }
+    // An index child the bundle does not carry (its platform was not requested).
+    let r = s.get(&format!("/v2/library/busybox/manifests/{}", f.missing_child));
+    assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
+    let r = s.get("/v2/library/busybox/manifests/9.9");
+    assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
+    // The docker.io image's manifest is not part of quay.io's repository.
+    let r = s.get(&format!("/v2/library/app/manifests/{}?ns=quay.io", f.docker_app));
+    assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
+    // An Accept list that excludes the stored type is refused rather than converted.
+    let r = http(&s.addr, "GET", "/v2/library/busybox/manifests/1.36", &[("Accept", "application/vnd.docker.distribution.manifest.v2+json")]);
+    assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
+    let r = http(&s.addr, "GET", "/v2/library/busybox/manifests/1.36", &[("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json")]);
+    assert_eq!(r.status, 200);
+    let r = s.get("/v2/library/app/manifests/sha256:xyz");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "DIGEST_INVALID"));
+    let r = s.get("/v2/Library/App/manifests/1");
+    assert_eq!((r.status, r.error_code().as_str()), (400, "NAME_INVALID"));
+}
+
+#[test]
+fn blobs_ranges_and_reachability() {
+    let f = fixture();
+    let s = serve_fixture();
+    let path = format!("/v2/library/app/blobs/{}?ns=docker.io", f.docker_layer);
+    let full = s.get(&path);
+    assert_eq!(full.status, 200);
+    assert_eq!(format!("sha256:{}", sha256_hex(&full.body)), f.docker_layer);
+    assert_eq!(full.header("Accept-Ranges"), Some("bytes"));
+    assert_eq!(full.header("Content-Type"), Some("application/octet-stream"));
+    assert_eq!(full.header("Docker-Content-Digest"), Some(f.docker_layer.as_str()));
+    let size = full.body.len();
+    assert!(size > 1 << 20, "the busybox layer spans several chunks ({size} bytes)");
+
+    let head = http(&s.addr, "HEAD", &path, &[]);
+    assert_eq!((head.status, head.header("Content-Length")), (200, Some(size.to_string().as_str())));
+    assert!(head.body.is_empty());
+
+    let r = http(&s.addr, "GET", &path, &[("Range", "bytes=100-199")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, full.body[100..200]);
+    assert_eq!(r.header("Content-Range"), Some(format!("bytes 100-199/{size}").as_str()));
+    assert_eq!(r.header("Content-Length"), Some("100"));
+    // containerd resumes with an open-ended range.
+    let off = size - 1000;
+    let r = http(&s.addr, "GET", &path, &[("Range", &format!("bytes={off}-"))]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, full.body[off..]);
+    assert_eq!(r.header("Content-Range"), Some(format!("bytes {off}-{}/{size}", size - 1).as_str()));
+    let r = http(&s.addr, "GET", &path, &[("Range", "bytes=-10")]);
+    assert_eq!((r.status, r.body.as_slice()), (206, &full.body[size - 10..]));
+    let r = http(&s.addr, "GET", &path, &[("Range", &format!("bytes={size}-"))]);
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("Content-Range"), Some(format!("bytes */{size}").as_str()));
+
+    // A blob is served only for repositories whose images reach it.
+    let r = s.get(&format!("/v2/library/app/blobs/{}?ns=docker.io", f.quay_layer));
+    assert_eq!((r.status, r.error_code().as_str()), (404, "BLOB_UNKNOWN"));
+    let r = s.get(&format!("/v2/library/app/blobs/{}?ns=quay.io", f.quay_layer));
+    assert_eq!(r.status, 200);
+    let r = s.get(&format!("/v2/pause/blobs/{}?ns=registry.k8s.io", f.quay_layer));
+    assert_eq!((r.status, r.error_code().as_str()), (404, "BLOB_UNKNOWN"));
+    // containerd falls back from /manifests/<digest> to /blobs/<digest>: manifests are blobs too.
+    let r = s.get(&format!("/v2/library/busybox/blobs/{}", f.index));
+    assert_eq!((r.status, format!("sha256:{}", sha256_hex(&r.body))), (200, f.index.clone()));
+}
+
+#[test]
+fn writes_are_refused_with_405() {
+    let s = serve_fixture();
+    for (method, path) in [
+        ("POST", "/v2/library/app/blobs/uploads/"),
+        ("PUT", "/v2/library/app/manifests/2"),
+        ("PATCH", "/v2/library/app/blobs/uploads/x"),
+        ("DELETE", "/v2/library/app/manifests/1"),
+    ] {
+        let r = http(&s.addr, method, path, &[("Content-Length", "0")]);
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.error_code(), "UNSUPPORTED");
+        assert_eq!(r.header("Allow"), Some("GET, HEAD"));
+        assert_eq!(r.header("Docker-Distribution-API-Version"), Some("registry/2.0"));
+    }
+}
+
+#[test]
+fn same_name_in_two_registries_stays_apart() {
+    let f = fixture();
+    let s = serve_fixture();
+    let d = s.get("/v2/library/app/manifests/1?ns=docker.io");
+    let q = s.get("/v2/library/app/manifests/1?ns=quay.io");
+    assert_eq!(d.header("Docker-Content-Digest"), Some(f.docker_app.as_str()));
+    assert_eq!(q.header("Docker-Content-Digest"), Some(f.quay_app.as_str()));
+    // Docker Hub's other host names mean docker.io.
+    let d2 = s.get("/v2/library/app/manifests/1?ns=registry-1.docker.io");
+    assert_eq!(d2.header("Docker-Content-Digest"), Some(f.docker_app.as_str()));
+    // Without ns the tag is ambiguous: an explanatory error, never a guess.
+    let r = s.get("/v2/library/app/manifests/1");
+    assert_eq!((r.status, r.error_code().as_str()), (404, "NAME_UNKNOWN"));
+    let msg = r.error_message();
+    assert!(msg.contains("ambiguous") && msg.contains("docker.io") && msg.contains("quay.io") && msg.contains("ns="), "{msg}");
+    // …but digests are content-addressed, so they need no ns.
+    let r = s.get(&format!("/v2/library/app/manifests/{}", f.quay_app));
+    assert_eq!(r.status, 200);
+    // A client that cannot send ns names the registry in the path.
+    let r = s.get("/v2/quay.io/library/app/manifests/1");
+    assert_eq!(r.header("Docker-Content-Digest"), Some(f.quay_app.as_str()));
+    // A registry the bundle does not carry that name from.
+    let r = s.get("/v2/library/app/manifests/1?ns=ghcr.io");
+    assert_eq!((r.status, r.error_code().as_str()), (404, "NAME_UNKNOWN"));
+    assert!(r.error_message().contains("docker.io, quay.io"), "{}", r.error_message());
+    // Unambiguous names need no ns.
+    let r = s.get("/v2/pause/manifests/3.10");
+    assert_eq!(r.header("Docker-Content-Digest"), Some(f.docker_app.as_str()));
+}
+
+#[test]
+fn one_access_log_line_per_request() {
+    let f = fixture();
+    let s = serve_fixture();
+    let path = format!("/v2/library/app/blobs/{}?ns=quay.io", f.quay_layer);
+    let body = s.get(&path).body;
+    http(&s.addr, "HEAD", "/v2/library/app/manifests/1?ns=quay.io", &[]);
+    s.get("/v2/library/nope/manifests/1");
+    let log = wait_log(&s, |l| l.contains("\"ferry-tests\""), 3);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("\"ferry-tests\"")).collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(lines[0].contains(&format!("\"GET {path}\" 200 {} ", body.len())), "{}", lines[0]);
+    assert!(lines[0].contains("127.0.0.1:") && lines[0].contains("ms "), "{}", lines[0]);
+    assert!(lines[1].contains("\"HEAD /v2/library/app/manifests/1?ns=quay.io\" 200 0 "), "{}", lines[1]);
+    assert!(lines[2].contains("\"GET /v2/library/nope/manifests/1\" 404 "), "{}", lines[2]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Integrity and trust.
+
+/// A copy of the fixture installer with one byte of `digest`'s blob flipped.
+fn corrupted_copy(name: &str, digest: &str, at: u64) -> PathBuf {
+    let f = fixture();
+    let path = f.dir.join(name);
+    std::fs::copy(&f.installer, &path).unwrap();
+    let p = payload_format::Payload::open(&path).unwrap();
+    let e = p.index().entry(&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))).unwrap().clone();
+    drop(p);
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8];
+    file.read_exact_at(&mut b, e.offset + at).unwrap();
+    file.write_all_at(&[b[0] ^ 0x55], e.offset + at).unwrap();
+    path
+}
+
+#[test]
+fn a_corrupted_layer_gives_an_error_response_not_bad_bytes() {
+    let f = fixture();
+    let bad = corrupted_copy("installer-bad-layer", &f.docker_layer, 5000);
+    // The signature covers the index, not every byte: startup succeeds, the damage is found on use.
+    let s = Serve::start(&bad, &["--key", f.public_key.to_str().unwrap()]);
+    let path = format!("/v2/library/app/blobs/{}?ns=docker.io", f.docker_layer);
+    let r = s.get(&path);
+    assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_code(), "UNKNOWN");
+    assert!(r.error_message().contains("damaged") && r.error_message().contains("does not match the signed index"), "{}", r.error_message());
+    // Remembered as bad: still refused.
+    assert_eq!(s.get(&path).status, 500);
+    // Everything else is still served.
+    assert_eq!(s.get("/v2/library/app/manifests/1?ns=quay.io").status, 200);
+    assert_eq!(s.get(&format!("/v2/library/app/blobs/{}?ns=quay.io", f.quay_layer)).status, 200);
+    let log = wait_log(&s, |l| l.contains(" 500 "), 2);
+    assert!(log.contains(&format!("error: refusing to serve {}", f.docker_layer)), "{log}");
+    // A real client fails loudly instead of storing a bad layer.
+    let out = dir_copy(&s, "docker://{addr}/docker.io/library/app:1", &f.dir.join("bad-copy"));
+    assert!(!out.status.success(), "skopeo copied a corrupted layer:\n{}", text(&out));
+}
+
+#[test]
+fn a_corrupted_manifest_is_refused_at_use() {
+    let f = fixture();
+    let bad = corrupted_copy("installer-bad-manifest", &f.quay_app, 10);
+    let s = Serve::start(&bad, &["--key", f.public_key.to_str().unwrap()]);
+    assert!(s.log().contains("does not match the signed index"), "startup warns:\n{}", s.log());
+    let r = s.get("/v2/library/app/manifests/1?ns=quay.io");
+    assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(s.get("/v2/library/app/manifests/1?ns=docker.io").status, 200);
+}
+
+#[test]
+fn trust_is_checked_before_serving() {
+    let f = fixture();
+    // No key given: a valid signature is accepted with a warning.
+    let s = Serve::start(&f.installer, &[]);
+    assert!(s.log().contains("no trusted keys given"), "{}", s.log());
+    drop(s);
+    // A different trusted key: refused.
+    let other = SecretKey::generate().unwrap();
+    let other_pub = f.dir.join("other.pub");
+    std::fs::write(&other_pub, other.public().to_openssh("other")).unwrap();
+    let err = Serve::try_start(&f.installer, &["--key", other_pub.to_str().unwrap()]).err().expect("untrusted signer refused");
+    assert!(err.contains("not one of the trusted keys"), "{err}");
+    // A file that is not an installer.
+    let err = Serve::try_start(&f.installer, &["--file", "/usr/bin/busybox"]).err().expect("not an installer");
+    assert!(err.contains("no ferry payload found"), "{err}");
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let mut s = serve_fixture();
+    assert_eq!(s.get("/v2/").status, 200);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(s.log().contains("registry stopped: 1 requests"), "{}", s.log());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real clients.
+
+/// `skopeo copy SRC dir:DEST`, with `{addr}` in SRC replaced by the registry's address.
+fn dir_copy(s: &Serve, src: &str, dest: &Path) -> std::process::Output {
+    let _ = std::fs::remove_dir_all(dest);
+    run(skopeo().args(["copy", "--src-tls-verify=false", &src.replace("{addr}", &s.addr)]).arg(format!("dir:{}", dest.display())))
+}
+
+#[test]
+fn skopeo_inspects_and_copies() {
+    let f = fixture();
+    let s = serve_fixture();
+    let out = sh(skopeo().args(["inspect", "--tls-verify=false", &format!("docker://{}/library/busybox:1.36", s.addr)]));
+    let info: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(info["Digest"], json!(f.index), "skopeo reports the index it resolved");
+    assert_eq!(info["Architecture"], "amd64", "and the amd64 child's config");
+    let raw = sh(skopeo().args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/library/busybox:1.36", s.addr)]));
+    assert_eq!(format!("sha256:{}", sha256_hex(raw.as_bytes())), f.index);
+
+    for (src, manifest, layer) in [
+        ("docker://{addr}/docker.io/library/app:1", &f.docker_app, &f.docker_layer),
+        ("docker://{addr}/quay.io/library/app:1", &f.quay_app, &f.quay_layer),
+        (&*format!("docker://{{addr}}/library/app@{}", f.quay_app), &f.quay_app, &f.quay_layer),
+    ] {
+        let dest = f.dir.join("copy");
+        let out = dir_copy(&s, src, &dest);
+        assert!(out.status.success(), "{src}: {}", text(&out));
+        let m = std::fs::read(dest.join("manifest.json")).unwrap();
+        assert_eq!(format!("sha256:{}", sha256_hex(&m)), *manifest, "{src}: manifest copied byte for byte");
+        let l = std::fs::read(dest.join(layer.trim_start_matches("sha256:"))).unwrap();
+        assert_eq!(format!("sha256:{}", sha256_hex(&l)), *layer, "{src}");
+    }
+    // skopeo's own error for the ambiguous name shows our explanation.
+    let out = dir_copy(&s, "docker://{addr}/library/app:1", &f.dir.join("copy"));
+    assert!(!out.status.success() && text(&out).contains("ambiguous"), "{}", text(&out));
+}
+
+#[test]
+fn thirty_two_concurrent_pulls_have_no_errors() {
+    let f = fixture();
+    let s = serve_fixture();
+    let children: Vec<(PathBuf, Child)> = (0..32)
+        .map(|i| {
+            let dest = f.dir.join(format!("concurrent-{i}"));
+            let _ = std::fs::remove_dir_all(&dest);
+            let child = skopeo()
+                .args(["copy", "--src-tls-verify=false", &format!("docker://{}/library/busybox:1.36", s.addr)])
+                .arg(format!("dir:{}", dest.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (dest, child)
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (dest, child) in children {
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        } else {
+            let l = std::fs::read(dest.join(f.docker_layer.trim_start_matches("sha256:"))).unwrap();
+            assert_eq!(format!("sha256:{}", sha256_hex(&l)), f.docker_layer);
+        }
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+    assert!(failures.is_empty(), "{} of 32 pulls failed:\n{}", failures.len(), failures.join("\n"));
+    let log = s.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("\" 5") || l.ends_with(" aborted")).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[test]
+fn config_writes_hosts_toml_for_every_registry_and_a_loadable_config_toml() {
+    let f = fixture();
+    let out = f.dir.join("node-config");
+    let _ = std::fs::remove_dir_all(&out);
+    let key = f.public_key.to_str().unwrap();
+    let printed = sh(Command::new(&f.installer).args([
+        "registry", "config", "--file", f.installer.to_str().unwrap(), "--key", key, "--containerd", "1.7",
+        "--endpoint", "http://10.0.0.10:5000", "--endpoint", "http://10.0.0.11:5000", "--out", out.to_str().unwrap(),
+    ]));
+    for reg in ["docker.io", "quay.io", "registry.k8s.io", "_default"] {
+        let hosts = std::fs::read_to_string(out.join("certs.d").join(reg).join("hosts.toml")).unwrap();
+        assert!(hosts.contains("server = \"http://10.0.0.10:5000\""), "{reg}: {hosts}");
+        let first = hosts.find("[host.\"http://10.0.0.10:5000\"]").expect("first replica");
+        let second = hosts.find("[host.\"http://10.0.0.11:5000\"]").expect("second replica");
+        assert!(first < second, "replicas in the order given");
+        assert_eq!(hosts.matches("capabilities = [\"pull\", \"resolve\"]").count(), 2);
+        assert!(printed.contains(&format!("certs.d/{reg}/hosts.toml")), "{printed}");
+    }
+    // containerd itself parses the 1.7 (version 2) file: `config dump` merges it over defaults.
+    let dump = sh(Command::new("containerd").arg("--config").arg(out.join("config.toml")).args(["config", "dump"]));
+    assert!(dump.contains("sandbox_image = \"registry.k8s.io/pause:3.10\""), "{dump}");
+    assert!(dump.contains("config_path = \"/etc/containerd/certs.d\""), "{dump}");
+    assert!(dump.contains("SystemdCgroup = true"), "{dump}");
+
+    let out2 = f.dir.join("node-config-2");
+    sh(Command::new(&f.installer).args([
+        "registry", "config", "--file", f.installer.to_str().unwrap(), "--key", key,
+        "--endpoint", "http://10.0.0.10:5000", "--out", out2.to_str().unwrap(),
+    ]));
+    let cfg = std::fs::read_to_string(out2.join("config.toml")).unwrap();
+    assert!(cfg.contains("version = 3") && cfg.contains("sandbox = \"registry.k8s.io/pause:3.10\""), "{cfg}");
+
+    // Errors name the cause.
+    let bad = run(Command::new(&f.installer).args([
+        "registry", "config", "--file", f.installer.to_str().unwrap(), "--key", key,
+        "--endpoint", "10.0.0.10:5000", "--out", out2.to_str().unwrap(),
+    ]));
+    assert!(!bad.status.success() && text(&bad).contains("must start with http:// or https://"), "{}", text(&bad));
+}
+
+#[test]
+fn containerd_pulls_each_registry_through_hosts_toml_and_runs_it() {
+    let f = fixture();
+    let s = serve_fixture();
+    let out = f.dir.join("containerd-config");
+    let _ = std::fs::remove_dir_all(&out);
+    sh(Command::new(&f.installer).args([
+        "registry", "config", "--file", f.installer.to_str().unwrap(), "--key", f.public_key.to_str().unwrap(),
+        "--containerd", "1.7", "--endpoint", &format!("http://{}", s.addr), "--out", out.to_str().unwrap(),
+    ]));
+    let hosts = out.join("certs.d");
+    let c = Containerd::start();
+    for (image, marker) in [("docker.io/library/app:1", "from docker.io"), ("quay.io/library/app:1", "from quay.io")] {
+        let pull = c.pull(image, &hosts);
+        assert!(pull.status.success(), "pulling {image}: {}\nregistry log:\n{}", text(&pull), s.log());
+        let id = format!("ferry-{}", image.replace(['/', ':', '.'], "-"));
+        let run = c.run(image, &id, &["cat", "/etc/marker"]);
+        assert!(run.status.success(), "running {image}: {}\n{}", text(&run), c.log());
+        assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), marker, "{image} ran with its own registry's content");
+    }
+    // The multi-arch index resolves to the carried amd64 child.
+    let pull = c.pull("docker.io/library/busybox:1.36", &hosts);
+    assert!(pull.status.success(), "{}\n{}", text(&pull), s.log());
+    let run = c.run("docker.io/library/busybox:1.36", "ferry-busybox", &["echo", "hello from the installer"]);
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "hello from the installer", "{}", text(&run));
+    // A miss fails fast and stays local: server is the built-in registry too.
+    let miss = c.pull("docker.io/library/absent:1", &hosts);
+    assert!(!miss.status.success());
+    let log = s.log();
+    assert!(log.contains("\"HEAD /v2/library/app/manifests/1?ns=quay.io\" 200"), "containerd sent ns=quay.io:\n{log}");
+    assert!(log.contains("\"HEAD /v2/library/app/manifests/1?ns=docker.io\" 200"), "{log}");
+    assert!(log.contains("/v2/library/absent/manifests/1?ns=docker.io\" 404"), "{log}");
+    assert!(!log.lines().any(|l| l.ends_with(" aborted")), "every response completed:\n{log}");
+    // The images keep their original references.
+    let images = sh(c.ctr().args(["images", "ls", "-q"]));
+    for image in ["docker.io/library/app:1", "quay.io/library/app:1", "docker.io/library/busybox:1.36"] {
+        assert!(images.lines().any(|l| l == image), "{images}");
+    }
+}
