@@ -9,13 +9,14 @@
 //! * `docker.io/library/busybox:1.36`: a multi-arch index whose arm64 child is not carried;
 //! * `registry.k8s.io/pause:3.10` and `quay.io/library/app@sha256:…` (digest-pinned).
 //!
+//! The installer is built by the real `ferry build` from `oci:` layout sources, offline.
+//!
 //! Every process a test starts is stopped when the test ends (kill on drop).
 
 use ferry_tests::containerd::Containerd;
-use ferry_tests::{run, text, workspace_root};
-use payload_format::{BundleMetadata, Compression, PayloadWriter, SecretKey, WriterOptions};
+use ferry_tests::{run, text};
+use payload_format::SecretKey;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -82,15 +83,6 @@ fn read_blob(layout: &Path, digest: &str) -> Vec<u8> {
     std::fs::read(layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap()
 }
 
-/// One image of the fixture bundle.
-struct FixtureImage {
-    reference: &'static str,
-    registry: &'static str,
-    repository: &'static str,
-    tag: Option<&'static str>,
-    digest: String,
-}
-
 /// Everything the tests share: the layouts, the signed installer and its public key.
 struct Fixture {
     dir: PathBuf,
@@ -99,7 +91,7 @@ struct Fixture {
     /// Manifest digest of the docker.io and quay.io `app:1` images.
     docker_app: String,
     quay_app: String,
-    /// The multi-arch index and its carried amd64 child.
+    /// The multi-arch index over the docker.io image.
     index: String,
     /// Digest of an arm64 manifest the index names but the bundle does not carry.
     missing_child: String,
@@ -108,8 +100,8 @@ struct Fixture {
     quay_layer: String,
 }
 
-/// Builds the fixture once per test binary, under cargo's per-target temporary directory (wiped
-/// at the next run).
+/// Builds the fixture once per test binary with the real `ferry build`, under cargo's
+/// per-target temporary directory (wiped at the next run).
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
@@ -125,8 +117,8 @@ fn fixture() -> &'static Fixture {
         let docker_layer = layer_of(&docker_layout, &docker_app);
         let quay_layer = layer_of(&quay_layout, &quay_app);
 
-        // A multi-arch index over the docker variant, naming an arm64 child the bundle lacks
-        // (as `ctr export` without --all-platforms leaves it).
+        // A multi-arch index over the docker variant, tagged 1.36 in the same layout, naming an
+        // arm64 child the layout lacks (as `ctr export` without --all-platforms leaves it).
         let docker_manifest = read_blob(&docker_layout, &docker_app);
         let missing_child = format!("sha256:{}", sha256_hex(b"arm64 manifest not carried"));
         let index = serde_json::to_vec(&json!({
@@ -141,43 +133,52 @@ fn fixture() -> &'static Fixture {
         }))
         .unwrap();
         let index_digest = format!("sha256:{}", sha256_hex(&index));
-        std::fs::write(dir.join("index.json-blob"), &index).unwrap();
+        std::fs::write(docker_layout.join("blobs/sha256").join(index_digest.trim_start_matches("sha256:")), &index).unwrap();
+        let index_json = docker_layout.join("index.json");
+        let mut layout_index: Value = serde_json::from_slice(&std::fs::read(&index_json).unwrap()).unwrap();
+        layout_index["manifests"].as_array_mut().unwrap().push(json!({
+            "mediaType": INDEX_TYPE, "digest": index_digest, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "1.36"}
+        }));
+        std::fs::write(&index_json, serde_json::to_vec(&layout_index).unwrap()).unwrap();
 
-        let images = vec![
-            FixtureImage { reference: "docker.io/library/app:1", registry: "docker.io", repository: "library/app", tag: Some("1"), digest: docker_app.clone() },
-            FixtureImage { reference: "quay.io/library/app:1", registry: "quay.io", repository: "library/app", tag: Some("1"), digest: quay_app.clone() },
-            FixtureImage { reference: "docker.io/library/busybox:1.36", registry: "docker.io", repository: "library/busybox", tag: Some("1.36"), digest: index_digest.clone() },
-            FixtureImage { reference: "registry.k8s.io/pause:3.10", registry: "registry.k8s.io", repository: "pause", tag: Some("3.10"), digest: docker_app.clone() },
-            FixtureImage {
-                reference: Box::leak(format!("quay.io/library/app@{quay_app}").into_boxed_str()),
-                registry: "quay.io",
-                repository: "library/app",
-                tag: None,
-                digest: quay_app.clone(),
-            },
-        ];
-        let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        let mut manifests = serde_json::Map::new();
-        for layout in [&docker_layout, &quay_layout] {
-            for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
-                let e = e.unwrap();
-                blobs.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap());
-            }
-        }
-        blobs.insert(index_digest.trim_start_matches("sha256:").to_string(), index);
-        manifests.insert(docker_app.clone(), json!(MANIFEST_TYPE));
-        manifests.insert(quay_app.clone(), json!(MANIFEST_TYPE));
-        manifests.insert(index_digest.clone(), json!(INDEX_TYPE));
-
-        let key = SecretKey::generate().unwrap();
-        let public_key = dir.join("vendor.pub");
-        std::fs::write(&public_key, key.public().to_openssh("vendor")).unwrap();
+        std::fs::write(
+            dir.join("bundle.yaml"),
+            format!(
+                r#"apiVersion: ferry.dev/v1alpha1
+kind: Bundle
+metadata: {{name: registry-test, version: 1.0.0}}
+spec:
+  kubernetes: {{version: v1.33.4}}
+  platforms: [linux/amd64]
+  images:
+    - {{ref: docker.io/library/app:1, source: "oci:docker-app:1"}}
+    - {{ref: quay.io/library/app:1, source: "oci:quay-app:1"}}
+    - {{ref: "quay.io/library/app@{quay_app}", source: "oci:quay-app:1"}}
+    - {{ref: docker.io/library/busybox:1.36, source: "oci:docker-app:1.36"}}
+    - {{ref: registry.k8s.io/pause:3.10, source: "oci:docker-app:1"}}
+"#
+            ),
+        )
+        .unwrap();
+        let ferry = ferry_tests::release_bin("ferry");
+        sh(Command::new(&ferry).arg("keygen").arg("-o").arg(dir.join("vendor")));
         let installer = dir.join("installer");
-        write_installer(&installer, &blobs, &images, manifests, Some(&key));
+        // --offline: the control-plane images of v1.33 are discovered too, and nothing may be
+        // fetched from the internet; they are recorded as missing.
+        sh(Command::new(&ferry)
+            .arg("build")
+            .arg(dir.join("bundle.yaml"))
+            .arg("-o")
+            .arg(&installer)
+            .arg("--key")
+            .arg(dir.join("vendor.key"))
+            .args(["--offline", "--allow-missing-images"])
+            .env("SOURCE_DATE_EPOCH", "1700000000"));
         Fixture {
+            public_key: dir.join("vendor.pub"),
             dir,
             installer,
-            public_key,
             docker_app,
             quay_app,
             index: index_digest,
@@ -186,50 +187,6 @@ fn fixture() -> &'static Fixture {
             quay_layer,
         }
     })
-}
-
-/// Writes an installer in the packer's image contract (issue 3): raw `blobs/sha256/<hex>`
-/// entries, `extra.images`, `extra.manifests`, `extra.platforms`. The stub is the static
-/// `ferry-stub` that `cargo build --release` builds.
-fn write_installer(
-    path: &Path,
-    blobs: &BTreeMap<String, Vec<u8>>,
-    images: &[FixtureImage],
-    manifests: serde_json::Map<String, Value>,
-    key: Option<&SecretKey>,
-) {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    let stub_path = target.join("stub/x86_64-unknown-linux-musl/release/ferry-stub");
-    let stub = std::fs::read(&stub_path).unwrap_or_else(|e| panic!("{}: {e}; run `cargo build --release` first", stub_path.display()));
-    let file = std::fs::File::create(path).unwrap();
-    let mut w = PayloadWriter::new(file, path, &mut &stub[..], WriterOptions::default()).unwrap();
-    for (hex, data) in blobs {
-        assert_eq!(&sha256_hex(data), hex, "fixture blob digest");
-        w.add_file(&format!("blobs/sha256/{hex}"), 0o644, Compression::Raw, &mut &data[..]).unwrap();
-    }
-    let records: Vec<Value> = images
-        .iter()
-        .map(|i| {
-            json!({"ref": i.reference, "registry": i.registry, "repository": i.repository, "tag": i.tag,
-                   "digest": i.digest, "mediaType": manifests.get(&i.digest).cloned().unwrap_or(json!(MANIFEST_TYPE)),
-                   "source": "oci", "foundIn": ["spec.images"]})
-        })
-        .collect();
-    let mut extra = serde_json::Map::new();
-    extra.insert("images".into(), Value::Array(records));
-    extra.insert("manifests".into(), Value::Object(manifests));
-    extra.insert("platforms".into(), json!(["linux/amd64"]));
-    extra.insert("missingImages".into(), json!([]));
-    let meta = BundleMetadata {
-        name: "registry-test".into(),
-        version: "1.0.0".into(),
-        kubernetes_version: "v1.33.4".into(),
-        created: 1_700_000_000,
-        builder: "ferry tests".into(),
-        extra,
-    };
-    w.finish(meta, key).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 }
 
 /// A running `installer registry serve`, killed on drop.
@@ -581,6 +538,8 @@ fn a_corrupted_layer_gives_an_error_response_not_bad_bytes() {
     assert_eq!(s.get(&format!("/v2/library/app/blobs/{}?ns=quay.io", f.quay_layer)).status, 200);
     let log = wait_log(&s, |l| l.contains(" 500 "), 2);
     assert!(log.contains(&format!("error: refusing to serve {}", f.docker_layer)), "{log}");
+    let layer_entry = format!("entry blobs/sha256/{}", f.docker_layer.trim_start_matches("sha256:"));
+    assert!(r.error_message().contains(&layer_entry), "names the damaged blob: {}", r.error_message());
     // A real client fails loudly instead of storing a bad layer.
     let out = dir_copy(&s, "docker://{addr}/docker.io/library/app:1", &f.dir.join("bad-copy"));
     assert!(!out.status.success(), "skopeo copied a corrupted layer:\n{}", text(&out));

@@ -171,7 +171,17 @@ impl VerifiedFile {
             self.blobs_by_digest.lock().unwrap_or_else(|p| p.into_inner()).insert(offset);
             Ok(())
         } else {
-            Err(err)
+            // The chunk error names the chunk's first entry; this blob is the one proven bad.
+            Err(CorruptChunk {
+                chunk: err.chunk,
+                message: format!(
+                    "{}: entry blobs/sha256/{digest} (bytes {offset}..{}) does not match the signed index \
+                     (its bytes no longer hash to its digest; chunk {} fails); the file is corrupted or was modified",
+                    self.payload.path().display(),
+                    offset + size,
+                    err.chunk
+                ),
+            })
         }
     }
 
@@ -250,7 +260,8 @@ mod tests {
         assert!(vf.verify(e.offset + 8192, e.offset + 8193).is_err());
         // The blob's own digest does not match either: refused.
         let hex: String = payload_format::sha256(&data).iter().map(|b| format!("{b:02x}")).collect();
-        assert!(vf.verify_blob(e.offset, e.size, &hex, e.offset, e.offset + e.size).is_err());
+        let err = vf.verify_blob(e.offset, e.size, &hex, e.offset, e.offset + e.size).unwrap_err();
+        assert!(err.message.contains(&format!("entry blobs/sha256/{hex}")), "{err}");
     }
 
     #[test]
