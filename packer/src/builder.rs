@@ -52,6 +52,10 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     };
     let mut plan = plan(&bundle)?;
     let output_dir = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // Fail before downloading gigabytes of images, not after.
+    if !output_dir.is_dir() {
+        bail!("cannot write the output: {} is not a directory", output_dir.display());
+    }
     let image_opts = crate::images::Options {
         allow_missing: args.allow_missing_images,
         offline: args.offline,
@@ -76,6 +80,8 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         builder: format!("ferry {}", env!("CARGO_PKG_VERSION")),
         extra: images.extra.clone(),
     };
+    let metadata_images = images.extra.get("images").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0);
+    let metadata_missing = images.extra.get("missingImages").cloned().unwrap_or_default();
     let total: u64 = plan.values().map(|p| p.item.size).sum();
     let progress = printer.progress(total, "build");
     let summary = write_installer(&args.output, &stub, &plan, metadata, key.as_ref(), &|n| progress.inc(n));
@@ -92,6 +98,8 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
                 "entries": summary.entries,
                 "signed": key.is_some(),
                 "signer": key.as_ref().map(|k| k.public().fingerprint()),
+                "images": metadata_images,
+                "missingImages": metadata_missing,
                 "seconds": secs,
             })
         );

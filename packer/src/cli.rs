@@ -69,7 +69,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub json: bool,
     /// Build even when images cannot be resolved; the installer records them as missing.
-    #[arg(long)]
+    #[arg(long, env = "FERRY_ALLOW_MISSING_IMAGES", value_parser = clap::builder::FalseyValueParser::new())]
     pub allow_missing_images: bool,
     /// Never contact a registry (images then come only from local sources).
     #[arg(long, env = "FERRY_OFFLINE", value_parser = clap::builder::FalseyValueParser::new())]

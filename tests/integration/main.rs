@@ -1,3 +1,5 @@
 //! One integration-test binary; each module covers one area.
 mod build_verify;
+mod images;
 mod registry;
+mod lab;
