@@ -2,4 +2,3 @@
 mod build_verify;
 mod images;
 mod registry;
-mod lab;
