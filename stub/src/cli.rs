@@ -38,6 +38,13 @@ pub enum Command {
     /// The built-in image registry: serve the bundle's images, or write containerd's config for it.
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Turn bare hosts into prepared nodes over SSH: preflight, verified resumable distribution,
+    /// node preparation, registry service. With only --hosts, the first host is the master (and
+    /// registry host) and the rest are workers.
+    Run(Box<RunArgs>),
+    /// Node-side commands `run` starts on each host over SSH (not for direct use).
+    #[command(subcommand, hide = true)]
+    Agent(AgentCommand),
 }
 
 /// `registry` subcommands.
@@ -140,4 +147,149 @@ pub struct ExtractArgs {
     /// Entry paths or directory prefixes to extract (default: everything).
     #[arg(value_name = "PATH")]
     pub paths: Vec<String>,
+}
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Cluster file (`kind: Cluster`); flags below override it.
+    #[arg(short = 'f', long = "cluster", value_name = "cluster.yaml")]
+    pub cluster_file: Option<PathBuf>,
+    /// Hosts, comma-separated or repeated. Alone: the first is the master, the rest workers.
+    #[arg(long, value_name = "IP,…")]
+    pub hosts: Vec<String>,
+    /// Master hosts (the first also runs the registry unless the file says otherwise).
+    #[arg(long, value_name = "IP,…")]
+    pub masters: Vec<String>,
+    /// Worker hosts.
+    #[arg(long, value_name = "IP,…")]
+    pub workers: Vec<String>,
+    /// Cluster name (state goes to .ferry/NAME/ beside the installer).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// SSH user (default root; any other user works through sudo).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// SSH port.
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
+    /// SSH private key; its passphrase comes from FERRY_SSH_KEY_PASSPHRASE or a prompt.
+    #[arg(short = 'i', long = "ssh-key", value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
+    /// Run commands through sudo even as root.
+    #[arg(long)]
+    pub sudo: bool,
+    /// Jump host, `[user@]host[:port]`.
+    #[arg(long, value_name = "USER@HOST:PORT")]
+    pub bastion: Option<String>,
+    /// known_hosts file to check host keys against (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Record unknown host keys instead of refusing them (a changed key is always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Prompt for the SSH password (or set FERRY_SSH_PASSWORD).
+    #[arg(long)]
+    pub ask_password: bool,
+    /// Read the SSH password from the first line of stdin.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Prompt for the sudo password (or set FERRY_SUDO_PASSWORD; default: the SSH password).
+    #[arg(long)]
+    pub ask_sudo_password: bool,
+    /// Port of the built-in registry on the registry host(s).
+    #[arg(long)]
+    pub registry_port: Option<u16>,
+    /// Install even where a container runtime or kubelet already exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the plan per host and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable events on stdout, one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub parallel: usize,
+    /// Seconds allowed for connecting and logging in.
+    #[arg(long, default_value_t = 20, value_name = "S")]
+    pub connect_timeout: u64,
+    /// Seconds between SSH keepalives; a host silent for three is dropped.
+    #[arg(long, default_value_t = 10, value_name = "S")]
+    pub keepalive: u64,
+    /// Seconds allowed for one phase on one host.
+    #[arg(long, default_value_t = 3600, value_name = "S")]
+    pub phase_timeout: u64,
+    /// A trusted public key (`NAME.pub`); repeatable. FERRY_TRUSTED_KEYS and
+    /// /etc/ferry/trusted-keys/ count too.
+    #[arg(long = "trusted-key", value_name = "NAME.pub")]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Accept an unsigned installer.
+    #[arg(long)]
+    pub allow_unsigned: bool,
+    /// The installer to deliver (default: this program's own file).
+    #[arg(long, value_name = "PATH", default_value = crate::SELF_EXE, hide = true)]
+    pub installer: PathBuf,
+}
+
+/// `agent` subcommands (run on the node, as root, by `run`).
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Print this host's facts as JSON.
+    Facts {
+        /// Tools to look for on PATH (comma-separated).
+        #[arg(long, default_value = "")]
+        tools: Vec<String>,
+    },
+    /// Receive a chunk stream on stdin (see docs/architecture.md).
+    Receive {
+        /// Final path of the installer copy.
+        #[arg(long)]
+        dest: PathBuf,
+        /// Expected signer fingerprint.
+        #[arg(long)]
+        signer: Option<String>,
+        /// Accept an unsigned installer.
+        #[arg(long)]
+        allow_unsigned: bool,
+    },
+    /// Prepare this node from a JSON plan on stdin.
+    Prepare,
+    /// Install and start ferry-registry.service.
+    RegistryService {
+        /// Port.
+        #[arg(long)]
+        port: u16,
+        /// Accept an unsigned installer.
+        #[arg(long)]
+        allow_unsigned: bool,
+    },
+    /// Pull an image through containerd and the mirror.
+    CheckPull {
+        /// Image reference.
+        #[arg(long)]
+        image: String,
+        /// Seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Record a completed phase (detail JSON on stdin).
+    Record {
+        /// Cluster.
+        #[arg(long)]
+        cluster: String,
+        /// Phase.
+        #[arg(long)]
+        phase: String,
+        /// Installer id.
+        #[arg(long)]
+        installer: String,
+    },
+    /// Print this cluster's phase records as JSON.
+    State {
+        /// Cluster.
+        #[arg(long)]
+        cluster: String,
+    },
 }

@@ -4,11 +4,15 @@
 //! come inside it.
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod cli;
+pub mod cluster;
 pub mod extract;
 pub mod inspect;
 pub mod printer;
 pub mod registry;
+pub mod run;
+pub mod ssh;
 pub mod trust;
 pub mod units;
 pub mod verify;
@@ -32,6 +36,8 @@ pub fn main() -> ExitCode {
         cli::Command::Extract(args) => extract::run(&own_file, &args, &printer),
         cli::Command::Registry(cli::RegistryCommand::Serve(args)) => registry::serve(&args, &printer),
         cli::Command::Registry(cli::RegistryCommand::Config(args)) => registry::config(&args, &printer),
+        cli::Command::Run(args) => run::run(&args, cli.global.quiet, cli.global.no_progress),
+        cli::Command::Agent(cmd) => agent::main(&cmd),
     };
     finish(result, &printer)
 }

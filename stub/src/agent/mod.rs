@@ -1,0 +1,308 @@
+//! `installer agent …`: the commands `installer run` starts ON each node, over SSH, as root.
+//!
+//! Owns the node side of every phase: `facts` (what preflight judges, as JSON), `receive`
+//! (verified, resumable distribution, see [`receive`]), `prepare` (rootfs, containerd config,
+//! sysctls, modules, swap, /etc/hosts, units), `registry-service` (the systemd unit running
+//! `installer registry serve`), `check-pull` (containerd resolves and pulls a bundled image
+//! through the mirror) and `record`/`state` (per-phase records under /var/lib/ferry/state/).
+//! The operator side only sends data and small JSON plans; no long shell strings.
+
+pub mod prepare;
+pub mod receive;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// ferry's directory on every node.
+pub const FERRY_DIR: &str = "/var/lib/ferry";
+/// The bootstrap agent (the bare program, no payload).
+pub const AGENT_PATH: &str = "/var/lib/ferry/agent";
+/// The node's (partial, or for registry hosts whole) copy of the installer.
+pub const INSTALLER_PATH: &str = "/var/lib/ferry/installer";
+/// Per-phase records.
+pub const STATE_DIR: &str = "/var/lib/ferry/state";
+
+/// What preflight needs to know about a host.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Facts {
+    /// Host name.
+    pub hostname: String,
+    /// `uname -m`.
+    pub arch: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// PRETTY_NAME from /etc/os-release.
+    pub os: String,
+    /// Whether systemd is PID 1.
+    pub systemd: bool,
+    /// Online CPUs.
+    pub cpus: u64,
+    /// MemTotal in bytes.
+    pub mem_bytes: u64,
+    /// MAC addresses of non-loopback interfaces.
+    pub macs: Vec<String>,
+    /// /sys/class/dmi/id/product_uuid (empty when unreadable).
+    pub product_uuid: String,
+    /// /etc/machine-id.
+    pub machine_id: String,
+    /// Host clock, milliseconds since the epoch.
+    pub time_ms: u64,
+    /// Free bytes where /var/lib/ferry lives.
+    pub disk_free: u64,
+    /// Active swap in bytes.
+    pub swap_bytes: u64,
+    /// TCP ports in LISTEN state.
+    pub listening: Vec<u16>,
+    /// Container runtimes or kubelets already present (paths or sockets).
+    pub runtimes: Vec<String>,
+    /// Tools from the asked list that are missing from PATH.
+    pub tools_missing: Vec<String>,
+    /// Trailer (hex SHA-256 of the last 128 bytes) of /var/lib/ferry/installer, if any.
+    pub installer: Option<String>,
+    /// Whether ferry's registry unit is active here.
+    pub ferry_registry_active: bool,
+}
+
+fn read(p: &str) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// Free bytes on the filesystem holding `p` (or its nearest existing parent).
+pub fn free_space(p: &Path) -> u64 {
+    let mut p = p.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            break;
+        }
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// Hex SHA-256 of the last 128 bytes of a file: identifies an installer build.
+pub fn trailer_id(p: &Path) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(p).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len < 128 {
+        return None;
+    }
+    let mut t = [0u8; 128];
+    f.read_exact_at(&mut t, len - 128).ok()?;
+    Some(hex::encode(payload_format::sha256(&t)))
+}
+
+fn in_path(tool: &str) -> bool {
+    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| Path::new(d).join(tool).exists())
+}
+
+fn listening_ports() -> Vec<u16> {
+    let mut ports = Vec::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in read(f).lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 3 && cols[3] == "0A"
+                && let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
+                ports.push(port);
+            }
+        }
+    }
+    ports.sort();
+    ports.dedup();
+    ports
+}
+
+/// Gathers [`Facts`]; `tools` are checked for presence.
+pub fn facts(tools: &[String]) -> Facts {
+    let uts = {
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: out-parameter.
+        unsafe { libc::uname(&mut u) };
+        let s = |f: &[libc::c_char]| unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned();
+        (s(&u.nodename), s(&u.machine), s(&u.release))
+    };
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .unwrap_or_default();
+    let mem_bytes = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+        .unwrap_or(0)
+        * 1024;
+    let mut macs = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mac = read(&format!("/sys/class/net/{name}/address")).trim().to_string();
+            if name != "lo" && !mac.is_empty() && mac != "00:00:00:00:00:00" {
+                macs.push(mac);
+            }
+        }
+    }
+    macs.sort();
+    let swap_bytes = read("/proc/swaps")
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2).and_then(|s| s.parse::<u64>().ok()))
+        .sum::<u64>()
+        * 1024;
+    let mut runtimes = Vec::new();
+    for p in [
+        "/usr/bin/containerd", "/usr/local/bin/containerd", "/usr/bin/dockerd", "/usr/bin/crio",
+        "/usr/bin/kubelet", "/usr/local/bin/kubelet", "/run/containerd/containerd.sock", "/var/run/docker.sock",
+    ] {
+        if Path::new(p).exists() {
+            runtimes.push(p.to_string());
+        }
+    }
+    let ferry_registry_active = std::process::Command::new("systemctl")
+        .args(["is-active", "--quiet", "ferry-registry.service"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    Facts {
+        hostname: uts.0,
+        arch: uts.1,
+        kernel: uts.2,
+        os,
+        systemd: Path::new("/run/systemd/system").is_dir(),
+        cpus: std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1),
+        mem_bytes,
+        macs,
+        product_uuid: read("/sys/class/dmi/id/product_uuid").trim().to_string(),
+        machine_id: read("/etc/machine-id").trim().to_string(),
+        time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        disk_free: free_space(Path::new(FERRY_DIR)),
+        swap_bytes,
+        listening: listening_ports(),
+        runtimes,
+        tools_missing: tools.iter().filter(|t| !in_path(t)).cloned().collect(),
+        installer: trailer_id(Path::new(INSTALLER_PATH)),
+        ferry_registry_active,
+    }
+}
+
+/// One completed phase on one host. Holds no secret.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// Cluster name.
+    pub cluster: String,
+    /// Phase name.
+    pub phase: String,
+    /// Installer build (trailer id).
+    pub installer: String,
+    /// Seconds since the epoch.
+    pub completed: u64,
+    /// Free-form details (bytes sent, warnings).
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// Writes a record atomically under /var/lib/ferry/state/<cluster>/<phase>.json.
+pub fn record(root: &Path, rec: &Record) -> Result<()> {
+    check_name(&rec.cluster)?;
+    check_name(&rec.phase)?;
+    let path = root.join(&rec.cluster).join(format!("{}.json", rec.phase));
+    crate::registry::config::write_atomic(&path, serde_json::to_string_pretty(rec)?.as_bytes())
+}
+
+/// Every record of `cluster`.
+pub fn state(root: &Path, cluster: &str) -> Result<BTreeMap<String, Record>> {
+    check_name(cluster)?;
+    let mut out = BTreeMap::new();
+    let dir = root.join(cluster);
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json")
+                && let Ok(r) = serde_json::from_slice::<Record>(&std::fs::read(&p)?)
+            {
+                out.insert(r.phase.clone(), r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_name(s: &str) -> Result<()> {
+    if s.is_empty() || s.starts_with('.') || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        bail!("`{s}` is not a valid name");
+    }
+    Ok(())
+}
+
+/// Entry point for `installer agent …`.
+pub fn main(cmd: &crate::cli::AgentCommand) -> Result<()> {
+    use crate::cli::AgentCommand as C;
+    match cmd {
+        C::Facts { tools } => {
+            let tools: Vec<String> = tools.iter().flat_map(|t| t.split(',')).filter(|t| !t.is_empty()).map(String::from).collect();
+            println!("{}", serde_json::to_string(&facts(&tools))?);
+            Ok(())
+        }
+        C::Receive { dest, signer, allow_unsigned } => {
+            let opts = receive::ReceiveOptions {
+                dest: dest.clone(),
+                signer: signer.clone(),
+                allow_unsigned: *allow_unsigned,
+                stub: PathBuf::from(crate::SELF_EXE),
+            };
+            let stdin = std::io::stdin();
+            let mut input = std::io::BufReader::with_capacity(1 << 20, stdin.lock());
+            let mut out = std::io::stdout().lock();
+            receive::receive(&mut input, &mut out, &opts).map(|_| ())
+        }
+        C::Prepare => {
+            let mut plan = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut plan)?;
+            let plan: prepare::Plan = serde_json::from_str(&plan).context("reading the prepare plan")?;
+            let report = prepare::prepare(&plan)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        C::RegistryService { port, allow_unsigned } => prepare::registry_service(*port, *allow_unsigned),
+        C::CheckPull { image, timeout } => prepare::check_pull(image, *timeout),
+        C::Record { cluster, phase, installer } => {
+            let mut detail = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut detail)?;
+            let detail = serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null);
+            let completed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            record(Path::new(STATE_DIR), &Record { cluster: cluster.clone(), phase: phase.clone(), installer: installer.clone(), completed, detail })
+        }
+        C::State { cluster } => {
+            println!("{}", serde_json::to_string(&state(Path::new(STATE_DIR), cluster)?)?);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_of_this_machine() {
+        let f = facts(&["sh".into(), "surely-not-a-tool".into()]);
+        assert_eq!(f.arch, std::env::consts::ARCH);
+        assert!(f.cpus >= 1 && f.mem_bytes > 0 && f.time_ms > 0);
+        assert_eq!(f.tools_missing, ["surely-not-a-tool"]);
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Record { cluster: "lab".into(), phase: "distribute".into(), installer: "ab".into(), completed: 1, detail: serde_json::json!({"bytes": 5}) };
+        record(d.path(), &r).unwrap();
+        assert_eq!(state(d.path(), "lab").unwrap()["distribute"], r);
+        assert!(record(d.path(), &Record { cluster: "../x".into(), ..r }).is_err());
+    }
+}

@@ -1,0 +1,352 @@
+//! `agent prepare`, `agent registry-service`, `agent check-pull`: node preparation, run from
+//! the node's own copy of the installer (/var/lib/ferry/installer), every file written
+//! atomically and left alone when already right, so a re-run changes nothing.
+
+use super::{FERRY_DIR, INSTALLER_PATH};
+use crate::registry::config::write_atomic;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What the operator asks a node to do.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Plan {
+    /// Built-in registry URLs (`http://IP:PORT`), in preference order.
+    pub registry_endpoints: Vec<String>,
+    /// `/etc/hosts` entries (address, name).
+    pub hosts_entries: Vec<(String, String)>,
+    /// Accept an unsigned installer (the operator accepted it).
+    pub allow_unsigned: bool,
+    /// Filesystem root to install into (`/`; tests use a directory).
+    #[serde(default = "slash")]
+    pub root: PathBuf,
+}
+
+fn slash() -> PathBuf {
+    PathBuf::from("/")
+}
+
+/// What preparation did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Files installed or replaced.
+    pub changed: Vec<String>,
+    /// Things that were tolerated (EPERM sysctls in containers, missing optional modules).
+    pub warnings: Vec<String>,
+}
+
+/// Kernel settings Kubernetes nodes need.
+pub const SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv4.ip_forward", "1"),
+    ("net.bridge.bridge-nf-call-iptables", "1"),
+    ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    ("vm.overcommit_memory", "1"),
+    ("kernel.panic", "10"),
+    ("fs.inotify.max_user_instances", "8192"),
+];
+/// Modules they need.
+pub const MODULES: &[&str] = &["overlay", "br_netfilter"];
+
+/// Whether a module is loaded or built in (no modprobe needed then).
+pub fn module_present(name: &str) -> bool {
+    Path::new("/sys/module").join(name).exists()
+        || std::fs::read_to_string("/proc/filesystems").unwrap_or_default().lines().any(|l| l.split_whitespace().last() == Some(name))
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!("{cmd} {} failed: {}", args.join(" "), crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Writes `text` unless the file already holds exactly it.
+fn put(path: &Path, text: &[u8], report: &mut Report) -> Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(text) {
+        return Ok(());
+    }
+    match write_atomic(path, text) {
+        Ok(()) => {}
+        // A bind-mounted file (e.g. /etc/hosts in containers) cannot be replaced by rename.
+        Err(_) if path.exists() => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        Err(e) => return Err(e),
+    }
+    report.changed.push(path.display().to_string());
+    Ok(())
+}
+
+/// Lays the extracted `rootfs/` tree onto `root`, file by file, skipping identical files.
+fn install_tree(src: &Path, dst: &Path, report: &mut Report) -> Result<()> {
+    for e in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let e = e?;
+        let ft = e.file_type()?;
+        let from = e.path();
+        let to = dst.join(e.file_name());
+        if ft.is_dir() {
+            if !to.exists() {
+                std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+            }
+            install_tree(&from, &to, report)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&from)?;
+            if std::fs::read_link(&to).ok() != Some(target.clone()) {
+                let tmp = to.with_file_name(format!(".{}.ferry-tmp", e.file_name().to_string_lossy()));
+                let _ = std::fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(&target, &tmp)?;
+                std::fs::rename(&tmp, &to).with_context(|| format!("installing {}", to.display()))?;
+                report.changed.push(to.display().to_string());
+            }
+        } else {
+            let new = std::fs::read(&from)?;
+            let mode = std::fs::metadata(&from)?.permissions();
+            let same = std::fs::read(&to).ok().as_deref() == Some(&new[..])
+                && std::fs::metadata(&to).map(|m| m.permissions() == mode).unwrap_or(false);
+            if !same {
+                // Rename, never write in place: a running binary (containerd) is replaced, not
+                // overwritten (which would fail with ETXTBSY).
+                let tmp = to.with_file_name(format!(".{}.ferry-tmp", e.file_name().to_string_lossy()));
+                std::fs::write(&tmp, &new).with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::set_permissions(&tmp, mode)?;
+                std::fs::rename(&tmp, &to).with_context(|| format!("installing {}", to.display()))?;
+                report.changed.push(to.display().to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hosts_block(existing: &str, entries: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in existing.lines() {
+        if line == "# BEGIN ferry" {
+            skipping = true;
+        } else if line == "# END ferry" {
+            skipping = false;
+        } else if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str("# BEGIN ferry\n");
+    for (ip, name) in entries {
+        out.push_str(&format!("{ip} {name}\n"));
+    }
+    out.push_str("# END ferry\n");
+    out
+}
+
+fn fstab_without_swap(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if !l.trim_start().starts_with('#') && f.len() >= 3 && f[2] == "swap" { format!("# {l}  # disabled by ferry: kubelet needs swap off") } else { l.to_string() }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Runs every preparation step.
+pub fn prepare(plan: &Plan) -> Result<Report> {
+    let mut report = Report::default();
+    let root = &plan.root;
+    // 1. rootfs: extract (verified) into a staging dir, then lay it onto /.
+    let payload = crate::verify::open_payload(Path::new(crate::SELF_EXE))?;
+    let stage = Path::new(FERRY_DIR).join("stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    let has_rootfs = payload.index().entries.iter().any(|e| e.path.starts_with("rootfs/"));
+    if has_rootfs {
+        let opts = payload_format::ExtractOptions { dest: stage.clone(), selection: vec!["rootfs".into()], force: true };
+        payload.extract(&opts, &|_| {}).context("extracting the rootfs")?;
+        install_tree(&stage.join("rootfs"), root, &mut report)?;
+        let _ = std::fs::remove_dir_all(&stage);
+    }
+    let systemd = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
+    if systemd {
+        sh("systemctl", &["daemon-reload"])?;
+    }
+    // 2. modules: built in or loaded counts; modprobe only when neither.
+    let mut modules_conf = String::from("# Written by ferry.\n");
+    for m in MODULES {
+        modules_conf.push_str(&format!("{m}\n"));
+        if !module_present(m) && Command::new("modprobe").arg(m).status().map(|s| !s.success()).unwrap_or(true) {
+            report.warnings.push(format!("kernel module {m} is neither loaded nor built in, and modprobe failed"));
+        }
+    }
+    put(&root.join("etc/modules-load.d/ferry.conf"), modules_conf.as_bytes(), &mut report)?;
+    // 3. sysctls: persisted, then applied. EPERM/EROFS on non-net keys happen in containers whose
+    // kernel settings belong to the host; that is tolerated, not hidden.
+    let mut conf = String::from("# Written by ferry.\n");
+    for (k, v) in SYSCTLS {
+        conf.push_str(&format!("{k} = {v}\n"));
+    }
+    put(&root.join("etc/sysctl.d/99-ferry.conf"), conf.as_bytes(), &mut report)?;
+    if root == Path::new("/") {
+        for (k, v) in SYSCTLS {
+            let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+            if std::fs::read_to_string(&p).map(|c| c.trim() == *v).unwrap_or(false) {
+                continue;
+            }
+            if let Err(e) = std::fs::write(&p, v) {
+                let tolerated = !k.starts_with("net.")
+                    || (k.starts_with("net.bridge.") && !module_present("br_netfilter"));
+                if tolerated {
+                    report.warnings.push(format!("sysctl {k}={v} not applied here ({e})"));
+                } else {
+                    bail!("setting sysctl {k}={v}: {e}");
+                }
+            }
+        }
+        // 4. swap off now and after reboot.
+        if std::fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(false)
+            && let Err(e) = sh("swapoff", &["-a"])
+        {
+            report.warnings.push(format!("swapoff: {e:#}"));
+        }
+    }
+    let fstab = root.join("etc/fstab");
+    if let Ok(text) = std::fs::read_to_string(&fstab) {
+        let fixed = fstab_without_swap(&text);
+        if fixed != text {
+            put(&fstab, fixed.as_bytes(), &mut report)?;
+        }
+    }
+    // 5. /etc/hosts: one managed block.
+    let hosts = root.join("etc/hosts");
+    let text = std::fs::read_to_string(&hosts).unwrap_or_default();
+    put(&hosts, hosts_block(&text, &plan.hosts_entries).as_bytes(), &mut report)?;
+    // 6. containerd: config and hosts.toml from the registry module, then start it.
+    if !plan.registry_endpoints.is_empty() {
+        let version = sh("containerd", &["--version"]).unwrap_or_default();
+        let line = if version.split_whitespace().nth(2).is_some_and(|v| v.trim_start_matches('v').starts_with('2')) { "2" } else { "1.7" };
+        let out = root.join("etc/containerd");
+        let before = snapshot(&out);
+        let meta = &payload.index().metadata;
+        let sandbox = crate::registry::config::kubeadm_pause_image(&meta.kubernetes_version).ok().map(|_| None).unwrap_or(Some("registry.k8s.io/pause:3.10".to_string()));
+        let args = crate::cli::RegistryConfigArgs {
+            endpoints: plan.registry_endpoints.clone(),
+            out: out.clone(),
+            containerd: line.parse().map_err(anyhow::Error::msg)?,
+            config_path: out.join("certs.d").display().to_string(),
+            sandbox_image: sandbox,
+            file: PathBuf::from(crate::SELF_EXE),
+            trust: crate::cli::TrustArgs { keys: Vec::new(), allow_unsigned: plan.allow_unsigned },
+        };
+        crate::registry::config(&args, &crate::printer::Printer::new(true, true))?;
+        let changed = snapshot(&out) != before;
+        if changed {
+            report.changed.push(out.display().to_string());
+        }
+        if systemd {
+            sh("systemctl", &["enable", "containerd.service"])?;
+            let active = Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
+            if changed || !active || report.changed.iter().any(|c| c.contains("containerd")) {
+                sh("systemctl", &["restart", "containerd.service"])?;
+            }
+            let active = Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
+            if !active {
+                bail!("containerd did not start: {}", sh("journalctl", &["-u", "containerd", "-n", "5", "--no-pager"]).unwrap_or_default());
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    fn walk(d: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+                }
+            }
+        }
+    }
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Installs and starts `ferry-registry.service` serving this node's installer.
+pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
+    let unit = format!(
+        "# Written by ferry: the built-in registry, served straight from the installer file.\n\
+         [Unit]\nDescription=ferry built-in image registry\nAfter=network-online.target\n\n\
+         [Service]\nExecStart={INSTALLER_PATH} --no-progress registry serve --listen 0.0.0.0:{port} --file {INSTALLER_PATH}{}\n\
+         Restart=always\nRestartSec=2\nNoNewPrivileges=yes\n\n[Install]\nWantedBy=multi-user.target\n",
+        if allow_unsigned { " --allow-unsigned" } else { "" }
+    );
+    let path = Path::new("/etc/systemd/system/ferry-registry.service");
+    let mut report = Report::default();
+    put(path, unit.as_bytes(), &mut report)?;
+    // The unit also changes meaning when the installer file under it was replaced.
+    let id = super::trailer_id(Path::new(INSTALLER_PATH)).unwrap_or_default();
+    let marker = Path::new(FERRY_DIR).join("registry.serving");
+    let stale = std::fs::read_to_string(&marker).unwrap_or_default() != id;
+    sh("systemctl", &["daemon-reload"])?;
+    sh("systemctl", &["enable", "ferry-registry.service"])?;
+    let active = Command::new("systemctl").args(["is-active", "--quiet", "ferry-registry.service"]).status()?.success();
+    if !report.changed.is_empty() || stale || !active {
+        sh("systemctl", &["restart", "ferry-registry.service"])?;
+    }
+    write_atomic(&marker, id.as_bytes())?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+            let mut b = [0u8; 64];
+            if s.read(&mut b).map(|n| b[..n].windows(3).any(|w| w == b"200")).unwrap_or(false) {
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the registry did not answer on port {port} within 30 s: {}",
+                sh("journalctl", &["-u", "ferry-registry", "-n", "5", "--no-pager"]).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Pulls `image` through containerd with the node's hosts.toml: proves the mirror resolves.
+pub fn check_pull(image: &str, timeout: u64) -> Result<()> {
+    let out = Command::new("timeout")
+        .args([&timeout.to_string(), "ctr", "-n", "k8s.io", "images", "pull", "--hosts-dir", "/etc/containerd/certs.d", image])
+        .output()
+        .context("running ctr")?;
+    if !out.status.success() {
+        bail!("containerd could not pull {image} through the built-in registry: {}", crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_block_is_replaced_not_appended() {
+        let e = vec![("10.0.0.1".to_string(), "apiserver.cluster.local".to_string())];
+        let once = hosts_block("127.0.0.1 localhost\n", &e);
+        assert_eq!(hosts_block(&once, &e), once);
+        assert!(once.starts_with("127.0.0.1 localhost\n# BEGIN ferry\n10.0.0.1 apiserver.cluster.local\n"));
+    }
+
+    #[test]
+    fn fstab_swap_commented() {
+        let t = "UUID=x / ext4 defaults 0 1\n/swapfile none swap sw 0 0\n";
+        let f = fstab_without_swap(t);
+        assert!(f.contains("# /swapfile none swap"));
+        assert_eq!(fstab_without_swap(&f), f);
+    }
+}

@@ -1,0 +1,243 @@
+//! `agent receive`: the node end of distribution.
+//!
+//! The installer on the operator's machine streams the chunks this host needs into stdin; this
+//! side writes them at their own offsets of a full-length sparse copy of the installer, so the
+//! result is itself a runnable, `Payload`-readable installer holding exactly the entries this
+//! host needs. Protocol (all integers little-endian u64):
+//!
+//! ```text
+//! -> "FERRY-RECV1\n" file_len tail_len tail(index_offset..file_len) want_count want[…]
+//! <- {"missing":[chunk,…],"have":N}\n
+//! -> (chunk_no bytes(chunk))… u64::MAX
+//! <- {"ok":true,"chunks":K,"bytes":B}\n         or {"ok":false,"error":"…"}\n
+//! ```
+//!
+//! Every chunk is checked against the signed index before it is written; chunks already present
+//! and correct (in the finished file or in an interrupted `.part`) are not asked for again; the
+//! finished file replaces the old one by rename, so readers see the old file or the new one.
+
+use anyhow::{Context, Result, bail};
+use payload_format::{Payload, TRAILER_LEN, Trailer};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// First line of the stream.
+pub const MAGIC: &[u8] = b"FERRY-RECV1\n";
+/// Ends the chunk stream.
+pub const END: u64 = u64::MAX;
+
+/// What the receiving side insists on.
+#[derive(Clone, Debug, Default)]
+pub struct ReceiveOptions {
+    /// Final path, e.g. /var/lib/ferry/installer.
+    pub dest: PathBuf,
+    /// Expected signer fingerprint (`SHA256:…`); `None` with `allow_unsigned` accepts an unsigned file.
+    pub signer: Option<String>,
+    /// Accept an unsigned installer.
+    pub allow_unsigned: bool,
+    /// The program bytes to place at the start of the file (this agent's own stub).
+    pub stub: PathBuf,
+}
+
+/// What a receive did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Received {
+    /// Chunks written.
+    pub chunks: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Chunks that were already present.
+    pub had: u64,
+}
+
+fn read_u64(r: &mut impl Read) -> Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b).context("the stream ended early")?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn same_tail(path: &Path, file_len: u64, trailer: &[u8]) -> bool {
+    let Ok(f) = File::open(path) else { return false };
+    if f.metadata().map(|m| m.len()).unwrap_or(0) != file_len {
+        return false;
+    }
+    let mut t = [0u8; TRAILER_LEN];
+    f.read_exact_at(&mut t, file_len - TRAILER_LEN as u64).is_ok() && t[..] == trailer[..]
+}
+
+fn missing(payload: &Payload, file: &File, want: &[u64]) -> Result<Vec<u64>> {
+    let cs = payload.index().chunk_size as usize;
+    let mut buf = vec![0u8; cs];
+    let mut out = Vec::new();
+    for &n in want {
+        let (s, e) = payload.chunk_range(n);
+        let len = (e - s) as usize;
+        if file.read_exact_at(&mut buf[..len], s).is_err() || !payload.chunk_matches(n, &buf[..len]) {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+fn check_signer(payload: &Payload, opts: &ReceiveOptions) -> Result<()> {
+    if !payload.trailer().is_signed() {
+        if opts.allow_unsigned {
+            return Ok(());
+        }
+        bail!("the installer streamed here is unsigned, and the sender did not allow that");
+    }
+    let policy = payload_format::TrustPolicy { trusted: Vec::new(), allow_unsigned: false };
+    let status = payload.check_signature(&policy)?;
+    if let (Some(want), payload_format::SignatureStatus::ValidUnpinned(k)) = (&opts.signer, &status)
+        && &k.fingerprint() != want
+    {
+        bail!("the installer streamed here is signed by {}, not by {want}", k.fingerprint());
+    }
+    Ok(())
+}
+
+/// Runs the receiving side of the protocol over `input`/`output`.
+pub fn receive(input: &mut impl BufRead, output: &mut impl Write, opts: &ReceiveOptions) -> Result<Received> {
+    match receive_inner(input, output, opts) {
+        Ok(r) => {
+            writeln!(output, "{}", serde_json::json!({"ok": true, "chunks": r.chunks, "bytes": r.bytes, "had": r.had}))?;
+            output.flush()?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = writeln!(output, "{}", serde_json::json!({"ok": false, "error": format!("{e:#}")}));
+            let _ = output.flush();
+            Err(e)
+        }
+    }
+}
+
+fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &ReceiveOptions) -> Result<Received> {
+    let mut magic = [0u8; MAGIC.len()];
+    input.read_exact(&mut magic).context("reading the stream header")?;
+    if magic != MAGIC {
+        bail!("this is not a ferry distribution stream (different installer version?)");
+    }
+    let file_len = read_u64(input)?;
+    let tail_len = read_u64(input)?;
+    if tail_len < TRAILER_LEN as u64 || tail_len > (300 << 20) || tail_len > file_len {
+        bail!("bad tail length {tail_len}");
+    }
+    let mut tail = vec![0u8; tail_len as usize];
+    input.read_exact(&mut tail).context("reading the index")?;
+    let trailer_bytes: [u8; TRAILER_LEN] = tail[tail.len() - TRAILER_LEN..].try_into().unwrap();
+    let trailer = Trailer::decode(&trailer_bytes, file_len, &opts.dest)?;
+    if trailer.index_offset != file_len - tail_len {
+        bail!("the index does not start where the trailer says");
+    }
+    let want_count = read_u64(input)?;
+    if want_count > 1 << 32 {
+        bail!("bad chunk count {want_count}");
+    }
+    let mut want = Vec::with_capacity(want_count as usize);
+    for _ in 0..want_count {
+        want.push(read_u64(input)?);
+    }
+    let dir = opts.dest.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // One receiver per destination at a time.
+    let lock = OpenOptions::new().create(true).write(true).truncate(false).mode(0o600).open(with_suffix(&opts.dest, ".lock"))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another ferry distribution into {} is running", opts.dest.display());
+    }
+
+    // Finished file already holds everything asked for: change nothing.
+    if same_tail(&opts.dest, file_len, &trailer_bytes) {
+        let payload = Payload::open(&opts.dest)?;
+        check_signer(&payload, opts)?;
+        check_want(&payload, &want)?;
+        let f = File::open(&opts.dest)?;
+        if missing(&payload, &f, &want)?.is_empty() {
+            writeln!(output, "{}", serde_json::json!({"missing": [], "have": want.len()}))?;
+            output.flush()?;
+            expect_end(input)?;
+            return Ok(Received { chunks: 0, bytes: 0, had: want.len() as u64 });
+        }
+    }
+
+    let part = with_suffix(&opts.dest, ".part");
+    if !same_tail(&part, file_len, &trailer_bytes) {
+        let _ = std::fs::remove_file(&part);
+        if same_tail(&opts.dest, file_len, &trailer_bytes) {
+            // Grow a finished file (e.g. a node that became a registry host) without touching it.
+            std::fs::copy(&opts.dest, &part).with_context(|| format!("copying {}", opts.dest.display()))?;
+        } else {
+            let f = OpenOptions::new().create_new(true).write(true).mode(0o700).open(&part)
+                .with_context(|| format!("creating {}", part.display()))?;
+            f.set_len(file_len)?;
+            let stub = std::fs::read(&opts.stub).with_context(|| format!("reading {}", opts.stub.display()))?;
+            let stub = &stub[..stub.len().min(trailer.stub_len as usize)];
+            f.write_all_at(stub, 0)?;
+            f.write_all_at(&tail, trailer.index_offset)?;
+        }
+    }
+    let file = OpenOptions::new().read(true).write(true).open(&part)?;
+    let payload = Payload::open(&part)?;
+    check_signer(&payload, opts)?;
+    payload.verify_stub().context("this agent's program differs from the installer being sent; re-run so the matching agent is installed first")?;
+    check_want(&payload, &want)?;
+    let need = missing(&payload, &file, &want)?;
+    writeln!(output, "{}", serde_json::json!({"missing": need, "have": want.len() - need.len()}))?;
+    output.flush()?;
+
+    let mut remaining: std::collections::BTreeSet<u64> = need.iter().copied().collect();
+    let mut buf = vec![0u8; payload.index().chunk_size as usize];
+    let mut got = Received { had: (want.len() - need.len()) as u64, ..Default::default() };
+    loop {
+        let n = read_u64(input)?;
+        if n == END {
+            break;
+        }
+        if !remaining.remove(&n) {
+            bail!("chunk {n} was not asked for");
+        }
+        let (s, e) = payload.chunk_range(n);
+        let len = (e - s) as usize;
+        input.read_exact(&mut buf[..len]).with_context(|| format!("the stream ended inside chunk {n}"))?;
+        if !payload.chunk_matches(n, &buf[..len]) {
+            return Err(anyhow::Error::from(payload.chunk_error(n)).context("a chunk arrived damaged"));
+        }
+        file.write_all_at(&buf[..len], s).with_context(|| format!("writing {}", part.display()))?;
+        got.chunks += 1;
+        got.bytes += len as u64;
+    }
+    if let Some(n) = remaining.first() {
+        bail!("the stream ended with {} chunks still missing (first: {n})", remaining.len());
+    }
+    file.sync_all().context("flushing the received file")?;
+    std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::rename(&part, &opts.dest).with_context(|| format!("renaming into {}", opts.dest.display()))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(got)
+}
+
+fn check_want(payload: &Payload, want: &[u64]) -> Result<()> {
+    if let Some(n) = want.iter().find(|&&n| n >= payload.chunk_count()) {
+        bail!("chunk {n} does not exist (the installer has {})", payload.chunk_count());
+    }
+    Ok(())
+}
+
+fn expect_end(input: &mut impl Read) -> Result<()> {
+    let n = read_u64(input)?;
+    if n != END {
+        bail!("chunk {n} was sent although nothing was missing");
+    }
+    Ok(())
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}

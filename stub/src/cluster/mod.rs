@@ -1,0 +1,482 @@
+//! The cluster description `installer run` works from: `cluster.yaml`
+//! (`apiVersion: ferry.dev/v1alpha1`, `kind: Cluster`) and the `--hosts/--masters/--workers`
+//! flags, resolved into one list of [`Host`]s with roles and SSH settings.
+//!
+//! Owns: parsing (serde-saphyr, unknown fields are errors naming the field and line), the
+//! flag-over-file rules, and input checks (duplicate addresses, role counts). It never connects
+//! anywhere. No password is ever read from the file: there is no field for one.
+//!
+//! Roles when only `--hosts` is given: the first host is the master (and the registry host),
+//! the others are workers.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterFile {
+    /// Must be `ferry.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `Cluster`.
+    pub kind: String,
+    /// `name` names the state directory `.ferry/<name>/`.
+    pub metadata: Metadata,
+    /// Everything else.
+    pub spec: Spec,
+}
+
+/// `metadata`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Cluster name.
+    pub name: String,
+}
+
+/// `spec`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    /// SSH defaults for every host.
+    #[serde(default)]
+    pub ssh: SshSpec,
+    /// Host groups.
+    #[serde(default)]
+    pub hosts: Vec<HostGroup>,
+    /// Pod and service subnets.
+    #[serde(default)]
+    pub network: Option<Network>,
+    /// API server endpoint name and extra certificate names.
+    #[serde(default)]
+    pub api_server: Option<ApiServer>,
+    /// Built-in registry settings.
+    #[serde(default)]
+    pub registry: Option<RegistrySpec>,
+}
+
+/// SSH settings (cluster-wide, or per host group where they override the cluster's).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SshSpec {
+    /// Login user.
+    pub user: Option<String>,
+    /// sshd port.
+    pub port: Option<u16>,
+    /// Private key file (`~/` expands to $HOME).
+    pub key: Option<String>,
+    /// Run commands through sudo (implied for any user but root).
+    pub sudo: Option<bool>,
+    /// `[user@]host[:port]` of a jump host.
+    pub bastion: Option<String>,
+    /// known_hosts file to check host keys against (default `~/.ssh/known_hosts`).
+    pub known_hosts: Option<String>,
+}
+
+/// One entry of `spec.hosts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostGroup {
+    /// Addresses of the hosts in this group.
+    pub ips: Vec<String>,
+    /// `master`, `worker`, `registry`.
+    pub roles: Vec<Role>,
+    /// SSH overrides for this group.
+    #[serde(default)]
+    pub ssh: Option<SshSpec>,
+    /// Node labels (applied when the nodes join, next issue).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `spec.network`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Network {
+    /// Pod CIDR.
+    pub pod_subnet: Option<String>,
+    /// Service CIDR.
+    pub service_subnet: Option<String>,
+}
+
+/// `spec.apiServer`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiServer {
+    /// DNS name nodes use for the API server (an /etc/hosts entry on every node).
+    pub endpoint: Option<String>,
+    /// Extra certificate names.
+    #[serde(default, rename = "certSANs")]
+    pub cert_sans: Vec<String>,
+}
+
+/// `spec.registry`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// Port the built-in registry listens on.
+    pub port: Option<u16>,
+}
+
+/// A host role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Control plane (and etcd).
+    Master,
+    /// Runs workloads.
+    Worker,
+    /// Runs the built-in registry service and holds the whole installer.
+    Registry,
+}
+
+/// How to reach and become root on one host. Holds no secret.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SshTarget {
+    /// Login user.
+    pub user: String,
+    /// sshd port.
+    pub port: u16,
+    /// Private key file, if any.
+    pub key: Option<PathBuf>,
+    /// Whether commands go through sudo.
+    pub sudo: bool,
+}
+
+/// One resolved host.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Host {
+    /// Address as given.
+    pub ip: String,
+    /// Roles.
+    pub roles: BTreeSet<Role>,
+    /// SSH settings.
+    pub ssh: SshTarget,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Host {
+    /// Whether the host has `role`.
+    pub fn is(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+    /// Short role list for tables, e.g. `master,registry`.
+    pub fn role_names(&self) -> String {
+        self.roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// A jump host.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Bastion {
+    /// Login user.
+    pub user: String,
+    /// Address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// The resolved cluster.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Cluster {
+    /// Cluster name (state lives in `.ferry/<name>/`).
+    pub name: String,
+    /// Hosts in order.
+    pub hosts: Vec<Host>,
+    /// Jump host, if any.
+    pub bastion: Option<Bastion>,
+    /// known_hosts file.
+    pub known_hosts: PathBuf,
+    /// Registry port.
+    pub registry_port: u16,
+    /// API endpoint name.
+    pub api_endpoint: String,
+    /// Warnings to show before anything runs (e.g. an even number of masters).
+    pub warnings: Vec<String>,
+}
+
+impl Cluster {
+    /// Hosts with the registry role.
+    pub fn registry_hosts(&self) -> Vec<&Host> {
+        self.hosts.iter().filter(|h| h.is(Role::Registry)).collect()
+    }
+}
+
+/// Command-line overrides (the parts of `run`'s flags that describe the cluster).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--hosts`.
+    pub hosts: Vec<String>,
+    /// `--masters`.
+    pub masters: Vec<String>,
+    /// `--workers`.
+    pub workers: Vec<String>,
+    /// `--name`.
+    pub name: Option<String>,
+    /// `--user`.
+    pub user: Option<String>,
+    /// `--port`.
+    pub port: Option<u16>,
+    /// `--key`.
+    pub key: Option<String>,
+    /// `--sudo`.
+    pub sudo: bool,
+    /// `--bastion`.
+    pub bastion: Option<String>,
+    /// `--known-hosts`.
+    pub known_hosts: Option<String>,
+    /// `--registry-port`.
+    pub registry_port: Option<u16>,
+}
+
+/// Default registry port (5000 is often taken by other registries on site).
+pub const DEFAULT_REGISTRY_PORT: u16 = 5050;
+/// Default API endpoint name.
+pub const DEFAULT_API_ENDPOINT: &str = "apiserver.cluster.local";
+
+/// Parses cluster.yaml text; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<ClusterFile> {
+    let file: ClusterFile = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    if file.api_version != "ferry.dev/v1alpha1" {
+        bail!("{origin}: apiVersion `{}` is not supported; use ferry.dev/v1alpha1", file.api_version);
+    }
+    if file.kind != "Cluster" {
+        bail!("{origin}: kind `{}` is not a Cluster", file.kind);
+    }
+    Ok(file)
+}
+
+/// Reads and parses a cluster file.
+pub fn load(path: &Path) -> Result<ClusterFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Expands a leading `~/`.
+pub fn expand_home(p: &str) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root")).join(rest),
+        None => PathBuf::from(p),
+    }
+}
+
+fn split_list(items: &[String]) -> Vec<String> {
+    items.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// Parses `[user@]host[:port]`.
+pub fn parse_bastion(s: &str, default_user: &str) -> Result<Bastion> {
+    let (user, rest) = match s.split_once('@') {
+        Some((u, r)) if !u.is_empty() => (u.to_string(), r),
+        Some(_) => bail!("bastion `{s}`: empty user before `@`"),
+        None => (default_user.to_string(), s),
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !rest.starts_with('[') => {
+            (h.to_string(), p.parse::<u16>().map_err(|_| anyhow::anyhow!("bastion `{s}`: `{p}` is not a port"))?)
+        }
+        _ => (rest.to_string(), 22),
+    };
+    if host.is_empty() {
+        bail!("bastion `{s}` has no host");
+    }
+    Ok(Bastion { user, host, port })
+}
+
+/// Resolves the file (if any) and the flags into a [`Cluster`]. Flags win over the file; host
+/// flags replace the file's host list entirely.
+pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
+    let (name, spec) = match file {
+        Some(f) => (f.metadata.name, f.spec),
+        None => ("default".to_string(), Spec::default()),
+    };
+    let name = o.name.clone().unwrap_or(name);
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') || name.starts_with('.') {
+        bail!("cluster name `{name}` must be letters, digits, `-`, `_` or `.`");
+    }
+    let mut base = spec.ssh.clone();
+    if o.user.is_some() {
+        base.user = o.user.clone();
+    }
+    if o.port.is_some() {
+        base.port = o.port;
+    }
+    if o.key.is_some() {
+        base.key = o.key.clone();
+    }
+    if o.sudo {
+        base.sudo = Some(true);
+    }
+    if o.bastion.is_some() {
+        base.bastion = o.bastion.clone();
+    }
+    if o.known_hosts.is_some() {
+        base.known_hosts = o.known_hosts.clone();
+    }
+    let target = |over: Option<&SshSpec>| -> SshTarget {
+        let pick = |f: fn(&SshSpec) -> Option<String>| over.and_then(f).or_else(|| f(&base));
+        let user = pick(|s| s.user.clone()).unwrap_or_else(|| "root".into());
+        let port = over.and_then(|s| s.port).or(base.port).unwrap_or(22);
+        let key = pick(|s| s.key.clone()).map(|k| expand_home(&k));
+        let sudo = over.and_then(|s| s.sudo).or(base.sudo).unwrap_or(false) || user != "root";
+        SshTarget { user, port, key, sudo }
+    };
+    let mut hosts: Vec<Host> = Vec::new();
+    let flag_hosts = split_list(&o.hosts);
+    let masters = split_list(&o.masters);
+    let workers = split_list(&o.workers);
+    let mut add = |ip: &str, roles: &[Role], ssh: SshTarget, labels: BTreeMap<String, String>| {
+        hosts.push(Host { ip: ip.to_string(), roles: roles.iter().copied().collect(), ssh, labels });
+    };
+    if !flag_hosts.is_empty() || !masters.is_empty() || !workers.is_empty() {
+        if masters.is_empty() && workers.is_empty() {
+            for (i, ip) in flag_hosts.iter().enumerate() {
+                let roles: &[Role] = if i == 0 { &[Role::Master, Role::Registry] } else { &[Role::Worker] };
+                add(ip, roles, target(None), BTreeMap::new());
+            }
+        } else {
+            let masters = if masters.is_empty() { flag_hosts.first().cloned().into_iter().collect() } else { masters };
+            for ip in &masters {
+                add(ip, &[Role::Master], target(None), BTreeMap::new());
+            }
+            let rest: Vec<String> = if workers.is_empty() {
+                flag_hosts.iter().filter(|h| !masters.contains(h)).cloned().collect()
+            } else {
+                let mut w = workers.clone();
+                w.extend(flag_hosts.iter().filter(|h| !masters.contains(h) && !workers.contains(h)).cloned());
+                w
+            };
+            for ip in &rest {
+                add(ip, &[Role::Worker], target(None), BTreeMap::new());
+            }
+        }
+    } else {
+        for g in &spec.hosts {
+            if g.ips.is_empty() {
+                bail!("a spec.hosts entry has no ips");
+            }
+            if g.roles.is_empty() {
+                bail!("hosts {} have no roles; give master, worker and/or registry", g.ips.join(", "));
+            }
+            for ip in &g.ips {
+                add(ip, &g.roles, target(g.ssh.as_ref()), g.labels.clone());
+            }
+        }
+    }
+    if hosts.is_empty() {
+        bail!("no hosts: give --hosts IP,IP,… or a cluster file with spec.hosts");
+    }
+    let mut seen = BTreeSet::new();
+    for h in &hosts {
+        if h.ip.is_empty() || h.ip.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+            bail!("`{}` is not a host address", h.ip);
+        }
+        if !seen.insert(h.ip.clone()) {
+            bail!("host {} is listed twice; each address may appear once", h.ip);
+        }
+    }
+    let master_count = hosts.iter().filter(|h| h.is(Role::Master)).count();
+    if master_count == 0 {
+        bail!("no host has the master role");
+    }
+    if !hosts.iter().any(|h| h.is(Role::Registry)) {
+        let first = hosts.iter_mut().find(|h| h.is(Role::Master)).expect("a master exists");
+        first.roles.insert(Role::Registry);
+    }
+    let mut warnings = Vec::new();
+    if master_count % 2 == 0 {
+        warnings.push(format!(
+            "{master_count} masters: etcd needs an odd number of members to keep quorum ({} tolerate{} as many failures as {})",
+            master_count,
+            if master_count == 1 { "s" } else { "" },
+            master_count - 1
+        ));
+    }
+    let default_user = base.user.clone().unwrap_or_else(|| "root".into());
+    let bastion = base.bastion.as_deref().map(|b| parse_bastion(b, &default_user)).transpose()?;
+    let known_hosts = expand_home(base.known_hosts.as_deref().unwrap_or("~/.ssh/known_hosts"));
+    let registry_port = o.registry_port.or(spec.registry.as_ref().and_then(|r| r.port)).unwrap_or(DEFAULT_REGISTRY_PORT);
+    let api_endpoint =
+        spec.api_server.as_ref().and_then(|a| a.endpoint.clone()).unwrap_or_else(|| DEFAULT_API_ENDPOINT.to_string());
+    Ok(Cluster { name, hosts, bastion, known_hosts, registry_port, api_endpoint, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = r#"
+apiVersion: ferry.dev/v1alpha1
+kind: Cluster
+metadata: {name: prod}
+spec:
+  ssh: {user: root, port: 22, key: ~/.ssh/id_ed25519, sudo: false, bastion: ops@10.0.0.254:22}
+  hosts:
+    - {ips: [10.0.0.1], roles: [master, registry]}
+    - {ips: [10.0.0.2, 10.0.0.3], roles: [worker], ssh: {user: ops, sudo: true}, labels: {zone: a}}
+  network: {podSubnet: 10.244.0.0/16, serviceSubnet: 10.96.0.0/12}
+  apiServer: {endpoint: apiserver.cluster.local, certSANs: []}
+  registry: {port: 5050}
+"#;
+
+    #[test]
+    fn parses_the_issue_example() {
+        let c = resolve(Some(parse(ISSUE_EXAMPLE, "x").unwrap()), &Overrides::default()).unwrap();
+        assert_eq!(c.name, "prod");
+        assert_eq!(c.hosts.len(), 3);
+        assert!(c.hosts[0].is(Role::Master) && c.hosts[0].is(Role::Registry));
+        assert_eq!(c.hosts[1].ssh.user, "ops");
+        assert!(c.hosts[1].ssh.sudo);
+        assert!(!c.hosts[0].ssh.sudo);
+        assert_eq!(c.hosts[2].labels["zone"], "a");
+        assert_eq!(c.bastion, Some(Bastion { user: "ops".into(), host: "10.0.0.254".into(), port: 22 }));
+        assert_eq!(c.registry_port, 5050);
+        assert!(c.hosts[1].ssh.key.as_ref().unwrap().ends_with(".ssh/id_ed25519"));
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_name_the_field_and_line() {
+        let bad = ISSUE_EXAMPLE.replace("sudo: false,", "sudo: false, pasword: x,");
+        let err = format!("{:#}", parse(&bad, "cluster.yaml").unwrap_err());
+        assert!(err.contains("pasword"), "{err}");
+        assert!(err.contains("line") || err.contains(":6"), "{err}");
+    }
+
+    #[test]
+    fn hosts_flag_makes_first_master_rest_workers() {
+        let o = Overrides { hosts: vec!["a,b".into(), "c".into()], ..Default::default() };
+        let c = resolve(None, &o).unwrap();
+        let roles: Vec<String> = c.hosts.iter().map(|h| h.role_names()).collect();
+        assert_eq!(roles, ["master,registry", "worker", "worker"]);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let o = Overrides { masters: vec!["m1".into()], workers: vec!["w1,w2".into()], user: Some("guard".into()), ..Default::default() };
+        let c = resolve(Some(parse(ISSUE_EXAMPLE, "x").unwrap()), &o).unwrap();
+        assert_eq!(c.hosts.iter().map(|h| h.ip.as_str()).collect::<Vec<_>>(), ["m1", "w1", "w2"]);
+        assert!(c.hosts.iter().all(|h| h.ssh.user == "guard" && h.ssh.sudo));
+        assert!(c.hosts[0].is(Role::Registry));
+    }
+
+    #[test]
+    fn duplicates_and_even_masters() {
+        let o = Overrides { hosts: vec!["a,b,a".into()], ..Default::default() };
+        assert!(format!("{:#}", resolve(None, &o).unwrap_err()).contains("a is listed twice"));
+        let o = Overrides { masters: vec!["a,b".into()], workers: vec!["c".into()], ..Default::default() };
+        let c = resolve(None, &o).unwrap();
+        assert!(c.warnings[0].contains("odd number"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn bastion_forms() {
+        assert_eq!(parse_bastion("10.1.1.1", "root").unwrap(), Bastion { user: "root".into(), host: "10.1.1.1".into(), port: 22 });
+        assert_eq!(parse_bastion("ops@h:2200", "root").unwrap().port, 2200);
+        assert!(parse_bastion("ops@h:x", "root").is_err());
+    }
+}

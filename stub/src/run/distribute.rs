@@ -1,0 +1,201 @@
+//! Distribution, operator side: which chunks each host needs, and streaming them into
+//! `agent receive` on the host (see `agent::receive` for the protocol).
+
+use crate::agent::receive::{END, MAGIC};
+use crate::cluster::{Host, Role};
+use anyhow::{Context, Result, bail};
+use payload_format::Payload;
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Entry prefixes every node gets; the registry host gets every chunk.
+pub const NODE_PREFIXES: &[&str] = &["rootfs/", "bundle/", "files/"];
+
+/// The chunks `host` must hold, in order.
+pub fn wanted_chunks(payload: &Payload, host: &Host) -> Vec<u64> {
+    if host.is(Role::Registry) {
+        return (0..payload.chunk_count()).collect();
+    }
+    let mut set = BTreeSet::new();
+    for e in &payload.index().entries {
+        if e.stored_len == 0 || !NODE_PREFIXES.iter().any(|p| e.path.starts_with(p)) {
+            continue;
+        }
+        let first = payload.chunk_of(e.offset);
+        let last = payload.chunk_of(e.offset + e.stored_len - 1);
+        set.extend(first..=last);
+    }
+    set.into_iter().collect()
+}
+
+/// Bytes of the given chunks.
+pub fn chunk_bytes(payload: &Payload, chunks: &[u64]) -> u64 {
+    chunks.iter().map(|&n| payload.chunk_range(n)).map(|(s, e)| e - s).sum()
+}
+
+/// Sends the chunks over the agent's stdin (`w`), reading its answers from `r`. `progress`
+/// gets bytes as they go. Returns the bytes of chunk data sent.
+pub async fn send<R, W>(payload: &Payload, want: &[u64], r: &mut R, w: &mut W, progress: &(dyn Fn(u64) + Sync)) -> Result<u64>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let t = payload.trailer();
+    let file_len = payload.file_len();
+    let mut tail = vec![0u8; (file_len - t.index_offset) as usize];
+    payload.file().read_exact_at(&mut tail, t.index_offset).context("reading the index")?;
+    let mut head = Vec::with_capacity(tail.len() + 64 + want.len() * 8);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&file_len.to_le_bytes());
+    head.extend_from_slice(&(tail.len() as u64).to_le_bytes());
+    head.extend_from_slice(&tail);
+    head.extend_from_slice(&(want.len() as u64).to_le_bytes());
+    for n in want {
+        head.extend_from_slice(&n.to_le_bytes());
+    }
+    w.write_all(&head).await?;
+    w.flush().await?;
+    let mut line = String::new();
+    r.read_line(&mut line).await?;
+    let answer: serde_json::Value = serde_json::from_str(line.trim())
+        .with_context(|| format!("the agent answered `{}`", line.trim()))?;
+    if answer.get("ok") == Some(&serde_json::Value::Bool(false)) {
+        bail!("the agent refused: {}", answer["error"].as_str().unwrap_or("?"));
+    }
+    let missing: Vec<u64> = serde_json::from_value(answer["missing"].clone()).context("the agent's list of missing chunks")?;
+    let wanted: BTreeSet<u64> = want.iter().copied().collect();
+    let mut sent = 0;
+    let cs = payload.index().chunk_size as usize;
+    let mut buf = vec![0u8; cs + 8];
+    for n in missing {
+        if !wanted.contains(&n) {
+            bail!("the agent asked for chunk {n}, which was not offered");
+        }
+        let (s, e) = payload.chunk_range(n);
+        let len = (e - s) as usize;
+        buf[..8].copy_from_slice(&n.to_le_bytes());
+        payload.file().read_exact_at(&mut buf[8..8 + len], s).context("reading the installer")?;
+        // The operator's copy was verified at start; a disk error since then must not travel.
+        if !payload.chunk_matches(n, &buf[8..8 + len]) {
+            return Err(payload.chunk_error(n).into());
+        }
+        w.write_all(&buf[..8 + len]).await.context("sending (connection lost?)")?;
+        sent += len as u64;
+        progress(len as u64);
+    }
+    w.write_all(&END.to_le_bytes()).await?;
+    w.flush().await?;
+    let mut line = String::new();
+    r.read_line(&mut line).await.context("waiting for the agent to finish")?;
+    let done: serde_json::Value = serde_json::from_str(line.trim())
+        .with_context(|| format!("the agent ended with `{}`", line.trim()))?;
+    if done["ok"] != serde_json::Value::Bool(true) {
+        bail!("the agent failed: {}", done["error"].as_str().unwrap_or("?"));
+    }
+    let _ = w.shutdown().await;
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::receive::{ReceiveOptions, receive};
+    use payload_format::{BundleMetadata, Compression, PayloadWriter, WriterOptions};
+    use std::io::Write;
+    use std::path::Path;
+
+    fn build(dir: &Path) -> std::path::PathBuf {
+        let stub_bytes = b"\x7fELF pretend stub".to_vec();
+        std::fs::write(dir.join("stub"), &stub_bytes).unwrap();
+        let path = dir.join("installer");
+        let f = std::fs::File::create(&path).unwrap();
+        let opts = WriterOptions { chunk_size: 4096, ..Default::default() };
+        let mut w = PayloadWriter::new(f, &path, &mut &stub_bytes[..], opts).unwrap();
+        let big: Vec<u8> = (0..40_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        w.add_file("rootfs/usr/bin/tool", 0o755, Compression::Raw, &mut &big[..]).unwrap();
+        w.add_file("blobs/sha256/aa", 0o644, Compression::Raw, &mut &big[..]).unwrap();
+        w.finish(BundleMetadata { name: "t".into(), version: "1".into(), ..Default::default() }, None).unwrap();
+        path
+    }
+
+    async fn session(payload: &Payload, want: &[u64], opts: &ReceiveOptions) -> Result<(u64, crate::agent::receive::Received)> {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let opts = opts.clone();
+        let agent = std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(a.try_clone().unwrap());
+            let mut w = a;
+            let res = receive(&mut r, &mut w, &opts);
+            let _ = w.flush();
+            res
+        });
+        b.set_nonblocking(true).unwrap();
+        let b = tokio::net::UnixStream::from_std(b).unwrap();
+        let (rh, mut wh) = b.into_split();
+        let mut rh = tokio::io::BufReader::new(rh);
+        let sent = send(payload, want, &mut rh, &mut wh, &|_| {}).await;
+        drop(wh);
+        let got = agent.join().unwrap();
+        Ok((sent?, got?))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn sends_once_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = build(dir.path());
+        let payload = Payload::open(&path).unwrap();
+        let node = Host {
+            ip: "n".into(),
+            roles: [Role::Worker].into(),
+            ssh: crate::cluster::SshTarget { user: "root".into(), port: 22, key: None, sudo: false },
+            labels: Default::default(),
+        };
+        let want = wanted_chunks(&payload, &node);
+        assert!(!want.is_empty() && (want.len() as u64) < payload.chunk_count());
+        let opts = ReceiveOptions {
+            dest: dir.path().join("node/installer"),
+            signer: None,
+            allow_unsigned: true,
+            stub: dir.path().join("stub"),
+        };
+        // Simulate an interrupted earlier run: a .part holding half the chunks.
+        let (sent1, got1) = session(&payload, &want[..want.len() / 2], &opts).await.unwrap();
+        assert_eq!(got1.chunks as usize, want.len() / 2);
+        assert_eq!(sent1, chunk_bytes(&payload, &want[..want.len() / 2]));
+        let (sent2, got2) = session(&payload, &want, &opts).await.unwrap();
+        assert_eq!(got2.had as usize, want.len() / 2, "the first half is not sent again");
+        assert_eq!(sent1 + sent2, chunk_bytes(&payload, &want), "one copy in total");
+        // The result reads as an installer and its rootfs extracts, verified.
+        let copy = Payload::open(&opts.dest).unwrap();
+        copy.verify_stub().unwrap();
+        let e = copy.index().entries.iter().find(|e| e.path == "rootfs/usr/bin/tool").unwrap();
+        copy.read_verified(e.offset, e.offset + e.stored_len).unwrap();
+        // A third run sends nothing and leaves the file alone.
+        let before = std::fs::metadata(&opts.dest).unwrap().modified().unwrap();
+        let (sent3, got3) = session(&payload, &want, &opts).await.unwrap();
+        assert_eq!((sent3, got3.chunks), (0, 0));
+        assert_eq!(std::fs::metadata(&opts.dest).unwrap().modified().unwrap(), before);
+        // Becoming a registry host adds only the rest.
+        let all: Vec<u64> = (0..payload.chunk_count()).collect();
+        let (sent4, _) = session(&payload, &all, &opts).await.unwrap();
+        assert_eq!(sent4, chunk_bytes(&payload, &all) - chunk_bytes(&payload, &want));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn damaged_chunks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = build(dir.path());
+        let payload = Payload::open(&path).unwrap();
+        let opts = ReceiveOptions { dest: dir.path().join("n/i"), allow_unsigned: true, stub: dir.path().join("stub"), signer: None };
+        // An unsigned installer is refused unless allowed.
+        let strict = ReceiveOptions { allow_unsigned: false, ..opts.clone() };
+        assert!(session(&payload, &[0], &strict).await.is_err());
+        // Corrupt the local copy after opening: the sender itself refuses to send it.
+        let (s, _) = payload.chunk_range(1);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"XXXX", s).unwrap();
+        let err = session(&payload, &[0, 1], &opts).await.unwrap_err();
+        assert!(format!("{err:#}").contains("chunk 1"), "{err:#}");
+        assert!(!opts.dest.exists());
+    }
+}

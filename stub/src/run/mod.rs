@@ -1,0 +1,627 @@
+//! `installer run`: turns bare hosts into prepared nodes over SSH.
+//!
+//! Owns the orchestration: resolve the cluster, connect (bounded parallelism, timeouts,
+//! keepalives), then the phases, each on every host in parallel:
+//!
+//! 1. **preflight**: place ferry's agent under /var/lib/ferry (only if missing or different;
+//!    nothing else on the host changes), gather [`Facts`], judge them all, print one table of
+//!    every problem on every host, stop on any error;
+//! 2. **distribute**: stream the chunks each host needs into `agent receive` over one exec
+//!    channel (nodes: program + rootfs/bundle/files; registry hosts: the whole installer);
+//! 3. **prepare**: `agent prepare` with a small JSON plan;
+//! 4. **registry**: `agent registry-service` on the registry host(s), then `agent check-pull` on
+//!    every node: the phase ends only when each node's containerd pulls a bundled image through it.
+//!
+//! Each completed phase is recorded on the host (/var/lib/ferry/state/<cluster>/) and beside the
+//! installer (.ferry/<cluster>/<host>.json); a re-run skips what is recorded for this installer.
+//! Errors name the host, the phase and the last lines of output.
+
+pub mod distribute;
+pub mod preflight;
+pub mod progress;
+
+use crate::agent::{AGENT_PATH, Facts, INSTALLER_PATH, Record};
+use crate::cli::RunArgs;
+use crate::cluster::{self, Cluster, Host, Overrides, Role};
+use crate::ssh::client::{Jump, Login, SshHost, SshOptions};
+use crate::ssh::{RemoteHost, Secret, Secrets, quote};
+use anyhow::{Context, Result, anyhow, bail};
+use payload_format::{Payload, SignatureStatus, TrustPolicy};
+use progress::Reporter;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tools the kubelet and kube-proxy call on the host.
+pub const KUBELET_TOOLS: &[&str] = &["mount", "umount", "nsenter", "iptables", "ip", "conntrack", "socat"];
+/// Port of the local API load balancer on every node.
+pub const LB_PORT: u16 = 16443;
+
+/// Everything shared by the phases.
+pub struct Ctx {
+    /// The installer being delivered.
+    pub payload: Payload,
+    /// Its build id (hex SHA-256 of the trailer).
+    pub id: String,
+    /// The cluster.
+    pub cluster: Cluster,
+    /// Progress output.
+    pub rep: Reporter,
+    /// The program (stub) bytes, sent as the agent.
+    pub stub: Vec<u8>,
+    /// Hex SHA-256 of `stub`.
+    pub stub_sha: String,
+    /// The operator accepted an unsigned installer.
+    pub allow_unsigned: bool,
+    /// Signer fingerprint, passed to agents so they check it too.
+    pub signer: Option<String>,
+    /// Local state directory.
+    pub local_state: PathBuf,
+    /// Per-phase timeout.
+    pub phase_timeout: Duration,
+    /// Refuse nothing for an existing runtime.
+    pub force: bool,
+}
+
+/// Runs `installer run`.
+pub fn run(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("run").build()?;
+    rt.block_on(run_async(args, quiet, no_progress))
+}
+
+fn secrets(args: &RunArgs) -> Result<Secrets> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).map(Secret::new);
+    let mut s = Secrets {
+        ssh_password: env("FERRY_SSH_PASSWORD"),
+        sudo_password: env("FERRY_SUDO_PASSWORD"),
+        key_passphrase: env("FERRY_SSH_KEY_PASSPHRASE"),
+    };
+    if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+        s.ssh_password = Some(Secret::new(line.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    if args.ask_password && s.ssh_password.is_none() {
+        s.ssh_password = Some(crate::ssh::prompt_secret("SSH password")?);
+    }
+    if args.ask_sudo_password && s.sudo_password.is_none() {
+        s.sudo_password = Some(crate::ssh::prompt_secret("sudo password")?);
+    }
+    Ok(s)
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Runs `f(i)` for `0..n` with at most `limit` at once; results in input order.
+pub async fn parallel<T, F, Fut>(n: usize, limit: usize, f: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let sem = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let fut = f(i);
+        let sem = sem.clone();
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            (i, fut.await)
+        });
+    }
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    while let Some(r) = set.join_next().await {
+        let (i, v) = r.expect("a phase task panicked");
+        out[i] = Some(v);
+    }
+    out.into_iter().map(|v| v.expect("every task finished")).collect()
+}
+
+/// Per-host bytes the installer will send and unpack.
+fn host_plan(payload: &Payload, host: &Host) -> (Vec<u64>, u64, u64) {
+    let want = distribute::wanted_chunks(payload, host);
+    let bytes = distribute::chunk_bytes(payload, &want);
+    let rootfs: u64 = payload.index().entries.iter().filter(|e| e.path.starts_with("rootfs/")).map(|e| e.size).sum();
+    (want, bytes, rootfs)
+}
+
+fn local_state_dir(installer: &Path, cluster: &str) -> PathBuf {
+    let exe = if installer == Path::new(crate::SELF_EXE) {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("installer"))
+    } else {
+        installer.to_path_buf()
+    };
+    exe.parent().unwrap_or(Path::new(".")).join(".ferry").join(cluster)
+}
+
+/// Merges a phase into the local record of a host (`.ferry/<cluster>/<host>.json`).
+fn local_record(ctx: &Ctx, host: &Host, phase: &str, status: &str, detail: serde_json::Value) {
+    let path = ctx.local_state.join(format!("{}.json", host.ip.replace([':', '/'], "_")));
+    let mut v: serde_json::Value = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| {
+        serde_json::json!({"host": host.ip, "roles": host.role_names(), "phases": {}})
+    });
+    v["installer"] = ctx.id.clone().into();
+    v["phases"][phase] = serde_json::json!({"status": status, "at": now_secs(), "installer": ctx.id, "detail": detail});
+    let _ = crate::registry::config::write_atomic(&path, serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes());
+}
+
+/// A failure of one host in one phase.
+#[derive(Debug)]
+pub struct HostError {
+    /// Host address.
+    pub host: String,
+    /// Phase.
+    pub phase: &'static str,
+    /// Cause.
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} failed: {:#}", self.host, self.phase, self.error)
+    }
+}
+
+async fn checked<H: RemoteHost>(h: &H, cmd: &str, stdin: &[u8], what: &str) -> Result<crate::ssh::Output> {
+    let out = h.run(cmd, stdin).await.with_context(|| format!("running {what}"))?;
+    if !out.ok() {
+        bail!("{what} exited with status {}: {}", out.status, out.tail(4));
+    }
+    Ok(out)
+}
+
+/// What preflight learned about a host.
+pub struct Surveyed {
+    /// Facts.
+    pub facts: Facts,
+    /// Operator minus host clock.
+    pub skew_ms: i64,
+    /// Records on the host for this cluster.
+    pub state: BTreeMap<String, Record>,
+}
+
+/// Preflight on one host: arch probe, agent placement, facts, state.
+pub async fn survey<H: RemoteHost>(ctx: &Ctx, h: &H, tools: &[String]) -> Result<Surveyed> {
+    let probe = checked(h, &format!("uname -m; (sha256sum {AGENT_PATH} 2>/dev/null || echo none) | cut -d' ' -f1"), b"", "the first command").await?;
+    let text = probe.text();
+    let mut lines = text.lines();
+    let arch = lines.next().unwrap_or("").trim().to_string();
+    let agent_sha = lines.next().unwrap_or("").trim().to_string();
+    if arch != std::env::consts::ARCH {
+        // The agent could not run there; report as a fact and let judge() word it.
+        return Ok(Surveyed { facts: Facts { arch, systemd: true, cpus: 64, mem_bytes: u64::MAX, disk_free: u64::MAX, ..Default::default() }, skew_ms: 0, state: BTreeMap::new() });
+    }
+    if agent_sha != ctx.stub_sha {
+        ctx.rep.event(h.addr(), "preflight", "progress", "placing ferry's agent", serde_json::json!({}));
+        let dir = crate::agent::FERRY_DIR;
+        let cmd = format!(
+            "umask 077 && mkdir -p {dir} && cat > {dir}/.agent.tmp && chmod 0700 {dir}/.agent.tmp && mv -f {dir}/.agent.tmp {AGENT_PATH} && sha256sum {AGENT_PATH} | cut -d' ' -f1"
+        );
+        let out = checked(h, &cmd, &ctx.stub, "placing the agent").await?;
+        if out.text().trim() != ctx.stub_sha {
+            bail!("the agent arrived damaged (sha256 {} instead of {})", out.text().trim(), ctx.stub_sha);
+        }
+    }
+    let before = now_ms();
+    let out = checked(h, &format!("{AGENT_PATH} agent facts --tools {}", quote(&tools.join(","))), b"", "agent facts").await?;
+    let after = now_ms();
+    let facts: Facts = serde_json::from_slice(&out.stdout).context("reading the agent's facts")?;
+    let skew_ms = (before + after) / 2 - facts.time_ms as i64;
+    let out = checked(h, &format!("{AGENT_PATH} agent state --cluster {}", quote(&ctx.cluster.name)), b"", "agent state").await?;
+    let state = serde_json::from_slice(&out.stdout).context("reading the agent's state")?;
+    Ok(Surveyed { facts, skew_ms, state })
+}
+
+fn done(state: &BTreeMap<String, Record>, phase: &str, id: &str) -> bool {
+    state.get(phase).is_some_and(|r| r.installer == id)
+}
+
+async fn record_on<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host, phase: &str, detail: serde_json::Value) -> Result<()> {
+    let cmd = format!("{AGENT_PATH} agent record --cluster {} --phase {phase} --installer {}", quote(&ctx.cluster.name), ctx.id);
+    checked(h, &cmd, detail.to_string().as_bytes(), "recording the phase").await?;
+    local_record(ctx, host, phase, "done", detail);
+    Ok(())
+}
+
+/// Distribution to one host.
+pub async fn distribute_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Result<u64> {
+    let (want, bytes, _) = host_plan(&ctx.payload, host);
+    let mut cmd = format!("{AGENT_PATH} agent receive --dest {INSTALLER_PATH}");
+    if let Some(s) = &ctx.signer {
+        cmd.push_str(&format!(" --signer {}", quote(s)));
+    }
+    if ctx.allow_unsigned {
+        cmd.push_str(" --allow-unsigned");
+    }
+    let exec = h.open(&cmd).await.context("starting agent receive")?;
+    let crate::ssh::Exec { mut stdin, stdout, finished } = exec;
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let last = std::sync::Mutex::new(Instant::now());
+    let addr = h.addr().to_string();
+    let progress = |n: u64| {
+        let s = sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        let mut l = last.lock().unwrap();
+        if l.elapsed() > Duration::from_millis(500) {
+            *l = Instant::now();
+            ctx.rep.event(&addr, "distribute", "progress", &format!("{} / {}", crate::units::bytes(s), crate::units::bytes(bytes)), serde_json::json!({"bytes": s, "total": bytes}));
+        }
+    };
+    let result = distribute::send(&ctx.payload, &want, &mut reader, &mut stdin, &progress).await;
+    drop(stdin);
+    let (status, stderr) = finished.await.unwrap_or((255, Vec::new()));
+    match result {
+        Ok(n) if status == 0 => Ok(n),
+        Ok(_) => bail!("agent receive exited with status {status}: {}", crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4)),
+        Err(e) => {
+            let tail = crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4);
+            if tail.is_empty() { Err(e) } else { Err(e.context(format!("last output: {tail}"))) }
+        }
+    }
+}
+
+/// The prepare plan for one host.
+pub fn prepare_plan(ctx: &Ctx) -> crate::agent::prepare::Plan {
+    let c = &ctx.cluster;
+    let registries: Vec<&Host> = c.registry_hosts();
+    let master = c.hosts.iter().find(|h| h.is(Role::Master)).expect("resolve() guarantees a master");
+    crate::agent::prepare::Plan {
+        registry_endpoints: registries.iter().map(|h| format!("http://{}:{}", h.ip, c.registry_port)).collect(),
+        hosts_entries: vec![(master.ip.clone(), c.api_endpoint.clone()), (registries[0].ip.clone(), "ferry-registry".into())],
+        allow_unsigned: ctx.allow_unsigned,
+        root: PathBuf::from("/"),
+    }
+}
+
+/// The image every node pulls through the mirror to prove the registry phase.
+pub fn probe_image(payload: &Payload) -> Option<String> {
+    let images = payload.index().metadata.extra.get("images")?.as_array()?;
+    let mut refs: Vec<String> = images.iter().filter_map(|i| i.get("ref").and_then(|r| r.as_str()).map(String::from)).collect();
+    refs.sort_by_key(|r| (!r.contains("pause"), r.clone()));
+    refs.into_iter().next()
+}
+
+fn print_plan(ctx: &Ctx) {
+    let mut s = format!("plan for cluster {} ({} hosts, installer {}):\n", ctx.cluster.name, ctx.cluster.hosts.len(), &ctx.id[..12]);
+    let plan = prepare_plan(ctx);
+    for h in &ctx.cluster.hosts {
+        let (want, bytes, rootfs) = host_plan(&ctx.payload, h);
+        s.push_str(&format!(
+            "  {} [{}] as {}@{}:{}{}\n    preflight: agent to {AGENT_PATH}, facts\n    distribute: {} chunks ({}) to {INSTALLER_PATH}{}\n    prepare: rootfs ({}), containerd via {}, sysctls, swap off, /etc/hosts\n{}",
+            h.ip,
+            h.role_names(),
+            h.ssh.user,
+            h.ip,
+            h.ssh.port,
+            if h.ssh.sudo { " via sudo" } else { "" },
+            want.len(),
+            crate::units::bytes(bytes),
+            if h.is(Role::Registry) { " (the whole installer)" } else { "" },
+            crate::units::bytes(rootfs),
+            plan.registry_endpoints.join(", "),
+            if h.is(Role::Registry) { format!("    registry: ferry-registry.service on port {}\n", ctx.cluster.registry_port) } else { String::new() },
+        ));
+    }
+    ctx.rep.line("plan", s.trim_end(), serde_json::json!({"cluster": ctx.cluster}));
+}
+
+async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()> {
+    let started = Instant::now();
+    let rep = Reporter::new(args.json, quiet, no_progress);
+    let payload = crate::verify::open_payload(&args.installer)?;
+    let policy = TrustPolicy { trusted: crate::trust::trusted_keys(&args.trusted_keys)?, allow_unsigned: args.allow_unsigned };
+    let signer = match payload.check_signature(&policy)? {
+        SignatureStatus::Trusted(k) | SignatureStatus::ValidUnpinned(k) => Some(k.fingerprint()),
+        SignatureStatus::Unsigned => {
+            rep.line("warning", "warning: the installer is UNSIGNED (accepted because of --allow-unsigned)", serde_json::json!({}));
+            None
+        }
+    };
+    payload.verify_stub()?;
+    let stub_len = payload.trailer().stub_len as usize;
+    let mut stub = vec![0u8; stub_len];
+    std::os::unix::fs::FileExt::read_exact_at(payload.file(), &mut stub, 0).context("reading the installer program")?;
+    let stub_sha = hex::encode(payload_format::sha256(&stub));
+    let id = crate::agent::trailer_id(payload.path()).or_else(|| crate::agent::trailer_id(&args.installer)).ok_or_else(|| anyhow!("cannot read the installer's trailer"))?;
+
+    let file = args.cluster_file.as_deref().map(cluster::load).transpose()?;
+    let overrides = Overrides {
+        hosts: args.hosts.clone(),
+        masters: args.masters.clone(),
+        workers: args.workers.clone(),
+        name: args.name.clone(),
+        user: args.user.clone(),
+        port: args.port,
+        key: args.ssh_key.as_ref().map(|p| p.display().to_string()),
+        sudo: args.sudo,
+        bastion: args.bastion.clone(),
+        known_hosts: args.known_hosts.as_ref().map(|p| p.display().to_string()),
+        registry_port: args.registry_port,
+    };
+    let cluster = cluster::resolve(file, &overrides)?;
+    for w in &cluster.warnings {
+        rep.line("warning", &format!("warning: {w}"), serde_json::json!({}));
+    }
+    let local_state = local_state_dir(&args.installer, &cluster.name);
+    let ctx = Arc::new(Ctx {
+        payload,
+        id,
+        cluster,
+        rep,
+        stub,
+        stub_sha,
+        allow_unsigned: signer.is_none(),
+        signer,
+        local_state,
+        phase_timeout: Duration::from_secs(args.phase_timeout),
+        force: args.force,
+    });
+    if args.dry_run {
+        print_plan(&ctx);
+        ctx.rep.line("dry-run", "dry run: nothing was changed", serde_json::json!({}));
+        return Ok(());
+    }
+    let secrets = secrets(args)?;
+    let opts = SshOptions {
+        known_hosts: ctx.cluster.known_hosts.clone(),
+        accept_new: args.accept_new_host_keys,
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        keepalive: Duration::from_secs(args.keepalive.max(1)),
+        secrets: secrets.clone(),
+    };
+    let addrs: Vec<String> = ctx.cluster.hosts.iter().map(|h| h.ip.clone()).collect();
+    ctx.rep.hosts(&addrs);
+
+    // Connect.
+    let t0 = Instant::now();
+    let jump = match &ctx.cluster.bastion {
+        Some(b) => {
+            let key = ctx.cluster.hosts[0].ssh.key.clone();
+            let login = Login { host: b.host.clone(), port: b.port, user: b.user.clone(), key, sudo: false };
+            Some(Jump::connect(&login, &opts).await?)
+        }
+        None => None,
+    };
+    let n = ctx.cluster.hosts.len();
+    let conns = parallel(n, args.parallel, |i| {
+        let ctx = ctx.clone();
+        let opts = opts.clone();
+        let jump = jump.clone();
+        async move {
+            let h = &ctx.cluster.hosts[i];
+            ctx.rep.event(&h.ip, "connect", "start", "connecting", serde_json::json!({}));
+            let login = Login { host: h.ip.clone(), port: h.ssh.port, user: h.ssh.user.clone(), key: h.ssh.key.clone(), sudo: h.ssh.sudo };
+            SshHost::connect(&login, &opts, jump).await.map(Arc::new)
+        }
+    })
+    .await;
+    let mut hosts: Vec<Arc<SshHost>> = Vec::new();
+    let mut problems = Vec::new();
+    for (i, c) in conns.into_iter().enumerate() {
+        match c {
+            Ok(h) => hosts.push(h),
+            Err(e) => problems.push(preflight::Problem {
+                host: ctx.cluster.hosts[i].ip.clone(),
+                severity: preflight::Severity::Error,
+                check: "ssh".into(),
+                message: format!("{e:#}"),
+            }),
+        }
+    }
+    if !problems.is_empty() {
+        return stop_with(&ctx, problems, "connect");
+    }
+
+    // Preflight.
+    let tools: Vec<String> = KUBELET_TOOLS
+        .iter()
+        .filter(|t| {
+            !["usr/bin", "usr/sbin", "bin", "sbin", "usr/local/bin", "usr/local/sbin"]
+                .iter()
+                .any(|d| ctx.payload.index().entries.iter().any(|e| e.path == format!("rootfs/{d}/{t}")))
+        })
+        .map(|t| t.to_string())
+        .collect();
+    let surveys = parallel(n, args.parallel, |i| {
+        let (ctx, h, tools) = (ctx.clone(), hosts[i].clone(), tools.clone());
+        async move {
+            ctx.rep.event(h.addr(), "preflight", "start", "checking", serde_json::json!({}));
+            tokio::time::timeout(ctx.phase_timeout, survey(&ctx, h.as_ref(), &tools)).await.unwrap_or_else(|_| Err(anyhow!("timed out")))
+        }
+    })
+    .await;
+    let mut surveyed = Vec::new();
+    for (i, s) in surveys.into_iter().enumerate() {
+        match s {
+            Ok(s) => surveyed.push(Some(s)),
+            Err(e) => {
+                problems.push(preflight::Problem { host: ctx.cluster.hosts[i].ip.clone(), severity: preflight::Severity::Error, check: "agent".into(), message: format!("{e:#}") });
+                surveyed.push(None);
+            }
+        }
+    }
+    let judged: Vec<preflight::HostFacts> = surveyed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let s = s.as_ref()?;
+            let host = &ctx.cluster.hosts[i];
+            let (_, bytes, rootfs) = host_plan(&ctx.payload, host);
+            let have = s.facts.installer.as_deref() == Some(ctx.id.as_str());
+            let disk_needed = if have { 0 } else { bytes } + 2 * rootfs + (64 << 20);
+            let ours = s.state.contains_key("prepare");
+            Some(preflight::HostFacts { host, facts: &s.facts, disk_needed, skew_ms: s.skew_ms, ours })
+        })
+        .collect();
+    let rules = preflight::Rules { arch: std::env::consts::ARCH.into(), registry_port: ctx.cluster.registry_port, lb_port: LB_PORT, force: ctx.force, max_skew_ms: 30_000 };
+    problems.extend(preflight::judge(&judged, &rules));
+    drop(judged);
+    let errors = problems.iter().any(|p| p.severity == preflight::Severity::Error);
+    if errors {
+        return stop_with(&ctx, problems, "preflight");
+    }
+    if !problems.is_empty() {
+        ctx.rep.line("problems", &preflight::table(&problems), serde_json::json!({"problems": problems}));
+    }
+    for (i, h) in ctx.cluster.hosts.iter().enumerate() {
+        local_record(&ctx, h, "preflight", "done", serde_json::json!({}));
+        ctx.rep.event(&h.ip, "preflight", "done", "ok", serde_json::json!({}));
+        let _ = i;
+    }
+    let t_preflight = t0.elapsed();
+    let states: Arc<Vec<BTreeMap<String, Record>>> = Arc::new(surveyed.into_iter().map(|s| s.map(|s| s.state).unwrap_or_default()).collect());
+
+    // Distribute.
+    let t1 = Instant::now();
+    let bytes_before: u64 = hosts.iter().map(|h| h.bytes_sent()).sum();
+    let results = parallel(n, args.parallel, |i| {
+        let (ctx, h, states) = (ctx.clone(), hosts[i].clone(), states.clone());
+        async move {
+            let host = &ctx.cluster.hosts[i];
+            if done(&states[i], "distribute", &ctx.id) {
+                ctx.rep.event(&host.ip, "distribute", "skip", "already done", serde_json::json!({}));
+                return Ok(());
+            }
+            ctx.rep.event(&host.ip, "distribute", "start", "streaming", serde_json::json!({}));
+            let r = tokio::time::timeout(ctx.phase_timeout, distribute_one(&ctx, h.as_ref(), host)).await.unwrap_or_else(|_| Err(anyhow!("timed out")));
+            let sent = r?;
+            record_on(&ctx, h.as_ref(), host, "distribute", serde_json::json!({"bytes": sent})).await?;
+            ctx.rep.event(&host.ip, "distribute", "done", &format!("sent {}", crate::units::bytes(sent)), serde_json::json!({"bytes": sent}));
+            Ok(())
+        }
+    })
+    .await;
+    check_phase(&ctx, "distribute", results)?;
+    let t_distribute = t1.elapsed();
+    let distribute_bytes: u64 = hosts.iter().map(|h| h.bytes_sent()).sum::<u64>() - bytes_before;
+
+    // Prepare.
+    let t2 = Instant::now();
+    let plan = serde_json::to_vec(&prepare_plan(&ctx))?;
+    let results = parallel(n, args.parallel, |i| {
+        let (ctx, h, states, plan) = (ctx.clone(), hosts[i].clone(), states.clone(), plan.clone());
+        async move {
+            let host = &ctx.cluster.hosts[i];
+            if done(&states[i], "prepare", &ctx.id) {
+                ctx.rep.event(&host.ip, "prepare", "skip", "already done", serde_json::json!({}));
+                return Ok(());
+            }
+            ctx.rep.event(&host.ip, "prepare", "start", "installing rootfs, containerd, sysctls", serde_json::json!({}));
+            let cmd = format!("{INSTALLER_PATH} agent prepare");
+            let fut = checked(h.as_ref(), &cmd, &plan, "agent prepare");
+            let out = tokio::time::timeout(ctx.phase_timeout, fut).await.unwrap_or_else(|_| Err(anyhow!("timed out")))?;
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            for w in report["warnings"].as_array().into_iter().flatten() {
+                ctx.rep.event(&host.ip, "prepare", "warning", w.as_str().unwrap_or(""), serde_json::json!({}));
+            }
+            record_on(&ctx, h.as_ref(), host, "prepare", report).await?;
+            ctx.rep.event(&host.ip, "prepare", "done", "ok", serde_json::json!({}));
+            Ok(())
+        }
+    })
+    .await;
+    check_phase(&ctx, "prepare", results)?;
+    let t_prepare = t2.elapsed();
+
+    // Registry.
+    let t3 = Instant::now();
+    let results = parallel(n, args.parallel, |i| {
+        let (ctx, h) = (ctx.clone(), hosts[i].clone());
+        async move {
+            let host = &ctx.cluster.hosts[i];
+            if !host.is(Role::Registry) {
+                return Ok(());
+            }
+            ctx.rep.event(&host.ip, "registry", "start", "starting ferry-registry.service", serde_json::json!({}));
+            let cmd = format!("{INSTALLER_PATH} agent registry-service --port {}{}", ctx.cluster.registry_port, if ctx.allow_unsigned { " --allow-unsigned" } else { "" });
+            checked(h.as_ref(), &cmd, b"", "agent registry-service").await.map(|_| ())
+        }
+    })
+    .await;
+    check_phase(&ctx, "registry", results)?;
+    let image = probe_image(&ctx.payload);
+    let results = parallel(n, args.parallel, |i| {
+        let (ctx, h, image) = (ctx.clone(), hosts[i].clone(), image.clone());
+        async move {
+            let host = &ctx.cluster.hosts[i];
+            if let Some(image) = &image {
+                ctx.rep.event(&host.ip, "registry", "progress", &format!("containerd pulls {image} through the mirror"), serde_json::json!({}));
+                checked(h.as_ref(), &format!("{INSTALLER_PATH} agent check-pull --image {}", quote(image)), b"", "agent check-pull").await?;
+            }
+            record_on(&ctx, h.as_ref(), host, "registry", serde_json::json!({"image": image})).await?;
+            ctx.rep.event(&host.ip, "registry", "done", "ok", serde_json::json!({}));
+            Ok(())
+        }
+    })
+    .await;
+    check_phase(&ctx, "registry", results)?;
+    if image.is_none() {
+        ctx.rep.line("warning", "warning: the bundle carries no images, so the registry could not be checked through containerd", serde_json::json!({}));
+    }
+    let t_registry = t3.elapsed();
+    ctx.rep.finish();
+    let total: u64 = hosts.iter().map(|h| h.bytes_sent()).sum();
+    let per_host: BTreeMap<String, u64> = hosts.iter().map(|h| (h.addr().to_string(), h.bytes_sent())).collect();
+    let secs = |d: Duration| (d.as_secs_f64() * 100.0).round() / 100.0;
+    ctx.rep.line(
+        "summary",
+        &format!(
+            "cluster {} prepared: {} hosts, {} sent ({} of installer data) in {:.1} s (preflight {:.1} s, distribute {:.1} s, prepare {:.1} s, registry {:.1} s)",
+            ctx.cluster.name,
+            n,
+            crate::units::bytes(total),
+            crate::units::bytes(distribute_bytes),
+            started.elapsed().as_secs_f64(),
+            t_preflight.as_secs_f64(),
+            t_distribute.as_secs_f64(),
+            t_prepare.as_secs_f64(),
+            t_registry.as_secs_f64()
+        ),
+        serde_json::json!({
+            "bytes_sent": total, "distribute_bytes": distribute_bytes, "per_host": per_host,
+            "seconds": {"total": secs(started.elapsed()), "preflight": secs(t_preflight), "distribute": secs(t_distribute), "prepare": secs(t_prepare), "registry": secs(t_registry)}
+        }),
+    );
+    Ok(())
+}
+
+fn stop_with(ctx: &Ctx, problems: Vec<preflight::Problem>, phase: &str) -> Result<()> {
+    ctx.rep.finish();
+    ctx.rep.line("problems", &preflight::table(&problems), serde_json::json!({"problems": problems}));
+    let mut hosts: Vec<&str> = problems.iter().filter(|p| p.severity == preflight::Severity::Error).map(|p| p.host.as_str()).collect();
+    hosts.dedup();
+    for h in &ctx.cluster.hosts {
+        let mine: Vec<&preflight::Problem> = problems.iter().filter(|p| p.host == h.ip).collect();
+        let status = if mine.iter().any(|p| p.severity == preflight::Severity::Error) { "failed" } else { "ok" };
+        local_record(ctx, h, phase, status, serde_json::json!({"problems": mine}));
+    }
+    let n = problems.iter().filter(|p| p.severity == preflight::Severity::Error).count();
+    bail!("{phase} found {n} problem(s) on {}: nothing was installed; fix them and run again", hosts.join(", "))
+}
+
+fn check_phase(ctx: &Ctx, phase: &'static str, results: Vec<Result<()>>) -> Result<()> {
+    let mut errs = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        if let Err(e) = r {
+            let host = &ctx.cluster.hosts[i];
+            let he = HostError { host: host.ip.clone(), phase, error: e };
+            ctx.rep.event(&host.ip, phase, "error", &format!("{:#}", he.error), serde_json::json!({}));
+            local_record(ctx, host, phase, "failed", serde_json::json!({"error": format!("{:#}", he.error)}));
+            errs.push(he);
+        }
+    }
+    if errs.is_empty() {
+        return Ok(());
+    }
+    ctx.rep.finish();
+    let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    bail!("{phase} failed on {} host(s); completed phases are recorded, so running the same command again continues from here:\n  {}", errs.len(), lines.join("\n  "))
+}

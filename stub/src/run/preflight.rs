@@ -1,0 +1,230 @@
+//! Preflight judgement: pure functions from each host's [`Facts`] to a list of problems, so the
+//! rules are unit-tested without hosts. Gathering the facts is in `run`.
+
+use crate::agent::Facts;
+use crate::cluster::{Host, Role};
+use std::collections::BTreeMap;
+
+/// How bad a problem is: errors stop the run, warnings are shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Shown, run continues.
+    Warning,
+    /// Run stops after the table.
+    Error,
+}
+
+/// One row of the preflight table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// Host address.
+    pub host: String,
+    /// Error or warning.
+    pub severity: Severity,
+    /// Which check.
+    pub check: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// Everything known about one host when judging it.
+pub struct HostFacts<'a> {
+    /// The host.
+    pub host: &'a Host,
+    /// Its facts.
+    pub facts: &'a Facts,
+    /// Bytes this host will receive and unpack (for the disk check).
+    pub disk_needed: u64,
+    /// Operator clock minus host clock, milliseconds, measured around the facts call.
+    pub skew_ms: i64,
+    /// Whether ferry already prepared this host for this cluster (then its containerd is ours).
+    pub ours: bool,
+}
+
+/// Limits.
+pub struct Rules {
+    /// `uname -m` the bundle is for.
+    pub arch: String,
+    /// Registry port.
+    pub registry_port: u16,
+    /// API load-balancer port on every node.
+    pub lb_port: u16,
+    /// Refuse an existing runtime unless this is set.
+    pub force: bool,
+    /// Max clock skew.
+    pub max_skew_ms: i64,
+}
+
+/// Minimums for masters (kubeadm's own).
+pub const MASTER_CPUS: u64 = 2;
+/// 1700 MiB, as kubeadm checks.
+pub const MASTER_MEM: u64 = 1700 << 20;
+
+/// Judges every host and the set as a whole.
+pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut p = |h: &str, s: Severity, check: &str, msg: String| {
+        out.push(Problem { host: h.to_string(), severity: s, check: check.to_string(), message: msg })
+    };
+    use Severity::*;
+    for hf in hosts {
+        let (h, f) = (hf.host.ip.as_str(), hf.facts);
+        if f.arch != rules.arch {
+            p(h, Error, "arch", format!("the host is {}, the bundle is for {}", f.arch, rules.arch));
+        }
+        let major_minor: Vec<u64> = f.kernel.split(['.', '-']).take(2).filter_map(|x| x.parse().ok()).collect();
+        if major_minor.len() == 2 && (major_minor[0], major_minor[1]) < (4, 19) {
+            p(h, Error, "kernel", format!("kernel {} is older than 4.19", f.kernel));
+        }
+        if !f.systemd {
+            p(h, Error, "os", format!("{} does not run systemd; ferry installs systemd units", if f.os.is_empty() { "the host" } else { &f.os }));
+        }
+        if hf.host.is(Role::Master) {
+            if f.cpus < MASTER_CPUS {
+                p(h, Error, "cpu", format!("{} CPU(s); a master needs at least {MASTER_CPUS}", f.cpus));
+            }
+            if f.mem_bytes < MASTER_MEM {
+                p(h, Error, "memory", format!("{} MiB of memory; a master needs at least {} MiB", f.mem_bytes >> 20, MASTER_MEM >> 20));
+            }
+        }
+        if f.disk_free < hf.disk_needed {
+            p(h, Error, "disk", format!(
+                "{} MiB free under /var/lib/ferry; this host needs {} MiB",
+                f.disk_free >> 20,
+                hf.disk_needed.div_ceil(1 << 20)
+            ));
+        }
+        let mut ports: Vec<(u16, &str)> = vec![(10250, "kubelet"), (rules.lb_port, "API load balancer")];
+        if hf.host.is(Role::Master) {
+            ports.extend([(6443, "kube-apiserver"), (2379, "etcd"), (2380, "etcd peers"), (10257, "kube-controller-manager"), (10259, "kube-scheduler")]);
+        }
+        if hf.host.is(Role::Registry) && !f.ferry_registry_active {
+            ports.push((rules.registry_port, "built-in registry"));
+        }
+        for (port, what) in ports {
+            if f.listening.contains(&port) {
+                p(h, Error, "ports", format!("port {port} ({what}) is already in use"));
+            }
+        }
+        if f.swap_bytes > 0 {
+            p(h, Warning, "swap", format!("{} MiB of swap is on; prepare turns it off and fixes /etc/fstab", f.swap_bytes >> 20));
+        }
+        if hf.skew_ms.abs() > rules.max_skew_ms {
+            p(h, Error, "clock", format!("the clock is {:.1} s off this machine's; certificates need clocks within {} s", hf.skew_ms as f64 / 1000.0, rules.max_skew_ms / 1000));
+        }
+        if !hf.ours && !f.runtimes.is_empty() && !rules.force {
+            p(h, Error, "runtime", format!(
+                "a container runtime or kubelet is already here ({}); remove it, or pass --force to install over it",
+                f.runtimes.join(", ")
+            ));
+        }
+        if !f.tools_missing.is_empty() {
+            p(h, Warning, "tools", format!("the kubelet needs {} and neither the host nor the bundle has it", f.tools_missing.join(", ")));
+        }
+    }
+    let dup = |what: &str, key: &dyn Fn(&Facts) -> Vec<String>, sev: Severity, out: &mut Vec<Problem>| {
+        let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for hf in hosts {
+            for k in key(hf.facts) {
+                if !k.is_empty() {
+                    seen.entry(k).or_default().push(hf.host.ip.clone());
+                }
+            }
+        }
+        for (k, hs) in seen {
+            if hs.len() > 1 {
+                for h in &hs {
+                    out.push(Problem {
+                        host: h.clone(),
+                        severity: sev,
+                        check: format!("unique {what}"),
+                        message: format!("{what} {k} is shared by {}", hs.join(", ")),
+                    });
+                }
+            }
+        }
+    };
+    dup("hostname", &|f| vec![f.hostname.clone()], Error, &mut out);
+    dup("MAC", &|f| f.macs.clone(), Error, &mut out);
+    dup("machine-id", &|f| vec![f.machine_id.clone()], Error, &mut out);
+    // Containers and some hypervisors share the DMI product_uuid; kubeadm itself only warns.
+    dup("product_uuid", &|f| vec![f.product_uuid.clone()], Warning, &mut out);
+    out.sort_by(|a, b| (&a.host, b.severity, &a.check).cmp(&(&b.host, a.severity, &b.check)));
+    out
+}
+
+/// The table, one row per problem.
+pub fn table(problems: &[Problem]) -> String {
+    let w = problems.iter().map(|p| p.host.len()).max().unwrap_or(4).max(4);
+    let c = problems.iter().map(|p| p.check.len()).max().unwrap_or(5).max(5);
+    let mut s = format!("{:<w$}  {:<7}  {:<c$}  PROBLEM\n", "HOST", "LEVEL", "CHECK");
+    for p in problems {
+        let lvl = if p.severity == Severity::Error { "error" } else { "warning" };
+        s.push_str(&format!("{:<w$}  {:<7}  {:<c$}  {}\n", p.host, lvl, p.check, p.message));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::SshTarget;
+
+    fn host(ip: &str, roles: &[Role]) -> Host {
+        Host { ip: ip.into(), roles: roles.iter().copied().collect(), ssh: SshTarget { user: "root".into(), port: 22, key: None, sudo: false }, labels: Default::default() }
+    }
+    fn good(name: &str, mac: &str) -> Facts {
+        Facts {
+            hostname: name.into(), arch: "x86_64".into(), kernel: "6.1.0-18-amd64".into(), os: "Debian 12".into(), systemd: true,
+            cpus: 4, mem_bytes: 8 << 30, macs: vec![mac.into()], product_uuid: "same".into(), machine_id: name.into(),
+            disk_free: 100 << 30, ..Default::default()
+        }
+    }
+    fn rules() -> Rules {
+        Rules { arch: "x86_64".into(), registry_port: 5050, lb_port: 16443, force: false, max_skew_ms: 30_000 }
+    }
+
+    #[test]
+    fn every_problem_on_every_host_in_one_table() {
+        let m = host("10.0.0.1", &[Role::Master, Role::Registry]);
+        let w = host("10.0.0.2", &[Role::Worker]);
+        let mut fm = good("a", "aa");
+        fm.arch = "aarch64".into();
+        fm.listening = vec![22, 6443, 5050];
+        fm.cpus = 1;
+        let mut fw = good("a", "bb");
+        fw.disk_free = 10 << 20;
+        fw.runtimes = vec!["/usr/bin/containerd".into()];
+        fw.swap_bytes = 1 << 30;
+        let hs = [
+            HostFacts { host: &m, facts: &fm, disk_needed: 1 << 30, skew_ms: 0, ours: false },
+            HostFacts { host: &w, facts: &fw, disk_needed: 1 << 30, skew_ms: 90_000, ours: false },
+        ];
+        let probs = judge(&hs, &rules());
+        let checks: Vec<(&str, &str)> = probs.iter().map(|p| (p.host.as_str(), p.check.as_str())).collect();
+        for want in [("10.0.0.1", "arch"), ("10.0.0.1", "cpu"), ("10.0.0.1", "ports"), ("10.0.0.2", "disk"), ("10.0.0.2", "runtime"),
+                     ("10.0.0.2", "clock"), ("10.0.0.2", "swap"), ("10.0.0.1", "unique hostname"), ("10.0.0.2", "unique hostname")] {
+            assert!(checks.contains(&want), "{want:?} missing from {checks:?}");
+        }
+        assert_eq!(probs.iter().filter(|p| p.check == "ports").count(), 2, "6443 and 5050");
+        let t = table(&probs);
+        assert!(t.contains("port 6443 (kube-apiserver) is already in use"), "{t}");
+        // --force accepts an existing runtime; our own earlier install is never a problem.
+        let hs2 = [HostFacts { host: &w, facts: &fw, disk_needed: 0, skew_ms: 0, ours: true }];
+        assert!(!judge(&hs2, &rules()).iter().any(|p| p.check == "runtime"));
+    }
+
+    #[test]
+    fn clean_hosts_pass_and_shared_product_uuid_only_warns() {
+        let m = host("m", &[Role::Master, Role::Registry]);
+        let w = host("w", &[Role::Worker]);
+        let (fm, fw) = (good("m", "1"), good("w", "2"));
+        let hs = [
+            HostFacts { host: &m, facts: &fm, disk_needed: 1, skew_ms: 5, ours: false },
+            HostFacts { host: &w, facts: &fw, disk_needed: 1, skew_ms: -5, ours: false },
+        ];
+        let p = judge(&hs, &rules());
+        assert!(p.iter().all(|p| p.severity == Severity::Warning && p.check == "unique product_uuid"), "{p:?}");
+    }
+}
