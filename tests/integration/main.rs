@@ -2,3 +2,4 @@
 mod build_verify;
 mod images;
 mod registry;
+mod lab;

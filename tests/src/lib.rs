@@ -86,3 +86,4 @@ pub fn build(bundle: &Path, dir: &Path, key: Option<&Path>) -> PathBuf {
 pub fn demo_bundle() -> PathBuf {
     workspace_root().join("examples/demo/bundle.yaml")
 }
+pub mod lab;

@@ -1,0 +1,489 @@
+//! Self-test of the multi-host lab (`scripts/testhosts`, `ferry_tests::lab`): 3 nodes and a
+//! bastion, real sshd, systemd, containerd and runc. Every check runs against the real hosts.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_tests::lab::{BASTION_INNER_IP, Host, Lab, lab_dir, testhosts_ok};
+use ferry_tests::{run, text};
+
+const NODES: usize = 3;
+
+fn lab() -> &'static Lab {
+    Lab::shared(NODES, true)
+}
+
+/// Every host of the lab: the nodes and the bastion.
+fn all_hosts() -> Vec<Host> {
+    (1..=NODES).map(Host::Node).chain([Host::Bastion]).collect()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Retries `f` until it returns true or `limit` passes.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn lab_access_modes() {
+    let lab = lab();
+    let _use = lab.read();
+    let password = lab.guard_password();
+    assert!(password.len() >= 16, "guard's password is too weak: {} characters", password.len());
+    let mode = std::fs::metadata(lab.dir().join("guard.password")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    let key_mode = std::fs::metadata(lab.key_path()).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o777, 0o600);
+
+    for h in all_hosts() {
+        // root with the key, host key checked against the lab's known_hosts
+        assert_eq!(lab.ssh_ok(h, "hostname"), h.name());
+        assert_eq!(lab.ssh_ok(h, "systemctl is-system-running"), "running");
+
+        // a second sshd on port 2222
+        let out = run(lab.ssh_command("root", h, &["-p", "2222"]).arg("id -un; echo $SSH_CONNECTION | cut -d' ' -f4"));
+        assert!(out.status.success(), "{}: port 2222: {}", h.name(), text(&out));
+        assert_eq!(stdout(&out), "root\n2222", "{}", h.name());
+
+        // ops: key login, passwordless sudo
+        let out = lab.ssh_as("ops", h, "id -un; sudo -n id -u");
+        assert!(out.status.success(), "{}: ops: {}", h.name(), text(&out));
+        assert_eq!(stdout(&out), "ops\n0", "{}", h.name());
+
+        // guard: sudo without a password is refused...
+        let out = lab.ssh_as("guard", h, "sudo -n true");
+        assert!(!out.status.success(), "{}: guard's sudo ran without a password", h.name());
+        assert!(text(&out).contains("password is required"), "{}: {}", h.name(), text(&out));
+        // ...and works with it
+        let mut c = lab.ssh_command("guard", h, &[]);
+        c.arg("sudo -S -p '' id -u").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}: guard's sudo with its password: {}", h.name(), text(&out));
+        assert_eq!(stdout(&out), "0");
+
+        // guard: password login (no key offered), on both sshds
+        for port in ["22", "2222"] {
+            let out = run(Command::new("sshpass")
+                .arg("-f")
+                .arg(lab.dir().join("guard.password"))
+                .arg("ssh")
+                .arg("-F")
+                .arg(lab.ssh_config_path())
+                .args(["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password"])
+                .args(["-p", port])
+                .arg(format!("guard@{}", h.ip()))
+                .arg("id -un")
+                .stdin(Stdio::null()));
+            assert!(out.status.success(), "{}:{port}: guard password login: {}", h.name(), text(&out));
+            assert_eq!(stdout(&out), "guard");
+        }
+        // a wrong password is refused
+        let out = run(Command::new("sshpass")
+            .args(["-p", "not-the-password", "ssh", "-F"])
+            .arg(lab.ssh_config_path())
+            .args(["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password"])
+            .arg(format!("guard@{}", h.ip()))
+            .arg("true")
+            .stdin(Stdio::null()));
+        assert!(!out.status.success(), "{}: a wrong password was accepted", h.name());
+    }
+}
+
+#[test]
+fn lab_nodes_are_reached_through_the_bastion() {
+    let lab = lab();
+    let _use = lab.read();
+    for i in 1..=NODES {
+        // through the bastion (the ssh_config's ProxyJump): the node sees the bastion's address
+        let conn = lab.ssh_ok(i, "echo $SSH_CONNECTION");
+        assert!(conn.starts_with(&format!("{BASTION_INNER_IP} ")), "node{i} saw {conn}");
+        // and never directly: the operator has no route to the nodes' network (refused locally)
+        let out = run(lab.ssh_command("root", i, &["-o", "ProxyJump=none", "-o", "ConnectTimeout=3"]).arg("true"));
+        assert!(!out.status.success(), "node{i} was reachable without the bastion");
+        assert!(text(&out).contains("No route to host") || text(&out).contains("unreachable"), "{}", text(&out));
+    }
+    // an explicit -J with the same client configuration works too
+    let out = run(Command::new("ssh")
+        .arg("-F")
+        .arg(lab.ssh_config_path())
+        .args(["-J", &format!("root@{}", lab.ip(Host::Bastion))])
+        .arg(format!("root@{}", lab.ip(2)))
+        .arg("hostname")
+        .stdin(Stdio::null()));
+    assert!(out.status.success(), "ssh -J: {}", text(&out));
+    assert_eq!(stdout(&out), "node2");
+    // the bastion reaches every node on their network, host keys and all
+    let out = lab.ssh(Host::Bastion, "for i in 1 2 3; do (exec 3<>/dev/tcp/node$i/22 && head -c 7 <&3) || exit 1; echo; done");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stdout(&out), "SSH-2.0\nSSH-2.0\nSSH-2.0");
+}
+
+#[test]
+fn lab_filesystems_are_private() {
+    let lab = lab();
+    let _use = lab.read();
+    let tag = format!("ferry-lab-marker-{}", std::process::id());
+    let paths = [
+        format!("/etc/{tag}"),
+        format!("/opt/{tag}/file"),
+        format!("/usr/local/bin/{tag}"),
+        format!("/var/lib/{tag}"),
+        format!("/var/lib/containerd/{tag}"),
+        format!("/var/lib/kubelet/{tag}"),
+        format!("/root/{tag}"),
+    ];
+    let write = paths.iter().map(|p| format!("mkdir -p $(dirname {p}) && echo node1 > {p}")).collect::<Vec<_>>().join(" && ");
+    lab.ssh_ok(1, &write);
+    let check = paths.iter().map(|p| format!("test -e {p} && echo {p}")).collect::<Vec<_>>().join("; ");
+    assert_eq!(lab.ssh_ok(1, &format!("{check}; true")).lines().count(), paths.len(), "node1 lost its own files");
+    for h in all_hosts().into_iter().skip(1) {
+        let seen = lab.ssh_ok(h, &format!("{check}; true"));
+        assert!(seen.is_empty(), "{} sees node1's files: {seen}", h.name());
+    }
+    for p in &paths {
+        assert!(!Path::new(p).exists(), "the machine itself sees {p}");
+        let cached = Path::new("/var/cache/ferry-lab/rootfs").join(p.trim_start_matches('/'));
+        assert!(!cached.exists(), "the shared rootfs got {}", cached.display());
+    }
+    // /var/lib/containerd is a plain directory, not an overlay (containerd's snapshotter needs that)
+    let fstype = lab.ssh_ok(1, "findmnt -n -o FSTYPE /var/lib/containerd; findmnt -n -o FSTYPE /");
+    assert_eq!(fstype, "ext4\noverlay", "unexpected file systems: {fstype}");
+    lab.ssh_ok(1, &format!("rm -rf {}", paths.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" ")));
+    lab.ssh_ok(1, &format!("rmdir /opt/{tag} 2>/dev/null; true"));
+}
+
+#[test]
+fn lab_hosts_cannot_reach_outside() {
+    let lab = lab();
+    let _use = lab.read();
+    for h in all_hosts() {
+        // `ip route get` only asks the kernel; nothing is sent
+        let routes = lab.ssh_ok(h, "ip route show default; ip -6 route show default");
+        assert!(routes.is_empty(), "{} has a default route: {routes}", h.name());
+        for outside in ["192.0.2.1", "8.8.8.8", "10.1.2.3", "172.16.0.1"] {
+            let out = lab.ssh(h, &format!("ip route get {outside}"));
+            assert!(!out.status.success(), "{} has a route to {outside}: {}", h.name(), text(&out));
+            assert!(text(&out).contains("unreachable"), "{}", text(&out));
+        }
+        // Only because there is no route: a connect fails in the kernel at once (ENETUNREACH),
+        // before any packet exists.
+        let out = lab.ssh(h, "timeout 5 bash -c 'exec 3<>/dev/tcp/192.0.2.1/80' 2>&1; echo rc=$?");
+        let t = stdout(&out);
+        assert!(t.contains("Network is unreachable") && !t.ends_with("rc=0"), "{}: connect: {t}", h.name());
+        // global sysctls are read-only inside, per-namespace net.* ones are writable
+        let out = lab.ssh(h, "sysctl -w vm.overcommit_memory=1");
+        assert!(!out.status.success(), "{} could change a machine-wide sysctl", h.name());
+        lab.ssh_ok(h, "sysctl -qw net.ipv4.conf.lo.arp_ignore=0");
+    }
+    // The root namespace: no forwarding, and the lab range is refused locally.
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim(), "0");
+    let out = run(Command::new("ip").args(["route", "get", "10.88.7.7"]));
+    assert!(!out.status.success(), "the lab range leaks to the default route: {}", text(&out));
+}
+
+/// Moves `bytes` from the host (download) or to it (upload) over ssh and returns Mbit/s, timed
+/// from the first byte to the last, so the ssh handshake does not count.
+fn throughput(lab: &Lab, host: usize, upload: bool, bytes: usize) -> f64 {
+    if upload {
+        let mut c = lab.ssh_command("root", host, &[]);
+        // the clock starts at the first byte (dd reads exactly one)
+        c.arg("dd bs=1 count=1 of=/dev/null status=none; s=$(date +%s%N); cat > /dev/null; e=$(date +%s%N); echo $(( (e - s) / 1000 ))")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..bytes / chunk.len() {
+            stdin.write_all(&chunk).unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "upload: {}", text(&out));
+        let micros: f64 = stdout(&out).parse().unwrap();
+        (bytes / chunk.len() * chunk.len() - 1) as f64 * 8.0 / micros
+    } else {
+        let mut c = lab.ssh_command("root", host, &[]);
+        c.arg(format!("head -c {bytes} /dev/zero")).stdout(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut so = child.stdout.take().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let first = so.read(&mut buf).unwrap();
+        let t0 = Instant::now();
+        let mut rest = 0usize;
+        loop {
+            let n = so.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            rest += n;
+        }
+        let elapsed = t0.elapsed();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(first + rest, bytes);
+        rest as f64 * 8.0 / elapsed.as_micros() as f64
+    }
+}
+
+#[test]
+fn lab_shaped_link_moves_100_mbit() {
+    let lab = lab();
+    let x = lab.exclusive();
+    x.shape(2, "100mbit");
+    let up = throughput(&x, 2, true, 40 << 20);
+    let down = throughput(&x, 2, false, 40 << 20);
+    eprintln!("lab: node2 shaped to 100 Mbit/s: upload {up:.1} Mbit/s, download {down:.1} Mbit/s");
+    for (what, rate) in [("upload", up), ("download", down)] {
+        assert!((80.0..=120.0).contains(&rate), "{what} at {rate:.1} Mbit/s, not 100 ±20%");
+    }
+    x.unshape(2);
+    let free = throughput(&x, 2, true, 40 << 20);
+    eprintln!("lab: node2 unshaped: upload {free:.1} Mbit/s");
+    assert!(free > 150.0, "unshaped upload only {free:.1} Mbit/s: is the limit still on?");
+}
+
+#[test]
+fn lab_cut_host_is_unreachable_and_comes_back() {
+    let lab = lab();
+    let x = lab.exclusive();
+    x.cut(3);
+    let t0 = Instant::now();
+    let out = run(x.ssh_command("root", 3, &["-o", "ConnectTimeout=3"]).arg("true"));
+    assert!(!out.status.success(), "node3 answered while cut");
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    // its neighbours lose it too
+    let out = x.ssh(1, "timeout 3 bash -c 'exec 3<>/dev/tcp/10.88.0.13/22'");
+    assert!(!out.status.success(), "node1 still reaches node3");
+    // while node3 itself keeps running
+    assert!(testhosts_ok(&["exec", "3", "systemctl", "is-system-running"]).status.success());
+    x.restore(3);
+    assert!(eventually(Duration::from_secs(15), || x.ssh(3, "true").status.success()), "node3 did not come back");
+    assert_eq!(x.ssh_ok(1, "timeout 3 bash -c 'exec 3<>/dev/tcp/10.88.0.13/22 && head -c 7 <&3'"), "SSH-2.0");
+}
+
+/// Time for node2 to open a TCP connection to node1 (one round trip), the best of a few tries.
+fn connect_ms(lab: &Lab) -> f64 {
+    let out = lab.ssh_ok(
+        2,
+        "for k in 1 2 3 4 5; do s=$(date +%s%N); exec 3<>/dev/tcp/10.88.0.11/22; e=$(date +%s%N); exec 3<&-; echo $(( (e - s) / 1000 )); done",
+    );
+    out.lines().map(|l| l.parse::<f64>().unwrap() / 1000.0).fold(f64::MAX, f64::min)
+}
+
+#[test]
+fn lab_delay_adds_latency() {
+    let lab = lab();
+    let x = lab.exclusive();
+    let before = connect_ms(&x);
+    x.delay(1, 25);
+    let delayed = connect_ms(&x);
+    x.delay(1, 0);
+    let after = connect_ms(&x);
+    eprintln!("lab: node2 -> node1 connect: {before:.2} ms, with 25 ms each way {delayed:.2} ms, after {after:.2} ms");
+    assert!((45.0..=90.0).contains(&delayed), "a 25 ms delay each way gave a {delayed:.2} ms round trip");
+    assert!(before < 10.0 && after < 10.0, "round trips without delay: {before:.2} ms, {after:.2} ms");
+}
+
+#[test]
+fn lab_sshd_and_power_faults() {
+    let lab = lab();
+    let x = lab.exclusive();
+    // sshd on 22 stops; the second sshd on 2222 stays
+    x.kill_sshd(1, 22);
+    let out = run(x.ssh_command("root", 1, &[]).arg("true"));
+    assert!(!out.status.success(), "sshd on 22 still answers");
+    let out = run(x.ssh_command("root", 1, &["-p", "2222"]).arg("systemctl is-active ssh.service ssh-2222.service"));
+    assert_eq!(stdout(&out), "inactive\nactive", "{}", text(&out));
+    x.start_sshd(1, 22);
+    assert_eq!(x.ssh_ok(1, "hostname"), "node1");
+
+    // poweroff keeps the disk; boot brings the host back with it
+    x.ssh_ok(3, "echo kept > /opt/ferry-lab-poweroff");
+    x.poweroff(3);
+    assert!(!x.ssh(3, "true").status.success(), "node3 answers while powered off");
+    x.boot(3);
+    assert_eq!(x.ssh_ok(3, "cat /opt/ferry-lab-poweroff && rm /opt/ferry-lab-poweroff"), "kept");
+    assert_eq!(x.ssh_ok(3, "systemctl is-system-running"), "running");
+}
+
+#[test]
+fn lab_containerd_and_runc_run_a_container() {
+    let lab = lab();
+    let _use = lab.read();
+    // an image built offline: busybox-static in an OCI layout (umoci), as a tarball
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let sh = |script: &str| {
+        let out = run(Command::new("bash").arg("-ec").arg(script).current_dir(w));
+        assert!(out.status.success(), "{script}: {}", text(&out));
+    };
+    sh("umoci init --layout L && umoci new --image L:t && umoci unpack --image L:t B
+        mkdir -p B/rootfs/bin && cp /bin/busybox B/rootfs/bin/ && ln -s busybox B/rootfs/bin/sh
+        umoci repack --image L:t B && umoci config --image L:t --config.cmd /bin/sh --config.env PATH=/bin
+        tar -C L -cf image.tar .");
+
+    // install containerd the way an offline installer does: copy binaries, a unit, enable --now
+    let out = run(Command::new("scp")
+        .arg("-q")
+        .arg("-F")
+        .arg(lab.ssh_config_path())
+        .args(["/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/bin/ctr", "/usr/sbin/runc"])
+        .arg(format!("root@{}:/usr/local/bin/", lab.ip(2))));
+    assert!(out.status.success(), "scp: {}", text(&out));
+    let unit = std::fs::read_to_string("/lib/systemd/system/containerd.service").unwrap().replace("/usr/bin/containerd", "/usr/local/bin/containerd");
+    let mut c = lab.ssh_command("root", 2, &[]);
+    c.arg("cat > /etc/systemd/system/containerd.service && systemctl daemon-reload && systemctl enable -q --now containerd && systemctl is-active containerd")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(unit.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "containerd: {}", text(&out));
+
+    let out = run(lab
+        .ssh_command("root", 2, &[])
+        .arg("ctr -n lab images import --base-name docker.io/library/busybox - >/dev/null && ctr -n lab images ls -q")
+        .stdin(std::fs::File::open(w.join("image.tar")).unwrap()));
+    assert!(out.status.success(), "import: {}", text(&out));
+    assert_eq!(stdout(&out), "docker.io/library/busybox:t");
+    let ran = lab.ssh_ok(2, "ctr -n lab run --rm docker.io/library/busybox:t selftest sh -c 'echo container on $(hostname) as $(id -u)'");
+    assert_eq!(ran, "container on node2 as 0");
+    // leave node2 as fresh as the others
+    lab.ssh_ok(
+        2,
+        "systemctl disable -q --now containerd; rm -f /etc/systemd/system/containerd.service \
+         /usr/local/bin/containerd /usr/local/bin/containerd-shim-runc-v2 /usr/local/bin/ctr /usr/local/bin/runc; \
+         systemctl daemon-reload; rm -rf /var/lib/containerd/* /run/containerd",
+    );
+}
+
+#[test]
+fn lab_inventory_is_a_cluster_file() {
+    let lab = lab();
+    let _use = lab.read();
+    let inv = lab.inventory();
+    let d = lab_dir();
+    let d = d.display();
+    let body: Vec<&str> = inv.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        body.join("\n"),
+        format!(
+            "apiVersion: ferry.dev/v1alpha1
+kind: Cluster
+metadata: {{name: lab}}
+spec:
+  ssh: {{user: root, port: 22, key: {d}/id_ed25519, sudo: false, knownHosts: {d}/known_hosts, bastion: root@10.88.1.10:22}}
+  hosts:
+    - {{ips: [10.88.0.11], roles: [master, registry]}}
+    - {{ips: [10.88.0.12, 10.88.0.13], roles: [worker]}}
+  registry: {{port: 5050}}"
+        )
+    );
+    assert!(inv.contains(&format!("# key: {d}/id_ed25519\n")), "{inv}");
+    assert!(inv.contains(&format!("# known_hosts: {d}/known_hosts\n")), "{inv}");
+    // the known_hosts file has every host on both ports, and nothing else
+    let kh = std::fs::read_to_string(lab.known_hosts_path()).unwrap();
+    for h in all_hosts() {
+        assert!(kh.lines().any(|l| l.starts_with(&format!("{},", h.ip()))), "{} missing:\n{kh}", h.ip());
+        assert!(kh.contains(&format!("[{}]:2222 ssh-ed25519 ", h.ip())), "[{}]:2222 missing:\n{kh}", h.ip());
+    }
+    assert!(kh.contains(&format!("{BASTION_INNER_IP},bastion ssh-ed25519 ")), "{kh}");
+    assert_eq!(kh.lines().count(), 2 * (NODES + 2));
+    let ops = lab.inventory_as("ops", 2222);
+    assert!(ops.contains("ssh: {user: ops, port: 2222,") && ops.contains("sudo: true"), "{ops}");
+}
+
+/// Everything the lab may leave behind, as text (empty when the machine is clean).
+fn leftovers(dir: &Path) -> String {
+    let mut left = Vec::new();
+    let netns = stdout(&run(Command::new("ip").args(["netns", "list"])));
+    left.extend(netns.lines().filter(|l| l.starts_with("ferrylab-")).map(|l| format!("netns {l}")));
+    let links = stdout(&run(Command::new("ip").args(["-o", "link", "show"])));
+    for l in links.lines() {
+        let name = l.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
+        if name.starts_with("ferrylab") || name.starts_with("fl-") {
+            left.push(format!("link {name}"));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    left.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(&*dir.to_string_lossy()) || l.contains("ferrylab"))
+            .map(|l| format!("mount {l}")),
+    );
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&format!("{}/", dir.display())) && !cmd.contains("cargo") {
+            left.push(format!("process {} {cmd}", p.file_name().to_string_lossy()));
+        }
+    }
+    for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        if c.path().join("ferrylab").exists() {
+            left.push(format!("cgroup {}/ferrylab", c.path().display()));
+        }
+    }
+    let routes = stdout(&run(Command::new("ip").args(["route", "show", "type", "unreachable"])));
+    left.extend(routes.lines().filter(|l| l.contains("10.88.")).map(|l| format!("route {l}")));
+    for f in ["hosts", "vde", "lab.env", "known_hosts"] {
+        if dir.join(f).exists() {
+            left.push(format!("state {}", dir.join(f).display()));
+        }
+    }
+    left.join("\n")
+}
+
+#[test]
+fn lab_down_is_clean_and_up_is_quick() {
+    let lab = lab();
+    let x = lab.exclusive();
+    eprintln!("lab: first up ({NODES} nodes + bastion, rootfs build if it was missing): {:.2?}", lab.first_up_time());
+    // leave something running that down has to deal with: a container runtime's processes
+    x.ssh_ok(1, "systemd-run -q --unit busy sleep 1000; nohup sleep 1000 >/dev/null 2>&1 &");
+
+    let dir = lab.dir().to_path_buf();
+    let orig = std::fs::read_to_string(dir.join("sysctl.orig")).unwrap_or_default();
+    assert!(orig.contains("net.bridge.bridge-nf-call-iptables="), "up did not record the sysctl it changed: {orig:?}");
+    let down = x.down();
+    let left = leftovers(&dir);
+    assert!(left.is_empty(), "down left:\n{left}");
+    for line in orig.lines() {
+        let (k, v) = line.split_once('=').unwrap();
+        let now = std::fs::read_to_string(format!("/proc/sys/{}", k.replace('.', "/"))).unwrap();
+        assert_eq!(now.trim(), v, "{k} was not restored");
+    }
+    // down twice is fine
+    let again = x.down();
+
+    let up = x.up();
+    let mem = String::from_utf8_lossy(&testhosts_ok(&["mem"]).stdout).into_owned();
+    eprintln!("lab: up {NODES} nodes + bastion (rootfs cached): {up:.2?}; down: {down:.2?} (again: {again:.2?})");
+    eprintln!("lab: memory per host:\n{mem}");
+    for line in mem.lines() {
+        let rss: u64 = line.split("rss=").nth(1).and_then(|v| v.trim_end_matches("MB").parse().ok()).unwrap_or_else(|| panic!("{line}"));
+        assert!(rss <= 100, "over 100 MB: {line}");
+    }
+    assert!(up <= Duration::from_secs(10), "up took {up:.2?}, the budget is 10 s");
+    assert!(down <= Duration::from_secs(5), "down took {down:.2?}, the budget is 5 s");
+    for h in all_hosts() {
+        assert_eq!(x.ssh_ok(h, "hostname"), h.name());
+    }
+}
