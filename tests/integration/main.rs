@@ -3,3 +3,4 @@ mod build_verify;
 mod images;
 mod registry;
 mod lab;
+mod run;

@@ -189,6 +189,8 @@ pub struct Cluster {
     pub hosts: Vec<Host>,
     /// Jump host, if any.
     pub bastion: Option<Bastion>,
+    /// Key for the jump host (the cluster-wide `spec.ssh.key`).
+    pub bastion_key: Option<PathBuf>,
     /// known_hosts file.
     pub known_hosts: PathBuf,
     /// Registry port.
@@ -321,7 +323,8 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
         let pick = |f: fn(&SshSpec) -> Option<String>| over.and_then(f).or_else(|| f(&base));
         let user = pick(|s| s.user.clone()).unwrap_or_else(|| "root".into());
         let port = over.and_then(|s| s.port).or(base.port).unwrap_or(22);
-        let key = pick(|s| s.key.clone()).map(|k| expand_home(&k));
+        // `key: none` (or empty) in a group turns off a cluster-wide key for those hosts.
+        let key = pick(|s| s.key.clone()).filter(|k| !k.is_empty() && k != "none").map(|k| expand_home(&k));
         let sudo = over.and_then(|s| s.sudo).or(base.sudo).unwrap_or(false) || user != "root";
         SshTarget { user, port, key, sudo }
     };
@@ -402,7 +405,8 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
     let registry_port = o.registry_port.or(spec.registry.as_ref().and_then(|r| r.port)).unwrap_or(DEFAULT_REGISTRY_PORT);
     let api_endpoint =
         spec.api_server.as_ref().and_then(|a| a.endpoint.clone()).unwrap_or_else(|| DEFAULT_API_ENDPOINT.to_string());
-    Ok(Cluster { name, hosts, bastion, known_hosts, registry_port, api_endpoint, warnings })
+    let bastion_key = base.key.as_deref().filter(|k| !k.is_empty() && *k != "none").map(expand_home);
+    Ok(Cluster { name, hosts, bastion, bastion_key, known_hosts, registry_port, api_endpoint, warnings })
 }
 
 #[cfg(test)]

@@ -384,7 +384,7 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     let t0 = Instant::now();
     let jump = match &ctx.cluster.bastion {
         Some(b) => {
-            let key = ctx.cluster.hosts[0].ssh.key.clone();
+            let key = ctx.cluster.bastion_key.clone();
             let login = Login { host: b.host.clone(), port: b.port, user: b.user.clone(), key, sudo: false };
             Some(Jump::connect(&login, &opts).await?)
         }

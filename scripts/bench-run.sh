@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# bench-run.sh: `installer run` on 3 lab hosts with a ~500 MB installer, split by phase; a
+# re-run after success; and the same distribution done with scp for comparison.
+# Prints `name: value` lines. Needs root, the lab (scripts/testhosts) and a release build.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+FERRY=$ROOT/target/release/ferry
+TH=$ROOT/scripts/testhosts
+W=$(mktemp -d /var/tmp/ferry-bench-run.XXXXXX)
+trap '"$TH" down >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
+[ -x "$FERRY" ] || (cd "$ROOT" && cargo build --release >&2)
+
+# Bundle: Debian's containerd/runc, a busybox image, and ~480 MB of incompressible files.
+mkdir -p "$W/b/rootfs/usr/bin" "$W/b/rootfs/usr/sbin" "$W/b/rootfs/etc/systemd/system"
+cp /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 /usr/bin/ctr "$W/b/rootfs/usr/bin/"
+cp /usr/sbin/runc "$W/b/rootfs/usr/sbin/"
+cp /lib/systemd/system/containerd.service "$W/b/rootfs/etc/systemd/system/"
+umoci init --layout "$W/b/layout" >/dev/null
+umoci new --image "$W/b/layout:1" >/dev/null
+mkdir -p "$W/img/bin" && cp /bin/busybox "$W/img/bin/" && tar -C "$W/img" -cf "$W/layer.tar" .
+umoci raw add-layer --image "$W/b/layout:1" "$W/layer.tar" >/dev/null
+umoci config --image "$W/b/layout:1" --os linux --architecture amd64 --config.cmd /bin/sh >/dev/null
+head -c $((480 << 20)) /dev/urandom > "$W/b/pad.bin"
+cat > "$W/b/bundle.yaml" <<YAML
+apiVersion: ferry.dev/v1alpha1
+kind: Bundle
+metadata: {name: bench-run, version: 1.0.0}
+spec:
+  kubernetes: {version: v1.33.4}
+  platforms: [linux/amd64]
+  rootfs: [{path: rootfs}]
+  files: [{path: pad.bin, dest: /opt/bench/pad.bin}]
+  images:
+    - {ref: docker.io/library/app:1, source: "oci:layout:1"}
+YAML
+"$FERRY" keygen -o "$W/vendor" >/dev/null
+"$FERRY" build "$W/b/bundle.yaml" -o "$W/installer" --key "$W/vendor.key" --offline --allow-missing-images >/dev/null
+echo "installer_mb: $(( $(stat -c %s "$W/installer") >> 20 ))"
+
+"$TH" up 3 >/dev/null
+"$TH" inventory > "$W/cluster.yaml"
+LAB=${FERRY_LAB_DIR:-/srv/ferry-lab}
+
+summary() { grep '"event":"summary"' "$1" | tail -1; }
+field() { python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(eval('d'+sys.argv[1]))" "$1"; }
+
+t0=$(date +%s.%N)
+"$W/installer" --no-progress run --json -f "$W/cluster.yaml" --trusted-key "$W/vendor.pub" > "$W/run1.json"
+t1=$(date +%s.%N)
+s=$(summary "$W/run1.json")
+echo "run_wall_s: $(echo "$t1 - $t0" | bc)"
+for p in preflight distribute prepare registry; do echo "run_${p}_s: $(echo "$s" | field "['seconds']['$p']")"; done
+echo "run_bytes_sent_mb: $(( $(echo "$s" | field "['bytes_sent']") >> 20 ))"
+
+t0=$(date +%s.%N)
+"$W/installer" --no-progress run --json -f "$W/cluster.yaml" --trusted-key "$W/vendor.pub" > "$W/run2.json"
+t1=$(date +%s.%N)
+s=$(summary "$W/run2.json")
+echo "rerun_wall_s: $(echo "$t1 - $t0" | bc)"
+echo "rerun_bytes_sent: $(echo "$s" | field "['bytes_sent']")"
+echo "rerun_distribute_bytes: $(echo "$s" | field "['distribute_bytes']")"
+
+# The same distribution with scp: the whole installer to each host, in parallel.
+t0=$(date +%s.%N)
+for i in 1 2 3; do scp -q -F "$LAB/ssh_config" "$W/installer" "10.88.0.1$i:/var/tmp/installer.scp" & done
+wait
+t1=$(date +%s.%N)
+echo "scp_whole_installer_3_hosts_s: $(echo "$t1 - $t0" | bc)"
+echo "scp_bytes_mb: $(( 3 * $(stat -c %s "$W/installer") >> 20 ))"
