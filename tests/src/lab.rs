@@ -21,6 +21,11 @@
 //! whatever a crashed run left. Set `FERRY_LAB_KEEP=1` to leave the lab up after the tests,
 //! for a look around with `scripts/testhosts ssh 1`.
 //!
+//! There is one lab per machine. A test process holds [`SESSION_LOCK`] while it uses the lab,
+//! so a second test process (another test binary, or another engineer's run) waits until the
+//! first has torn its lab down, and `scripts/testhosts up`/`down` run by hand refuse to touch
+//! the lab meanwhile.
+//!
 //! The lab needs root, which the project's machines and CI have.
 
 use std::io::Write;
@@ -86,7 +91,6 @@ pub struct Lab {
     hosts: usize,
     bastion: bool,
     dir: PathBuf,
-    script: PathBuf,
     /// Readers use the lab, the writer changes it (faults, shaping, down/up).
     usage: RwLock<()>,
     /// How long the first `up` took.
@@ -94,6 +98,10 @@ pub struct Lab {
 }
 
 static SHARED: OnceLock<Result<Lab, String>> = OnceLock::new();
+/// There is one lab per machine: a test process holds this lock (an flock, released by the
+/// kernel when the process and its watchdog are gone) from bringing the lab up to tearing it
+/// down, and a second test process waits for it.
+pub const SESSION_LOCK: &str = "/run/lock/ferry-lab.session";
 /// The watchdog's stdin: it tears the lab down when this pipe closes without a "done" line.
 static WATCHDOG: Mutex<Option<(Child, ChildStdin)>> = Mutex::new(None);
 
@@ -107,9 +115,44 @@ pub fn testhosts_script() -> PathBuf {
     workspace_root().join("scripts").join("testhosts")
 }
 
+/// A `scripts/testhosts` command run on behalf of this process, which holds [`SESSION_LOCK`]
+/// (the script refuses `up` and `down` while another process holds it).
+fn testhosts_command() -> Command {
+    let mut c = Command::new(testhosts_script());
+    c.env("FERRY_LAB_SESSION_HELD", "1").stdin(Stdio::null());
+    c
+}
+
 /// Runs `scripts/testhosts ARGS…` and returns its output, whatever its exit status.
 pub fn testhosts(args: &[&str]) -> Output {
-    crate::run(Command::new(testhosts_script()).args(args).stdin(Stdio::null()))
+    crate::run(testhosts_command().args(args))
+}
+
+/// Takes [`SESSION_LOCK`] for the rest of this process's life, waiting while another test
+/// process uses the lab. Returns the lock's file descriptor.
+fn take_session_lock() -> Result<libc::c_int, String> {
+    use std::os::fd::IntoRawFd;
+    let path = Path::new(SESSION_LOCK);
+    if let Some(d) = path.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{SESSION_LOCK}: {e}"))?;
+    let fd = f.into_raw_fd();
+    // SAFETY: fd is an open file descriptor that this function owns.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!("lab: another test process is using the lab ({SESSION_LOCK}); waiting for it");
+        let t0 = Instant::now();
+        // SAFETY: as above; a blocking flock.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            return Err(format!("flock {SESSION_LOCK}: {}", std::io::Error::last_os_error()));
+        }
+        eprintln!("lab: got the lab after {:.1?}", t0.elapsed());
+    }
+    Ok(fd)
 }
 
 /// Runs `scripts/testhosts ARGS…` and panics with its output unless it succeeds.
@@ -139,8 +182,10 @@ extern "C" fn teardown_at_exit() {
 }
 
 /// Registers the teardown: an `atexit` handler for a normal exit (tests passed, failed or
-/// panicked), and a watchdog process in its own session for a process that is killed.
-fn register_teardown() {
+/// panicked), and a watchdog process in its own process group for a process that is killed.
+/// The watchdog shares the session lock `lock_fd`, so that no other test process takes the lab
+/// before the watchdog has torn it down.
+fn register_teardown(lock_fd: libc::c_int) {
     // SAFETY: atexit takes a plain extern "C" fn with no arguments; registering it is sound.
     unsafe {
         libc::atexit(teardown_at_exit);
@@ -150,15 +195,26 @@ fn register_teardown() {
     }
     use std::os::unix::process::CommandExt;
     let script = testhosts_script();
-    let spawned = Command::new("/bin/sh")
-        .arg("-c")
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
         .arg(r#"read -r line; [ "$line" = done ] || exec "$0" down"#)
         .arg(&script)
+        .env("FERRY_LAB_SESSION_HELD", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
+        .process_group(0);
+    // SAFETY: the closure only calls fcntl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // keep the session lock open across exec (std opens files close-on-exec)
+            if libc::fcntl(lock_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
     match spawned {
         Ok(mut child) => {
             let stdin = child.stdin.take().expect("piped stdin");
@@ -201,12 +257,12 @@ impl Lab {
         if !deps.status.success() {
             return Err(format!("scripts/testhosts deps failed:\n{}", text(&deps)));
         }
-        register_teardown();
+        let lock_fd = take_session_lock()?;
+        register_teardown(lock_fd);
         let lab = Lab {
             hosts,
             bastion,
             dir: lab_dir(),
-            script: testhosts_script(),
             usage: RwLock::new(()),
             first_up: Duration::ZERO,
         };
@@ -224,7 +280,7 @@ impl Lab {
         if self.bastion {
             args.push("--bastion");
         }
-        crate::run(Command::new(&self.script).args(&args).stdin(Stdio::null()))
+        crate::run(testhosts_command().args(&args))
     }
 
     /// Marks the calling test as a user of the lab: fault-injecting tests (which hold
