@@ -496,3 +496,39 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
     let refs: Vec<&str> = json.as_array().unwrap().iter().map(|i| i["ref"].as_str().unwrap()).collect();
     assert!(refs.contains(&"quay.io/example/rendered:2.4") && !refs.contains(&"quay.io/example/web:2.4"), "{refs:?}");
 }
+
+#[test]
+fn https_is_verified_unless_listed_insecure_and_plain_http_is_only_for_loopback() {
+    let dir = scratch();
+    let tls = Upstream::start_tls();
+    let plain = Upstream::start();
+    let layout = Layout::init(&dir.path().join("layout"));
+    push_control_plane(&plain, &layout);
+    layout.image("app", &[("bin/busybox", None)], "amd64");
+    tls.push(&layout.src("app"), "library/app:1");
+    plain.push(&layout.src("app"), "direct/app:1");
+    let b = dir.path().join("bundle");
+    let out = dir.path().join("installer");
+    // References naming the registries themselves (no mirror): https first, and for loopback
+    // hosts plain http after it.
+    let images = format!("  images: ['{}/library/app:1', '{}/direct/app:1']\n{}", tls.addr, plain.addr, mirrors(&[("registry.k8s.io", &plain)]));
+
+    let spec = write_spec(&b, &images);
+    let err = fails(&mut build_cmd(&spec, &out));
+    assert!(err.contains("1 of 9 images could not be resolved"), "{err}");
+    assert!(err.contains(&format!("{}/library/app:1 (from spec.images): registry unreachable", tls.addr)), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "the self-signed certificate is refused: {err}");
+    assert!(!out.exists());
+
+    let spec = write_spec(&b, &format!("{images}  insecureRegistries: ['{}']\n", tls.addr));
+    ok(&mut build_cmd(&spec, &out));
+    let meta = metadata(&out);
+    assert_eq!(image(&meta, &format!("{}/library/app:1", tls.addr))["digest"], digest(&tls.raw_manifest("library/app:1")));
+    assert_eq!(image(&meta, &format!("{}/direct/app:1", plain.addr))["registry"], plain.addr.as_str());
+    fs::remove_file(&out).unwrap();
+
+    // Plain http to anything but loopback must be allowed explicitly; refused before any traffic.
+    let spec = write_spec(&b, "  images: [app:1]\n  registryMirrors: {docker.io: 'http://registry.invalid:5000'}\n");
+    let err = fails(&mut build_cmd(&spec, &out));
+    assert!(err.contains("registryMirrors.docker.io") && err.contains("insecureRegistries"), "{err}");
+}

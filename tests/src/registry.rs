@@ -24,6 +24,8 @@ pub struct Upstream {
     pub addr: String,
     /// `(user, password)` when started with Basic auth.
     pub login: Option<(String, String)>,
+    /// Serves https (self-signed).
+    pub tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -33,15 +35,20 @@ fn free_port() -> u16 {
 impl Upstream {
     /// A registry without authentication.
     pub fn start() -> Upstream {
-        Upstream::start_inner(None)
+        Upstream::start_inner(None, false)
     }
 
     /// A registry that requires `user`/`password` (htpasswd, bcrypt).
     pub fn start_with_login(user: &str, password: &str) -> Upstream {
-        Upstream::start_inner(Some((user.to_string(), password.to_string())))
+        Upstream::start_inner(Some((user.to_string(), password.to_string())), false)
     }
 
-    fn start_inner(login: Option<(String, String)>) -> Upstream {
+    /// A registry serving https with a self-signed certificate for 127.0.0.1 (made with openssl).
+    pub fn start_tls() -> Upstream {
+        Upstream::start_inner(None, true)
+    }
+
+    fn start_inner(login: Option<(String, String)>, tls: bool) -> Upstream {
         let mut last_log = String::new();
         // The port is free when chosen; retry in the rare case another process takes it first.
         for _ in 0..5 {
@@ -56,6 +63,19 @@ impl Upstream {
                 fs::write(dir.path().join("htpasswd"), htpasswd.trim()).unwrap();
                 config.push_str(&format!("auth: {{htpasswd: {{realm: ferry-test, path: {}}}}}\n", dir.path().join("htpasswd").display()));
             }
+            if tls {
+                let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+                ok(Command::new("openssl")
+                    .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+                    .arg("-keyout")
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&crt));
+                config = config.replace(
+                    &format!("http: {{addr: {addr}}}"),
+                    &format!("http: {{addr: {addr}, tls: {{certificate: {}, key: {}}}}}", crt.display(), key.display()),
+                );
+            }
             let cfg = dir.path().join("config.yml");
             fs::write(&cfg, config).unwrap();
             let log = fs::File::create(dir.path().join("registry.log")).unwrap();
@@ -66,7 +86,7 @@ impl Upstream {
                 .stderr(Stdio::from(log))
                 .spawn()
                 .expect("starting docker-registry (apt-get install docker-registry)");
-            let mut up = Upstream { child, dir, addr, login: login.clone() };
+            let mut up = Upstream { child, dir, addr, login: login.clone(), tls };
             if up.wait_ready() {
                 return up;
             }
@@ -83,6 +103,10 @@ impl Upstream {
                 return false;
             }
             if let Ok(mut s) = TcpStream::connect(&self.addr) {
+                if self.tls {
+                    // Anything listening is ready; the TLS handshake is the client's business.
+                    return true;
+                }
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
                 let mut buf = [0u8; 12];
                 if std::io::Read::read(&mut s, &mut buf).map(|n| n >= 12).unwrap_or(false) {
@@ -94,9 +118,9 @@ impl Upstream {
         false
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` for a TLS registry).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
     /// The storage file of blob `digest` (to corrupt it in tests).

@@ -57,8 +57,8 @@ impl FetchError {
             FetchError::Corrupt(_) => 0,
             FetchError::Auth(_) => 1,
             FetchError::NotFound(_) => 2,
-            FetchError::Other(_) => 3,
-            FetchError::Unreachable(_) => 4,
+            FetchError::Unreachable(_) => 3,
+            FetchError::Other(_) => 4,
         }
     }
 }
@@ -332,7 +332,10 @@ impl RegistryClient {
             let resp = match req.call() {
                 Ok(r) => r,
                 Err(e) => {
-                    let why = format!("cannot reach {ep}: {e}");
+                    let mut why = format!("cannot reach {ep}: {e}");
+                    if why.contains("certificate") && !ep.skip_verify {
+                        why.push_str(&format!(" (list {} in insecureRegistries to skip certificate checks)", ep.host));
+                    }
                     // Remember endpoints that cannot be connected to at all (an https attempt on
                     // a plain-http registry, a closed port), so each is tried once per build.
                     let connect_failure = matches!(
@@ -540,7 +543,9 @@ pub fn combine(errors: Vec<FetchError>) -> FetchError {
         return FetchError::Other("no endpoint to try".into());
     }
     let best = errors.iter().map(|e| e.rank()).min().unwrap();
-    let answered: Vec<&FetchError> = errors.iter().filter(|e| !matches!(e, FetchError::Unreachable(_))).collect();
+    // A definite answer (not found, refused, corrupt) is the story; otherwise every attempt is
+    // (e.g. a certificate refused over https and a 400 from the same port over http).
+    let answered: Vec<&FetchError> = errors.iter().filter(|e| e.rank() <= 2).collect();
     let shown: Vec<String> = if answered.is_empty() {
         errors.iter().map(|e| inner(e).to_string()).collect()
     } else {
@@ -551,8 +556,8 @@ pub fn combine(errors: Vec<FetchError>) -> FetchError {
         0 => FetchError::Corrupt(msg),
         1 => FetchError::Auth(msg),
         2 => FetchError::NotFound(msg),
-        3 => FetchError::Other(msg),
-        _ => FetchError::Unreachable(msg),
+        3 => FetchError::Unreachable(msg),
+        _ => FetchError::Other(msg),
     }
 }
 
@@ -612,6 +617,8 @@ mod tests {
         assert_eq!(e, FetchError::NotFound("http://x has no a:1".into()));
         let e = combine(vec![FetchError::Unreachable("a".into()), FetchError::Unreachable("b".into())]);
         assert_eq!(e, FetchError::Unreachable("a; b".into()));
+        let e = combine(vec![FetchError::Unreachable("https: certificate".into()), FetchError::Other("http: 400".into())]);
+        assert_eq!(e, FetchError::Unreachable("https: certificate; http: 400".into()));
         assert!(describe_body(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#).contains("MANIFEST_UNKNOWN"));
     }
 }
