@@ -460,7 +460,7 @@ fn lab_down_is_clean_and_up_is_quick() {
     x.ssh_ok(1, "systemd-run -q --unit busy sleep 1000; nohup sleep 1000 >/dev/null 2>&1 &");
 
     let dir = lab.dir().to_path_buf();
-    let orig = std::fs::read_to_string(dir.join("sysctl.orig")).unwrap_or_default();
+    let orig = std::fs::read_to_string("/run/ferry-lab.sysctl.orig").unwrap_or_default();
     assert!(orig.contains("net.bridge.bridge-nf-call-iptables="), "up did not record the sysctl it changed: {orig:?}");
     let down = x.down();
     let left = leftovers(&dir);
