@@ -45,6 +45,9 @@ pub enum Command {
     /// Node-side commands `run` starts on each host over SSH (not for direct use).
     #[command(subcommand, hide = true)]
     Agent(AgentCommand),
+    /// The node-local Kubernetes API load balancer (runs as ferry-lb.service on every node):
+    /// a TCP proxy over all masters' apiservers with health checks; SIGHUP re-reads the config.
+    Lb(crate::lb::LbArgs),
 }
 
 /// `registry` subcommands.
@@ -80,6 +83,10 @@ pub struct RegistryServeArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Do not verify the images' chunks in the background after startup; verify each chunk
+    /// only when a request first needs it (either way, no unverified byte is ever served).
+    #[arg(long)]
+    pub no_background_verify: bool,
     /// Trust options.
     #[command(flatten)]
     pub trust: TrustArgs,

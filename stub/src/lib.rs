@@ -9,6 +9,8 @@ pub mod cli;
 pub mod cluster;
 pub mod extract;
 pub mod inspect;
+pub mod kube;
+pub mod lb;
 pub mod printer;
 pub mod registry;
 pub mod run;
@@ -38,6 +40,7 @@ pub fn main() -> ExitCode {
         cli::Command::Registry(cli::RegistryCommand::Config(args)) => registry::config(&args, &printer),
         cli::Command::Run(args) => run::run(&args, cli.global.quiet, cli.global.no_progress),
         cli::Command::Agent(cmd) => agent::main(&cmd),
+        cli::Command::Lb(args) => lb::run(&args),
     };
     finish(result, &printer)
 }

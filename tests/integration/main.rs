@@ -4,3 +4,5 @@ mod images;
 mod registry;
 mod lab;
 mod run;
+mod lb;
+mod fetch_script;

@@ -55,6 +55,9 @@ pub struct Spec {
     /// Built-in registry settings.
     #[serde(default)]
     pub registry: Option<RegistrySpec>,
+    /// kubeadm fragments merged over ferry's generated configs (schema: [`crate::kube::config`]).
+    #[serde(default)]
+    pub kubeadm: Option<crate::kube::config::Fragments>,
 }
 
 /// SSH settings (cluster-wide, or per host group where they override the cluster's).
@@ -248,6 +251,9 @@ pub fn parse(text: &str, origin: &str) -> Result<ClusterFile> {
     }
     if file.kind != "Cluster" {
         bail!("{origin}: kind `{}` is not a Cluster", file.kind);
+    }
+    if let Some(k) = &file.spec.kubeadm {
+        crate::kube::config::validate(k).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     }
     Ok(file)
 }
