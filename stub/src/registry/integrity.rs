@@ -15,6 +15,11 @@
 //! the signed index, so bytes that hash to that digest are exactly the signed bytes.
 //! [`VerifiedFile::verify_blob`] falls back to that check, so damage takes down only the blob
 //! that is actually damaged.
+//!
+//! [`VerifiedFile::verify_in_background`] walks the chunks that hold image blobs once after
+//! startup, at the lowest CPU priority, so pulls rarely wait for hashing and damage is reported
+//! before anyone asks for it. It reads with `pread` into one buffer rather than through the
+//! mapping, so it does not add the whole file to the server's resident set.
 
 use bytes::Bytes;
 use payload_format::{Error as FormatError, Payload};
@@ -185,6 +190,43 @@ impl VerifiedFile {
         }
     }
 
+    /// Verifies `chunks` (sorted) one by one, skipping any a request is hashing right now, and
+    /// returns (verified, bad) counts. Meant for a background thread; see the module docs.
+    pub fn verify_in_background(&self, chunks: &[u64], mut on_bad: impl FnMut(&CorruptChunk)) -> (u64, u64) {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; self.payload.index().chunk_size as usize];
+        let (mut good, mut bad) = (0, 0);
+        for &n in chunks {
+            if self.verified.get(n) || self.bad.get(n) {
+                continue;
+            }
+            // A busy stripe means a request is hashing this chunk (or a neighbour) right now.
+            let Ok(_guard) = self.stripes[n as usize % STRIPES].try_lock() else { continue };
+            if self.verified.get(n) || self.bad.get(n) {
+                continue;
+            }
+            let (s, e) = self.payload.chunk_range(n);
+            let data = &mut buf[..(e - s) as usize];
+            if self.payload.file().read_exact_at(data, s).is_err() {
+                continue; // left to the on-demand path, which reports it with the request
+            }
+            if self.payload.chunk_matches(n, data) {
+                self.verified.set(n);
+                good += 1;
+            } else {
+                self.bad.set(n);
+                bad += 1;
+                on_bad(&self.corrupt(n));
+            }
+        }
+        (good, bad)
+    }
+
+    /// The chunks touched by absolute range `start..end`, for building background work lists.
+    pub fn chunk_span(&self, start: u64, end: u64) -> std::ops::RangeInclusive<u64> {
+        self.chunks_of(start, end)
+    }
+
     /// Whether the blob at `offset` was proven intact by its digest (cheap).
     pub fn blob_proven(&self, offset: u64) -> bool {
         self.blobs_by_digest.lock().unwrap_or_else(|p| p.into_inner()).contains(&offset)
@@ -286,6 +328,24 @@ mod tests {
         vf.verify_blob(a.offset, a.size, &hex(b"first blob"), a.offset, a.offset + a.size).unwrap();
         assert!(vf.blob_proven(a.offset));
         assert!(vf.verify_blob(b.offset, b.size, &hex(b"second blob"), b.offset, b.offset + b.size).is_err());
+    }
+
+    #[test]
+    fn background_verification_marks_chunks_and_reports_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 13) as u8).collect();
+        let path = build(dir.path(), &data);
+        let e = Payload::open(&path).unwrap().index().entry("blobs/sha256/aa").unwrap().clone();
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_at(b"!", e.offset + 4096 * 3 + 7).unwrap();
+        let vf = VerifiedFile::new(Payload::open(&path).unwrap()).unwrap();
+        let chunks: Vec<u64> = vf.chunk_span(e.offset, e.offset + e.size).collect();
+        let mut reported = Vec::new();
+        assert_eq!(vf.verify_in_background(&chunks, |c| reported.push(c.chunk)), (4, 1));
+        assert_eq!(reported, vec![3]);
+        assert!(vf.is_verified(e.offset, e.offset + 4096 * 3));
+        assert!(vf.verify(e.offset, e.offset + e.size).is_err(), "the bad chunk stays refused");
+        assert_eq!(vf.verify_in_background(&chunks, |_| panic!("reported twice")), (0, 0));
     }
 
     #[test]

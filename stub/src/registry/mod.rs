@@ -98,6 +98,9 @@ pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<()> {
         started.elapsed().as_secs_f64() * 1000.0
     );
     let registry = Arc::new(Registry { file, store });
+    if !args.no_background_verify {
+        spawn_background_verify(registry.clone());
+    }
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("registry");
@@ -116,6 +119,38 @@ pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<()> {
         registry.file.payload().chunk_count()
     ));
     result
+}
+
+/// Verifies every chunk holding an image blob on a low-priority thread (see [`integrity`]).
+fn spawn_background_verify(registry: Arc<Registry>) {
+    let mut chunks: Vec<u64> = registry
+        .store
+        .blobs
+        .iter()
+        .filter(|b| b.size > 0)
+        .flat_map(|b| registry.file.chunk_span(b.offset, b.offset + b.size))
+        .collect();
+    chunks.sort_unstable();
+    chunks.dedup();
+    let spawned = std::thread::Builder::new().name("registry-verify".into()).spawn(move || {
+        // Lowest priority: serving always comes first. Per-thread nice is Linux behaviour.
+        // SAFETY: plain syscalls on the calling thread.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        }
+        let started = Instant::now();
+        let (good, bad) = registry.file.verify_in_background(&chunks, |c| {
+            note(&format!("error: background check: {c}; requests for blobs in it are checked blob by blob and damaged ones refused"));
+        });
+        let mib = ((good + bad) * registry.file.payload().index().chunk_size as u64) >> 20;
+        note(&format!(
+            "background check: {good} chunks ok, {bad} damaged ({mib} MiB hashed in {:.1} s; the rest were already checked by requests)",
+            started.elapsed().as_secs_f64()
+        ));
+    });
+    if let Err(e) = spawned {
+        note(&format!("background check not started ({e}); chunks are verified when first requested"));
+    }
 }
 
 async fn accept_loop(listener: std::net::TcpListener, registry: Arc<Registry>) -> Result<()> {
