@@ -1,0 +1,45 @@
+# Shared by the ferry test STAND-INS for kubeadm, kubelet and kubectl (see README.md).
+# Installed as /usr/lib/ferry-standin/lib.sh. Not Kubernetes: a model of what ferry observes.
+STANDIN_LIB=/usr/lib/ferry-standin
+STATE=/var/lib/ferry-standin            # records (calls.log, configs/) and the modelled cluster
+API=$STATE/apiserver                    # the "etcd" of the model: nodes, tokens, keys (on the leader)
+BB=$STANDIN_LIB/busybox                 # static busybox: httpd (the stand-in apiserver), wget
+K8S_VERSION=$(cat "$STANDIN_LIB/version" 2>/dev/null || echo v1.33.4)
+
+mkdir -p "$STATE/configs"
+
+# record TOOL ARGS…: one line per call in calls.log.
+record() { printf '%s %s\n' "$(date +%s)" "$*" >> "$STATE/calls.log"; }
+
+# save_config TOOL FILE: a numbered copy of a config file a tool was given.
+save_config() {
+  n=$(ls "$STATE/configs" | wc -l)
+  cp "$2" "$STATE/configs/$(printf %03d "$n")-$1-$(basename "$2")"
+}
+
+# yaml_get KEY FILE: the first `KEY: value` in FILE, quotes removed.
+yaml_get() { sed -n "s/^[[:space:]-]*$1:[[:space:]]*//p" "$2" | head -n1 | tr -d "\"'"; }
+
+# rand_hex N: N random hex digits.
+rand_hex() { od -An -N"$(( ($1 + 1) / 2 ))" -tx1 /dev/urandom | tr -d ' \n' | cut -c1-"$1"; }
+# rand_token: [a-z0-9]{6}.[a-z0-9]{16}
+rand_token() { a=$(tr -dc 'a-z0-9' < /dev/urandom | head -c 22); echo "$(echo "$a" | cut -c1-6).$(echo "$a" | cut -c7-22)"; }
+
+# host_ip NAME: NAME resolved through /etc/hosts (busybox's resolver cannot be trusted with NSS).
+host_ip() {
+  case "$1" in *[!0-9.]*) ip=$(awk -v n="$1" '{for (i = 2; i <= NF; i++) if ($i == n) {print $1; exit}}' /etc/hosts); echo "${ip:-$1}" ;; *) echo "$1" ;; esac
+}
+
+# api_get HOST:PORT PATH: GET from a stand-in apiserver (plain HTTP), body on stdout.
+api_get() {
+  h=${1%:*} p=${1##*:}
+  "$BB" wget -q -T 5 -O - "http://$(host_ip "$h"):$p$2" 2>/dev/null
+}
+
+# ca_hash FILE: kubeadm's discovery hash of a CA certificate (needs openssl).
+ca_hash() { echo "sha256:$(openssl x509 -pubkey -noout -in "$1" | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1)"; }
+
+# images for the modelled control plane (kubeadm's constants, as packer/src/images/controlplane.rs).
+etcd_tag() { case "$1" in v1.31.*) echo 3.5.15-0 ;; v1.32.*) echo 3.5.16-0 ;; v1.33.*) echo 3.5.21-0 ;; *) echo 3.6.4-0 ;; esac; }
+coredns_tag() { case "$1" in v1.31.*|v1.32.*) echo v1.11.3 ;; v1.33.*) echo v1.12.0 ;; *) echo v1.12.1 ;; esac; }
+pause_tag() { case "$1" in v1.31.*|v1.32.*|v1.33.*) echo 3.10 ;; *) echo 3.10.1 ;; esac; }
