@@ -216,17 +216,19 @@ impl Serve {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        // From here on the guard kills the process, whatever happens (even a panic below).
+        let mut serve = Serve { child, addr: String::new(), log, _stdout: stdout };
         let mut line = String::new();
         loop {
             line.clear();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                let status = child.wait().unwrap();
-                return Err(format!("registry serve exited ({status}) before listening:\n{}", std::fs::read_to_string(&log).unwrap()));
+            if serve._stdout.read_line(&mut line).unwrap() == 0 {
+                let status = serve.child.wait().unwrap();
+                return Err(format!("registry serve exited ({status}) before listening:\n{}", serve.log()));
             }
             if let Some(rest) = line.strip_prefix("registry listening on http://") {
-                let addr = rest.split_whitespace().next().unwrap().to_string();
-                return Ok(Serve { child, addr, log, _stdout: stdout });
+                serve.addr = rest.split_whitespace().next().unwrap().to_string();
+                return Ok(serve);
             }
         }
     }
