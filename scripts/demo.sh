@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 cargo build --release --locked
+examples/demo/make-images.sh
 
 out="${FERRY_DEMO_DIR:-target/demo}"
 mkdir -p "$out"

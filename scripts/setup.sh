@@ -10,7 +10,7 @@ PACKAGES=(
   # tests and benchmarks of the file format
   openssh-client zstd tar coreutils python3
   # images: an upstream registry, offline image building, a real containerd client
-  docker-registry skopeo umoci containerd runc busybox-static apache2-utils
+  docker-registry skopeo umoci containerd runc busybox-static apache2-utils openssl
   # the lab of real hosts (scripts/testhosts)
   systemd-container debootstrap iproute2 iputils-ping bridge-utils vde2 tini sshpass
   openssh-server iptables ca-certificates

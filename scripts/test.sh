@@ -11,6 +11,7 @@ if [[ -x scripts/testhosts ]]; then
   scripts/testhosts rootfs
 fi
 
+examples/demo/make-images.sh
 cargo build --release --locked
 cargo test --release --locked --workspace
 scripts/fuzz.sh "${FERRY_FUZZ_SECONDS:-60}"

@@ -54,8 +54,14 @@ pub fn run(path: &Path, args: &InspectArgs, printer: &Printer) -> Result<()> {
         units::bytes(index.total_stored()),
         units::bytes(index.total_size())
     ));
+    let images = meta.extra.get("images").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    printer.out(format!("images:       {}", images.len()));
+    for image in &images {
+        let field = |k: &str| image.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+        printer.out(format!("  {} {} ({})", field("ref"), field("digest"), field("source")));
+    }
     for image in missing_images(&payload) {
-        printer.out(format!("MISSING image: {image}"));
+        printer.out(format!("  MISSING {image}"));
     }
     printer.out(format!("entries:      {}", index.entries.len()));
     printer.out(format!("{:<10} {:>10} {:>10} {:<5} PATH", "MODE", "SIZE", "STORED", "HOW"));

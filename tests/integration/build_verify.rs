@@ -66,9 +66,12 @@ fn build_verify_inspect_extract_round_trip() {
     assert_eq!(json["metadata"]["kubernetes_version"], "v1.33.4");
     assert_eq!(json["created"], "2023-11-14T22:13:20Z");
     assert!(json["entries"].as_array().unwrap().iter().any(|e| e["path"] == "rootfs/usr/local/bin/ferry-hello"));
+    assert_eq!(json["missingImages"], serde_json::json!([]), "the demo bundle carries every image it names");
+    assert!(json["metadata"]["images"].as_array().unwrap().iter().any(|i| i["ref"] == "registry.k8s.io/pause:3.10"));
 
     let human = ok(installer(&inst).arg("inspect"));
     assert!(human.contains("bundle:       demo 0.1.0") && human.contains("rootfs/etc/ferry/motd"), "{human}");
+    assert!(human.contains("images:       8") && human.contains("docker.io/library/busybox:1.36"), "{human}");
 
     let to = dir.path().join("out");
     ok(installer(&inst).arg("extract").arg("--to").arg(&to));

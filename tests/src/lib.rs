@@ -82,8 +82,12 @@ pub fn build(bundle: &Path, dir: &Path, key: Option<&Path>) -> PathBuf {
     out
 }
 
-/// The example bundle under `examples/demo`.
+/// The example bundle under `examples/demo`, with its stand-in images built (once per process).
 pub fn demo_bundle() -> PathBuf {
+    static IMAGES: std::sync::Once = std::sync::Once::new();
+    IMAGES.call_once(|| {
+        ok(&mut Command::new(workspace_root().join("examples/demo/make-images.sh")));
+    });
     workspace_root().join("examples/demo/bundle.yaml")
 }
 pub mod lab;
