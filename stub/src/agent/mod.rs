@@ -120,6 +120,40 @@ fn listening_ports() -> Vec<u16> {
     ports
 }
 
+/// MACs of this network namespace's interfaces. Names come from /proc/net/dev and addresses
+/// from SIOCGIFHWADDR, both per namespace; /sys/class/net may show another namespace's (in
+/// containers it is the host's).
+fn own_macs() -> Vec<String> {
+    let mut out = Vec::new();
+    // SAFETY: plain socket for ioctls; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return out;
+    }
+    for line in read("/proc/net/dev").lines().skip(2) {
+        let Some((name, _)) = line.split_once(':') else { continue };
+        let name = name.trim();
+        if name == "lo" || name.len() >= libc::IFNAMSIZ {
+            continue;
+        }
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (i, b) in name.bytes().enumerate() {
+            req.ifr_name[i] = b as libc::c_char;
+        }
+        // SAFETY: req is a valid ifreq with a NUL-terminated name.
+        if unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR as _, &mut req) } == 0 {
+            let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+            let mac: Vec<String> = sa.sa_data[..6].iter().map(|&b| format!("{:02x}", b as u8)).collect();
+            let mac = mac.join(":");
+            if mac != "00:00:00:00:00:00" {
+                out.push(mac);
+            }
+        }
+    }
+    unsafe { libc::close(fd) };
+    out
+}
+
 /// Gathers [`Facts`]; `tools` are checked for presence.
 pub fn facts(tools: &[String]) -> Facts {
     let uts = {
@@ -138,17 +172,9 @@ pub fn facts(tools: &[String]) -> Facts {
         .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
         .unwrap_or(0)
         * 1024;
-    let mut macs = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let mac = read(&format!("/sys/class/net/{name}/address")).trim().to_string();
-            if name != "lo" && !mac.is_empty() && mac != "00:00:00:00:00:00" {
-                macs.push(mac);
-            }
-        }
-    }
+    let mut macs = own_macs();
     macs.sort();
+    macs.dedup();
     let swap_bytes = read("/proc/swaps")
         .lines()
         .skip(1)

@@ -16,7 +16,9 @@
 //! installer (.ferry/<cluster>/<host>.json); a re-run skips what is recorded for this installer.
 //! Errors name the host, the phase and the last lines of output.
 
+pub mod control;
 pub mod distribute;
+pub mod locate;
 pub mod preflight;
 pub mod progress;
 
@@ -36,8 +38,8 @@ use std::time::{Duration, Instant};
 
 /// Tools the kubelet and kube-proxy call on the host.
 pub const KUBELET_TOOLS: &[&str] = &["mount", "umount", "nsenter", "iptables", "ip", "conntrack", "socat"];
-/// Port of the local API load balancer on every node.
-pub const LB_PORT: u16 = 16443;
+/// Port of the local API load balancer on every node (one constant: [`control::LB_PORT`]).
+pub const LB_PORT: u16 = control::LB_PORT;
 
 /// Everything shared by the phases.
 pub struct Ctx {
@@ -63,6 +65,8 @@ pub struct Ctx {
     pub phase_timeout: Duration,
     /// Refuse nothing for an existing runtime.
     pub force: bool,
+    /// A stream that moves nothing for this long has lost its host.
+    pub stall: Duration,
 }
 
 /// Runs `installer run`.
@@ -71,7 +75,7 @@ pub fn run(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()> {
     rt.block_on(run_async(args, quiet, no_progress))
 }
 
-fn secrets(args: &RunArgs) -> Result<Secrets> {
+pub(crate) fn secrets(args: &RunArgs) -> Result<Secrets> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).map(Secret::new);
     let mut s = Secrets {
         ssh_password: env("FERRY_SSH_PASSWORD"),
@@ -133,7 +137,7 @@ fn host_plan(payload: &Payload, host: &Host) -> (Vec<u64>, u64, u64) {
     (want, bytes, rootfs)
 }
 
-fn local_state_dir(installer: &Path, cluster: &str) -> PathBuf {
+pub(crate) fn local_state_dir(installer: &Path, cluster: &str) -> PathBuf {
     let exe = if installer == Path::new(crate::SELF_EXE) {
         std::env::current_exe().unwrap_or_else(|_| PathBuf::from("installer"))
     } else {
@@ -143,7 +147,7 @@ fn local_state_dir(installer: &Path, cluster: &str) -> PathBuf {
 }
 
 /// Merges a phase into the local record of a host (`.ferry/<cluster>/<host>.json`).
-fn local_record(ctx: &Ctx, host: &Host, phase: &str, status: &str, detail: serde_json::Value) {
+pub(crate) fn local_record(ctx: &Ctx, host: &Host, phase: &str, status: &str, detail: serde_json::Value) {
     let path = ctx.local_state.join(format!("{}.json", host.ip.replace([':', '/'], "_")));
     let mut v: serde_json::Value = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| {
         serde_json::json!({"host": host.ip, "roles": host.role_names(), "phases": {}})
@@ -170,7 +174,7 @@ impl std::fmt::Display for HostError {
     }
 }
 
-async fn checked<H: RemoteHost>(h: &H, cmd: &str, stdin: &[u8], what: &str) -> Result<crate::ssh::Output> {
+pub(crate) async fn checked<H: RemoteHost>(h: &H, cmd: &str, stdin: &[u8], what: &str) -> Result<crate::ssh::Output> {
     let out = h.run(cmd, stdin).await.with_context(|| format!("running {what}"))?;
     if !out.ok() {
         bail!("{what} exited with status {}: {}", out.status, out.tail(4));
@@ -224,7 +228,7 @@ fn done(state: &BTreeMap<String, Record>, phase: &str, id: &str) -> bool {
     state.get(phase).is_some_and(|r| r.installer == id)
 }
 
-async fn record_on<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host, phase: &str, detail: serde_json::Value) -> Result<()> {
+pub(crate) async fn record_on<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host, phase: &str, detail: serde_json::Value) -> Result<()> {
     let cmd = format!("{AGENT_PATH} agent record --cluster {} --phase {phase} --installer {}", quote(&ctx.cluster.name), ctx.id);
     checked(h, &cmd, detail.to_string().as_bytes(), "recording the phase").await?;
     local_record(ctx, host, phase, "done", detail);
@@ -255,8 +259,37 @@ pub async fn distribute_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Res
             ctx.rep.event(&addr, "distribute", "progress", &format!("{} / {}", crate::units::bytes(s), crate::units::bytes(bytes)), serde_json::json!({"bytes": s, "total": bytes}));
         }
     };
-    let result = distribute::send(&ctx.payload, &want, &mut reader, &mut stdin, &progress).await;
+    // A cut link can leave a write waiting forever for SSH window space that never comes, so
+    // the stream is watched: no chunk accepted for `stall` means the host is gone.
+    let moved = std::sync::atomic::AtomicU64::new(0);
+    let counted = |n: u64| {
+        moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        progress(n)
+    };
+    let send = distribute::send(&ctx.payload, &want, &mut reader, &mut stdin, &counted);
+    let watchdog = async {
+        let mut seen = u64::MAX;
+        loop {
+            tokio::time::sleep(ctx.stall).await;
+            let now = moved.load(std::sync::atomic::Ordering::Relaxed);
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    };
+    let result = tokio::select! {
+        r = send => r,
+        () = watchdog => Err(anyhow!("no data moved for {} s: the connection to the host is lost", ctx.stall.as_secs())),
+    };
     drop(stdin);
+    if result.is_err() {
+        let err = result.unwrap_err();
+        let (status, stderr) = tokio::time::timeout(Duration::from_secs(2), finished).await.ok().and_then(|r| r.ok()).unwrap_or((255, Vec::new()));
+        let tail = crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4);
+        let _ = status;
+        return if tail.is_empty() { Err(err) } else { Err(err.context(format!("last output: {tail}"))) };
+    }
     let (status, stderr) = finished.await.unwrap_or((255, Vec::new()));
     match result {
         Ok(n) if status == 0 => Ok(n),
@@ -272,10 +305,11 @@ pub async fn distribute_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Res
 pub fn prepare_plan(ctx: &Ctx) -> crate::agent::prepare::Plan {
     let c = &ctx.cluster;
     let registries: Vec<&Host> = c.registry_hosts();
-    let master = c.hosts.iter().find(|h| h.is(Role::Master)).expect("resolve() guarantees a master");
     crate::agent::prepare::Plan {
         registry_endpoints: registries.iter().map(|h| format!("http://{}:{}", h.ip, c.registry_port)).collect(),
-        hosts_entries: vec![(master.ip.clone(), c.api_endpoint.clone()), (registries[0].ip.clone(), "ferry-registry".into())],
+        // The API endpoint name is the node-local LB (ferry-lb.service on 127.0.0.1:LB_PORT),
+        // which is why it is in the apiserver certificate's SANs.
+        hosts_entries: vec![("127.0.0.1".into(), c.api_endpoint.clone()), (registries[0].ip.clone(), "ferry-registry".into())],
         allow_unsigned: ctx.allow_unsigned,
         root: PathBuf::from("/"),
     }
@@ -312,6 +346,8 @@ fn print_plan(ctx: &Ctx) {
     }
     ctx.rep.line("plan", s.trim_end(), serde_json::json!({"cluster": ctx.cluster}));
 }
+
+pub use locate::locate;
 
 async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()> {
     let started = Instant::now();
@@ -363,6 +399,7 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         local_state,
         phase_timeout: Duration::from_secs(args.phase_timeout),
         force: args.force,
+        stall: Duration::from_secs(args.keepalive.max(1) * 4 + 10),
     });
     if args.dry_run {
         print_plan(&ctx);
@@ -464,6 +501,15 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     let rules = preflight::Rules { arch: std::env::consts::ARCH.into(), registry_port: ctx.cluster.registry_port, lb_port: LB_PORT, force: ctx.force, max_skew_ms: 30_000 };
     problems.extend(preflight::judge(&judged, &rules));
     drop(judged);
+    // On a node ferry already made part of this cluster, the Kubernetes ports are taken by its
+    // own apiserver, kubelet and LB: expected on a re-run or a `join`, not a problem.
+    let installed: Vec<String> = surveyed
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.as_ref().is_some_and(|s| s.state.contains_key("lb") || s.state.contains_key("kubeadm")))
+        .map(|(i, _)| ctx.cluster.hosts[i].ip.clone())
+        .collect();
+    problems.retain(|p| !(p.check == "ports" && installed.contains(&p.host)));
     let errors = problems.iter().any(|p| p.severity == preflight::Severity::Error);
     if errors {
         return stop_with(&ctx, problems, "preflight");
@@ -567,6 +613,26 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         ctx.rep.line("warning", "warning: the bundle carries no images, so the registry could not be checked through containerd", serde_json::json!({}));
     }
     let t_registry = t3.elapsed();
+
+    // Load balancers, kubeadm, saved state, launch steps. A bundle without kubeadm in its rootfs
+    // (a runtime-only bundle) stops at prepared nodes: there is nothing to make a cluster with.
+    if !ctx.payload.index().entries.iter().any(|e| e.path == "rootfs/usr/bin/kubeadm" || e.path == "rootfs/usr/local/bin/kubeadm") {
+        ctx.rep.finish();
+        ctx.rep.line("warning", "note: the bundle's rootfs ships no kubeadm, so the nodes are prepared but no control plane was made", serde_json::json!({}));
+        ctx.rep.line("summary", &format!("cluster {} prepared: {} hosts in {:.1} s", ctx.cluster.name, n, started.elapsed().as_secs_f64()), serde_json::json!({
+            "bytes_sent": hosts.iter().map(|h| h.bytes_sent()).sum::<u64>(), "distribute_bytes": distribute_bytes,
+            "per_host": hosts.iter().map(|h| (h.addr().to_string(), h.bytes_sent())).collect::<BTreeMap<String, u64>>(),
+            "seconds": {"total": started.elapsed().as_secs_f64(), "preflight": t_preflight.as_secs_f64(), "distribute": t_distribute.as_secs_f64(), "prepare": t_prepare.as_secs_f64(), "registry": t_registry.as_secs_f64()}
+        }));
+        return Ok(());
+    }
+    let t4 = Instant::now();
+    control::bootstrap(&ctx, &hosts, &states, args.parallel).await?;
+    let t_kubeadm = t4.elapsed();
+    let t5 = Instant::now();
+    let m0 = ctx.cluster.hosts.iter().position(|h| h.is(Role::Master)).expect("resolve() guarantees a master");
+    crate::launch::run_steps(&ctx, hosts[m0].as_ref()).await?;
+    let t_launch = t5.elapsed();
     ctx.rep.finish();
     let total: u64 = hosts.iter().map(|h| h.bytes_sent()).sum();
     let per_host: BTreeMap<String, u64> = hosts.iter().map(|h| (h.addr().to_string(), h.bytes_sent())).collect();
@@ -574,7 +640,7 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     ctx.rep.line(
         "summary",
         &format!(
-            "cluster {} prepared: {} hosts, {} sent ({} of installer data) in {:.1} s (preflight {:.1} s, distribute {:.1} s, prepare {:.1} s, registry {:.1} s)",
+            "cluster {} up: {} hosts, {} sent ({} of installer data) in {:.1} s (preflight {:.1} s, distribute {:.1} s, prepare {:.1} s, registry {:.1} s, lb+kubeadm {:.1} s, launch {:.1} s)",
             ctx.cluster.name,
             n,
             crate::units::bytes(total),
@@ -583,14 +649,19 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
             t_preflight.as_secs_f64(),
             t_distribute.as_secs_f64(),
             t_prepare.as_secs_f64(),
-            t_registry.as_secs_f64()
+            t_registry.as_secs_f64(),
+            t_kubeadm.as_secs_f64(),
+            t_launch.as_secs_f64()
         ),
         serde_json::json!({
             "bytes_sent": total, "distribute_bytes": distribute_bytes, "per_host": per_host,
-            "seconds": {"total": secs(started.elapsed()), "preflight": secs(t_preflight), "distribute": secs(t_distribute), "prepare": secs(t_prepare), "registry": secs(t_registry)}
+            "seconds": {"total": secs(started.elapsed()), "preflight": secs(t_preflight), "distribute": secs(t_distribute), "prepare": secs(t_prepare), "registry": secs(t_registry), "kubeadm": secs(t_kubeadm), "launch": secs(t_launch)}
         }),
     );
-    Ok(())
+    // The post-delivery check, as `installer check` runs it.
+    let report = crate::check::check(&ctx.cluster, &ctx.payload, hosts[m0].as_ref()).await?;
+    ctx.rep.line("check", &report.table(), serde_json::to_value(&report).unwrap_or_default());
+    report.verdict()
 }
 
 fn stop_with(ctx: &Ctx, problems: Vec<preflight::Problem>, phase: &str) -> Result<()> {
@@ -607,7 +678,7 @@ fn stop_with(ctx: &Ctx, problems: Vec<preflight::Problem>, phase: &str) -> Resul
     bail!("{phase} found {n} problem(s) on {}: nothing was installed; fix them and run again", hosts.join(", "))
 }
 
-fn check_phase(ctx: &Ctx, phase: &'static str, results: Vec<Result<()>>) -> Result<()> {
+pub(crate) fn check_phase(ctx: &Ctx, phase: &'static str, results: Vec<Result<()>>) -> Result<()> {
     let mut errs = Vec::new();
     for (i, r) in results.into_iter().enumerate() {
         if let Err(e) = r {

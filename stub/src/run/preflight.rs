@@ -127,8 +127,9 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
         let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for hf in hosts {
             for k in key(hf.facts) {
-                if !k.is_empty() {
-                    seen.entry(k).or_default().push(hf.host.ip.clone());
+                let hs = seen.entry(k.clone()).or_default();
+                if !k.is_empty() && !hs.contains(&hf.host.ip) {
+                    hs.push(hf.host.ip.clone());
                 }
             }
         }
