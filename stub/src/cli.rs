@@ -42,6 +42,15 @@ pub enum Command {
     /// node preparation, registry service. With only --hosts, the first host is the master (and
     /// registry host) and the rest are workers.
     Run(Box<RunArgs>),
+    /// Check the cluster: nodes Ready, control plane, CoreDNS, kube-proxy, launch workloads, and
+    /// every running image in the built-in registry. Needs only --master IP (or local state).
+    Check(Box<ClusterCommandArgs>),
+    /// Take the cluster off its hosts (kubeadm reset -f, CNI, iptables/IPVS, ferry's units,
+    /// binaries, registry and state); idempotent. `--hosts` limits it to those hosts.
+    Reset(Box<ClusterCommandArgs>),
+    /// Add nodes to a running cluster: --workers IP,… and/or --masters IP,… (the existing
+    /// cluster is found with --master IP or the local state).
+    Join(Box<ClusterCommandArgs>),
     /// Node-side commands `run` starts on each host over SSH (not for direct use).
     #[command(subcommand, hide = true)]
     Agent(AgentCommand),
@@ -238,6 +247,18 @@ pub struct RunArgs {
     /// The installer to deliver (default: this program's own file).
     #[arg(long, value_name = "PATH", default_value = crate::SELF_EXE, hide = true)]
     pub installer: PathBuf,
+}
+
+/// Arguments of `check`, `reset` and `join`: where the cluster is, plus `run`'s connection
+/// options (for `join`, `--masters`/`--workers` name the NEW hosts).
+#[derive(Debug, Args)]
+pub struct ClusterCommandArgs {
+    /// The cluster's first master; its /etc/ferry/cluster.yaml describes the cluster.
+    #[arg(long, value_name = "IP")]
+    pub master: Option<String>,
+    /// Connection and output options, as for `run`.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// `agent` subcommands (run on the node, as root, by `run`).

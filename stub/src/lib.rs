@@ -5,14 +5,18 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod extract;
 pub mod inspect;
+pub mod join;
 pub mod kube;
+pub mod launch;
 pub mod lb;
 pub mod printer;
 pub mod registry;
+pub mod reset;
 pub mod run;
 pub mod ssh;
 pub mod trust;
@@ -39,6 +43,9 @@ pub fn main() -> ExitCode {
         cli::Command::Registry(cli::RegistryCommand::Serve(args)) => registry::serve(&args, &printer),
         cli::Command::Registry(cli::RegistryCommand::Config(args)) => registry::config(&args, &printer),
         cli::Command::Run(args) => run::run(&args, cli.global.quiet, cli.global.no_progress),
+        cli::Command::Check(args) => check::run(&args),
+        cli::Command::Reset(args) => reset::run(&args),
+        cli::Command::Join(args) => join::run(*args, cli.global.quiet, cli.global.no_progress),
         cli::Command::Agent(cmd) => agent::main(&cmd),
         cli::Command::Lb(args) => lb::run(&args),
     };

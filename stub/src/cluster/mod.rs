@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The file as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterFile {
     /// Must be `ferry.dev/v1alpha1`.
@@ -29,7 +29,7 @@ pub struct ClusterFile {
 }
 
 /// `metadata`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// Cluster name.
@@ -37,7 +37,7 @@ pub struct Metadata {
 }
 
 /// `spec`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Spec {
     /// SSH defaults for every host.
@@ -61,7 +61,7 @@ pub struct Spec {
 }
 
 /// SSH settings (cluster-wide, or per host group where they override the cluster's).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SshSpec {
     /// Login user.
@@ -79,7 +79,7 @@ pub struct SshSpec {
 }
 
 /// One entry of `spec.hosts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HostGroup {
     /// Addresses of the hosts in this group.
@@ -95,7 +95,7 @@ pub struct HostGroup {
 }
 
 /// `spec.network`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Network {
     /// Pod CIDR.
@@ -105,7 +105,7 @@ pub struct Network {
 }
 
 /// `spec.apiServer`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApiServer {
     /// DNS name nodes use for the API server (an /etc/hosts entry on every node).
@@ -116,7 +116,7 @@ pub struct ApiServer {
 }
 
 /// `spec.registry`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RegistrySpec {
     /// Port the built-in registry listens on.
@@ -202,6 +202,12 @@ pub struct Cluster {
     pub api_endpoint: String,
     /// Warnings to show before anything runs (e.g. an even number of masters).
     pub warnings: Vec<String>,
+    /// `spec.network` (pod and service subnets).
+    pub network: Option<Network>,
+    /// `spec.apiServer.certSANs`.
+    pub cert_sans: Vec<String>,
+    /// `spec.kubeadm` fragments.
+    pub kubeadm: crate::kube::config::Fragments,
 }
 
 impl Cluster {
@@ -412,7 +418,66 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
     let api_endpoint =
         spec.api_server.as_ref().and_then(|a| a.endpoint.clone()).unwrap_or_else(|| DEFAULT_API_ENDPOINT.to_string());
     let bastion_key = base.key.as_deref().filter(|k| !k.is_empty() && *k != "none").map(expand_home);
-    Ok(Cluster { name, hosts, bastion, bastion_key, known_hosts, registry_port, api_endpoint, warnings })
+    let cert_sans = spec.api_server.as_ref().map(|a| a.cert_sans.clone()).unwrap_or_default();
+    Ok(Cluster {
+        name,
+        hosts,
+        bastion,
+        bastion_key,
+        known_hosts,
+        registry_port,
+        api_endpoint,
+        warnings,
+        network: spec.network.clone(),
+        cert_sans,
+        kubeadm: spec.kubeadm.clone().unwrap_or_default(),
+    })
+}
+
+/// The cluster's description as a cluster file (`kind: Cluster`), for ferry's saved state
+/// (`/etc/ferry/cluster.yaml` on master0, `.ferry/<cluster>/cluster.yaml` beside the installer).
+/// It holds addresses, roles, SSH users/ports/key *paths*, network and kubeadm fragments: no
+/// password, passphrase, token or certificate key ever reaches it. JSON is YAML, so [`parse`]
+/// reads it back and `join`/`check`/`reset` need nothing else.
+pub fn to_file(c: &Cluster) -> String {
+    let hosts = c
+        .hosts
+        .iter()
+        .map(|h| HostGroup {
+            ips: vec![h.ip.clone()],
+            roles: h.roles.iter().copied().collect(),
+            ssh: Some(SshSpec {
+                user: Some(h.ssh.user.clone()),
+                port: Some(h.ssh.port),
+                key: Some(h.ssh.key.as_ref().map(|k| k.display().to_string()).unwrap_or_else(|| "none".into())),
+                sudo: Some(h.ssh.sudo),
+                bastion: None,
+                known_hosts: None,
+            }),
+            labels: h.labels.clone(),
+        })
+        .collect();
+    let file = ClusterFile {
+        api_version: "ferry.dev/v1alpha1".into(),
+        kind: "Cluster".into(),
+        metadata: Metadata { name: c.name.clone() },
+        spec: Spec {
+            ssh: SshSpec {
+                user: None,
+                port: None,
+                key: c.bastion_key.as_ref().map(|k| k.display().to_string()),
+                sudo: None,
+                bastion: c.bastion.as_ref().map(|b| format!("{}@{}:{}", b.user, b.host, b.port)),
+                known_hosts: Some(c.known_hosts.display().to_string()),
+            },
+            hosts,
+            network: c.network.clone(),
+            api_server: Some(ApiServer { endpoint: Some(c.api_endpoint.clone()), cert_sans: c.cert_sans.clone() }),
+            registry: Some(RegistrySpec { port: Some(c.registry_port) }),
+            kubeadm: Some(c.kubeadm.clone()),
+        },
+    };
+    format!("# Written by ferry: this cluster's description (no secrets). Read by join, check and reset.\n{}\n", serde_json::to_string_pretty(&file).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -172,7 +172,8 @@ pub async fn bootstrap<H: RemoteHost>(ctx: &Arc<Ctx>, hosts: &[Arc<H>], states: 
         let r: Result<()> = async {
             put_file(h0.as_ref(), &path, "0600", config.as_bytes()).await?;
             checked(h0.as_ref(), "systemctl enable kubelet.service 2>&1", b"", "systemctl enable kubelet").await?;
-            let fut = checked(h0.as_ref(), &format!("kubeadm init --upload-certs --config {path}"), b"", "kubeadm init");
+            let cmd = format!("kubeadm init --upload-certs --config {path}");
+            let fut = checked(h0.as_ref(), &cmd, b"", "kubeadm init");
             tokio::time::timeout(ctx.phase_timeout, fut).await.unwrap_or_else(|_| Err(anyhow!("kubeadm init timed out")))?;
             record_on(ctx, h0.as_ref(), master0, "kubeadm", serde_json::json!({"role": "init", "config": path})).await
         }
@@ -236,7 +237,8 @@ async fn join_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host, inputs: &Cluster
     ctx.rep.event(&host.ip, "kubeadm", "start", what, serde_json::json!({}));
     put_file(h, &path, "0600", config.as_bytes()).await?;
     checked(h, "systemctl enable kubelet.service 2>&1", b"", "systemctl enable kubelet").await?;
-    let fut = checked(h, &format!("kubeadm join --config {path}"), b"", "kubeadm join");
+    let cmd = format!("kubeadm join --config {path}");
+    let fut = checked(h, &cmd, b"", "kubeadm join");
     tokio::time::timeout(ctx.phase_timeout, fut).await.unwrap_or_else(|_| Err(anyhow!("kubeadm join timed out")))?;
     record_on(ctx, h, host, "kubeadm", serde_json::json!({"role": if role == JoinRole::ControlPlane { "control-plane" } else { "worker" }, "config": path})).await?;
     ctx.rep.event(&host.ip, "kubeadm", "done", "joined", serde_json::json!({}));

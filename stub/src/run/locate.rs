@@ -18,7 +18,7 @@ pub struct Found {
     /// SSH options.
     pub opts: SshOptions,
     /// The bastion session, if any.
-    pub jump: Option<Jump>,
+    pub jump: Option<Arc<Jump>>,
     /// `.ferry/<cluster>/` beside the installer.
     pub local_state: PathBuf,
 }
@@ -39,7 +39,8 @@ fn overrides(a: &crate::cli::RunArgs, hosts: Vec<String>) -> Overrides {
     }
 }
 
-async fn jump_for(c: &Cluster, opts: &SshOptions) -> Result<Option<Jump>> {
+/// The bastion session for `c`, if it has one.
+pub async fn jump_for(c: &Cluster, opts: &SshOptions) -> Result<Option<Arc<Jump>>> {
     match &c.bastion {
         Some(b) => {
             let login = Login { host: b.host.clone(), port: b.port, user: b.user.clone(), key: c.bastion_key.clone(), sudo: false };

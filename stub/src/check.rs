@@ -1,0 +1,303 @@
+//! `installer check` (issue 6, "Check"): is the delivered cluster healthy?
+//!
+//! Owns the judgement and its table. It reads the API through master0's admin kubeconfig by
+//! running the rootfs's own `kubectl --kubeconfig /etc/kubernetes/admin.conf get … -o json` on
+//! master0 over SSH (the same russh session every other command uses), and deserializes the
+//! answers into `k8s-openapi` types (`List<Node>`, `List<Pod>`). kubectl on the master rather
+//! than an HTTP client through a forward: it carries the admin client certificate, TLS and API
+//! discovery for us, needs nothing from the operator's machine, and is what an operator would
+//! type. Checked:
+//!
+//! - every node of the cluster description is registered and Ready;
+//! - per master: kube-apiserver, kube-controller-manager, kube-scheduler and etcd pods Ready;
+//! - CoreDNS (k8s-app=kube-dns) and kube-proxy (one per node) Ready;
+//! - pods in the launch steps' namespaces Ready;
+//! - every image of a running pod is held by the built-in registry (the payload's image table,
+//!   which is exactly what `registry serve` answers from).
+//!
+//! Runs at the end of `run`; exits non-zero naming each unhealthy row.
+
+use crate::cluster::{Cluster, Role};
+use crate::ssh::RemoteHost;
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use payload_format::Payload;
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// One line of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// What was checked (`node`, `control-plane`, `coredns`, `kube-proxy`, `workload`, `image`).
+    pub check: String,
+    /// The object.
+    pub object: String,
+    /// Healthy or not.
+    pub ok: bool,
+    /// Why not (or a short confirmation).
+    pub detail: String,
+}
+
+/// The whole result.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Master the API was read through.
+    pub master: String,
+    /// Every check.
+    pub rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(&mut self, check: &str, object: impl Into<String>, ok: bool, detail: impl Into<String>) {
+        self.rows.push(Row { check: check.into(), object: object.into(), ok, detail: detail.into() });
+    }
+
+    /// Whether everything is healthy.
+    pub fn healthy(&self) -> bool {
+        self.rows.iter().all(|r| r.ok)
+    }
+
+    /// The printed table.
+    pub fn table(&self) -> String {
+        let w0 = self.rows.iter().map(|r| r.check.len()).max().unwrap_or(5).max(5);
+        let w1 = self.rows.iter().map(|r| r.object.len()).max().unwrap_or(6).max(6);
+        let mut s = format!("check of the cluster through {}:\n  {:w0$}  {:w1$}  {:6}  DETAIL\n", self.master, "CHECK", "OBJECT", "STATUS");
+        for r in &self.rows {
+            s.push_str(&format!("  {:w0$}  {:w1$}  {:6}  {}\n", r.check, r.object, if r.ok { "ok" } else { "FAILED" }, r.detail));
+        }
+        let bad = self.rows.iter().filter(|r| !r.ok).count();
+        if bad == 0 {
+            s.push_str(&format!("healthy: {} checks passed", self.rows.len()));
+        } else {
+            s.push_str(&format!("UNHEALTHY: {bad} of {} checks failed", self.rows.len()));
+        }
+        s
+    }
+
+    /// Ok when healthy, else an error naming every failed row.
+    pub fn verdict(&self) -> Result<()> {
+        let bad: Vec<String> = self.rows.iter().filter(|r| !r.ok).map(|r| format!("{} {}: {}", r.check, r.object, r.detail)).collect();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        bail!("the cluster is unhealthy ({} problem(s)):\n  {}", bad.len(), bad.join("\n  "))
+    }
+}
+
+/// `docker.io/library/` and `:latest` made explicit, as containerd names images.
+pub fn normalize_image(r: &str) -> String {
+    let (name, digest) = match r.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (r, None),
+    };
+    let first = name.split('/').next().unwrap_or("");
+    let has_domain = name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let mut full = if has_domain {
+        let (dom, rest) = name.split_once('/').unwrap_or((name, ""));
+        format!("{}/{rest}", crate::registry::store::normalize_registry(dom))
+    } else if name.contains('/') {
+        format!("docker.io/{name}")
+    } else {
+        format!("docker.io/library/{name}")
+    };
+    let last = full.rsplit('/').next().unwrap_or("");
+    if digest.is_none() && !last.contains(':') {
+        full.push_str(":latest");
+    }
+    if let Some(d) = digest {
+        full.push('@');
+        full.push_str(d);
+    }
+    full
+}
+
+/// Image references (normalized) and digests the built-in registry serves.
+pub fn registry_images(payload: &Payload) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut refs = BTreeSet::new();
+    let mut digests = BTreeSet::new();
+    for i in payload.index().metadata.extra.get("images").and_then(|v| v.as_array()).into_iter().flatten() {
+        if let Some(r) = i.get("ref").and_then(|r| r.as_str()) {
+            refs.insert(normalize_image(r));
+        }
+        if let Some(d) = i.get("digest").and_then(|r| r.as_str()) {
+            digests.insert(d.to_string());
+        }
+    }
+    (refs, digests)
+}
+
+fn held(image: &str, refs: &BTreeSet<String>, digests: &BTreeSet<String>) -> bool {
+    let n = normalize_image(image);
+    if refs.contains(&n) {
+        return true;
+    }
+    // Pinned by digest: the registry serves any digest it holds under its repository.
+    n.split_once('@').is_some_and(|(_, d)| digests.contains(d))
+}
+
+fn pod_ready(p: &Pod) -> (bool, String) {
+    let st = p.status.as_ref();
+    let phase = st.and_then(|s| s.phase.clone()).unwrap_or_default();
+    let cond = st.and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status == "True");
+    let containers = st.and_then(|s| s.container_statuses.as_ref()).map(|cs| cs.iter().all(|c| c.ready));
+    let ready = phase == "Running" && cond.unwrap_or(false) && containers.unwrap_or(true);
+    let detail = if ready {
+        "Running, Ready".to_string()
+    } else {
+        let not: Vec<String> = st
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|cs| cs.iter().filter(|c| !c.ready).map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
+        format!("phase {}, not Ready{}", if phase.is_empty() { "?" } else { &phase }, if not.is_empty() { format!(" (containers: {})", not.join(", ")) } else { String::new() })
+    };
+    (ready, detail)
+}
+
+fn label<'a>(p: &'a Pod, k: &str) -> Option<&'a str> {
+    p.metadata.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str)
+}
+
+async fn kubectl<H: RemoteHost>(h: &H, args: &str) -> Result<Vec<u8>> {
+    let cmd = format!("kubectl --kubeconfig {} {args}", crate::run::control::ADMIN_CONF);
+    let out = h.run(&cmd, b"").await.with_context(|| format!("{}: running {cmd}", h.addr()))?;
+    if !out.ok() {
+        bail!("{}: `{cmd}` failed (status {}): {}", h.addr(), out.status, out.tail(3));
+    }
+    Ok(out.stdout)
+}
+
+/// Reads the API on `master` and judges the cluster described by `cluster`.
+pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: &H) -> Result<Report> {
+    let ip = master.addr().to_string();
+    let probe = master.run(&format!("test -f {} && echo yes || echo no", crate::run::control::ADMIN_CONF), b"").await?;
+    if probe.text().trim() != "yes" {
+        bail!("{ip}: no Kubernetes control plane here ({} is missing): the cluster does not exist or was reset; run `installer run`", crate::run::control::ADMIN_CONF);
+    }
+    let nodes: k8s_openapi::List<Node> = serde_json::from_slice(&kubectl(master, "get nodes -o json").await?).map_err(|e| anyhow!("{ip}: kubectl's NodeList does not parse: {e}"))?;
+    let pods: k8s_openapi::List<Pod> = serde_json::from_slice(&kubectl(master, "get pods -A -o json").await?).map_err(|e| anyhow!("{ip}: kubectl's PodList does not parse: {e}"))?;
+    let mut r = Report { master: ip, rows: Vec::new() };
+
+    // Nodes, matched to the description by InternalIP.
+    let node_ip = |n: &Node| -> Option<String> {
+        n.status.as_ref()?.addresses.as_ref()?.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone())
+    };
+    let mut node_names = std::collections::BTreeMap::new();
+    for h in &cluster.hosts {
+        let Some(n) = nodes.items.iter().find(|n| node_ip(n).as_deref() == Some(h.ip.as_str())) else {
+            r.add("node", &h.ip, false, "not registered with the API server");
+            continue;
+        };
+        let name = n.metadata.name.clone().unwrap_or_default();
+        node_names.insert(h.ip.clone(), name.clone());
+        let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+        match ready {
+            Some(c) if c.status == "True" => r.add("node", format!("{name} ({})", h.ip), true, "Ready"),
+            Some(c) => r.add("node", format!("{name} ({})", h.ip), false, format!("NotReady: {} {}", c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()).trim().to_string()),
+            None => r.add("node", format!("{name} ({})", h.ip), false, "no Ready condition"),
+        }
+    }
+
+    let on = |p: &Pod, node: &str| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+    // Control plane per master.
+    for h in cluster.hosts.iter().filter(|h| h.is(Role::Master)) {
+        let Some(node) = node_names.get(&h.ip) else { continue };
+        for c in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"] {
+            match pods.items.iter().find(|p| label(p, "component") == Some(c) && on(p, node)) {
+                Some(p) => {
+                    let (ok, d) = pod_ready(p);
+                    r.add("control-plane", format!("{c} on {node}"), ok, d);
+                }
+                None => r.add("control-plane", format!("{c} on {node}"), false, "no pod"),
+            }
+        }
+    }
+    // CoreDNS.
+    let dns: Vec<&Pod> = pods.items.iter().filter(|p| label(p, "k8s-app") == Some("kube-dns")).collect();
+    if dns.is_empty() {
+        r.add("coredns", "kube-system/coredns", false, "no CoreDNS pod");
+    }
+    for p in dns {
+        let (ok, d) = pod_ready(p);
+        r.add("coredns", p.metadata.name.clone().unwrap_or_default(), ok, d);
+    }
+    // kube-proxy on every node.
+    for node in node_names.values() {
+        match pods.items.iter().find(|p| label(p, "k8s-app") == Some("kube-proxy") && on(p, node)) {
+            Some(p) => {
+                let (ok, d) = pod_ready(p);
+                r.add("kube-proxy", format!("on {node}"), ok, d);
+            }
+            None => r.add("kube-proxy", format!("on {node}"), false, "no kube-proxy pod"),
+        }
+    }
+    // Launch steps' workloads: every pod in their namespaces.
+    let launch_ns: BTreeSet<String> = crate::launch::steps(payload).iter().filter_map(|s| s.namespace()).collect();
+    for p in pods.items.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))) {
+        let (ok, d) = pod_ready(p);
+        r.add("workload", format!("{}/{}", p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default()), ok, d);
+    }
+    // Images of running pods, in the built-in registry.
+    let (refs, digests) = registry_images(payload);
+    let mut seen = BTreeSet::new();
+    for p in &pods.items {
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+            continue;
+        }
+        for c in p.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default() {
+            let Some(img) = &c.image else { continue };
+            if !seen.insert(img.clone()) {
+                continue;
+            }
+            if held(img, &refs, &digests) {
+                r.add("image", img, true, "in the built-in registry");
+            } else {
+                let who = format!("{}/{}", p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+                r.add("image", img, false, format!("used by {who} but missing from the built-in registry"));
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Entry point of `installer check`.
+pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let found = crate::run::locate(args).await?;
+        let payload = crate::verify::open_payload(&args.run.installer)?;
+        let m0 = found.cluster.hosts.iter().find(|h| h.is(Role::Master)).map(|h| h.ip.clone()).unwrap_or_default();
+        let h = found.connect_one(&m0).await?;
+        let report = check(&found.cluster, &payload, h.as_ref()).await?;
+        if args.run.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", report.table());
+        }
+        report.verdict()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_normalize_like_containerd() {
+        assert_eq!(normalize_image("nginx"), "docker.io/library/nginx:latest");
+        assert_eq!(normalize_image("busybox:1.36"), "docker.io/library/busybox:1.36");
+        assert_eq!(normalize_image("me/app:1"), "docker.io/me/app:1");
+        assert_eq!(normalize_image("registry.k8s.io/coredns/coredns:v1.12.0"), "registry.k8s.io/coredns/coredns:v1.12.0");
+        assert_eq!(normalize_image("localhost:5000/x"), "localhost:5000/x:latest");
+        assert_eq!(normalize_image("index.docker.io/library/a:1"), "docker.io/library/a:1");
+        assert_eq!(normalize_image("q.io/a@sha256:ab"), "q.io/a@sha256:ab");
+    }
+
+    #[test]
+    fn standin_shaped_pods_parse_and_judge() {
+        let j = r#"{"apiVersion":"v1","kind":"List","metadata":{"resourceVersion":""},"items":[{"apiVersion":"v1","kind":"Pod","metadata":{"name":"coredns-1","namespace":"kube-system","labels":{"k8s-app":"kube-dns"}},"spec":{"nodeName":"n1","containers":[{"name":"coredns","image":"registry.k8s.io/coredns/coredns:v1.12.0"}]},"status":{"phase":"Running","conditions":[{"type":"Ready","status":"False"}],"containerStatuses":[{"name":"coredns","image":"x","imageID":"","ready":false,"restartCount":0}]}}]}"#;
+        let l: k8s_openapi::List<Pod> = serde_json::from_str(j).unwrap();
+        let (ok, d) = pod_ready(&l.items[0]);
+        assert!(!ok);
+        assert!(d.contains("containers: coredns"), "{d}");
+    }
+}
