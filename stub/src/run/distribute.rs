@@ -58,6 +58,9 @@ where
     w.flush().await?;
     let mut line = String::new();
     r.read_line(&mut line).await?;
+    if line.is_empty() {
+        bail!("the connection closed before the agent answered (host unreachable, or the agent could not start)");
+    }
     let answer: serde_json::Value = serde_json::from_str(line.trim())
         .with_context(|| format!("the agent answered `{}`", line.trim()))?;
     if answer.get("ok") == Some(&serde_json::Value::Bool(false)) {
