@@ -4,5 +4,6 @@ mod images;
 mod registry;
 mod lab;
 mod run;
+mod cluster;
 mod lb;
 mod fetch_script;

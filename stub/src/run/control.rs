@@ -84,7 +84,7 @@ async fn lb_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Result<()> {
     let unit_path = format!("/etc/systemd/system/{}", crate::lb::UNIT_NAME);
     // One short script: compare, write what differs, then start or reload. Content arrives on
     // stdin as two NUL-free parts separated by a marker line.
-    let now = checked(h, &format!("cat {} 2>/dev/null; echo '@@ferry@@'; cat {} 2>/dev/null", crate::lb::DEFAULT_CONFIG, quote(&unit_path)), b"", "reading the LB files").await?;
+    let now = checked(h, &format!("cat {} 2>/dev/null; echo '@@ferry@@'; cat {} 2>/dev/null; true", crate::lb::DEFAULT_CONFIG, quote(&unit_path)), b"", "reading the LB files").await?;
     let text = now.text();
     let (old_cfg, old_unit) = text.split_once("@@ferry@@\n").unwrap_or(("", ""));
     let cfg_changed = old_cfg != cfg;

@@ -1,0 +1,167 @@
+//! issue 6 on the lab: `installer run` through kubeadm to a green `check`, then `check` going red,
+//! `reset`, and `run` again. The rootfs is tests/standins/make-rootfs.sh: Kubernetes STAND-INS
+//! (kubeadm, kubelet, kubectl, a plain-HTTP apiserver) over the real containerd/runc, run by the
+//! real systemd units; ferry's code path is the production one. Images are the demo's offline
+//! stand-ins (examples/demo/make-images.sh).
+
+use ferry_tests::lab::{Host, Lab};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+fn lab() -> &'static Lab {
+    // The same lab as run.rs (one per test binary): 3 nodes behind a bastion.
+    Lab::shared(3, true)
+}
+
+struct Bundle {
+    _dir: tempfile::TempDir,
+    installer: PathBuf,
+    public_key: PathBuf,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn bundle() -> &'static Bundle {
+    static B: OnceLock<Bundle> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("ferry-cluster-").tempdir().unwrap();
+        let d = dir.path();
+        ferry_tests::ok(Command::new(root().join("tests/standins/make-rootfs.sh")).arg(d.join("rootfs")));
+        ferry_tests::ok(&mut Command::new(root().join("examples/demo/make-images.sh")));
+        ferry_tests::ok(Command::new("cp").arg("-a").arg(root().join("examples/demo/images")).arg(d.join("images")));
+        let mut spec = String::from("apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: cluster-test, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.33.4}\n  platforms: [linux/amd64]\n  rootfs: [{path: rootfs}]\n  images:\n");
+        for (r, tag) in [
+            ("docker.io/library/busybox:1.36", "busybox-1.36"),
+            ("registry.k8s.io/kube-apiserver:v1.33.4", "kube-apiserver-v1.33.4"),
+            ("registry.k8s.io/kube-controller-manager:v1.33.4", "kube-controller-manager-v1.33.4"),
+            ("registry.k8s.io/kube-scheduler:v1.33.4", "kube-scheduler-v1.33.4"),
+            ("registry.k8s.io/kube-proxy:v1.33.4", "kube-proxy-v1.33.4"),
+            ("registry.k8s.io/etcd:3.5.21-0", "etcd-3.5.21-0"),
+            ("registry.k8s.io/coredns/coredns:v1.12.0", "coredns-v1.12.0"),
+            ("registry.k8s.io/pause:3.10", "pause-3.10"),
+        ] {
+            spec.push_str(&format!("    - {{ref: {r}, source: \"oci:images/standins:{tag}\"}}\n"));
+        }
+        std::fs::write(d.join("bundle.yaml"), spec).unwrap();
+        let ferry = ferry_tests::release_bin("ferry");
+        ferry_tests::ok(Command::new(&ferry).arg("keygen").arg("-o").arg(d.join("vendor")));
+        let installer = d.join("installer");
+        ferry_tests::ok(Command::new(&ferry).arg("build").arg(d.join("bundle.yaml")).arg("-o").arg(&installer).arg("--key").arg(d.join("vendor.key")).arg("--offline"));
+        Bundle { public_key: d.join("vendor.pub"), installer, _dir: dir }
+    })
+}
+
+fn installer(args: &[&str]) -> Output {
+    let b = bundle();
+    let mut cmd = Command::new(&b.installer);
+    cmd.arg("--no-progress").args(args).arg("--trusted-key").arg(&b.public_key);
+    cmd.env_remove("SSH_AUTH_SOCK").stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Leaves the nodes as run.rs's tests leave them or bare: no cluster, no ferry.
+fn wipe(lab: &Lab) {
+    for i in 1..=3 {
+        lab.ssh_ok(Host::Node(i), "command -v kubeadm >/dev/null && kubeadm reset -f >/dev/null 2>&1; systemctl disable --now kubelet ferry-lb ferry-registry containerd >/dev/null 2>&1; rm -rf /var/lib/ferry /etc/ferry /etc/kubernetes /var/lib/kubelet /var/lib/ferry-standin /etc/systemd/system/ferry-*.service /etc/containerd /usr/bin/containerd /usr/bin/ctr /usr/bin/containerd-shim-runc-v2 /usr/sbin/runc /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl /etc/systemd/system/containerd.service /etc/systemd/system/kubelet.service*; systemctl daemon-reload; true");
+    }
+}
+
+#[test]
+fn run_to_green_check_then_red_reset_and_run_again() {
+    let lab = lab();
+    let _ex = lab.exclusive();
+    wipe(lab);
+    let work = tempfile::tempdir().unwrap();
+    let inv = work.path().join("cluster.yaml");
+    std::fs::write(&inv, lab.inventory()).unwrap();
+    let inv = inv.to_str().unwrap();
+    let (m, w1, w2) = (lab.ip(Host::Node(1)), lab.ip(Host::Node(2)), lab.ip(Host::Node(3)));
+
+    // A full run ends with a green check.
+    let t = std::time::Instant::now();
+    let out = installer(&["run", "-f", inv]);
+    let secs = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", text(&out));
+    let o = text(&out);
+    assert!(o.contains("healthy:"), "{o}");
+    eprintln!("run on 1 master + 2 workers took {secs:.1} s");
+
+    // The generated configs on the hosts carry the expected fields.
+    let init = lab.ssh_ok(Host::Node(1), "cat /etc/ferry/kubeadm/init.yaml");
+    for want in ["kind: InitConfiguration", "kind: ClusterConfiguration", "kind: KubeletConfiguration", "kubernetesVersion: v1.33.4", "controlPlaneEndpoint: apiserver.cluster.local:6444", "cgroupDriver: systemd"] {
+        assert!(init.contains(want), "init.yaml lacks {want}:\n{init}");
+    }
+    let calls = lab.ssh_ok(Host::Node(1), "cat /var/lib/ferry-standin/calls.log");
+    assert!(calls.contains("kubeadm init --upload-certs --config /etc/ferry/kubeadm/init.yaml"), "{calls}");
+    let ca_hash = lab.ssh_ok(Host::Node(1), "openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1");
+    for i in [2, 3] {
+        let join = lab.ssh_ok(Host::Node(i), "cat /etc/ferry/kubeadm/join.yaml");
+        assert!(join.contains("kind: JoinConfiguration") && join.contains("apiServerEndpoint: apiserver.cluster.local:6444"), "{join}");
+        assert!(join.contains(&format!("sha256:{}", ca_hash.trim())), "the CA pin is master0's CA:\n{join}");
+        assert!(!join.contains("controlPlane:"), "{join}");
+        assert_eq!(lab.ssh_ok(Host::Node(i), "systemctl is-active ferry-lb kubelet").split_whitespace().collect::<Vec<_>>(), ["active", "active"]);
+        assert!(lab.ssh_ok(Host::Node(i), "cat /etc/ferry/lb.yaml").contains(&format!("{m}:6443")));
+        assert!(lab.ssh_ok(Host::Node(i), "grep apiserver.cluster.local /etc/hosts").starts_with("127.0.0.1 "));
+    }
+    // The saved description holds no secret.
+    let saved = lab.ssh_ok(Host::Node(1), "cat /etc/ferry/cluster.yaml");
+    assert!(saved.contains(&w2) && !saved.contains("token") && !saved.contains("certificateKey"), "{saved}");
+
+    // check from the local state: green; and red, naming the cause.
+    let ok = installer(&["check"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let node3 = lab.ssh_ok(Host::Node(3), "hostname").trim().to_string();
+    lab.ssh_ok(Host::Node(1), &format!("echo {node3} > /var/lib/ferry-standin/notready"));
+    let red = installer(&["check"]);
+    lab.ssh_ok(Host::Node(1), "rm -f /var/lib/ferry-standin/notready");
+    assert!(!red.status.success());
+    assert!(text(&red).contains(&format!("node {node3} ({w2}): NotReady")), "{}", text(&red));
+    lab.ssh_ok(Host::Node(1), r#"mkdir -p /var/lib/ferry-standin/apiserver/pods.d && echo '{"apiVersion":"v1","kind":"Pod","metadata":{"name":"rogue","namespace":"default"},"spec":{"containers":[{"name":"c","image":"quay.io/nowhere/rogue:9"}]},"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}],"containerStatuses":[{"name":"c","image":"quay.io/nowhere/rogue:9","imageID":"","ready":true,"restartCount":0}]}}' > /var/lib/ferry-standin/apiserver/pods.d/rogue.json"#);
+    let red = installer(&["check", "--json"]);
+    lab.ssh_ok(Host::Node(1), "rm -f /var/lib/ferry-standin/apiserver/pods.d/rogue.json");
+    assert!(!red.status.success());
+    assert!(text(&red).contains("quay.io/nowhere/rogue:9: used by default/rogue but missing from the built-in registry"), "{}", text(&red));
+
+    // A second run changes nothing and is still green.
+    let again = installer(&["run", "-f", inv]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("already initialised"), "{}", text(&again));
+
+    // reset: clean hosts, then a no-op with a note, then check errors clearly, then run again.
+    let reset = installer(&["reset"]);
+    assert!(reset.status.success(), "{}", text(&reset));
+    for i in 1..=3 {
+        let left = lab.ssh_ok(Host::Node(i), "ls -d /var/lib/ferry /etc/ferry /etc/kubernetes/admin.conf /etc/kubernetes/kubelet.conf /etc/systemd/system/ferry-lb.service /usr/bin/kubeadm /usr/bin/containerd /etc/containerd 2>/dev/null; systemctl is-active kubelet ferry-lb containerd 2>/dev/null; grep -c 'BEGIN ferry' /etc/hosts; true");
+        assert_eq!(left.split_whitespace().collect::<Vec<_>>(), ["inactive", "inactive", "inactive", "0"], "node{i} keeps: {left}");
+    }
+    let inv_text = std::fs::read_to_string(inv).unwrap();
+    let _ = inv_text;
+    let noop = installer(&["reset", "--hosts", &w1, "-i", lab.key_path().to_str().unwrap(), "--known-hosts", lab.known_hosts_path().to_str().unwrap(), "--bastion", &format!("root@{}", lab.ip(Host::Bastion))]);
+    assert!(noop.status.success(), "{}", text(&noop));
+    assert!(text(&noop).contains("nothing to do (note: ferry never installed this host)"), "{}", text(&noop));
+    let gone = installer(&["check", "--master", &m, "-i", lab.key_path().to_str().unwrap(), "--known-hosts", lab.known_hosts_path().to_str().unwrap(), "--bastion", &format!("root@{}", lab.ip(Host::Bastion))]);
+    assert!(!gone.status.success());
+    assert!(text(&gone).contains(&format!("{m}: no ferry cluster here")), "{}", text(&gone));
+
+    let t = std::time::Instant::now();
+    let rerun = installer(&["run", "-f", inv]);
+    assert!(rerun.status.success(), "{}", text(&rerun));
+    assert!(text(&rerun).contains("healthy:"), "{}", text(&rerun));
+    eprintln!("run after reset took {:.1} s", t.elapsed().as_secs_f64());
+}
+
+#[test]
+fn kubeadm_fragment_with_unknown_fields_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let inv = work.path().join("bad.yaml");
+    std::fs::write(&inv, "apiVersion: ferry.dev/v1alpha1\nkind: Cluster\nmetadata: {name: bad}\nspec:\n  hosts: [{ips: [10.88.0.11], roles: [master]}]\n  kubeadm:\n    clusterConfiguration:\n      notAField: 1\n").unwrap();
+    let out = installer(&["run", "--dry-run", "-f", inv.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("notAField"), "{}", text(&out));
+}
