@@ -142,12 +142,30 @@ fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &Recei
     }
     let dir = opts.dest.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // One receiver per destination at a time.
-    let lock = OpenOptions::new().create(true).write(true).truncate(false).mode(0o600).open(with_suffix(&opts.dest, ".lock"))?;
+    // One receiver per destination at a time. A receiver whose link was cut can sit blocked on
+    // stdin until sshd notices (possibly hours): a new run takes over by stopping it, since only
+    // `run` starts receivers and the newest one is the one the operator is waiting for.
+    let lock_path = with_suffix(&opts.dest, ".lock");
+    let lock = OpenOptions::new().create(true).read(true).write(true).truncate(false).mode(0o600).open(&lock_path)?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    let mut tries = 0;
     // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another ferry distribution into {} is running", opts.dest.display());
+    while unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder: i32 = std::fs::read_to_string(&lock_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let is_agent = holder > 0
+            && std::fs::read(format!("/proc/{holder}/cmdline")).map(|c| c.windows(7).any(|w| w == b"receive")).unwrap_or(false);
+        if tries == 0 && is_agent {
+            // SAFETY: signalling a process we identified as a stale receiver.
+            unsafe { libc::kill(holder, libc::SIGTERM) };
+        }
+        tries += 1;
+        if tries > 50 {
+            bail!("another ferry distribution into {} is running (pid {holder})", opts.dest.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    let _ = lock.set_len(0);
+    let _ = lock.write_all_at(std::process::id().to_string().as_bytes(), 0);
 
     // Finished file already holds everything asked for: change nothing.
     if same_tail(&opts.dest, file_len, &trailer_bytes) {
