@@ -144,11 +144,17 @@ fn pod_ready(p: &Pod) -> (bool, String) {
     let detail = if ready {
         "Running, Ready".to_string()
     } else {
-        let not: Vec<String> = st
-            .and_then(|s| s.container_statuses.as_ref())
-            .map(|cs| cs.iter().filter(|c| !c.ready).map(|c| c.name.clone()).collect())
-            .unwrap_or_default();
-        format!("phase {}, not Ready{}", if phase.is_empty() { "?" } else { &phase }, if not.is_empty() { format!(" (containers: {})", not.join(", ")) } else { String::new() })
+        let mut unready: Vec<String> = Vec::new();
+        if let Some(statuses) = st.and_then(|s| s.container_statuses.as_ref()) {
+            for c in statuses {
+                if !c.ready {
+                    unready.push(c.name.clone());
+                }
+            }
+        }
+        let shown_phase = if phase.is_empty() { "?".to_string() } else { phase.clone() };
+        let containers = if unready.is_empty() { String::new() } else { format!(" (containers: {})", unready.join(", ")) };
+        format!("phase {shown_phase}, not Ready{containers}")
     };
     (ready, detail)
 }
@@ -173,8 +179,8 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
     if probe.text().trim() != "yes" {
         bail!("{ip}: no Kubernetes control plane here ({} is missing): the cluster does not exist or was reset; run `installer run`", crate::run::control::ADMIN_CONF);
     }
-    let nodes: k8s_openapi::List<Node> = serde_json::from_slice(&kubectl(master, "get nodes -o json").await?).map_err(|e| anyhow!("{ip}: kubectl's NodeList does not parse: {e}"))?;
-    let pods: k8s_openapi::List<Pod> = serde_json::from_slice(&kubectl(master, "get pods -A -o json").await?).map_err(|e| anyhow!("{ip}: kubectl's PodList does not parse: {e}"))?;
+    let nodes = ListOf::<Node> { items: list_items(&kubectl(master, "get nodes -o json").await?).map_err(|e| anyhow!("{ip}: kubectl's node list does not parse: {e}"))? };
+    let pods = ListOf::<Pod> { items: list_items(&kubectl(master, "get pods -A -o json").await?).map_err(|e| anyhow!("{ip}: kubectl's pod list does not parse: {e}"))? };
     let mut r = Report { master: ip, rows: Vec::new() };
 
     // Nodes, matched to the description by InternalIP.
@@ -277,6 +283,22 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
     })
 }
 
+/// The items of a list as kubectl prints it. `kubectl get … -o json` says `kind: List` (not
+/// `PodList`), which `k8s_openapi::List` refuses, so each item is parsed with its own type.
+struct ListOf<T> {
+    items: Vec<T>,
+}
+
+fn list_items<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>, String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let items = v.get("items").and_then(|i| i.as_array()).ok_or("no `items` array")?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(n, item)| serde_json::from_value(item.clone()).map_err(|e| format!("item {n}: {e}")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,7 +317,7 @@ mod tests {
     #[test]
     fn standin_shaped_pods_parse_and_judge() {
         let j = r#"{"apiVersion":"v1","kind":"List","metadata":{"resourceVersion":""},"items":[{"apiVersion":"v1","kind":"Pod","metadata":{"name":"coredns-1","namespace":"kube-system","labels":{"k8s-app":"kube-dns"}},"spec":{"nodeName":"n1","containers":[{"name":"coredns","image":"registry.k8s.io/coredns/coredns:v1.12.0"}]},"status":{"phase":"Running","conditions":[{"type":"Ready","status":"False"}],"containerStatuses":[{"name":"coredns","image":"x","imageID":"","ready":false,"restartCount":0}]}}]}"#;
-        let l: k8s_openapi::List<Pod> = serde_json::from_str(j).unwrap();
+        let l = ListOf::<Pod> { items: list_items(j.as_bytes()).unwrap() };
         let (ok, d) = pod_ready(&l.items[0]);
         assert!(!ok);
         assert!(d.contains("containers: coredns"), "{d}");
