@@ -11,7 +11,7 @@ case "$(q op)" in
   leader) echo "$leader" ;;
   join)
     if [ ! -d "$API/nodes" ]; then
-      "$BB" wget -q -T 5 -O - "http://$leader:6443/cgi-bin/api?$QUERY_STRING" 2>/dev/null || echo "error: the leader $leader does not answer"
+      bb_get "http://$leader:6443/cgi-bin/api?$QUERY_STRING" || echo "error: the leader $leader does not answer"
       exit 0
     fi
     grep -qx "$(q token)" "$API/tokens" 2>/dev/null || { echo "error: token id \"$(q token | cut -d. -f1)\" is invalid for this cluster or it has expired"; exit 0; }

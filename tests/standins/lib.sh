@@ -30,10 +30,14 @@ host_ip() {
   case "$1" in *[!0-9.]*) ip=$(awk -v n="$1" '{for (i = 2; i <= NF; i++) if ($i == n) {print $1; exit}}' /etc/hosts); echo "${ip:-$1}" ;; *) echo "$1" ;; esac
 }
 
+# bb_get URL: GET with a 5-second limit, body on stdout. Not `wget -T`: Debian 12's busybox
+# 1.35 wget segfaults on -T (every call fails, so `kubeadm init` never saw the apiserver).
+bb_get() { "$BB" timeout 5 "$BB" wget -q -O - "$1" 2>/dev/null; }
+
 # api_get HOST:PORT PATH: GET from a stand-in apiserver (plain HTTP), body on stdout.
 api_get() {
   h=${1%:*} p=${1##*:}
-  "$BB" wget -q -T 5 -O - "http://$(host_ip "$h"):$p$2" 2>/dev/null
+  bb_get "http://$(host_ip "$h"):$p$2"
 }
 
 # ca_hash FILE: kubeadm's discovery hash of a CA certificate (needs openssl).
