@@ -61,7 +61,7 @@ pub fn run(path: &Path, args: &InspectArgs, printer: &Printer) -> Result<()> {
         printer.out(format!("  {} {} ({})", field("ref"), field("digest"), field("source")));
     }
     for image in missing_images(&payload) {
-        printer.out(format!("  MISSING {image}"));
+        printer.out(format!("  MISSING image: {image}"));
     }
     printer.out(format!("entries:      {}", index.entries.len()));
     printer.out(format!("{:<10} {:>10} {:>10} {:<5} PATH", "MODE", "SIZE", "STORED", "HOW"));
