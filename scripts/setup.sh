@@ -8,7 +8,7 @@ PACKAGES=(
   # building the static stub
   musl-tools file binutils pkg-config
   # tests and benchmarks of the file format
-  openssh-client zstd tar coreutils python3
+  openssh-client zstd tar coreutils python3 python3-yaml
   # images: an upstream registry, offline image building, a real containerd client
   docker-registry skopeo umoci containerd runc busybox-static apache2-utils openssl
   # the lab of real hosts (scripts/testhosts)

@@ -17,10 +17,13 @@ use std::sync::Arc;
 const NEVER: &str = "ferry-reset: nothing to do";
 
 /// The teardown script: `$1` = 1 when ferry installed containerd. Rootfs paths arrive on stdin.
+/// A state directory that is a mount point (a data disk at `/var/lib/ferry` or
+/// `/var/lib/kubelet`) cannot be removed, only emptied (`rm -rf` does that, then fails on the
+/// directory itself), so "never installed" means `/var/lib/ferry` is missing *or empty*.
 fn script(containerd_ours: bool) -> String {
     format!(
         r#"set -u
-if [ ! -e /var/lib/ferry ] && [ ! -e /etc/ferry ] && [ ! -e /etc/systemd/system/ferry-lb.service ] && [ ! -e /etc/systemd/system/ferry-registry.service ]; then
+if [ -z "$(ls -A /var/lib/ferry 2>/dev/null)" ] && [ ! -e /etc/ferry ] && [ ! -e /etc/systemd/system/ferry-lb.service ] && [ ! -e /etc/systemd/system/ferry-registry.service ]; then
   echo "{NEVER}: ferry never installed this host"; exit 0
 fi
 paths=$(cat)

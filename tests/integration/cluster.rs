@@ -65,6 +65,46 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// The documents of a YAML stream, parsed by PyYAML (python3-yaml, scripts/setup.sh): an
+/// independent parser, not ferry's own emitter read back.
+fn yaml_docs(doc: &str) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with PyYAML (scripts/setup.sh installs python3-yaml)");
+    child.stdin.take().unwrap().write_all(doc.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "not valid YAML ({}):\n{doc}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Asserts that every `extraArgs`/`kubeletExtraArgs` under `v` is v1beta4's list of
+/// `{name, value}` (not v1beta3's map); returns how many it saw.
+fn assert_args_are_lists(v: &serde_json::Value, whole: &str) -> usize {
+    let mut n = 0;
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                if k == "extraArgs" || k == "kubeletExtraArgs" {
+                    let items = x.as_array().unwrap_or_else(|| panic!("{k} is not a list:\n{whole}"));
+                    for it in items {
+                        assert!(it["name"].is_string() && it["value"].is_string() && it.as_object().unwrap().len() == 2, "{k} item {it} is not {{name, value}}:\n{whole}");
+                    }
+                    n += 1;
+                }
+                n += assert_args_are_lists(x, whole);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| n += assert_args_are_lists(x, whole)),
+        _ => {}
+    }
+    n
+}
+
 /// Leaves the nodes as run.rs's tests leave them or bare: no cluster, no ferry.
 fn wipe(lab: &Lab) {
     for i in 1..=3 {
@@ -79,7 +119,10 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     wipe(lab);
     let work = tempfile::tempdir().unwrap();
     let inv = work.path().join("cluster.yaml");
-    std::fs::write(&inv, lab.inventory()).unwrap();
+    // A spec.kubeadm fragment: an extra SAN and an apiserver flag, so the generated config
+    // shows both merged (certSANs as a union, extraArgs in v1beta4's list form).
+    let fragment = "  kubeadm:\n    clusterConfiguration:\n      apiServer:\n        certSANs: [api.lab.example]\n        extraArgs: [{name: audit-log-maxage, value: \"30\"}]\n";
+    std::fs::write(&inv, format!("{}{fragment}", lab.inventory())).unwrap();
     let inv = inv.to_str().unwrap();
     let (m, w1, w2) = (lab.ip(Host::Node(1)), lab.ip(Host::Node(2)), lab.ip(Host::Node(3)));
 
@@ -92,16 +135,41 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     assert!(o.contains("healthy:"), "{o}");
     eprintln!("run on 1 master + 2 workers took {secs:.1} s");
 
-    // The generated configs on the hosts carry the expected fields.
+    // The generated configs on the hosts parse as YAML and carry the expected fields.
     let init = lab.ssh_ok(Host::Node(1), "cat /etc/ferry/kubeadm/init.yaml");
-    for want in ["kind: InitConfiguration", "kind: ClusterConfiguration", "kind: KubeletConfiguration", "kubernetesVersion: v1.33.4", "controlPlaneEndpoint: apiserver.cluster.local:6444", "cgroupDriver: systemd"] {
-        assert!(init.contains(want), "init.yaml lacks {want}:\n{init}");
+    let docs = yaml_docs(&init);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap_or("")).collect();
+    assert_eq!(kinds, ["InitConfiguration", "ClusterConfiguration", "KubeletConfiguration"], "{init}");
+    let (ic, cc, kc) = (&docs[0], &docs[1], &docs[2]);
+    assert_eq!(ic["apiVersion"], "kubeadm.k8s.io/v1beta4", "{init}");
+    assert_eq!(cc["apiVersion"], "kubeadm.k8s.io/v1beta4", "{init}");
+    assert_eq!(cc["kubernetesVersion"], "v1.33.4", "{init}");
+    assert_eq!(cc["controlPlaneEndpoint"], "apiserver.cluster.local:6444", "{init}");
+    let sans: Vec<&str> = cc["apiServer"]["certSANs"].as_array().unwrap_or_else(|| panic!("no certSANs:\n{init}")).iter().filter_map(|v| v.as_str()).collect();
+    for want in ["apiserver.cluster.local", m.as_str(), "api.lab.example"] {
+        assert!(sans.contains(&want), "certSANs {sans:?} lack {want}");
     }
+    assert!(cc["apiServer"]["extraArgs"].as_array().is_some_and(|a| a.contains(&serde_json::json!({"name": "audit-log-maxage", "value": "30"}))), "the fragment's apiserver flag, as a list item:\n{init}");
+    assert!(ic["nodeRegistration"]["kubeletExtraArgs"].as_array().is_some_and(|a| a.contains(&serde_json::json!({"name": "node-ip", "value": m}))), "{init}");
+    let mut arg_lists = 0;
+    for d in &docs {
+        arg_lists += assert_args_are_lists(d, &init);
+    }
+    assert!(arg_lists >= 2, "{init}");
+    assert_eq!(kc["cgroupDriver"], "systemd", "{init}");
+    assert_eq!(kc["apiVersion"], "kubelet.config.k8s.io/v1beta1", "{init}");
     let calls = lab.ssh_ok(Host::Node(1), "cat /var/lib/ferry-standin/calls.log");
     assert!(calls.contains("kubeadm init --upload-certs --config /etc/ferry/kubeadm/init.yaml"), "{calls}");
     let ca_hash = lab.ssh_ok(Host::Node(1), "openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1");
     for i in [2, 3] {
         let join = lab.ssh_ok(Host::Node(i), "cat /etc/ferry/kubeadm/join.yaml");
+        let jd = yaml_docs(&join);
+        assert_eq!(jd.len(), 1, "{join}");
+        assert_eq!((jd[0]["apiVersion"].as_str(), jd[0]["kind"].as_str()), (Some("kubeadm.k8s.io/v1beta4"), Some("JoinConfiguration")), "{join}");
+        assert_eq!(jd[0]["discovery"]["bootstrapToken"]["apiServerEndpoint"], "apiserver.cluster.local:6444", "{join}");
+        assert_eq!(jd[0]["discovery"]["bootstrapToken"]["caCertHashes"], serde_json::json!([format!("sha256:{}", ca_hash.trim())]), "{join}");
+        assert!(jd[0].get("controlPlane").is_none(), "{join}");
+        assert_args_are_lists(&jd[0], &join);
         assert!(join.contains("kind: JoinConfiguration") && join.contains("apiServerEndpoint: apiserver.cluster.local:6444"), "{join}");
         assert!(join.contains(&format!("sha256:{}", ca_hash.trim())), "the CA pin is master0's CA:\n{join}");
         assert!(!join.contains("controlPlane:"), "{join}");
@@ -137,7 +205,7 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     let reset = installer(&["reset"]);
     assert!(reset.status.success(), "{}", text(&reset));
     for i in 1..=3 {
-        let left = lab.ssh_ok(Host::Node(i), "ls -d /var/lib/ferry /etc/ferry /etc/kubernetes/admin.conf /etc/kubernetes/kubelet.conf /etc/systemd/system/ferry-lb.service /usr/bin/kubeadm /usr/bin/containerd /etc/containerd 2>/dev/null; systemctl is-active kubelet ferry-lb containerd 2>/dev/null; grep -c 'BEGIN ferry' /etc/hosts; true");
+        let left = lab.ssh_ok(Host::Node(i), "find /var/lib/ferry /var/lib/kubelet /etc/kubernetes -mindepth 1 2>/dev/null; ls -d /etc/ferry /etc/kubernetes/admin.conf /etc/kubernetes/kubelet.conf /etc/systemd/system/ferry-lb.service /usr/bin/kubeadm /usr/bin/containerd /etc/containerd 2>/dev/null; systemctl is-active kubelet ferry-lb containerd 2>/dev/null; grep -c 'BEGIN ferry' /etc/hosts; true");
         assert_eq!(left.split_whitespace().collect::<Vec<_>>(), ["inactive", "inactive", "inactive", "0"], "node{i} keeps: {left}");
     }
     let inv_text = std::fs::read_to_string(inv).unwrap();
