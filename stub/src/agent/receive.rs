@@ -74,11 +74,31 @@ fn missing(payload: &Payload, file: &File, want: &[u64]) -> Result<Vec<u64>> {
     for &n in want {
         let (s, e) = payload.chunk_range(n);
         let len = (e - s) as usize;
+        // A chunk never written is a hole of the sparse copy: missing, without reading and
+        // hashing a mebibyte of zeros (for a fresh copy, that was most of the time to start).
+        if is_hole(file, s, e) {
+            out.push(n);
+            continue;
+        }
         if file.read_exact_at(&mut buf[..len], s).is_err() || !payload.chunk_matches(n, &buf[..len]) {
             out.push(n);
         }
     }
     Ok(out)
+}
+
+/// Whether `start..end` of `file` holds no data at all (`SEEK_DATA` finds none before `end`).
+/// False whenever the filesystem cannot tell, so the caller reads and checks.
+fn is_hole(file: &File, start: u64, end: u64) -> bool {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    // SAFETY: lseek on an fd we own; every read and write here is positional (pread/pwrite), so
+    // moving the file offset changes nothing else.
+    let r = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_DATA) };
+    if r < 0 {
+        // ENXIO: no data at or after `start`.
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    }
+    r as u64 >= end
 }
 
 fn check_signer(payload: &Payload, opts: &ReceiveOptions) -> Result<()> {
@@ -207,26 +227,9 @@ fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &Recei
     output.flush()?;
 
     let mut remaining: std::collections::BTreeSet<u64> = need.iter().copied().collect();
-    let mut buf = vec![0u8; payload.index().chunk_size as usize];
-    let mut got = Received { had: (want.len() - need.len()) as u64, ..Default::default() };
-    loop {
-        let n = read_u64(input)?;
-        if n == END {
-            break;
-        }
-        if !remaining.remove(&n) {
-            bail!("chunk {n} was not asked for");
-        }
-        let (s, e) = payload.chunk_range(n);
-        let len = (e - s) as usize;
-        input.read_exact(&mut buf[..len]).with_context(|| format!("the stream ended inside chunk {n}"))?;
-        if !payload.chunk_matches(n, &buf[..len]) {
-            return Err(anyhow::Error::from(payload.chunk_error(n)).context("a chunk arrived damaged"));
-        }
-        file.write_all_at(&buf[..len], s).with_context(|| format!("writing {}", part.display()))?;
-        got.chunks += 1;
-        got.bytes += len as u64;
-    }
+    let had = (want.len() - need.len()) as u64;
+    let got = land(input, &payload, &file, &part, &mut remaining)?;
+    let got = Received { had, ..got };
     if let Some(n) = remaining.first() {
         bail!("the stream ended with {} chunks still missing (first: {n})", remaining.len());
     }
@@ -235,6 +238,101 @@ fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &Recei
     std::fs::rename(&part, &opts.dest).with_context(|| format!("renaming into {}", opts.dest.display()))?;
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
+    }
+    Ok(got)
+}
+
+/// Chunks in flight between the stream and the checkers (1 MiB each by default).
+const IN_FLIGHT: usize = 6;
+
+/// Reads chunks off the stream and lands them: each is checked against the signed index, then
+/// written at its offset. Reading the stream, hashing and writing overlap: this thread only
+/// reads, and checkers on other threads hash and write, so the SSH stream never waits for a
+/// hash or a write to finish. A chunk is written only after its own check passed; the first
+/// failure stops everything.
+fn land(input: &mut impl BufRead, payload: &Payload, file: &File, part: &Path, remaining: &mut std::collections::BTreeSet<u64>) -> Result<Received> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, mpsc};
+    let cs = payload.index().chunk_size as usize;
+    let checkers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(IN_FLIGHT);
+    let job_rx = Mutex::new(job_rx);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    let failed = AtomicBool::new(false);
+    let error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let fail = |e: anyhow::Error| {
+        let mut slot = error.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        failed.store(true, Ordering::SeqCst);
+    };
+    let mut got = Received::default();
+    std::thread::scope(|scope| {
+        for _ in 0..checkers {
+            let free_tx = free_tx.clone();
+            let (job_rx, fail, failed) = (&job_rx, &fail, &failed);
+            scope.spawn(move || {
+                loop {
+                    let job = job_rx.lock().unwrap().recv();
+                    let Ok((n, buf)) = job else { return };
+                    if !failed.load(Ordering::SeqCst) {
+                        let (s, _) = payload.chunk_range(n);
+                        if !payload.chunk_matches(n, &buf) {
+                            fail(anyhow::Error::from(payload.chunk_error(n)).context("a chunk arrived damaged"));
+                        } else if let Err(e) = file.write_all_at(&buf, s) {
+                            fail(anyhow::Error::from(e).context(format!("writing {}", part.display())));
+                        }
+                    }
+                    // Always hand the buffer back, so the reading side never waits for one.
+                    let _ = free_tx.send(buf);
+                }
+            });
+        }
+        drop(free_tx);
+        let mut allocated = 0;
+        let read = (|| -> Result<()> {
+            loop {
+                let n = read_u64(input)?;
+                if n == END {
+                    return Ok(());
+                }
+                if failed.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                if !remaining.remove(&n) {
+                    bail!("chunk {n} was not asked for");
+                }
+                let (s, e) = payload.chunk_range(n);
+                let len = (e - s) as usize;
+                // Reuse a buffer a checker is done with; at most IN_FLIGHT + checkers + 1 exist.
+                let mut buf = match free_rx.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if allocated < IN_FLIGHT + checkers + 1 => {
+                        allocated += 1;
+                        Vec::with_capacity(cs)
+                    }
+                    Err(_) => match free_rx.recv() {
+                        Ok(b) => b,
+                        Err(_) => return Ok(()),
+                    },
+                };
+                buf.resize(len, 0);
+                input.read_exact(&mut buf).with_context(|| format!("the stream ended inside chunk {n}"))?;
+                got.chunks += 1;
+                got.bytes += len as u64;
+                if job_tx.send((n, buf)).is_err() {
+                    return Ok(());
+                }
+            }
+        })();
+        drop(job_tx);
+        if let Err(e) = read {
+            fail(e);
+        }
+    });
+    if let Some(e) = error.into_inner().unwrap() {
+        return Err(e);
     }
     Ok(got)
 }

@@ -34,6 +34,9 @@ pub fn chunk_bytes(payload: &Payload, chunks: &[u64]) -> u64 {
     chunks.iter().map(|&n| payload.chunk_range(n)).map(|(s, e)| e - s).sum()
 }
 
+/// Chunks read and checked ahead of the SSH writes, per host.
+const READ_AHEAD: usize = 4;
+
 /// Sends the chunks over the agent's stdin (`w`), reading its answers from `r`. `progress`
 /// gets bytes as they go. Returns the bytes of chunk data sent.
 pub async fn send<R, W>(payload: &Payload, want: &[u64], r: &mut R, w: &mut W, progress: &(dyn Fn(u64) + Sync)) -> Result<u64>
@@ -68,25 +71,60 @@ where
     }
     let missing: Vec<u64> = serde_json::from_value(answer["missing"].clone()).context("the agent's list of missing chunks")?;
     let wanted: BTreeSet<u64> = want.iter().copied().collect();
-    let mut sent = 0;
-    let cs = payload.index().chunk_size as usize;
-    let mut buf = vec![0u8; cs + 8];
-    for n in missing {
-        if !wanted.contains(&n) {
-            bail!("the agent asked for chunk {n}, which was not offered");
-        }
-        let (s, e) = payload.chunk_range(n);
-        let len = (e - s) as usize;
-        buf[..8].copy_from_slice(&n.to_le_bytes());
-        payload.file().read_exact_at(&mut buf[8..8 + len], s).context("reading the installer")?;
-        // The operator's copy was verified at start; a disk error since then must not travel.
-        if !payload.chunk_matches(n, &buf[8..8 + len]) {
-            return Err(payload.chunk_error(n).into());
-        }
-        w.write_all(&buf[..8 + len]).await.context("sending (connection lost?)")?;
-        sent += len as u64;
-        progress(len as u64);
+    if let Some(n) = missing.iter().find(|n| !wanted.contains(n)) {
+        bail!("the agent asked for chunk {n}, which was not offered");
     }
+    // Reading and checking run on their own thread, a few chunks ahead of the SSH writes, so
+    // the disk, the hash and the cipher overlap instead of taking turns on the runtime's threads.
+    let jobs: Vec<(u64, u64, u64, [u8; 32])> = missing
+        .iter()
+        .map(|&n| {
+            let (s, e) = payload.chunk_range(n);
+            (n, s, e, payload.index().chunks[n as usize])
+        })
+        .collect();
+    let file = payload.file().try_clone().context("reading the installer")?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::result::Result<Vec<u8>, (u64, Option<std::io::Error>)>>(READ_AHEAD);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::Builder::new().name("send-read".into()).spawn(move || {
+        for (n, s, e, digest) in jobs {
+            let len = (e - s) as usize;
+            let mut buf = back_rx.try_recv().unwrap_or_default();
+            buf.resize(8 + len, 0);
+            buf[..8].copy_from_slice(&n.to_le_bytes());
+            let item = match file.read_exact_at(&mut buf[8..], s) {
+                Err(err) => Err((n, Some(err))),
+                // The operator's copy was verified at start; a disk error since then must not travel.
+                Ok(()) if payload_format::sha256(&buf[8..]) != digest => Err((n, None)),
+                Ok(()) => Ok(buf),
+            };
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                return;
+            }
+        }
+    })?;
+    let mut sent = 0;
+    let result: Result<()> = async {
+        while let Some(item) = rx.recv().await {
+            let buf = match item {
+                Ok(buf) => buf,
+                Err((_, Some(err))) => return Err(anyhow::Error::from(err).context("reading the installer")),
+                Err((n, None)) => return Err(payload.chunk_error(n).into()),
+            };
+            w.write_all(&buf).await.context("sending (connection lost?)")?;
+            let len = (buf.len() - 8) as u64;
+            sent += len;
+            progress(len);
+            let _ = back_tx.send(buf);
+        }
+        Ok(())
+    }
+    .await;
+    drop(rx);
+    drop(back_tx);
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    result?;
     w.write_all(&END.to_le_bytes()).await?;
     w.flush().await?;
     let mut line = String::new();
