@@ -217,11 +217,44 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     assert!(!gone.status.success());
     assert!(text(&gone).contains(&format!("{m}: no ferry cluster here")), "{}", text(&gone));
 
+    // run again on the reset hosts, this time 1 master + 1 worker; then `join` adds node3.
+    // (The join happens on the third lab host rather than a fourth: every lab test of this
+    // binary shares one lab, and run.rs and lab.rs are written for 3 nodes + bastion.)
+    let small = work.path().join("small.yaml");
+    let small_text = std::fs::read_to_string(inv).unwrap().replace(&format!("{w1}, {w2}]"), &format!("{w1}]"));
+    assert!(!small_text.contains(&w2), "{small_text}");
+    std::fs::write(&small, small_text).unwrap();
     let t = std::time::Instant::now();
-    let rerun = installer(&["run", "-f", inv]);
+    let rerun = installer(&["run", "-f", small.to_str().unwrap()]);
     assert!(rerun.status.success(), "{}", text(&rerun));
     assert!(text(&rerun).contains("healthy:"), "{}", text(&rerun));
-    eprintln!("run after reset took {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!("run after reset (1 master + 1 worker) took {:.1} s", t.elapsed().as_secs_f64());
+    let nodes = || lab.ssh_ok(Host::Node(1), "cat /var/lib/ferry-standin/apiserver/nodes/*").lines().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(nodes(), [m.clone(), w1.clone()].into_iter().collect(), "the cluster before join");
+    assert_eq!(lab.ssh_ok(Host::Node(3), "systemctl is-active kubelet ferry-lb 2>/dev/null; true").split_whitespace().collect::<Vec<_>>(), ["inactive", "inactive"]);
+    let joins_before = |i| lab.ssh_ok(Host::Node(i), "grep -c 'kubeadm join' /var/lib/ferry-standin/calls.log; true").trim().to_string();
+    let (m_calls, w1_joins) = (lab.ssh_ok(Host::Node(1), "wc -l < /var/lib/ferry-standin/calls.log").trim().parse::<usize>().unwrap(), joins_before(2));
+
+    let t = std::time::Instant::now();
+    let join = installer(&["join", "--workers", &w2]);
+    let join_secs = t.elapsed().as_secs_f64();
+    assert!(join.status.success(), "{}", text(&join));
+    assert!(text(&join).contains("healthy:"), "join ends with a green check:\n{}", text(&join));
+    eprintln!("join of 1 worker took {join_secs:.1} s");
+    assert_eq!(nodes(), [m.clone(), w1.clone(), w2.clone()].into_iter().collect(), "the cluster after join");
+    // master0 made fresh join material; node2 was not joined again; node3 joined with a pin of
+    // master0's CA through its own node-local LB.
+    let new_calls = lab.ssh_ok(Host::Node(1), &format!("tail -n +{} /var/lib/ferry-standin/calls.log", m_calls + 1));
+    assert!(new_calls.contains("kubeadm token create"), "{new_calls}");
+    assert!(!new_calls.contains("kubeadm init --"), "{new_calls}");
+    assert_eq!(joins_before(2), w1_joins, "node2 joined again");
+    let join3 = yaml_docs(&lab.ssh_ok(Host::Node(3), "cat /etc/ferry/kubeadm/join.yaml"));
+    let ca_hash = lab.ssh_ok(Host::Node(1), "openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1");
+    assert_eq!(join3[0]["discovery"]["bootstrapToken"]["caCertHashes"], serde_json::json!([format!("sha256:{}", ca_hash.trim())]));
+    assert_eq!(lab.ssh_ok(Host::Node(3), "systemctl is-active ferry-lb kubelet").split_whitespace().collect::<Vec<_>>(), ["active", "active"]);
+    assert!(lab.ssh_ok(Host::Node(1), "cat /etc/ferry/cluster.yaml").contains(&w2), "the saved description lists the new worker");
+    let ok = installer(&["check"]);
+    assert!(ok.status.success(), "{}", text(&ok));
 }
 
 #[test]
