@@ -255,6 +255,13 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     assert!(lab.ssh_ok(Host::Node(1), "cat /etc/ferry/cluster.yaml").contains(&w2), "the saved description lists the new worker");
     let ok = installer(&["check"]);
     assert!(ok.status.success(), "{}", text(&ok));
+
+    // Leave the shared lab as found: the other lab tests start from bare hosts.
+    let reset = installer(&["reset"]);
+    assert!(reset.status.success(), "{}", text(&reset));
+    for i in 1..=3 {
+        assert_eq!(lab.ssh_ok(Host::Node(i), "systemctl is-active kubelet ferry-lb 2>/dev/null; find /var/lib/ferry -mindepth 1 2>/dev/null; true").split_whitespace().collect::<Vec<_>>(), ["inactive", "inactive"], "node{i}");
+    }
 }
 
 #[test]
