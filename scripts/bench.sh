@@ -14,6 +14,8 @@ measure() { python3 "$root/scripts/lib/measure.py" "$@"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
 
 cargo build --release --locked -q
+# Benchmarks never reach out: image sources are local, and anything else is recorded as missing.
+export FERRY_OFFLINE=1 FERRY_ALLOW_MISSING_IMAGES=1
 ferry="$root/target/release/ferry"
 
 bench_format() {

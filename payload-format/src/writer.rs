@@ -58,13 +58,36 @@ pub struct PayloadWriter {
     data_offset: u64,
     pos: u64,
     chunk_buf: Vec<u8>,
-    pending: Vec<Vec<u8>>,
-    chunks: Vec<Digest>,
+    hasher: Option<ChunkHasher>,
     entries: Vec<Entry>,
     seen: HashSet<String>,
+    written_back: u64,
 }
 
-const PENDING_BATCH: usize = 16;
+/// Hashes finished chunks on its own thread, so hashing overlaps reading, compressing and
+/// writing. The channel is bounded, which bounds the memory held by chunks in flight.
+struct ChunkHasher {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    thread: std::thread::JoinHandle<Vec<Digest>>,
+}
+
+impl ChunkHasher {
+    fn start() -> ChunkHasher {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let thread = std::thread::spawn(move || rx.into_iter().map(|chunk| sha256(&chunk)).collect());
+        ChunkHasher { tx, thread }
+    }
+
+    fn send(&self, chunk: Vec<u8>) {
+        // The receiver lives until `finish`, so sending cannot fail.
+        let _ = self.tx.send(chunk);
+    }
+
+    fn finish(self) -> Vec<Digest> {
+        drop(self.tx);
+        self.thread.join().expect("the hashing thread does not panic")
+    }
+}
 
 impl PayloadWriter {
     /// Starts a file with the stub read from `stub`. `path` names the file in errors.
@@ -97,10 +120,10 @@ impl PayloadWriter {
             stub_sha256: hasher.finalize().into(),
             data_offset,
             pos: data_offset,
-            pending: Vec::new(),
-            chunks: Vec::new(),
+            hasher: Some(ChunkHasher::start()),
             entries: Vec::new(),
             seen: HashSet::new(),
+            written_back: 0,
         })
     }
 
@@ -235,30 +258,43 @@ impl PayloadWriter {
             return Ok(());
         }
         self.file.write_all(&self.chunk_buf).map_err(Error::io("writing", &self.path))?;
+        self.start_writeback();
         let full = std::mem::replace(&mut self.chunk_buf, Vec::with_capacity(self.opts.chunk_size as usize));
-        self.pending.push(full);
-        if self.pending.len() >= PENDING_BATCH {
-            self.hash_pending();
-        }
+        self.hasher.as_ref().expect("hasher runs until finish").send(full);
         Ok(())
     }
 
-    fn hash_pending(&mut self) {
-        let digests: Vec<Digest> = self.pending.par_iter().map(|c| sha256(c)).collect();
-        self.chunks.extend(digests);
-        self.pending.clear();
+    /// Starts writing back each finished 64 MiB window while the build goes on, so the final
+    /// `fsync` (which makes the rename durable) does not wait for gigabytes at once. Advisory:
+    /// an error here only means the final flush does the work.
+    fn start_writeback(&mut self) {
+        const WINDOW: u64 = 64 << 20;
+        let end = self.pos - self.pos % WINDOW;
+        if end > self.written_back {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a file descriptor this writer owns.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.written_back as i64,
+                    (end - self.written_back) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.written_back = end;
+        }
     }
 
     /// Writes index, signature and trailer, and flushes the file to disk.
     pub fn finish(mut self, metadata: BundleMetadata, key: Option<&SecretKey>) -> Result<WriteSummary> {
         self.flush_chunk()?;
-        self.hash_pending();
+        let chunks = self.hasher.take().expect("finish runs once").finish();
         let index_offset = self.pos;
         let index = Index {
             chunk_size: self.opts.chunk_size,
             stub_sha256: self.stub_sha256,
             metadata,
-            chunks: std::mem::take(&mut self.chunks),
+            chunks,
             entries: std::mem::take(&mut self.entries),
         };
         let index_bytes = index.encode();
