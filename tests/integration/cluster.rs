@@ -213,6 +213,13 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     let noop = installer(&["reset", "--hosts", &w1, "-i", lab.key_path().to_str().unwrap(), "--known-hosts", lab.known_hosts_path().to_str().unwrap(), "--bastion", &format!("root@{}", lab.ip(Host::Bastion))]);
     assert!(noop.status.success(), "{}", text(&noop));
     assert!(text(&noop).contains("nothing to do (note: ferry never installed this host)"), "{}", text(&noop));
+    // The same on a host ferry has truly never touched (the bastion, seen from the nodes' side),
+    // and it leaves nothing there.
+    let inner = ferry_tests::lab::BASTION_INNER_IP;
+    let never = installer(&["reset", "--hosts", inner, "-i", lab.key_path().to_str().unwrap(), "--known-hosts", lab.known_hosts_path().to_str().unwrap(), "--bastion", &format!("root@{}", lab.ip(Host::Bastion))]);
+    assert!(never.status.success(), "{}", text(&never));
+    assert!(text(&never).contains(&format!("{inner}: nothing to do (note: ferry never installed this host)")), "{}", text(&never));
+    assert_eq!(lab.ssh_ok(Host::Bastion, "ls -d /etc/ferry /etc/systemd/system/ferry-lb.service /etc/systemd/system/ferry-registry.service /tmp/ferry-reset.log 2>/dev/null; find /var/lib/ferry -mindepth 1 2>/dev/null; true"), "", "reset left traces on the never-installed bastion");
     let gone = installer(&["check", "--master", &m, "-i", lab.key_path().to_str().unwrap(), "--known-hosts", lab.known_hosts_path().to_str().unwrap(), "--bastion", &format!("root@{}", lab.ip(Host::Bastion))]);
     assert!(!gone.status.success());
     assert!(text(&gone).contains(&format!("{m}: no ferry cluster here")), "{}", text(&gone));
