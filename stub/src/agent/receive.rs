@@ -258,6 +258,7 @@ fn land(input: &mut impl BufRead, payload: &Payload, file: &File, part: &Path, r
     let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(IN_FLIGHT);
     let job_rx = Mutex::new(job_rx);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    // Set by the first failure; the reading side stops taking chunks off the stream.
     let failed = AtomicBool::new(false);
     let error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let fail = |e: anyhow::Error| {
@@ -271,17 +272,25 @@ fn land(input: &mut impl BufRead, payload: &Payload, file: &File, part: &Path, r
     std::thread::scope(|scope| {
         for _ in 0..checkers {
             let free_tx = free_tx.clone();
-            let (job_rx, fail, failed) = (&job_rx, &fail, &failed);
+            let (job_rx, fail) = (&job_rx, &fail);
             scope.spawn(move || {
                 loop {
                     let job = job_rx.lock().unwrap().recv();
                     let Ok((n, buf)) = job else { return };
-                    if !failed.load(Ordering::SeqCst) {
-                        let (s, _) = payload.chunk_range(n);
-                        if !payload.chunk_matches(n, &buf) {
-                            fail(anyhow::Error::from(payload.chunk_error(n)).context("a chunk arrived damaged"));
-                        } else if let Err(e) = file.write_all_at(&buf, s) {
-                            fail(anyhow::Error::from(e).context(format!("writing {}", part.display())));
+                    // Chunks already read are landed even after a failure elsewhere (a cut
+                    // link, a damaged neighbour): each is checked on its own, and whatever
+                    // lands now is not sent again by the next run.
+                    let (s, _) = payload.chunk_range(n);
+                    if !payload.chunk_matches(n, &buf) {
+                        fail(anyhow::Error::from(payload.chunk_error(n)).context("a chunk arrived damaged"));
+                    } else if let Err(e) = file.write_all_at(&buf, s) {
+                        fail(anyhow::Error::from(e).context(format!("writing {}", part.display())));
+                    } else {
+                        // Start writing the chunk out now, so the fsync before the rename
+                        // finds little left to do instead of the whole file at once.
+                        // SAFETY: sync_file_range on an fd we own; it only starts writeback.
+                        unsafe {
+                            libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(file), s as libc::off64_t, buf.len() as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE);
                         }
                     }
                     // Always hand the buffer back, so the reading side never waits for one.

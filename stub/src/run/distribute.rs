@@ -6,7 +6,9 @@ use crate::cluster::{Host, Role};
 use anyhow::{Context, Result, bail};
 use payload_format::Payload;
 use std::collections::BTreeSet;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Entry prefixes every node gets; the registry host gets every chunk.
@@ -36,6 +38,25 @@ pub fn chunk_bytes(payload: &Payload, chunks: &[u64]) -> u64 {
 
 /// Chunks read and checked ahead of the SSH writes, per host.
 const READ_AHEAD: usize = 4;
+
+/// Which chunks of the operator's copy this process has read and found matching the index,
+/// shared by every host's stream, so a chunk sent to N hosts is hashed here once, not N times
+/// (each host still checks every chunk it lands). Keyed by the file's identity and modification time.
+fn checked_chunks(payload: &Payload) -> Result<Arc<Vec<AtomicBool>>> {
+    type Key = (u64, u64, u64, i64, i64);
+    static CHECKED: Mutex<Option<(Key, Arc<Vec<AtomicBool>>)>> = Mutex::new(None);
+    let m = payload.file().metadata().context("reading the installer")?;
+    let id = (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec());
+    let mut slot = CHECKED.lock().unwrap();
+    match &*slot {
+        Some((k, v)) if *k == id => Ok(v.clone()),
+        _ => {
+            let v: Arc<Vec<AtomicBool>> = Arc::new((0..payload.chunk_count()).map(|_| AtomicBool::new(false)).collect());
+            *slot = Some((id, v.clone()));
+            Ok(v)
+        }
+    }
+}
 
 /// Sends the chunks over the agent's stdin (`w`), reading its answers from `r`. `progress`
 /// gets bytes as they go. Returns the bytes of chunk data sent.
@@ -76,6 +97,7 @@ where
     }
     // Reading and checking run on their own thread, a few chunks ahead of the SSH writes, so
     // the disk, the hash and the cipher overlap instead of taking turns on the runtime's threads.
+    let checked = checked_chunks(payload)?;
     let jobs: Vec<(u64, u64, u64, [u8; 32])> = missing
         .iter()
         .map(|&n| {
@@ -92,11 +114,17 @@ where
             let mut buf = back_rx.try_recv().unwrap_or_default();
             buf.resize(8 + len, 0);
             buf[..8].copy_from_slice(&n.to_le_bytes());
+            let seen = &checked[n as usize];
             let item = match file.read_exact_at(&mut buf[8..], s) {
                 Err(err) => Err((n, Some(err))),
-                // The operator's copy was verified at start; a disk error since then must not travel.
+                // The operator's copy was verified at start; a disk error since then must not
+                // travel. Checked once per run: the host streams of a run share the result.
+                Ok(()) if seen.load(Ordering::Relaxed) => Ok(buf),
                 Ok(()) if payload_format::sha256(&buf[8..]) != digest => Err((n, None)),
-                Ok(()) => Ok(buf),
+                Ok(()) => {
+                    seen.store(true, Ordering::Relaxed);
+                    Ok(buf)
+                }
             };
             let stop = item.is_err();
             if tx.blocking_send(item).is_err() || stop {
