@@ -216,6 +216,11 @@ pub struct RunArgs {
     /// Port of the built-in registry on the registry host(s).
     #[arg(long)]
     pub registry_port: Option<u16>,
+    /// Hosts that run the built-in registry (each holds the whole installer and is listed in
+    /// every node's hosts.toml, so a pull survives a replica's death). Default: every master;
+    /// hosts with the `registry` role in the cluster file count.
+    #[arg(long, value_name = "N")]
+    pub registry_replicas: Option<usize>,
     /// Install even where a container runtime or kubelet already exists.
     #[arg(long)]
     pub force: bool,
@@ -298,6 +303,10 @@ pub enum AgentCommand {
         /// Image reference.
         #[arg(long)]
         image: String,
+        /// Registry replicas (`http://IP:PORT`, comma-separated) that must each serve the
+        /// image's manifest to this node.
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
         /// Seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,

@@ -269,3 +269,55 @@ fn bad_input_is_refused_before_anything_changes() {
     assert!(!out.status.success());
     assert!(text(&out).contains("10.88.0.99"), "{}", text(&out));
 }
+
+/// Lines `[host."URL"]` of a hosts.toml, in file order.
+fn host_tables(toml: &str) -> Vec<String> {
+    toml.lines().filter_map(|l| l.strip_prefix("[host.\"")?.strip_suffix("\"]").map(String::from)).collect()
+}
+
+#[test]
+fn registry_replicas_survive_a_stopped_replica() {
+    let lab = lab();
+    let _ex = lab.exclusive();
+    wipe(lab);
+    let work = tempfile::tempdir().unwrap();
+    // The lab's file names node1 `registry`; it counts toward the 2 replicas, node2 is added.
+    let inv = inventory(work.path(), &lab.inventory());
+    let out = run(&["--json", "-f", inv.to_str().unwrap(), "--registry-replicas", "2"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    for (i, state) in [(1, "active"), (2, "active"), (3, "inactive")] {
+        assert_eq!(lab.ssh(Host::Node(i), "systemctl is-active ferry-registry").stdout.trim_ascii(), state.as_bytes(), "node{i}");
+    }
+    // The worker lists both replicas in cluster order; `server` is the first.
+    let toml = lab.ssh_ok(Host::Node(3), "cat /etc/containerd/certs.d/docker.io/hosts.toml");
+    let tables = host_tables(&toml);
+    assert_eq!(tables.len(), 2, "{toml}");
+    assert!(tables[0].starts_with(&format!("http://{}:", lab.ip(1))) && tables[1].starts_with(&format!("http://{}:", lab.ip(2))), "{toml}");
+    assert!(toml.contains(&format!("server = \"{}\"", tables[0])), "{toml}");
+    assert_eq!(host_tables(&lab.ssh_ok(Host::Node(3), "cat /etc/containerd/certs.d/_default/hosts.toml")), tables);
+    // A replica lists itself first.
+    assert_eq!(host_tables(&lab.ssh_ok(Host::Node(2), "cat /etc/containerd/certs.d/docker.io/hosts.toml")), [tables[1].clone(), tables[0].clone()]);
+
+    // Forget the image on the worker (blobs too), so the next pull fetches everything again.
+    lab.ssh_ok(Host::Node(3), "ctr -n k8s.io images rm --sync docker.io/library/app:1 >/dev/null 2>&1; c=$(ctr -n k8s.io content ls -q); [ -z \"$c\" ] || ctr -n k8s.io content rm $c >/dev/null; true");
+    assert_eq!(lab.ssh_ok(Host::Node(3), "ctr -n k8s.io content ls -q").trim(), "", "blobs left on node3");
+
+    // The first replica dies; pulls on the worker go to the second.
+    lab.ssh_ok(Host::Node(1), "systemctl stop ferry-registry");
+    let port = tables[0].rsplit(':').next().unwrap().to_string();
+    let probe = format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{}/{port}' 2>/dev/null && echo open || echo closed", lab.ip(1));
+    assert_eq!(lab.ssh_ok(Host::Node(3), &probe).trim(), "closed");
+    let pulls = lab.ssh_ok(
+        Host::Node(3),
+        "for i in 1 2 3; do (timeout 60 ctr -n k8s.io images pull --hosts-dir /etc/containerd/certs.d docker.io/library/app:1 >/tmp/pull$i.log 2>&1; echo $?) & done; wait",
+    );
+    assert_eq!(pulls.split_whitespace().collect::<Vec<_>>(), ["0", "0", "0"], "pulls with replica 1 stopped: {}", lab.ssh(Host::Node(3), "cat /tmp/pull1.log").stdout.escape_ascii());
+    let out = lab.ssh_ok(Host::Node(3), "ctr -n k8s.io run --rm docker.io/library/app:1 replicas$$ /bin/busybox cat /hello");
+    assert_eq!(out.trim(), "hello from the bundle");
+
+    // A re-run's registry phase brings the stopped replica back and checks every node against
+    // both replicas again.
+    let out = run(&["--json", "-f", inv.to_str().unwrap(), "--registry-replicas", "2"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(lab.ssh_ok(Host::Node(1), "systemctl is-active ferry-registry").trim(), "active");
+}

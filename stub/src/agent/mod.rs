@@ -300,7 +300,7 @@ pub fn main(cmd: &crate::cli::AgentCommand) -> Result<()> {
             Ok(())
         }
         C::RegistryService { port, allow_unsigned } => prepare::registry_service(*port, *allow_unsigned),
-        C::CheckPull { image, timeout } => prepare::check_pull(image, *timeout),
+        C::CheckPull { image, timeout, endpoints } => prepare::check_pull(image, endpoints, *timeout),
         C::Record { cluster, phase, installer } => {
             let mut detail = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut detail)?;

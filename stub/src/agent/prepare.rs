@@ -318,14 +318,61 @@ pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
     }
 }
 
-/// Pulls `image` through containerd with the node's hosts.toml: proves the mirror resolves.
-pub fn check_pull(image: &str, timeout: u64) -> Result<()> {
+/// Proves this node resolves `image` through every replica in `endpoints` (a manifest request
+/// to each, as containerd would send it), then pulls it through containerd with the node's
+/// hosts.toml.
+pub fn check_pull(image: &str, endpoints: &[String], timeout: u64) -> Result<()> {
+    for e in endpoints {
+        manifest_served(e, image).with_context(|| format!("registry replica {e} does not serve {image} to this node"))?;
+    }
     let out = Command::new("timeout")
         .args([&timeout.to_string(), "ctr", "-n", "k8s.io", "images", "pull", "--hosts-dir", "/etc/containerd/certs.d", image])
         .output()
         .context("running ctr")?;
     if !out.status.success() {
         bail!("containerd could not pull {image} through the built-in registry: {}", crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3));
+    }
+    Ok(())
+}
+
+/// The manifest request containerd sends a mirror for `image`:
+/// `HEAD /v2/<name>/manifests/<ref>?ns=<registry>`.
+fn manifest_request(endpoint: &str, image: &str) -> Result<(String, String)> {
+    let Some(addr) = endpoint.strip_prefix("http://") else {
+        bail!("only http:// replicas can be checked directly, not {endpoint}");
+    };
+    let full = crate::check::normalize_image(image);
+    let (registry, rest) = full.split_once('/').ok_or_else(|| anyhow::anyhow!("image `{image}` has no repository"))?;
+    let (name, reference) = match rest.split_once('@') {
+        Some((n, d)) => (n, d),
+        None => rest.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("image `{image}` has no tag"))?,
+    };
+    let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+                  application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+    let req = format!("HEAD /v2/{name}/manifests/{reference}?ns={registry} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n");
+    Ok((addr.to_string(), req))
+}
+
+fn manifest_served(endpoint: &str, image: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let (addr, req) = manifest_request(endpoint, image)?;
+    let sock = addr.to_socket_addrs().with_context(|| format!("resolving {addr}"))?.next().ok_or_else(|| anyhow::anyhow!("{addr} has no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(10)).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    s.write_all(req.as_bytes())?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 512];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let n = s.read(&mut b).with_context(|| format!("reading the answer of {addr}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&b[..n]);
+    }
+    let status = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("it answered `{}`", status.trim());
     }
     Ok(())
 }
@@ -340,6 +387,16 @@ mod tests {
         let once = hosts_block("127.0.0.1 localhost\n", &e);
         assert_eq!(hosts_block(&once, &e), once);
         assert!(once.starts_with("127.0.0.1 localhost\n# BEGIN ferry\n10.0.0.1 apiserver.cluster.local\n"));
+    }
+
+    #[test]
+    fn manifest_request_as_containerd_sends_it() {
+        let (addr, req) = manifest_request("http://10.0.0.1:5050", "app:1").unwrap();
+        assert_eq!(addr, "10.0.0.1:5050");
+        assert!(req.starts_with("HEAD /v2/library/app/manifests/1?ns=docker.io HTTP/1.0\r\nHost: 10.0.0.1:5050\r\n"), "{req}");
+        let (_, req) = manifest_request("http://r:1", "quay.io/a/b@sha256:00").unwrap();
+        assert!(req.starts_with("HEAD /v2/a/b/manifests/sha256:00?ns=quay.io "), "{req}");
+        assert!(manifest_request("https://r:1", "app:1").is_err());
     }
 
     #[test]

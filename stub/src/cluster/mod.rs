@@ -242,6 +242,9 @@ pub struct Overrides {
     pub known_hosts: Option<String>,
     /// `--registry-port`.
     pub registry_port: Option<u16>,
+    /// `--registry-replicas`: how many hosts run the registry (default: every master, plus any
+    /// host the file gives the `registry` role).
+    pub registry_replicas: Option<usize>,
 }
 
 /// Default registry port (5000 is often taken by other registries on site).
@@ -398,10 +401,7 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
     if master_count == 0 {
         bail!("no host has the master role");
     }
-    if !hosts.iter().any(|h| h.is(Role::Registry)) {
-        let first = hosts.iter_mut().find(|h| h.is(Role::Master)).expect("a master exists");
-        first.roles.insert(Role::Registry);
-    }
+    assign_registry_replicas(&mut hosts, o.registry_replicas)?;
     let mut warnings = Vec::new();
     if master_count % 2 == 0 {
         warnings.push(format!(
@@ -432,6 +432,39 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
         cert_sans,
         kubeadm: spec.kubeadm.clone().unwrap_or_default(),
     })
+}
+
+/// Gives the registry role to the replica hosts. Hosts that already have it count. By default
+/// every master is a replica; with `replicas = Some(n)`, exactly `n` hosts are: those named
+/// `registry`, then masters, then workers, in listed order.
+fn assign_registry_replicas(hosts: &mut [Host], replicas: Option<usize>) -> Result<()> {
+    let named = hosts.iter().filter(|h| h.is(Role::Registry)).count();
+    let Some(n) = replicas else {
+        for h in hosts.iter_mut().filter(|h| h.is(Role::Master)) {
+            h.roles.insert(Role::Registry);
+        }
+        return Ok(());
+    };
+    if n == 0 {
+        bail!("--registry-replicas 0: at least one host must run the registry (nodes pull every image from it)");
+    }
+    if n > hosts.len() {
+        bail!("--registry-replicas {n}: the cluster has only {} hosts", hosts.len());
+    }
+    if named > n {
+        bail!("--registry-replicas {n}, but {named} hosts already have the registry role in the cluster file; raise it to at least {named}");
+    }
+    let mut need = n - named;
+    for masters in [true, false] {
+        for h in hosts.iter_mut().filter(|h| !h.is(Role::Registry) && h.is(Role::Master) == masters) {
+            if need == 0 {
+                return Ok(());
+            }
+            h.roles.insert(Role::Registry);
+            need -= 1;
+        }
+    }
+    Ok(())
 }
 
 /// The cluster's description as a cluster file (`kind: Cluster`), for ferry's saved state
@@ -497,6 +530,28 @@ spec:
   apiServer: {endpoint: apiserver.cluster.local, certSANs: []}
   registry: {port: 5050}
 "#;
+
+    #[test]
+    fn registry_replicas() {
+        let reg = |c: &Cluster| c.registry_hosts().iter().map(|h| h.ip.clone()).collect::<Vec<_>>();
+        // Default: every master, in order.
+        let o = Overrides { masters: vec!["m1,m2,m3".into()], workers: vec!["w1".into()], ..Default::default() };
+        assert_eq!(reg(&resolve(None, &o).unwrap()), ["m1", "m2", "m3"]);
+        // N: masters first, then workers.
+        let o = Overrides { registry_replicas: Some(2), ..o };
+        assert_eq!(reg(&resolve(None, &o).unwrap()), ["m1", "m2"]);
+        let o = Overrides { masters: vec!["m1".into()], workers: vec!["w1,w2".into()], registry_replicas: Some(2), ..Default::default() };
+        assert_eq!(reg(&resolve(None, &o).unwrap()), ["m1", "w1"]);
+        // Hosts named `registry` in the file count; the default adds the masters to them.
+        let file = || parse(ISSUE_EXAMPLE.replace("roles: [master, registry]", "roles: [master]").replace("[10.0.0.2, 10.0.0.3], roles: [worker]", "[10.0.0.2, 10.0.0.3], roles: [worker, registry]").as_str(), "x").unwrap();
+        assert_eq!(reg(&resolve(Some(file()), &Overrides::default()).unwrap()), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        let err = resolve(Some(file()), &Overrides { registry_replicas: Some(1), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("2 hosts already have the registry role"), "{err}");
+        assert!(resolve(None, &Overrides { hosts: vec!["a,b".into()], registry_replicas: Some(0), ..Default::default() }).is_err());
+        assert!(resolve(None, &Overrides { hosts: vec!["a,b".into()], registry_replicas: Some(3), ..Default::default() }).is_err());
+        let o = Overrides { hosts: vec!["a,b".into()], registry_replicas: Some(2), ..Default::default() };
+        assert_eq!(reg(&resolve(None, &o).unwrap()), ["a", "b"]);
+    }
 
     #[test]
     fn parses_the_issue_example() {

@@ -36,6 +36,7 @@ fn overrides(a: &crate::cli::RunArgs, hosts: Vec<String>) -> Overrides {
         bastion: a.bastion.clone(),
         known_hosts: a.known_hosts.as_ref().map(|p| p.display().to_string()),
         registry_port: a.registry_port,
+        registry_replicas: None,
     }
 }
 

@@ -9,8 +9,10 @@
 //! 2. **distribute**: stream the chunks each host needs into `agent receive` over one exec
 //!    channel (nodes: program + rootfs/bundle/files; registry hosts: the whole installer);
 //! 3. **prepare**: `agent prepare` with a small JSON plan;
-//! 4. **registry**: `agent registry-service` on the registry host(s), then `agent check-pull` on
-//!    every node: the phase ends only when each node's containerd pulls a bundled image through it.
+//! 4. **registry**: `agent registry-service` on every registry replica (every master unless
+//!    `--registry-replicas` says otherwise), then `agent check-pull` on every node: the phase ends
+//!    only when each node gets a bundled image's manifest from every replica and its containerd
+//!    pulls the image through hosts.toml (which lists all replicas, so a pull survives one's death).
 //!
 //! Each completed phase is recorded on the host (/var/lib/ferry/state/<cluster>/) and beside the
 //! installer (.ferry/<cluster>/<host>.json); a re-run skips what is recorded for this installer.
@@ -301,10 +303,20 @@ pub async fn distribute_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Res
     }
 }
 
-/// The prepare plan for one host.
-pub fn prepare_plan(ctx: &Ctx) -> crate::agent::prepare::Plan {
+/// The registry replicas' URLs (`http://IP:PORT`), in cluster order.
+pub fn registry_endpoints(c: &Cluster) -> Vec<String> {
+    c.registry_hosts().iter().map(|h| format!("http://{}:{}", h.ip, c.registry_port)).collect()
+}
+
+/// The prepare plan for one host. Every replica is listed in its hosts.toml, in cluster order,
+/// except that a replica lists itself first (its own pulls never cross the network).
+pub fn prepare_plan(ctx: &Ctx, host: &Host) -> crate::agent::prepare::Plan {
     let c = &ctx.cluster;
-    let registries: Vec<&Host> = c.registry_hosts();
+    let mut registries: Vec<&Host> = c.registry_hosts();
+    if let Some(me) = registries.iter().position(|h| h.ip == host.ip) {
+        let own = registries.remove(me);
+        registries.insert(0, own);
+    }
     crate::agent::prepare::Plan {
         registry_endpoints: registries.iter().map(|h| format!("http://{}:{}", h.ip, c.registry_port)).collect(),
         // The API endpoint name is the node-local LB (ferry-lb.service on 127.0.0.1:LB_PORT),
@@ -325,8 +337,8 @@ pub fn probe_image(payload: &Payload) -> Option<String> {
 
 fn print_plan(ctx: &Ctx) {
     let mut s = format!("plan for cluster {} ({} hosts, installer {}):\n", ctx.cluster.name, ctx.cluster.hosts.len(), &ctx.id[..12]);
-    let plan = prepare_plan(ctx);
     for h in &ctx.cluster.hosts {
+        let plan = prepare_plan(ctx, h);
         let (want, bytes, rootfs) = host_plan(&ctx.payload, h);
         s.push_str(&format!(
             "  {} [{}] as {}@{}:{}{}\n    preflight: agent to {AGENT_PATH}, facts\n    distribute: {} chunks ({}) to {INSTALLER_PATH}{}\n    prepare: rootfs ({}), containerd via {}, sysctls, swap off, /etc/hosts\n{}",
@@ -381,6 +393,7 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         bastion: args.bastion.clone(),
         known_hosts: args.known_hosts.as_ref().map(|p| p.display().to_string()),
         registry_port: args.registry_port,
+        registry_replicas: args.registry_replicas,
     };
     let cluster = cluster::resolve(file, &overrides)?;
     for w in &cluster.warnings {
@@ -532,14 +545,16 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         let (ctx, h, states) = (ctx.clone(), hosts[i].clone(), states.clone());
         async move {
             let host = &ctx.cluster.hosts[i];
-            if done(&states[i], "distribute", &ctx.id) {
+            // A host that became a registry replica since needs the rest of the installer.
+            let whole = states[i].get("distribute").is_some_and(|r| r.detail["whole"] == true);
+            if done(&states[i], "distribute", &ctx.id) && (whole || !host.is(Role::Registry)) {
                 ctx.rep.event(&host.ip, "distribute", "skip", "already done", serde_json::json!({}));
                 return Ok(());
             }
             ctx.rep.event(&host.ip, "distribute", "start", "streaming", serde_json::json!({}));
             let r = tokio::time::timeout(ctx.phase_timeout, distribute_one(&ctx, h.as_ref(), host)).await.unwrap_or_else(|_| Err(anyhow!("timed out")));
             let sent = r?;
-            record_on(&ctx, h.as_ref(), host, "distribute", serde_json::json!({"bytes": sent})).await?;
+            record_on(&ctx, h.as_ref(), host, "distribute", serde_json::json!({"bytes": sent, "whole": host.is(Role::Registry)})).await?;
             ctx.rep.event(&host.ip, "distribute", "done", &format!("sent {}", crate::units::bytes(sent)), serde_json::json!({"bytes": sent}));
             Ok(())
         }
@@ -551,12 +566,16 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
 
     // Prepare.
     let t2 = Instant::now();
-    let plan = serde_json::to_vec(&prepare_plan(&ctx))?;
     let results = parallel(n, args.parallel, |i| {
-        let (ctx, h, states, plan) = (ctx.clone(), hosts[i].clone(), states.clone(), plan.clone());
+        let (ctx, h, states) = (ctx.clone(), hosts[i].clone(), states.clone());
         async move {
             let host = &ctx.cluster.hosts[i];
-            if done(&states[i], "prepare", &ctx.id) {
+            let plan = prepare_plan(&ctx, host);
+            let endpoints = serde_json::json!(plan.registry_endpoints);
+            let plan = serde_json::to_vec(&plan)?;
+            // Prepared for another set of registry replicas: hosts.toml must change.
+            let same_replicas = states[i].get("prepare").is_some_and(|r| r.detail["registry_endpoints"] == endpoints);
+            if done(&states[i], "prepare", &ctx.id) && same_replicas {
                 ctx.rep.event(&host.ip, "prepare", "skip", "already done", serde_json::json!({}));
                 return Ok(());
             }
@@ -564,9 +583,12 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
             let cmd = format!("{INSTALLER_PATH} agent prepare");
             let fut = checked(h.as_ref(), &cmd, &plan, "agent prepare");
             let out = tokio::time::timeout(ctx.phase_timeout, fut).await.unwrap_or_else(|_| Err(anyhow!("timed out")))?;
-            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let mut report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
             for w in report["warnings"].as_array().into_iter().flatten() {
                 ctx.rep.event(&host.ip, "prepare", "warning", w.as_str().unwrap_or(""), serde_json::json!({}));
+            }
+            if let Some(r) = report.as_object_mut() {
+                r.insert("registry_endpoints".into(), endpoints);
             }
             record_on(&ctx, h.as_ref(), host, "prepare", report).await?;
             ctx.rep.event(&host.ip, "prepare", "done", "ok", serde_json::json!({}));
@@ -593,16 +615,20 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     })
     .await;
     check_phase(&ctx, "registry", results)?;
+    // Every node must resolve the probe image through every replica (so any of them can take
+    // over), and containerd must pull it through its hosts.toml.
     let image = probe_image(&ctx.payload);
+    let replicas = registry_endpoints(&ctx.cluster);
     let results = parallel(n, args.parallel, |i| {
-        let (ctx, h, image) = (ctx.clone(), hosts[i].clone(), image.clone());
+        let (ctx, h, image, replicas) = (ctx.clone(), hosts[i].clone(), image.clone(), replicas.clone());
         async move {
             let host = &ctx.cluster.hosts[i];
             if let Some(image) = &image {
-                ctx.rep.event(&host.ip, "registry", "progress", &format!("containerd pulls {image} through the mirror"), serde_json::json!({}));
-                checked(h.as_ref(), &format!("{INSTALLER_PATH} agent check-pull --image {}", quote(image)), b"", "agent check-pull").await?;
+                ctx.rep.event(&host.ip, "registry", "progress", &format!("containerd pulls {image} through the mirror ({} replicas)", replicas.len()), serde_json::json!({"replicas": replicas}));
+                let cmd = format!("{INSTALLER_PATH} agent check-pull --image {} --endpoints {}", quote(image), quote(&replicas.join(",")));
+                checked(h.as_ref(), &cmd, b"", "agent check-pull").await?;
             }
-            record_on(&ctx, h.as_ref(), host, "registry", serde_json::json!({"image": image})).await?;
+            record_on(&ctx, h.as_ref(), host, "registry", serde_json::json!({"image": image, "replicas": replicas})).await?;
             ctx.rep.event(&host.ip, "registry", "done", "ok", serde_json::json!({}));
             Ok(())
         }
