@@ -250,6 +250,54 @@ mod tests {
         assert_eq!(sent4, chunk_bytes(&payload, &all) - chunk_bytes(&payload, &want));
     }
 
+    /// A chunk altered on the way is refused by the receiver, which writes nothing of it and
+    /// finishes nothing; the good chunks before it are kept for the next run.
+    #[test]
+    fn chunks_damaged_in_transit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = build(dir.path());
+        let payload = Payload::open(&path).unwrap();
+        let opts = ReceiveOptions { dest: dir.path().join("n/i"), allow_unsigned: true, stub: dir.path().join("stub"), signer: None };
+        let t = payload.trailer();
+        let tail = std::fs::read(&path).unwrap()[t.index_offset as usize..].to_vec();
+        let want = [0u64, 1, 2];
+        let mut stream = MAGIC.to_vec();
+        stream.extend_from_slice(&payload.file_len().to_le_bytes());
+        stream.extend_from_slice(&(tail.len() as u64).to_le_bytes());
+        stream.extend_from_slice(&tail);
+        stream.extend_from_slice(&(want.len() as u64).to_le_bytes());
+        for n in want {
+            stream.extend_from_slice(&n.to_le_bytes());
+        }
+        for n in want {
+            let (s, e) = payload.chunk_range(n);
+            let mut c = vec![0u8; (e - s) as usize];
+            payload.file().read_exact_at(&mut c, s).unwrap();
+            if n == 1 {
+                c[7] ^= 1;
+            }
+            stream.extend_from_slice(&n.to_le_bytes());
+            stream.extend_from_slice(&c);
+        }
+        stream.extend_from_slice(&END.to_le_bytes());
+        let mut out = Vec::new();
+        let err = receive(&mut &stream[..], &mut out, &opts).unwrap_err();
+        assert!(format!("{err:#}").contains("chunk 1"), "{err:#}");
+        assert!(String::from_utf8_lossy(&out).contains("\"ok\":false"));
+        assert!(!opts.dest.exists());
+        // Chunk 1 never landed; chunk 0 did and is not asked for again.
+        let part = dir.path().join("n/i.part");
+        let copy = Payload::open(&part).unwrap();
+        let (s, e) = copy.chunk_range(1);
+        let mut c = vec![0u8; (e - s) as usize];
+        copy.file().read_exact_at(&mut c, s).unwrap();
+        assert!(!copy.chunk_matches(1, &c));
+        let (s, e) = copy.chunk_range(0);
+        let mut c = vec![0u8; (e - s) as usize];
+        copy.file().read_exact_at(&mut c, s).unwrap();
+        assert!(copy.chunk_matches(0, &c));
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn damaged_chunks_are_refused() {
         let dir = tempfile::tempdir().unwrap();
