@@ -25,10 +25,8 @@ fn main() {
 
 fn build_stub(root: &Path) -> PathBuf {
     let profile = std::env::var("PROFILE").unwrap_or_else(|_| "debug".into());
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("stub");
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("stub");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
@@ -41,7 +39,10 @@ fn build_stub(root: &Path) -> PathBuf {
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
         .env("CC_x86_64_unknown_linux_musl", "musl-gcc")
-        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS", "-C target-feature=+crt-static -C relocation-model=static");
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS",
+            "-C target-feature=+crt-static -C relocation-model=static",
+        );
     if profile == "release" {
         cmd.arg("--release");
     }

@@ -5,13 +5,13 @@
 use crate::cli::BuildArgs;
 use crate::spec::Bundle;
 use crate::tree::{self, ItemKind, TreeItem};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use ferry_stub::printer::Printer;
 use ferry_stub::units;
 use payload_format::{BundleMetadata, Compression, PayloadWriter, SecretKey, WriterOptions};
+use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::fs::File;
-use sha2::Digest as _;
 use std::io::{Chain, Cursor, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -142,7 +142,8 @@ fn build_time() -> Result<u64> {
 pub fn plan(bundle: &Bundle) -> Result<Plan> {
     let mut plan = Plan::new();
     let spec = &bundle.spec.spec;
-    let spec_name = bundle.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle.yaml".into());
+    let spec_name =
+        bundle.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle.yaml".into());
     let spec_item = tree::single_file(&bundle.file, "bundle.yaml", "spec")?;
     add(&mut plan, format!("bundle/{spec_name}"), spec_item, "the spec file")?;
     for (i, item) in spec.rootfs.iter().enumerate() {
@@ -160,7 +161,8 @@ pub fn plan(bundle: &Bundle) -> Result<Plan> {
         for (i, item) in items.iter().enumerate() {
             let field = format!("{field}[{i}].path");
             let real = bundle.resolve(&field, &item.path)?;
-            let rel = real.strip_prefix(&bundle.dir).expect("resolve keeps paths inside").to_string_lossy().into_owned();
+            let rel =
+                real.strip_prefix(&bundle.dir).expect("resolve keeps paths inside").to_string_lossy().into_owned();
             add_path(&mut plan, &format!("bundle/{rel}"), &real, &field)?;
         }
     }
@@ -176,7 +178,13 @@ pub fn plan(bundle: &Bundle) -> Result<Plan> {
 fn add_path(plan: &mut Plan, key: &str, real: &Path, field: &str) -> Result<()> {
     if real.is_dir() {
         let meta = std::fs::metadata(real)?;
-        let dir = TreeItem { rel: String::new(), source: real.into(), kind: ItemKind::Dir, mode: meta.permissions().mode() & 0o7777, size: 0 };
+        let dir = TreeItem {
+            rel: String::new(),
+            source: real.into(),
+            kind: ItemKind::Dir,
+            mode: meta.permissions().mode() & 0o7777,
+            size: 0,
+        };
         merge(plan, key.to_string(), dir, field)?;
         for t in tree::walk(real, field)? {
             merge(plan, format!("{key}/{}", t.rel), t, field)?;
@@ -200,11 +208,24 @@ pub fn add_blobs(plan: &mut Plan, blobs: &BTreeMap<String, crate::images::store:
     for (digest, slice) in blobs {
         let hex = digest.strip_prefix("sha256:").with_context(|| format!("blob {digest} is not sha256"))?;
         let key = format!("blobs/sha256/{hex}");
-        let item = TreeItem { rel: key.clone(), source: slice.path.clone(), kind: ItemKind::File, mode: 0o644, size: slice.size };
+        let item = TreeItem {
+            rel: key.clone(),
+            source: slice.path.clone(),
+            kind: ItemKind::File,
+            mode: 0o644,
+            size: slice.size,
+        };
         if let Some(prev) = plan.get(&key) {
             bail!("{key} is provided twice: by {} and by the images", prev.origin);
         }
-        plan.insert(key, Planned { item, origin: format!("image blob {digest}"), blob: Some(BlobSource { offset: slice.offset, digest: digest.clone() }) });
+        plan.insert(
+            key,
+            Planned {
+                item,
+                origin: format!("image blob {digest}"),
+                blob: Some(BlobSource { offset: slice.offset, digest: digest.clone() }),
+            },
+        );
     }
     Ok(())
 }
@@ -263,7 +284,8 @@ pub fn write_installer(
             ItemKind::Symlink(target) => writer.add_symlink(path, target)?,
             ItemKind::File if planned.blob.is_some() => {
                 let blob = planned.blob.as_ref().expect("checked");
-                let mut f = File::open(&item.source).with_context(|| format!("{}: reading {}", planned.origin, item.source.display()))?;
+                let mut f = File::open(&item.source)
+                    .with_context(|| format!("{}: reading {}", planned.origin, item.source.display()))?;
                 f.seek(SeekFrom::Start(blob.offset))?;
                 let mut hashing = Hashing { inner: f.take(item.size), hasher: sha2::Sha256::new(), len: 0 };
                 let mut counted = Counting { inner: &mut hashing, progress };
@@ -272,12 +294,19 @@ pub fn write_installer(
                     .with_context(|| format!("{}: adding {}", planned.origin, item.source.display()))?;
                 let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
                 if hashing.len != item.size || actual != blob.digest {
-                    bail!("{}: {} changed after it was verified (now {} bytes hashing to {actual}); nothing was written", planned.origin, item.source.display(), hashing.len);
+                    bail!(
+                        "{}: {} changed after it was verified (now {} bytes hashing to {actual}); nothing was written",
+                        planned.origin,
+                        item.source.display(),
+                        hashing.len
+                    );
                 }
             }
             ItemKind::File => {
-                let mut f = File::open(&item.source).with_context(|| format!("{}: reading {}", planned.origin, item.source.display()))?;
-                let (compression, mut reader) = sniff(&mut f).with_context(|| format!("reading {}", item.source.display()))?;
+                let mut f = File::open(&item.source)
+                    .with_context(|| format!("{}: reading {}", planned.origin, item.source.display()))?;
+                let (compression, mut reader) =
+                    sniff(&mut f).with_context(|| format!("reading {}", item.source.display()))?;
                 let mut counted = Counting { inner: &mut reader, progress };
                 writer
                     .add_file(path, item.mode, compression, &mut counted)
@@ -288,7 +317,8 @@ pub fn write_installer(
     let summary = writer.finish(metadata, key)?;
     std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("setting mode of {}", tmp_path.display()))?;
-    std::fs::rename(&tmp_path, output).with_context(|| format!("renaming {} to {}", tmp_path.display(), output.display()))?;
+    std::fs::rename(&tmp_path, output)
+        .with_context(|| format!("renaming {} to {}", tmp_path.display(), output.display()))?;
     guard.keep = true;
     Ok(summary)
 }

@@ -2,7 +2,7 @@
 //! and that file is created with mode 0600 before any key byte is written.
 
 use crate::cli::KeygenArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use ferry_stub::printer::Printer;
 use payload_format::SecretKey;
 use std::io::Write;

@@ -1,9 +1,9 @@
 //! `bundle.yaml`: the bundle spec, Kubernetes-style. Unknown fields are errors naming the field
 //! and its line; every path is resolved against the spec's directory and may not escape it.
 
-use anyhow::{bail, Context, Result};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -212,7 +212,8 @@ impl Bundle {
             crate::images::oci::Platform::parse(p).map_err(|e| anyhow::anyhow!("{f}: spec.platforms: {e}"))?;
         }
         for (i, item) in s.spec.images.iter().enumerate() {
-            crate::images::reference::ImageRef::parse(&item.r#ref).map_err(|e| anyhow::anyhow!("{f}: spec.images[{i}]: {e}"))?;
+            crate::images::reference::ImageRef::parse(&item.r#ref)
+                .map_err(|e| anyhow::anyhow!("{f}: spec.images[{i}]: {e}"))?;
             if let Some(src) = &item.source {
                 if !(src.starts_with("oci:") || src.starts_with("docker-archive:")) {
                     bail!("{f}: spec.images[{i}].source `{src}` must be `oci:PATH[:TAG]` or `docker-archive:PATH`");
@@ -226,7 +227,8 @@ impl Bundle {
         }
         for item in &s.spec.files {
             let d = Path::new(&item.dest);
-            if !d.is_absolute() || d.components().any(|c| matches!(c, Component::ParentDir)) || item.dest.ends_with('/') {
+            if !d.is_absolute() || d.components().any(|c| matches!(c, Component::ParentDir)) || item.dest.ends_with('/')
+            {
                 bail!("{f}: spec.files dest `{}` must be an absolute file path without `..`", item.dest);
             }
         }
@@ -245,7 +247,11 @@ impl Bundle {
             .canonicalize()
             .with_context(|| format!("{f}: {field} `{rel}` does not exist ({})", joined.display()))?;
         if !real.starts_with(&self.dir) {
-            bail!("{f}: {field} `{rel}` escapes the spec's directory {} (it resolves to {})", self.dir.display(), real.display());
+            bail!(
+                "{f}: {field} `{rel}` escapes the spec's directory {} (it resolves to {})",
+                self.dir.display(),
+                real.display()
+            );
         }
         Ok(real)
     }
@@ -323,7 +329,9 @@ mod tests {
 
     #[test]
     fn bad_versions_and_kinds_are_named() {
-        assert!(format!("{:#}", load(&GOOD.replace("v1.33.4", "1.33")).unwrap_err()).contains("spec.kubernetes.version"));
+        assert!(
+            format!("{:#}", load(&GOOD.replace("v1.33.4", "1.33")).unwrap_err()).contains("spec.kubernetes.version")
+        );
         assert!(format!("{:#}", load(&GOOD.replace("kind: Bundle", "kind: Pod")).unwrap_err()).contains("kind"));
     }
 }

@@ -1,7 +1,7 @@
 //! Walks a directory tree the way a node's filesystem should receive it: modes kept, setuid
 //! refused, device files refused, and symlinks accepted only when they stay inside the tree.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -45,13 +45,22 @@ pub fn single_file(path: &Path, rel: &str, label: &str) -> Result<TreeItem> {
     if !meta.is_file() {
         bail!("{label}: {} is not a regular file", path.display());
     }
-    Ok(TreeItem { rel: rel.into(), source: path.into(), kind: ItemKind::File, mode: meta.permissions().mode() & 0o7777, size: meta.len() })
+    Ok(TreeItem {
+        rel: rel.into(),
+        source: path.into(),
+        kind: ItemKind::File,
+        mode: meta.permissions().mode() & 0o7777,
+        size: meta.len(),
+    })
 }
 
 fn check_type(meta: &std::fs::Metadata, path: &Path, label: &str) -> Result<()> {
     let ft = meta.file_type();
     if ft.is_block_device() || ft.is_char_device() || ft.is_fifo() || ft.is_socket() {
-        bail!("{label}: {} is a device, FIFO or socket; only files, directories and symlinks can be bundled", path.display());
+        bail!(
+            "{label}: {} is a device, FIFO or socket; only files, directories and symlinks can be bundled",
+            path.display()
+        );
     }
     if meta.permissions().mode() & 0o6000 != 0 && !ft.is_symlink() {
         bail!("{label}: {} is setuid or setgid; ferry refuses to deliver such files", path.display());
@@ -69,16 +78,15 @@ fn walk_into(root: &Path, dir: &Path, label: &str, out: &mut Vec<TreeItem>) -> R
     for name in names {
         let path = dir.join(&name);
         let rel_path = path.strip_prefix(root).expect("inside root");
-        let rel = rel_path
-            .to_str()
-            .with_context(|| format!("{label}: {} is not valid UTF-8", path.display()))?
-            .to_string();
+        let rel =
+            rel_path.to_str().with_context(|| format!("{label}: {} is not valid UTF-8", path.display()))?.to_string();
         let meta = std::fs::symlink_metadata(&path).with_context(|| format!("{label}: reading {}", path.display()))?;
         check_type(&meta, &path, label)?;
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         if ft.is_symlink() {
-            let target = std::fs::read_link(&path).with_context(|| format!("{label}: reading link {}", path.display()))?;
+            let target =
+                std::fs::read_link(&path).with_context(|| format!("{label}: reading link {}", path.display()))?;
             let target_str = target
                 .to_str()
                 .with_context(|| format!("{label}: link target of {} is not UTF-8", path.display()))?

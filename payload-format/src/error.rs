@@ -91,7 +91,9 @@ pub enum Error {
         trusted: String,
     },
     /// The stub's bytes do not hash to the value in the index.
-    #[error("{path}: the installer program itself (the stub, bytes 0..{len}) does not match the signed index; it was modified")]
+    #[error(
+        "{path}: the installer program itself (the stub, bytes 0..{len}) does not match the signed index; it was modified"
+    )]
     StubMismatch {
         /// The file concerned.
         path: PathBuf,
@@ -99,7 +101,9 @@ pub enum Error {
         len: u64,
     },
     /// A data chunk does not hash to the value in the index.
-    #[error("{path}: chunk {chunk} (bytes {start}..{end}{entry}) does not match the signed index; the file is corrupted or was modified")]
+    #[error(
+        "{path}: chunk {chunk} (bytes {start}..{end}{entry}) does not match the signed index; the file is corrupted or was modified"
+    )]
     ChunkMismatch {
         /// The file concerned.
         path: PathBuf,

@@ -135,9 +135,15 @@ impl Payload {
         }
         let tmp = temp_name(&target);
         let _ = fs::remove_file(&tmp);
-        let file = OpenOptions::new().write(true).create_new(true).mode_0600().open(&tmp).map_err(Error::io("creating", &tmp))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_0600()
+            .open(&tmp)
+            .map_err(Error::io("creating", &tmp))?;
         let result = self.write_entry(&file, &tmp, e, progress).and_then(|_| {
-            fs::set_permissions(&tmp, fs::Permissions::from_mode(e.mode)).map_err(Error::io("setting mode of", &tmp))?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(e.mode))
+                .map_err(Error::io("setting mode of", &tmp))?;
             fs::rename(&tmp, &target).map_err(Error::io("renaming into place", &target))
         });
         if result.is_err() {

@@ -281,7 +281,10 @@ fn decode_entry(r: &mut Cursor<'_>, (data_start, data_end): (u64, u64)) -> std::
             entry.frame_size = r.u32().ok_or_else(short)?;
             let count = r.u32().ok_or_else(short)? as usize;
             if entry.frame_size == 0 || count as u64 != size.div_ceil(entry.frame_size as u64) {
-                return Err(format!("{}: {count} frames of {} bytes cannot hold {size} bytes", entry.path, entry.frame_size));
+                return Err(format!(
+                    "{}: {count} frames of {} bytes cannot hold {size} bytes",
+                    entry.path, entry.frame_size
+                ));
             }
             if count > r.remaining() / 4 {
                 return Err(short());

@@ -3,7 +3,7 @@
 //! Private keys are PKCS#8 PEM. Public keys are written as one OpenSSH `ssh-ed25519` line, so
 //! `ssh-keygen -lf NAME.pub` prints the same `SHA256:` fingerprint ferry does.
 
-use crate::{sha256, Digest, Error, Result};
+use crate::{Digest, Error, Result, sha256};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};

@@ -31,9 +31,9 @@ mod writer;
 pub use error::{Error, Result};
 pub use extract::{ExtractOptions, ExtractSummary};
 pub use index::{BundleMetadata, Compression, Entry, EntryKind, Index};
-pub use keys::{PublicKey, SecretKey, TrustPolicy, SignatureStatus};
+pub use keys::{PublicKey, SecretKey, SignatureStatus, TrustPolicy};
 pub use reader::Payload;
-pub use trailer::{Trailer, FORMAT_VERSION, TRAILER_LEN, TRAILER_MAGIC};
+pub use trailer::{FORMAT_VERSION, TRAILER_LEN, TRAILER_MAGIC, Trailer};
 pub use writer::{PayloadWriter, WriteSummary, WriterOptions};
 
 /// Entries (and the data region) start on multiples of this many bytes.

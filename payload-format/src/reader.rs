@@ -2,8 +2,8 @@
 
 use crate::index::MAX_INDEX_LEN;
 use crate::keys::signed_message;
-use crate::trailer::{Trailer, SIGNATURE_BLOCK_LEN, TRAILER_LEN};
-use crate::{sha256, Digest, Entry, Error, Index, PublicKey, Result, SignatureStatus, TrustPolicy};
+use crate::trailer::{SIGNATURE_BLOCK_LEN, TRAILER_LEN, Trailer};
+use crate::{Digest, Entry, Error, Index, PublicKey, Result, SignatureStatus, TrustPolicy, sha256};
 use rayon::prelude::*;
 use sha2::Digest as _;
 use std::fs::File;
@@ -40,8 +40,7 @@ impl Payload {
             });
         }
         let mut trailer_bytes = [0u8; TRAILER_LEN];
-        file.read_exact_at(&mut trailer_bytes, file_len - TRAILER_LEN as u64)
-            .map_err(Error::io("reading", path))?;
+        file.read_exact_at(&mut trailer_bytes, file_len - TRAILER_LEN as u64).map_err(Error::io("reading", path))?;
         let trailer = Trailer::decode(&trailer_bytes, file_len, path)?;
         if trailer.index_len > MAX_INDEX_LEN {
             return Err(Error::Corrupt {

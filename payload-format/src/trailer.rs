@@ -123,7 +123,11 @@ impl Trailer {
         {
             return Err(corrupt(format!(
                 "regions out of order (stub {}, data {}, index {}+{}, signature {})",
-                trailer.stub_len, trailer.data_offset, trailer.index_offset, trailer.index_len, trailer.signature_offset
+                trailer.stub_len,
+                trailer.data_offset,
+                trailer.index_offset,
+                trailer.index_len,
+                trailer.signature_offset
             )));
         }
         Ok(trailer)

@@ -5,9 +5,9 @@
 //! on the inputs, the options and the key, so builds are reproducible.
 
 use crate::index::check_entry_path;
-use crate::keys::{signed_message, SecretKey};
-use crate::trailer::{Trailer, FLAG_SIGNED, SIGNATURE_BLOCK_LEN};
-use crate::{align_up, sha256, BundleMetadata, Compression, Digest, Entry, EntryKind, Error, Index, Result};
+use crate::keys::{SecretKey, signed_message};
+use crate::trailer::{FLAG_SIGNED, SIGNATURE_BLOCK_LEN, Trailer};
+use crate::{BundleMetadata, Compression, Digest, Entry, EntryKind, Error, Index, Result, align_up, sha256};
 use rayon::prelude::*;
 use sha2::Digest as _;
 use std::collections::HashSet;
@@ -93,7 +93,10 @@ impl PayloadWriter {
     /// Starts a file with the stub read from `stub`. `path` names the file in errors.
     pub fn new(mut file: File, path: &Path, stub: &mut dyn Read, opts: WriterOptions) -> Result<PayloadWriter> {
         if opts.chunk_size < 4096 || opts.frame_size == 0 || opts.frame_size > (1 << 28) {
-            return Err(Error::InvalidEntry { path: "<options>".into(), detail: "chunk or frame size out of range".into() });
+            return Err(Error::InvalidEntry {
+                path: "<options>".into(),
+                detail: "chunk or frame size out of range".into(),
+            });
         }
         let mut hasher = sha2::Sha256::new();
         let mut stub_len = 0u64;
@@ -130,7 +133,10 @@ impl PayloadWriter {
     fn check_new(&mut self, path: &str, mode: u32) -> Result<()> {
         check_entry_path(path).map_err(|detail| Error::InvalidEntry { path: path.into(), detail })?;
         if mode & 0o6000 != 0 {
-            return Err(Error::InvalidEntry { path: path.into(), detail: "setuid and setgid files are refused".into() });
+            return Err(Error::InvalidEntry {
+                path: path.into(),
+                detail: "setuid and setgid files are refused".into(),
+            });
         }
         if !self.seen.insert(path.to_string()) {
             return Err(Error::InvalidEntry { path: path.into(), detail: "added twice".into() });
@@ -212,7 +218,8 @@ impl PayloadWriter {
                     let frames: Vec<std::io::Result<Vec<u8>>> =
                         inputs.par_iter().map(|input| zstd::bulk::compress(input, level)).collect();
                     for (input, frame) in inputs.iter().zip(frames) {
-                        let frame = frame.map_err(|e| Error::Io { action: "compressing", path: path.into(), source: e })?;
+                        let frame =
+                            frame.map_err(|e| Error::Io { action: "compressing", path: path.into(), source: e })?;
                         self.write_data(&frame)?;
                         entry.size += input.len() as u64;
                         entry.stored_len += frame.len() as u64;

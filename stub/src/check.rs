@@ -61,9 +61,18 @@ impl Report {
     pub fn table(&self) -> String {
         let w0 = self.rows.iter().map(|r| r.check.len()).max().unwrap_or(5).max(5);
         let w1 = self.rows.iter().map(|r| r.object.len()).max().unwrap_or(6).max(6);
-        let mut s = format!("check of the cluster through {}:\n  {:w0$}  {:w1$}  {:6}  DETAIL\n", self.master, "CHECK", "OBJECT", "STATUS");
+        let mut s = format!(
+            "check of the cluster through {}:\n  {:w0$}  {:w1$}  {:6}  DETAIL\n",
+            self.master, "CHECK", "OBJECT", "STATUS"
+        );
         for r in &self.rows {
-            s.push_str(&format!("  {:w0$}  {:w1$}  {:6}  {}\n", r.check, r.object, if r.ok { "ok" } else { "FAILED" }, r.detail));
+            s.push_str(&format!(
+                "  {:w0$}  {:w1$}  {:6}  {}\n",
+                r.check,
+                r.object,
+                if r.ok { "ok" } else { "FAILED" },
+                r.detail
+            ));
         }
         let bad = self.rows.iter().filter(|r| !r.ok).count();
         if bad == 0 {
@@ -76,7 +85,8 @@ impl Report {
 
     /// Ok when healthy, else an error naming every failed row.
     pub fn verdict(&self) -> Result<()> {
-        let bad: Vec<String> = self.rows.iter().filter(|r| !r.ok).map(|r| format!("{} {}: {}", r.check, r.object, r.detail)).collect();
+        let bad: Vec<String> =
+            self.rows.iter().filter(|r| !r.ok).map(|r| format!("{} {}: {}", r.check, r.object, r.detail)).collect();
         if bad.is_empty() {
             return Ok(());
         }
@@ -138,7 +148,10 @@ fn held(image: &str, refs: &BTreeSet<String>, digests: &BTreeSet<String>) -> boo
 fn pod_ready(p: &Pod) -> (bool, String) {
     let st = p.status.as_ref();
     let phase = st.and_then(|s| s.phase.clone()).unwrap_or_default();
-    let cond = st.and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status == "True");
+    let cond = st
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status == "True");
     let containers = st.and_then(|s| s.container_statuses.as_ref()).map(|cs| cs.iter().all(|c| c.ready));
     let ready = phase == "Running" && cond.unwrap_or(false) && containers.unwrap_or(true);
     let detail = if ready {
@@ -153,7 +166,8 @@ fn pod_ready(p: &Pod) -> (bool, String) {
             }
         }
         let shown_phase = if phase.is_empty() { "?".to_string() } else { phase.clone() };
-        let containers = if unready.is_empty() { String::new() } else { format!(" (containers: {})", unready.join(", ")) };
+        let containers =
+            if unready.is_empty() { String::new() } else { format!(" (containers: {})", unready.join(", ")) };
         format!("phase {shown_phase}, not Ready{containers}")
     };
     (ready, detail)
@@ -177,10 +191,19 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
     let ip = master.addr().to_string();
     let probe = master.run(&format!("test -f {} && echo yes || echo no", crate::run::control::ADMIN_CONF), b"").await?;
     if probe.text().trim() != "yes" {
-        bail!("{ip}: no Kubernetes control plane here ({} is missing): the cluster does not exist or was reset; run `installer run`", crate::run::control::ADMIN_CONF);
+        bail!(
+            "{ip}: no Kubernetes control plane here ({} is missing): the cluster does not exist or was reset; run `installer run`",
+            crate::run::control::ADMIN_CONF
+        );
     }
-    let nodes = ListOf::<Node> { items: list_items(&kubectl(master, "get nodes -o json").await?).map_err(|e| anyhow!("{ip}: kubectl's node list does not parse: {e}"))? };
-    let pods = ListOf::<Pod> { items: list_items(&kubectl(master, "get pods -A -o json").await?).map_err(|e| anyhow!("{ip}: kubectl's pod list does not parse: {e}"))? };
+    let nodes = ListOf::<Node> {
+        items: list_items(&kubectl(master, "get nodes -o json").await?)
+            .map_err(|e| anyhow!("{ip}: kubectl's node list does not parse: {e}"))?,
+    };
+    let pods = ListOf::<Pod> {
+        items: list_items(&kubectl(master, "get pods -A -o json").await?)
+            .map_err(|e| anyhow!("{ip}: kubectl's pod list does not parse: {e}"))?,
+    };
     let mut r = Report { master: ip, rows: Vec::new() };
 
     // Nodes, matched to the description by InternalIP.
@@ -195,10 +218,18 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
         };
         let name = n.metadata.name.clone().unwrap_or_default();
         node_names.insert(h.ip.clone(), name.clone());
-        let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+        let ready =
+            n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
         match ready {
             Some(c) if c.status == "True" => r.add("node", format!("{name} ({})", h.ip), true, "Ready"),
-            Some(c) => r.add("node", format!("{name} ({})", h.ip), false, format!("NotReady: {} {}", c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()).trim().to_string()),
+            Some(c) => r.add(
+                "node",
+                format!("{name} ({})", h.ip),
+                false,
+                format!("NotReady: {} {}", c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default())
+                    .trim()
+                    .to_string(),
+            ),
             None => r.add("node", format!("{name} ({})", h.ip), false, "no Ready condition"),
         }
     }
@@ -240,7 +271,16 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
     let launch_ns: BTreeSet<String> = crate::launch::steps(payload).iter().filter_map(|s| s.namespace()).collect();
     for p in pods.items.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))) {
         let (ok, d) = pod_ready(p);
-        r.add("workload", format!("{}/{}", p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default()), ok, d);
+        r.add(
+            "workload",
+            format!(
+                "{}/{}",
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone().unwrap_or_default()
+            ),
+            ok,
+            d,
+        );
     }
     // Images of running pods, in the built-in registry.
     let (refs, digests) = registry_images(payload);
@@ -257,7 +297,11 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             if held(img, &refs, &digests) {
                 r.add("image", img, true, "in the built-in registry");
             } else {
-                let who = format!("{}/{}", p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+                let who = format!(
+                    "{}/{}",
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default()
+                );
                 r.add("image", img, false, format!("used by {who} but missing from the built-in registry"));
             }
         }
@@ -308,7 +352,10 @@ mod tests {
         assert_eq!(normalize_image("nginx"), "docker.io/library/nginx:latest");
         assert_eq!(normalize_image("busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(normalize_image("me/app:1"), "docker.io/me/app:1");
-        assert_eq!(normalize_image("registry.k8s.io/coredns/coredns:v1.12.0"), "registry.k8s.io/coredns/coredns:v1.12.0");
+        assert_eq!(
+            normalize_image("registry.k8s.io/coredns/coredns:v1.12.0"),
+            "registry.k8s.io/coredns/coredns:v1.12.0"
+        );
         assert_eq!(normalize_image("localhost:5000/x"), "localhost:5000/x:latest");
         assert_eq!(normalize_image("index.docker.io/library/a:1"), "docker.io/library/a:1");
         assert_eq!(normalize_image("q.io/a@sha256:ab"), "q.io/a@sha256:ab");

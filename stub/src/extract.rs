@@ -14,7 +14,10 @@ pub fn run(path: &Path, args: &ExtractArgs, printer: &Printer) -> Result<()> {
     let started = Instant::now();
     let payload = open_payload(path)?;
     if !payload.trailer().is_signed() {
-        printer.warn(format!("{} is UNSIGNED: extracting anyway, but nothing proves who built it", payload.path().display()));
+        printer.warn(format!(
+            "{} is UNSIGNED: extracting anyway, but nothing proves who built it",
+            payload.path().display()
+        ));
     }
     let opts = ExtractOptions { dest: args.to.clone(), selection: args.paths.clone(), force: args.force };
     let total: u64 = payload.select(&opts.selection)?.iter().map(|e| e.size).sum();

@@ -15,7 +15,9 @@ use anyhow::{Result, bail};
 
 /// Entry point of `installer join`.
 pub fn run(mut args: ClusterCommandArgs, quiet: bool, no_progress: bool) -> Result<()> {
-    let split = |v: &[String]| -> Vec<String> { v.iter().flat_map(|s| s.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect() };
+    let split = |v: &[String]| -> Vec<String> {
+        v.iter().flat_map(|s| s.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    };
     let new_masters = split(&args.run.masters);
     let mut new_workers = split(&args.run.workers);
     new_workers.extend(split(&args.run.hosts));
@@ -30,21 +32,35 @@ pub fn run(mut args: ClusterCommandArgs, quiet: bool, no_progress: bool) -> Resu
     drop(rt);
     let mut cluster = found.cluster;
     // New hosts are reached with the flags' (or the file's cluster-wide) SSH settings.
-    let probe = crate::cluster::resolve(None, &crate::cluster::Overrides {
-        hosts: vec!["0.0.0.0".into()],
-        user: args.run.user.clone(),
-        port: args.run.port,
-        key: args.run.ssh_key.as_ref().map(|p| p.display().to_string()),
-        sudo: args.run.sudo,
-        ..Default::default()
-    })?;
-    let ssh = cluster.hosts.iter().find(|h| h.is(Role::Master)).map(|h| h.ssh.clone()).filter(|_| args.run.user.is_none() && args.run.port.is_none() && args.run.ssh_key.is_none()).unwrap_or(probe.hosts[0].ssh.clone());
+    let probe = crate::cluster::resolve(
+        None,
+        &crate::cluster::Overrides {
+            hosts: vec!["0.0.0.0".into()],
+            user: args.run.user.clone(),
+            port: args.run.port,
+            key: args.run.ssh_key.as_ref().map(|p| p.display().to_string()),
+            sudo: args.run.sudo,
+            ..Default::default()
+        },
+    )?;
+    let ssh = cluster
+        .hosts
+        .iter()
+        .find(|h| h.is(Role::Master))
+        .map(|h| h.ssh.clone())
+        .filter(|_| args.run.user.is_none() && args.run.port.is_none() && args.run.ssh_key.is_none())
+        .unwrap_or(probe.hosts[0].ssh.clone());
     for (ips, role) in [(&new_masters, Role::Master), (&new_workers, Role::Worker)] {
         for ip in ips {
             if cluster.hosts.iter().any(|h| &h.ip == ip) {
                 bail!("{ip} is already a host of cluster {}", cluster.name);
             }
-            cluster.hosts.push(Host { ip: ip.clone(), roles: [role].into_iter().collect(), ssh: ssh.clone(), labels: Default::default() });
+            cluster.hosts.push(Host {
+                ip: ip.clone(),
+                roles: [role].into_iter().collect(),
+                ssh: ssh.clone(),
+                labels: Default::default(),
+            });
         }
     }
     crate::run::control::save_local(&found.local_state, &crate::cluster::to_file(&cluster))?;

@@ -55,9 +55,16 @@ impl Step {
         if let Some(m) = &self.manifests {
             format!("cd {LAUNCH_DIR} && kubectl --kubeconfig {kc} apply{ns} -f {} 2>&1", quote(m))
         } else if let Some(c) = &self.chart {
-            let name = std::path::Path::new(c).file_stem().map(|s| s.to_string_lossy().trim_end_matches(".tar").to_string()).unwrap_or_else(|| "app".into());
+            let name = std::path::Path::new(c)
+                .file_stem()
+                .map(|s| s.to_string_lossy().trim_end_matches(".tar").to_string())
+                .unwrap_or_else(|| "app".into());
             let values = self.values.as_deref().map(|v| format!(" -f {}", quote(v))).unwrap_or_default();
-            format!("cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install {} {}{ns} --create-namespace{values} 2>&1", quote(&name), quote(c))
+            format!(
+                "cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install {} {}{ns} --create-namespace{values} 2>&1",
+                quote(&name),
+                quote(c)
+            )
         } else {
             format!("cd {LAUNCH_DIR} && KUBECONFIG={kc} sh -c {} 2>&1", quote(self.run.as_deref().unwrap_or("true")))
         }
@@ -69,7 +76,13 @@ pub const LAUNCH_DIR: &str = "/var/lib/ferry/launch";
 
 /// The steps the payload carries (none when the bundle declares none).
 pub fn steps(payload: &Payload) -> Vec<Step> {
-    payload.index().metadata.extra.get("launch").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+    payload
+        .index()
+        .metadata
+        .extra
+        .get("launch")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// Runs every step in order on master0; the first failure stops with its output.
@@ -78,13 +91,27 @@ pub async fn run_steps<H: RemoteHost>(ctx: &Ctx, h: &H) -> Result<()> {
     if steps.is_empty() {
         return Ok(());
     }
-    let mut paths: Vec<&str> = steps.iter().flat_map(|s| [s.manifests.as_deref(), s.chart.as_deref(), s.values.as_deref()]).flatten().collect();
+    let mut paths: Vec<&str> = steps
+        .iter()
+        .flat_map(|s| [s.manifests.as_deref(), s.chart.as_deref(), s.values.as_deref()])
+        .flatten()
+        .collect();
     paths.sort();
     paths.dedup();
     if !paths.is_empty() {
         let args: Vec<String> = paths.iter().map(|p| quote(p)).collect();
-        checked(h, &format!("mkdir -p {LAUNCH_DIR} && {} extract --force --to {LAUNCH_DIR} {}", crate::agent::INSTALLER_PATH, args.join(" ")), b"", "extracting the launch steps' files").await
-            .map_err(|e| anyhow!("{}: launch failed: {e:#}", h.addr()))?;
+        checked(
+            h,
+            &format!(
+                "mkdir -p {LAUNCH_DIR} && {} extract --force --to {LAUNCH_DIR} {}",
+                crate::agent::INSTALLER_PATH,
+                args.join(" ")
+            ),
+            b"",
+            "extracting the launch steps' files",
+        )
+        .await
+        .map_err(|e| anyhow!("{}: launch failed: {e:#}", h.addr()))?;
     }
     for (i, s) in steps.iter().enumerate() {
         let what = format!("launch step {} ({})", i + 1, s.describe());
@@ -92,7 +119,12 @@ pub async fn run_steps<H: RemoteHost>(ctx: &Ctx, h: &H) -> Result<()> {
         let out = h.run(&s.command(), b"").await?;
         if !out.ok() {
             ctx.rep.finish();
-            return Err(anyhow!("{}: {what} failed (status {}); its output:\n{}", h.addr(), out.status, crate::ssh::tail_lines(&out.text(), 20)));
+            return Err(anyhow!(
+                "{}: {what} failed (status {}); its output:\n{}",
+                h.addr(),
+                out.status,
+                crate::ssh::tail_lines(&out.text(), 20)
+            ));
         }
         ctx.rep.event(h.addr(), "launch", "done", &what, serde_json::json!({"step": i + 1}));
     }

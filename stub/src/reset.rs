@@ -49,24 +49,34 @@ echo "ferry-reset: done"
 pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let only: Vec<String> = args.run.hosts.iter().flat_map(|h| h.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let only: Vec<String> = args
+            .run
+            .hosts
+            .iter()
+            .flat_map(|h| h.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         // `--hosts` alone: those hosts, reached with the flags' SSH settings (a cluster may
         // be gone or half-made, so nothing else is needed); otherwise the located cluster.
         let found = if only.is_empty() || args.master.is_some() {
             crate::run::locate(args).await?
         } else {
             let a = &args.run;
-            let cluster = crate::cluster::resolve(None, &crate::cluster::Overrides {
-                hosts: only.clone(),
-                name: a.name.clone(),
-                user: a.user.clone(),
-                port: a.port,
-                key: a.ssh_key.as_ref().map(|p| p.display().to_string()),
-                sudo: a.sudo,
-                bastion: a.bastion.clone(),
-                known_hosts: a.known_hosts.as_ref().map(|p| p.display().to_string()),
-                ..Default::default()
-            })?;
+            let cluster = crate::cluster::resolve(
+                None,
+                &crate::cluster::Overrides {
+                    hosts: only.clone(),
+                    name: a.name.clone(),
+                    user: a.user.clone(),
+                    port: a.port,
+                    key: a.ssh_key.as_ref().map(|p| p.display().to_string()),
+                    sudo: a.sudo,
+                    bastion: a.bastion.clone(),
+                    known_hosts: a.known_hosts.as_ref().map(|p| p.display().to_string()),
+                    ..Default::default()
+                },
+            )?;
             let opts = crate::ssh::client::SshOptions {
                 known_hosts: cluster.known_hosts.clone(),
                 accept_new: a.accept_new_host_keys,
@@ -78,9 +88,15 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
             let local_state = crate::run::local_state_dir(&a.installer, &cluster.name);
             crate::run::locate::Found { cluster, opts, jump, local_state }
         };
-        let targets: Vec<String> = if only.is_empty() { found.cluster.hosts.iter().map(|h| h.ip.clone()).collect() } else { only.clone() };
+        let targets: Vec<String> =
+            if only.is_empty() { found.cluster.hosts.iter().map(|h| h.ip.clone()).collect() } else { only.clone() };
         let payload = crate::verify::open_payload(&args.run.installer)?;
-        let rootfs: Vec<String> = payload.index().entries.iter().filter_map(|e| e.path.strip_prefix("rootfs/").map(|p| format!("/{p}"))).collect();
+        let rootfs: Vec<String> = payload
+            .index()
+            .entries
+            .iter()
+            .filter_map(|e| e.path.strip_prefix("rootfs/").map(|p| format!("/{p}")))
+            .collect();
         let containerd_ours = rootfs.iter().any(|p| p.ends_with("/bin/containerd"));
         let list = rootfs.join("\n");
         // Workers first, masters last: nodes leave while the control plane is still there.

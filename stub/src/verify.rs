@@ -61,7 +61,12 @@ pub fn run(path: &Path, args: &VerifyArgs, printer: &Printer) -> Result<()> {
 }
 
 /// Verifies the file and returns what was established.
-pub fn verify(path: &Path, keys: &[std::path::PathBuf], allow_unsigned: bool, printer: &Printer) -> Result<VerifyReport> {
+pub fn verify(
+    path: &Path,
+    keys: &[std::path::PathBuf],
+    allow_unsigned: bool,
+    printer: &Printer,
+) -> Result<VerifyReport> {
     let started = Instant::now();
     let policy = TrustPolicy { trusted: trust::trusted_keys(keys)?, allow_unsigned };
     let payload = open_payload(path)?;
@@ -89,7 +94,9 @@ pub fn verify(path: &Path, keys: &[std::path::PathBuf], allow_unsigned: bool, pr
             ("valid-unpinned", Some(k.fingerprint()))
         }
         SignatureStatus::Unsigned => {
-            printer.warn(format!("{shown} is UNSIGNED: nothing proves who built it (accepted because of --allow-unsigned)"));
+            printer.warn(format!(
+                "{shown} is UNSIGNED: nothing proves who built it (accepted because of --allow-unsigned)"
+            ));
             ("unsigned", None)
         }
     };

@@ -79,7 +79,10 @@ fn build_verify_inspect_extract_round_trip() {
     assert_eq!(fs::read(to.join("rootfs/etc/ferry/motd")).unwrap(), fs::read(src.join("etc/ferry/motd")).unwrap());
     let hello = to.join("rootfs/usr/local/bin/ferry-hello");
     assert_eq!(fs::metadata(&hello).unwrap().permissions().mode() & 0o777, 0o755);
-    assert_eq!(fs::read_link(to.join("rootfs/etc/ferry/hello")).unwrap(), PathBuf::from("../../usr/local/bin/ferry-hello"));
+    assert_eq!(
+        fs::read_link(to.join("rootfs/etc/ferry/hello")).unwrap(),
+        PathBuf::from("../../usr/local/bin/ferry-hello")
+    );
     assert!(to.join("bundle/manifests/web.yaml").exists());
 
     // Overwrites only with --force.
@@ -121,7 +124,12 @@ fn trust_is_enforced_from_flags_environment_and_only_for_the_right_key() {
     assert!(err.contains("not one of the trusted keys"), "{err}");
     ok(installer(&inst).arg("verify").env("FERRY_TRUSTED_KEYS", key.with_extension("pub")));
     // Any of several keys will do.
-    ok(installer(&inst).arg("verify").arg("--key").arg(other.with_extension("pub")).arg("--key").arg(key.with_extension("pub")));
+    ok(installer(&inst)
+        .arg("verify")
+        .arg("--key")
+        .arg(other.with_extension("pub"))
+        .arg("--key")
+        .arg(key.with_extension("pub")));
     // Without pinning, the signature is still checked and the fingerprint printed with a warning.
     let out = ok(&mut installer(&inst).arg("verify"));
     assert!(out.contains("no trusted keys given"), "{out}");
@@ -138,7 +146,10 @@ fn unsigned_files_are_reported_loudly() {
     assert!(ok(installer(&inst).arg("inspect")).contains("UNSIGNED"));
     // A trust list never accepts an unsigned file.
     let key = keygen(dir.path(), "vendor");
-    assert!(fails(installer(&inst).args(["verify", "--allow-unsigned", "--key"]).arg(key.with_extension("pub"))).contains("UNSIGNED"));
+    assert!(
+        fails(installer(&inst).args(["verify", "--allow-unsigned", "--key"]).arg(key.with_extension("pub")))
+            .contains("UNSIGNED")
+    );
 }
 
 fn trailer_field(inst: &Path, offset_in_trailer: usize) -> u64 {
@@ -319,7 +330,14 @@ fn spec_errors_name_the_cause() {
 #[test]
 fn unwritable_output_and_full_disk_leave_nothing_behind() {
     let dir = scratch();
-    let err = fails(ferry().arg("build").arg(demo_bundle()).arg("--unsigned").arg("-o").arg(dir.path().join("no/such/dir/installer")));
+    let err = fails(
+        ferry()
+            .arg("build")
+            .arg(demo_bundle())
+            .arg("--unsigned")
+            .arg("-o")
+            .arg(dir.path().join("no/such/dir/installer")),
+    );
     assert!(err.contains("cannot write the output"), "{err}");
 
     let small = dir.path().join("small");

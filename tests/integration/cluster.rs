@@ -70,7 +70,10 @@ fn text(o: &Output) -> String {
 fn yaml_docs(doc: &str) -> Vec<serde_json::Value> {
     use std::io::Write;
     let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))"])
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -92,7 +95,10 @@ fn assert_args_are_lists(v: &serde_json::Value, whole: &str) -> usize {
                 if k == "extraArgs" || k == "kubeletExtraArgs" {
                     let items = x.as_array().unwrap_or_else(|| panic!("{k} is not a list:\n{whole}"));
                     for it in items {
-                        assert!(it["name"].is_string() && it["value"].is_string() && it.as_object().unwrap().len() == 2, "{k} item {it} is not {{name, value}}:\n{whole}");
+                        assert!(
+                            it["name"].is_string() && it["value"].is_string() && it.as_object().unwrap().len() == 2,
+                            "{k} item {it} is not {{name, value}}:\n{whole}"
+                        );
                     }
                     n += 1;
                 }
@@ -145,12 +151,27 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     assert_eq!(cc["apiVersion"], "kubeadm.k8s.io/v1beta4", "{init}");
     assert_eq!(cc["kubernetesVersion"], "v1.33.4", "{init}");
     assert_eq!(cc["controlPlaneEndpoint"], "apiserver.cluster.local:6444", "{init}");
-    let sans: Vec<&str> = cc["apiServer"]["certSANs"].as_array().unwrap_or_else(|| panic!("no certSANs:\n{init}")).iter().filter_map(|v| v.as_str()).collect();
+    let sans: Vec<&str> = cc["apiServer"]["certSANs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no certSANs:\n{init}"))
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
     for want in ["apiserver.cluster.local", m.as_str(), "api.lab.example"] {
         assert!(sans.contains(&want), "certSANs {sans:?} lack {want}");
     }
-    assert!(cc["apiServer"]["extraArgs"].as_array().is_some_and(|a| a.contains(&serde_json::json!({"name": "audit-log-maxage", "value": "30"}))), "the fragment's apiserver flag, as a list item:\n{init}");
-    assert!(ic["nodeRegistration"]["kubeletExtraArgs"].as_array().is_some_and(|a| a.contains(&serde_json::json!({"name": "node-ip", "value": m}))), "{init}");
+    assert!(
+        cc["apiServer"]["extraArgs"]
+            .as_array()
+            .is_some_and(|a| a.contains(&serde_json::json!({"name": "audit-log-maxage", "value": "30"}))),
+        "the fragment's apiserver flag, as a list item:\n{init}"
+    );
+    assert!(
+        ic["nodeRegistration"]["kubeletExtraArgs"]
+            .as_array()
+            .is_some_and(|a| a.contains(&serde_json::json!({"name": "node-ip", "value": m}))),
+        "{init}"
+    );
     let mut arg_lists = 0;
     for d in &docs {
         arg_lists += assert_args_are_lists(d, &init);
@@ -165,15 +186,30 @@ fn run_to_green_check_then_red_reset_and_run_again() {
         let join = lab.ssh_ok(Host::Node(i), "cat /etc/ferry/kubeadm/join.yaml");
         let jd = yaml_docs(&join);
         assert_eq!(jd.len(), 1, "{join}");
-        assert_eq!((jd[0]["apiVersion"].as_str(), jd[0]["kind"].as_str()), (Some("kubeadm.k8s.io/v1beta4"), Some("JoinConfiguration")), "{join}");
+        assert_eq!(
+            (jd[0]["apiVersion"].as_str(), jd[0]["kind"].as_str()),
+            (Some("kubeadm.k8s.io/v1beta4"), Some("JoinConfiguration")),
+            "{join}"
+        );
         assert_eq!(jd[0]["discovery"]["bootstrapToken"]["apiServerEndpoint"], "apiserver.cluster.local:6444", "{join}");
-        assert_eq!(jd[0]["discovery"]["bootstrapToken"]["caCertHashes"], serde_json::json!([format!("sha256:{}", ca_hash.trim())]), "{join}");
+        assert_eq!(
+            jd[0]["discovery"]["bootstrapToken"]["caCertHashes"],
+            serde_json::json!([format!("sha256:{}", ca_hash.trim())]),
+            "{join}"
+        );
         assert!(jd[0].get("controlPlane").is_none(), "{join}");
         assert_args_are_lists(&jd[0], &join);
-        assert!(join.contains("kind: JoinConfiguration") && join.contains("apiServerEndpoint: apiserver.cluster.local:6444"), "{join}");
+        assert!(
+            join.contains("kind: JoinConfiguration")
+                && join.contains("apiServerEndpoint: apiserver.cluster.local:6444"),
+            "{join}"
+        );
         assert!(join.contains(&format!("sha256:{}", ca_hash.trim())), "the CA pin is master0's CA:\n{join}");
         assert!(!join.contains("controlPlane:"), "{join}");
-        assert_eq!(lab.ssh_ok(Host::Node(i), "systemctl is-active ferry-lb kubelet").split_whitespace().collect::<Vec<_>>(), ["active", "active"]);
+        assert_eq!(
+            lab.ssh_ok(Host::Node(i), "systemctl is-active ferry-lb kubelet").split_whitespace().collect::<Vec<_>>(),
+            ["active", "active"]
+        );
         assert!(lab.ssh_ok(Host::Node(i), "cat /etc/ferry/lb.yaml").contains(&format!("{m}:6443")));
         assert!(lab.ssh_ok(Host::Node(i), "grep apiserver.cluster.local /etc/hosts").starts_with("127.0.0.1 "));
     }
@@ -194,7 +230,11 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     let red = installer(&["check", "--json"]);
     lab.ssh_ok(Host::Node(1), "rm -f /var/lib/ferry-standin/apiserver/pods.d/rogue.json");
     assert!(!red.status.success());
-    assert!(text(&red).contains("quay.io/nowhere/rogue:9: used by default/rogue but missing from the built-in registry"), "{}", text(&red));
+    assert!(
+        text(&red).contains("quay.io/nowhere/rogue:9: used by default/rogue but missing from the built-in registry"),
+        "{}",
+        text(&red)
+    );
 
     // A second run changes nothing and is still green.
     let again = installer(&["run", "-f", inv]);
@@ -206,21 +246,59 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     assert!(reset.status.success(), "{}", text(&reset));
     for i in 1..=3 {
         let left = lab.ssh_ok(Host::Node(i), "find /var/lib/ferry /var/lib/kubelet /etc/kubernetes -mindepth 1 2>/dev/null; ls -d /etc/ferry /etc/kubernetes/admin.conf /etc/kubernetes/kubelet.conf /etc/systemd/system/ferry-lb.service /usr/bin/kubeadm /usr/bin/containerd /etc/containerd 2>/dev/null; systemctl is-active kubelet ferry-lb containerd 2>/dev/null; grep -c 'BEGIN ferry' /etc/hosts; true");
-        assert_eq!(left.split_whitespace().collect::<Vec<_>>(), ["inactive", "inactive", "inactive", "0"], "node{i} keeps: {left}");
+        assert_eq!(
+            left.split_whitespace().collect::<Vec<_>>(),
+            ["inactive", "inactive", "inactive", "0"],
+            "node{i} keeps: {left}"
+        );
     }
     let inv_text = std::fs::read_to_string(inv).unwrap();
     let _ = inv_text;
-    let noop = installer(&["reset", "--hosts", &w1, "-i", lab.key_path().to_str().unwrap(), "--known-hosts", lab.known_hosts_path().to_str().unwrap(), "--bastion", &format!("root@{}", lab.ip(Host::Bastion))]);
+    let noop = installer(&[
+        "reset",
+        "--hosts",
+        &w1,
+        "-i",
+        lab.key_path().to_str().unwrap(),
+        "--known-hosts",
+        lab.known_hosts_path().to_str().unwrap(),
+        "--bastion",
+        &format!("root@{}", lab.ip(Host::Bastion)),
+    ]);
     assert!(noop.status.success(), "{}", text(&noop));
     assert!(text(&noop).contains("nothing to do (note: ferry never installed this host)"), "{}", text(&noop));
     // The same on a host ferry has truly never touched (the bastion, seen from the nodes' side),
     // and it leaves nothing there.
     let inner = ferry_tests::lab::BASTION_INNER_IP;
-    let never = installer(&["reset", "--hosts", inner, "-i", lab.key_path().to_str().unwrap(), "--known-hosts", lab.known_hosts_path().to_str().unwrap(), "--bastion", &format!("root@{}", lab.ip(Host::Bastion))]);
+    let never = installer(&[
+        "reset",
+        "--hosts",
+        inner,
+        "-i",
+        lab.key_path().to_str().unwrap(),
+        "--known-hosts",
+        lab.known_hosts_path().to_str().unwrap(),
+        "--bastion",
+        &format!("root@{}", lab.ip(Host::Bastion)),
+    ]);
     assert!(never.status.success(), "{}", text(&never));
-    assert!(text(&never).contains(&format!("{inner}: nothing to do (note: ferry never installed this host)")), "{}", text(&never));
+    assert!(
+        text(&never).contains(&format!("{inner}: nothing to do (note: ferry never installed this host)")),
+        "{}",
+        text(&never)
+    );
     assert_eq!(lab.ssh_ok(Host::Bastion, "ls -d /etc/ferry /etc/systemd/system/ferry-lb.service /etc/systemd/system/ferry-registry.service /tmp/ferry-reset.log 2>/dev/null; find /var/lib/ferry -mindepth 1 2>/dev/null; true"), "", "reset left traces on the never-installed bastion");
-    let gone = installer(&["check", "--master", &m, "-i", lab.key_path().to_str().unwrap(), "--known-hosts", lab.known_hosts_path().to_str().unwrap(), "--bastion", &format!("root@{}", lab.ip(Host::Bastion))]);
+    let gone = installer(&[
+        "check",
+        "--master",
+        &m,
+        "-i",
+        lab.key_path().to_str().unwrap(),
+        "--known-hosts",
+        lab.known_hosts_path().to_str().unwrap(),
+        "--bastion",
+        &format!("root@{}", lab.ip(Host::Bastion)),
+    ]);
     assert!(!gone.status.success());
     assert!(text(&gone).contains(&format!("{m}: no ferry cluster here")), "{}", text(&gone));
 
@@ -236,11 +314,26 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     assert!(rerun.status.success(), "{}", text(&rerun));
     assert!(text(&rerun).contains("healthy:"), "{}", text(&rerun));
     eprintln!("run after reset (1 master + 1 worker) took {:.1} s", t.elapsed().as_secs_f64());
-    let nodes = || lab.ssh_ok(Host::Node(1), "cat /var/lib/ferry-standin/apiserver/nodes/*").lines().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()).collect::<std::collections::BTreeSet<_>>();
+    let nodes = || {
+        lab.ssh_ok(Host::Node(1), "cat /var/lib/ferry-standin/apiserver/nodes/*")
+            .lines()
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
     assert_eq!(nodes(), [m.clone(), w1.clone()].into_iter().collect(), "the cluster before join");
-    assert_eq!(lab.ssh_ok(Host::Node(3), "systemctl is-active kubelet ferry-lb 2>/dev/null; true").split_whitespace().collect::<Vec<_>>(), ["inactive", "inactive"]);
-    let joins_before = |i| lab.ssh_ok(Host::Node(i), "grep -c 'kubeadm join' /var/lib/ferry-standin/calls.log; true").trim().to_string();
-    let (m_calls, w1_joins) = (lab.ssh_ok(Host::Node(1), "wc -l < /var/lib/ferry-standin/calls.log").trim().parse::<usize>().unwrap(), joins_before(2));
+    assert_eq!(
+        lab.ssh_ok(Host::Node(3), "systemctl is-active kubelet ferry-lb 2>/dev/null; true")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["inactive", "inactive"]
+    );
+    let joins_before = |i| {
+        lab.ssh_ok(Host::Node(i), "grep -c 'kubeadm join' /var/lib/ferry-standin/calls.log; true").trim().to_string()
+    };
+    let (m_calls, w1_joins) = (
+        lab.ssh_ok(Host::Node(1), "wc -l < /var/lib/ferry-standin/calls.log").trim().parse::<usize>().unwrap(),
+        joins_before(2),
+    );
 
     let t = std::time::Instant::now();
     let join = installer(&["join", "--workers", &w2]);
@@ -257,9 +350,18 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     assert_eq!(joins_before(2), w1_joins, "node2 joined again");
     let join3 = yaml_docs(&lab.ssh_ok(Host::Node(3), "cat /etc/ferry/kubeadm/join.yaml"));
     let ca_hash = lab.ssh_ok(Host::Node(1), "openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1");
-    assert_eq!(join3[0]["discovery"]["bootstrapToken"]["caCertHashes"], serde_json::json!([format!("sha256:{}", ca_hash.trim())]));
-    assert_eq!(lab.ssh_ok(Host::Node(3), "systemctl is-active ferry-lb kubelet").split_whitespace().collect::<Vec<_>>(), ["active", "active"]);
-    assert!(lab.ssh_ok(Host::Node(1), "cat /etc/ferry/cluster.yaml").contains(&w2), "the saved description lists the new worker");
+    assert_eq!(
+        join3[0]["discovery"]["bootstrapToken"]["caCertHashes"],
+        serde_json::json!([format!("sha256:{}", ca_hash.trim())])
+    );
+    assert_eq!(
+        lab.ssh_ok(Host::Node(3), "systemctl is-active ferry-lb kubelet").split_whitespace().collect::<Vec<_>>(),
+        ["active", "active"]
+    );
+    assert!(
+        lab.ssh_ok(Host::Node(1), "cat /etc/ferry/cluster.yaml").contains(&w2),
+        "the saved description lists the new worker"
+    );
     let ok = installer(&["check"]);
     assert!(ok.status.success(), "{}", text(&ok));
 
@@ -267,7 +369,16 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     let reset = installer(&["reset"]);
     assert!(reset.status.success(), "{}", text(&reset));
     for i in 1..=3 {
-        assert_eq!(lab.ssh_ok(Host::Node(i), "systemctl is-active kubelet ferry-lb 2>/dev/null; find /var/lib/ferry -mindepth 1 2>/dev/null; true").split_whitespace().collect::<Vec<_>>(), ["inactive", "inactive"], "node{i}");
+        assert_eq!(
+            lab.ssh_ok(
+                Host::Node(i),
+                "systemctl is-active kubelet ferry-lb 2>/dev/null; find /var/lib/ferry -mindepth 1 2>/dev/null; true"
+            )
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+            ["inactive", "inactive"],
+            "node{i}"
+        );
     }
 }
 

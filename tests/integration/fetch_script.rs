@@ -16,7 +16,8 @@ fn trapped_path(dir: &Path) -> String {
     std::fs::create_dir_all(&bin).unwrap();
     for tool in ["curl", "wget"] {
         let p = bin.join(tool);
-        std::fs::write(&p, format!("#!/bin/sh\necho \"{tool} $*\" >> {}/network-calls\nexit 1\n", dir.display())).unwrap();
+        std::fs::write(&p, format!("#!/bin/sh\necho \"{tool} $*\" >> {}/network-calls\nexit 1\n", dir.display()))
+            .unwrap();
         let mut perm = std::fs::metadata(&p).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
         std::fs::set_permissions(&p, perm).unwrap();
@@ -30,7 +31,9 @@ fn fetch_script_parses_and_plans_every_download_without_network() {
     let dir = ferry_tests::scratch();
     let out = dir.path().join("out");
     let path = trapped_path(dir.path());
-    let plan = ferry_tests::ok(Command::new(script()).args(["v1.33.4", "amd64"]).arg(&out).arg("--dry-run").env("PATH", &path));
+    let plan = ferry_tests::ok(
+        Command::new(script()).args(["v1.33.4", "amd64"]).arg(&out).arg("--dry-run").env("PATH", &path),
+    );
     let k8s = "https://dl.k8s.io/release/v1.33.4/bin/linux/amd64";
     let gh = "https://github.com";
     let expected = [
@@ -39,29 +42,59 @@ fn fetch_script_parses_and_plans_every_download_without_network() {
         (format!("{k8s}/kubectl"), format!("{k8s}/kubectl.sha256")),
         (
             format!("{gh}/containerd/containerd/releases/download/v2.1.4/containerd-static-2.1.4-linux-amd64.tar.gz"),
-            format!("{gh}/containerd/containerd/releases/download/v2.1.4/containerd-static-2.1.4-linux-amd64.tar.gz.sha256sum"),
+            format!(
+                "{gh}/containerd/containerd/releases/download/v2.1.4/containerd-static-2.1.4-linux-amd64.tar.gz.sha256sum"
+            ),
         ),
-        (format!("{gh}/opencontainers/runc/releases/download/v1.3.0/runc.amd64"), format!("{gh}/opencontainers/runc/releases/download/v1.3.0/runc.sha256sum")),
+        (
+            format!("{gh}/opencontainers/runc/releases/download/v1.3.0/runc.amd64"),
+            format!("{gh}/opencontainers/runc/releases/download/v1.3.0/runc.sha256sum"),
+        ),
         (
             format!("{gh}/containernetworking/plugins/releases/download/v1.7.1/cni-plugins-linux-amd64-v1.7.1.tgz"),
-            format!("{gh}/containernetworking/plugins/releases/download/v1.7.1/cni-plugins-linux-amd64-v1.7.1.tgz.sha256"),
+            format!(
+                "{gh}/containernetworking/plugins/releases/download/v1.7.1/cni-plugins-linux-amd64-v1.7.1.tgz.sha256"
+            ),
         ),
         (
             format!("{gh}/kubernetes-sigs/cri-tools/releases/download/v1.33.0/crictl-v1.33.0-linux-amd64.tar.gz"),
-            format!("{gh}/kubernetes-sigs/cri-tools/releases/download/v1.33.0/crictl-v1.33.0-linux-amd64.tar.gz.sha256"),
+            format!(
+                "{gh}/kubernetes-sigs/cri-tools/releases/download/v1.33.0/crictl-v1.33.0-linux-amd64.tar.gz.sha256"
+            ),
         ),
-        ("https://get.helm.sh/helm-v3.18.4-linux-amd64.tar.gz".into(), "https://get.helm.sh/helm-v3.18.4-linux-amd64.tar.gz.sha256sum".into()),
+        (
+            "https://get.helm.sh/helm-v3.18.4-linux-amd64.tar.gz".into(),
+            "https://get.helm.sh/helm-v3.18.4-linux-amd64.tar.gz.sha256sum".into(),
+        ),
     ];
     for (url, sum) in &expected {
-        assert!(plan.contains(&format!("fetch {url}\n  verify against {sum}\n")), "{url} / {sum} missing from the plan:\n{plan}");
+        assert!(
+            plan.contains(&format!("fetch {url}\n  verify against {sum}\n")),
+            "{url} / {sum} missing from the plan:\n{plan}"
+        );
     }
-    assert!(plan.contains(&format!("fetch {gh}/flannel-io/flannel/releases/download/v0.27.2/kube-flannel.yml\n  verify sha256 <pin")), "{plan}");
+    assert!(
+        plan.contains(&format!(
+            "fetch {gh}/flannel-io/flannel/releases/download/v0.27.2/kube-flannel.yml\n  verify sha256 <pin"
+        )),
+        "{plan}"
+    );
     assert_eq!(plan.matches("\nfetch ").count() + usize::from(plan.starts_with("fetch ")), 9, "{plan}");
-    assert!(!dir.path().join("network-calls").exists(), "a dry run called the network: {}", std::fs::read_to_string(dir.path().join("network-calls")).unwrap());
+    assert!(
+        !dir.path().join("network-calls").exists(),
+        "a dry run called the network: {}",
+        std::fs::read_to_string(dir.path().join("network-calls")).unwrap()
+    );
     assert!(!out.exists(), "a dry run wrote {}", out.display());
 
     // arm64 and a pinned flannel digest; the crictl line follows the minor.
-    let plan = ferry_tests::ok(Command::new(script()).args(["v1.31.2", "arm64"]).arg(&out).args(["--dry-run", "--flannel-sha256", "ab".repeat(32).as_str()]).env("PATH", &path));
+    let plan = ferry_tests::ok(
+        Command::new(script())
+            .args(["v1.31.2", "arm64"])
+            .arg(&out)
+            .args(["--dry-run", "--flannel-sha256", "ab".repeat(32).as_str()])
+            .env("PATH", &path),
+    );
     assert!(plan.contains("https://dl.k8s.io/release/v1.31.2/bin/linux/arm64/kubelet.sha256"), "{plan}");
     assert!(plan.contains("crictl-v1.31.0-linux-arm64.tar.gz"), "{plan}");
     assert!(plan.contains(&format!("verify sha256 {}", "ab".repeat(32))), "{plan}");

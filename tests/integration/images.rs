@@ -4,7 +4,7 @@
 //! resolve. `ferry images` lists what discovery finds. Test images are built offline with umoci
 //! from `/bin/busybox` and pushed with skopeo.
 
-use ferry_tests::registry::{digest, Layout, Upstream};
+use ferry_tests::registry::{Layout, Upstream, digest};
 use ferry_tests::*;
 use payload_format::{Compression, Payload};
 use serde_json::Value;
@@ -78,7 +78,12 @@ fn metadata(installer: &Path) -> serde_json::Map<String, Value> {
 }
 
 fn image<'a>(meta: &'a serde_json::Map<String, Value>, r: &str) -> &'a Value {
-    meta["images"].as_array().unwrap().iter().find(|i| i["ref"] == r).unwrap_or_else(|| panic!("{r} not in {:#}", meta["images"]))
+    meta["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["ref"] == r)
+        .unwrap_or_else(|| panic!("{r} not in {:#}", meta["images"]))
 }
 
 /// Every `blobs/sha256/<hex>` entry: raw, 0644, hashing to its name. Returns digest → bytes.
@@ -115,7 +120,11 @@ fn assert_closed(installer: &Path) -> std::collections::BTreeMap<String, Vec<u8>
         }
     }
     for i in meta["images"].as_array().unwrap() {
-        assert!(meta["manifests"].get(i["digest"].as_str().unwrap()).is_some(), "top-level {} not in manifests", i["digest"]);
+        assert!(
+            meta["manifests"].get(i["digest"].as_str().unwrap()).is_some(),
+            "top-level {} not in manifests",
+            i["digest"]
+        );
     }
     let have: BTreeSet<String> = stored.keys().cloned().collect();
     assert_eq!(have, expected, "stored blobs differ from what the manifests need");
@@ -153,7 +162,10 @@ fn pulls_through_mirrors_byte_exact_deduplicated_and_keyed_by_registry() {
     .unwrap();
     let spec = write_spec(
         &b,
-        &format!("  manifests: [{{path: manifests}}]\n  images: [docker.io/library/app:1]\n{}", mirrors(&[("docker.io", &hub), ("registry.k8s.io", &hub), ("quay.io", &quay)])),
+        &format!(
+            "  manifests: [{{path: manifests}}]\n  images: [docker.io/library/app:1]\n{}",
+            mirrors(&[("docker.io", &hub), ("registry.k8s.io", &hub), ("quay.io", &quay)])
+        ),
     );
     let out = dir.path().join("installer");
     let log = ok(&mut build_cmd(&spec, &out));
@@ -179,7 +191,10 @@ fn pulls_through_mirrors_byte_exact_deduplicated_and_keyed_by_registry() {
     assert_ne!(hub_app["digest"], quay_app["digest"], "docker.io/x and quay.io/x must not collide");
     assert_eq!(hub_app["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
     assert_eq!(quay_app["mediaType"], "application/vnd.oci.image.manifest.v1+json");
-    assert_eq!((hub_app["registry"].as_str(), hub_app["repository"].as_str(), hub_app["tag"].as_str()), (Some("docker.io"), Some("library/app"), Some("1")));
+    assert_eq!(
+        (hub_app["registry"].as_str(), hub_app["repository"].as_str(), hub_app["tag"].as_str()),
+        (Some("docker.io"), Some("library/app"), Some("1"))
+    );
     assert_eq!(hub_app["source"], "registry");
     assert_eq!(hub_app["foundIn"], serde_json::json!(["spec.images", "bundle/manifests/web.yaml#2"]));
     assert_eq!(quay_app["foundIn"], serde_json::json!(["bundle/manifests/web.yaml#2"]));
@@ -189,10 +204,15 @@ fn pulls_through_mirrors_byte_exact_deduplicated_and_keyed_by_registry() {
     let stored = assert_closed(&out);
     assert_eq!(stored[hub_app["digest"].as_str().unwrap()], hub_raw, "manifests are stored byte-exact");
     assert_eq!(stored[quay_app["digest"].as_str().unwrap()], quay_raw);
-    assert_eq!(meta["manifests"][hub_app["digest"].as_str().unwrap()], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(
+        meta["manifests"][hub_app["digest"].as_str().unwrap()],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
     // Seven control-plane names share one manifest, config and layer: deduplicated by digest.
-    let cp_digests: BTreeSet<&str> =
-        CONTROL_PLANE.iter().map(|n| image(&meta, &format!("registry.k8s.io/{n}"))["digest"].as_str().unwrap()).collect();
+    let cp_digests: BTreeSet<&str> = CONTROL_PLANE
+        .iter()
+        .map(|n| image(&meta, &format!("registry.k8s.io/{n}"))["digest"].as_str().unwrap())
+        .collect();
     assert_eq!(cp_digests.len(), 1);
     assert_eq!(stored.len(), 9, "3 blobs for each of the 3 distinct images: {:?}", stored.keys());
     assert!(leftovers(dir.path()).iter().all(|n| n == "installer"), "{:?}", leftovers(dir.path()));
@@ -207,7 +227,8 @@ fn basic_auth_from_the_flag_or_docker_config_and_refused_without() {
     layout.image("app", &[("bin/busybox", None)], "amd64");
     hub.push(&layout.src("app"), "library/app:1");
     let b = dir.path().join("bundle");
-    let spec = write_spec(&b, &format!("  images: [app:1]\n{}", mirrors(&[("docker.io", &hub), ("registry.k8s.io", &hub)])));
+    let spec =
+        write_spec(&b, &format!("  images: [app:1]\n{}", mirrors(&[("docker.io", &hub), ("registry.k8s.io", &hub)])));
     let out = dir.path().join("installer");
 
     let err = fails(&mut build_cmd(&spec, &out));
@@ -231,7 +252,8 @@ fn basic_auth_from_the_flag_or_docker_config_and_refused_without() {
     let cfg_dir = dir.path().join("docker-config");
     fs::create_dir_all(&cfg_dir).unwrap();
     let auth = ok(Command::new("sh").arg("-c").arg("printf %s ferry:s3cret-pw | base64 -w0"));
-    fs::write(cfg_dir.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#, hub.addr, auth.trim())).unwrap();
+    fs::write(cfg_dir.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#, hub.addr, auth.trim()))
+        .unwrap();
     ok(build_cmd(&spec, &out).env("DOCKER_CONFIG", &cfg_dir));
     assert!(out.exists());
 }
@@ -250,14 +272,21 @@ fn oci_layouts_dir_and_tar_and_docker_archives_old_and_new() {
     ok(Command::new("tar").arg("-C").arg(&app.path).arg("-cf").arg(b.join("app.tar")).arg("."));
     // `docker save` of engines before 25, as skopeo writes it.
     app.image("tool", &[("bin/busybox", None), ("etc/app", Some(b"docker archive"))], "amd64");
-    ok(Command::new("skopeo").args(["copy", "--quiet"]).arg(app.src("tool")).arg(format!("docker-archive:{}:example/tool:1", b.join("tool.tar").display())));
+    ok(Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(app.src("tool"))
+        .arg(format!("docker-archive:{}:example/tool:1", b.join("tool.tar").display())));
     // moby >= 25: an OCI layout plus manifest.json, tagged with containerd's annotation.
     let new = Layout::init(&dir.path().join("moby25"));
     new.image("x", &[("bin/busybox", None), ("etc/app", Some(b"moby 25"))], "amd64");
     let mut idx = new.index();
     idx["manifests"][0]["annotations"] = serde_json::json!({"io.containerd.image.name": "docker.io/example/new:1", "org.opencontainers.image.ref.name": "1"});
     fs::write(new.path.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
-    fs::write(new.path.join("manifest.json"), r#"[{"Config":"blobs/sha256/x","RepoTags":["example/new:1"],"Layers":[]}]"#).unwrap();
+    fs::write(
+        new.path.join("manifest.json"),
+        r#"[{"Config":"blobs/sha256/x","RepoTags":["example/new:1"],"Layers":[]}]"#,
+    )
+    .unwrap();
     ok(Command::new("tar").arg("-C").arg(&new.path).arg("-cf").arg(b.join("moby25.tar")).arg("."));
 
     let spec = write_spec(
@@ -269,7 +298,10 @@ fn oci_layouts_dir_and_tar_and_docker_archives_old_and_new() {
     );
     let out = dir.path().join("installer");
     let log = ok(&mut build_cmd(&spec, &out));
-    assert!(log.contains("docker.io/example/tool:1 comes from docker-archive:tool.tar") && log.contains("will not resolve"), "{log}");
+    assert!(
+        log.contains("docker.io/example/tool:1 comes from docker-archive:tool.tar") && log.contains("will not resolve"),
+        "{log}"
+    );
     assert!(log.contains("docker.io/example/new:1 comes from docker-archive:moby25.tar"), "{log}");
     let meta = metadata(&out);
     let stored = assert_closed(&out);
@@ -303,7 +335,10 @@ fn multi_arch_index_is_kept_and_only_wanted_platforms_are_carried() {
     let raw_index = hub.raw_manifest("library/multi:1");
     let index: Value = serde_json::from_slice(&raw_index).unwrap();
     let child = |arch: &str| {
-        index["manifests"].as_array().unwrap().iter().find(|m| m["platform"]["architecture"] == arch).unwrap()["digest"].as_str().unwrap().to_string()
+        index["manifests"].as_array().unwrap().iter().find(|m| m["platform"]["architecture"] == arch).unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let (amd, arm) = (child("amd64"), child("arm64"));
     let arm_manifest: Value = serde_json::from_slice(&layout.blob(&arm)).unwrap();
@@ -334,7 +369,11 @@ fn multi_arch_index_is_kept_and_only_wanted_platforms_are_carried() {
 
     let spec = write_spec(&b, &format!("  platforms: [linux/s390x]\n  images: [multi:1]\n{mirrors}"));
     let err = fails(&mut build_cmd(&spec, &out));
-    assert!(err.contains("docker.io/library/multi:1") && err.contains("no manifest for linux/s390x (it has: linux/amd64, linux/arm64)"), "{err}");
+    assert!(
+        err.contains("docker.io/library/multi:1")
+            && err.contains("no manifest for linux/s390x (it has: linux/amd64, linux/arm64)"),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 
@@ -367,9 +406,19 @@ fn unresolvable_images_are_all_listed_and_nothing_is_written() {
     let out = dir.path().join("installer");
     let err = fails(&mut build_cmd(&spec, &out));
     assert!(err.contains("3 of 10 images could not be resolved, so no installer was written"), "{err}");
-    assert!(err.contains("docker.io/library/nope:1 (from spec.images): not found") && err.contains("MANIFEST_UNKNOWN"), "{err}");
-    assert!(err.contains("quay.io/x/missing:2 (from spec.images): registry unreachable") && err.contains(&closed.to_string()), "{err}");
-    assert!(err.contains("docker.io/library/corrupt:1") && err.contains("corrupt content") && err.contains(&layer), "{err}");
+    assert!(
+        err.contains("docker.io/library/nope:1 (from spec.images): not found") && err.contains("MANIFEST_UNKNOWN"),
+        "{err}"
+    );
+    assert!(
+        err.contains("quay.io/x/missing:2 (from spec.images): registry unreachable")
+            && err.contains(&closed.to_string()),
+        "{err}"
+    );
+    assert!(
+        err.contains("docker.io/library/corrupt:1") && err.contains("corrupt content") && err.contains(&layer),
+        "{err}"
+    );
     assert!(err.contains("--allow-missing-images"), "{err}");
     assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
 
@@ -404,7 +453,11 @@ fn local_source_and_discovery_errors_name_the_image_or_file() {
     // Offline: only local sources; the control plane then fails too, and is listed with them.
     let spec = write_spec(&b, "  images: [{ref: 'quay.io/example/app:1', source: 'oci:layout:1'}]\n");
     let err = fails(build_cmd(&spec, &out).arg("--offline"));
-    assert!(err.contains("quay.io/example/app:1 (from spec.images)") && err.contains(&format!("oci:layout:1 lacks blob {layer} (the layer 1)")), "{err}");
+    assert!(
+        err.contains("quay.io/example/app:1 (from spec.images)")
+            && err.contains(&format!("oci:layout:1 lacks blob {layer} (the layer 1)")),
+        "{err}"
+    );
     assert!(err.contains("registry.k8s.io/pause:3.10") && err.contains("--offline"), "{err}");
     assert!(!out.exists());
 
@@ -426,7 +479,8 @@ fn local_source_and_discovery_errors_name_the_image_or_file() {
     assert!(err.contains("chart broken does not render"), "{err}");
     // With helm on the build machine, a failing `helm template` names the chart too.
     let helm = dir.path().join("helm");
-    fs::write(&helm, "#!/bin/sh\necho 'Error: template: broken/templates/x.yaml:3: nil pointer' >&2\nexit 1\n").unwrap();
+    fs::write(&helm, "#!/bin/sh\necho 'Error: template: broken/templates/x.yaml:3: nil pointer' >&2\nexit 1\n")
+        .unwrap();
     ok(Command::new("chmod").arg("+x").arg(&helm));
     let err = fails(build_cmd(&spec, &out).env("FERRY_HELM", &helm));
     assert!(err.contains("chart chart does not render") && err.contains("nil pointer"), "{err}");
@@ -434,10 +488,16 @@ fn local_source_and_discovery_errors_name_the_image_or_file() {
     let spec = write_spec(&b, "");
     fs::write(&spec, fs::read_to_string(&spec).unwrap().replace(K8S, "v1.29.0")).unwrap();
     let err = fails(&mut build_cmd(&spec, &out));
-    assert!(err.contains("Kubernetes v1.29.0 is not supported") && err.contains("v1.31.x, v1.32.x, v1.33.x, v1.34.x"), "{err}");
+    assert!(
+        err.contains("Kubernetes v1.29.0 is not supported") && err.contains("v1.31.x, v1.32.x, v1.33.x, v1.34.x"),
+        "{err}"
+    );
 
     app.image("t", &[("bin/busybox", None)], "amd64");
-    ok(Command::new("skopeo").args(["copy", "--quiet"]).arg(app.src("t")).arg(format!("docker-archive:{}:t:1", b.join("t.tar").display())));
+    ok(Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(app.src("t"))
+        .arg(format!("docker-archive:{}:t:1", b.join("t.tar").display())));
     let pin = format!("t@sha256:{}", "a".repeat(64));
     let spec = write_spec(&b, &format!("  images: [{{ref: '{pin}', source: 'docker-archive:t.tar'}}]\n"));
     let err = fails(build_cmd(&spec, &out).arg("--offline"));
@@ -461,17 +521,31 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
         "apiVersion: v2\nname: web\nversion: 1.0.0\nappVersion: \"2.4\"\nannotations:\n  artifacthub.io/images: |\n    - name: proxy\n      image: quay.io/example/proxy:9\n",
     )
     .unwrap();
-    fs::write(b.join("chart/values.yaml"), "image:\n  registry: quay.io\n  repository: example/web\n  tag: \"\"\nsidecar: {image: 'nginx', tag: '1.27'}\n").unwrap();
+    fs::write(
+        b.join("chart/values.yaml"),
+        "image:\n  registry: quay.io\n  repository: example/web\n  tag: \"\"\nsidecar: {image: 'nginx', tag: '1.27'}\n",
+    )
+    .unwrap();
     fs::write(b.join("chart/charts/sub/Chart.yaml"), "apiVersion: v2\nname: sub\nversion: 0.1.0\n").unwrap();
     fs::write(b.join("chart/charts/sub/values.yaml"), "image: {repository: bitnami/redis, tag: '7.2'}\n").unwrap();
-    let spec = write_spec(&b, "  manifests: [{path: manifests}]\n  charts: [{path: chart}]\n  images: ['registry.k8s.io/pause:3.10']\n");
+    let spec = write_spec(
+        &b,
+        "  manifests: [{path: manifests}]\n  charts: [{path: chart}]\n  images: ['registry.k8s.io/pause:3.10']\n",
+    );
 
     let json: Value = serde_json::from_str(&ok(ferry_cmd(dir.path()).arg("images").arg("--json").arg(&spec))).unwrap();
     let list = json.as_array().unwrap();
     let get = |r: &str| list.iter().find(|i| i["ref"] == r).unwrap_or_else(|| panic!("{r} missing from {json:#}"));
-    assert_eq!(get("docker.io/library/nginx:1.27")["foundIn"], serde_json::json!(["bundle/manifests/all.yaml#1", "chart:web"]));
+    assert_eq!(
+        get("docker.io/library/nginx:1.27")["foundIn"],
+        serde_json::json!(["bundle/manifests/all.yaml#1", "chart:web"])
+    );
     assert_eq!(get("ghcr.io/example/rollout:3")["foundIn"], serde_json::json!(["bundle/manifests/all.yaml#2"]));
-    assert_eq!(get("quay.io/example/web:2.4")["foundIn"], serde_json::json!(["chart:web"]), "appVersion is the default tag");
+    assert_eq!(
+        get("quay.io/example/web:2.4")["foundIn"],
+        serde_json::json!(["chart:web"]),
+        "appVersion is the default tag"
+    );
     assert_eq!(get("quay.io/example/proxy:9")["foundIn"], serde_json::json!(["chart:web"]));
     assert_eq!(get("docker.io/bitnami/redis:7.2")["foundIn"], serde_json::json!(["chart:web/sub"]));
     assert_eq!(
@@ -492,7 +566,12 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
     )
     .unwrap();
     ok(Command::new("chmod").arg("+x").arg(&helm));
-    let json: Value = serde_json::from_str(&ok(ferry_cmd(dir.path()).env("FERRY_HELM", &helm).arg("images").arg("--json").arg(&spec))).unwrap();
+    let json: Value = serde_json::from_str(&ok(ferry_cmd(dir.path())
+        .env("FERRY_HELM", &helm)
+        .arg("images")
+        .arg("--json")
+        .arg(&spec)))
+    .unwrap();
     let refs: Vec<&str> = json.as_array().unwrap().iter().map(|i| i["ref"].as_str().unwrap()).collect();
     assert!(refs.contains(&"quay.io/example/rendered:2.4") && !refs.contains(&"quay.io/example/web:2.4"), "{refs:?}");
 }
@@ -511,7 +590,12 @@ fn https_is_verified_unless_listed_insecure_and_plain_http_is_only_for_loopback(
     let out = dir.path().join("installer");
     // References naming the registries themselves (no mirror): https first, and for loopback
     // hosts plain http after it.
-    let images = format!("  images: ['{}/library/app:1', '{}/direct/app:1']\n{}", tls.addr, plain.addr, mirrors(&[("registry.k8s.io", &plain)]));
+    let images = format!(
+        "  images: ['{}/library/app:1', '{}/direct/app:1']\n{}",
+        tls.addr,
+        plain.addr,
+        mirrors(&[("registry.k8s.io", &plain)])
+    );
 
     let spec = write_spec(&b, &images);
     let err = fails(&mut build_cmd(&spec, &out));
@@ -523,7 +607,10 @@ fn https_is_verified_unless_listed_insecure_and_plain_http_is_only_for_loopback(
     let spec = write_spec(&b, &format!("{images}  insecureRegistries: ['{}']\n", tls.addr));
     ok(&mut build_cmd(&spec, &out));
     let meta = metadata(&out);
-    assert_eq!(image(&meta, &format!("{}/library/app:1", tls.addr))["digest"], digest(&tls.raw_manifest("library/app:1")));
+    assert_eq!(
+        image(&meta, &format!("{}/library/app:1", tls.addr))["digest"],
+        digest(&tls.raw_manifest("library/app:1"))
+    );
     assert_eq!(image(&meta, &format!("{}/direct/app:1", plain.addr))["registry"], plain.addr.as_str());
     fs::remove_file(&out).unwrap();
 

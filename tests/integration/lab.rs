@@ -43,21 +43,11 @@ fn lab_access_modes() {
     let lab = lab();
     let _use = lab.read();
     let password = lab.guard_password();
-    assert!(
-        password.len() >= 16,
-        "guard's password is too weak: {} characters",
-        password.len()
-    );
+    assert!(password.len() >= 16, "guard's password is too weak: {} characters", password.len());
     let mode = std::fs::metadata(lab.dir().join("guard.password")).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-        0o600
-    );
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
     let key_mode = std::fs::metadata(lab.key_path()).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o777,
-        0o600
-    );
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o777, 0o600);
 
     // one thread per host: each check is a few ssh round trips through the bastion
     std::thread::scope(|s| {
@@ -72,12 +62,7 @@ fn lab_access_modes() {
                 let out = run(lab
                     .ssh_command("root", h, &["-p", "2222"])
                     .arg("id -un; echo $SSH_CONNECTION | cut -d' ' -f4"));
-                assert!(
-                    out.status.success(),
-                    "{}: port 2222: {}",
-                    h.name(),
-                    text(&out)
-                );
+                assert!(out.status.success(), "{}: port 2222: {}", h.name(), text(&out));
                 assert_eq!(stdout(&out), "root\n2222", "{}", h.name());
 
                 // ops: key login, passwordless sudo
@@ -87,37 +72,15 @@ fn lab_access_modes() {
 
                 // guard: sudo without a password is refused...
                 let out = lab.ssh_as("guard", h, "sudo -n true");
-                assert!(
-                    !out.status.success(),
-                    "{}: guard's sudo ran without a password",
-                    h.name()
-                );
-                assert!(
-                    text(&out).contains("password is required"),
-                    "{}: {}",
-                    h.name(),
-                    text(&out)
-                );
+                assert!(!out.status.success(), "{}: guard's sudo ran without a password", h.name());
+                assert!(text(&out).contains("password is required"), "{}: {}", h.name(), text(&out));
                 // ...and works with it
                 let mut c = lab.ssh_command("guard", h, &[]);
-                c.arg("sudo -S -p '' id -u")
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
+                c.arg("sudo -S -p '' id -u").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
                 let mut child = c.spawn().unwrap();
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(format!("{password}\n").as_bytes())
-                    .unwrap();
+                child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
                 let out = child.wait_with_output().unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}: guard's sudo with its password: {}",
-                    h.name(),
-                    text(&out)
-                );
+                assert!(out.status.success(), "{}: guard's sudo with its password: {}", h.name(), text(&out));
                 assert_eq!(stdout(&out), "0");
 
                 // guard: password login (no key offered), on both sshds
@@ -140,12 +103,7 @@ fn lab_access_modes() {
                         .arg(format!("guard@{}", h.ip()))
                         .arg("id -un")
                         .stdin(Stdio::null()));
-                    assert!(
-                        out.status.success(),
-                        "{}:{port}: guard password login: {}",
-                        h.name(),
-                        text(&out)
-                    );
+                    assert!(out.status.success(), "{}:{port}: guard password login: {}", h.name(), text(&out));
                     assert_eq!(stdout(&out), "guard");
                 }
                 // a wrong password is refused
@@ -163,11 +121,7 @@ fn lab_access_modes() {
                     .arg(format!("guard@{}", h.ip()))
                     .arg("true")
                     .stdin(Stdio::null()));
-                assert!(
-                    !out.status.success(),
-                    "{}: a wrong password was accepted",
-                    h.name()
-                );
+                assert!(!out.status.success(), "{}: a wrong password was accepted", h.name());
             });
         }
     });
@@ -180,27 +134,11 @@ fn lab_nodes_are_reached_through_the_bastion() {
     for i in 1..=NODES {
         // through the bastion (the ssh_config's ProxyJump): the node sees the bastion's address
         let conn = lab.ssh_ok(i, "echo $SSH_CONNECTION");
-        assert!(
-            conn.starts_with(&format!("{BASTION_INNER_IP} ")),
-            "node{i} saw {conn}"
-        );
+        assert!(conn.starts_with(&format!("{BASTION_INNER_IP} ")), "node{i} saw {conn}");
         // and never directly: the operator has no route to the nodes' network (refused locally)
-        let out = run(lab
-            .ssh_command(
-                "root",
-                i,
-                &["-o", "ProxyJump=none", "-o", "ConnectTimeout=3"],
-            )
-            .arg("true"));
-        assert!(
-            !out.status.success(),
-            "node{i} was reachable without the bastion"
-        );
-        assert!(
-            text(&out).contains("No route to host") || text(&out).contains("unreachable"),
-            "{}",
-            text(&out)
-        );
+        let out = run(lab.ssh_command("root", i, &["-o", "ProxyJump=none", "-o", "ConnectTimeout=3"]).arg("true"));
+        assert!(!out.status.success(), "node{i} was reachable without the bastion");
+        assert!(text(&out).contains("No route to host") || text(&out).contains("unreachable"), "{}", text(&out));
     }
     // an explicit -J with the same client configuration works too
     let out = run(Command::new("ssh")
@@ -213,10 +151,8 @@ fn lab_nodes_are_reached_through_the_bastion() {
     assert!(out.status.success(), "ssh -J: {}", text(&out));
     assert_eq!(stdout(&out), "node2");
     // the bastion reaches every node on their network, host keys and all
-    let out = lab.ssh(
-        Host::Bastion,
-        "for i in 1 2 3; do (exec 3<>/dev/tcp/node$i/22 && head -c 7 <&3) || exit 1; echo; done",
-    );
+    let out = lab
+        .ssh(Host::Bastion, "for i in 1 2 3; do (exec 3<>/dev/tcp/node$i/22 && head -c 7 <&3) || exit 1; echo; done");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(stdout(&out), "SSH-2.0\nSSH-2.0\nSSH-2.0");
 }
@@ -235,22 +171,11 @@ fn lab_filesystems_are_private() {
         format!("/var/lib/kubelet/{tag}"),
         format!("/root/{tag}"),
     ];
-    let write = paths
-        .iter()
-        .map(|p| format!("mkdir -p $(dirname {p}) && echo node1 > {p}"))
-        .collect::<Vec<_>>()
-        .join(" && ");
+    let write =
+        paths.iter().map(|p| format!("mkdir -p $(dirname {p}) && echo node1 > {p}")).collect::<Vec<_>>().join(" && ");
     lab.ssh_ok(1, &write);
-    let check = paths
-        .iter()
-        .map(|p| format!("test -e {p} && echo {p}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    assert_eq!(
-        lab.ssh_ok(1, &format!("{check}; true")).lines().count(),
-        paths.len(),
-        "node1 lost its own files"
-    );
+    let check = paths.iter().map(|p| format!("test -e {p} && echo {p}")).collect::<Vec<_>>().join("; ");
+    assert_eq!(lab.ssh_ok(1, &format!("{check}; true")).lines().count(), paths.len(), "node1 lost its own files");
     for h in all_hosts().into_iter().skip(1) {
         let seen = lab.ssh_ok(h, &format!("{check}; true"));
         assert!(seen.is_empty(), "{} sees node1's files: {seen}", h.name());
@@ -258,29 +183,12 @@ fn lab_filesystems_are_private() {
     for p in &paths {
         assert!(!Path::new(p).exists(), "the machine itself sees {p}");
         let cached = Path::new("/var/cache/ferry-lab/rootfs").join(p.trim_start_matches('/'));
-        assert!(
-            !cached.exists(),
-            "the shared rootfs got {}",
-            cached.display()
-        );
+        assert!(!cached.exists(), "the shared rootfs got {}", cached.display());
     }
     // /var/lib/containerd is a plain directory, not an overlay (containerd's snapshotter needs that)
-    let fstype = lab.ssh_ok(
-        1,
-        "findmnt -n -o FSTYPE /var/lib/containerd; findmnt -n -o FSTYPE /",
-    );
+    let fstype = lab.ssh_ok(1, "findmnt -n -o FSTYPE /var/lib/containerd; findmnt -n -o FSTYPE /");
     assert_eq!(fstype, "ext4\noverlay", "unexpected file systems: {fstype}");
-    lab.ssh_ok(
-        1,
-        &format!(
-            "rm -rf {}",
-            paths
-                .iter()
-                .map(|p| p.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-    );
+    lab.ssh_ok(1, &format!("rm -rf {}", paths.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" ")));
     lab.ssh_ok(1, &format!("rmdir /opt/{tag} 2>/dev/null; true"));
 }
 
@@ -294,57 +202,28 @@ fn lab_hosts_cannot_reach_outside() {
             s.spawn(move || {
                 // `ip route get` only asks the kernel; nothing is sent
                 let routes = lab.ssh_ok(h, "ip route show default; ip -6 route show default");
-                assert!(
-                    routes.is_empty(),
-                    "{} has a default route: {routes}",
-                    h.name()
-                );
+                assert!(routes.is_empty(), "{} has a default route: {routes}", h.name());
                 for outside in ["192.0.2.1", "8.8.8.8", "10.1.2.3", "172.16.0.1"] {
                     let out = lab.ssh(h, &format!("ip route get {outside}"));
-                    assert!(
-                        !out.status.success(),
-                        "{} has a route to {outside}: {}",
-                        h.name(),
-                        text(&out)
-                    );
+                    assert!(!out.status.success(), "{} has a route to {outside}: {}", h.name(), text(&out));
                     assert!(text(&out).contains("unreachable"), "{}", text(&out));
                 }
                 // Only because there is no route: a connect fails in the kernel at once (ENETUNREACH),
                 // before any packet exists.
-                let out = lab.ssh(
-                    h,
-                    "timeout 5 bash -c 'exec 3<>/dev/tcp/192.0.2.1/80' 2>&1; echo rc=$?",
-                );
+                let out = lab.ssh(h, "timeout 5 bash -c 'exec 3<>/dev/tcp/192.0.2.1/80' 2>&1; echo rc=$?");
                 let t = stdout(&out);
-                assert!(
-                    t.contains("Network is unreachable") && !t.ends_with("rc=0"),
-                    "{}: connect: {t}",
-                    h.name()
-                );
+                assert!(t.contains("Network is unreachable") && !t.ends_with("rc=0"), "{}: connect: {t}", h.name());
                 // global sysctls are read-only inside, per-namespace net.* ones are writable
                 let out = lab.ssh(h, "sysctl -w vm.overcommit_memory=1");
-                assert!(
-                    !out.status.success(),
-                    "{} could change a machine-wide sysctl",
-                    h.name()
-                );
+                assert!(!out.status.success(), "{} could change a machine-wide sysctl", h.name());
                 lab.ssh_ok(h, "sysctl -qw net.ipv4.conf.lo.arp_ignore=0");
             });
         }
     });
     // The root namespace: no forwarding, and the lab range is refused locally.
-    assert_eq!(
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
-            .unwrap()
-            .trim(),
-        "0"
-    );
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim(), "0");
     let out = run(Command::new("ip").args(["route", "get", "10.88.7.7"]));
-    assert!(
-        !out.status.success(),
-        "the lab range leaks to the default route: {}",
-        text(&out)
-    );
+    assert!(!out.status.success(), "the lab range leaks to the default route: {}", text(&out));
 }
 
 /// Moves `bytes` from the host (download) or to it (upload) over ssh and returns Mbit/s, timed
@@ -370,8 +249,7 @@ fn throughput(lab: &Lab, host: usize, upload: bool, bytes: usize) -> f64 {
         (bytes / chunk.len() * chunk.len() - 1) as f64 * 8.0 / micros
     } else {
         let mut c = lab.ssh_command("root", host, &[]);
-        c.arg(format!("head -c {bytes} /dev/zero"))
-            .stdout(Stdio::piped());
+        c.arg(format!("head -c {bytes} /dev/zero")).stdout(Stdio::piped());
         let mut child = c.spawn().unwrap();
         let mut so = child.stdout.take().unwrap();
         let mut buf = vec![0u8; 1 << 16];
@@ -401,18 +279,12 @@ fn lab_shaped_link_moves_100_mbit() {
     let down = throughput(&x, 2, false, 40 << 20);
     eprintln!("lab: node2 shaped to 100 Mbit/s: upload {up:.1} Mbit/s, download {down:.1} Mbit/s");
     for (what, rate) in [("upload", up), ("download", down)] {
-        assert!(
-            (80.0..=120.0).contains(&rate),
-            "{what} at {rate:.1} Mbit/s, not 100 ±20%"
-        );
+        assert!((80.0..=120.0).contains(&rate), "{what} at {rate:.1} Mbit/s, not 100 ±20%");
     }
     x.unshape(2);
     let free = throughput(&x, 2, true, 40 << 20);
     eprintln!("lab: node2 unshaped: upload {free:.1} Mbit/s");
-    assert!(
-        free > 150.0,
-        "unshaped upload only {free:.1} Mbit/s: is the limit still on?"
-    );
+    assert!(free > 150.0, "unshaped upload only {free:.1} Mbit/s: is the limit still on?");
 }
 
 #[test]
@@ -421,35 +293,17 @@ fn lab_cut_host_is_unreachable_and_comes_back() {
     let x = lab.exclusive();
     x.cut(3);
     let t0 = Instant::now();
-    let out = run(x
-        .ssh_command("root", 3, &["-o", "ConnectTimeout=3"])
-        .arg("true"));
+    let out = run(x.ssh_command("root", 3, &["-o", "ConnectTimeout=3"]).arg("true"));
     assert!(!out.status.success(), "node3 answered while cut");
     assert!(t0.elapsed() < Duration::from_secs(15));
     // its neighbours lose it too
     let out = x.ssh(1, "timeout 3 bash -c 'exec 3<>/dev/tcp/10.88.0.13/22'");
     assert!(!out.status.success(), "node1 still reaches node3");
     // while node3 itself keeps running
-    assert!(
-        testhosts_ok(&["exec", "3", "systemctl", "is-system-running"])
-            .status
-            .success()
-    );
+    assert!(testhosts_ok(&["exec", "3", "systemctl", "is-system-running"]).status.success());
     x.restore(3);
-    assert!(
-        eventually(Duration::from_secs(15), || x
-            .ssh(3, "true")
-            .status
-            .success()),
-        "node3 did not come back"
-    );
-    assert_eq!(
-        x.ssh_ok(
-            1,
-            "timeout 3 bash -c 'exec 3<>/dev/tcp/10.88.0.13/22 && head -c 7 <&3'"
-        ),
-        "SSH-2.0"
-    );
+    assert!(eventually(Duration::from_secs(15), || x.ssh(3, "true").status.success()), "node3 did not come back");
+    assert_eq!(x.ssh_ok(1, "timeout 3 bash -c 'exec 3<>/dev/tcp/10.88.0.13/22 && head -c 7 <&3'"), "SSH-2.0");
 }
 
 /// Time for node2 to open a TCP connection to node1 (one round trip), the best of a few tries.
@@ -458,9 +312,7 @@ fn connect_ms(lab: &Lab) -> f64 {
         2,
         "for k in 1 2 3 4 5; do s=$(date +%s%N); exec 3<>/dev/tcp/10.88.0.11/22; e=$(date +%s%N); exec 3<&-; echo $(( (e - s) / 1000 )); done",
     );
-    out.lines()
-        .map(|l| l.parse::<f64>().unwrap() / 1000.0)
-        .fold(f64::MAX, f64::min)
+    out.lines().map(|l| l.parse::<f64>().unwrap() / 1000.0).fold(f64::MAX, f64::min)
 }
 
 #[test]
@@ -472,17 +324,9 @@ fn lab_delay_adds_latency() {
     let delayed = connect_ms(&x);
     x.delay(1, 0);
     let after = connect_ms(&x);
-    eprintln!(
-        "lab: node2 -> node1 connect: {before:.2} ms, with 25 ms each way {delayed:.2} ms, after {after:.2} ms"
-    );
-    assert!(
-        (45.0..=90.0).contains(&delayed),
-        "a 25 ms delay each way gave a {delayed:.2} ms round trip"
-    );
-    assert!(
-        before < 10.0 && after < 10.0,
-        "round trips without delay: {before:.2} ms, {after:.2} ms"
-    );
+    eprintln!("lab: node2 -> node1 connect: {before:.2} ms, with 25 ms each way {delayed:.2} ms, after {after:.2} ms");
+    assert!((45.0..=90.0).contains(&delayed), "a 25 ms delay each way gave a {delayed:.2} ms round trip");
+    assert!(before < 10.0 && after < 10.0, "round trips without delay: {before:.2} ms, {after:.2} ms");
 }
 
 #[test]
@@ -493,9 +337,7 @@ fn lab_sshd_and_power_faults() {
     x.kill_sshd(1, 22);
     let out = run(x.ssh_command("root", 1, &[]).arg("true"));
     assert!(!out.status.success(), "sshd on 22 still answers");
-    let out = run(x
-        .ssh_command("root", 1, &["-p", "2222"])
-        .arg("systemctl is-active ssh.service ssh-2222.service"));
+    let out = run(x.ssh_command("root", 1, &["-p", "2222"]).arg("systemctl is-active ssh.service ssh-2222.service"));
     assert_eq!(stdout(&out), "inactive\nactive", "{}", text(&out));
     x.start_sshd(1, 22);
     assert_eq!(x.ssh_ok(1, "hostname"), "node1");
@@ -503,18 +345,9 @@ fn lab_sshd_and_power_faults() {
     // poweroff keeps the disk; boot brings the host back with it
     x.ssh_ok(3, "echo kept > /opt/ferry-lab-poweroff");
     x.poweroff(3);
-    assert!(
-        !x.ssh(3, "true").status.success(),
-        "node3 answers while powered off"
-    );
+    assert!(!x.ssh(3, "true").status.success(), "node3 answers while powered off");
     x.boot(3);
-    assert_eq!(
-        x.ssh_ok(
-            3,
-            "cat /opt/ferry-lab-poweroff && rm /opt/ferry-lab-poweroff"
-        ),
-        "kept"
-    );
+    assert_eq!(x.ssh_ok(3, "cat /opt/ferry-lab-poweroff && rm /opt/ferry-lab-poweroff"), "kept");
     assert_eq!(x.ssh_ok(3, "systemctl is-system-running"), "running");
 }
 
@@ -539,12 +372,7 @@ fn lab_containerd_and_runc_run_a_container() {
         .arg("-q")
         .arg("-F")
         .arg(lab.ssh_config_path())
-        .args([
-            "/usr/bin/containerd",
-            "/usr/bin/containerd-shim-runc-v2",
-            "/usr/bin/ctr",
-            "/usr/sbin/runc",
-        ])
+        .args(["/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/bin/ctr", "/usr/sbin/runc"])
         .arg(format!("root@{}:/usr/local/bin/", lab.ip(2))));
     assert!(out.status.success(), "scp: {}", text(&out));
     let unit = std::fs::read_to_string("/lib/systemd/system/containerd.service")
@@ -556,12 +384,7 @@ fn lab_containerd_and_runc_run_a_container() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(unit.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(unit.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "containerd: {}", text(&out));
 
@@ -571,7 +394,10 @@ fn lab_containerd_and_runc_run_a_container() {
         .stdin(std::fs::File::open(w.join("image.tar")).unwrap()));
     assert!(out.status.success(), "import: {}", text(&out));
     assert_eq!(stdout(&out), "docker.io/library/busybox:t");
-    let ran = lab.ssh_ok(2, "ctr -n lab run --rm docker.io/library/busybox:t selftest sh -c 'echo container on $(hostname) as $(id -u)'");
+    let ran = lab.ssh_ok(
+        2,
+        "ctr -n lab run --rm docker.io/library/busybox:t selftest sh -c 'echo container on $(hostname) as $(id -u)'",
+    );
     assert_eq!(ran, "container on node2 as 0");
     // leave node2 as fresh as the others
     lab.ssh_ok(
@@ -605,55 +431,27 @@ spec:
         )
     );
     assert!(inv.contains(&format!("# key: {d}/id_ed25519\n")), "{inv}");
-    assert!(
-        inv.contains(&format!("# known_hosts: {d}/known_hosts\n")),
-        "{inv}"
-    );
+    assert!(inv.contains(&format!("# known_hosts: {d}/known_hosts\n")), "{inv}");
     // the known_hosts file has every host on both ports, and nothing else
     let kh = std::fs::read_to_string(lab.known_hosts_path()).unwrap();
     for h in all_hosts() {
-        assert!(
-            kh.lines().any(|l| l.starts_with(&format!("{} ssh-ed25519 ", h.ip()))),
-            "{} missing:\n{kh}",
-            h.ip()
-        );
-        assert!(
-            kh.contains(&format!("[{}]:2222 ssh-ed25519 ", h.ip())),
-            "[{}]:2222 missing:\n{kh}",
-            h.ip()
-        );
+        assert!(kh.lines().any(|l| l.starts_with(&format!("{} ssh-ed25519 ", h.ip()))), "{} missing:\n{kh}", h.ip());
+        assert!(kh.contains(&format!("[{}]:2222 ssh-ed25519 ", h.ip())), "[{}]:2222 missing:\n{kh}", h.ip());
     }
-    assert!(
-        kh.contains(&format!("\n{BASTION_INNER_IP} ssh-ed25519 ")),
-        "{kh}"
-    );
+    assert!(kh.contains(&format!("\n{BASTION_INNER_IP} ssh-ed25519 ")), "{kh}");
     assert_eq!(kh.lines().count(), 2 * (NODES + 2));
     let ops = lab.inventory_as("ops", 2222);
-    assert!(
-        ops.contains("ssh: {user: ops, port: 2222,") && ops.contains("sudo: true"),
-        "{ops}"
-    );
+    assert!(ops.contains("ssh: {user: ops, port: 2222,") && ops.contains("sudo: true"), "{ops}");
 }
 
 /// Everything the lab may leave behind, as text (empty when the machine is clean).
 fn leftovers(dir: &Path) -> String {
     let mut left = Vec::new();
     let netns = stdout(&run(Command::new("ip").args(["netns", "list"])));
-    left.extend(
-        netns
-            .lines()
-            .filter(|l| l.starts_with("ferrylab-"))
-            .map(|l| format!("netns {l}")),
-    );
+    left.extend(netns.lines().filter(|l| l.starts_with("ferrylab-")).map(|l| format!("netns {l}")));
     let links = stdout(&run(Command::new("ip").args(["-o", "link", "show"])));
     for l in links.lines() {
-        let name = l
-            .split(": ")
-            .nth(1)
-            .unwrap_or("")
-            .split('@')
-            .next()
-            .unwrap_or("");
+        let name = l.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
         if name.starts_with("ferrylab") || name.starts_with("fl-") {
             left.push(format!("link {name}"));
         }
@@ -679,18 +477,8 @@ fn leftovers(dir: &Path) -> String {
             left.push(format!("cgroup {}/ferrylab", c.path().display()));
         }
     }
-    let routes = stdout(&run(Command::new("ip").args([
-        "route",
-        "show",
-        "type",
-        "unreachable",
-    ])));
-    left.extend(
-        routes
-            .lines()
-            .filter(|l| l.contains("10.88."))
-            .map(|l| format!("route {l}")),
-    );
+    let routes = stdout(&run(Command::new("ip").args(["route", "show", "type", "unreachable"])));
+    left.extend(routes.lines().filter(|l| l.contains("10.88.")).map(|l| format!("route {l}")));
     for f in ["hosts", "vde", "lab.env", "known_hosts"] {
         if dir.join(f).exists() {
             left.push(format!("state {}", dir.join(f).display()));
@@ -703,22 +491,13 @@ fn leftovers(dir: &Path) -> String {
 fn lab_down_is_clean_and_up_is_quick() {
     let lab = lab();
     let x = lab.exclusive();
-    eprintln!(
-        "lab: first up ({NODES} nodes + bastion, rootfs build if it was missing): {:.2?}",
-        lab.first_up_time()
-    );
+    eprintln!("lab: first up ({NODES} nodes + bastion, rootfs build if it was missing): {:.2?}", lab.first_up_time());
     // leave something running that down has to deal with: a container runtime's processes
-    x.ssh_ok(
-        1,
-        "systemd-run -q --unit busy sleep 1000; nohup sleep 1000 >/dev/null 2>&1 &",
-    );
+    x.ssh_ok(1, "systemd-run -q --unit busy sleep 1000; nohup sleep 1000 >/dev/null 2>&1 &");
 
     let dir = lab.dir().to_path_buf();
     let orig = std::fs::read_to_string("/run/ferry-lab.sysctl.orig").unwrap_or_default();
-    assert!(
-        orig.contains("net.bridge.bridge-nf-call-iptables="),
-        "up did not record the sysctl it changed: {orig:?}"
-    );
+    assert!(orig.contains("net.bridge.bridge-nf-call-iptables="), "up did not record the sysctl it changed: {orig:?}");
     let down = x.down();
     let left = leftovers(&dir);
     assert!(left.is_empty(), "down left:\n{left}");
@@ -732,9 +511,7 @@ fn lab_down_is_clean_and_up_is_quick() {
 
     let up = x.up();
     let mem = String::from_utf8_lossy(&testhosts_ok(&["mem"]).stdout).into_owned();
-    eprintln!(
-        "lab: up {NODES} nodes + bastion (rootfs cached): {up:.2?}; down: {down:.2?} (again: {again:.2?})"
-    );
+    eprintln!("lab: up {NODES} nodes + bastion (rootfs cached): {up:.2?}; down: {down:.2?} (again: {again:.2?})");
     eprintln!("lab: memory per host:\n{mem}");
     for line in mem.lines() {
         let rss: u64 = line
@@ -744,14 +521,8 @@ fn lab_down_is_clean_and_up_is_quick() {
             .unwrap_or_else(|| panic!("{line}"));
         assert!(rss <= 100, "over 100 MB: {line}");
     }
-    assert!(
-        up <= Duration::from_secs(10),
-        "up took {up:.2?}, the budget is 10 s"
-    );
-    assert!(
-        down <= Duration::from_secs(5),
-        "down took {down:.2?}, the budget is 5 s"
-    );
+    assert!(up <= Duration::from_secs(10), "up took {up:.2?}, the budget is 10 s");
+    assert!(down <= Duration::from_secs(5), "down took {down:.2?}, the budget is 5 s");
     for h in all_hosts() {
         assert_eq!(x.ssh_ok(h, "hostname"), h.name());
     }

@@ -36,7 +36,8 @@ struct Responder {
 
 impl Responder {
     fn start(name: &'static str, port: u16) -> Responder {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("responder {name} on port {port}: {e}"));
+        let listener =
+            TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("responder {name} on port {port}: {e}"));
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -146,7 +147,16 @@ fn lb_survives_a_dead_master_and_takes_it_back() {
     let c = Responder::start("master-c", 0);
     let port = free_port();
     let config = dir.path().join("lb.yaml");
-    std::fs::write(&config, format!("listen: \"127.0.0.1:{port}\"\ninterval: 1s\nbackends: [\"{}\", \"{}\", \"{}\"]\n", a.addr(), b.addr(), c.addr())).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\ninterval: 1s\nbackends: [\"{}\", \"{}\", \"{}\"]\n",
+            a.addr(),
+            b.addr(),
+            c.addr()
+        ),
+    )
+    .unwrap();
     let lb = start_lb(dir.path(), &["--config".into(), config.display().to_string()]);
 
     // Spread: new connections go round the healthy backends.
@@ -192,7 +202,8 @@ fn lb_survives_a_dead_master_and_takes_it_back() {
 
     // SIGHUP re-reads the file: c alone now.
     let mark = lb.log().len();
-    std::fs::write(&config, format!("listen: \"127.0.0.1:{port}\"\ninterval: 1s\nbackends: [\"{}\"]\n", c.addr())).unwrap();
+    std::fs::write(&config, format!("listen: \"127.0.0.1:{port}\"\ninterval: 1s\nbackends: [\"{}\"]\n", c.addr()))
+        .unwrap();
     lb.hup();
     lb.wait_for(&format!("reload: backends {}", c.addr()), mark, Duration::from_secs(5));
     let answers: Vec<String> = (0..10).map(|_| ask(port).unwrap()).collect();
@@ -212,6 +223,7 @@ fn lb_needs_backends_and_says_so() {
     let missing = dir.path().join("none.yaml");
     let out = ferry_tests::fails(Command::new(installer()).arg("lb").arg("--config").arg(&missing));
     assert!(out.contains("none.yaml"), "{out}");
-    let out = ferry_tests::fails(Command::new(installer()).args(["lb", "--backend", "10.0.0.1", "--listen", "127.0.0.1:0"]));
+    let out =
+        ferry_tests::fails(Command::new(installer()).args(["lb", "--backend", "10.0.0.1", "--listen", "127.0.0.1:0"]));
     assert!(out.contains("`10.0.0.1` is not HOST:PORT"), "{out}");
 }

@@ -16,7 +16,7 @@
 use ferry_tests::containerd::Containerd;
 use ferry_tests::{run, text};
 use payload_format::SecretKey;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -57,13 +57,22 @@ fn busybox_layout(dir: &Path, name: &str, marker: &str) -> (PathBuf, String) {
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-    std::fs::copy("/usr/bin/busybox", rootfs.join("bin/busybox")).expect("copying /usr/bin/busybox (apt-get install busybox-static)");
+    std::fs::copy("/usr/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("copying /usr/bin/busybox (apt-get install busybox-static)");
     for applet in ["sh", "cat", "echo", "ls"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
     std::fs::write(rootfs.join("etc/marker"), format!("{marker}\n")).unwrap();
     sh(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
-    sh(Command::new("umoci").args(["config", "--image", &image, "--config.cmd", "/bin/sh", "--config.env", "PATH=/bin"]));
+    sh(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "/bin/sh",
+        "--config.env",
+        "PATH=/bin",
+    ]));
     sh(Command::new("umoci").args(["gc", "--layout"]).arg(&layout));
     std::fs::remove_dir_all(&bundle).unwrap();
     let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -133,7 +142,8 @@ fn fixture() -> &'static Fixture {
         }))
         .unwrap();
         let index_digest = format!("sha256:{}", sha256_hex(&index));
-        std::fs::write(docker_layout.join("blobs/sha256").join(index_digest.trim_start_matches("sha256:")), &index).unwrap();
+        std::fs::write(docker_layout.join("blobs/sha256").join(index_digest.trim_start_matches("sha256:")), &index)
+            .unwrap();
         let index_json = docker_layout.join("index.json");
         let mut layout_index: Value = serde_json::from_slice(&std::fs::read(&index_json).unwrap()).unwrap();
         layout_index["manifests"].as_array_mut().unwrap().push(json!({
@@ -267,7 +277,8 @@ impl Resp {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     fn error_code(&self) -> String {
         self.json()["errors"][0]["code"].as_str().unwrap_or("").to_string()
@@ -281,7 +292,8 @@ impl Resp {
 fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ferry-tests\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: ferry-tests\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -294,7 +306,8 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp 
     let body = raw[split + 4..].to_vec();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     Resp { status, headers, body }
 }
 
@@ -368,7 +381,8 @@ fn manifests_are_byte_exact_and_head_carries_get_headers() {
         let head = http(&s.addr, "HEAD", path, &[]);
         assert_eq!(head.status, 200);
         assert!(head.body.is_empty(), "HEAD has no body");
-        for h in ["Content-Type", "Content-Length", "Docker-Content-Digest", "Docker-Distribution-API-Version", "ETag"] {
+        for h in ["Content-Type", "Content-Length", "Docker-Content-Digest", "Docker-Distribution-API-Version", "ETag"]
+        {
             assert_eq!(head.header(h), get.header(h), "{path}: HEAD's {h} must equal GET's");
         }
     }
@@ -381,9 +395,19 @@ fn manifests_are_byte_exact_and_head_carries_get_headers() {
     let r = s.get(&format!("/v2/library/app/manifests/{}?ns=quay.io", f.docker_app));
     assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
     // An Accept list that excludes the stored type is refused rather than converted.
-    let r = http(&s.addr, "GET", "/v2/library/busybox/manifests/1.36", &[("Accept", "application/vnd.docker.distribution.manifest.v2+json")]);
+    let r = http(
+        &s.addr,
+        "GET",
+        "/v2/library/busybox/manifests/1.36",
+        &[("Accept", "application/vnd.docker.distribution.manifest.v2+json")],
+    );
     assert_eq!((r.status, r.error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
-    let r = http(&s.addr, "GET", "/v2/library/busybox/manifests/1.36", &[("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json")]);
+    let r = http(
+        &s.addr,
+        "GET",
+        "/v2/library/busybox/manifests/1.36",
+        &[("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json")],
+    );
     assert_eq!(r.status, 200);
     let r = s.get("/v2/library/app/manifests/sha256:xyz");
     assert_eq!((r.status, r.error_code().as_str()), (400, "DIGEST_INVALID"));
@@ -470,7 +494,10 @@ fn same_name_in_two_registries_stays_apart() {
     let r = s.get("/v2/library/app/manifests/1");
     assert_eq!((r.status, r.error_code().as_str()), (404, "NAME_UNKNOWN"));
     let msg = r.error_message();
-    assert!(msg.contains("ambiguous") && msg.contains("docker.io") && msg.contains("quay.io") && msg.contains("ns="), "{msg}");
+    assert!(
+        msg.contains("ambiguous") && msg.contains("docker.io") && msg.contains("quay.io") && msg.contains("ns="),
+        "{msg}"
+    );
     // …but digests are content-addressed, so they need no ns.
     let r = s.get(&format!("/v2/library/app/manifests/{}", f.quay_app));
     assert_eq!(r.status, 200);
@@ -532,7 +559,11 @@ fn a_corrupted_layer_gives_an_error_response_not_bad_bytes() {
     let r = s.get(&path);
     assert_eq!(r.status, 500, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.error_code(), "UNKNOWN");
-    assert!(r.error_message().contains("damaged") && r.error_message().contains("does not match the signed index"), "{}", r.error_message());
+    assert!(
+        r.error_message().contains("damaged") && r.error_message().contains("does not match the signed index"),
+        "{}",
+        r.error_message()
+    );
     // Remembered as bad: still refused.
     assert_eq!(s.get(&path).status, 500);
     // Everything else is still served.
@@ -569,7 +600,9 @@ fn trust_is_checked_before_serving() {
     let other = SecretKey::generate().unwrap();
     let other_pub = f.dir.join("other.pub");
     std::fs::write(&other_pub, other.public().to_openssh("other")).unwrap();
-    let err = Serve::try_start(&f.installer, &["--key", other_pub.to_str().unwrap()]).err().expect("untrusted signer refused");
+    let err = Serve::try_start(&f.installer, &["--key", other_pub.to_str().unwrap()])
+        .err()
+        .expect("untrusted signer refused");
     assert!(err.contains("not one of the trusted keys"), "{err}");
     // A file that is not an installer.
     let err = Serve::try_start(&f.installer, &["--file", "/usr/bin/busybox"]).err().expect("not an installer");
@@ -593,18 +626,26 @@ fn serve_stops_cleanly_on_sigterm() {
 /// `skopeo copy SRC dir:DEST`, with `{addr}` in SRC replaced by the registry's address.
 fn dir_copy(s: &Serve, src: &str, dest: &Path) -> std::process::Output {
     let _ = std::fs::remove_dir_all(dest);
-    run(skopeo().args(["copy", "--src-tls-verify=false", &src.replace("{addr}", &s.addr)]).arg(format!("dir:{}", dest.display())))
+    run(skopeo()
+        .args(["copy", "--src-tls-verify=false", &src.replace("{addr}", &s.addr)])
+        .arg(format!("dir:{}", dest.display())))
 }
 
 #[test]
 fn skopeo_inspects_and_copies() {
     let f = fixture();
     let s = serve_fixture();
-    let out = sh(skopeo().args(["inspect", "--tls-verify=false", &format!("docker://{}/library/busybox:1.36", s.addr)]));
+    let out =
+        sh(skopeo().args(["inspect", "--tls-verify=false", &format!("docker://{}/library/busybox:1.36", s.addr)]));
     let info: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(info["Digest"], json!(f.index), "skopeo reports the index it resolved");
     assert_eq!(info["Architecture"], "amd64", "and the amd64 child's config");
-    let raw = sh(skopeo().args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/library/busybox:1.36", s.addr)]));
+    let raw = sh(skopeo().args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/library/busybox:1.36", s.addr),
+    ]));
     assert_eq!(format!("sha256:{}", sha256_hex(raw.as_bytes())), f.index);
 
     for (src, manifest, layer) in [
@@ -667,8 +708,20 @@ fn config_writes_hosts_toml_for_every_registry_and_a_loadable_config_toml() {
     let _ = std::fs::remove_dir_all(&out);
     let key = f.public_key.to_str().unwrap();
     let printed = sh(Command::new(&f.installer).args([
-        "registry", "config", "--file", f.installer.to_str().unwrap(), "--key", key, "--containerd", "1.7",
-        "--endpoint", "http://10.0.0.10:5000", "--endpoint", "http://10.0.0.11:5000", "--out", out.to_str().unwrap(),
+        "registry",
+        "config",
+        "--file",
+        f.installer.to_str().unwrap(),
+        "--key",
+        key,
+        "--containerd",
+        "1.7",
+        "--endpoint",
+        "http://10.0.0.10:5000",
+        "--endpoint",
+        "http://10.0.0.11:5000",
+        "--out",
+        out.to_str().unwrap(),
     ]));
     for reg in ["docker.io", "quay.io", "registry.k8s.io", "_default"] {
         let hosts = std::fs::read_to_string(out.join("certs.d").join(reg).join("hosts.toml")).unwrap();
@@ -687,16 +740,32 @@ fn config_writes_hosts_toml_for_every_registry_and_a_loadable_config_toml() {
 
     let out2 = f.dir.join("node-config-2");
     sh(Command::new(&f.installer).args([
-        "registry", "config", "--file", f.installer.to_str().unwrap(), "--key", key,
-        "--endpoint", "http://10.0.0.10:5000", "--out", out2.to_str().unwrap(),
+        "registry",
+        "config",
+        "--file",
+        f.installer.to_str().unwrap(),
+        "--key",
+        key,
+        "--endpoint",
+        "http://10.0.0.10:5000",
+        "--out",
+        out2.to_str().unwrap(),
     ]));
     let cfg = std::fs::read_to_string(out2.join("config.toml")).unwrap();
     assert!(cfg.contains("version = 3") && cfg.contains("sandbox = \"registry.k8s.io/pause:3.10\""), "{cfg}");
 
     // Errors name the cause.
     let bad = run(Command::new(&f.installer).args([
-        "registry", "config", "--file", f.installer.to_str().unwrap(), "--key", key,
-        "--endpoint", "10.0.0.10:5000", "--out", out2.to_str().unwrap(),
+        "registry",
+        "config",
+        "--file",
+        f.installer.to_str().unwrap(),
+        "--key",
+        key,
+        "--endpoint",
+        "10.0.0.10:5000",
+        "--out",
+        out2.to_str().unwrap(),
     ]));
     assert!(!bad.status.success() && text(&bad).contains("must start with http:// or https://"), "{}", text(&bad));
 }
@@ -708,8 +777,18 @@ fn containerd_pulls_each_registry_through_hosts_toml_and_runs_it() {
     let out = f.dir.join("containerd-config");
     let _ = std::fs::remove_dir_all(&out);
     sh(Command::new(&f.installer).args([
-        "registry", "config", "--file", f.installer.to_str().unwrap(), "--key", f.public_key.to_str().unwrap(),
-        "--containerd", "1.7", "--endpoint", &format!("http://{}", s.addr), "--out", out.to_str().unwrap(),
+        "registry",
+        "config",
+        "--file",
+        f.installer.to_str().unwrap(),
+        "--key",
+        f.public_key.to_str().unwrap(),
+        "--containerd",
+        "1.7",
+        "--endpoint",
+        &format!("http://{}", s.addr),
+        "--out",
+        out.to_str().unwrap(),
     ]));
     let hosts = out.join("certs.d");
     let c = Containerd::start();

@@ -88,7 +88,12 @@ fn inventory(dir: &Path, text: &str) -> PathBuf {
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let b = bundle();
     let mut cmd = Command::new(&b.installer);
-    cmd.arg("--no-progress").arg("run").arg("--trusted-key").arg(&b.public_key).args(["--keepalive", "2", "--connect-timeout", "15"]).args(args);
+    cmd.arg("--no-progress")
+        .arg("run")
+        .arg("--trusted-key")
+        .arg(&b.public_key)
+        .args(["--keepalive", "2", "--connect-timeout", "15"])
+        .args(args);
     cmd.env_remove("SSH_AUTH_SOCK").env_remove("FERRY_SSH_PASSWORD").env_remove("FERRY_SUDO_PASSWORD");
     for (k, v) in env {
         cmd.env(k, v);
@@ -152,7 +157,8 @@ fn run_prepares_three_hosts_then_resumes_and_sends_nothing_twice() {
     assert!(!first.status.success(), "{}", text(&first));
     let msg = text(&first);
     assert!(msg.contains("10.88.0.13: distribute failed"), "{msg}");
-    let local = std::fs::read_to_string(bundle().installer.parent().unwrap().join(".ferry/lab/10.88.0.13.json")).unwrap();
+    let local =
+        std::fs::read_to_string(bundle().installer.parent().unwrap().join(".ferry/lab/10.88.0.13.json")).unwrap();
     assert!(local.contains("\"failed\""), "{local}");
     // What node3 holds from the first run (allocated bytes of its sparse .part, program included).
     let kept: u64 = lab.ssh_ok(Host::Node(3), "du -B1 /var/lib/ferry/installer.part | cut -f1").trim().parse().unwrap();
@@ -164,13 +170,24 @@ fn run_prepares_three_hosts_then_resumes_and_sends_nothing_twice() {
     let s = summary(&second);
     let node3_second = s["per_host"]["10.88.0.13"].as_u64().unwrap();
     let want = lab.ssh_ok(Host::Node(3), "stat -c %s /var/lib/ferry/installer").trim().parse::<u64>().unwrap();
-    let node3_data: u64 = lab.ssh_ok(Host::Node(3), "du -B1 /var/lib/ferry/installer | cut -f1").trim().parse().unwrap();
-    eprintln!("node3: kept {kept} after the cut, sent {node3_second} on the re-run, holds {node3_data} (file length {want})");
-    assert!(kept + node3_second < node3_data + node3_data / 10, "about one copy over both runs: {kept} + {node3_second} vs {node3_data}");
+    let node3_data: u64 =
+        lab.ssh_ok(Host::Node(3), "du -B1 /var/lib/ferry/installer | cut -f1").trim().parse().unwrap();
+    eprintln!(
+        "node3: kept {kept} after the cut, sent {node3_second} on the re-run, holds {node3_data} (file length {want})"
+    );
+    assert!(
+        kept + node3_second < node3_data + node3_data / 10,
+        "about one copy over both runs: {kept} + {node3_second} vs {node3_data}"
+    );
     assert!(node3_second < node3_data - (15 << 20), "the re-run resent what node3 had");
 
     for i in 1..=NODES {
-        assert_eq!(lab.ssh_ok(Host::Node(i), "systemctl is-active containerd; systemctl is-enabled containerd").split_whitespace().collect::<Vec<_>>(), ["active", "enabled"]);
+        assert_eq!(
+            lab.ssh_ok(Host::Node(i), "systemctl is-active containerd; systemctl is-enabled containerd")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["active", "enabled"]
+        );
     }
     assert_eq!(lab.ssh_ok(Host::Node(1), "systemctl is-active ferry-registry").trim(), "active");
     for i in 2..=NODES {
@@ -182,13 +199,20 @@ fn run_prepares_three_hosts_then_resumes_and_sends_nothing_twice() {
     }
 
     // A run after success sends ~nothing and changes nothing.
-    let before = lab.ssh_ok(Host::Node(2), "stat -c %Y /var/lib/ferry/installer /etc/containerd/config.toml /usr/bin/containerd");
+    let before = lab
+        .ssh_ok(Host::Node(2), "stat -c %Y /var/lib/ferry/installer /etc/containerd/config.toml /usr/bin/containerd");
     let third = run(&["--json", "-f", inv], &[]);
     assert!(third.status.success(), "{}", text(&third));
     let s = summary(&third);
     assert_eq!(s["distribute_bytes"], 0, "{s}");
     assert!(s["bytes_sent"].as_u64().unwrap() < 64 << 10, "{s}");
-    assert_eq!(lab.ssh_ok(Host::Node(2), "stat -c %Y /var/lib/ferry/installer /etc/containerd/config.toml /usr/bin/containerd"), before);
+    assert_eq!(
+        lab.ssh_ok(
+            Host::Node(2),
+            "stat -c %Y /var/lib/ferry/installer /etc/containerd/config.toml /usr/bin/containerd"
+        ),
+        before
+    );
 }
 
 #[test]
@@ -198,7 +222,10 @@ fn access_modes_and_host_keys() {
     let work = tempfile::tempdir().unwrap();
     // Password login as guard on port 2222, sudo with the same password; preflight only.
     // The bastion keeps the cluster-wide key; the nodes' group turns it off (`key: none`).
-    let guard = lab.inventory_as("guard", 2222).replace("roles: [master, registry]}", "roles: [master, registry], ssh: {key: none}}").replace("roles: [worker]}", "roles: [worker], ssh: {key: none}}");
+    let guard = lab
+        .inventory_as("guard", 2222)
+        .replace("roles: [master, registry]}", "roles: [master, registry], ssh: {key: none}}")
+        .replace("roles: [worker]}", "roles: [worker], ssh: {key: none}}");
     let inv = inventory(work.path(), &guard);
     let pw = lab.guard_password();
     // --dry-run never connects; a preflight-only check is a run with a bad registry port? No:
@@ -220,9 +247,16 @@ fn access_modes_and_host_keys() {
     let kh = work.path().join("known_hosts");
     let orig = std::fs::read_to_string(lab.known_hosts_path()).unwrap();
     // Keep the bastion's key, drop the nodes'.
-    let bastion_only: String = orig.lines().filter(|l| !l.starts_with("10.88.0.1") && !l.starts_with("[10.88.0.1")).map(|l| format!("{l}\n")).collect();
+    let bastion_only: String = orig
+        .lines()
+        .filter(|l| !l.starts_with("10.88.0.1") && !l.starts_with("[10.88.0.1"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(&kh, &bastion_only).unwrap();
-    let inv3 = inventory(work.path(), &lab.inventory().replace(&lab.known_hosts_path().display().to_string(), kh.to_str().unwrap()));
+    let inv3 = inventory(
+        work.path(),
+        &lab.inventory().replace(&lab.known_hosts_path().display().to_string(), kh.to_str().unwrap()),
+    );
     let out = run(&["-f", inv3.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     assert!(text(&out).contains("unknown host key") && text(&out).contains("--accept-new-host-keys"), "{}", text(&out));
@@ -231,7 +265,8 @@ fn access_modes_and_host_keys() {
     assert!(std::fs::read_to_string(&kh).unwrap().lines().count() > bastion_only.lines().count());
     // Swap in another host's key for node2: always refused, even with the flag.
     let mut changed = String::new();
-    let node1_key: String = orig.lines().find(|l| l.starts_with("10.88.0.11 ")).unwrap().splitn(2, ' ').nth(1).unwrap().to_string();
+    let node1_key: String =
+        orig.lines().find(|l| l.starts_with("10.88.0.11 ")).unwrap().splitn(2, ' ').nth(1).unwrap().to_string();
     for l in std::fs::read_to_string(&kh).unwrap().lines() {
         if l.starts_with("10.88.0.12 ") && l.contains(node1_key.split(' ').next().unwrap()) {
             changed.push_str(&format!("10.88.0.12 {node1_key}\n"));
@@ -286,17 +321,28 @@ fn registry_replicas_survive_a_stopped_replica() {
     let out = run(&["--json", "-f", inv.to_str().unwrap(), "--registry-replicas", "2"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     for (i, state) in [(1, "active"), (2, "active"), (3, "inactive")] {
-        assert_eq!(lab.ssh(Host::Node(i), "systemctl is-active ferry-registry").stdout.trim_ascii(), state.as_bytes(), "node{i}");
+        assert_eq!(
+            lab.ssh(Host::Node(i), "systemctl is-active ferry-registry").stdout.trim_ascii(),
+            state.as_bytes(),
+            "node{i}"
+        );
     }
     // The worker lists both replicas in cluster order; `server` is the first.
     let toml = lab.ssh_ok(Host::Node(3), "cat /etc/containerd/certs.d/docker.io/hosts.toml");
     let tables = host_tables(&toml);
     assert_eq!(tables.len(), 2, "{toml}");
-    assert!(tables[0].starts_with(&format!("http://{}:", lab.ip(1))) && tables[1].starts_with(&format!("http://{}:", lab.ip(2))), "{toml}");
+    assert!(
+        tables[0].starts_with(&format!("http://{}:", lab.ip(1)))
+            && tables[1].starts_with(&format!("http://{}:", lab.ip(2))),
+        "{toml}"
+    );
     assert!(toml.contains(&format!("server = \"{}\"", tables[0])), "{toml}");
     assert_eq!(host_tables(&lab.ssh_ok(Host::Node(3), "cat /etc/containerd/certs.d/_default/hosts.toml")), tables);
     // A replica lists itself first.
-    assert_eq!(host_tables(&lab.ssh_ok(Host::Node(2), "cat /etc/containerd/certs.d/docker.io/hosts.toml")), [tables[1].clone(), tables[0].clone()]);
+    assert_eq!(
+        host_tables(&lab.ssh_ok(Host::Node(2), "cat /etc/containerd/certs.d/docker.io/hosts.toml")),
+        [tables[1].clone(), tables[0].clone()]
+    );
 
     // Forget the image on the worker (blobs too), so the next pull fetches everything again.
     lab.ssh_ok(Host::Node(3), "ctr -n k8s.io images rm --sync docker.io/library/app:1 >/dev/null 2>&1; c=$(ctr -n k8s.io content ls -q); [ -z \"$c\" ] || ctr -n k8s.io content rm $c >/dev/null; true");
@@ -305,14 +351,21 @@ fn registry_replicas_survive_a_stopped_replica() {
     // The first replica dies; pulls on the worker go to the second.
     lab.ssh_ok(Host::Node(1), "systemctl stop ferry-registry");
     let port = tables[0].rsplit(':').next().unwrap().to_string();
-    let probe = format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{}/{port}' 2>/dev/null && echo open || echo closed", lab.ip(1));
+    let probe =
+        format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{}/{port}' 2>/dev/null && echo open || echo closed", lab.ip(1));
     assert_eq!(lab.ssh_ok(Host::Node(3), &probe).trim(), "closed");
     let pulls = lab.ssh_ok(
         Host::Node(3),
         "for i in 1 2 3; do (timeout 60 ctr -n k8s.io images pull --hosts-dir /etc/containerd/certs.d docker.io/library/app:1 >/tmp/pull$i.log 2>&1; echo $?) & done; wait",
     );
-    assert_eq!(pulls.split_whitespace().collect::<Vec<_>>(), ["0", "0", "0"], "pulls with replica 1 stopped: {}", lab.ssh(Host::Node(3), "cat /tmp/pull1.log").stdout.escape_ascii());
-    let out = lab.ssh_ok(Host::Node(3), "ctr -n k8s.io run --rm docker.io/library/app:1 replicas$$ /bin/busybox cat /hello");
+    assert_eq!(
+        pulls.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "0"],
+        "pulls with replica 1 stopped: {}",
+        lab.ssh(Host::Node(3), "cat /tmp/pull1.log").stdout.escape_ascii()
+    );
+    let out =
+        lab.ssh_ok(Host::Node(3), "ctr -n k8s.io run --rm docker.io/library/app:1 replicas$$ /bin/busybox cat /hello");
     assert_eq!(out.trim(), "hello from the bundle");
 
     // A re-run's registry phase brings the stopped replica back and checks every node against

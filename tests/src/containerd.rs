@@ -27,7 +27,8 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd and waits until it answers (panics with its log if it does not).
     pub fn start() -> Containerd {
-        let dir = tempfile::Builder::new().prefix("ferry-containerd-").tempdir().expect("creating containerd's directory");
+        let dir =
+            tempfile::Builder::new().prefix("ferry-containerd-").tempdir().expect("creating containerd's directory");
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let config = format!(
@@ -87,7 +88,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     /// `ctr images pull` through the hosts.toml files under `hosts_dir`.
     pub fn pull(&self, image: &str, hosts_dir: &Path) -> Output {
-        self.ctr().args(["images", "pull", "--hosts-dir"]).arg(hosts_dir).arg(image).output().expect("running ctr images pull")
+        self.ctr()
+            .args(["images", "pull", "--hosts-dir"])
+            .arg(hosts_dir)
+            .arg(image)
+            .output()
+            .expect("running ctr images pull")
     }
 
     /// `ctr run --rm IMAGE ID ARGS…`: runs a container to completion.

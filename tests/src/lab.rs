@@ -107,9 +107,7 @@ static WATCHDOG: Mutex<Option<(Child, ChildStdin)>> = Mutex::new(None);
 
 /// The state dir `scripts/testhosts` uses (`FERRY_LAB_DIR`, default `/srv/ferry-lab`).
 pub fn lab_dir() -> PathBuf {
-    std::env::var_os("FERRY_LAB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/srv/ferry-lab"))
+    std::env::var_os("FERRY_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/srv/ferry-lab"))
 }
 
 /// Path of `scripts/testhosts`.
@@ -138,11 +136,8 @@ fn take_session_lock() -> Result<libc::c_int, String> {
     if let Some(d) = path.parent() {
         let _ = std::fs::create_dir_all(d);
     }
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("{SESSION_LOCK}: {e}"))?;
+    let f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| format!("{SESSION_LOCK}: {e}"))?;
     let fd = f.into_raw_fd();
     // SAFETY: fd is an open file descriptor that this function owns.
     if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -150,10 +145,7 @@ fn take_session_lock() -> Result<libc::c_int, String> {
         let t0 = Instant::now();
         // SAFETY: as above; a blocking flock.
         if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
-            return Err(format!(
-                "flock {SESSION_LOCK}: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(format!("flock {SESSION_LOCK}: {}", std::io::Error::last_os_error()));
         }
         eprintln!("lab: got the lab after {:.1?}", t0.elapsed());
     }
@@ -163,22 +155,13 @@ fn take_session_lock() -> Result<libc::c_int, String> {
 /// Runs `scripts/testhosts ARGS…` and panics with its output unless it succeeds.
 pub fn testhosts_ok(args: &[&str]) -> Output {
     let out = testhosts(args);
-    assert!(
-        out.status.success(),
-        "scripts/testhosts {} failed ({}):\n{}",
-        args.join(" "),
-        out.status,
-        text(&out)
-    );
+    assert!(out.status.success(), "scripts/testhosts {} failed ({}):\n{}", args.join(" "), out.status, text(&out));
     out
 }
 
 extern "C" fn teardown_at_exit() {
     if std::env::var_os("FERRY_LAB_KEEP").is_some() {
-        eprintln!(
-            "lab: FERRY_LAB_KEEP is set, leaving the lab up ({} down removes it)",
-            testhosts_script().display()
-        );
+        eprintln!("lab: FERRY_LAB_KEEP is set, leaving the lab up ({} down removes it)", testhosts_script().display());
         return;
     }
     let out = testhosts(&["down"]);
@@ -273,26 +256,13 @@ impl Lab {
         }
         let lock_fd = take_session_lock()?;
         register_teardown(lock_fd);
-        let lab = Lab {
-            hosts,
-            bastion,
-            dir: lab_dir(),
-            usage: RwLock::new(()),
-            first_up: Duration::ZERO,
-        };
+        let lab = Lab { hosts, bastion, dir: lab_dir(), usage: RwLock::new(()), first_up: Duration::ZERO };
         let t0 = Instant::now();
         let out = lab.up_raw();
         if !out.status.success() {
-            return Err(format!(
-                "scripts/testhosts up failed ({}):\n{}",
-                out.status,
-                text(&out)
-            ));
+            return Err(format!("scripts/testhosts up failed ({}):\n{}", out.status, text(&out)));
         }
-        Ok(Lab {
-            first_up: t0.elapsed(),
-            ..lab
-        })
+        Ok(Lab { first_up: t0.elapsed(), ..lab })
     }
 
     fn up_raw(&self) -> Output {
@@ -315,10 +285,7 @@ impl Lab {
     /// and limit is undone (`scripts/testhosts heal`).
     pub fn exclusive(&self) -> Exclusive<'_> {
         let guard = self.usage.write().unwrap_or_else(|e| e.into_inner());
-        Exclusive {
-            lab: self,
-            _guard: guard,
-        }
+        Exclusive { lab: self, _guard: guard }
     }
 
     /// Number of nodes.
@@ -367,10 +334,7 @@ impl Lab {
     /// The password of user `guard` (for password logins and its sudo).
     pub fn guard_password(&self) -> String {
         let p = self.dir.join("guard.password");
-        std::fs::read_to_string(&p)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-            .trim()
-            .to_string()
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_string()
     }
 
     /// The cluster file (`installer run -f`) for the lab, as root on port 22.
@@ -381,19 +345,12 @@ impl Lab {
     /// The cluster file for logging in as `user` on `port` (sudo is on for users other than root).
     pub fn inventory_as(&self, user: &str, port: u16) -> String {
         let port = port.to_string();
-        String::from_utf8_lossy(
-            &testhosts_ok(&["inventory", "--user", user, "--port", &port]).stdout,
-        )
-        .into_owned()
+        String::from_utf8_lossy(&testhosts_ok(&["inventory", "--user", user, "--port", &port]).stdout).into_owned()
     }
 
     fn check(&self, h: Host) {
         match h {
-            Host::Node(i) => assert!(
-                i >= 1 && i <= self.hosts,
-                "the lab has node1..node{}, not node{i}",
-                self.hosts
-            ),
+            Host::Node(i) => assert!(i >= 1 && i <= self.hosts, "the lab has node1..node{}, not node{i}", self.hosts),
             Host::Bastion => assert!(self.bastion, "this lab has no bastion"),
         }
     }
@@ -405,11 +362,7 @@ impl Lab {
         let h = host.into();
         self.check(h);
         let mut c = Command::new("ssh");
-        c.arg("-F")
-            .arg(self.ssh_config_path())
-            .args(options)
-            .arg(format!("{user}@{}", h.ip()))
-            .stdin(Stdio::null());
+        c.arg("-F").arg(self.ssh_config_path()).args(options).arg(format!("{user}@{}", h.ip())).stdin(Stdio::null());
         c
     }
 
@@ -428,13 +381,7 @@ impl Lab {
     pub fn ssh_ok(&self, host: impl Into<Host>, cmd: &str) -> String {
         let h = host.into();
         let out = self.ssh(h, cmd);
-        assert!(
-            out.status.success(),
-            "on {}: `{cmd}` failed ({}):\n{}",
-            h.name(),
-            out.status,
-            text(&out)
-        );
+        assert!(out.status.success(), "on {}: `{cmd}` failed ({}):\n{}", h.name(), out.status, text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
@@ -529,12 +476,7 @@ impl Exclusive<'_> {
     pub fn up(&self) -> Duration {
         let t0 = Instant::now();
         let out = self.lab.up_raw();
-        assert!(
-            out.status.success(),
-            "scripts/testhosts up failed ({}):\n{}",
-            out.status,
-            text(&out)
-        );
+        assert!(out.status.success(), "scripts/testhosts up failed ({}):\n{}", out.status, text(&out));
         t0.elapsed()
     }
 }

@@ -15,7 +15,8 @@ pub fn workspace_root() -> PathBuf {
 
 /// Path of a binary built by `cargo build --release` (the test command builds them first).
 pub fn release_bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     let p = target.join("release").join(name);
     assert!(p.exists(), "{} is missing: run `cargo build --release` first (scripts/test.sh does)", p.display());
     p

@@ -61,12 +61,27 @@ impl Upstream {
             if let Some((user, password)) = &login {
                 let htpasswd = ok(Command::new("htpasswd").args(["-Bbn", user, password]));
                 fs::write(dir.path().join("htpasswd"), htpasswd.trim()).unwrap();
-                config.push_str(&format!("auth: {{htpasswd: {{realm: ferry-test, path: {}}}}}\n", dir.path().join("htpasswd").display()));
+                config.push_str(&format!(
+                    "auth: {{htpasswd: {{realm: ferry-test, path: {}}}}}\n",
+                    dir.path().join("htpasswd").display()
+                ));
             }
             if tls {
                 let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
                 ok(Command::new("openssl")
-                    .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+                    .args([
+                        "req",
+                        "-x509",
+                        "-newkey",
+                        "rsa:2048",
+                        "-nodes",
+                        "-days",
+                        "2",
+                        "-subj",
+                        "/CN=127.0.0.1",
+                        "-addext",
+                        "subjectAltName=IP:127.0.0.1",
+                    ])
                     .arg("-keyout")
                     .arg(&key)
                     .arg("-out")
@@ -195,10 +210,29 @@ impl Layout {
             }
         }
         let tar = staging.path().with_extension("tar");
-        ok(Command::new("tar").arg("--sort=name").arg("--mtime=@0").arg("--owner=0").arg("--group=0").arg("-C").arg(staging.path()).arg("-cf").arg(&tar).arg("."));
+        ok(Command::new("tar")
+            .arg("--sort=name")
+            .arg("--mtime=@0")
+            .arg("--owner=0")
+            .arg("--group=0")
+            .arg("-C")
+            .arg(staging.path())
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
         ok(Command::new("umoci").args(["raw", "add-layer", "--image", &img]).arg(&tar));
         let _ = fs::remove_file(&tar);
-        ok(Command::new("umoci").args(["config", "--image", &img, "--os", "linux", "--architecture", arch, "--config.cmd", "/bin/sh"]));
+        ok(Command::new("umoci").args([
+            "config",
+            "--image",
+            &img,
+            "--os",
+            "linux",
+            "--architecture",
+            arch,
+            "--config.cmd",
+            "/bin/sh",
+        ]));
         self
     }
 

@@ -12,14 +12,14 @@
 
 use super::discovery::{Discovered, Source};
 use super::docker_archive::DockerArchive;
-use super::oci::{self, classify, digest_of, Descriptor, IndexDoc, Kind, ManifestDoc, Platform};
+use super::oci::{self, Descriptor, IndexDoc, Kind, ManifestDoc, Platform, classify, digest_of};
 use super::oci_layout::OciLayout;
 use super::reference::parse_digest;
 use super::registry_client::{Endpoint, RegistryClient};
 use super::store::{Slice, Store};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How to fetch one blob.
 #[derive(Clone, Debug)]
@@ -120,7 +120,10 @@ struct LayoutOrigin<'a> {
 
 impl Origin for LayoutOrigin<'_> {
     fn manifest(&self, desc: &Descriptor) -> Result<Vec<u8>, String> {
-        let slice = self.layout.blob(&desc.digest).ok_or_else(|| format!("{} lacks blob {} (a manifest)", self.layout.shown, desc.digest))?;
+        let slice = self
+            .layout
+            .blob(&desc.digest)
+            .ok_or_else(|| format!("{} lacks blob {} (a manifest)", self.layout.shown, desc.digest))?;
         slice.read(oci::MAX_MANIFEST_LEN).map_err(|e| format!("{}: manifest {}: {e}", self.layout.shown, desc.digest))
     }
     fn blob(&self, desc: &Descriptor, what: &str) -> Result<Fetch, String> {
@@ -141,7 +144,11 @@ impl Origin for LegacyOrigin<'_> {
         Err(format!("{}: unexpected nested manifest {}", self.shown, desc.digest))
     }
     fn blob(&self, desc: &Descriptor, what: &str) -> Result<Fetch, String> {
-        self.blobs.get(&desc.digest).cloned().map(Fetch::Verified).ok_or_else(|| format!("{} lacks the {what}", self.shown))
+        self.blobs
+            .get(&desc.digest)
+            .cloned()
+            .map(Fetch::Verified)
+            .ok_or_else(|| format!("{} lacks the {what}", self.shown))
     }
 }
 
@@ -186,7 +193,8 @@ impl Collector<'_> {
             let r = self.resolve(&images[i], &|_| {});
             *walked[i].lock().unwrap() = Some(r);
         });
-        let walked: Vec<Result<Walked, String>> = walked.into_iter().map(|m| m.into_inner().unwrap().expect("every image ran")).collect();
+        let walked: Vec<Result<Walked, String>> =
+            walked.into_iter().map(|m| m.into_inner().unwrap().expect("every image ran")).collect();
 
         // Phase 2: unique blobs; the cheapest source of each first.
         let mut needs: BTreeMap<String, Vec<Need>> = BTreeMap::new();
@@ -210,8 +218,11 @@ impl Collector<'_> {
             *results[i].lock().unwrap() = Some(r);
         });
         bar.finish();
-        let blob_results: HashMap<String, Result<Slice, String>> =
-            unique.into_iter().zip(results).map(|((d, _), r)| (d, r.into_inner().unwrap().expect("every blob ran"))).collect();
+        let blob_results: HashMap<String, Result<Slice, String>> = unique
+            .into_iter()
+            .zip(results)
+            .map(|((d, _), r)| (d, r.into_inner().unwrap().expect("every blob ran")))
+            .collect();
 
         // Assemble per image.
         let mut out = Outcome { pulled: pulled.into_inner(), ..Default::default() };
@@ -268,12 +279,14 @@ impl Collector<'_> {
         let workers = self.jobs.clamp(1, n.max(1));
         std::thread::scope(|s| {
             for _ in 0..workers {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        break;
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            break;
+                        }
+                        f(i);
                     }
-                    f(i);
                 });
             }
         });
@@ -291,12 +304,20 @@ impl Collector<'_> {
         }
     }
 
-    fn fetch(&self, digest: &str, candidates: &[Need], progress: &(dyn Fn(u64) + Sync), pulled: &std::sync::atomic::AtomicU64) -> Result<Slice, String> {
+    fn fetch(
+        &self,
+        digest: &str,
+        candidates: &[Need],
+        progress: &(dyn Fn(u64) + Sync),
+        pulled: &std::sync::atomic::AtomicU64,
+    ) -> Result<Slice, String> {
         let mut errors = Vec::new();
         for n in candidates {
             let r = match &n.fetch {
                 Fetch::Verified(s) => Ok(s.clone()),
-                Fetch::Local(s) => s.verify(digest, progress).map(|_| s.clone()).map_err(|e| format!("corrupt content: {e}")),
+                Fetch::Local(s) => {
+                    s.verify(digest, progress).map(|_| s.clone()).map_err(|e| format!("corrupt content: {e}"))
+                }
                 Fetch::Registry { ep, repo } => {
                     let dest = self.store.path_for(digest);
                     if dest.exists() {
@@ -329,19 +350,25 @@ impl Collector<'_> {
         match &d.source {
             Source::Registry => {
                 let eps = self.client.network().endpoints(&image.registry);
-                let (ep, m) = self.client.manifest_any(&eps, &image.repository, image.reference()).map_err(|e| e.to_string())?;
+                let (ep, m) =
+                    self.client.manifest_any(&eps, &image.repository, image.reference()).map_err(|e| e.to_string())?;
                 let digest = digest_of(&m.bytes);
                 if let Some(pin) = &image.digest {
                     if &digest != pin {
-                        return Err(format!("corrupt content: {ep} served a manifest hashing to {digest}, not the pinned {pin}"));
+                        return Err(format!(
+                            "corrupt content: {ep} served a manifest hashing to {digest}, not the pinned {pin}"
+                        ));
                     }
                 }
                 if let Some(h) = m.digest_header.as_deref().filter(|h| h.starts_with("sha256:")) {
                     if h != digest {
-                        return Err(format!("corrupt content: {ep} says the manifest is {h}, but it hashes to {digest}"));
+                        return Err(format!(
+                            "corrupt content: {ep} says the manifest is {h}, but it hashes to {digest}"
+                        ));
                     }
                 }
-                let (kind, media) = classify(&m.bytes, m.content_type.as_deref()).map_err(|e| format!("the manifest from {ep}: {e}"))?;
+                let (kind, media) = classify(&m.bytes, m.content_type.as_deref())
+                    .map_err(|e| format!("the manifest from {ep}: {e}"))?;
                 let origin = RegistryOrigin { client: self.client, ep, repo: image.repository.clone() };
                 self.walk_top(&origin, &m.bytes, kind, &digest, &media)
             }
@@ -388,18 +415,36 @@ impl Collector<'_> {
                 return Err(format!("{} holds {} for it, not the pinned {pin}", layout.shown, desc.digest));
             }
         }
-        let (kind, media) = classify(&bytes, desc.media_type.as_deref()).map_err(|e| format!("{}: manifest {}: {e}", layout.shown, desc.digest))?;
+        let (kind, media) = classify(&bytes, desc.media_type.as_deref())
+            .map_err(|e| format!("{}: manifest {}: {e}", layout.shown, desc.digest))?;
         self.walk_top(&origin, &bytes, kind, &desc.digest, &media)
     }
 
-    fn walk_top(&self, origin: &dyn Origin, bytes: &[u8], kind: Kind, digest: &str, media: &str) -> Result<Walked, String> {
+    fn walk_top(
+        &self,
+        origin: &dyn Origin,
+        bytes: &[u8],
+        kind: Kind,
+        digest: &str,
+        media: &str,
+    ) -> Result<Walked, String> {
         let mut w = Walked { top_digest: digest.to_string(), top_media: media.to_string(), ..Default::default() };
         self.walk(origin, bytes, kind, digest, media, &mut w, 0, None)?;
         Ok(w)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn walk(&self, origin: &dyn Origin, bytes: &[u8], kind: Kind, digest: &str, media: &str, w: &mut Walked, depth: usize, platform: Option<&Platform>) -> Result<(), String> {
+    fn walk(
+        &self,
+        origin: &dyn Origin,
+        bytes: &[u8],
+        kind: Kind,
+        digest: &str,
+        media: &str,
+        w: &mut Walked,
+        depth: usize,
+        platform: Option<&Platform>,
+    ) -> Result<(), String> {
         let slice = self.store.put(digest, bytes)?;
         w.manifests.push((digest.to_string(), media.to_string(), slice));
         match kind {
@@ -407,13 +452,15 @@ impl Collector<'_> {
                 if depth >= 2 {
                     return Err(format!("index {digest} nests indexes too deeply"));
                 }
-                let idx: IndexDoc = serde_json::from_slice(bytes).map_err(|e| format!("index {digest} is not valid: {e}"))?;
+                let idx: IndexDoc =
+                    serde_json::from_slice(bytes).map_err(|e| format!("index {digest} is not valid: {e}"))?;
                 let mut matched = vec![false; self.platforms.len()];
                 let mut available = Vec::new();
                 for child in &idx.manifests {
                     let Some(p) = &child.platform else { continue };
                     available.push(p.to_string());
-                    let hits: Vec<usize> = self.platforms.iter().enumerate().filter(|(_, want)| want.accepts(p)).map(|(i, _)| i).collect();
+                    let hits: Vec<usize> =
+                        self.platforms.iter().enumerate().filter(|(_, want)| want.accepts(p)).map(|(i, _)| i).collect();
                     if hits.is_empty() {
                         continue;
                     }
@@ -423,7 +470,8 @@ impl Collector<'_> {
                     valid_digest(child, &format!("index {digest}"))?;
                     let cbytes = origin.manifest(child).map_err(|e| format!("manifest for {p}: {e}"))?;
                     check(&cbytes, &child.digest, Some(child.size), &format!("manifest for {p}"))?;
-                    let (ck, cm) = classify(&cbytes, child.media_type.as_deref()).map_err(|e| format!("manifest {} for {p}: {e}", child.digest))?;
+                    let (ck, cm) = classify(&cbytes, child.media_type.as_deref())
+                        .map_err(|e| format!("manifest {} for {p}: {e}", child.digest))?;
                     self.walk(origin, &cbytes, ck, &child.digest, &cm, w, depth + 1, Some(p))?;
                 }
                 let missing: Vec<String> =
@@ -437,15 +485,24 @@ impl Collector<'_> {
                     ));
                 }
                 if !missing.is_empty() && depth == 0 {
-                    w.warnings.push(format!("{{image}} has no manifest for {}; nodes of that platform cannot run it", missing.join(", ")));
+                    w.warnings.push(format!(
+                        "{{image}} has no manifest for {}; nodes of that platform cannot run it",
+                        missing.join(", ")
+                    ));
                 }
             }
             Kind::Manifest => {
-                let m: ManifestDoc = serde_json::from_slice(bytes).map_err(|e| format!("manifest {digest} is not valid: {e}"))?;
+                let m: ManifestDoc =
+                    serde_json::from_slice(bytes).map_err(|e| format!("manifest {digest} is not valid: {e}"))?;
                 let on = platform.map(|p| format!(" for {p}")).unwrap_or_default();
                 let what = format!("config{on}");
                 valid_digest(&m.config, &what)?;
-                w.needs.push(Need { digest: m.config.digest.clone(), size: m.config.size, fetch: origin.blob(&m.config, &what)?, what });
+                w.needs.push(Need {
+                    digest: m.config.digest.clone(),
+                    size: m.config.size,
+                    fetch: origin.blob(&m.config, &what)?,
+                    what,
+                });
                 for (i, l) in m.layers.iter().enumerate() {
                     let what = format!("layer {}{on}", i + 1);
                     valid_digest(l, &what)?;

@@ -46,11 +46,9 @@ pub fn supported() -> String {
 pub fn row(version: &str) -> Result<Row, String> {
     let (major, minor, _) = parse_kubernetes_version(version)
         .ok_or_else(|| format!("Kubernetes version `{version}` is not of the form vMAJOR.MINOR.PATCH"))?;
-    TABLE
-        .iter()
-        .find(|r| major == 1 && r.minor == minor)
-        .copied()
-        .ok_or_else(|| format!("Kubernetes {version} is not supported: ferry knows the control-plane images of {}", supported()))
+    TABLE.iter().find(|r| major == 1 && r.minor == minor).copied().ok_or_else(|| {
+        format!("Kubernetes {version} is not supported: ferry knows the control-plane images of {}", supported())
+    })
 }
 
 /// The full references `kubeadm init` needs for `version`, in kubeadm's order.

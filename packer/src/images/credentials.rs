@@ -5,7 +5,7 @@
 //! the upstream registry's password), are never printed (`Debug` redacts them) and never stored
 //! in the installer.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use std::collections::HashMap;
 use std::fmt;
@@ -31,7 +31,10 @@ impl fmt::Debug for Login {
 impl Login {
     /// The `Authorization: Basic …` value.
     pub fn basic_header(&self) -> String {
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.user, self.password)))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.user, self.password))
+        )
     }
 }
 
@@ -95,7 +98,8 @@ impl Credentials {
             password: Option<String>,
         }
         // Never quote the file's content in errors: it holds secrets.
-        let cfg: Config = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{origin} is not valid JSON (line {})", e.line()))?;
+        let cfg: Config = serde_json::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{origin} is not valid JSON (line {})", e.line()))?;
         for (key, entry) in cfg.auths {
             let host = host_key(&key);
             let login = if let Some(auth) = entry.auth.filter(|a| !a.is_empty()) {

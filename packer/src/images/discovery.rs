@@ -15,10 +15,10 @@ use super::controlplane;
 use super::reference::ImageRef;
 use crate::spec::Bundle;
 use anyhow::Result;
+use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplate, ReplicationController};
-use k8s_openapi::Resource;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -123,10 +123,18 @@ impl Found {
 
     fn add_ref(&mut self, image: ImageRef, origin: &str, source: Source) {
         let key = image.to_string();
-        let entry = self.by_ref.entry(key.clone()).or_insert_with(|| Discovered { image, source: Source::Registry, found_in: Vec::new() });
+        let entry = self.by_ref.entry(key.clone()).or_insert_with(|| Discovered {
+            image,
+            source: Source::Registry,
+            found_in: Vec::new(),
+        });
         if source != Source::Registry {
             if entry.source != Source::Registry && entry.source != source {
-                self.errors.push(format!("{origin}: {key} is given two sources: {} and {}", entry.source.describe(), source.describe()));
+                self.errors.push(format!(
+                    "{origin}: {key} is given two sources: {} and {}",
+                    entry.source.describe(),
+                    source.describe()
+                ));
             }
             entry.source = source;
         }
@@ -192,7 +200,11 @@ pub fn discover(bundle: &Bundle, charts: &ChartMode, warnings: &mut Vec<String>)
     if !found.errors.is_empty() {
         let n = found.errors.len();
         let list = found.errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n");
-        anyhow::bail!("{}: {n} problem{} while finding the bundle's images:\n{list}", bundle.file.display(), if n == 1 { "" } else { "s" });
+        anyhow::bail!(
+            "{}: {n} problem{} while finding the bundle's images:\n{list}",
+            bundle.file.display(),
+            if n == 1 { "" } else { "s" }
+        );
     }
     Ok(found.by_ref.into_values().collect())
 }
@@ -338,7 +350,8 @@ fn typed_pod_spec(api_version: &str, kind: &str, v: &Value) -> Option<Result<Opt
 }
 
 /// Workload kinds whose apiVersion Kubernetes no longer serves.
-const REMOVED_GROUPS: &[&str] = &["extensions/v1beta1", "apps/v1beta1", "apps/v1beta2", "batch/v1beta1", "batch/v2alpha1"];
+const REMOVED_GROUPS: &[&str] =
+    &["extensions/v1beta1", "apps/v1beta1", "apps/v1beta2", "batch/v1beta1", "batch/v2alpha1"];
 const WORKLOAD_KINDS: &[&str] = &["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"];
 
 /// The images of one parsed document.
@@ -351,7 +364,8 @@ fn scan_value(v: &Value, out: &mut Vec<String>) -> Result<(), String> {
     let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let what = if name.is_empty() { kind.to_string() } else { format!("{kind} {name}") };
     if kind == "List" || (kind.ends_with("List") && obj.get("items").is_some_and(Value::is_array)) {
-        let items = obj.get("items").and_then(Value::as_array).ok_or_else(|| format!("{what}: `items` must be a list"))?;
+        let items =
+            obj.get("items").and_then(Value::as_array).ok_or_else(|| format!("{what}: `items` must be a list"))?;
         for (i, item) in items.iter().enumerate() {
             scan_value(item, out).map_err(|e| format!("{what} items[{i}]: {e}"))?;
         }
@@ -414,7 +428,14 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn scan_chart(real: &Path, shown: &str, kube_version: &str, mode: &ChartMode, found: &mut Found, warnings: &mut Vec<String>) {
+fn scan_chart(
+    real: &Path,
+    shown: &str,
+    kube_version: &str,
+    mode: &ChartMode,
+    found: &mut Found,
+    warnings: &mut Vec<String>,
+) {
     match mode {
         ChartMode::Helm(helm) => {
             let name = chart_name(real).unwrap_or_else(|| shown.to_string());
@@ -427,12 +448,18 @@ fn scan_chart(real: &Path, shown: &str, kube_version: &str, mode: &ChartMode, fo
             match out {
                 Ok(o) if o.status.success() => match String::from_utf8(o.stdout) {
                     Ok(text) => scan_manifests(&text, &label, found),
-                    Err(_) => found.errors.push(format!("chart {shown}: `helm template` printed something that is not UTF-8")),
+                    Err(_) => {
+                        found.errors.push(format!("chart {shown}: `helm template` printed something that is not UTF-8"))
+                    }
                 },
                 Ok(o) => {
                     let stderr = String::from_utf8_lossy(&o.stderr);
                     let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-                    found.errors.push(format!("chart {shown} does not render: `helm template` failed ({}): {}", o.status, tail.join(" / ")));
+                    found.errors.push(format!(
+                        "chart {shown} does not render: `helm template` failed ({}): {}",
+                        o.status,
+                        tail.join(" / ")
+                    ));
                 }
                 Err(e) => found.errors.push(format!("chart {shown}: cannot run {}: {e}", helm.display())),
             }
@@ -510,7 +537,9 @@ impl ChartFiles {
                 Some((sub, inner)) => {
                     dirs.entry(sub.to_string()).or_default().insert(inner.to_string(), bytes.clone());
                 }
-                None if rest.ends_with(".tgz") => out.push((rest.trim_end_matches(".tgz").to_string(), ChartFiles::from_tgz(&bytes[..]))),
+                None if rest.ends_with(".tgz") => {
+                    out.push((rest.trim_end_matches(".tgz").to_string(), ChartFiles::from_tgz(&bytes[..])))
+                }
                 None => {}
             }
         }
@@ -524,10 +553,19 @@ impl ChartFiles {
 }
 
 fn wanted_chart_file(rel: &str) -> bool {
-    rel == "Chart.yaml" || rel == "values.yaml" || (rel.starts_with("charts/") && (rel.ends_with("/Chart.yaml") || rel.ends_with("/values.yaml") || rel.ends_with(".tgz")))
+    rel == "Chart.yaml"
+        || rel == "values.yaml"
+        || (rel.starts_with("charts/")
+            && (rel.ends_with("/Chart.yaml") || rel.ends_with("/values.yaml") || rel.ends_with(".tgz")))
 }
 
-fn scan_chart_files(files: &ChartFiles, shown: &str, parent: Option<&str>, found: &mut Found, warnings: &mut Vec<String>) {
+fn scan_chart_files(
+    files: &ChartFiles,
+    shown: &str,
+    parent: Option<&str>,
+    found: &mut Found,
+    warnings: &mut Vec<String>,
+) {
     let meta: Value = match files.get("Chart.yaml").map(serde_saphyr::from_slice::<Value>) {
         Some(Ok(v)) => v,
         Some(Err(e)) => return found.errors.push(format!("chart {shown}: Chart.yaml is not valid YAML: {e}")),
@@ -549,7 +587,9 @@ fn scan_chart_files(files: &ChartFiles, shown: &str, parent: Option<&str>, found
                     }
                 }
             }
-            Err(e) => found.errors.push(format!("chart {full}: the artifacthub.io/images annotation is not a YAML list: {e}")),
+            Err(e) => {
+                found.errors.push(format!("chart {full}: the artifacthub.io/images annotation is not a YAML list: {e}"))
+            }
         }
     }
     if let Some(bytes) = files.get("values.yaml") {
@@ -615,7 +655,9 @@ pub fn scan_values(v: &Value, path: &str, app_version: Option<&str>, out: &mut V
                 }
                 out.push((format!("{path}.repository").trim_start_matches('.').to_string(), r));
             }
-            if let Some(image) = map.get("image").and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty() && !s.contains("{{")) {
+            if let Some(image) =
+                map.get("image").and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty() && !s.contains("{{"))
+            {
                 let mut r = image.to_string();
                 let last = r.rsplit('/').next().unwrap_or("");
                 if !last.contains(':') && !r.contains('@') {
@@ -816,9 +858,12 @@ spec:
         assert!(errs[1].contains("document 2") && errs[1].contains("mapping"), "{errs:?}");
         assert!(errs[2].contains("document 3") && errs[2].contains("extensions/v1beta1"), "{errs:?}");
 
-        let errs = scan("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: 'Bad:Ref'}]}\n").unwrap_err();
+        let errs =
+            scan("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: 'Bad:Ref'}]}\n")
+                .unwrap_err();
         assert!(errs[0].contains("bundle/m.yaml#1") && errs[0].contains("Bad:Ref"), "{errs:?}");
-        let errs = scan("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a}]}\n").unwrap_err();
+        let errs =
+            scan("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a}]}\n").unwrap_err();
         assert!(errs[0].contains("container `a` has no image"), "{errs:?}");
     }
 

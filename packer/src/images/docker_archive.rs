@@ -9,7 +9,7 @@
 //! stores layers uncompressed), so `name@sha256:…` references to the registry's image will not
 //! resolve against it. The packer warns about that.
 
-use super::oci::{digest_of, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST};
+use super::oci::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST, digest_of};
 use super::oci_layout::{Files, OciLayout};
 use super::reference::ImageRef;
 use super::store::Slice;
@@ -58,7 +58,10 @@ impl DockerArchive {
     /// Opens and indexes the tar.
     pub fn open(path: &Path, shown: &str) -> Result<DockerArchive, String> {
         if path.is_dir() {
-            return Err(format!("{shown}: {} is a directory; docker-archive: takes the tar `docker save` writes", path.display()));
+            return Err(format!(
+                "{shown}: {} is a directory; docker-archive: takes the tar `docker save` writes",
+                path.display()
+            ));
         }
         let files = Files::open(path)?;
         if files.has("oci-layout") && files.has("index.json") {
@@ -67,13 +70,17 @@ impl DockerArchive {
         let manifest = files
             .read("manifest.json", 64 << 20)?
             .ok_or_else(|| format!("{shown} is not `docker save` output: it has no manifest.json"))?;
-        let entries: Vec<LegacyEntry> =
-            serde_json::from_slice(&manifest).map_err(|e| format!("{shown}: manifest.json is not docker save's: {e}"))?;
+        let entries: Vec<LegacyEntry> = serde_json::from_slice(&manifest)
+            .map_err(|e| format!("{shown}: manifest.json is not docker save's: {e}"))?;
         Ok(DockerArchive::Legacy { files, entries, shown: shown.to_string() })
     }
 
     /// The legacy entry whose `RepoTags` names `image`, or the only entry.
-    pub fn select_legacy<'a>(entries: &'a [LegacyEntry], image: &ImageRef, shown: &str) -> Result<&'a LegacyEntry, String> {
+    pub fn select_legacy<'a>(
+        entries: &'a [LegacyEntry],
+        image: &ImageRef,
+        shown: &str,
+    ) -> Result<&'a LegacyEntry, String> {
         let want = image.to_string();
         let hit = entries.iter().find(|e| {
             e.repo_tags.iter().flatten().any(|t| ImageRef::parse(t).map(|r| r.to_string() == want).unwrap_or(false))
@@ -83,13 +90,22 @@ impl DockerArchive {
             None if entries.len() == 1 => Ok(&entries[0]),
             None => {
                 let tags: Vec<String> = entries.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect();
-                Err(format!("{shown} holds {} images and none is tagged {want} (it has: {})", entries.len(), tags.join(", ")))
+                Err(format!(
+                    "{shown} holds {} images and none is tagged {want} (it has: {})",
+                    entries.len(),
+                    tags.join(", ")
+                ))
             }
         }
     }
 
     /// Writes the OCI manifest of a legacy entry, hashing its config and layers.
-    pub fn synthesize(files: &Files, entry: &LegacyEntry, shown: &str, progress: &(dyn Fn(u64) + Sync)) -> Result<Synthesized, String> {
+    pub fn synthesize(
+        files: &Files,
+        entry: &LegacyEntry,
+        shown: &str,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Synthesized, String> {
         let mut blobs = HashMap::new();
         let config = files.locate(&entry.config).ok_or_else(|| format!("{shown} lacks the config {}", entry.config))?;
         let config_bytes = config.read(64 << 20).map_err(|e| format!("{shown}: config {}: {e}", entry.config))?;
@@ -149,7 +165,8 @@ mod tests {
             r#"[{"Config":"a.json","RepoTags":["tool:1"],"Layers":["x/layer.tar"]},{"Config":"b.json","RepoTags":["quay.io/o/b:2"],"Layers":[]}]"#,
         )
         .unwrap();
-        let pick = |r: &str| DockerArchive::select_legacy(&entries, &ImageRef::parse(r).unwrap(), "docker-archive:t.tar");
+        let pick =
+            |r: &str| DockerArchive::select_legacy(&entries, &ImageRef::parse(r).unwrap(), "docker-archive:t.tar");
         assert_eq!(pick("docker.io/library/tool:1").unwrap().config, "a.json");
         assert_eq!(pick("quay.io/o/b:2").unwrap().config, "b.json");
         let e = pick("tool:2").unwrap_err();

@@ -31,12 +31,12 @@ pub mod registry_client;
 pub mod store;
 
 use crate::spec::Bundle;
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use discovery::{ChartMode, Discovered};
 use ferry_stub::printer::Printer;
 use ferry_stub::units;
 use oci::Platform;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -111,14 +111,18 @@ pub fn collect(bundle: &Bundle, opts: &Options, temp_parent: &Path, printer: &Pr
         images.len() - from_registries,
         platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
     ));
-    let collector = collect::Collector { client: &client, store: &store, platforms: &platforms, jobs: opts.jobs.max(1), printer };
+    let collector =
+        collect::Collector { client: &client, store: &store, platforms: &platforms, jobs: opts.jobs.max(1), printer };
     let outcome = collector.run(&images);
     for w in &outcome.warnings {
         printer.warn(w);
     }
     if !outcome.failed.is_empty() {
-        let lines: Vec<String> =
-            outcome.failed.iter().map(|(d, why)| format!("  - {} (from {}): {why}", d.image, d.found_in.join(", "))).collect();
+        let lines: Vec<String> = outcome
+            .failed
+            .iter()
+            .map(|(d, why)| format!("  - {} (from {}): {why}", d.image, d.found_in.join(", ")))
+            .collect();
         if !opts.allow_missing {
             bail!(
                 "{} of {} images could not be resolved, so no installer was written:\n{}\n(--allow-missing-images builds without them and records them as missing)",
@@ -202,7 +206,12 @@ pub fn run_list(spec: &Path, as_json: bool, printer: &Printer) -> Result<()> {
     let swidth = images.iter().map(|d| d.source.describe().len()).max().unwrap_or(6).max(6);
     printer.out(format!("{:<width$}  {:<swidth$}  FOUND IN", "REF", "SOURCE"));
     for d in &images {
-        printer.out(format!("{:<width$}  {:<swidth$}  {}", d.image.to_string(), d.source.describe(), d.found_in.join(", ")));
+        printer.out(format!(
+            "{:<width$}  {:<swidth$}  {}",
+            d.image.to_string(),
+            d.source.describe(),
+            d.found_in.join(", ")
+        ));
     }
     printer.out(format!("{} images", images.len()));
     Ok(())

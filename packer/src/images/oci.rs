@@ -101,7 +101,9 @@ pub fn classify(bytes: &[u8], declared: Option<&str>) -> Result<(Kind, String), 
     let media = probe.media_type.as_deref().or(declared.filter(|d| kind_of(d).is_some()));
     let kind = match media.and_then(kind_of) {
         Some(k) => k,
-        None if media.is_some() => return Err(format!("media type `{}` is not an image manifest or index", media.unwrap())),
+        None if media.is_some() => {
+            return Err(format!("media type `{}` is not an image manifest or index", media.unwrap()));
+        }
         None if probe.manifests.is_some() => Kind::Index,
         None if probe.config.is_some() => Kind::Manifest,
         None => return Err("it is neither an image manifest nor an index".into()),
@@ -137,9 +139,12 @@ impl Platform {
     /// Parses `os/arch[/variant]`.
     pub fn parse(s: &str) -> Result<Platform, String> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let ok =
+            |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         match parts.as_slice() {
-            [os, arch] if ok(os) && ok(arch) => Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None }),
+            [os, arch] if ok(os) && ok(arch) => {
+                Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None })
+            }
             [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
                 Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: Some(v.to_string()) })
             }
@@ -218,7 +223,10 @@ mod tests {
         assert_eq!(classify(bare, Some(OCI_INDEX)).unwrap().0, Kind::Index);
         assert_eq!(classify(bare, Some("text/plain")).unwrap(), (Kind::Index, OCI_INDEX.into()));
         let m = br#"{"schemaVersion":2,"config":{"digest":"sha256:00","size":1},"layers":[]}"#;
-        assert_eq!(classify(m, Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8")).unwrap(), (Kind::Manifest, OCI_MANIFEST.into()));
+        assert_eq!(
+            classify(m, Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8")).unwrap(),
+            (Kind::Manifest, OCI_MANIFEST.into())
+        );
         assert!(classify(br#"{"schemaVersion":1,"fsLayers":[]}"#, None).unwrap_err().contains("schema 1"));
         assert!(classify(b"not json", None).is_err());
         assert!(classify(br#"{"mediaType":"application/vnd.oci.image.layer.v1.tar"}"#, None).is_err());

@@ -37,10 +37,16 @@ impl Files {
         let mut magic = [0u8; 4];
         let n = f.read(&mut magic).map_err(|e| format!("reading {}: {e}", path.display()))?;
         if n >= 2 && magic[..2] == [0x1f, 0x8b] {
-            return Err(format!("{} is gzip-compressed; decompress it first (gunzip), ferry reads plain tars in place", path.display()));
+            return Err(format!(
+                "{} is gzip-compressed; decompress it first (gunzip), ferry reads plain tars in place",
+                path.display()
+            ));
         }
         if n >= 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-            return Err(format!("{} is zstd-compressed; decompress it first, ferry reads plain tars in place", path.display()));
+            return Err(format!(
+                "{} is zstd-compressed; decompress it first, ferry reads plain tars in place",
+                path.display()
+            ));
         }
         let f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let mut archive = tar::Archive::new(f);
@@ -58,7 +64,8 @@ impl Files {
                 if let Ok(Some(target)) = entry.link_name() {
                     let target = target.to_string_lossy().into_owned();
                     let resolved = if kind.is_symlink() {
-                        let base = Path::new(&name).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                        let base =
+                            Path::new(&name).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
                         join_rel(&base, &target)
                     } else {
                         clean(&target)
@@ -86,7 +93,9 @@ impl Files {
                 let meta = std::fs::metadata(&p).ok()?;
                 meta.is_file().then(|| Slice { path: p, offset: 0, size: meta.len() })
             }
-            Files::Tar { path, members } => members.get(rel).map(|&(offset, size)| Slice { path: path.clone(), offset, size }),
+            Files::Tar { path, members } => {
+                members.get(rel).map(|&(offset, size)| Slice { path: path.clone(), offset, size })
+            }
         }
     }
 
@@ -109,7 +118,8 @@ fn clean(p: &str) -> String {
 }
 
 fn join_rel(base: &str, target: &str) -> String {
-    let mut parts: Vec<&str> = if target.starts_with('/') { Vec::new() } else { base.split('/').filter(|s| !s.is_empty()).collect() };
+    let mut parts: Vec<&str> =
+        if target.starts_with('/') { Vec::new() } else { base.split('/').filter(|s| !s.is_empty()).collect() };
     for c in target.split('/') {
         match c {
             "" | "." => {}
@@ -141,18 +151,22 @@ impl OciLayout {
 
     /// Checks `oci-layout` and reads `index.json`.
     pub fn from_files(files: Files, shown: &str) -> Result<OciLayout, String> {
-        let layout = files.read("oci-layout", 1 << 16)?.ok_or_else(|| format!("{shown} is not an OCI image layout: it has no `oci-layout` file"))?;
+        let layout = files
+            .read("oci-layout", 1 << 16)?
+            .ok_or_else(|| format!("{shown} is not an OCI image layout: it has no `oci-layout` file"))?;
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct LayoutFile {
             image_layout_version: String,
         }
-        let v: LayoutFile = serde_json::from_slice(&layout).map_err(|e| format!("{shown}: `oci-layout` is not valid: {e}"))?;
+        let v: LayoutFile =
+            serde_json::from_slice(&layout).map_err(|e| format!("{shown}: `oci-layout` is not valid: {e}"))?;
         if !v.image_layout_version.starts_with("1.") {
             return Err(format!("{shown}: imageLayoutVersion {} is not supported (1.x is)", v.image_layout_version));
         }
         let index = files.read("index.json", 64 << 20)?.ok_or_else(|| format!("{shown} has no index.json"))?;
-        let index: IndexDoc = serde_json::from_slice(&index).map_err(|e| format!("{shown}: index.json is not an OCI index: {e}"))?;
+        let index: IndexDoc =
+            serde_json::from_slice(&index).map_err(|e| format!("{shown}: index.json is not an OCI index: {e}"))?;
         Ok(OciLayout { files, index, shown: shown.to_string() })
     }
 
@@ -167,7 +181,12 @@ impl OciLayout {
         self.index
             .manifests
             .iter()
-            .filter_map(|d| d.annotations.get(ANNOTATION_CONTAINERD_NAME).or_else(|| d.annotations.get(ANNOTATION_REF_NAME)).cloned())
+            .filter_map(|d| {
+                d.annotations
+                    .get(ANNOTATION_CONTAINERD_NAME)
+                    .or_else(|| d.annotations.get(ANNOTATION_REF_NAME))
+                    .cloned()
+            })
             .collect()
     }
 
@@ -177,9 +196,13 @@ impl OciLayout {
         let m = &self.index.manifests;
         let by = |pred: &dyn Fn(&Descriptor) -> bool| m.iter().filter(|d| pred(d)).cloned().collect::<Vec<_>>();
         let containerd_is = |d: &Descriptor, want: &str| {
-            d.annotations.get(ANNOTATION_CONTAINERD_NAME).and_then(|n| ImageRef::parse(n).ok()).is_some_and(|r| r.to_string() == want)
+            d.annotations
+                .get(ANNOTATION_CONTAINERD_NAME)
+                .and_then(|n| ImageRef::parse(n).ok())
+                .is_some_and(|r| r.to_string() == want)
         };
-        let ref_name_is = |d: &Descriptor, want: &str| d.annotations.get(ANNOTATION_REF_NAME).is_some_and(|n| n == want);
+        let ref_name_is =
+            |d: &Descriptor, want: &str| d.annotations.get(ANNOTATION_REF_NAME).is_some_and(|n| n == want);
         let candidates = match tag {
             Some(t) => {
                 let full = ImageRef::parse(t).map(|r| r.to_string()).unwrap_or_default();
@@ -213,7 +236,11 @@ impl OciLayout {
         };
         let first = &candidates[0];
         if candidates.iter().any(|c| c.digest != first.digest) {
-            return Err(format!("{} names {} different images alike; write `oci:PATH:TAG` to choose", self.shown, candidates.len()));
+            return Err(format!(
+                "{} names {} different images alike; write `oci:PATH:TAG` to choose",
+                self.shown,
+                candidates.len()
+            ));
         }
         Ok(first.clone())
     }

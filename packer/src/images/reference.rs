@@ -147,7 +147,10 @@ pub fn parse_digest(d: &str) -> Result<String, String> {
 fn split_domain(name: &str) -> (String, String) {
     match name.split_once('/') {
         Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase()) =>
+            if first.contains('.')
+                || first.contains(':')
+                || first == "localhost"
+                || first.chars().any(|c| c.is_ascii_uppercase()) =>
         {
             (first.to_string(), rest.to_string())
         }
@@ -250,7 +253,10 @@ mod tests {
         // A first component without `.`/`:` is a Docker Hub namespace, not a host.
         assert_eq!(norm("myhost/app"), "docker.io/myhost/app:latest");
         let r = ImageRef::parse("quay.io/example/app:2.1").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("quay.io", "example/app", Some("2.1")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("quay.io", "example/app", Some("2.1"))
+        );
     }
 
     #[test]

@@ -139,11 +139,15 @@ impl Network {
             return Err("a mirror is scheme://host[:port], without a path or user".into());
         }
         match scheme {
-            Some("http") if !self.insecure_or_local(host) => {
-                Err(format!("plain http is only used for loopback hosts or hosts in insecureRegistries; add {host} there or use https"))
-            }
+            Some("http") if !self.insecure_or_local(host) => Err(format!(
+                "plain http is only used for loopback hosts or hosts in insecureRegistries; add {host} there or use https"
+            )),
             Some("http") => Ok(vec![Endpoint { url: format!("http://{host}"), host: host.into(), skip_verify: false }]),
-            Some("https") => Ok(vec![Endpoint { url: format!("https://{host}"), host: host.into(), skip_verify: self.insecure.contains(host) }]),
+            Some("https") => Ok(vec![Endpoint {
+                url: format!("https://{host}"),
+                host: host.into(),
+                skip_verify: self.insecure.contains(host),
+            }]),
             Some(other) => Err(format!("scheme `{other}` is not http or https")),
             None => Ok(self.direct_endpoints(host)),
         }
@@ -152,8 +156,11 @@ impl Network {
     /// https first; for loopback and insecure hosts plain http after it, as Docker does.
     fn direct_endpoints(&self, host: &str) -> Vec<Endpoint> {
         let api_host = if host == "docker.io" { "registry-1.docker.io" } else { host };
-        let mut eps =
-            vec![Endpoint { url: format!("https://{api_host}"), host: host.into(), skip_verify: self.insecure.contains(host) }];
+        let mut eps = vec![Endpoint {
+            url: format!("https://{api_host}"),
+            host: host.into(),
+            skip_verify: self.insecure.contains(host),
+        }];
         if self.insecure_or_local(host) {
             eps.push(Endpoint { url: format!("http://{api_host}"), host: host.into(), skip_verify: false });
         }
@@ -309,7 +316,13 @@ impl RegistryClient {
     }
 
     /// GET `path` on `ep` for repository `repo`, authenticating once when challenged.
-    fn get(&self, ep: &Endpoint, repo: &str, path: &str, accept: Option<&str>) -> Result<ureq::http::Response<ureq::Body>, FetchError> {
+    fn get(
+        &self,
+        ep: &Endpoint,
+        repo: &str,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<ureq::http::Response<ureq::Body>, FetchError> {
         if self.net.offline {
             return Err(FetchError::Unreachable(format!("{ep}: not contacted (--offline)")));
         }
@@ -340,7 +353,10 @@ impl RegistryClient {
                     // a plain-http registry, a closed port), so each is tried once per build.
                     let connect_failure = matches!(
                         &e,
-                        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Tls(_) | ureq::Error::Rustls(_)
+                        ureq::Error::ConnectionFailed
+                            | ureq::Error::HostNotFound
+                            | ureq::Error::Tls(_)
+                            | ureq::Error::Rustls(_)
                     ) || matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
                     if connect_failure {
                         self.dead.lock().unwrap().insert(ep.url.clone(), why.clone());
@@ -351,12 +367,8 @@ impl RegistryClient {
             let status = resp.status().as_u16();
             if status == 401 && !challenged {
                 challenged = true;
-                let challenge = resp
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
+                let challenge =
+                    resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                 let header = self.authenticate(ep, repo, &challenge)?;
                 self.auth.lock().unwrap().insert(key.clone(), header);
                 continue;
@@ -392,7 +404,8 @@ impl RegistryClient {
                     )));
                 }
                 let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{repo}:pull"));
-                let mut url = format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, percent_encode(&scope));
+                let mut url =
+                    format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, percent_encode(&scope));
                 if let Some(service) = params.get("service") {
                     url.push_str(&format!("&service={}", percent_encode(service)));
                 }
@@ -401,7 +414,8 @@ impl RegistryClient {
                 if let Some(l) = login {
                     req = req.header("Authorization", l.basic_header());
                 }
-                let resp = req.call().map_err(|e| FetchError::Unreachable(format!("token service {realm} of {ep}: {e}")))?;
+                let resp =
+                    req.call().map_err(|e| FetchError::Unreachable(format!("token service {realm} of {ep}: {e}")))?;
                 let status = resp.status().as_u16();
                 let body = read_limited(resp, 1 << 20)
                     .map_err(|e| FetchError::Unreachable(format!("token service {realm} of {ep}: {e}")))?;
@@ -410,7 +424,10 @@ impl RegistryClient {
                         Some(l) => format!("credentials for {} from {} were refused", ep.host, l.origin),
                         None => self.creds.hint(&ep.host),
                     };
-                    return Err(FetchError::Auth(format!("token service {realm} answered {status} ({}); {hint}", describe_body(&body))));
+                    return Err(FetchError::Auth(format!(
+                        "token service {realm} answered {status} ({}); {hint}",
+                        describe_body(&body)
+                    )));
                 }
                 #[derive(serde::Deserialize)]
                 struct Token {
@@ -419,8 +436,9 @@ impl RegistryClient {
                     #[serde(default)]
                     access_token: Option<String>,
                 }
-                let t: Token = serde_json::from_slice(&body)
-                    .map_err(|_| FetchError::Auth(format!("token service {realm} answered something that is not a token")))?;
+                let t: Token = serde_json::from_slice(&body).map_err(|_| {
+                    FetchError::Auth(format!("token service {realm} answered something that is not a token"))
+                })?;
                 let token = t
                     .token
                     .or(t.access_token)
@@ -429,7 +447,9 @@ impl RegistryClient {
                 Ok(format!("Bearer {token}"))
             }
             "" => Err(FetchError::Auth(format!("{ep} answered 401 without a WWW-Authenticate challenge"))),
-            other => Err(FetchError::Auth(format!("{ep} asks for `{other}` authentication, which ferry does not support"))),
+            other => {
+                Err(FetchError::Auth(format!("{ep} asks for `{other}` authentication, which ferry does not support")))
+            }
         }
     }
 
@@ -440,21 +460,32 @@ impl RegistryClient {
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
         let content_type = header("content-type");
         let digest_header = header("docker-content-digest");
-        let body = read_limited(resp, MAX_MANIFEST_LEN).map_err(|e| FetchError::Other(format!("{ep}: reading the manifest: {e}")))?;
+        let body = read_limited(resp, MAX_MANIFEST_LEN)
+            .map_err(|e| FetchError::Other(format!("{ep}: reading the manifest: {e}")))?;
         match status {
             200 => {
                 if body.len() as u64 > MAX_MANIFEST_LEN {
-                    return Err(FetchError::Corrupt(format!("{ep}: the manifest is larger than {MAX_MANIFEST_LEN} bytes")));
+                    return Err(FetchError::Corrupt(format!(
+                        "{ep}: the manifest is larger than {MAX_MANIFEST_LEN} bytes"
+                    )));
                 }
                 Ok(FetchedManifest { bytes: body, content_type, digest_header })
             }
             404 => Err(FetchError::NotFound(format!("{ep} has no {repo}:{reference} ({})", describe_body(&body)))),
-            _ => Err(FetchError::Other(format!("{ep} answered {status} for {repo}:{reference} ({})", describe_body(&body)))),
+            _ => Err(FetchError::Other(format!(
+                "{ep} answered {status} for {repo}:{reference} ({})",
+                describe_body(&body)
+            ))),
         }
     }
 
     /// The first endpoint (in order) that serves the manifest, with the manifest.
-    pub fn manifest_any(&self, eps: &[Endpoint], repo: &str, reference: &str) -> Result<(Endpoint, FetchedManifest), FetchError> {
+    pub fn manifest_any(
+        &self,
+        eps: &[Endpoint],
+        repo: &str,
+        reference: &str,
+    ) -> Result<(Endpoint, FetchedManifest), FetchError> {
         let mut errors: Vec<FetchError> = Vec::new();
         for ep in eps {
             match self.manifest(ep, repo, reference) {
@@ -467,7 +498,15 @@ impl RegistryClient {
 
     /// Streams blob `digest` of `size` bytes into `dest`, checking size and digest; `dest`
     /// appears only when both hold. Retries transient failures twice.
-    pub fn blob(&self, ep: &Endpoint, repo: &str, digest: &str, size: u64, dest: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(), FetchError> {
+    pub fn blob(
+        &self,
+        ep: &Endpoint,
+        repo: &str,
+        digest: &str,
+        size: u64,
+        dest: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), FetchError> {
         let mut last = None;
         for attempt in 0..3 {
             if attempt > 0 {
@@ -486,7 +525,15 @@ impl RegistryClient {
         Err(last.expect("at least one attempt"))
     }
 
-    fn blob_once(&self, ep: &Endpoint, repo: &str, digest: &str, size: u64, dest: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(), (FetchError, bool)> {
+    fn blob_once(
+        &self,
+        ep: &Endpoint,
+        repo: &str,
+        digest: &str,
+        size: u64,
+        dest: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), (FetchError, bool)> {
         let resp = self.get(ep, repo, &format!("/v2/{repo}/blobs/{digest}"), None).map_err(|e| (e, false))?;
         let status = resp.status().as_u16();
         if status != 200 {
@@ -512,7 +559,10 @@ impl RegistryClient {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = std::fs::remove_file(&partial);
-                    return Err((FetchError::Other(format!("{ep}: blob {digest} of {repo} broke off after {got} bytes: {e}")), true));
+                    return Err((
+                        FetchError::Other(format!("{ep}: blob {digest} of {repo} broke off after {got} bytes: {e}")),
+                        true,
+                    ));
                 }
             };
             hasher.update(&buf[..n]);
@@ -524,7 +574,10 @@ impl RegistryClient {
         if got != size || actual != digest {
             let _ = std::fs::remove_file(&partial);
             let detail = if got != size {
-                format!("blob {digest} of {repo} from {ep}: {got}{} bytes received, its descriptor says {size}", if got > size { "+" } else { "" })
+                format!(
+                    "blob {digest} of {repo} from {ep}: {got}{} bytes received, its descriptor says {size}",
+                    if got > size { "+" } else { "" }
+                )
             } else {
                 format!("blob {digest} of {repo} from {ep} hashes to {actual}")
             };
@@ -563,7 +616,11 @@ pub fn combine(errors: Vec<FetchError>) -> FetchError {
 
 fn inner(e: &FetchError) -> &str {
     match e {
-        FetchError::Corrupt(m) | FetchError::Auth(m) | FetchError::NotFound(m) | FetchError::Other(m) | FetchError::Unreachable(m) => m,
+        FetchError::Corrupt(m)
+        | FetchError::Auth(m)
+        | FetchError::NotFound(m)
+        | FetchError::Other(m)
+        | FetchError::Unreachable(m) => m,
     }
 }
 
@@ -573,7 +630,9 @@ mod tests {
 
     #[test]
     fn challenges() {
-        let (s, p) = parse_challenge(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#);
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#,
+        );
         assert_eq!(s, "bearer");
         assert_eq!(p["realm"], "https://auth.docker.io/token");
         assert_eq!(p["service"], "registry.docker.io");
@@ -590,12 +649,18 @@ mod tests {
         let mut mirrors = BTreeMap::new();
         mirrors.insert("docker.io".to_string(), Mirrors(vec!["http://127.0.0.1:5000".into()]));
         let net = Network::new(&mirrors, &["reg.lan:5000".into()], false).unwrap();
-        assert_eq!(net.endpoints("docker.io"), [Endpoint { url: "http://127.0.0.1:5000".into(), host: "127.0.0.1:5000".into(), skip_verify: false }]);
+        assert_eq!(
+            net.endpoints("docker.io"),
+            [Endpoint { url: "http://127.0.0.1:5000".into(), host: "127.0.0.1:5000".into(), skip_verify: false }]
+        );
         let q = net.endpoints("quay.io");
         assert_eq!(q.len(), 1, "no plain http for public hosts: {q:?}");
         assert_eq!(q[0].url, "https://quay.io");
         let lan = net.endpoints("reg.lan:5000");
-        assert_eq!(lan.iter().map(|e| (e.url.as_str(), e.skip_verify)).collect::<Vec<_>>(), [("https://reg.lan:5000", true), ("http://reg.lan:5000", false)]);
+        assert_eq!(
+            lan.iter().map(|e| (e.url.as_str(), e.skip_verify)).collect::<Vec<_>>(),
+            [("https://reg.lan:5000", true), ("http://reg.lan:5000", false)]
+        );
         let local = net.endpoints("localhost:5000");
         assert_eq!(local[1].url, "http://localhost:5000");
         let hub = Network::default().endpoints("docker.io");
@@ -608,17 +673,29 @@ mod tests {
         assert!(e.contains("registryMirrors.docker.io") && e.contains("insecureRegistries"), "{e}");
         bad.insert("docker.io".to_string(), Mirrors(vec!["https://m.example/some/path".into()]));
         assert!(Network::new(&bad, &[], false).is_err());
-        assert!(is_loopback("127.0.0.1:5000") && is_loopback("[::1]:80") && is_loopback("localhost") && !is_loopback("10.0.0.1:5000"));
+        assert!(
+            is_loopback("127.0.0.1:5000")
+                && is_loopback("[::1]:80")
+                && is_loopback("localhost")
+                && !is_loopback("10.0.0.1:5000")
+        );
     }
 
     #[test]
     fn combine_prefers_answers() {
-        let e = combine(vec![FetchError::Unreachable("https://x: tls".into()), FetchError::NotFound("http://x has no a:1".into())]);
+        let e = combine(vec![
+            FetchError::Unreachable("https://x: tls".into()),
+            FetchError::NotFound("http://x has no a:1".into()),
+        ]);
         assert_eq!(e, FetchError::NotFound("http://x has no a:1".into()));
         let e = combine(vec![FetchError::Unreachable("a".into()), FetchError::Unreachable("b".into())]);
         assert_eq!(e, FetchError::Unreachable("a; b".into()));
-        let e = combine(vec![FetchError::Unreachable("https: certificate".into()), FetchError::Other("http: 400".into())]);
+        let e =
+            combine(vec![FetchError::Unreachable("https: certificate".into()), FetchError::Other("http: 400".into())]);
         assert_eq!(e, FetchError::Unreachable("https: certificate; http: 400".into()));
-        assert!(describe_body(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#).contains("MANIFEST_UNKNOWN"));
+        assert!(
+            describe_body(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#)
+                .contains("MANIFEST_UNKNOWN")
+        );
     }
 }

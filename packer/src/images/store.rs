@@ -32,7 +32,9 @@ impl Slice {
             return Err(format!("{} bytes, more than the {limit} expected", self.size));
         }
         let mut out = Vec::with_capacity(self.size as usize);
-        self.open().and_then(|mut r| r.read_to_end(&mut out)).map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+        self.open()
+            .and_then(|mut r| r.read_to_end(&mut out))
+            .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
         if out.len() as u64 != self.size {
             return Err(format!("{} ends early", self.path.display()));
         }
@@ -118,7 +120,9 @@ mod tests {
         assert_eq!(inner.read(100).unwrap(), b"blob");
         assert!(inner.verify(&digest, &|_| {}).unwrap_err().contains("hashes to"));
         let long = Slice { path: s.path.clone(), offset: 6, size: 40 };
-        assert!(long.verify(&crate::images::oci::digest_of(b"blob"), &|_| {}).unwrap_err().contains("descriptor says 40"));
+        assert!(
+            long.verify(&crate::images::oci::digest_of(b"blob"), &|_| {}).unwrap_err().contains("descriptor says 40")
+        );
         let path = s.path.clone();
         drop(store);
         assert!(!path.exists(), "the store is removed with it");

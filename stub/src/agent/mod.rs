@@ -100,7 +100,9 @@ pub fn trailer_id(p: &Path) -> Option<String> {
 }
 
 fn in_path(tool: &str) -> bool {
-    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| Path::new(d).join(tool).exists())
+    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(tool).exists())
 }
 
 fn listening_ports() -> Vec<u16> {
@@ -108,7 +110,8 @@ fn listening_ports() -> Vec<u16> {
     for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
         for line in read(f).lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 3 && cols[3] == "0A"
+            if cols.len() > 3
+                && cols[3] == "0A"
                 && let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
             {
                 ports.push(port);
@@ -169,7 +172,9 @@ pub fn facts(tools: &[String]) -> Facts {
         .unwrap_or_default();
     let mem_bytes = read("/proc/meminfo")
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
         .unwrap_or(0)
         * 1024;
     let mut macs = own_macs();
@@ -183,8 +188,14 @@ pub fn facts(tools: &[String]) -> Facts {
         * 1024;
     let mut runtimes = Vec::new();
     for p in [
-        "/usr/bin/containerd", "/usr/local/bin/containerd", "/usr/bin/dockerd", "/usr/bin/crio",
-        "/usr/bin/kubelet", "/usr/local/bin/kubelet", "/run/containerd/containerd.sock", "/var/run/docker.sock",
+        "/usr/bin/containerd",
+        "/usr/local/bin/containerd",
+        "/usr/bin/dockerd",
+        "/usr/bin/crio",
+        "/usr/bin/kubelet",
+        "/usr/local/bin/kubelet",
+        "/run/containerd/containerd.sock",
+        "/var/run/docker.sock",
     ] {
         if Path::new(p).exists() {
             runtimes.push(p.to_string());
@@ -206,7 +217,10 @@ pub fn facts(tools: &[String]) -> Facts {
         macs,
         product_uuid: read("/sys/class/dmi/id/product_uuid").trim().to_string(),
         machine_id: read("/etc/machine-id").trim().to_string(),
-        time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
         disk_free: free_space(Path::new(FERRY_DIR)),
         swap_bytes,
         listening: listening_ports(),
@@ -271,7 +285,8 @@ pub fn main(cmd: &crate::cli::AgentCommand) -> Result<()> {
     use crate::cli::AgentCommand as C;
     match cmd {
         C::Facts { tools } => {
-            let tools: Vec<String> = tools.iter().flat_map(|t| t.split(',')).filter(|t| !t.is_empty()).map(String::from).collect();
+            let tools: Vec<String> =
+                tools.iter().flat_map(|t| t.split(',')).filter(|t| !t.is_empty()).map(String::from).collect();
             println!("{}", serde_json::to_string(&facts(&tools))?);
             Ok(())
         }
@@ -307,8 +322,18 @@ pub fn main(cmd: &crate::cli::AgentCommand) -> Result<()> {
             let mut detail = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut detail)?;
             let detail = serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null);
-            let completed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            record(Path::new(STATE_DIR), &Record { cluster: cluster.clone(), phase: phase.clone(), installer: installer.clone(), completed, detail })
+            let completed =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            record(
+                Path::new(STATE_DIR),
+                &Record {
+                    cluster: cluster.clone(),
+                    phase: phase.clone(),
+                    installer: installer.clone(),
+                    completed,
+                    detail,
+                },
+            )
         }
         C::State { cluster } => {
             println!("{}", serde_json::to_string(&state(Path::new(STATE_DIR), cluster)?)?);
@@ -332,7 +357,13 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let d = tempfile::tempdir().unwrap();
-        let r = Record { cluster: "lab".into(), phase: "distribute".into(), installer: "ab".into(), completed: 1, detail: serde_json::json!({"bytes": 5}) };
+        let r = Record {
+            cluster: "lab".into(),
+            phase: "distribute".into(),
+            installer: "ab".into(),
+            completed: 1,
+            detail: serde_json::json!({"bytes": 5}),
+        };
         record(d.path(), &r).unwrap();
         assert_eq!(state(d.path(), "lab").unwrap()["distribute"], r);
         assert!(record(d.path(), &Record { cluster: "../x".into(), ..r }).is_err());

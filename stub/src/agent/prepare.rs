@@ -51,7 +51,10 @@ pub const MODULES: &[&str] = &["overlay", "br_netfilter"];
 /// Whether a module is loaded or built in (no modprobe needed then).
 pub fn module_present(name: &str) -> bool {
     Path::new("/sys/module").join(name).exists()
-        || std::fs::read_to_string("/proc/filesystems").unwrap_or_default().lines().any(|l| l.split_whitespace().last() == Some(name))
+        || std::fs::read_to_string("/proc/filesystems")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(name))
 }
 
 fn sh(cmd: &str, args: &[&str]) -> Result<String> {
@@ -142,7 +145,11 @@ fn fstab_without_swap(text: &str) -> String {
     text.lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            if !l.trim_start().starts_with('#') && f.len() >= 3 && f[2] == "swap" { format!("# {l}  # disabled by ferry: kubelet needs swap off") } else { l.to_string() }
+            if !l.trim_start().starts_with('#') && f.len() >= 3 && f[2] == "swap" {
+                format!("# {l}  # disabled by ferry: kubelet needs swap off")
+            } else {
+                l.to_string()
+            }
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -159,7 +166,8 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
     let _ = std::fs::remove_dir_all(&stage);
     let has_rootfs = payload.index().entries.iter().any(|e| e.path.starts_with("rootfs/"));
     if has_rootfs {
-        let opts = payload_format::ExtractOptions { dest: stage.clone(), selection: vec!["rootfs".into()], force: true };
+        let opts =
+            payload_format::ExtractOptions { dest: stage.clone(), selection: vec!["rootfs".into()], force: true };
         payload.extract(&opts, &|_| {}).context("extracting the rootfs")?;
         install_tree(&stage.join("rootfs"), root, &mut report)?;
         let _ = std::fs::remove_dir_all(&stage);
@@ -191,8 +199,8 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
                 continue;
             }
             if let Err(e) = std::fs::write(&p, v) {
-                let tolerated = !k.starts_with("net.")
-                    || (k.starts_with("net.bridge.") && !module_present("br_netfilter"));
+                let tolerated =
+                    !k.starts_with("net.") || (k.starts_with("net.bridge.") && !module_present("br_netfilter"));
                 if tolerated {
                     report.warnings.push(format!("sysctl {k}={v} not applied here ({e})"));
                 } else {
@@ -221,11 +229,18 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
     // 6. containerd: config and hosts.toml from the registry module, then start it.
     if !plan.registry_endpoints.is_empty() {
         let version = sh("containerd", &["--version"]).unwrap_or_default();
-        let line = if version.split_whitespace().nth(2).is_some_and(|v| v.trim_start_matches('v').starts_with('2')) { "2" } else { "1.7" };
+        let line = if version.split_whitespace().nth(2).is_some_and(|v| v.trim_start_matches('v').starts_with('2')) {
+            "2"
+        } else {
+            "1.7"
+        };
         let out = root.join("etc/containerd");
         let before = snapshot(&out);
         let meta = &payload.index().metadata;
-        let sandbox = crate::registry::config::kubeadm_pause_image(&meta.kubernetes_version).ok().map(|_| None).unwrap_or(Some("registry.k8s.io/pause:3.10".to_string()));
+        let sandbox = crate::registry::config::kubeadm_pause_image(&meta.kubernetes_version)
+            .ok()
+            .map(|_| None)
+            .unwrap_or(Some("registry.k8s.io/pause:3.10".to_string()));
         let args = crate::cli::RegistryConfigArgs {
             endpoints: plan.registry_endpoints.clone(),
             out: out.clone(),
@@ -242,13 +257,18 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
         }
         if systemd {
             sh("systemctl", &["enable", "containerd.service"])?;
-            let active = Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
+            let active =
+                Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
             if changed || !active || report.changed.iter().any(|c| c.contains("containerd")) {
                 sh("systemctl", &["restart", "containerd.service"])?;
             }
-            let active = Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
+            let active =
+                Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
             if !active {
-                bail!("containerd did not start: {}", sh("journalctl", &["-u", "containerd", "-n", "5", "--no-pager"]).unwrap_or_default());
+                bail!(
+                    "containerd did not start: {}",
+                    sh("journalctl", &["-u", "containerd", "-n", "5", "--no-pager"]).unwrap_or_default()
+                );
             }
         }
     }
@@ -323,14 +343,28 @@ pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
 /// hosts.toml.
 pub fn check_pull(image: &str, endpoints: &[String], timeout: u64) -> Result<()> {
     for e in endpoints {
-        manifest_served(e, image).with_context(|| format!("registry replica {e} does not serve {image} to this node"))?;
+        manifest_served(e, image)
+            .with_context(|| format!("registry replica {e} does not serve {image} to this node"))?;
     }
     let out = Command::new("timeout")
-        .args([&timeout.to_string(), "ctr", "-n", "k8s.io", "images", "pull", "--hosts-dir", "/etc/containerd/certs.d", image])
+        .args([
+            &timeout.to_string(),
+            "ctr",
+            "-n",
+            "k8s.io",
+            "images",
+            "pull",
+            "--hosts-dir",
+            "/etc/containerd/certs.d",
+            image,
+        ])
         .output()
         .context("running ctr")?;
     if !out.status.success() {
-        bail!("containerd could not pull {image} through the built-in registry: {}", crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3));
+        bail!(
+            "containerd could not pull {image} through the built-in registry: {}",
+            crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3)
+        );
     }
     Ok(())
 }
@@ -349,7 +383,9 @@ fn manifest_request(endpoint: &str, image: &str) -> Result<(String, String)> {
     };
     let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
                   application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-    let req = format!("HEAD /v2/{name}/manifests/{reference}?ns={registry} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n");
+    let req = format!(
+        "HEAD /v2/{name}/manifests/{reference}?ns={registry} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n"
+    );
     Ok((addr.to_string(), req))
 }
 
@@ -357,8 +393,13 @@ fn manifest_served(endpoint: &str, image: &str) -> Result<()> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let (addr, req) = manifest_request(endpoint, image)?;
-    let sock = addr.to_socket_addrs().with_context(|| format!("resolving {addr}"))?.next().ok_or_else(|| anyhow::anyhow!("{addr} has no address"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(10)).with_context(|| format!("connecting to {addr}"))?;
+    let sock = addr
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {addr}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{addr} has no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(10))
+        .with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     s.write_all(req.as_bytes())?;
     let mut head = Vec::new();
@@ -393,7 +434,10 @@ mod tests {
     fn manifest_request_as_containerd_sends_it() {
         let (addr, req) = manifest_request("http://10.0.0.1:5050", "app:1").unwrap();
         assert_eq!(addr, "10.0.0.1:5050");
-        assert!(req.starts_with("HEAD /v2/library/app/manifests/1?ns=docker.io HTTP/1.0\r\nHost: 10.0.0.1:5050\r\n"), "{req}");
+        assert!(
+            req.starts_with("HEAD /v2/library/app/manifests/1?ns=docker.io HTTP/1.0\r\nHost: 10.0.0.1:5050\r\n"),
+            "{req}"
+        );
         let (_, req) = manifest_request("http://r:1", "quay.io/a/b@sha256:00").unwrap();
         assert!(req.starts_with("HEAD /v2/a/b/manifests/sha256:00?ns=quay.io "), "{req}");
         assert!(manifest_request("https://r:1", "app:1").is_err());

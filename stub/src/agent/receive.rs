@@ -122,7 +122,11 @@ fn check_signer(payload: &Payload, opts: &ReceiveOptions) -> Result<()> {
 pub fn receive(input: &mut impl BufRead, output: &mut impl Write, opts: &ReceiveOptions) -> Result<Received> {
     match receive_inner(input, output, opts) {
         Ok(r) => {
-            writeln!(output, "{}", serde_json::json!({"ok": true, "chunks": r.chunks, "bytes": r.bytes, "had": r.had}))?;
+            writeln!(
+                output,
+                "{}",
+                serde_json::json!({"ok": true, "chunks": r.chunks, "bytes": r.bytes, "had": r.had})
+            )?;
             output.flush()?;
             Ok(r)
         }
@@ -173,7 +177,9 @@ fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &Recei
     while unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let holder: i32 = std::fs::read_to_string(&lock_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         let is_agent = holder > 0
-            && std::fs::read(format!("/proc/{holder}/cmdline")).map(|c| c.windows(7).any(|w| w == b"receive")).unwrap_or(false);
+            && std::fs::read(format!("/proc/{holder}/cmdline"))
+                .map(|c| c.windows(7).any(|w| w == b"receive"))
+                .unwrap_or(false);
         if tries == 0 && is_agent {
             // SAFETY: signalling a process we identified as a stale receiver.
             unsafe { libc::kill(holder, libc::SIGTERM) };
@@ -208,7 +214,11 @@ fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &Recei
             // Grow a finished file (e.g. a node that became a registry host) without touching it.
             std::fs::copy(&opts.dest, &part).with_context(|| format!("copying {}", opts.dest.display()))?;
         } else {
-            let f = OpenOptions::new().create_new(true).write(true).mode(0o700).open(&part)
+            let f = OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o700)
+                .open(&part)
                 .with_context(|| format!("creating {}", part.display()))?;
             f.set_len(file_len)?;
             let stub = std::fs::read(&opts.stub).with_context(|| format!("reading {}", opts.stub.display()))?;
@@ -220,7 +230,9 @@ fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &Recei
     let file = OpenOptions::new().read(true).write(true).open(&part)?;
     let payload = Payload::open(&part)?;
     check_signer(&payload, opts)?;
-    payload.verify_stub().context("this agent's program differs from the installer being sent; re-run so the matching agent is installed first")?;
+    payload.verify_stub().context(
+        "this agent's program differs from the installer being sent; re-run so the matching agent is installed first",
+    )?;
     check_want(&payload, &want)?;
     let need = missing(&payload, &file, &want)?;
     writeln!(output, "{}", serde_json::json!({"missing": need, "have": want.len() - need.len()}))?;
@@ -250,7 +262,13 @@ const IN_FLIGHT: usize = 6;
 /// reads, and checkers on other threads hash and write, so the SSH stream never waits for a
 /// hash or a write to finish. A chunk is written only after its own check passed; the first
 /// failure stops everything.
-fn land(input: &mut impl BufRead, payload: &Payload, file: &File, part: &Path, remaining: &mut std::collections::BTreeSet<u64>) -> Result<Received> {
+fn land(
+    input: &mut impl BufRead,
+    payload: &Payload,
+    file: &File,
+    part: &Path,
+    remaining: &mut std::collections::BTreeSet<u64>,
+) -> Result<Received> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Mutex, mpsc};
     let cs = payload.index().chunk_size as usize;
@@ -290,7 +308,12 @@ fn land(input: &mut impl BufRead, payload: &Payload, file: &File, part: &Path, r
                         // finds little left to do instead of the whole file at once.
                         // SAFETY: sync_file_range on an fd we own; it only starts writeback.
                         unsafe {
-                            libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(file), s as libc::off64_t, buf.len() as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE);
+                            libc::sync_file_range(
+                                std::os::fd::AsRawFd::as_raw_fd(file),
+                                s as libc::off64_t,
+                                buf.len() as libc::off64_t,
+                                libc::SYNC_FILE_RANGE_WRITE,
+                            );
                         }
                     }
                     // Always hand the buffer back, so the reading side never waits for one.

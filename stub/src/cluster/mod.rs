@@ -312,7 +312,10 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
         None => ("default".to_string(), Spec::default()),
     };
     let name = o.name.clone().unwrap_or(name);
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') || name.starts_with('.') {
+    if name.is_empty()
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        || name.starts_with('.')
+    {
         bail!("cluster name `{name}` must be letters, digits, `-`, `_` or `.`");
     }
     let mut base = spec.ssh.clone();
@@ -414,7 +417,8 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
     let default_user = base.user.clone().unwrap_or_else(|| "root".into());
     let bastion = base.bastion.as_deref().map(|b| parse_bastion(b, &default_user)).transpose()?;
     let known_hosts = expand_home(base.known_hosts.as_deref().unwrap_or("~/.ssh/known_hosts"));
-    let registry_port = o.registry_port.or(spec.registry.as_ref().and_then(|r| r.port)).unwrap_or(DEFAULT_REGISTRY_PORT);
+    let registry_port =
+        o.registry_port.or(spec.registry.as_ref().and_then(|r| r.port)).unwrap_or(DEFAULT_REGISTRY_PORT);
     let api_endpoint =
         spec.api_server.as_ref().and_then(|a| a.endpoint.clone()).unwrap_or_else(|| DEFAULT_API_ENDPOINT.to_string());
     let bastion_key = base.key.as_deref().filter(|k| !k.is_empty() && *k != "none").map(expand_home);
@@ -452,7 +456,9 @@ fn assign_registry_replicas(hosts: &mut [Host], replicas: Option<usize>) -> Resu
         bail!("--registry-replicas {n}: the cluster has only {} hosts", hosts.len());
     }
     if named > n {
-        bail!("--registry-replicas {n}, but {named} hosts already have the registry role in the cluster file; raise it to at least {named}");
+        bail!(
+            "--registry-replicas {n}, but {named} hosts already have the registry role in the cluster file; raise it to at least {named}"
+        );
     }
     let mut need = n - named;
     for masters in [true, false] {
@@ -510,7 +516,10 @@ pub fn to_file(c: &Cluster) -> String {
             kubeadm: Some(c.kubeadm.clone()),
         },
     };
-    format!("# Written by ferry: this cluster's description (no secrets). Read by join, check and reset.\n{}\n", serde_json::to_string_pretty(&file).unwrap_or_default())
+    format!(
+        "# Written by ferry: this cluster's description (no secrets). Read by join, check and reset.\n{}\n",
+        serde_json::to_string_pretty(&file).unwrap_or_default()
+    )
 }
 
 #[cfg(test)]
@@ -540,15 +549,37 @@ spec:
         // N: masters first, then workers.
         let o = Overrides { registry_replicas: Some(2), ..o };
         assert_eq!(reg(&resolve(None, &o).unwrap()), ["m1", "m2"]);
-        let o = Overrides { masters: vec!["m1".into()], workers: vec!["w1,w2".into()], registry_replicas: Some(2), ..Default::default() };
+        let o = Overrides {
+            masters: vec!["m1".into()],
+            workers: vec!["w1,w2".into()],
+            registry_replicas: Some(2),
+            ..Default::default()
+        };
         assert_eq!(reg(&resolve(None, &o).unwrap()), ["m1", "w1"]);
         // Hosts named `registry` in the file count; the default adds the masters to them.
-        let file = || parse(ISSUE_EXAMPLE.replace("roles: [master, registry]", "roles: [master]").replace("[10.0.0.2, 10.0.0.3], roles: [worker]", "[10.0.0.2, 10.0.0.3], roles: [worker, registry]").as_str(), "x").unwrap();
+        let file = || {
+            parse(
+                ISSUE_EXAMPLE
+                    .replace("roles: [master, registry]", "roles: [master]")
+                    .replace("[10.0.0.2, 10.0.0.3], roles: [worker]", "[10.0.0.2, 10.0.0.3], roles: [worker, registry]")
+                    .as_str(),
+                "x",
+            )
+            .unwrap()
+        };
         assert_eq!(reg(&resolve(Some(file()), &Overrides::default()).unwrap()), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
-        let err = resolve(Some(file()), &Overrides { registry_replicas: Some(1), ..Default::default() }).unwrap_err().to_string();
+        let err = resolve(Some(file()), &Overrides { registry_replicas: Some(1), ..Default::default() })
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("2 hosts already have the registry role"), "{err}");
-        assert!(resolve(None, &Overrides { hosts: vec!["a,b".into()], registry_replicas: Some(0), ..Default::default() }).is_err());
-        assert!(resolve(None, &Overrides { hosts: vec!["a,b".into()], registry_replicas: Some(3), ..Default::default() }).is_err());
+        assert!(
+            resolve(None, &Overrides { hosts: vec!["a,b".into()], registry_replicas: Some(0), ..Default::default() })
+                .is_err()
+        );
+        assert!(
+            resolve(None, &Overrides { hosts: vec!["a,b".into()], registry_replicas: Some(3), ..Default::default() })
+                .is_err()
+        );
         let o = Overrides { hosts: vec!["a,b".into()], registry_replicas: Some(2), ..Default::default() };
         assert_eq!(reg(&resolve(None, &o).unwrap()), ["a", "b"]);
     }
@@ -587,7 +618,12 @@ spec:
 
     #[test]
     fn flags_override_the_file() {
-        let o = Overrides { masters: vec!["m1".into()], workers: vec!["w1,w2".into()], user: Some("guard".into()), ..Default::default() };
+        let o = Overrides {
+            masters: vec!["m1".into()],
+            workers: vec!["w1,w2".into()],
+            user: Some("guard".into()),
+            ..Default::default()
+        };
         let c = resolve(Some(parse(ISSUE_EXAMPLE, "x").unwrap()), &o).unwrap();
         assert_eq!(c.hosts.iter().map(|h| h.ip.as_str()).collect::<Vec<_>>(), ["m1", "w1", "w2"]);
         assert!(c.hosts.iter().all(|h| h.ssh.user == "guard" && h.ssh.sudo));
@@ -605,7 +641,10 @@ spec:
 
     #[test]
     fn bastion_forms() {
-        assert_eq!(parse_bastion("10.1.1.1", "root").unwrap(), Bastion { user: "root".into(), host: "10.1.1.1".into(), port: 22 });
+        assert_eq!(
+            parse_bastion("10.1.1.1", "root").unwrap(),
+            Bastion { user: "root".into(), host: "10.1.1.1".into(), port: 22 }
+        );
         assert_eq!(parse_bastion("ops@h:2200", "root").unwrap().port, 2200);
         assert!(parse_bastion("ops@h:x", "root").is_err());
     }

@@ -145,7 +145,10 @@ impl ClusterInputs {
 
     fn check(&self) -> Result<()> {
         if !self.kubernetes_version.starts_with('v') || self.kubernetes_version.split('.').count() != 3 {
-            bail!("Kubernetes version `{}` is not of the form vX.Y.Z; kubeadm needs an exact version offline", self.kubernetes_version);
+            bail!(
+                "Kubernetes version `{}` is not of the form vX.Y.Z; kubeadm needs an exact version offline",
+                self.kubernetes_version
+            );
         }
         self.pause_image()?;
         if self.masters.is_empty() {
@@ -236,7 +239,10 @@ fn join_defaults(c: &ClusterInputs, node: &Node, s: &JoinSecrets, role: JoinRole
     });
     if role == JoinRole::ControlPlane {
         let Some(key) = &s.certificate_key else {
-            bail!("joining {} as a master needs the certificate key from `kubeadm init --upload-certs` (none was given)", node.ip);
+            bail!(
+                "joining {} as a master needs the certificate key from `kubeadm init --upload-certs` (none was given)",
+                node.ip
+            );
         };
         j["controlPlane"] = json!({"localAPIEndpoint": local_api_endpoint(node), "certificateKey": key});
     }
@@ -356,9 +362,16 @@ use Shape::{Any, List, Obj};
 
 const ARG: Shape = Obj(&[("name", &Any), ("value", &Any)]);
 const ENV: Shape = Obj(&[("name", &Any), ("value", &Any), ("valueFrom", &Any)]);
-const VOLUME: Shape = Obj(&[("name", &Any), ("hostPath", &Any), ("mountPath", &Any), ("readOnly", &Any), ("pathType", &Any)]);
-const COMPONENT: Shape = Obj(&[("extraArgs", &List(&ARG)), ("extraVolumes", &List(&VOLUME)), ("extraEnvs", &List(&ENV))]);
-const API_SERVER: Shape = Obj(&[("extraArgs", &List(&ARG)), ("extraVolumes", &List(&VOLUME)), ("extraEnvs", &List(&ENV)), ("certSANs", &Any)]);
+const VOLUME: Shape =
+    Obj(&[("name", &Any), ("hostPath", &Any), ("mountPath", &Any), ("readOnly", &Any), ("pathType", &Any)]);
+const COMPONENT: Shape =
+    Obj(&[("extraArgs", &List(&ARG)), ("extraVolumes", &List(&VOLUME)), ("extraEnvs", &List(&ENV))]);
+const API_SERVER: Shape = Obj(&[
+    ("extraArgs", &List(&ARG)),
+    ("extraVolumes", &List(&VOLUME)),
+    ("extraEnvs", &List(&ENV)),
+    ("certSANs", &Any),
+]);
 const TAINT: Shape = Obj(&[("key", &Any), ("value", &Any), ("effect", &Any), ("timeAdded", &Any)]);
 const NODE_REGISTRATION: Shape = Obj(&[
     ("name", &Any),
@@ -398,7 +411,8 @@ const LOCAL_ETCD: Shape = Obj(&[
     ("serverCertSANs", &Any),
     ("peerCertSANs", &Any),
 ]);
-const EXTERNAL_ETCD: Shape = Obj(&[("endpoints", &Any), ("httpEndpoints", &Any), ("caFile", &Any), ("certFile", &Any), ("keyFile", &Any)]);
+const EXTERNAL_ETCD: Shape =
+    Obj(&[("endpoints", &Any), ("httpEndpoints", &Any), ("caFile", &Any), ("certFile", &Any), ("keyFile", &Any)]);
 const CLUSTER: Shape = Obj(&[
     ("etcd", &Obj(&[("local", &LOCAL_ETCD), ("external", &EXTERNAL_ETCD)])),
     ("networking", &Obj(&[("serviceSubnet", &Any), ("podSubnet", &Any), ("dnsDomain", &Any)])),
@@ -430,31 +444,128 @@ const JOIN: Shape = Obj(&[
 
 /// KubeletConfiguration (kubelet.config.k8s.io/v1beta1) top-level fields, as of 1.34.
 const KUBELET_FIELDS: &[&str] = &[
-    "enableServer", "staticPodPath", "podLogsDir", "syncFrequency", "fileCheckFrequency", "httpCheckFrequency",
-    "staticPodURL", "staticPodURLHeader", "address", "port", "readOnlyPort", "tlsCertFile", "tlsPrivateKeyFile",
-    "tlsCipherSuites", "tlsMinVersion", "rotateCertificates", "serverTLSBootstrap", "authentication", "authorization",
-    "registryPullQPS", "registryBurst", "imagePullCredentialsVerificationPolicy", "preloadedImagesVerificationAllowlist",
-    "eventRecordQPS", "eventBurst", "enableDebuggingHandlers", "enableContentionProfiling", "healthzPort",
-    "healthzBindAddress", "oomScoreAdj", "clusterDomain", "clusterDNS", "streamingConnectionIdleTimeout",
-    "nodeStatusUpdateFrequency", "nodeStatusReportFrequency", "nodeLeaseDurationSeconds", "imageMinimumGCAge",
-    "imageMaximumGCAge", "imageGCHighThresholdPercent", "imageGCLowThresholdPercent", "volumeStatsAggPeriod",
-    "kubeletCgroups", "systemCgroups", "cgroupRoot", "cgroupsPerQOS", "cgroupDriver", "cpuManagerPolicy",
-    "singleProcessOOMKill", "cpuManagerPolicyOptions", "cpuManagerReconcilePeriod", "memoryManagerPolicy",
-    "topologyManagerPolicy", "topologyManagerScope", "topologyManagerPolicyOptions", "qosReserved",
-    "runtimeRequestTimeout", "hairpinMode", "maxPods", "podCIDR", "podPidsLimit", "resolvConf", "runOnce", "cpuCFSQuota",
-    "cpuCFSQuotaPeriod", "nodeStatusMaxImages", "maxOpenFiles", "contentType", "kubeAPIQPS", "kubeAPIBurst",
-    "serializeImagePulls", "maxParallelImagePulls", "evictionHard", "evictionSoft", "evictionSoftGracePeriod",
-    "evictionPressureTransitionPeriod", "evictionMaxPodGracePeriod", "evictionMinimumReclaim",
-    "mergeDefaultEvictionSettings", "podsPerCore", "enableControllerAttachDetach", "protectKernelDefaults",
-    "makeIPTablesUtilChains", "iptablesMasqueradeBit", "iptablesDropBit", "featureGates", "failSwapOn", "memorySwap",
-    "containerLogMaxSize", "containerLogMaxFiles", "containerLogMaxWorkers", "containerLogMonitorInterval",
-    "configMapAndSecretChangeDetectionStrategy", "systemReserved", "kubeReserved", "reservedSystemCPUs",
-    "showHiddenMetricsForVersion", "systemReservedCgroup", "kubeReservedCgroup", "enforceNodeAllocatable",
-    "allowedUnsafeSysctls", "volumePluginDir", "providerID", "kernelMemcgNotification", "logging",
-    "enableSystemLogHandler", "enableSystemLogQuery", "shutdownGracePeriod", "shutdownGracePeriodCriticalPods",
-    "shutdownGracePeriodByPodPriority", "crashLoopBackOff", "reservedMemory", "enableProfilingHandler",
-    "enableDebugFlagsHandler", "seccompDefault", "memoryThrottlingFactor", "registerWithTaints", "registerNode",
-    "tracing", "localStorageCapacityIsolation", "containerRuntimeEndpoint", "imageServiceEndpoint", "failCgroupV1",
+    "enableServer",
+    "staticPodPath",
+    "podLogsDir",
+    "syncFrequency",
+    "fileCheckFrequency",
+    "httpCheckFrequency",
+    "staticPodURL",
+    "staticPodURLHeader",
+    "address",
+    "port",
+    "readOnlyPort",
+    "tlsCertFile",
+    "tlsPrivateKeyFile",
+    "tlsCipherSuites",
+    "tlsMinVersion",
+    "rotateCertificates",
+    "serverTLSBootstrap",
+    "authentication",
+    "authorization",
+    "registryPullQPS",
+    "registryBurst",
+    "imagePullCredentialsVerificationPolicy",
+    "preloadedImagesVerificationAllowlist",
+    "eventRecordQPS",
+    "eventBurst",
+    "enableDebuggingHandlers",
+    "enableContentionProfiling",
+    "healthzPort",
+    "healthzBindAddress",
+    "oomScoreAdj",
+    "clusterDomain",
+    "clusterDNS",
+    "streamingConnectionIdleTimeout",
+    "nodeStatusUpdateFrequency",
+    "nodeStatusReportFrequency",
+    "nodeLeaseDurationSeconds",
+    "imageMinimumGCAge",
+    "imageMaximumGCAge",
+    "imageGCHighThresholdPercent",
+    "imageGCLowThresholdPercent",
+    "volumeStatsAggPeriod",
+    "kubeletCgroups",
+    "systemCgroups",
+    "cgroupRoot",
+    "cgroupsPerQOS",
+    "cgroupDriver",
+    "cpuManagerPolicy",
+    "singleProcessOOMKill",
+    "cpuManagerPolicyOptions",
+    "cpuManagerReconcilePeriod",
+    "memoryManagerPolicy",
+    "topologyManagerPolicy",
+    "topologyManagerScope",
+    "topologyManagerPolicyOptions",
+    "qosReserved",
+    "runtimeRequestTimeout",
+    "hairpinMode",
+    "maxPods",
+    "podCIDR",
+    "podPidsLimit",
+    "resolvConf",
+    "runOnce",
+    "cpuCFSQuota",
+    "cpuCFSQuotaPeriod",
+    "nodeStatusMaxImages",
+    "maxOpenFiles",
+    "contentType",
+    "kubeAPIQPS",
+    "kubeAPIBurst",
+    "serializeImagePulls",
+    "maxParallelImagePulls",
+    "evictionHard",
+    "evictionSoft",
+    "evictionSoftGracePeriod",
+    "evictionPressureTransitionPeriod",
+    "evictionMaxPodGracePeriod",
+    "evictionMinimumReclaim",
+    "mergeDefaultEvictionSettings",
+    "podsPerCore",
+    "enableControllerAttachDetach",
+    "protectKernelDefaults",
+    "makeIPTablesUtilChains",
+    "iptablesMasqueradeBit",
+    "iptablesDropBit",
+    "featureGates",
+    "failSwapOn",
+    "memorySwap",
+    "containerLogMaxSize",
+    "containerLogMaxFiles",
+    "containerLogMaxWorkers",
+    "containerLogMonitorInterval",
+    "configMapAndSecretChangeDetectionStrategy",
+    "systemReserved",
+    "kubeReserved",
+    "reservedSystemCPUs",
+    "showHiddenMetricsForVersion",
+    "systemReservedCgroup",
+    "kubeReservedCgroup",
+    "enforceNodeAllocatable",
+    "allowedUnsafeSysctls",
+    "volumePluginDir",
+    "providerID",
+    "kernelMemcgNotification",
+    "logging",
+    "enableSystemLogHandler",
+    "enableSystemLogQuery",
+    "shutdownGracePeriod",
+    "shutdownGracePeriodCriticalPods",
+    "shutdownGracePeriodByPodPriority",
+    "crashLoopBackOff",
+    "reservedMemory",
+    "enableProfilingHandler",
+    "enableDebugFlagsHandler",
+    "seccompDefault",
+    "memoryThrottlingFactor",
+    "registerWithTaints",
+    "registerNode",
+    "tracing",
+    "localStorageCapacityIsolation",
+    "containerRuntimeEndpoint",
+    "imageServiceEndpoint",
+    "failCgroupV1",
     "userNamespaces",
 ];
 
@@ -463,12 +574,18 @@ const OWNED: &[(&str, &str)] = &[
     ("*.apiVersion", "ferry writes the API version"),
     ("*.kind", "ferry writes the kind"),
     ("clusterConfiguration.kubernetesVersion", "it is the bundle's Kubernetes version"),
-    ("clusterConfiguration.controlPlaneEndpoint", "it is spec.apiServer.endpoint and the node-local load balancer's port"),
+    (
+        "clusterConfiguration.controlPlaneEndpoint",
+        "it is spec.apiServer.endpoint and the node-local load balancer's port",
+    ),
     ("clusterConfiguration.networking.podSubnet", "set spec.network.podSubnet"),
     ("clusterConfiguration.networking.serviceSubnet", "set spec.network.serviceSubnet"),
     ("initConfiguration.bootstrapTokens", "ferry creates the bootstrap token"),
     ("initConfiguration.certificateKey", "ferry creates the certificate key"),
-    ("initConfiguration.localAPIEndpoint", "it is each master's address and port 6443, which the load balancer targets"),
+    (
+        "initConfiguration.localAPIEndpoint",
+        "it is each master's address and port 6443, which the load balancer targets",
+    ),
     ("joinConfiguration.discovery", "ferry sets the endpoint, token and CA hash"),
     ("joinConfiguration.controlPlane", "ferry sets it for masters from their address and the certificate key"),
 ];
@@ -528,7 +645,10 @@ fn walk(v: &Value, shape: &Shape, path: &str) -> Result<()> {
             }
             Ok(())
         }
-        (List(_), other) => bail!("spec.kubeadm.{path}: expected a list (v1beta4 takes a list of {{name, value}}), found {}", kind_of(other)),
+        (List(_), other) => bail!(
+            "spec.kubeadm.{path}: expected a list (v1beta4 takes a list of {{name, value}}), found {}",
+            kind_of(other)
+        ),
     }
 }
 
@@ -592,12 +712,15 @@ mod tests {
             std::fs::create_dir_all(GOLDEN).unwrap();
             std::fs::write(&path, text).unwrap();
         }
-        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e} (FERRY_UPDATE_GOLDEN=1 writes it)"));
+        let want =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e} (FERRY_UPDATE_GOLDEN=1 writes it)"));
         assert_eq!(text, want, "{path} differs; review, then FERRY_UPDATE_GOLDEN=1");
     }
 
     fn docs(text: &str) -> Vec<Value> {
-        text.split("\n---\n").map(|d| serde_saphyr::from_str::<Value>(d).unwrap_or_else(|e| panic!("{e}\n{d}"))).collect()
+        text.split("\n---\n")
+            .map(|d| serde_saphyr::from_str::<Value>(d).unwrap_or_else(|e| panic!("{e}\n{d}")))
+            .collect()
     }
 
     fn fragments() -> Fragments {
@@ -617,7 +740,10 @@ mod tests {
         golden("init-v1.33.yaml", &text);
         let d = docs(&text);
         assert_eq!(d.len(), 3);
-        assert_eq!((d[0]["apiVersion"].as_str(), d[0]["kind"].as_str()), (Some(KUBEADM_API), Some("InitConfiguration")));
+        assert_eq!(
+            (d[0]["apiVersion"].as_str(), d[0]["kind"].as_str()),
+            (Some(KUBEADM_API), Some("InitConfiguration"))
+        );
         assert_eq!(d[0]["bootstrapTokens"][0]["token"], TOKEN);
         assert_eq!(d[0]["certificateKey"], KEY);
         assert_eq!(d[0]["nodeRegistration"]["kubeletExtraArgs"], json!([{"name": "node-ip", "value": "10.0.0.11"}]));
@@ -627,7 +753,8 @@ mod tests {
         assert_eq!(d[1]["imageRepository"], "registry.k8s.io");
         assert_eq!(d[1]["networking"]["podSubnet"], DEFAULT_POD_SUBNET);
         let sans = d[1]["apiServer"]["certSANs"].as_array().unwrap();
-        for s in ["apiserver.cluster.local", "127.0.0.1", "10.0.0.11", "10.0.0.12", "10.0.0.13", "k8s.example.internal"] {
+        for s in ["apiserver.cluster.local", "127.0.0.1", "10.0.0.11", "10.0.0.12", "10.0.0.13", "k8s.example.internal"]
+        {
             assert!(sans.contains(&json!(s)), "{s} in {sans:?}");
         }
         assert_eq!((d[2]["apiVersion"].as_str(), d[2]["cgroupDriver"].as_str()), (Some(KUBELET_API), Some("systemd")));
@@ -640,7 +767,10 @@ mod tests {
             let c = inputs(v, Fragments::default());
             let text = init_config(&c, &node("10.0.0.11"), TOKEN, KEY).unwrap();
             let want = crate::registry::config::kubeadm_pause_image(v).unwrap();
-            assert!(text.contains(&format!("image, set in containerd's config (kubeadm has no field for it): {want}\n")), "{text}");
+            assert!(
+                text.contains(&format!("image, set in containerd's config (kubeadm has no field for it): {want}\n")),
+                "{text}"
+            );
         }
         let e = init_config(&inputs("v1.29.0", Fragments::default()), &node("10.0.0.11"), TOKEN, KEY).unwrap_err();
         assert!(e.to_string().contains("v1.29"), "{e}");
@@ -653,12 +783,18 @@ mod tests {
         golden("join-worker-v1.34.yaml", &w);
         let d = docs(&w);
         assert_eq!(d[0]["kind"], "JoinConfiguration");
-        assert_eq!(d[0]["discovery"]["bootstrapToken"], json!({"apiServerEndpoint": "apiserver.cluster.local:6444", "token": TOKEN, "caCertHashes": [HASH]}));
+        assert_eq!(
+            d[0]["discovery"]["bootstrapToken"],
+            json!({"apiServerEndpoint": "apiserver.cluster.local:6444", "token": TOKEN, "caCertHashes": [HASH]})
+        );
         assert!(d[0].get("controlPlane").is_none());
         let m = join_config(&c, &node("10.0.0.12"), &secrets(true), JoinRole::ControlPlane).unwrap();
         golden("join-master-v1.34.yaml", &m);
         let d = docs(&m);
-        assert_eq!(d[0]["controlPlane"], json!({"localAPIEndpoint": {"advertiseAddress": "10.0.0.12", "bindPort": 6443}, "certificateKey": KEY}));
+        assert_eq!(
+            d[0]["controlPlane"],
+            json!({"localAPIEndpoint": {"advertiseAddress": "10.0.0.12", "bindPort": 6443}, "certificateKey": KEY})
+        );
         let e = join_config(&c, &node("10.0.0.12"), &secrets(false), JoinRole::ControlPlane).unwrap_err();
         assert!(e.to_string().contains("10.0.0.12") && e.to_string().contains("certificate key"), "{e}");
     }
@@ -670,11 +806,17 @@ mod tests {
         golden("init-with-fragments-v1.33.yaml", &text);
         let d = docs(&text);
         // extraArgs by name: the fragment's node-ip replaces ferry's, v is added.
-        assert_eq!(d[0]["nodeRegistration"]["kubeletExtraArgs"], json!([{"name": "node-ip", "value": "192.168.9.9"}, {"name": "v", "value": "2"}]));
+        assert_eq!(
+            d[0]["nodeRegistration"]["kubeletExtraArgs"],
+            json!([{"name": "node-ip", "value": "192.168.9.9"}, {"name": "v", "value": "2"}])
+        );
         assert_eq!(d[0]["nodeRegistration"]["taints"], json!([]));
         assert_eq!(d[0]["nodeRegistration"]["criSocket"], CRI_SOCKET, "untouched defaults stay");
         let sans = d[1]["apiServer"]["certSANs"].as_array().unwrap();
-        assert!(sans.contains(&json!("api.site.example")) && sans.contains(&json!("apiserver.cluster.local")), "certSANs are a union: {sans:?}");
+        assert!(
+            sans.contains(&json!("api.site.example")) && sans.contains(&json!("apiserver.cluster.local")),
+            "certSANs are a union: {sans:?}"
+        );
         assert_eq!(d[1]["apiServer"]["extraArgs"], json!([{"name": "audit-log-maxage", "value": "30"}]));
         assert_eq!(d[1]["dns"]["imageTag"], "v1.12.0");
         assert_eq!(d[2]["maxPods"], 200);
@@ -685,11 +827,20 @@ mod tests {
     #[test]
     fn cluster_file_carries_and_checks_spec_kubeadm() {
         let head = "apiVersion: ferry.dev/v1alpha1\nkind: Cluster\nmetadata: {name: lab}\nspec:\n  kubeadm:\n";
-        let f = crate::cluster::parse(&format!("{head}    clusterConfiguration: {{dns: {{imageTag: v1.12.0}}}}\n"), "cluster.yaml").unwrap();
+        let f = crate::cluster::parse(
+            &format!("{head}    clusterConfiguration: {{dns: {{imageTag: v1.12.0}}}}\n"),
+            "cluster.yaml",
+        )
+        .unwrap();
         let k = f.spec.kubeadm.unwrap();
         assert_eq!(k.cluster_configuration.unwrap()["dns"]["imageTag"], "v1.12.0");
-        let e = crate::cluster::parse(&format!("{head}    clusterConfiguration: {{dns: {{tag: v1}}}}\n"), "cluster.yaml").unwrap_err();
-        assert!(e.to_string().contains("cluster.yaml: spec.kubeadm.clusterConfiguration.dns.tag: unknown field"), "{e}");
+        let e =
+            crate::cluster::parse(&format!("{head}    clusterConfiguration: {{dns: {{tag: v1}}}}\n"), "cluster.yaml")
+                .unwrap_err();
+        assert!(
+            e.to_string().contains("cluster.yaml: spec.kubeadm.clusterConfiguration.dns.tag: unknown field"),
+            "{e}"
+        );
         let e = crate::cluster::parse(&format!("{head}    resetConfiguration: {{}}\n"), "cluster.yaml").unwrap_err();
         assert!(e.to_string().contains("resetConfiguration"), "{e}");
     }
@@ -697,15 +848,36 @@ mod tests {
     #[test]
     fn bad_fragments_name_the_field() {
         let cases = [
-            ("clusterConfiguration:\n  apiServer:\n    certSAN: [x]\n", "spec.kubeadm.clusterConfiguration.apiServer.certSAN: unknown field"),
-            ("clusterConfiguration:\n  apiServer:\n    extraArgs: {audit-log-maxage: \"30\"}\n", "spec.kubeadm.clusterConfiguration.apiServer.extraArgs: expected a list"),
-            ("clusterConfiguration:\n  apiServer:\n    extraArgs: [{name: a, valeu: b}]\n", "spec.kubeadm.clusterConfiguration.apiServer.extraArgs[0].valeu: unknown field"),
-            ("clusterConfiguration:\n  kubernetesVersion: v1.30.0\n", "spec.kubeadm.clusterConfiguration.kubernetesVersion: set by ferry"),
+            (
+                "clusterConfiguration:\n  apiServer:\n    certSAN: [x]\n",
+                "spec.kubeadm.clusterConfiguration.apiServer.certSAN: unknown field",
+            ),
+            (
+                "clusterConfiguration:\n  apiServer:\n    extraArgs: {audit-log-maxage: \"30\"}\n",
+                "spec.kubeadm.clusterConfiguration.apiServer.extraArgs: expected a list",
+            ),
+            (
+                "clusterConfiguration:\n  apiServer:\n    extraArgs: [{name: a, valeu: b}]\n",
+                "spec.kubeadm.clusterConfiguration.apiServer.extraArgs[0].valeu: unknown field",
+            ),
+            (
+                "clusterConfiguration:\n  kubernetesVersion: v1.30.0\n",
+                "spec.kubeadm.clusterConfiguration.kubernetesVersion: set by ferry",
+            ),
             ("clusterConfiguration:\n  networking: {podSubnet: 10.0.0.0/8}\n", "set spec.network.podSubnet"),
-            ("initConfiguration:\n  nodeRegistration: {kubeletExtraArg: []}\n", "spec.kubeadm.initConfiguration.nodeRegistration.kubeletExtraArg: unknown field"),
+            (
+                "initConfiguration:\n  nodeRegistration: {kubeletExtraArg: []}\n",
+                "spec.kubeadm.initConfiguration.nodeRegistration.kubeletExtraArg: unknown field",
+            ),
             ("joinConfiguration:\n  discovery: {}\n", "spec.kubeadm.joinConfiguration.discovery: set by ferry"),
-            ("kubeletConfiguration:\n  cgroupsDriver: systemd\n", "spec.kubeadm.kubeletConfiguration.cgroupsDriver: unknown KubeletConfiguration field"),
-            ("kubeletConfiguration:\n  kind: KubeletConfiguration\n", "spec.kubeadm.kubeletConfiguration.kind: ferry writes"),
+            (
+                "kubeletConfiguration:\n  cgroupsDriver: systemd\n",
+                "spec.kubeadm.kubeletConfiguration.cgroupsDriver: unknown KubeletConfiguration field",
+            ),
+            (
+                "kubeletConfiguration:\n  kind: KubeletConfiguration\n",
+                "spec.kubeadm.kubeletConfiguration.kind: ferry writes",
+            ),
             ("clusterConfiguration: [a]\n", "spec.kubeadm.clusterConfiguration must be a map"),
         ];
         for (yaml, want) in cases {

@@ -20,7 +20,8 @@ fn random_chars(n: usize) -> Result<String> {
     let mut out = String::with_capacity(n);
     let mut buf = [0u8; 64];
     while out.len() < n {
-        getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("reading the OS's randomness for a bootstrap token: {e}"))?;
+        getrandom::fill(&mut buf)
+            .map_err(|e| anyhow::anyhow!("reading the OS's randomness for a bootstrap token: {e}"))?;
         // Rejection sampling: 252 = 7 × 36, so every character is equally likely.
         for &b in buf.iter().filter(|&&b| b < 252) {
             if out.len() == n {
@@ -109,12 +110,19 @@ mod tests {
         let der = Certificate::from_pem(&rsa).unwrap().to_der().unwrap();
         assert_eq!(ca_cert_hash(&der, "ca.der").unwrap(), want);
         let ec = std::fs::read(format!("{PKI}/ca-ecdsa.crt")).unwrap();
-        assert_eq!(ca_cert_hash(&ec, "ca-ecdsa.crt").unwrap(), "sha256:7ad7238a83b5b795e845976a839abee1e63200b87876382659c69b9e30a3b94f");
+        assert_eq!(
+            ca_cert_hash(&ec, "ca-ecdsa.crt").unwrap(),
+            "sha256:7ad7238a83b5b795e845976a839abee1e63200b87876382659c69b9e30a3b94f"
+        );
     }
 
     #[test]
     fn ca_hash_errors_name_the_file() {
-        let e = ca_cert_hash(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "/etc/kubernetes/pki/ca.crt").unwrap_err();
+        let e = ca_cert_hash(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "/etc/kubernetes/pki/ca.crt",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("/etc/kubernetes/pki/ca.crt: not a PEM X.509 certificate"), "{e}");
         assert!(ca_cert_hash(b"", "x.crt").unwrap_err().to_string().contains("x.crt: empty"));
         assert!(ca_cert_hash(b"\x30\x03\x02\x01\x00", "x.der").unwrap_err().to_string().contains("x.der: not a DER"));

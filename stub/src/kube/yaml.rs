@@ -95,7 +95,11 @@ fn scalar_str(s: &str) -> String {
     const WORDS: &[&str] = &["true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"];
     let first_ok = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '/');
     let all_ok = s.chars().all(|c| c.is_ascii_alphanumeric() || "._/:@=,+-".contains(c));
-    let plain = first_ok && all_ok && !s.ends_with(':') && !s.contains(": ") && !WORDS.contains(&s.to_ascii_lowercase().as_str());
+    let plain = first_ok
+        && all_ok
+        && !s.ends_with(':')
+        && !s.contains(": ")
+        && !WORDS.contains(&s.to_ascii_lowercase().as_str());
     if plain { s.to_string() } else { serde_json::to_string(s).expect("a string serialises") }
 }
 

@@ -77,8 +77,10 @@ pub struct LbConfig {
 impl LbConfig {
     /// Reads and checks a config file; errors name the file.
     pub fn load(path: &Path) -> Result<LbConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading the LB config {}", path.display()))?;
-        let cfg: LbConfig = serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("LB config {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading the LB config {}", path.display()))?;
+        let cfg: LbConfig =
+            serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("LB config {}: {e}", path.display()))?;
         for b in &cfg.backends {
             check_backend(b).with_context(|| format!("LB config {}", path.display()))?;
         }
@@ -142,7 +144,8 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     } else {
         (t, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| anyhow::anyhow!("interval `{s}` is not a duration like 2s or 500ms"))?;
+    let v: f64 =
+        num.trim().parse().map_err(|_| anyhow::anyhow!("interval `{s}` is not a duration like 2s or 500ms"))?;
     let d = Duration::from_secs_f64(v * scale);
     if d < Duration::from_millis(50) || d > Duration::from_secs(3600) {
         bail!("interval `{s}` is out of range (50ms to 1h)");
@@ -178,7 +181,9 @@ struct Settings {
 fn settings(args: &LbArgs) -> Result<Settings> {
     let file = match &args.config {
         Some(p) => Some(LbConfig::load(p)?),
-        None if Path::new(DEFAULT_CONFIG).exists() && args.backends.is_empty() => Some(LbConfig::load(Path::new(DEFAULT_CONFIG))?),
+        None if Path::new(DEFAULT_CONFIG).exists() && args.backends.is_empty() => {
+            Some(LbConfig::load(Path::new(DEFAULT_CONFIG))?)
+        }
         None => None,
     }
     .unwrap_or_default();
@@ -270,7 +275,12 @@ async fn checker(b: Arc<Backend>, interval: Duration) {
 }
 
 fn new_backend(addr: &str) -> Arc<Backend> {
-    Arc::new(Backend { addr: addr.to_string(), healthy: AtomicBool::new(false), removed: AtomicBool::new(false), active: AtomicUsize::new(0) })
+    Arc::new(Backend {
+        addr: addr.to_string(),
+        healthy: AtomicBool::new(false),
+        removed: AtomicBool::new(false),
+        active: AtomicUsize::new(0),
+    })
 }
 
 /// Replaces the backend list, keeping the state of backends that stay, starting checkers for
@@ -304,7 +314,11 @@ async fn apply(pool: &Arc<Pool>, addrs: &[String]) {
     for b in &old {
         if !addrs.contains(&b.addr) {
             b.removed.store(true, Ordering::Relaxed);
-            eprintln!("ferry-lb: backend {} removed ({} connections left to finish)", b.addr, b.active.load(Ordering::Relaxed));
+            eprintln!(
+                "ferry-lb: backend {} removed ({} connections left to finish)",
+                b.addr,
+                b.active.load(Ordering::Relaxed)
+            );
         }
     }
     *pool.backends.write().expect("backend list lock") = next;
@@ -413,7 +427,11 @@ mod tests {
     fn config_round_trips_and_rejects_unknown_fields() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("lb.yaml");
-        let cfg = LbConfig { listen: Some("127.0.0.1:6444".into()), backends: vec!["10.0.0.11:6443".into(), "cp2.example:6443".into()], interval: Some("2s".into()) };
+        let cfg = LbConfig {
+            listen: Some("127.0.0.1:6444".into()),
+            backends: vec!["10.0.0.11:6443".into(), "cp2.example:6443".into()],
+            interval: Some("2s".into()),
+        };
         std::fs::write(&p, cfg.render()).unwrap();
         assert_eq!(LbConfig::load(&p).unwrap(), cfg);
         std::fs::write(&p, "backends: [10.0.0.1:6443]\nbackend: []\n").unwrap();
@@ -434,7 +452,11 @@ mod tests {
 
     #[test]
     fn healthy_backends_come_first_and_rotate() {
-        let pool = Pool { backends: RwLock::new(vec![new_backend("a:1"), new_backend("b:1"), new_backend("c:1")]), next: AtomicUsize::new(0), interval: DEFAULT_INTERVAL };
+        let pool = Pool {
+            backends: RwLock::new(vec![new_backend("a:1"), new_backend("b:1"), new_backend("c:1")]),
+            next: AtomicUsize::new(0),
+            interval: DEFAULT_INTERVAL,
+        };
         for b in pool.snapshot() {
             b.healthy.store(b.addr != "b:1", Ordering::Relaxed);
         }

@@ -14,7 +14,7 @@
 //!
 //! Every file is written atomically (temporary name, fsync, rename).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -23,21 +23,25 @@ use std::path::{Path, PathBuf};
 /// The pause image kubeadm expects, by Kubernetes minor version: kubeadm's `PauseVersion` in
 /// `cmd/kubeadm/app/constants/constants.go` (3.10 in 1.31–1.33; 3.10.1 from 1.34, see
 /// ../shared/notes/k8s-offline.md §3.3). Extend it when a new minor is supported.
-const PAUSE_BY_MINOR: &[(u32, u32, &str)] = &[(31, 33, "registry.k8s.io/pause:3.10"), (34, 37, "registry.k8s.io/pause:3.10.1")];
+const PAUSE_BY_MINOR: &[(u32, u32, &str)] =
+    &[(31, 33, "registry.k8s.io/pause:3.10"), (34, 37, "registry.k8s.io/pause:3.10.1")];
 
 /// The pause image kubeadm uses for Kubernetes `version` (`v1.33.4`, `1.33`, …).
 pub fn kubeadm_pause_image(version: &str) -> Result<&'static str> {
     let v = version.trim().trim_start_matches('v');
     let mut parts = v.split('.');
     let major = parts.next().and_then(|p| p.parse::<u32>().ok());
-    let minor = parts.next().and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()).and_then(|p| p.parse::<u32>().ok());
+    let minor =
+        parts.next().and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()).and_then(|p| p.parse::<u32>().ok());
     let known = format!(
         "v1.{}–v1.{}",
         PAUSE_BY_MINOR.first().map(|r| r.0).unwrap_or(0),
         PAUSE_BY_MINOR.last().map(|r| r.1).unwrap_or(0)
     );
     let (Some(1), Some(minor)) = (major, minor) else {
-        bail!("Kubernetes version `{version}` is not of the form v1.MINOR.PATCH; pass --sandbox-image to name the pause image");
+        bail!(
+            "Kubernetes version `{version}` is not of the form v1.MINOR.PATCH; pass --sandbox-image to name the pause image"
+        );
     };
     PAUSE_BY_MINOR.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&minor)).map(|r| r.2).ok_or_else(|| {
         anyhow::anyhow!(
@@ -92,14 +96,20 @@ pub fn check_endpoint(url: &str) -> Result<String> {
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| anyhow::anyhow!("endpoint `{url}` must start with http:// or https://"))?;
     if rest.is_empty() || rest.contains(['/', '?', '#', '@', '"', '\\', ' ']) {
-        bail!("endpoint `{url}` must be a scheme and host[:port] only, e.g. http://10.0.0.10:5000 (containerd appends /v2 itself)");
+        bail!(
+            "endpoint `{url}` must be a scheme and host[:port] only, e.g. http://10.0.0.10:5000 (containerd appends /v2 itself)"
+        );
     }
     Ok(url.to_string())
 }
 
 /// containerd's directory name for a registry host (`host:port` stays as is on Linux).
 fn host_dir(registry: &str) -> Result<&str> {
-    if registry.is_empty() || registry.starts_with('.') || registry.contains(['/', '\\', '\0']) || registry == "_default" {
+    if registry.is_empty()
+        || registry.starts_with('.')
+        || registry.contains(['/', '\\', '\0'])
+        || registry == "_default"
+    {
         bail!("registry `{registry}` in the bundle's image list is not a host name");
     }
     Ok(registry)
@@ -239,7 +249,10 @@ mod tests {
     fn inputs(containerd: Containerd, endpoints: &[&str]) -> Inputs {
         Inputs {
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
-            registries: ["docker.io", "quay.io", "registry.k8s.io", "10.1.2.3:5000"].iter().map(|s| s.to_string()).collect(),
+            registries: ["docker.io", "quay.io", "registry.k8s.io", "10.1.2.3:5000"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             containerd,
             config_path: "/etc/containerd/certs.d".into(),
             sandbox_image: kubeadm_pause_image("v1.33.4").unwrap().into(),

@@ -317,7 +317,8 @@ mod tests {
         w.add_file("blobs/sha256/b", 0o644, Compression::Raw, &mut &b"second blob"[..]).unwrap();
         w.finish(BundleMetadata::default(), None).unwrap();
         let p = Payload::open(&path).unwrap();
-        let (a, b) = (p.index().entry("blobs/sha256/a").unwrap().clone(), p.index().entry("blobs/sha256/b").unwrap().clone());
+        let (a, b) =
+            (p.index().entry("blobs/sha256/a").unwrap().clone(), p.index().entry("blobs/sha256/b").unwrap().clone());
         assert_eq!(p.chunk_of(a.offset), p.chunk_of(b.offset), "both blobs share one chunk");
         drop(p);
         use std::os::unix::fs::FileExt;

@@ -22,7 +22,7 @@ use crate::cli::{RegistryConfigArgs, RegistryServeArgs, TrustArgs};
 use crate::printer::Printer;
 use crate::trust;
 use crate::verify::open_payload;
-use access_log::{note, LogEntry, ServeBody};
+use access_log::{LogEntry, ServeBody, note};
 use anyhow::{Context, Result};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -52,7 +52,8 @@ pub struct Registry {
 /// Opens the installer and checks what `verify` checks except the full chunk scan: trailer,
 /// index digest, signature against the trust policy, and the installer program's own bytes.
 pub fn open_trusted(path: &Path, trust_args: &TrustArgs, printer: &Printer) -> Result<Payload> {
-    let policy = TrustPolicy { trusted: trust::trusted_keys(&trust_args.keys)?, allow_unsigned: trust_args.allow_unsigned };
+    let policy =
+        TrustPolicy { trusted: trust::trusted_keys(&trust_args.keys)?, allow_unsigned: trust_args.allow_unsigned };
     let payload = open_payload(path)?;
     let shown = payload.path().display().to_string();
     match payload.check_signature(&policy)? {
@@ -64,9 +65,8 @@ pub fn open_trusted(path: &Path, trust_args: &TrustArgs, printer: &Printer) -> R
                 trust::TRUSTED_KEYS_DIR
             ));
         }
-        SignatureStatus::Unsigned => {
-            printer.warn(format!("{shown} is UNSIGNED: nothing proves who built it (accepted because of --allow-unsigned)"))
-        }
+        SignatureStatus::Unsigned => printer
+            .warn(format!("{shown} is UNSIGNED: nothing proves who built it (accepted because of --allow-unsigned)")),
     }
     payload.verify_stub()?;
     Ok(payload)
@@ -83,7 +83,8 @@ pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<()> {
         printer.warn(w);
     }
     for image in crate::verify::missing_images(file.payload()) {
-        printer.warn(format!("the bundle lacks image {image} (built with --allow-missing-images); pulls of it will fail"));
+        printer
+            .warn(format!("the bundle lacks image {image} (built with --allow-missing-images); pulls of it will fail"));
     }
     if store.repos.is_empty() {
         printer.warn(format!("{shown} carries no images; the registry will answer 404 to every pull"));
@@ -156,7 +157,8 @@ fn spawn_background_verify(registry: Arc<Registry>) {
 async fn accept_loop(listener: std::net::TcpListener, registry: Arc<Registry>) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener).context("registering the listener")?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -195,14 +197,32 @@ async fn accept_loop(listener: std::net::TcpListener, registry: Arc<Registry>) -
     }
 }
 
-async fn respond(registry: Arc<Registry>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<ServeBody>, Infallible> {
+async fn respond(
+    registry: Arc<Registry>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ServeBody>, Infallible> {
     let started = Instant::now();
     let (parts, _body) = req.into_parts();
-    let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| parts.uri.path().to_string());
-    let user_agent = parts.headers.get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let r = routes::Req { method: &parts.method, path: parts.uri.path(), query: parts.uri.query(), headers: &parts.headers };
+    let target =
+        parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| parts.uri.path().to_string());
+    let user_agent =
+        parts.headers.get(hyper::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let r = routes::Req {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+    };
     let resp = routes::handle(registry, r).await;
-    let entry = LogEntry { client, method: parts.method.to_string(), target, status: resp.status().as_u16(), user_agent, started };
+    let entry = LogEntry {
+        client,
+        method: parts.method.to_string(),
+        target,
+        status: resp.status().as_u16(),
+        user_agent,
+        started,
+    };
     Ok(resp.map(|body| body.with_log(entry)))
 }
 
@@ -213,7 +233,9 @@ pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<()> {
     let endpoints = args.endpoints.iter().map(|e| config::check_endpoint(e)).collect::<Result<Vec<_>>>()?;
     let images: Vec<store::ImageRecord> = match meta.extra.get("images") {
         None => Vec::new(),
-        Some(v) => serde_json::from_value(v.clone()).context("the index's metadata.images is not a list of image records")?,
+        Some(v) => {
+            serde_json::from_value(v.clone()).context("the index's metadata.images is not a list of image records")?
+        }
     };
     let registries = images.iter().map(|i| store::normalize_registry(&i.registry)).collect();
     let sandbox_image = match &args.sandbox_image {

@@ -6,10 +6,10 @@
 //! HEAD answers carry exactly GET's headers (containerd builds descriptors from them) and no
 //! body. Manifests are served byte-exact with their stored media type.
 
-use super::access_log::{note, ServeBody};
-use super::integrity::CorruptChunk;
-use super::store::{is_sha256_digest, normalize_registry, Blob, BlobId, Repo};
 use super::Registry;
+use super::access_log::{ServeBody, note};
+use super::integrity::CorruptChunk;
+use super::store::{Blob, BlobId, Repo, is_sha256_digest, normalize_registry};
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
@@ -61,7 +61,12 @@ async fn route(reg: &Arc<Registry>, req: &Req<'_>, query: &Query) -> Response<Se
     }
     let head = req.method == Method::HEAD;
     let Some(path) = percent_decode(req.path) else {
-        return error(StatusCode::BAD_REQUEST, "NAME_INVALID", "the request path is not valid percent-encoded UTF-8".into(), None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+            "the request path is not valid percent-encoded UTF-8".into(),
+            None,
+        );
     };
     let Some(rest) = path.strip_prefix("/v2") else {
         return not_found(&path);
@@ -229,11 +234,21 @@ async fn manifest(
         Err(resp) => return resp,
     };
     let unknown = |what: String| {
-        error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", what, Some(serde_json::json!({"name": name, "reference": reference})))
+        error(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            what,
+            Some(serde_json::json!({"name": name, "reference": reference})),
+        )
     };
     let id = if reference.contains(':') {
         if !is_sha256_digest(reference) {
-            return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", format!("`{reference}` is not a sha256 digest"), None);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                format!("`{reference}` is not a sha256 digest"),
+                None,
+            );
         }
         match reg.store.blob_id(reference) {
             Some(id) if reachable(&resolved, id) && reg.store.blob(id).media_type.is_some() => id,
@@ -281,7 +296,14 @@ async fn manifest(
     resp
 }
 
-async fn blob(reg: &Arc<Registry>, req: &Req<'_>, query: &Query, name: &str, digest: &str, head: bool) -> Response<ServeBody> {
+async fn blob(
+    reg: &Arc<Registry>,
+    req: &Req<'_>,
+    query: &Query,
+    name: &str,
+    digest: &str,
+    head: bool,
+) -> Response<ServeBody> {
     let resolved = match resolve(reg, name, query) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -336,7 +358,13 @@ async fn blob(reg: &Arc<Registry>, req: &Req<'_>, query: &Query, name: &str, dig
 
 /// The body for `start..end` of a blob: empty for HEAD; otherwise verified against the signed
 /// index first (hashing off the async workers when a chunk has not been checked yet).
-async fn content(reg: &Arc<Registry>, blob: &Blob, start: u64, end: u64, head: bool) -> Result<ServeBody, Response<ServeBody>> {
+async fn content(
+    reg: &Arc<Registry>,
+    blob: &Blob,
+    start: u64,
+    end: u64,
+    head: bool,
+) -> Result<ServeBody, Response<ServeBody>> {
     if head {
         return Ok(ServeBody::empty());
     }
@@ -345,11 +373,16 @@ async fn content(reg: &Arc<Registry>, blob: &Blob, start: u64, end: u64, head: b
         Ok(())
     } else {
         let (r, offset, size, digest) = (reg.clone(), blob.offset, blob.size, blob.digest.clone());
-        tokio::task::spawn_blocking(move || r.file.verify_blob(offset, size, digest.trim_start_matches("sha256:"), a, b))
-            .await
-            .unwrap_or_else(|e| {
-                Err(CorruptChunk { chunk: u64::MAX, message: format!("verifying {}: the check did not finish: {e}", blob.digest) })
+        tokio::task::spawn_blocking(move || {
+            r.file.verify_blob(offset, size, digest.trim_start_matches("sha256:"), a, b)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(CorruptChunk {
+                chunk: u64::MAX,
+                message: format!("verifying {}: the check did not finish: {e}", blob.digest),
             })
+        })
     };
     match checked {
         Ok(()) => Ok(ServeBody::new(reg.file.slice(a, b))),
@@ -377,9 +410,14 @@ fn tags(reg: &Arc<Registry>, query: &Query, name: &str, head: bool) -> Response<
     };
     let all: Vec<&String> = repo.tags.keys().collect();
     let (page, next) = paginate(&all, query);
-    let mut resp = json(StatusCode::OK, Bytes::from(serde_json::to_vec(&serde_json::json!({"name": name, "tags": page})).unwrap()), head);
+    let mut resp = json(
+        StatusCode::OK,
+        Bytes::from(serde_json::to_vec(&serde_json::json!({"name": name, "tags": page})).unwrap()),
+        head,
+    );
     if let Some(last) = next {
-        let link = format!("</v2/{name}/tags/list?n={}&last={last}{}>; rel=\"next\"", query.n.unwrap_or(0), query.ns_suffix());
+        let link =
+            format!("</v2/{name}/tags/list?n={}&last={last}{}>; rel=\"next\"", query.n.unwrap_or(0), query.ns_suffix());
         resp.headers_mut().insert(header::LINK, value(&link));
     }
     resp
@@ -396,7 +434,11 @@ fn catalog(reg: &Arc<Registry>, query: &Query, head: bool) -> Response<ServeBody
     names.sort();
     names.dedup();
     let (page, next) = paginate(&names, query);
-    let mut resp = json(StatusCode::OK, Bytes::from(serde_json::to_vec(&serde_json::json!({"repositories": page})).unwrap()), head);
+    let mut resp = json(
+        StatusCode::OK,
+        Bytes::from(serde_json::to_vec(&serde_json::json!({"repositories": page})).unwrap()),
+        head,
+    );
     if let Some(last) = next {
         let link = format!("</v2/_catalog?n={}&last={last}{}>; rel=\"next\"", query.n.unwrap_or(0), query.ns_suffix());
         resp.headers_mut().insert(header::LINK, value(&link));
@@ -564,7 +606,12 @@ fn json(status: StatusCode, body: Bytes, head: bool) -> Response<ServeBody> {
 }
 
 /// A spec error body: `{"errors":[{"code":…,"message":…,"detail":…}]}`.
-pub fn error(status: StatusCode, code: &str, message: String, detail: Option<serde_json::Value>) -> Response<ServeBody> {
+pub fn error(
+    status: StatusCode,
+    code: &str,
+    message: String,
+    detail: Option<serde_json::Value>,
+) -> Response<ServeBody> {
     let mut e = serde_json::json!({"code": code, "message": message});
     if let Some(d) = detail {
         e["detail"] = d;
@@ -593,7 +640,10 @@ mod tests {
             Some(Route::Manifest { name: "library/nginx", reference: "1.27" })
         );
         assert_eq!(split_route("a/blobs/b/manifests/c"), Some(Route::Manifest { name: "a/blobs/b", reference: "c" }));
-        assert_eq!(split_route("a/manifests/b/blobs/sha256:x"), Some(Route::Blob { name: "a/manifests/b", digest: "sha256:x" }));
+        assert_eq!(
+            split_route("a/manifests/b/blobs/sha256:x"),
+            Some(Route::Blob { name: "a/manifests/b", digest: "sha256:x" })
+        );
         assert_eq!(split_route("a/b/tags/list"), Some(Route::Tags { name: "a/b" }));
         assert_eq!(split_route("a/b/referrers/sha256:x"), None);
     }

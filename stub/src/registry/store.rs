@@ -113,7 +113,8 @@ pub fn is_index_type(media_type: &str) -> bool {
 
 /// Whether `s` is `sha256:` and 64 lowercase hex digits (the only algorithm the payload stores).
 pub fn is_sha256_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// Normalises a registry host the way containerd names Docker Hub.
@@ -173,12 +174,19 @@ impl Store {
             let registry = normalize_registry(&image.registry);
             let key = (registry.clone(), image.repository.clone());
             let Some(&top) = store.by_digest.get(&image.digest) else {
-                store.warnings.push(format!("image {}: its manifest {} is not stored; it cannot be pulled", image.reference, image.digest));
+                store.warnings.push(format!(
+                    "image {}: its manifest {} is not stored; it cannot be pulled",
+                    image.reference, image.digest
+                ));
                 continue;
             };
             let reachable = store.closure(file, top, &mut children);
             store.by_name.entry(image.repository.clone()).or_default().insert(registry.clone());
-            let repo = store.repos.entry(key).or_insert_with(|| Repo { registry, name: image.repository.clone(), ..Default::default() });
+            let repo = store.repos.entry(key).or_insert_with(|| Repo {
+                registry,
+                name: image.repository.clone(),
+                ..Default::default()
+            });
             if let Some(tag) = &image.tag {
                 repo.tags.insert(tag.clone(), top);
             }
@@ -188,7 +196,12 @@ impl Store {
     }
 
     /// Every blob reachable from manifest `top` (itself included), parsing manifests as needed.
-    fn closure(&mut self, file: &VerifiedFile, top: BlobId, children: &mut HashMap<BlobId, Vec<BlobId>>) -> HashSet<BlobId> {
+    fn closure(
+        &mut self,
+        file: &VerifiedFile,
+        top: BlobId,
+        children: &mut HashMap<BlobId, Vec<BlobId>>,
+    ) -> HashSet<BlobId> {
         let mut seen = HashSet::new();
         let mut todo = vec![top];
         while let Some(id) = todo.pop() {
@@ -228,19 +241,31 @@ impl Store {
         if blob.media_type.is_none() {
             // Not in metadata.manifests (an older or hand-made payload): trust the document.
             let guessed = doc.media_type.clone().unwrap_or_else(|| {
-                if doc.manifests.is_some() { "application/vnd.oci.image.index.v1+json" } else { "application/vnd.oci.image.manifest.v1+json" }.into()
+                if doc.manifests.is_some() {
+                    "application/vnd.oci.image.index.v1+json"
+                } else {
+                    "application/vnd.oci.image.manifest.v1+json"
+                }
+                .into()
             });
             self.blobs[id as usize].media_type = Some(guessed);
         }
         let mut out = Vec::new();
         let is_index = doc.manifests.is_some();
-        let descriptors = doc.manifests.iter().flatten().chain(doc.config.iter()).chain(doc.layers.iter().flatten()).chain(doc.blobs.iter().flatten());
+        let descriptors = doc
+            .manifests
+            .iter()
+            .flatten()
+            .chain(doc.config.iter())
+            .chain(doc.layers.iter().flatten())
+            .chain(doc.blobs.iter().flatten());
         for d in descriptors {
             match self.by_digest.get(&d.digest) {
                 Some(&child) => {
                     if is_index && self.blobs[child as usize].media_type.is_none() {
-                        self.blobs[child as usize].media_type =
-                            Some(d.media_type.clone().unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into()));
+                        self.blobs[child as usize].media_type = Some(
+                            d.media_type.clone().unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into()),
+                        );
                     }
                     out.push(child);
                 }
@@ -248,7 +273,9 @@ impl Store {
                 None if is_index => {}
                 // Foreign (non-distributable) layers are fetched from their URLs, not from us.
                 None if d.urls.as_ref().is_some_and(|u| !u.is_empty()) => {}
-                None => self.warnings.push(format!("manifest {} references {}, which the bundle lacks", blob.digest, d.digest)),
+                None => self
+                    .warnings
+                    .push(format!("manifest {} references {}, which the bundle lacks", blob.digest, d.digest)),
             }
         }
         out

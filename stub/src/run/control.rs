@@ -72,7 +72,13 @@ pub async fn put_file<H: RemoteHost>(h: &H, path: &str, mode: &str, bytes: &[u8]
 pub fn lb_config(ctx: &Ctx) -> crate::lb::LbConfig {
     crate::lb::LbConfig {
         listen: Some(format!("127.0.0.1:{LB_PORT}")),
-        backends: ctx.cluster.hosts.iter().filter(|h| h.is(Role::Master)).map(|h| format!("{}:{}", h.ip, crate::kube::config::APISERVER_PORT)).collect(),
+        backends: ctx
+            .cluster
+            .hosts
+            .iter()
+            .filter(|h| h.is(Role::Master))
+            .map(|h| format!("{}:{}", h.ip, crate::kube::config::APISERVER_PORT))
+            .collect(),
         interval: Some("2s".into()),
     }
 }
@@ -84,7 +90,17 @@ async fn lb_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Result<()> {
     let unit_path = format!("/etc/systemd/system/{}", crate::lb::UNIT_NAME);
     // One short script: compare, write what differs, then start or reload. Content arrives on
     // stdin as two NUL-free parts separated by a marker line.
-    let now = checked(h, &format!("cat {} 2>/dev/null; echo '@@ferry@@'; cat {} 2>/dev/null; true", crate::lb::DEFAULT_CONFIG, quote(&unit_path)), b"", "reading the LB files").await?;
+    let now = checked(
+        h,
+        &format!(
+            "cat {} 2>/dev/null; echo '@@ferry@@'; cat {} 2>/dev/null; true",
+            crate::lb::DEFAULT_CONFIG,
+            quote(&unit_path)
+        ),
+        b"",
+        "reading the LB files",
+    )
+    .await?;
     let text = now.text();
     let (old_cfg, old_unit) = text.split_once("@@ferry@@\n").unwrap_or(("", ""));
     let cfg_changed = old_cfg != cfg;
@@ -96,9 +112,31 @@ async fn lb_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Result<()> {
         put_file(h, &unit_path, "0644", unit.as_bytes()).await?;
         checked(h, "systemctl daemon-reload", b"", "systemctl daemon-reload").await?;
     }
-    let action = if unit_changed { "restart" } else if cfg_changed { "reload-or-restart" } else { "start" };
-    checked(h, &format!("systemctl enable {u} >/dev/null 2>&1; systemctl {action} {u} && systemctl is-active {u}", u = crate::lb::UNIT_NAME), b"", "starting ferry-lb.service").await?;
-    record_on(ctx, h, host, "lb", serde_json::json!({"backends": lb_config(ctx).backends, "changed": cfg_changed || unit_changed})).await
+    let action = if unit_changed {
+        "restart"
+    } else if cfg_changed {
+        "reload-or-restart"
+    } else {
+        "start"
+    };
+    checked(
+        h,
+        &format!(
+            "systemctl enable {u} >/dev/null 2>&1; systemctl {action} {u} && systemctl is-active {u}",
+            u = crate::lb::UNIT_NAME
+        ),
+        b"",
+        "starting ferry-lb.service",
+    )
+    .await?;
+    record_on(
+        ctx,
+        h,
+        host,
+        "lb",
+        serde_json::json!({"backends": lb_config(ctx).backends, "changed": cfg_changed || unit_changed}),
+    )
+    .await
 }
 
 /// The phases' view of which hosts have joined already: kubeadm records from any build.
@@ -120,7 +158,13 @@ pub async fn fresh_join_secrets<H: RemoteHost>(h: &H, masters_to_join: bool) -> 
         .ok_or_else(|| anyhow!("kubeadm token create printed no token: {}", out.tail(3)))?;
     let key = if masters_to_join {
         let key = crate::kube::secrets::certificate_key()?;
-        checked(h, &format!("kubeadm init phase upload-certs --upload-certs --certificate-key {key}"), b"", "kubeadm init phase upload-certs").await?;
+        checked(
+            h,
+            &format!("kubeadm init phase upload-certs --upload-certs --certificate-key {key}"),
+            b"",
+            "kubeadm init phase upload-certs",
+        )
+        .await?;
         Some(key)
     } else {
         None
@@ -129,7 +173,12 @@ pub async fn fresh_join_secrets<H: RemoteHost>(h: &H, masters_to_join: bool) -> 
 }
 
 /// Phases lb and kubeadm on every host, then the saved state. `hosts[i]` is `ctx.cluster.hosts[i]`.
-pub async fn bootstrap<H: RemoteHost>(ctx: &Arc<Ctx>, hosts: &[Arc<H>], states: &Arc<Vec<BTreeMap<String, Record>>>, limit: usize) -> Result<()> {
+pub async fn bootstrap<H: RemoteHost>(
+    ctx: &Arc<Ctx>,
+    hosts: &[Arc<H>],
+    states: &Arc<Vec<BTreeMap<String, Record>>>,
+    limit: usize,
+) -> Result<()> {
     let n = ctx.cluster.hosts.len();
     let inputs = inputs(ctx);
     // Checked before anything changes: a bad fragment names the field here.
@@ -153,14 +202,18 @@ pub async fn bootstrap<H: RemoteHost>(ctx: &Arc<Ctx>, hosts: &[Arc<H>], states: 
     let m0 = ctx.cluster.hosts.iter().position(|h| h.is(Role::Master)).expect("resolve() guarantees a master");
     let master0 = &ctx.cluster.hosts[m0];
     let h0 = hosts[m0].clone();
-    let masters_pending: Vec<usize> = (0..n).filter(|&i| i != m0 && ctx.cluster.hosts[i].is(Role::Master) && !joined(states, i)).collect();
-    let workers_pending: Vec<usize> = (0..n).filter(|&i| !ctx.cluster.hosts[i].is(Role::Master) && !joined(states, i)).collect();
+    let masters_pending: Vec<usize> =
+        (0..n).filter(|&i| i != m0 && ctx.cluster.hosts[i].is(Role::Master) && !joined(states, i)).collect();
+    let workers_pending: Vec<usize> =
+        (0..n).filter(|&i| !ctx.cluster.hosts[i].is(Role::Master) && !joined(states, i)).collect();
     let (token, key) = if joined(states, m0) {
         ctx.rep.event(&master0.ip, "kubeadm", "skip", "already initialised", serde_json::json!({}));
         if masters_pending.is_empty() && workers_pending.is_empty() {
             (String::new(), None)
         } else {
-            fresh_join_secrets(h0.as_ref(), !masters_pending.is_empty()).await.map_err(|e| phase_error(ctx, master0, e))?
+            fresh_join_secrets(h0.as_ref(), !masters_pending.is_empty())
+                .await
+                .map_err(|e| phase_error(ctx, master0, e))?
         }
     } else {
         let token = crate::kube::secrets::bootstrap_token()?;
@@ -174,7 +227,9 @@ pub async fn bootstrap<H: RemoteHost>(ctx: &Arc<Ctx>, hosts: &[Arc<H>], states: 
             checked(h0.as_ref(), "systemctl enable kubelet.service 2>&1", b"", "systemctl enable kubelet").await?;
             let cmd = format!("kubeadm init --upload-certs --config {path}");
             let fut = checked(h0.as_ref(), &cmd, b"", "kubeadm init");
-            tokio::time::timeout(ctx.phase_timeout, fut).await.unwrap_or_else(|_| Err(anyhow!("kubeadm init timed out")))?;
+            tokio::time::timeout(ctx.phase_timeout, fut)
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("kubeadm init timed out")))?;
             record_on(ctx, h0.as_ref(), master0, "kubeadm", serde_json::json!({"role": "init", "config": path})).await
         }
         .await;
@@ -184,17 +239,26 @@ pub async fn bootstrap<H: RemoteHost>(ctx: &Arc<Ctx>, hosts: &[Arc<H>], states: 
     };
 
     if !masters_pending.is_empty() || !workers_pending.is_empty() {
-        let ca = checked(h0.as_ref(), "cat /etc/kubernetes/pki/ca.crt", b"", "reading /etc/kubernetes/pki/ca.crt").await.map_err(|e| phase_error(ctx, master0, e))?;
-        let hash = crate::kube::secrets::ca_cert_hash(&ca.stdout, &format!("{}:/etc/kubernetes/pki/ca.crt", master0.ip))?;
+        let ca = checked(h0.as_ref(), "cat /etc/kubernetes/pki/ca.crt", b"", "reading /etc/kubernetes/pki/ca.crt")
+            .await
+            .map_err(|e| phase_error(ctx, master0, e))?;
+        let hash =
+            crate::kube::secrets::ca_cert_hash(&ca.stdout, &format!("{}:/etc/kubernetes/pki/ca.crt", master0.ip))?;
         let secrets = JoinSecrets { token: token.clone(), ca_cert_hash: hash, certificate_key: key.clone() };
         // Masters one at a time: each new etcd member must be in before the next.
         for &i in &masters_pending {
-            join_one(ctx, hosts[i].as_ref(), &ctx.cluster.hosts[i], &inputs, &secrets, JoinRole::ControlPlane).await.map_err(|e| phase_error(ctx, &ctx.cluster.hosts[i], e))?;
+            join_one(ctx, hosts[i].as_ref(), &ctx.cluster.hosts[i], &inputs, &secrets, JoinRole::ControlPlane)
+                .await
+                .map_err(|e| phase_error(ctx, &ctx.cluster.hosts[i], e))?;
         }
         let results = parallel(workers_pending.len(), limit, |k| {
             let i = workers_pending[k];
             let (ctx, h, inputs, secrets) = (ctx.clone(), hosts[i].clone(), inputs.clone(), secrets.clone());
-            async move { join_one(&ctx, h.as_ref(), &ctx.cluster.hosts[i], &inputs, &secrets, JoinRole::Worker).await.map_err(|e| (i, e)) }
+            async move {
+                join_one(&ctx, h.as_ref(), &ctx.cluster.hosts[i], &inputs, &secrets, JoinRole::Worker)
+                    .await
+                    .map_err(|e| (i, e))
+            }
         })
         .await;
         let mut full: Vec<Result<()>> = (0..n).map(|_| Ok(())).collect();
@@ -219,7 +283,8 @@ pub async fn bootstrap<H: RemoteHost>(ctx: &Arc<Ctx>, hosts: &[Arc<H>], states: 
 
 /// Writes `.ferry/<cluster>/cluster.yaml`.
 pub fn save_local(dir: &std::path::Path, text: &str) -> Result<()> {
-    crate::registry::config::write_atomic(&dir.join("cluster.yaml"), text.as_bytes()).with_context(|| format!("saving the cluster description in {}", dir.display()))
+    crate::registry::config::write_atomic(&dir.join("cluster.yaml"), text.as_bytes())
+        .with_context(|| format!("saving the cluster description in {}", dir.display()))
 }
 
 fn phase_error(ctx: &Ctx, host: &Host, e: anyhow::Error) -> anyhow::Error {
@@ -229,7 +294,14 @@ fn phase_error(ctx: &Ctx, host: &Host, e: anyhow::Error) -> anyhow::Error {
     anyhow!("{}: kubeadm failed: {e:#}", host.ip)
 }
 
-async fn join_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host, inputs: &ClusterInputs, s: &JoinSecrets, role: JoinRole) -> Result<()> {
+async fn join_one<H: RemoteHost>(
+    ctx: &Ctx,
+    h: &H,
+    host: &Host,
+    inputs: &ClusterInputs,
+    s: &JoinSecrets,
+    role: JoinRole,
+) -> Result<()> {
     let node = Node { ip: host.ip.clone(), name: None };
     let config = crate::kube::config::join_config(inputs, &node, s, role)?;
     let path = format!("{KUBEADM_DIR}/join.yaml");
@@ -248,7 +320,9 @@ async fn join_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host, inputs: &Cluster
 /// Errors when `text` (a host's answer) shows no ferry cluster.
 pub fn require_cluster_file(ip: &str, text: &str) -> Result<()> {
     if text.trim().is_empty() {
-        bail!("{ip}: no ferry cluster here ({CLUSTER_FILE} is missing): run `installer run` first, or give the right --master");
+        bail!(
+            "{ip}: no ferry cluster here ({CLUSTER_FILE} is missing): run `installer run` first, or give the right --master"
+        );
     }
     Ok(())
 }

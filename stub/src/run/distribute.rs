@@ -51,7 +51,8 @@ fn checked_chunks(payload: &Payload) -> Result<Arc<Vec<AtomicBool>>> {
     match &*slot {
         Some((k, v)) if *k == id => Ok(v.clone()),
         _ => {
-            let v: Arc<Vec<AtomicBool>> = Arc::new((0..payload.chunk_count()).map(|_| AtomicBool::new(false)).collect());
+            let v: Arc<Vec<AtomicBool>> =
+                Arc::new((0..payload.chunk_count()).map(|_| AtomicBool::new(false)).collect());
             *slot = Some((id, v.clone()));
             Ok(v)
         }
@@ -60,7 +61,13 @@ fn checked_chunks(payload: &Payload) -> Result<Arc<Vec<AtomicBool>>> {
 
 /// Sends the chunks over the agent's stdin (`w`), reading its answers from `r`. `progress`
 /// gets bytes as they go. Returns the bytes of chunk data sent.
-pub async fn send<R, W>(payload: &Payload, want: &[u64], r: &mut R, w: &mut W, progress: &(dyn Fn(u64) + Sync)) -> Result<u64>
+pub async fn send<R, W>(
+    payload: &Payload,
+    want: &[u64],
+    r: &mut R,
+    w: &mut W,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -85,12 +92,13 @@ where
     if line.is_empty() {
         bail!("the connection closed before the agent answered (host unreachable, or the agent could not start)");
     }
-    let answer: serde_json::Value = serde_json::from_str(line.trim())
-        .with_context(|| format!("the agent answered `{}`", line.trim()))?;
+    let answer: serde_json::Value =
+        serde_json::from_str(line.trim()).with_context(|| format!("the agent answered `{}`", line.trim()))?;
     if answer.get("ok") == Some(&serde_json::Value::Bool(false)) {
         bail!("the agent refused: {}", answer["error"].as_str().unwrap_or("?"));
     }
-    let missing: Vec<u64> = serde_json::from_value(answer["missing"].clone()).context("the agent's list of missing chunks")?;
+    let missing: Vec<u64> =
+        serde_json::from_value(answer["missing"].clone()).context("the agent's list of missing chunks")?;
     let wanted: BTreeSet<u64> = want.iter().copied().collect();
     if let Some(n) = missing.iter().find(|n| !wanted.contains(n)) {
         bail!("the agent asked for chunk {n}, which was not offered");
@@ -106,7 +114,8 @@ where
         })
         .collect();
     let file = payload.file().try_clone().context("reading the installer")?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::result::Result<Vec<u8>, (u64, Option<std::io::Error>)>>(READ_AHEAD);
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<std::result::Result<Vec<u8>, (u64, Option<std::io::Error>)>>(READ_AHEAD);
     let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let reader = std::thread::Builder::new().name("send-read".into()).spawn(move || {
         for (n, s, e, digest) in jobs {
@@ -157,8 +166,8 @@ where
     w.flush().await?;
     let mut line = String::new();
     r.read_line(&mut line).await.context("waiting for the agent to finish")?;
-    let done: serde_json::Value = serde_json::from_str(line.trim())
-        .with_context(|| format!("the agent ended with `{}`", line.trim()))?;
+    let done: serde_json::Value =
+        serde_json::from_str(line.trim()).with_context(|| format!("the agent ended with `{}`", line.trim()))?;
     if done["ok"] != serde_json::Value::Bool(true) {
         bail!("the agent failed: {}", done["error"].as_str().unwrap_or("?"));
     }
@@ -188,7 +197,11 @@ mod tests {
         path
     }
 
-    async fn session(payload: &Payload, want: &[u64], opts: &ReceiveOptions) -> Result<(u64, crate::agent::receive::Received)> {
+    async fn session(
+        payload: &Payload,
+        want: &[u64],
+        opts: &ReceiveOptions,
+    ) -> Result<(u64, crate::agent::receive::Received)> {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let opts = opts.clone();
         let agent = std::thread::spawn(move || {
@@ -257,7 +270,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = build(dir.path());
         let payload = Payload::open(&path).unwrap();
-        let opts = ReceiveOptions { dest: dir.path().join("n/i"), allow_unsigned: true, stub: dir.path().join("stub"), signer: None };
+        let opts = ReceiveOptions {
+            dest: dir.path().join("n/i"),
+            allow_unsigned: true,
+            stub: dir.path().join("stub"),
+            signer: None,
+        };
         let t = payload.trailer();
         let tail = std::fs::read(&path).unwrap()[t.index_offset as usize..].to_vec();
         let want = [0u64, 1, 2];
@@ -303,7 +321,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = build(dir.path());
         let payload = Payload::open(&path).unwrap();
-        let opts = ReceiveOptions { dest: dir.path().join("n/i"), allow_unsigned: true, stub: dir.path().join("stub"), signer: None };
+        let opts = ReceiveOptions {
+            dest: dir.path().join("n/i"),
+            allow_unsigned: true,
+            stub: dir.path().join("stub"),
+            signer: None,
+        };
         // An unsigned installer is refused unless allowed.
         let strict = ReceiveOptions { allow_unsigned: false, ..opts.clone() };
         assert!(session(&payload, &[0], &strict).await.is_err());

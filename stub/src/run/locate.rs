@@ -44,7 +44,13 @@ fn overrides(a: &crate::cli::RunArgs, hosts: Vec<String>) -> Overrides {
 pub async fn jump_for(c: &Cluster, opts: &SshOptions) -> Result<Option<Arc<Jump>>> {
     match &c.bastion {
         Some(b) => {
-            let login = Login { host: b.host.clone(), port: b.port, user: b.user.clone(), key: c.bastion_key.clone(), sudo: false };
+            let login = Login {
+                host: b.host.clone(),
+                port: b.port,
+                user: b.user.clone(),
+                key: c.bastion_key.clone(),
+                sudo: false,
+            };
             Ok(Some(Jump::connect(&login, opts).await?))
         }
         None => Ok(None),
@@ -54,9 +60,23 @@ pub async fn jump_for(c: &Cluster, opts: &SshOptions) -> Result<Option<Arc<Jump>
 impl Found {
     /// Connects to one host of the cluster (or, for hosts outside it, with the base settings).
     pub async fn connect_one(&self, ip: &str) -> Result<Arc<SshHost>> {
-        let h = self.cluster.hosts.iter().find(|h| h.ip == ip).ok_or_else(|| anyhow!("{ip} is not a host of cluster {}", self.cluster.name))?;
-        let login = Login { host: h.ip.clone(), port: h.ssh.port, user: h.ssh.user.clone(), key: h.ssh.key.clone(), sudo: h.ssh.sudo };
-        SshHost::connect(&login, &self.opts, self.jump.clone()).await.map(Arc::new).with_context(|| format!("{ip}: connecting"))
+        let h = self
+            .cluster
+            .hosts
+            .iter()
+            .find(|h| h.ip == ip)
+            .ok_or_else(|| anyhow!("{ip} is not a host of cluster {}", self.cluster.name))?;
+        let login = Login {
+            host: h.ip.clone(),
+            port: h.ssh.port,
+            user: h.ssh.user.clone(),
+            key: h.ssh.key.clone(),
+            sudo: h.ssh.sudo,
+        };
+        SshHost::connect(&login, &self.opts, self.jump.clone())
+            .await
+            .map(Arc::new)
+            .with_context(|| format!("{ip}: connecting"))
     }
 }
 
@@ -76,9 +96,20 @@ pub async fn locate(args: &ClusterCommandArgs) -> Result<Found> {
         let opts = mk_opts(probe.known_hosts.clone());
         let jump = jump_for(&probe, &opts).await?;
         let h = &probe.hosts[0];
-        let login = Login { host: h.ip.clone(), port: h.ssh.port, user: h.ssh.user.clone(), key: h.ssh.key.clone(), sudo: h.ssh.sudo };
+        let login = Login {
+            host: h.ip.clone(),
+            port: h.ssh.port,
+            user: h.ssh.user.clone(),
+            key: h.ssh.key.clone(),
+            sudo: h.ssh.sudo,
+        };
         let conn = SshHost::connect(&login, &opts, jump).await.with_context(|| format!("{master}: connecting"))?;
-        let out = crate::ssh::RemoteHost::run(&conn, &format!("cat {} 2>/dev/null || true", super::control::CLUSTER_FILE), b"").await?;
+        let out = crate::ssh::RemoteHost::run(
+            &conn,
+            &format!("cat {} 2>/dev/null || true", super::control::CLUSTER_FILE),
+            b"",
+        )
+        .await?;
         super::control::require_cluster_file(master, &out.text())?;
         cluster::parse(&out.text(), &format!("{master}:{}", super::control::CLUSTER_FILE))?
     } else if let Some(f) = &a.cluster_file {
@@ -98,7 +129,10 @@ pub async fn locate(args: &ClusterCommandArgs) -> Result<Found> {
                     .collect();
                 match found.len() {
                     1 => found[0].clone(),
-                    0 => bail!("no cluster is known here ({} holds no cluster.yaml): give --master IP (the first master of a cluster ferry made)", base.display()),
+                    0 => bail!(
+                        "no cluster is known here ({} holds no cluster.yaml): give --master IP (the first master of a cluster ferry made)",
+                        base.display()
+                    ),
                     _ => bail!("several clusters are known in {}: pick one with --name", base.display()),
                 }
             }

@@ -151,12 +151,14 @@ pub(crate) fn local_state_dir(installer: &Path, cluster: &str) -> PathBuf {
 /// Merges a phase into the local record of a host (`.ferry/<cluster>/<host>.json`).
 pub(crate) fn local_record(ctx: &Ctx, host: &Host, phase: &str, status: &str, detail: serde_json::Value) {
     let path = ctx.local_state.join(format!("{}.json", host.ip.replace([':', '/'], "_")));
-    let mut v: serde_json::Value = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| {
-        serde_json::json!({"host": host.ip, "roles": host.role_names(), "phases": {}})
-    });
+    let mut v: serde_json::Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({"host": host.ip, "roles": host.role_names(), "phases": {}}));
     v["installer"] = ctx.id.clone().into();
     v["phases"][phase] = serde_json::json!({"status": status, "at": now_secs(), "installer": ctx.id, "detail": detail});
-    let _ = crate::registry::config::write_atomic(&path, serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes());
+    let _ =
+        crate::registry::config::write_atomic(&path, serde_json::to_string_pretty(&v).unwrap_or_default().as_bytes());
 }
 
 /// A failure of one host in one phase.
@@ -196,14 +198,31 @@ pub struct Surveyed {
 
 /// Preflight on one host: arch probe, agent placement, facts, state.
 pub async fn survey<H: RemoteHost>(ctx: &Ctx, h: &H, tools: &[String]) -> Result<Surveyed> {
-    let probe = checked(h, &format!("uname -m; (sha256sum {AGENT_PATH} 2>/dev/null || echo none) | cut -d' ' -f1"), b"", "the first command").await?;
+    let probe = checked(
+        h,
+        &format!("uname -m; (sha256sum {AGENT_PATH} 2>/dev/null || echo none) | cut -d' ' -f1"),
+        b"",
+        "the first command",
+    )
+    .await?;
     let text = probe.text();
     let mut lines = text.lines();
     let arch = lines.next().unwrap_or("").trim().to_string();
     let agent_sha = lines.next().unwrap_or("").trim().to_string();
     if arch != std::env::consts::ARCH {
         // The agent could not run there; report as a fact and let judge() word it.
-        return Ok(Surveyed { facts: Facts { arch, systemd: true, cpus: 64, mem_bytes: u64::MAX, disk_free: u64::MAX, ..Default::default() }, skew_ms: 0, state: BTreeMap::new() });
+        return Ok(Surveyed {
+            facts: Facts {
+                arch,
+                systemd: true,
+                cpus: 64,
+                mem_bytes: u64::MAX,
+                disk_free: u64::MAX,
+                ..Default::default()
+            },
+            skew_ms: 0,
+            state: BTreeMap::new(),
+        });
     }
     if agent_sha != ctx.stub_sha {
         ctx.rep.event(h.addr(), "preflight", "progress", "placing ferry's agent", serde_json::json!({}));
@@ -217,11 +236,14 @@ pub async fn survey<H: RemoteHost>(ctx: &Ctx, h: &H, tools: &[String]) -> Result
         }
     }
     let before = now_ms();
-    let out = checked(h, &format!("{AGENT_PATH} agent facts --tools {}", quote(&tools.join(","))), b"", "agent facts").await?;
+    let out = checked(h, &format!("{AGENT_PATH} agent facts --tools {}", quote(&tools.join(","))), b"", "agent facts")
+        .await?;
     let after = now_ms();
     let facts: Facts = serde_json::from_slice(&out.stdout).context("reading the agent's facts")?;
     let skew_ms = (before + after) / 2 - facts.time_ms as i64;
-    let out = checked(h, &format!("{AGENT_PATH} agent state --cluster {}", quote(&ctx.cluster.name)), b"", "agent state").await?;
+    let out =
+        checked(h, &format!("{AGENT_PATH} agent state --cluster {}", quote(&ctx.cluster.name)), b"", "agent state")
+            .await?;
     let state = serde_json::from_slice(&out.stdout).context("reading the agent's state")?;
     Ok(Surveyed { facts, skew_ms, state })
 }
@@ -230,8 +252,18 @@ fn done(state: &BTreeMap<String, Record>, phase: &str, id: &str) -> bool {
     state.get(phase).is_some_and(|r| r.installer == id)
 }
 
-pub(crate) async fn record_on<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host, phase: &str, detail: serde_json::Value) -> Result<()> {
-    let cmd = format!("{AGENT_PATH} agent record --cluster {} --phase {phase} --installer {}", quote(&ctx.cluster.name), ctx.id);
+pub(crate) async fn record_on<H: RemoteHost>(
+    ctx: &Ctx,
+    h: &H,
+    host: &Host,
+    phase: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    let cmd = format!(
+        "{AGENT_PATH} agent record --cluster {} --phase {phase} --installer {}",
+        quote(&ctx.cluster.name),
+        ctx.id
+    );
     checked(h, &cmd, detail.to_string().as_bytes(), "recording the phase").await?;
     local_record(ctx, host, phase, "done", detail);
     Ok(())
@@ -258,7 +290,13 @@ pub async fn distribute_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Res
         let mut l = last.lock().unwrap();
         if l.elapsed() > Duration::from_millis(500) {
             *l = Instant::now();
-            ctx.rep.event(&addr, "distribute", "progress", &format!("{} / {}", crate::units::bytes(s), crate::units::bytes(bytes)), serde_json::json!({"bytes": s, "total": bytes}));
+            ctx.rep.event(
+                &addr,
+                "distribute",
+                "progress",
+                &format!("{} / {}", crate::units::bytes(s), crate::units::bytes(bytes)),
+                serde_json::json!({"bytes": s, "total": bytes}),
+            );
         }
     };
     // A cut link can leave a write waiting forever for SSH window space that never comes, so
@@ -287,7 +325,11 @@ pub async fn distribute_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Res
     drop(stdin);
     if result.is_err() {
         let err = result.unwrap_err();
-        let (status, stderr) = tokio::time::timeout(Duration::from_secs(2), finished).await.ok().and_then(|r| r.ok()).unwrap_or((255, Vec::new()));
+        let (status, stderr) = tokio::time::timeout(Duration::from_secs(2), finished)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or((255, Vec::new()));
         let tail = crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4);
         let _ = status;
         return if tail.is_empty() { Err(err) } else { Err(err.context(format!("last output: {tail}"))) };
@@ -295,7 +337,10 @@ pub async fn distribute_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Res
     let (status, stderr) = finished.await.unwrap_or((255, Vec::new()));
     match result {
         Ok(n) if status == 0 => Ok(n),
-        Ok(_) => bail!("agent receive exited with status {status}: {}", crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4)),
+        Ok(_) => bail!(
+            "agent receive exited with status {status}: {}",
+            crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4)
+        ),
         Err(e) => {
             let tail = crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4);
             if tail.is_empty() { Err(e) } else { Err(e.context(format!("last output: {tail}"))) }
@@ -321,7 +366,10 @@ pub fn prepare_plan(ctx: &Ctx, host: &Host) -> crate::agent::prepare::Plan {
         registry_endpoints: registries.iter().map(|h| format!("http://{}:{}", h.ip, c.registry_port)).collect(),
         // The API endpoint name is the node-local LB (ferry-lb.service on 127.0.0.1:LB_PORT),
         // which is why it is in the apiserver certificate's SANs.
-        hosts_entries: vec![("127.0.0.1".into(), c.api_endpoint.clone()), (registries[0].ip.clone(), "ferry-registry".into())],
+        hosts_entries: vec![
+            ("127.0.0.1".into(), c.api_endpoint.clone()),
+            (registries[0].ip.clone(), "ferry-registry".into()),
+        ],
         allow_unsigned: ctx.allow_unsigned,
         root: PathBuf::from("/"),
     }
@@ -330,13 +378,19 @@ pub fn prepare_plan(ctx: &Ctx, host: &Host) -> crate::agent::prepare::Plan {
 /// The image every node pulls through the mirror to prove the registry phase.
 pub fn probe_image(payload: &Payload) -> Option<String> {
     let images = payload.index().metadata.extra.get("images")?.as_array()?;
-    let mut refs: Vec<String> = images.iter().filter_map(|i| i.get("ref").and_then(|r| r.as_str()).map(String::from)).collect();
+    let mut refs: Vec<String> =
+        images.iter().filter_map(|i| i.get("ref").and_then(|r| r.as_str()).map(String::from)).collect();
     refs.sort_by_key(|r| (!r.contains("pause"), r.clone()));
     refs.into_iter().next()
 }
 
 fn print_plan(ctx: &Ctx) {
-    let mut s = format!("plan for cluster {} ({} hosts, installer {}):\n", ctx.cluster.name, ctx.cluster.hosts.len(), &ctx.id[..12]);
+    let mut s = format!(
+        "plan for cluster {} ({} hosts, installer {}):\n",
+        ctx.cluster.name,
+        ctx.cluster.hosts.len(),
+        &ctx.id[..12]
+    );
     for h in &ctx.cluster.hosts {
         let plan = prepare_plan(ctx, h);
         let (want, bytes, rootfs) = host_plan(&ctx.payload, h);
@@ -365,11 +419,16 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     let started = Instant::now();
     let rep = Reporter::new(args.json, quiet, no_progress);
     let payload = crate::verify::open_payload(&args.installer)?;
-    let policy = TrustPolicy { trusted: crate::trust::trusted_keys(&args.trusted_keys)?, allow_unsigned: args.allow_unsigned };
+    let policy =
+        TrustPolicy { trusted: crate::trust::trusted_keys(&args.trusted_keys)?, allow_unsigned: args.allow_unsigned };
     let signer = match payload.check_signature(&policy)? {
         SignatureStatus::Trusted(k) | SignatureStatus::ValidUnpinned(k) => Some(k.fingerprint()),
         SignatureStatus::Unsigned => {
-            rep.line("warning", "warning: the installer is UNSIGNED (accepted because of --allow-unsigned)", serde_json::json!({}));
+            rep.line(
+                "warning",
+                "warning: the installer is UNSIGNED (accepted because of --allow-unsigned)",
+                serde_json::json!({}),
+            );
             None
         }
     };
@@ -378,7 +437,9 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     let mut stub = vec![0u8; stub_len];
     std::os::unix::fs::FileExt::read_exact_at(payload.file(), &mut stub, 0).context("reading the installer program")?;
     let stub_sha = hex::encode(payload_format::sha256(&stub));
-    let id = crate::agent::trailer_id(payload.path()).or_else(|| crate::agent::trailer_id(&args.installer)).ok_or_else(|| anyhow!("cannot read the installer's trailer"))?;
+    let id = crate::agent::trailer_id(payload.path())
+        .or_else(|| crate::agent::trailer_id(&args.installer))
+        .ok_or_else(|| anyhow!("cannot read the installer's trailer"))?;
 
     let file = args.cluster_file.as_deref().map(cluster::load).transpose()?;
     let overrides = Overrides {
@@ -448,7 +509,13 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         async move {
             let h = &ctx.cluster.hosts[i];
             ctx.rep.event(&h.ip, "connect", "start", "connecting", serde_json::json!({}));
-            let login = Login { host: h.ip.clone(), port: h.ssh.port, user: h.ssh.user.clone(), key: h.ssh.key.clone(), sudo: h.ssh.sudo };
+            let login = Login {
+                host: h.ip.clone(),
+                port: h.ssh.port,
+                user: h.ssh.user.clone(),
+                key: h.ssh.key.clone(),
+                sudo: h.ssh.sudo,
+            };
             SshHost::connect(&login, &opts, jump).await.map(Arc::new)
         }
     })
@@ -484,7 +551,9 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         let (ctx, h, tools) = (ctx.clone(), hosts[i].clone(), tools.clone());
         async move {
             ctx.rep.event(h.addr(), "preflight", "start", "checking", serde_json::json!({}));
-            tokio::time::timeout(ctx.phase_timeout, survey(&ctx, h.as_ref(), &tools)).await.unwrap_or_else(|_| Err(anyhow!("timed out")))
+            tokio::time::timeout(ctx.phase_timeout, survey(&ctx, h.as_ref(), &tools))
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("timed out")))
         }
     })
     .await;
@@ -493,7 +562,12 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         match s {
             Ok(s) => surveyed.push(Some(s)),
             Err(e) => {
-                problems.push(preflight::Problem { host: ctx.cluster.hosts[i].ip.clone(), severity: preflight::Severity::Error, check: "agent".into(), message: format!("{e:#}") });
+                problems.push(preflight::Problem {
+                    host: ctx.cluster.hosts[i].ip.clone(),
+                    severity: preflight::Severity::Error,
+                    check: "agent".into(),
+                    message: format!("{e:#}"),
+                });
                 surveyed.push(None);
             }
         }
@@ -511,7 +585,13 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
             Some(preflight::HostFacts { host, facts: &s.facts, disk_needed, skew_ms: s.skew_ms, ours })
         })
         .collect();
-    let rules = preflight::Rules { arch: std::env::consts::ARCH.into(), registry_port: ctx.cluster.registry_port, lb_port: LB_PORT, force: ctx.force, max_skew_ms: 30_000 };
+    let rules = preflight::Rules {
+        arch: std::env::consts::ARCH.into(),
+        registry_port: ctx.cluster.registry_port,
+        lb_port: LB_PORT,
+        force: ctx.force,
+        max_skew_ms: 30_000,
+    };
     problems.extend(preflight::judge(&judged, &rules));
     drop(judged);
     // On a node ferry already made part of this cluster, the Kubernetes ports are taken by its
@@ -536,7 +616,8 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         let _ = i;
     }
     let t_preflight = t0.elapsed();
-    let states: Arc<Vec<BTreeMap<String, Record>>> = Arc::new(surveyed.into_iter().map(|s| s.map(|s| s.state).unwrap_or_default()).collect());
+    let states: Arc<Vec<BTreeMap<String, Record>>> =
+        Arc::new(surveyed.into_iter().map(|s| s.map(|s| s.state).unwrap_or_default()).collect());
 
     // Distribute.
     let t1 = Instant::now();
@@ -552,10 +633,25 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
                 return Ok(());
             }
             ctx.rep.event(&host.ip, "distribute", "start", "streaming", serde_json::json!({}));
-            let r = tokio::time::timeout(ctx.phase_timeout, distribute_one(&ctx, h.as_ref(), host)).await.unwrap_or_else(|_| Err(anyhow!("timed out")));
+            let r = tokio::time::timeout(ctx.phase_timeout, distribute_one(&ctx, h.as_ref(), host))
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("timed out")));
             let sent = r?;
-            record_on(&ctx, h.as_ref(), host, "distribute", serde_json::json!({"bytes": sent, "whole": host.is(Role::Registry)})).await?;
-            ctx.rep.event(&host.ip, "distribute", "done", &format!("sent {}", crate::units::bytes(sent)), serde_json::json!({"bytes": sent}));
+            record_on(
+                &ctx,
+                h.as_ref(),
+                host,
+                "distribute",
+                serde_json::json!({"bytes": sent, "whole": host.is(Role::Registry)}),
+            )
+            .await?;
+            ctx.rep.event(
+                &host.ip,
+                "distribute",
+                "done",
+                &format!("sent {}", crate::units::bytes(sent)),
+                serde_json::json!({"bytes": sent}),
+            );
             Ok(())
         }
     })
@@ -579,10 +675,17 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
                 ctx.rep.event(&host.ip, "prepare", "skip", "already done", serde_json::json!({}));
                 return Ok(());
             }
-            ctx.rep.event(&host.ip, "prepare", "start", "installing rootfs, containerd, sysctls", serde_json::json!({}));
+            ctx.rep.event(
+                &host.ip,
+                "prepare",
+                "start",
+                "installing rootfs, containerd, sysctls",
+                serde_json::json!({}),
+            );
             let cmd = format!("{INSTALLER_PATH} agent prepare");
             let fut = checked(h.as_ref(), &cmd, &plan, "agent prepare");
-            let out = tokio::time::timeout(ctx.phase_timeout, fut).await.unwrap_or_else(|_| Err(anyhow!("timed out")))?;
+            let out =
+                tokio::time::timeout(ctx.phase_timeout, fut).await.unwrap_or_else(|_| Err(anyhow!("timed out")))?;
             let mut report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
             for w in report["warnings"].as_array().into_iter().flatten() {
                 ctx.rep.event(&host.ip, "prepare", "warning", w.as_str().unwrap_or(""), serde_json::json!({}));
@@ -609,7 +712,11 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
                 return Ok(());
             }
             ctx.rep.event(&host.ip, "registry", "start", "starting ferry-registry.service", serde_json::json!({}));
-            let cmd = format!("{INSTALLER_PATH} agent registry-service --port {}{}", ctx.cluster.registry_port, if ctx.allow_unsigned { " --allow-unsigned" } else { "" });
+            let cmd = format!(
+                "{INSTALLER_PATH} agent registry-service --port {}{}",
+                ctx.cluster.registry_port,
+                if ctx.allow_unsigned { " --allow-unsigned" } else { "" }
+            );
             checked(h.as_ref(), &cmd, b"", "agent registry-service").await.map(|_| ())
         }
     })
@@ -624,11 +731,22 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         async move {
             let host = &ctx.cluster.hosts[i];
             if let Some(image) = &image {
-                ctx.rep.event(&host.ip, "registry", "progress", &format!("containerd pulls {image} through the mirror ({} replicas)", replicas.len()), serde_json::json!({"replicas": replicas}));
-                let cmd = format!("{INSTALLER_PATH} agent check-pull --image {} --endpoints {}", quote(image), quote(&replicas.join(",")));
+                ctx.rep.event(
+                    &host.ip,
+                    "registry",
+                    "progress",
+                    &format!("containerd pulls {image} through the mirror ({} replicas)", replicas.len()),
+                    serde_json::json!({"replicas": replicas}),
+                );
+                let cmd = format!(
+                    "{INSTALLER_PATH} agent check-pull --image {} --endpoints {}",
+                    quote(image),
+                    quote(&replicas.join(","))
+                );
                 checked(h.as_ref(), &cmd, b"", "agent check-pull").await?;
             }
-            record_on(&ctx, h.as_ref(), host, "registry", serde_json::json!({"image": image, "replicas": replicas})).await?;
+            record_on(&ctx, h.as_ref(), host, "registry", serde_json::json!({"image": image, "replicas": replicas}))
+                .await?;
             ctx.rep.event(&host.ip, "registry", "done", "ok", serde_json::json!({}));
             Ok(())
         }
@@ -636,15 +754,29 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     .await;
     check_phase(&ctx, "registry", results)?;
     if image.is_none() {
-        ctx.rep.line("warning", "warning: the bundle carries no images, so the registry could not be checked through containerd", serde_json::json!({}));
+        ctx.rep.line(
+            "warning",
+            "warning: the bundle carries no images, so the registry could not be checked through containerd",
+            serde_json::json!({}),
+        );
     }
     let t_registry = t3.elapsed();
 
     // Load balancers, kubeadm, saved state, launch steps. A bundle without kubeadm in its rootfs
     // (a runtime-only bundle) stops at prepared nodes: there is nothing to make a cluster with.
-    if !ctx.payload.index().entries.iter().any(|e| e.path == "rootfs/usr/bin/kubeadm" || e.path == "rootfs/usr/local/bin/kubeadm") {
+    if !ctx
+        .payload
+        .index()
+        .entries
+        .iter()
+        .any(|e| e.path == "rootfs/usr/bin/kubeadm" || e.path == "rootfs/usr/local/bin/kubeadm")
+    {
         ctx.rep.finish();
-        ctx.rep.line("warning", "note: the bundle's rootfs ships no kubeadm, so the nodes are prepared but no control plane was made", serde_json::json!({}));
+        ctx.rep.line(
+            "warning",
+            "note: the bundle's rootfs ships no kubeadm, so the nodes are prepared but no control plane was made",
+            serde_json::json!({}),
+        );
         ctx.rep.line("summary", &format!("cluster {} prepared: {} hosts in {:.1} s", ctx.cluster.name, n, started.elapsed().as_secs_f64()), serde_json::json!({
             "bytes_sent": hosts.iter().map(|h| h.bytes_sent()).sum::<u64>(), "distribute_bytes": distribute_bytes,
             "per_host": hosts.iter().map(|h| (h.addr().to_string(), h.bytes_sent())).collect::<BTreeMap<String, u64>>(),
@@ -693,7 +825,8 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
 fn stop_with(ctx: &Ctx, problems: Vec<preflight::Problem>, phase: &str) -> Result<()> {
     ctx.rep.finish();
     ctx.rep.line("problems", &preflight::table(&problems), serde_json::json!({"problems": problems}));
-    let mut hosts: Vec<&str> = problems.iter().filter(|p| p.severity == preflight::Severity::Error).map(|p| p.host.as_str()).collect();
+    let mut hosts: Vec<&str> =
+        problems.iter().filter(|p| p.severity == preflight::Severity::Error).map(|p| p.host.as_str()).collect();
     hosts.dedup();
     for h in &ctx.cluster.hosts {
         let mine: Vec<&preflight::Problem> = problems.iter().filter(|p| p.host == h.ip).collect();
@@ -720,5 +853,9 @@ pub(crate) fn check_phase(ctx: &Ctx, phase: &'static str, results: Vec<Result<()
     }
     ctx.rep.finish();
     let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-    bail!("{phase} failed on {} host(s); completed phases are recorded, so running the same command again continues from here:\n  {}", errs.len(), lines.join("\n  "))
+    bail!(
+        "{phase} failed on {} host(s); completed phases are recorded, so running the same command again continues from here:\n  {}",
+        errs.len(),
+        lines.join("\n  ")
+    )
 }

@@ -78,26 +78,50 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
             p(h, Error, "kernel", format!("kernel {} is older than 4.19", f.kernel));
         }
         if !f.systemd {
-            p(h, Error, "os", format!("{} does not run systemd; ferry installs systemd units", if f.os.is_empty() { "the host" } else { &f.os }));
+            p(
+                h,
+                Error,
+                "os",
+                format!(
+                    "{} does not run systemd; ferry installs systemd units",
+                    if f.os.is_empty() { "the host" } else { &f.os }
+                ),
+            );
         }
         if hf.host.is(Role::Master) {
             if f.cpus < MASTER_CPUS {
                 p(h, Error, "cpu", format!("{} CPU(s); a master needs at least {MASTER_CPUS}", f.cpus));
             }
             if f.mem_bytes < MASTER_MEM {
-                p(h, Error, "memory", format!("{} MiB of memory; a master needs at least {} MiB", f.mem_bytes >> 20, MASTER_MEM >> 20));
+                p(
+                    h,
+                    Error,
+                    "memory",
+                    format!("{} MiB of memory; a master needs at least {} MiB", f.mem_bytes >> 20, MASTER_MEM >> 20),
+                );
             }
         }
         if f.disk_free < hf.disk_needed {
-            p(h, Error, "disk", format!(
-                "{} MiB free under /var/lib/ferry; this host needs {} MiB",
-                f.disk_free >> 20,
-                hf.disk_needed.div_ceil(1 << 20)
-            ));
+            p(
+                h,
+                Error,
+                "disk",
+                format!(
+                    "{} MiB free under /var/lib/ferry; this host needs {} MiB",
+                    f.disk_free >> 20,
+                    hf.disk_needed.div_ceil(1 << 20)
+                ),
+            );
         }
         let mut ports: Vec<(u16, &str)> = vec![(10250, "kubelet"), (rules.lb_port, "API load balancer")];
         if hf.host.is(Role::Master) {
-            ports.extend([(6443, "kube-apiserver"), (2379, "etcd"), (2380, "etcd peers"), (10257, "kube-controller-manager"), (10259, "kube-scheduler")]);
+            ports.extend([
+                (6443, "kube-apiserver"),
+                (2379, "etcd"),
+                (2380, "etcd peers"),
+                (10257, "kube-controller-manager"),
+                (10259, "kube-scheduler"),
+            ]);
         }
         if hf.host.is(Role::Registry) && !f.ferry_registry_active {
             ports.push((rules.registry_port, "built-in registry"));
@@ -108,19 +132,43 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
             }
         }
         if f.swap_bytes > 0 {
-            p(h, Warning, "swap", format!("{} MiB of swap is on; prepare turns it off and fixes /etc/fstab", f.swap_bytes >> 20));
+            p(
+                h,
+                Warning,
+                "swap",
+                format!("{} MiB of swap is on; prepare turns it off and fixes /etc/fstab", f.swap_bytes >> 20),
+            );
         }
         if hf.skew_ms.abs() > rules.max_skew_ms {
-            p(h, Error, "clock", format!("the clock is {:.1} s off this machine's; certificates need clocks within {} s", hf.skew_ms as f64 / 1000.0, rules.max_skew_ms / 1000));
+            p(
+                h,
+                Error,
+                "clock",
+                format!(
+                    "the clock is {:.1} s off this machine's; certificates need clocks within {} s",
+                    hf.skew_ms as f64 / 1000.0,
+                    rules.max_skew_ms / 1000
+                ),
+            );
         }
         if !hf.ours && !f.runtimes.is_empty() && !rules.force {
-            p(h, Error, "runtime", format!(
-                "a container runtime or kubelet is already here ({}); remove it, or pass --force to install over it",
-                f.runtimes.join(", ")
-            ));
+            p(
+                h,
+                Error,
+                "runtime",
+                format!(
+                    "a container runtime or kubelet is already here ({}); remove it, or pass --force to install over it",
+                    f.runtimes.join(", ")
+                ),
+            );
         }
         if !f.tools_missing.is_empty() {
-            p(h, Warning, "tools", format!("the kubelet needs {} and neither the host nor the bundle has it", f.tools_missing.join(", ")));
+            p(
+                h,
+                Warning,
+                "tools",
+                format!("the kubelet needs {} and neither the host nor the bundle has it", f.tools_missing.join(", ")),
+            );
         }
     }
     let dup = |what: &str, key: &dyn Fn(&Facts) -> Vec<String>, sev: Severity, out: &mut Vec<Problem>| {
@@ -173,13 +221,27 @@ mod tests {
     use crate::cluster::SshTarget;
 
     fn host(ip: &str, roles: &[Role]) -> Host {
-        Host { ip: ip.into(), roles: roles.iter().copied().collect(), ssh: SshTarget { user: "root".into(), port: 22, key: None, sudo: false }, labels: Default::default() }
+        Host {
+            ip: ip.into(),
+            roles: roles.iter().copied().collect(),
+            ssh: SshTarget { user: "root".into(), port: 22, key: None, sudo: false },
+            labels: Default::default(),
+        }
     }
     fn good(name: &str, mac: &str) -> Facts {
         Facts {
-            hostname: name.into(), arch: "x86_64".into(), kernel: "6.1.0-18-amd64".into(), os: "Debian 12".into(), systemd: true,
-            cpus: 4, mem_bytes: 8 << 30, macs: vec![mac.into()], product_uuid: "same".into(), machine_id: name.into(),
-            disk_free: 100 << 30, ..Default::default()
+            hostname: name.into(),
+            arch: "x86_64".into(),
+            kernel: "6.1.0-18-amd64".into(),
+            os: "Debian 12".into(),
+            systemd: true,
+            cpus: 4,
+            mem_bytes: 8 << 30,
+            macs: vec![mac.into()],
+            product_uuid: "same".into(),
+            machine_id: name.into(),
+            disk_free: 100 << 30,
+            ..Default::default()
         }
     }
     fn rules() -> Rules {
@@ -204,8 +266,17 @@ mod tests {
         ];
         let probs = judge(&hs, &rules());
         let checks: Vec<(&str, &str)> = probs.iter().map(|p| (p.host.as_str(), p.check.as_str())).collect();
-        for want in [("10.0.0.1", "arch"), ("10.0.0.1", "cpu"), ("10.0.0.1", "ports"), ("10.0.0.2", "disk"), ("10.0.0.2", "runtime"),
-                     ("10.0.0.2", "clock"), ("10.0.0.2", "swap"), ("10.0.0.1", "unique hostname"), ("10.0.0.2", "unique hostname")] {
+        for want in [
+            ("10.0.0.1", "arch"),
+            ("10.0.0.1", "cpu"),
+            ("10.0.0.1", "ports"),
+            ("10.0.0.2", "disk"),
+            ("10.0.0.2", "runtime"),
+            ("10.0.0.2", "clock"),
+            ("10.0.0.2", "swap"),
+            ("10.0.0.1", "unique hostname"),
+            ("10.0.0.2", "unique hostname"),
+        ] {
             assert!(checks.contains(&want), "{want:?} missing from {checks:?}");
         }
         assert_eq!(probs.iter().filter(|p| p.check == "ports").count(), 2, "6443 and 5050");

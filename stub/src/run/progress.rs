@@ -37,7 +37,8 @@ impl Reporter {
     /// Adds the per-host lines (terminal only).
     pub fn hosts(&self, hosts: &[String]) {
         let Some(m) = &self.multi else { return };
-        let style = ProgressStyle::with_template("{prefix:>15} {spinner} {wide_msg} [{elapsed}]").expect("static template");
+        let style =
+            ProgressStyle::with_template("{prefix:>15} {spinner} {wide_msg} [{elapsed}]").expect("static template");
         let mut bars = self.bars.lock().unwrap();
         for h in hosts {
             let b = m.add(ProgressBar::new_spinner());
@@ -51,7 +52,8 @@ impl Reporter {
     /// A host-level event.
     pub fn event(&self, host: &str, phase: &str, event: &str, msg: &str, extra: serde_json::Value) {
         if self.json {
-            let mut v = serde_json::json!({"time": now(), "host": host, "phase": phase, "event": event, "message": msg});
+            let mut v =
+                serde_json::json!({"time": now(), "host": host, "phase": phase, "event": event, "message": msg});
             if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
                 o.extend(e);
             }

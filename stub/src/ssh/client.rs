@@ -50,7 +50,8 @@ impl client::Handler for Checker {
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            *self.verdict.lock().unwrap() = Some("the server offered a certificate; ferry checks plain host keys only".into());
+            *self.verdict.lock().unwrap() =
+                Some("the server offered a certificate; ferry checks plain host keys only".into());
             return Ok(false);
         };
         let fp = key.fingerprint(keys::HashAlg::Sha256);
@@ -69,7 +70,8 @@ impl client::Handler for Checker {
                 match known_hosts::learn_known_hosts_path(&self.host, self.port, key, &self.path) {
                     Ok(()) => Ok(true),
                     Err(e) => {
-                        *self.verdict.lock().unwrap() = Some(format!("cannot record its host key in {}: {e}", self.path.display()));
+                        *self.verdict.lock().unwrap() =
+                            Some(format!("cannot record its host key in {}: {e}", self.path.display()));
                         Ok(false)
                     }
                 }
@@ -168,8 +170,10 @@ fn config(opts: &SshOptions) -> Arc<client::Config> {
 /// is offered than russh's defaults.
 fn ciphers() -> &'static [russh::cipher::Name] {
     use russh::cipher::{AES_128_CTR, AES_128_GCM, AES_192_CTR, AES_256_CTR, AES_256_GCM, CHACHA20_POLY1305};
-    static GCM_FIRST: &[russh::cipher::Name] = &[AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305, AES_256_CTR, AES_192_CTR, AES_128_CTR];
-    static CHACHA_FIRST: &[russh::cipher::Name] = &[CHACHA20_POLY1305, AES_128_GCM, AES_256_GCM, AES_256_CTR, AES_192_CTR, AES_128_CTR];
+    static GCM_FIRST: &[russh::cipher::Name] =
+        &[AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305, AES_256_CTR, AES_192_CTR, AES_128_CTR];
+    static CHACHA_FIRST: &[russh::cipher::Name] =
+        &[CHACHA20_POLY1305, AES_128_GCM, AES_256_GCM, AES_256_CTR, AES_192_CTR, AES_128_CTR];
     #[cfg(target_arch = "x86_64")]
     let fast_aes = std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq");
     #[cfg(target_arch = "aarch64")]
@@ -214,7 +218,10 @@ async fn authenticate(h: &mut Handle<Checker>, login: &Login, opts: &SshOptions)
         tried.push("password (wrong password?)".into());
     }
     if tried.is_empty() {
-        bail!("no way to log in as {}: give --key, run an ssh-agent, or set FERRY_SSH_PASSWORD / --ask-password", login.user);
+        bail!(
+            "no way to log in as {}: give --key, run an ssh-agent, or set FERRY_SSH_PASSWORD / --ask-password",
+            login.user
+        );
     }
     bail!("authentication as {} failed; tried {}", login.user, tried.join(", "))
 }
@@ -322,7 +329,11 @@ impl SshHost {
                         host.sudo_password = Some(pw.clone());
                         let probe = host.run("true", b"").await?;
                         if !probe.ok() {
-                            bail!("sudo refused for {}: {} (wrong sudo password, or the user may not use sudo)", login.user, probe.tail(2));
+                            bail!(
+                                "sudo refused for {}: {} (wrong sudo password, or the user may not use sudo)",
+                                login.user,
+                                probe.tail(2)
+                            );
                         }
                     }
                     _ if msg.contains("password") => bail!(

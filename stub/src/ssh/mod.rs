@@ -162,8 +162,9 @@ impl Secrets {
 pub fn prompt_secret(prompt: &str) -> Result<Secret> {
     use std::io::{BufRead, Write};
     use std::os::fd::AsRawFd;
-    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty")
-        .map_err(|e| anyhow::anyhow!("cannot prompt for {prompt}: no terminal ({e}); use the environment variable instead"))?;
+    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").map_err(|e| {
+        anyhow::anyhow!("cannot prompt for {prompt}: no terminal ({e}); use the environment variable instead")
+    })?;
     let fd = tty.as_raw_fd();
     let mut term: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: fd is an open terminal; termios is a plain struct.
