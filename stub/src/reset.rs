@@ -63,20 +63,7 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
             crate::run::locate(args).await?
         } else {
             let a = &args.run;
-            let cluster = crate::cluster::resolve(
-                None,
-                &crate::cluster::Overrides {
-                    hosts: only.clone(),
-                    name: a.name.clone(),
-                    user: a.user.clone(),
-                    port: a.port,
-                    key: a.ssh_key.as_ref().map(|p| p.display().to_string()),
-                    sudo: a.sudo,
-                    bastion: a.bastion.clone(),
-                    known_hosts: a.known_hosts.as_ref().map(|p| p.display().to_string()),
-                    ..Default::default()
-                },
-            )?;
+            let cluster = crate::cluster::resolve(None, &crate::run::locate::overrides(a, only.clone()))?;
             let opts = crate::ssh::client::SshOptions {
                 known_hosts: cluster.known_hosts.clone(),
                 accept_new: a.accept_new_host_keys,

@@ -23,7 +23,8 @@ pub struct Found {
     pub local_state: PathBuf,
 }
 
-fn overrides(a: &crate::cli::RunArgs, hosts: Vec<String>) -> Overrides {
+/// The cluster-file overrides that `run`'s connection flags stand for, with `hosts` as the host list.
+pub(crate) fn overrides(a: &crate::cli::RunArgs, hosts: Vec<String>) -> Overrides {
     Overrides {
         hosts,
         masters: Vec::new(),
