@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 fn lab() -> &'static Lab {
     // The same lab as run.rs (one per test binary): 3 nodes behind a bastion.
-    Lab::shared(3, true)
+    Lab::shared(ferry_tests::lab::LAB_NODES, true)
 }
 
 struct Bundle {
@@ -128,7 +128,7 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     // A spec.kubeadm fragment: an extra SAN and an apiserver flag, so the generated config
     // shows both merged (certSANs as a union, extraArgs in v1beta4's list form).
     let fragment = "  kubeadm:\n    clusterConfiguration:\n      apiServer:\n        certSANs: [api.lab.example]\n        extraArgs: [{name: audit-log-maxage, value: \"30\"}]\n";
-    std::fs::write(&inv, format!("{}{fragment}", lab.inventory())).unwrap();
+    std::fs::write(&inv, format!("{}{fragment}", lab.inventory(3))).unwrap();
     let inv = inv.to_str().unwrap();
     let (m, w1, w2) = (lab.ip(Host::Node(1)), lab.ip(Host::Node(2)), lab.ip(Host::Node(3)));
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ferry_tests::lab::{BASTION_INNER_IP, Host, Lab, lab_dir, testhosts_ok};
 use ferry_tests::{run, text};
 
-const NODES: usize = 3;
+use ferry_tests::lab::LAB_NODES as NODES;
 
 fn lab() -> &'static Lab {
     Lab::shared(NODES, true)
@@ -412,7 +412,7 @@ fn lab_containerd_and_runc_run_a_container() {
 fn lab_inventory_is_a_cluster_file() {
     let lab = lab();
     let _use = lab.read();
-    let inv = lab.inventory();
+    let inv = lab.inventory(NODES);
     let d = lab_dir();
     let d = d.display();
     let body: Vec<&str> = inv.lines().filter(|l| !l.starts_with('#')).collect();
@@ -440,7 +440,7 @@ spec:
     }
     assert!(kh.contains(&format!("\n{BASTION_INNER_IP} ssh-ed25519 ")), "{kh}");
     assert_eq!(kh.lines().count(), 2 * (NODES + 2));
-    let ops = lab.inventory_as("ops", 2222);
+    let ops = lab.inventory_as("ops", 2222, NODES);
     assert!(ops.contains("ssh: {user: ops, port: 2222,") && ops.contains("sudo: true"), "{ops}");
 }
 

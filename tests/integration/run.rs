@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+/// The nodes a run here uses (the lab has one more, for cluster tests' joins).
 const NODES: usize = 3;
 
 fn lab() -> &'static Lab {
-    Lab::shared(NODES, true)
+    Lab::shared(ferry_tests::lab::LAB_NODES, true)
 }
 
 struct Bundle {
@@ -126,7 +127,7 @@ fn run_prepares_three_hosts_then_resumes_and_sends_nothing_twice() {
     let ex = lab.exclusive();
     wipe(lab);
     let work = tempfile::tempdir().unwrap();
-    let inv = inventory(work.path(), &lab.inventory());
+    let inv = inventory(work.path(), &lab.inventory(NODES));
     let inv = inv.to_str().unwrap();
 
     // A cut link in the middle of distribution fails the run, naming the host.
@@ -223,7 +224,7 @@ fn access_modes_and_host_keys() {
     // Password login as guard on port 2222, sudo with the same password; preflight only.
     // The bastion keeps the cluster-wide key; the nodes' group turns it off (`key: none`).
     let guard = lab
-        .inventory_as("guard", 2222)
+        .inventory_as("guard", 2222, NODES)
         .replace("roles: [master, registry]}", "roles: [master, registry], ssh: {key: none}}")
         .replace("roles: [worker]}", "roles: [worker], ssh: {key: none}}");
     let inv = inventory(work.path(), &guard);
@@ -238,7 +239,7 @@ fn access_modes_and_host_keys() {
     assert!(!out.status.success());
     assert!(text(&out).contains("authentication as guard failed"), "{}", text(&out));
     // ops: key and passwordless sudo.
-    let inv2 = inventory(work.path(), &lab.inventory_as("ops", 22));
+    let inv2 = inventory(work.path(), &lab.inventory_as("ops", 22, NODES));
     let out = run(&["-f", inv2.to_str().unwrap(), "--dry-run"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("as ops@10.88.0.11:22 via sudo"), "{}", text(&out));
@@ -255,7 +256,7 @@ fn access_modes_and_host_keys() {
     std::fs::write(&kh, &bastion_only).unwrap();
     let inv3 = inventory(
         work.path(),
-        &lab.inventory().replace(&lab.known_hosts_path().display().to_string(), kh.to_str().unwrap()),
+        &lab.inventory(NODES).replace(&lab.known_hosts_path().display().to_string(), kh.to_str().unwrap()),
     );
     let out = run(&["-f", inv3.to_str().unwrap()], &[]);
     assert!(!out.status.success());
@@ -317,7 +318,7 @@ fn registry_replicas_survive_a_stopped_replica() {
     wipe(lab);
     let work = tempfile::tempdir().unwrap();
     // The lab's file names node1 `registry`; it counts toward the 2 replicas, node2 is added.
-    let inv = inventory(work.path(), &lab.inventory());
+    let inv = inventory(work.path(), &lab.inventory(NODES));
     let out = run(&["--json", "-f", inv.to_str().unwrap(), "--registry-replicas", "2"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     for (i, state) in [(1, "active"), (2, "active"), (3, "inactive")] {

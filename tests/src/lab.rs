@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! use ferry_tests::lab::Lab;
-//! let lab = Lab::shared(3, false);
+//! let lab = Lab::shared(ferry_tests::lab::LAB_NODES, false);
 //! let _use = lab.read();                       // keep fault-injecting tests out meanwhile
 //! let out = lab.ssh(2, "hostname");
 //! assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "node2");
@@ -84,6 +84,10 @@ impl Host {
         }
     }
 }
+
+/// How many nodes every lab test of the integration binary shares (plus the bastion): 3 for a
+/// 1-master, 2-worker cluster and a 4th to join, or 3 masters and a worker for HA.
+pub const LAB_NODES: usize = 4;
 
 /// A running lab. Get the shared one with [`Lab::shared`].
 #[derive(Debug)]
@@ -337,15 +341,18 @@ impl Lab {
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_string()
     }
 
-    /// The cluster file (`installer run -f`) for the lab, as root on port 22.
-    pub fn inventory(&self) -> String {
-        String::from_utf8_lossy(&testhosts_ok(&["inventory"]).stdout).into_owned()
+    /// The cluster file (`installer run -f`) for the lab's first `nodes` nodes, as root on port 22.
+    pub fn inventory(&self, nodes: usize) -> String {
+        let nodes = nodes.to_string();
+        String::from_utf8_lossy(&testhosts_ok(&["inventory", "--nodes", &nodes]).stdout).into_owned()
     }
 
-    /// The cluster file for logging in as `user` on `port` (sudo is on for users other than root).
-    pub fn inventory_as(&self, user: &str, port: u16) -> String {
-        let port = port.to_string();
-        String::from_utf8_lossy(&testhosts_ok(&["inventory", "--user", user, "--port", &port]).stdout).into_owned()
+    /// The cluster file for the first `nodes` nodes, logging in as `user` on `port` (sudo is on
+    /// for users other than root).
+    pub fn inventory_as(&self, user: &str, port: u16, nodes: usize) -> String {
+        let (port, nodes) = (port.to_string(), nodes.to_string());
+        let args = ["inventory", "--user", user, "--port", &port, "--nodes", &nodes];
+        String::from_utf8_lossy(&testhosts_ok(&args).stdout).into_owned()
     }
 
     fn check(&self, h: Host) {
