@@ -46,6 +46,7 @@ pub type Plan = BTreeMap<String, Planned>;
 pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     let started = Instant::now();
     let bundle = Bundle::load(args.spec_path())?;
+    let launch = crate::launch::resolve(&bundle)?;
     let key = match &args.key {
         Some(path) => Some(load_secret_key(path, printer)?),
         None => None,
@@ -80,6 +81,10 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         builder: format!("ferry {}", env!("CARGO_PKG_VERSION")),
         extra: images.extra.clone(),
     };
+    let mut metadata = metadata;
+    if !launch.is_empty() {
+        metadata.extra.insert(crate::launch::METADATA_KEY.into(), serde_json::to_value(&launch)?);
+    }
     let metadata_images = images.extra.get("images").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0);
     let metadata_missing = images.extra.get("missingImages").cloned().unwrap_or_default();
     let total: u64 = plan.values().map(|p| p.item.size).sum();

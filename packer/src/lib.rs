@@ -6,6 +6,7 @@ pub mod builder;
 pub mod cli;
 pub mod images;
 pub mod keygen;
+pub mod launch;
 pub mod spec;
 pub mod tree;
 

@@ -67,6 +67,11 @@ pub struct Spec {
     /// Registries (`host:port`) the build machine may reach over plain http or unverified TLS.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Launch steps run in order on master0 after the control plane is up: `{manifests: PATH}`,
+    /// `{chart: PATH, values: PATH, namespace: NS}` or `{run: COMMAND}` (checked and mapped onto
+    /// payload paths by [`crate::launch`]).
+    #[serde(default)]
+    pub launch: Vec<crate::launch::Step>,
 }
 
 /// One `spec.images` item: a reference, or a reference with a local source.
@@ -184,6 +189,7 @@ impl Bundle {
             .with_context(|| format!("resolving the directory of {}", path.display()))?;
         let bundle = Bundle { file: path.to_path_buf(), dir, spec };
         bundle.check()?;
+        crate::launch::resolve(&bundle)?;
         Ok(bundle)
     }
 

@@ -268,7 +268,7 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
         }
     }
     // Launch steps' workloads: every pod in their namespaces.
-    let launch_ns: BTreeSet<String> = crate::launch::steps(payload).iter().filter_map(|s| s.namespace()).collect();
+    let launch_ns: BTreeSet<String> = crate::launch::steps(payload)?.iter().filter_map(|s| s.namespace()).collect();
     for p in pods.items.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))) {
         let (ok, d) = pod_ready(p);
         r.add(

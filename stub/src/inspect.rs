@@ -63,6 +63,11 @@ pub fn run(path: &Path, args: &InspectArgs, printer: &Printer) -> Result<()> {
     for image in missing_images(&payload) {
         printer.out(format!("  MISSING image: {image}"));
     }
+    let launch = crate::launch::steps(&payload)?;
+    printer.out(format!("launch steps: {}", launch.len()));
+    for (i, step) in launch.iter().enumerate() {
+        printer.out(format!("  {}. {}", i + 1, step.describe()));
+    }
     printer.out(format!("entries:      {}", index.entries.len()));
     printer.out(format!("{:<10} {:>10} {:>10} {:<5} PATH", "MODE", "SIZE", "STORED", "HOW"));
     for e in &index.entries {

@@ -1,0 +1,208 @@
+//! `spec.launch`: the bundle's launch steps (issue 6, "Apps"). Each step is exactly one of
+//! `{manifests: PATH, namespace: NS}`, `{chart: PATH, values: PATH, namespace: NS}` or
+//! `{run: COMMAND}`. Paths are relative to the spec's directory and must lie inside what the
+//! bundle carries (manifests inside `spec.manifests`, charts inside `spec.charts`, values files
+//! inside either). [`resolve`] checks all that and maps every path onto the payload entry path
+//! the builder gives it (`bundle/<path>`), which is what the installer's runner
+//! (`ferry_stub::launch`) extracts and hands to kubectl, helm or sh on master0. The builder
+//! records the result in the payload metadata as `launch`.
+
+use crate::spec::{Bundle, PathItem};
+use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+/// One step, in the shape both `bundle.yaml` and the payload metadata use (unknown fields are
+/// refused). In the spec its paths are spec-relative; after [`resolve`], payload entry paths.
+pub use ferry_stub::launch::Step;
+
+/// The metadata key the steps are recorded under.
+pub const METADATA_KEY: &str = "launch";
+
+/// Checks `spec.launch` and returns the steps with payload entry paths, in order.
+pub fn resolve(bundle: &Bundle) -> Result<Vec<Step>> {
+    let spec = &bundle.spec.spec;
+    if spec.launch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let f = bundle.file.display();
+    let roots = |items: &[PathItem], field: &str| -> Result<Vec<PathBuf>> {
+        items.iter().enumerate().map(|(i, it)| bundle.resolve(&format!("{field}[{i}].path"), &it.path)).collect()
+    };
+    let manifests = roots(&spec.manifests, "spec.manifests")?;
+    let charts = roots(&spec.charts, "spec.charts")?;
+    let both: Vec<PathBuf> = manifests.iter().chain(&charts).cloned().collect();
+    let mut out = Vec::with_capacity(spec.launch.len());
+    for (i, s) in spec.launch.iter().enumerate() {
+        let at = format!("spec.launch[{i}]");
+        let given: Vec<&str> =
+            [("manifests", s.manifests.is_some()), ("chart", s.chart.is_some()), ("run", s.run.is_some())]
+                .into_iter()
+                .filter_map(|(k, set)| set.then_some(k))
+                .collect();
+        if given.len() != 1 {
+            let has = if given.is_empty() { "none".to_string() } else { format!("`{}`", given.join("` and `")) };
+            bail!("{f}: {at} must have exactly one of `manifests`, `chart` or `run`; it has {has}");
+        }
+        if s.values.is_some() && s.chart.is_none() {
+            bail!("{f}: {at}: `values` belongs to a `chart` step");
+        }
+        if let Some(ns) = &s.namespace {
+            if s.run.is_some() {
+                bail!("{f}: {at}: `namespace` belongs to a `manifests` or `chart` step (a `run` step sets its own)");
+            }
+            if !dns_label(ns) {
+                bail!(
+                    "{f}: {at}.namespace `{ns}` must be 1-63 lowercase letters, digits or `-`, starting and ending with a letter or digit"
+                );
+            }
+        }
+        if let Some(cmd) = &s.run {
+            if cmd.trim().is_empty() {
+                bail!("{f}: {at}.run is empty");
+            }
+        }
+        let map = |field: &str, rel: &str, within: &[PathBuf], carried_by: &str| -> Result<String> {
+            let real = bundle.resolve(&format!("{at}.{field}"), rel)?;
+            if !within.iter().any(|r| real.starts_with(r)) {
+                bail!(
+                    "{f}: {at}.{field} `{rel}` is not carried by the bundle: it must be inside {carried_by} (add it, or its directory, there)"
+                );
+            }
+            let inner =
+                real.strip_prefix(&bundle.dir).expect("resolve keeps paths inside").to_string_lossy().into_owned();
+            Ok(if inner.is_empty() { "bundle".into() } else { format!("bundle/{inner}") })
+        };
+        out.push(Step {
+            manifests: s.manifests.as_deref().map(|p| map("manifests", p, &manifests, "spec.manifests")).transpose()?,
+            chart: s.chart.as_deref().map(|p| map("chart", p, &charts, "spec.charts")).transpose()?,
+            values: s
+                .values
+                .as_deref()
+                .map(|p| map("values", p, &both, "spec.manifests or spec.charts"))
+                .transpose()?,
+            namespace: s.namespace.clone(),
+            run: s.run.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// A Kubernetes namespace name (RFC 1123 label).
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bundle directory with manifests/{a.yaml,sub/b.yaml}, charts/app/Chart.yaml,
+    /// charts/values.yaml and other/c.yaml; `launch` is appended to the spec.
+    fn load(launch: &str) -> (tempfile::TempDir, Result<Bundle>) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for p in ["rootfs", "manifests/sub", "charts/app", "other"] {
+            std::fs::create_dir_all(d.join(p)).unwrap();
+        }
+        for p in
+            ["manifests/a.yaml", "manifests/sub/b.yaml", "charts/app/Chart.yaml", "charts/values.yaml", "other/c.yaml"]
+        {
+            std::fs::write(d.join(p), "kind: ConfigMap\n").unwrap();
+        }
+        let spec = format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: t, version: '1'}}\nspec:\n  kubernetes: {{version: v1.33.4}}\n  rootfs: [{{path: rootfs}}]\n  manifests: [{{path: manifests}}]\n  charts: [{{path: charts}}]\n  launch:\n{launch}"
+        );
+        std::fs::write(d.join("bundle.yaml"), spec).unwrap();
+        let b = Bundle::load(&d.join("bundle.yaml"));
+        (dir, b)
+    }
+
+    fn err(launch: &str) -> String {
+        format!("{:#}", load(launch).1.unwrap_err())
+    }
+
+    #[test]
+    fn steps_keep_their_order_and_get_payload_paths() {
+        let (_d, b) = load(
+            "    - manifests: manifests/a.yaml\n    - run: echo one >> /tmp/order\n    - {chart: charts/app, values: charts/values.yaml, namespace: apps}\n    - {manifests: manifests/sub, namespace: web}\n    - manifests: ./manifests\n",
+        );
+        let steps = resolve(&b.unwrap()).unwrap();
+        let json = serde_json::to_value(&steps).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"manifests": "bundle/manifests/a.yaml"},
+                {"run": "echo one >> /tmp/order"},
+                {"chart": "bundle/charts/app", "values": "bundle/charts/values.yaml", "namespace": "apps"},
+                {"manifests": "bundle/manifests/sub", "namespace": "web"},
+                {"manifests": "bundle/manifests"},
+            ])
+        );
+    }
+
+    #[test]
+    fn the_mapped_paths_are_entries_the_builder_writes() {
+        let (_d, b) =
+            load("    - manifests: manifests/sub/b.yaml\n    - {chart: charts/app, values: charts/values.yaml}\n");
+        let b = b.unwrap();
+        let plan = crate::builder::plan(&b).unwrap();
+        for s in resolve(&b).unwrap() {
+            for p in [s.manifests, s.chart, s.values].into_iter().flatten() {
+                assert!(plan.contains_key(&p), "{p} is not a payload entry: {:?}", plan.keys().collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_line() {
+        let e = err("    - manifests: manifests/a.yaml\n    - run: true\n      namespce: x\n");
+        assert!(e.contains("namespce") && e.contains("line 12"), "{e}");
+    }
+
+    #[test]
+    fn each_step_is_exactly_one_kind() {
+        let e = err("    - {manifests: manifests/a.yaml, run: 'true'}\n");
+        assert!(e.contains("spec.launch[0] must have exactly one of") && e.contains("`manifests` and `run`"), "{e}");
+        let e = err("    - run: 'true'\n    - {namespace: x}\n");
+        assert!(e.contains("spec.launch[1] must have exactly one of") && e.contains("it has none"), "{e}");
+        let e = err("    - {manifests: manifests/a.yaml, values: charts/values.yaml}\n");
+        assert!(e.contains("spec.launch[0]: `values` belongs to a `chart` step"), "{e}");
+        let e = err("    - {run: 'true', namespace: x}\n");
+        assert!(e.contains("spec.launch[0]: `namespace` belongs to"), "{e}");
+        let e = err("    - {manifests: manifests/a.yaml, namespace: Web_1}\n");
+        assert!(e.contains("spec.launch[0].namespace `Web_1`"), "{e}");
+        let e = err("    - run: '  '\n");
+        assert!(e.contains("spec.launch[0].run is empty"), "{e}");
+    }
+
+    #[test]
+    fn paths_must_exist_and_be_carried() {
+        let e = err("    - run: 'true'\n    - manifests: manifests/nope.yaml\n");
+        assert!(e.contains("spec.launch[1].manifests `manifests/nope.yaml` does not exist"), "{e}");
+        let e = err("    - manifests: other/c.yaml\n");
+        assert!(
+            e.contains(
+                "spec.launch[0].manifests `other/c.yaml` is not carried by the bundle: it must be inside spec.manifests"
+            ),
+            "{e}"
+        );
+        let e = err("    - chart: manifests/sub\n");
+        assert!(e.contains("spec.launch[0].chart `manifests/sub` is not carried") && e.contains("spec.charts"), "{e}");
+        let e = err("    - {chart: charts/app, values: other/c.yaml}\n");
+        assert!(e.contains("spec.launch[0].values `other/c.yaml` is not carried"), "{e}");
+        let e = err("    - manifests: ../outside.yaml\n");
+        assert!(e.contains("spec.launch[0].manifests `../outside.yaml`"), "{e}");
+        let e = err("    - manifests: /etc/passwd\n");
+        assert!(e.contains("spec.launch[0].manifests `/etc/passwd` must be relative"), "{e}");
+    }
+
+    #[test]
+    fn no_launch_is_no_steps() {
+        let (_d, b) = load("    []\n");
+        assert!(resolve(&b.unwrap()).unwrap().is_empty());
+    }
+}
