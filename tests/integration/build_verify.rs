@@ -366,3 +366,55 @@ fn extract_checks_free_space_first() {
     assert!(!out.status.success() && t.contains("not enough free space"), "{t}");
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn launch_steps_are_checked_recorded_and_inspected() {
+    // The demo bundle's steps, recorded with the payload paths the installer extracts on master0.
+    let dir = scratch();
+    let inst = build(&demo_bundle(), dir.path(), None);
+    let json: serde_json::Value = serde_json::from_str(&ok(installer(&inst).args(["inspect", "--json"]))).unwrap();
+    assert_eq!(
+        json["metadata"]["launch"],
+        serde_json::json!([
+            {"manifests": "bundle/manifests/namespace.yaml"},
+            {"manifests": "bundle/manifests/web.yaml"},
+            {"run": "kubectl get --raw /readyz"},
+        ])
+    );
+    let human = ok(installer(&inst).arg("inspect"));
+    assert!(
+        human.contains(
+            "launch steps: 3\n  1. manifests bundle/manifests/namespace.yaml\n  2. manifests bundle/manifests/web.yaml\n  3. run kubectl get --raw /readyz\n"
+        ),
+        "{human}"
+    );
+    // Those paths are entries: exactly what the runner asks `extract` for.
+    let to = dir.path().join("launch");
+    ok(installer(&inst)
+        .arg("extract")
+        .arg("--to")
+        .arg(&to)
+        .args(["bundle/manifests/namespace.yaml", "bundle/manifests/web.yaml"]));
+    assert!(fs::read_to_string(to.join("bundle/manifests/web.yaml")).unwrap().contains("kind: Deployment"));
+
+    // Bad steps fail the build, naming the step, the path or the field and its line.
+    let b = dir.path().join("b");
+    fs::create_dir_all(b.join("manifests")).unwrap();
+    fs::create_dir_all(b.join("extra")).unwrap();
+    fs::write(b.join("manifests/a.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n").unwrap();
+    fs::write(b.join("extra/b.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n").unwrap();
+    let head = "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: b, version: '1'}\nspec:\n  kubernetes: {version: v1.33.4}\n  manifests: [{path: manifests}]\n  launch:\n    - manifests: manifests/a.yaml\n";
+    let fail = |tail: &str| {
+        fs::write(b.join("bundle.yaml"), format!("{head}{tail}")).unwrap();
+        fails(ferry().arg("build").arg(b.join("bundle.yaml")).arg("-o").arg(dir.path().join("bad")).arg("--unsigned"))
+    };
+    let e = fail("    - manifests: manifests/gone.yaml\n");
+    assert!(e.contains("spec.launch[1].manifests `manifests/gone.yaml` does not exist"), "{e}");
+    let e = fail("    - manifests: extra/b.yaml\n");
+    assert!(e.contains("spec.launch[1].manifests `extra/b.yaml` is not carried by the bundle"), "{e}");
+    let e = fail("    - {run: 'true', manifests: manifests/a.yaml}\n");
+    assert!(e.contains("spec.launch[1] must have exactly one of `manifests`, `chart` or `run`"), "{e}");
+    let e = fail("    - command: 'true'\n");
+    assert!(e.contains("command") && e.contains("line 9"), "{e}");
+    assert!(!dir.path().join("bad").exists());
+}
