@@ -426,10 +426,12 @@ spec:
   ssh: {{user: root, port: 22, key: {d}/id_ed25519, sudo: false, knownHosts: {d}/known_hosts, bastion: root@10.88.1.10:22}}
   hosts:
     - {{ips: [10.88.0.11], roles: [master, registry]}}
-    - {{ips: [10.88.0.12, 10.88.0.13], roles: [worker]}}
-  registry: {{port: 5050}}"
+    - {{ips: [{workers}], roles: [worker]}}
+  registry: {{port: 5050}}",
+            workers = (2..=NODES).map(|i| Host::Node(i).ip()).collect::<Vec<_>>().join(", ")
         )
     );
+    assert!(lab.inventory(3).contains("    - {ips: [10.88.0.12, 10.88.0.13], roles: [worker]}\n"));
     assert!(inv.contains(&format!("# key: {d}/id_ed25519\n")), "{inv}");
     assert!(inv.contains(&format!("# known_hosts: {d}/known_hosts\n")), "{inv}");
     // the known_hosts file has every host on both ports, and nothing else
