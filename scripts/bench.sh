@@ -2,7 +2,7 @@
 # Benchmarks, each a ratio measured side by side in one run against the baseline its issue names.
 # Prints one `name: value` line per figure. Absolute times on a shared VM are noise; ratios are not.
 #
-#   scripts/bench.sh [format|registry|run|all]      (default: all)
+#   scripts/bench.sh [format|registry|run|relay|all]      (default: all; `relay` takes ~25 min)
 #
 # Scratch data goes to $FERRY_BENCH_DIR (default /var/tmp/ferry-bench), removed at the end.
 set -euo pipefail
@@ -77,10 +77,13 @@ case "$what" in
   registry) scripts/bench-registry.sh ;;
   # Issue 5: `installer run` on 3 lab hosts (takes the lab's session lock, waiting its turn).
   run) scripts/bench-run.sh ;;
+  # Issue 7: delivery to 1, 4 and 8 lab hosts on 100 Mbit/s links, relay vs parallel scp.
+  relay) scripts/bench-relay.sh ;;
   all)
     bench_format
     [[ ! -x scripts/bench-registry.sh ]] || scripts/bench-registry.sh
     [[ ! -x scripts/bench-run.sh ]] || scripts/bench-run.sh
+    [[ ! -x scripts/bench-relay.sh ]] || scripts/bench-relay.sh
     ;;
-  *) echo "usage: scripts/bench.sh [format|registry|run|all]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [format|registry|run|relay|all]" >&2; exit 2 ;;
 esac

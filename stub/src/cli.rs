@@ -233,6 +233,11 @@ pub struct RunArgs {
     /// Hosts worked on at once.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub parallel: usize,
+    /// Relay chains the installer feeds itself during distribution: every other host pulls
+    /// from a host that already has the chunks (verified at each hop), so this machine's uplink
+    /// carries each byte about once per chain. 0 sends to every host directly.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub relay_chains: usize,
     /// Seconds allowed for connecting and logging in.
     #[arg(long, default_value_t = 20, value_name = "S")]
     pub connect_timeout: u64,
@@ -286,6 +291,9 @@ pub enum AgentCommand {
         /// Accept an unsigned installer.
         #[arg(long)]
         allow_unsigned: bool,
+        /// Address to listen on for downstream hosts when the operator makes this host a relay.
+        #[arg(long)]
+        relay_listen: Option<std::net::IpAddr>,
     },
     /// Prepare this node from a JSON plan on stdin.
     Prepare,

@@ -6,4 +6,5 @@ mod images;
 mod lab;
 mod lb;
 mod registry;
+mod relay;
 mod run;

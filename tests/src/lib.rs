@@ -2,6 +2,7 @@
 //! directories, and (in [`lab`]) the multi-host lab.
 #![deny(missing_docs)]
 
+pub mod bundles;
 pub mod containerd;
 pub mod registry;
 

@@ -9,6 +9,7 @@
 
 pub mod prepare;
 pub mod receive;
+pub mod relay;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -290,12 +291,13 @@ pub fn main(cmd: &crate::cli::AgentCommand) -> Result<()> {
             println!("{}", serde_json::to_string(&facts(&tools))?);
             Ok(())
         }
-        C::Receive { dest, signer, allow_unsigned } => {
+        C::Receive { dest, signer, allow_unsigned, relay_listen } => {
             let opts = receive::ReceiveOptions {
                 dest: dest.clone(),
                 signer: signer.clone(),
                 allow_unsigned: *allow_unsigned,
                 stub: PathBuf::from(crate::SELF_EXE),
+                relay_listen: *relay_listen,
             };
             // A 1 MiB pipe from sshd instead of 64 KiB: fewer, larger reads and wake-ups while
             // chunks stream in. Not a pipe, or over the limit: stays as it is.

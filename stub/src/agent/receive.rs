@@ -1,32 +1,43 @@
 //! `agent receive`: the node end of distribution.
 //!
-//! The installer on the operator's machine streams the chunks this host needs into stdin; this
-//! side writes them at their own offsets of a full-length sparse copy of the installer, so the
-//! result is itself a runnable, `Payload`-readable installer holding exactly the entries this
-//! host needs. Protocol (all integers little-endian u64):
+//! The installer on the operator's machine streams the chunks this host needs into stdin, or
+//! tells this agent to pull them from a relay host that already has them (see
+//! [`super::relay`]); either way this side writes them at their own offsets of a full-length
+//! sparse copy of the installer, so the result is itself a runnable, `Payload`-readable installer
+//! holding exactly the entries this host needs. Protocol (all integers little-endian u64):
 //!
 //! ```text
-//! -> "FERRY-RECV1\n" file_len tail_len tail(index_offset..file_len) want_count want[…]
-//! <- {"missing":[chunk,…],"have":N}\n
-//! -> (chunk_no bytes(chunk))… u64::MAX
-//! <- {"ok":true,"chunks":K,"bytes":B}\n         or {"ok":false,"error":"…"}\n
+//! -> "FERRY-RECV2\n" file_len tail_len tail(index_offset..file_len) want_count want[…]
+//!    secret_len(0 or 32) secret
+//! <- {"missing":[chunk,…],"have":N,"relay":{"port":P}}\n     ("relay" only when listening)
+//! -> frames: (chunk_no bytes(chunk))… then END, or PULL json_len json(Upstream)
+//! <- after PULL: {"progress":B}\n… then the final line, or {"lost":"why","missing":[…]}\n
+//!    and the operator sends further frames (another PULL, or the chunks themselves)
+//! <- {"ok":true,"chunks":K,"bytes":B,"had":H}\n   or {"ok":false,"error":"…"}\n
+//! -> with a relay listener: the operator closes stdin when every host is done, and the
+//!    listener closes with it
 //! ```
 //!
 //! Every chunk is checked against the signed index before it is written; chunks already present
 //! and correct (in the finished file or in an interrupted `.part`) are not asked for again; the
 //! finished file replaces the old one by rename, so readers see the old file or the new one.
 
+use super::relay::{self, KEEPALIVE, Shelf, Upstream};
 use anyhow::{Context, Result, bail};
 use payload_format::{Payload, TRAILER_LEN, Trailer};
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// First line of the stream.
-pub const MAGIC: &[u8] = b"FERRY-RECV1\n";
+pub const MAGIC: &[u8] = b"FERRY-RECV2\n";
 /// Ends the chunk stream.
 pub const END: u64 = u64::MAX;
+/// Tells the agent to pull from a relay: a length-prefixed JSON [`Upstream`] follows.
+pub const PULL: u64 = u64::MAX - 1;
 
 /// What the receiving side insists on.
 #[derive(Clone, Debug, Default)]
@@ -39,6 +50,9 @@ pub struct ReceiveOptions {
     pub allow_unsigned: bool,
     /// The program bytes to place at the start of the file (this agent's own stub).
     pub stub: PathBuf,
+    /// Where to listen for downstream hosts when the operator makes this host a relay (it
+    /// sends the secret in the header); `None` never listens.
+    pub relay_listen: Option<std::net::IpAddr>,
 }
 
 /// What a receive did.
@@ -120,7 +134,8 @@ fn check_signer(payload: &Payload, opts: &ReceiveOptions) -> Result<()> {
 
 /// Runs the receiving side of the protocol over `input`/`output`.
 pub fn receive(input: &mut impl BufRead, output: &mut impl Write, opts: &ReceiveOptions) -> Result<Received> {
-    match receive_inner(input, output, opts) {
+    let mut relaying = false;
+    match receive_inner(input, output, opts, &mut relaying) {
         Ok(r) => {
             writeln!(
                 output,
@@ -128,6 +143,12 @@ pub fn receive(input: &mut impl BufRead, output: &mut impl Write, opts: &Receive
                 serde_json::json!({"ok": true, "chunks": r.chunks, "bytes": r.bytes, "had": r.had})
             )?;
             output.flush()?;
+            if relaying {
+                // Downstream hosts may still be pulling from this one: keep the listener until
+                // the operator, who knows when every host is done, closes the session.
+                let mut rest = [0u8; 4096];
+                while matches!(input.read(&mut rest), Ok(n) if n > 0) {}
+            }
             Ok(r)
         }
         Err(e) => {
@@ -138,7 +159,29 @@ pub fn receive(input: &mut impl BufRead, output: &mut impl Write, opts: &Receive
     }
 }
 
-fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &ReceiveOptions) -> Result<Received> {
+/// Where [`land`] stopped.
+enum Stop {
+    /// The source sent END.
+    End,
+    /// The operator said to pull from a relay.
+    Pull(Upstream),
+}
+
+/// Where chunks come from in one [`land`] call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The operator's stream on stdin: chunks, END or PULL.
+    Operator,
+    /// A relay host's stream: chunks, KEEPALIVE or END.
+    Relay,
+}
+
+fn receive_inner(
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+    opts: &ReceiveOptions,
+    relaying: &mut bool,
+) -> Result<Received> {
     let mut magic = [0u8; MAGIC.len()];
     input.read_exact(&mut magic).context("reading the stream header")?;
     if magic != MAGIC {
@@ -164,6 +207,15 @@ fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &Recei
     for _ in 0..want_count {
         want.push(read_u64(input)?);
     }
+    let secret = match read_u64(input)? {
+        0 => None,
+        32 => {
+            let mut s = [0u8; 32];
+            input.read_exact(&mut s).context("reading the relay secret")?;
+            Some(s)
+        }
+        n => bail!("bad relay secret length {n}"),
+    };
     let dir = opts.dest.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // One receiver per destination at a time. A receiver whose link was cut can sit blocked on
@@ -193,15 +245,29 @@ fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &Recei
     let _ = lock.set_len(0);
     let _ = lock.write_all_at(std::process::id().to_string().as_bytes(), 0);
 
+    // Opens the relay listener (when the operator asked for one) over what this host holds, and
+    // gives the first answer.
+    let mut answer = |payload: &Arc<Payload>, need: &[u64]| -> Result<Arc<Shelf>> {
+        let shelf = Arc::new(Shelf::new(payload.chunk_count(), &want, need));
+        let mut line = serde_json::json!({"missing": need, "have": want.len() - need.len()});
+        if let (Some(secret), Some(bind)) = (secret, opts.relay_listen) {
+            let l = relay::serve(bind, secret, payload.clone(), shelf.clone())?;
+            line["relay"] = serde_json::json!({"port": l.port});
+            *relaying = true;
+        }
+        writeln!(output, "{line}")?;
+        output.flush()?;
+        Ok(shelf)
+    };
+
     // Finished file already holds everything asked for: change nothing.
     if same_tail(&opts.dest, file_len, &trailer_bytes) {
-        let payload = Payload::open(&opts.dest)?;
+        let payload = Arc::new(Payload::open(&opts.dest)?);
         check_signer(&payload, opts)?;
         check_want(&payload, &want)?;
         let f = File::open(&opts.dest)?;
         if missing(&payload, &f, &want)?.is_empty() {
-            writeln!(output, "{}", serde_json::json!({"missing": [], "have": want.len()}))?;
-            output.flush()?;
+            answer(&payload, &[])?;
             expect_end(input)?;
             return Ok(Received { chunks: 0, bytes: 0, had: want.len() as u64 });
         }
@@ -228,20 +294,53 @@ fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &Recei
         }
     }
     let file = OpenOptions::new().read(true).write(true).open(&part)?;
-    let payload = Payload::open(&part)?;
+    let payload = Arc::new(Payload::open(&part)?);
     check_signer(&payload, opts)?;
     payload.verify_stub().context(
         "this agent's program differs from the installer being sent; re-run so the matching agent is installed first",
     )?;
     check_want(&payload, &want)?;
     let need = missing(&payload, &file, &want)?;
-    writeln!(output, "{}", serde_json::json!({"missing": need, "have": want.len() - need.len()}))?;
-    output.flush()?;
+    let shelf = answer(&payload, &need)?;
 
-    let mut remaining: std::collections::BTreeSet<u64> = need.iter().copied().collect();
-    let had = (want.len() - need.len()) as u64;
-    let got = land(input, &payload, &file, &part, &mut remaining)?;
-    let got = Received { had, ..got };
+    let mut remaining: BTreeSet<u64> = need.iter().copied().collect();
+    let mut got = Received { had: (want.len() - need.len()) as u64, ..Default::default() };
+    let on_landed = |n: u64| shelf.landed(n);
+    loop {
+        match land(input, Source::Operator, &payload, &file, &part, &mut remaining, &mut got, &on_landed, &mut |_| {})?
+        {
+            Stop::End => break,
+            Stop::Pull(up) => {
+                let mut last = std::time::Instant::now();
+                let mut report = |bytes: u64| {
+                    // Also a heartbeat: the operator takes a silent host for a lost one.
+                    if last.elapsed() >= std::time::Duration::from_millis(500) {
+                        last = std::time::Instant::now();
+                        let _ = writeln!(output, "{}", serde_json::json!({"progress": bytes}));
+                        let _ = output.flush();
+                    }
+                };
+                let pulled = relay::connect(&up, &remaining).and_then(|mut stream| {
+                    land(
+                        &mut stream,
+                        Source::Relay,
+                        &payload,
+                        &file,
+                        &part,
+                        &mut remaining,
+                        &mut got,
+                        &on_landed,
+                        &mut report,
+                    )
+                });
+                match pulled {
+                    Ok(_) if remaining.is_empty() => break,
+                    Ok(_) => report_lost(output, &format!("{} ended its stream early", up.addr), &remaining)?,
+                    Err(e) => report_lost(output, &format!("pulling from {}: {e:#}", up.addr), &remaining)?,
+                }
+            }
+        }
+    }
     if let Some(n) = remaining.first() {
         bail!("the stream ended with {} chunks still missing (first: {n})", remaining.len());
     }
@@ -254,21 +353,35 @@ fn receive_inner(input: &mut impl BufRead, output: &mut impl Write, opts: &Recei
     Ok(got)
 }
 
+/// Tells the operator a relay failed, with what is still missing; the operator answers with
+/// another source.
+fn report_lost(output: &mut impl Write, why: &str, remaining: &BTreeSet<u64>) -> Result<()> {
+    writeln!(output, "{}", serde_json::json!({"lost": why, "missing": remaining}))?;
+    output.flush()?;
+    Ok(())
+}
+
 /// Chunks in flight between the stream and the checkers (1 MiB each by default).
 const IN_FLIGHT: usize = 6;
 
-/// Reads chunks off the stream and lands them: each is checked against the signed index, then
-/// written at its offset. Reading the stream, hashing and writing overlap: this thread only
-/// reads, and checkers on other threads hash and write, so the SSH stream never waits for a
-/// hash or a write to finish. A chunk is written only after its own check passed; the first
-/// failure stops everything.
+/// Reads chunks off one source and lands them: each is checked against the signed index, then
+/// written at its offset, then put on the relay shelf (`on_landed`). Reading the stream, hashing
+/// and writing overlap: this thread only reads, and checkers on other threads hash and write, so
+/// the stream never waits for a hash or a write to finish. A chunk is written only after its own
+/// check passed; the first failure stops everything. `progress` gets the bytes received so far
+/// after each chunk and keepalive.
+#[allow(clippy::too_many_arguments)]
 fn land(
     input: &mut impl BufRead,
+    source: Source,
     payload: &Payload,
     file: &File,
     part: &Path,
-    remaining: &mut std::collections::BTreeSet<u64>,
-) -> Result<Received> {
+    remaining: &mut BTreeSet<u64>,
+    got: &mut Received,
+    on_landed: &(dyn Fn(u64) + Sync),
+    progress: &mut dyn FnMut(u64),
+) -> Result<Stop> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Mutex, mpsc};
     let cs = payload.index().chunk_size as usize;
@@ -286,11 +399,15 @@ fn land(
         }
         failed.store(true, Ordering::SeqCst);
     };
-    let mut got = Received::default();
+    let mut stop = Stop::End;
+    // Chunks leave `remaining` only once written: whatever a failed source did not deliver
+    // intact is asked of the next one.
+    let mut asked = remaining.clone();
+    let remaining_now = Mutex::new(std::mem::take(remaining));
     std::thread::scope(|scope| {
         for _ in 0..checkers {
             let free_tx = free_tx.clone();
-            let (job_rx, fail) = (&job_rx, &fail);
+            let (job_rx, fail, remaining_now) = (&job_rx, &fail, &remaining_now);
             scope.spawn(move || {
                 loop {
                     let job = job_rx.lock().unwrap().recv();
@@ -315,6 +432,8 @@ fn land(
                                 libc::SYNC_FILE_RANGE_WRITE,
                             );
                         }
+                        remaining_now.lock().unwrap().remove(&n);
+                        on_landed(n);
                     }
                     // Always hand the buffer back, so the reading side never waits for one.
                     let _ = free_tx.send(buf);
@@ -329,10 +448,24 @@ fn land(
                 if n == END {
                     return Ok(());
                 }
+                if n == KEEPALIVE && source == Source::Relay {
+                    progress(got.bytes);
+                    continue;
+                }
+                if n == PULL && source == Source::Operator {
+                    let len = read_u64(input)?;
+                    if len > 64 << 10 {
+                        bail!("bad pull request length {len}");
+                    }
+                    let mut json = vec![0u8; len as usize];
+                    input.read_exact(&mut json).context("reading the pull request")?;
+                    stop = Stop::Pull(serde_json::from_slice(&json).context("reading the pull request")?);
+                    return Ok(());
+                }
                 if failed.load(Ordering::SeqCst) {
                     return Ok(());
                 }
-                if !remaining.remove(&n) {
+                if !asked.remove(&n) {
                     bail!("chunk {n} was not asked for");
                 }
                 let (s, e) = payload.chunk_range(n);
@@ -353,6 +486,7 @@ fn land(
                 input.read_exact(&mut buf).with_context(|| format!("the stream ended inside chunk {n}"))?;
                 got.chunks += 1;
                 got.bytes += len as u64;
+                progress(got.bytes);
                 if job_tx.send((n, buf)).is_err() {
                     return Ok(());
                 }
@@ -363,10 +497,11 @@ fn land(
             fail(e);
         }
     });
+    *remaining = remaining_now.into_inner().unwrap();
     if let Some(e) = error.into_inner().unwrap() {
         return Err(e);
     }
-    Ok(got)
+    Ok(stop)
 }
 
 fn check_want(payload: &Payload, want: &[u64]) -> Result<()> {

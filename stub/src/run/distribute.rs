@@ -59,8 +59,77 @@ fn checked_chunks(payload: &Payload) -> Result<Arc<Vec<AtomicBool>>> {
     }
 }
 
-/// Sends the chunks over the agent's stdin (`w`), reading its answers from `r`. `progress`
-/// gets bytes as they go. Returns the bytes of chunk data sent.
+/// The session header: the installer's tail (index, signature, trailer), the chunks wanted, and
+/// the relay secret when the host is to listen for downstream hosts.
+pub fn header(payload: &Payload, want: &[u64], secret: Option<&crate::agent::relay::Secret>) -> Result<Vec<u8>> {
+    let t = payload.trailer();
+    let file_len = payload.file_len();
+    let mut tail = vec![0u8; (file_len - t.index_offset) as usize];
+    payload.file().read_exact_at(&mut tail, t.index_offset).context("reading the index")?;
+    let mut head = Vec::with_capacity(tail.len() + 128 + want.len() * 8);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&file_len.to_le_bytes());
+    head.extend_from_slice(&(tail.len() as u64).to_le_bytes());
+    head.extend_from_slice(&tail);
+    head.extend_from_slice(&(want.len() as u64).to_le_bytes());
+    for n in want {
+        head.extend_from_slice(&n.to_le_bytes());
+    }
+    match secret {
+        Some(s) => {
+            head.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            head.extend_from_slice(s);
+        }
+        None => head.extend_from_slice(&0u64.to_le_bytes()),
+    }
+    Ok(head)
+}
+
+/// The agent's first answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// Chunks it lacks.
+    pub missing: Vec<u64>,
+    /// Its relay listener's port, when it listens.
+    pub relay_port: Option<u16>,
+}
+
+/// One line from the agent, as JSON; a closed stream is an error that says so.
+pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<serde_json::Value> {
+    let mut line = String::new();
+    r.read_line(&mut line).await.context("reading from the agent")?;
+    if line.is_empty() {
+        bail!("the connection closed before the agent answered (host unreachable, or the agent could not start)");
+    }
+    serde_json::from_str(line.trim()).with_context(|| format!("the agent answered `{}`", line.trim()))
+}
+
+/// Reads the agent's first answer and checks it asks only for chunks that were offered.
+pub async fn read_answer<R: AsyncBufRead + Unpin>(r: &mut R, want: &[u64]) -> Result<Answer> {
+    let answer = read_line(r).await?;
+    if answer.get("ok") == Some(&serde_json::Value::Bool(false)) {
+        bail!("the agent refused: {}", answer["error"].as_str().unwrap_or("?"));
+    }
+    let missing: Vec<u64> =
+        serde_json::from_value(answer["missing"].clone()).context("the agent's list of missing chunks")?;
+    let wanted: BTreeSet<u64> = want.iter().copied().collect();
+    if let Some(n) = missing.iter().find(|n| !wanted.contains(n)) {
+        bail!("the agent asked for chunk {n}, which was not offered");
+    }
+    let relay_port = answer["relay"]["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+    Ok(Answer { missing, relay_port })
+}
+
+/// Checks the agent's final line.
+pub fn check_final(done: &serde_json::Value) -> Result<()> {
+    if done["ok"] != serde_json::Value::Bool(true) {
+        bail!("the agent failed: {}", done["error"].as_str().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+/// Sends the chunks over the agent's stdin (`w`), reading its answers from `r`, with no relay.
+/// `progress` gets bytes as they go. Returns the bytes of chunk data sent.
 pub async fn send<R, W>(
     payload: &Payload,
     want: &[u64],
@@ -72,41 +141,28 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let t = payload.trailer();
-    let file_len = payload.file_len();
-    let mut tail = vec![0u8; (file_len - t.index_offset) as usize];
-    payload.file().read_exact_at(&mut tail, t.index_offset).context("reading the index")?;
-    let mut head = Vec::with_capacity(tail.len() + 64 + want.len() * 8);
-    head.extend_from_slice(MAGIC);
-    head.extend_from_slice(&file_len.to_le_bytes());
-    head.extend_from_slice(&(tail.len() as u64).to_le_bytes());
-    head.extend_from_slice(&tail);
-    head.extend_from_slice(&(want.len() as u64).to_le_bytes());
-    for n in want {
-        head.extend_from_slice(&n.to_le_bytes());
-    }
-    w.write_all(&head).await?;
+    w.write_all(&header(payload, want, None)?).await?;
     w.flush().await?;
-    let mut line = String::new();
-    r.read_line(&mut line).await?;
-    if line.is_empty() {
-        bail!("the connection closed before the agent answered (host unreachable, or the agent could not start)");
-    }
-    let answer: serde_json::Value =
-        serde_json::from_str(line.trim()).with_context(|| format!("the agent answered `{}`", line.trim()))?;
-    if answer.get("ok") == Some(&serde_json::Value::Bool(false)) {
-        bail!("the agent refused: {}", answer["error"].as_str().unwrap_or("?"));
-    }
-    let missing: Vec<u64> =
-        serde_json::from_value(answer["missing"].clone()).context("the agent's list of missing chunks")?;
-    let wanted: BTreeSet<u64> = want.iter().copied().collect();
-    if let Some(n) = missing.iter().find(|n| !wanted.contains(n)) {
-        bail!("the agent asked for chunk {n}, which was not offered");
-    }
+    let answer = read_answer(r, want).await?;
+    let sent = stream_chunks(payload, &answer.missing, w, progress).await?;
+    w.write_all(&END.to_le_bytes()).await?;
+    w.flush().await?;
+    check_final(&read_line(r).await.context("waiting for the agent to finish")?)?;
+    let _ = w.shutdown().await;
+    Ok(sent)
+}
+
+/// Streams `chunks` of the operator's copy as frames on `w` (no END). Returns the bytes sent.
+pub async fn stream_chunks<W: AsyncWrite + Unpin>(
+    payload: &Payload,
+    chunks: &[u64],
+    w: &mut W,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64> {
     // Reading and checking run on their own thread, a few chunks ahead of the SSH writes, so
     // the disk, the hash and the cipher overlap instead of taking turns on the runtime's threads.
     let checked = checked_chunks(payload)?;
-    let jobs: Vec<(u64, u64, u64, [u8; 32])> = missing
+    let jobs: Vec<(u64, u64, u64, [u8; 32])> = chunks
         .iter()
         .map(|&n| {
             let (s, e) = payload.chunk_range(n);
@@ -162,16 +218,6 @@ where
     drop(back_tx);
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     result?;
-    w.write_all(&END.to_le_bytes()).await?;
-    w.flush().await?;
-    let mut line = String::new();
-    r.read_line(&mut line).await.context("waiting for the agent to finish")?;
-    let done: serde_json::Value =
-        serde_json::from_str(line.trim()).with_context(|| format!("the agent ended with `{}`", line.trim()))?;
-    if done["ok"] != serde_json::Value::Bool(true) {
-        bail!("the agent failed: {}", done["error"].as_str().unwrap_or("?"));
-    }
-    let _ = w.shutdown().await;
     Ok(sent)
 }
 
@@ -239,6 +285,7 @@ mod tests {
             signer: None,
             allow_unsigned: true,
             stub: dir.path().join("stub"),
+            relay_listen: None,
         };
         // Simulate an interrupted earlier run: a .part holding half the chunks.
         let (sent1, got1) = session(&payload, &want[..want.len() / 2], &opts).await.unwrap();
@@ -275,6 +322,7 @@ mod tests {
             allow_unsigned: true,
             stub: dir.path().join("stub"),
             signer: None,
+            relay_listen: None,
         };
         let t = payload.trailer();
         let tail = std::fs::read(&path).unwrap()[t.index_offset as usize..].to_vec();
@@ -287,6 +335,7 @@ mod tests {
         for n in want {
             stream.extend_from_slice(&n.to_le_bytes());
         }
+        stream.extend_from_slice(&0u64.to_le_bytes());
         for n in want {
             let (s, e) = payload.chunk_range(n);
             let mut c = vec![0u8; (e - s) as usize];
@@ -326,6 +375,7 @@ mod tests {
             allow_unsigned: true,
             stub: dir.path().join("stub"),
             signer: None,
+            relay_listen: None,
         };
         // An unsigned installer is refused unless allowed.
         let strict = ReceiveOptions { allow_unsigned: false, ..opts.clone() };

@@ -23,6 +23,7 @@ pub mod distribute;
 pub mod locate;
 pub mod preflight;
 pub mod progress;
+pub mod relay;
 
 use crate::agent::{AGENT_PATH, Facts, INSTALLER_PATH, Record};
 use crate::cli::RunArgs;
@@ -267,85 +268,6 @@ pub(crate) async fn record_on<H: RemoteHost>(
     checked(h, &cmd, detail.to_string().as_bytes(), "recording the phase").await?;
     local_record(ctx, host, phase, "done", detail);
     Ok(())
-}
-
-/// Distribution to one host.
-pub async fn distribute_one<H: RemoteHost>(ctx: &Ctx, h: &H, host: &Host) -> Result<u64> {
-    let (want, bytes, _) = host_plan(&ctx.payload, host);
-    let mut cmd = format!("{AGENT_PATH} agent receive --dest {INSTALLER_PATH}");
-    if let Some(s) = &ctx.signer {
-        cmd.push_str(&format!(" --signer {}", quote(s)));
-    }
-    if ctx.allow_unsigned {
-        cmd.push_str(" --allow-unsigned");
-    }
-    let exec = h.open(&cmd).await.context("starting agent receive")?;
-    let crate::ssh::Exec { mut stdin, stdout, finished } = exec;
-    let mut reader = tokio::io::BufReader::new(stdout);
-    let sent = std::sync::atomic::AtomicU64::new(0);
-    let last = std::sync::Mutex::new(Instant::now());
-    let addr = h.addr().to_string();
-    let progress = |n: u64| {
-        let s = sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
-        let mut l = last.lock().unwrap();
-        if l.elapsed() > Duration::from_millis(500) {
-            *l = Instant::now();
-            ctx.rep.event(
-                &addr,
-                "distribute",
-                "progress",
-                &format!("{} / {}", crate::units::bytes(s), crate::units::bytes(bytes)),
-                serde_json::json!({"bytes": s, "total": bytes}),
-            );
-        }
-    };
-    // A cut link can leave a write waiting forever for SSH window space that never comes, so
-    // the stream is watched: no chunk accepted for `stall` means the host is gone.
-    let moved = std::sync::atomic::AtomicU64::new(0);
-    let counted = |n: u64| {
-        moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        progress(n)
-    };
-    let send = distribute::send(&ctx.payload, &want, &mut reader, &mut stdin, &counted);
-    let watchdog = async {
-        let mut seen = u64::MAX;
-        loop {
-            tokio::time::sleep(ctx.stall).await;
-            let now = moved.load(std::sync::atomic::Ordering::Relaxed);
-            if now == seen {
-                return;
-            }
-            seen = now;
-        }
-    };
-    let result = tokio::select! {
-        r = send => r,
-        () = watchdog => Err(anyhow!("no data moved for {} s: the connection to the host is lost", ctx.stall.as_secs())),
-    };
-    drop(stdin);
-    if result.is_err() {
-        let err = result.unwrap_err();
-        let (status, stderr) = tokio::time::timeout(Duration::from_secs(2), finished)
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or((255, Vec::new()));
-        let tail = crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4);
-        let _ = status;
-        return if tail.is_empty() { Err(err) } else { Err(err.context(format!("last output: {tail}"))) };
-    }
-    let (status, stderr) = finished.await.unwrap_or((255, Vec::new()));
-    match result {
-        Ok(n) if status == 0 => Ok(n),
-        Ok(_) => bail!(
-            "agent receive exited with status {status}: {}",
-            crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4)
-        ),
-        Err(e) => {
-            let tail = crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4);
-            if tail.is_empty() { Err(e) } else { Err(e.context(format!("last output: {tail}"))) }
-        }
-    }
 }
 
 /// The registry replicas' URLs (`http://IP:PORT`), in cluster order.
@@ -622,35 +544,58 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     // Distribute.
     let t1 = Instant::now();
     let bytes_before: u64 = hosts.iter().map(|h| h.bytes_sent()).sum();
-    let results = parallel(n, args.parallel, |i| {
-        let (ctx, h, states) = (ctx.clone(), hosts[i].clone(), states.clone());
+    // A host that became a registry replica since needs the rest of the installer.
+    let skip: Vec<bool> = (0..n)
+        .map(|i| {
+            let host = &ctx.cluster.hosts[i];
+            let whole = states[i].get("distribute").is_some_and(|r| r.detail["whole"] == true);
+            done(&states[i], "distribute", &ctx.id) && (whole || !host.is(Role::Registry))
+        })
+        .collect();
+    let wants: Arc<Vec<Vec<u64>>> = Arc::new(
+        (0..n)
+            .map(|i| if skip[i] { Vec::new() } else { distribute::wanted_chunks(&ctx.payload, &ctx.cluster.hosts[i]) })
+            .collect(),
+    );
+    let board = Arc::new(relay::Board::new(
+        ctx.cluster.hosts.iter().map(|h| h.ip.clone()).collect(),
+        relay::plan(&wants, args.relay_chains),
+    )?);
+    // Every session runs at once: a host that is done keeps serving the hosts behind it.
+    let results = parallel(n, n, |i| {
+        let (ctx, h, wants, board) = (ctx.clone(), hosts[i].clone(), wants.clone(), board.clone());
+        let skip = skip[i];
         async move {
             let host = &ctx.cluster.hosts[i];
-            // A host that became a registry replica since needs the rest of the installer.
-            let whole = states[i].get("distribute").is_some_and(|r| r.detail["whole"] == true);
-            if done(&states[i], "distribute", &ctx.id) && (whole || !host.is(Role::Registry)) {
+            if skip {
+                board.skip(i);
                 ctx.rep.event(&host.ip, "distribute", "skip", "already done", serde_json::json!({}));
                 return Ok(());
             }
-            ctx.rep.event(&host.ip, "distribute", "start", "streaming", serde_json::json!({}));
-            let r = tokio::time::timeout(ctx.phase_timeout, distribute_one(&ctx, h.as_ref(), host))
+            let from = match board.parent(i) {
+                Some(j) => format!("streaming, relayed by {}", ctx.cluster.hosts[j].ip),
+                None => "streaming".to_string(),
+            };
+            ctx.rep.event(&host.ip, "distribute", "start", &from, serde_json::json!({}));
+            let r = tokio::time::timeout(ctx.phase_timeout, relay::session(&ctx, h.as_ref(), i, &wants[i], &board))
                 .await
                 .unwrap_or_else(|_| Err(anyhow!("timed out")));
-            let sent = r?;
+            let d = r?;
             record_on(
                 &ctx,
                 h.as_ref(),
                 host,
                 "distribute",
-                serde_json::json!({"bytes": sent, "whole": host.is(Role::Registry)}),
+                serde_json::json!({"bytes": d.from_operator, "relayed": d.from_relays, "whole": host.is(Role::Registry)}),
             )
             .await?;
+            let relayed = if d.from_relays > 0 { format!(", {} by relay", crate::units::bytes(d.from_relays)) } else { String::new() };
             ctx.rep.event(
                 &host.ip,
                 "distribute",
                 "done",
-                &format!("sent {}", crate::units::bytes(sent)),
-                serde_json::json!({"bytes": sent}),
+                &format!("sent {}{relayed}", crate::units::bytes(d.from_operator)),
+                serde_json::json!({"bytes": d.from_operator, "relayed": d.from_relays}),
             );
             Ok(())
         }

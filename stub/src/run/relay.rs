@@ -1,0 +1,682 @@
+//! Relay distribution, operator side: who feeds whom, and one host's distribution session.
+//!
+//! The operator streams the installer into the head of each chain itself; every other host
+//! pulls from the host before it in its chain, which passes chunks on as they land (see
+//! `agent::relay`), so the operator's uplink carries each byte about once per chain instead of
+//! once per host. Chains are ordered by how much each host wants (registry hosts take the whole
+//! installer, the others a subset), so a host's upstream always holds a superset of what it
+//! needs. When a relay fails, the hosts that pulled from it are sent to its own upstream, and so
+//! on up to the operator; they keep every chunk they already landed, so nothing restarts.
+
+use super::distribute::{self, read_answer, read_line};
+use super::{AGENT_PATH, Ctx, INSTALLER_PATH};
+use crate::agent::receive::END;
+use crate::agent::receive::PULL;
+use crate::agent::relay::{Secret, Upstream, token};
+use crate::ssh::{RemoteHost, quote};
+use anyhow::{Context, Result, anyhow, bail};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+/// Plans the chains: for each host (by index), the host it pulls from, or `None` for the
+/// operator. `wants[i]` is host i's chunk list; at most `chains` hosts are fed by the operator,
+/// unless a host wants something no chain's tail holds. `chains == 0` turns relaying off.
+pub fn plan(wants: &[Vec<u64>], chains: usize) -> Vec<Option<usize>> {
+    let mut parent = vec![None; wants.len()];
+    if chains == 0 {
+        return parent;
+    }
+    let sets: Vec<BTreeSet<u64>> = wants.iter().map(|w| w.iter().copied().collect()).collect();
+    let mut order: Vec<usize> = (0..wants.len()).collect();
+    // Biggest first (stable, so the cluster file's order decides among equals).
+    order.sort_by_key(|&i| std::cmp::Reverse(sets[i].len()));
+    // (tail, length) of each chain.
+    let mut tails: Vec<(usize, usize)> = Vec::new();
+    for i in order {
+        if sets[i].is_empty() {
+            continue;
+        }
+        let fits = |t: &usize| sets[i].is_subset(&sets[*t]);
+        if tails.len() < chains || !tails.iter().any(|(t, _)| fits(t)) {
+            tails.push((i, 1));
+            continue;
+        }
+        // The shortest chain whose tail holds everything this host wants.
+        let (slot, _) =
+            tails.iter().enumerate().filter(|(_, (t, _))| fits(t)).min_by_key(|(_, (_, len))| *len).unwrap();
+        parent[i] = Some(tails[slot].0);
+        tails[slot] = (i, tails[slot].1 + 1);
+    }
+    parent
+}
+
+/// A relay listener's state, as its host's session learns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Port {
+    Pending,
+    Ready(u16),
+    Gone,
+}
+
+/// What the sessions of one distribution phase share.
+pub struct Board {
+    parent: Vec<Option<usize>>,
+    addrs: Vec<String>,
+    secrets: Vec<Secret>,
+    ports: Vec<watch::Sender<Port>>,
+    /// Hosts no longer used as a source (their session failed, or a host lost them).
+    avoided: Vec<std::sync::atomic::AtomicBool>,
+    /// Sessions that ended, done or failed; a relay keeps serving until all have.
+    ended: watch::Sender<usize>,
+}
+
+impl Board {
+    /// A board for hosts at `addrs` (the addresses hosts reach each other by) and the plan.
+    pub fn new(addrs: Vec<String>, parent: Vec<Option<usize>>) -> Result<Board> {
+        let n = addrs.len();
+        let mut secrets = vec![[0u8; 32]; n];
+        for s in &mut secrets {
+            getrandom::fill(s).map_err(|e| anyhow!("reading the OS's randomness: {e}"))?;
+        }
+        Ok(Board {
+            parent,
+            addrs,
+            secrets,
+            ports: (0..n).map(|_| watch::channel(Port::Pending).0).collect(),
+            avoided: (0..n).map(|_| Default::default()).collect(),
+            ended: watch::channel(0).0,
+        })
+    }
+
+    /// The host `i` pulls from, by plan.
+    pub fn parent(&self, i: usize) -> Option<usize> {
+        self.parent[i]
+    }
+
+    /// Host `i` has no session this time (already delivered): never a source, and ended.
+    pub fn skip(&self, i: usize) {
+        drop(Ending { board: self, i, done: false });
+    }
+
+    fn avoid(&self, i: usize) {
+        self.avoided[i].store(true, Ordering::SeqCst);
+    }
+
+    /// The nearest working source for host `i`, starting at `from` and going up its chain, with
+    /// its index; `None` is the operator.
+    async fn source(&self, i: usize, mut from: Option<usize>) -> Option<(usize, Upstream)> {
+        while let Some(j) = from {
+            if !self.avoided[j].load(Ordering::SeqCst) {
+                let mut rx = self.ports[j].subscribe();
+                let port = match rx.wait_for(|p| *p != Port::Pending).await {
+                    Ok(p) => *p,
+                    Err(_) => Port::Gone,
+                };
+                if let Port::Ready(port) = port {
+                    let up = Upstream {
+                        addr: self.addrs[j].clone(),
+                        port,
+                        name: self.addrs[i].clone(),
+                        token: hex::encode(token(&self.secrets[j], &self.addrs[i])),
+                    };
+                    return Some((j, up));
+                }
+            }
+            from = self.parent[j];
+        }
+        None
+    }
+}
+
+/// Counts the session as ended however it leaves (done, error, timeout, cancel); one that did
+/// not finish is no longer offered as a source.
+struct Ending<'a> {
+    board: &'a Board,
+    i: usize,
+    done: bool,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.board.ports[self.i].send_replace(Port::Gone);
+            self.board.avoid(self.i);
+        }
+        self.board.ended.send_modify(|n| *n += 1);
+    }
+}
+
+/// What one host's session did.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Bytes the operator sent it.
+    pub from_operator: u64,
+    /// Bytes it pulled from relays.
+    pub from_relays: u64,
+}
+
+/// Distribution to host `i` of the board: its own agent session, fed by the operator or by its
+/// upstream relay; when it is done it stays open (serving downstream hosts) until every session
+/// of the board has ended. `want` is what the host needs.
+pub async fn session<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, want: &[u64], board: &Board) -> Result<Delivered> {
+    let mut ending = Ending { board, i, done: false };
+    let total = distribute::chunk_bytes(&ctx.payload, want);
+    let mut cmd = format!("{AGENT_PATH} agent receive --dest {INSTALLER_PATH}");
+    if let Some(s) = &ctx.signer {
+        cmd.push_str(&format!(" --signer {}", quote(s)));
+    }
+    if ctx.allow_unsigned {
+        cmd.push_str(" --allow-unsigned");
+    }
+    let relaying = board.parent.iter().any(|p| p.is_some());
+    if relaying {
+        cmd.push_str(&format!(" --relay-listen {}", quote(&board.addrs[i])));
+    }
+    let exec = h.open(&cmd).await.context("starting agent receive")?;
+    let crate::ssh::Exec { mut stdin, stdout, finished } = exec;
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let result = async {
+        let secret = relaying.then_some(&board.secrets[i]);
+        stdin.write_all(&distribute::header(&ctx.payload, want, secret)?).await?;
+        stdin.flush().await?;
+        let answer = read_answer(&mut reader, want).await?;
+        board.ports[i].send_replace(answer.relay_port.map(Port::Ready).unwrap_or(Port::Gone));
+        feed(ctx, h.addr(), i, board, answer.missing, total, &mut reader, &mut stdin).await
+    }
+    .await;
+    let delivered = match result {
+        Ok(d) => d,
+        Err(err) => {
+            drop(ending);
+            drop(stdin);
+            let (_, stderr) = tokio::time::timeout(Duration::from_secs(2), finished)
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default();
+            let tail = crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4);
+            return if tail.is_empty() { Err(err) } else { Err(err.context(format!("last output: {tail}"))) };
+        }
+    };
+    // Done: serve downstream hosts until every session has ended.
+    ending.done = true;
+    drop(ending);
+    let mut ended = board.ended.subscribe();
+    let n = board.addrs.len();
+    let _ = ended.wait_for(|e| *e >= n).await;
+    let _ = stdin.shutdown().await;
+    drop(stdin);
+    let (status, stderr) = finished.await.unwrap_or((255, Vec::new()));
+    if status != 0 {
+        bail!(
+            "agent receive exited with status {status}: {}",
+            crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4)
+        );
+    }
+    Ok(delivered)
+}
+
+/// Feeds the agent until it holds everything: a pull from its upstream relay, or the chunks
+/// themselves; after a lost relay, the next source up the chain with what is still missing.
+#[allow(clippy::too_many_arguments)]
+async fn feed<R, W>(
+    ctx: &Ctx,
+    addr: &str,
+    i: usize,
+    board: &Board,
+    mut missing: Vec<u64>,
+    total: u64,
+    reader: &mut R,
+    stdin: &mut W,
+) -> Result<Delivered>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut delivered = Delivered::default();
+    let have = total - distribute::chunk_bytes(&ctx.payload, &missing);
+    let report = Reporting::new(ctx, addr, total, have);
+    let mut from = board.parent(i);
+    let finish = |line: serde_json::Value, mut delivered: Delivered| -> Result<Delivered> {
+        distribute::check_final(&line)?;
+        // The agent counts every byte it received; what the operator did not send came by relay.
+        delivered.from_relays = line["bytes"].as_u64().unwrap_or(0).saturating_sub(delivered.from_operator);
+        Ok(delivered)
+    };
+    loop {
+        let source = if missing.is_empty() { None } else { board.source(i, from).await };
+        let Some((j, up)) = source else {
+            delivered.from_operator += inline(ctx, &missing, stdin, &report).await?;
+            stdin.write_all(&END.to_le_bytes()).await?;
+            stdin.flush().await?;
+            return finish(read_line(reader).await.context("waiting for the agent to finish")?, delivered);
+        };
+        ctx.rep.event(
+            addr,
+            "distribute",
+            "progress",
+            &format!("pulling from {}", up.addr),
+            serde_json::json!({"relay": up.addr}),
+        );
+        let json = serde_json::to_vec(&up)?;
+        let mut frame = PULL.to_le_bytes().to_vec();
+        frame.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        frame.extend_from_slice(&json);
+        stdin.write_all(&frame).await?;
+        stdin.flush().await?;
+        loop {
+            // The agent reports at least every keepalive while it pulls; silence is a lost host.
+            let line = tokio::time::timeout(ctx.stall, read_line(reader)).await.map_err(|_| {
+                anyhow!("no word from the host for {} s: the connection is lost", ctx.stall.as_secs())
+            })??;
+            if let Some(b) = line.get("progress").and_then(|b| b.as_u64()) {
+                report.set(have + b);
+            } else if let Some(why) = line.get("lost").and_then(|w| w.as_str()) {
+                ctx.rep.event(
+                    addr,
+                    "distribute",
+                    "progress",
+                    &format!("relay {} lost ({why}); going around it", up.addr),
+                    serde_json::json!({"lost": up.addr}),
+                );
+                board.avoid(j);
+                from = board.parent(j);
+                missing =
+                    serde_json::from_value(line["missing"].clone()).context("the agent's list of missing chunks")?;
+                break;
+            } else {
+                return finish(line, delivered);
+            }
+        }
+    }
+}
+
+/// Progress events for one host, at most twice a second.
+struct Reporting<'a> {
+    ctx: &'a Ctx,
+    addr: &'a str,
+    total: u64,
+    done: AtomicU64,
+    last: Mutex<Instant>,
+}
+
+impl<'a> Reporting<'a> {
+    fn new(ctx: &'a Ctx, addr: &'a str, total: u64, have: u64) -> Self {
+        Reporting { ctx, addr, total, done: AtomicU64::new(have), last: Mutex::new(Instant::now()) }
+    }
+
+    fn add(&self, n: u64) {
+        let s = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        self.show(s);
+    }
+
+    fn set(&self, s: u64) {
+        self.done.store(s, Ordering::Relaxed);
+        self.show(s);
+    }
+
+    fn show(&self, s: u64) {
+        let mut l = self.last.lock().unwrap();
+        if l.elapsed() > Duration::from_millis(500) {
+            *l = Instant::now();
+            self.ctx.rep.event(
+                self.addr,
+                "distribute",
+                "progress",
+                &format!("{} / {}", crate::units::bytes(s), crate::units::bytes(self.total)),
+                serde_json::json!({"bytes": s, "total": self.total}),
+            );
+        }
+    }
+}
+
+/// Streams `missing` from the operator's own copy, watching for a link that stops moving.
+async fn inline<W: tokio::io::AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    missing: &[u64],
+    stdin: &mut W,
+    report: &Reporting<'_>,
+) -> Result<u64> {
+    // A cut link can leave a write waiting forever for SSH window space that never comes, so
+    // the stream is watched: no chunk accepted for `stall` means the host is gone.
+    let moved = AtomicU64::new(0);
+    let counted = |n: u64| {
+        moved.fetch_add(1, Ordering::Relaxed);
+        report.add(n)
+    };
+    let send = distribute::stream_chunks(&ctx.payload, missing, stdin, &counted);
+    let watchdog = async {
+        let mut seen = u64::MAX;
+        loop {
+            tokio::time::sleep(ctx.stall).await;
+            let now = moved.load(Ordering::Relaxed);
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    };
+    tokio::select! {
+        r = send => r,
+        () = watchdog => Err(anyhow!("no data moved for {} s: the connection to the host is lost", ctx.stall.as_secs())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::receive::{ReceiveOptions, receive};
+    use crate::ssh::Exec;
+    use payload_format::{BundleMetadata, Compression, Payload, PayloadWriter, WriterOptions};
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    /// A host whose `agent receive` runs in this process, on a loopback address of its own,
+    /// writing its copy under `dir`.
+    struct LocalAgent {
+        addr: String,
+        dir: PathBuf,
+        stub: PathBuf,
+    }
+
+    impl RemoteHost for LocalAgent {
+        fn addr(&self) -> &str {
+            &self.addr
+        }
+
+        async fn open(&self, cmd: &str) -> Result<Exec> {
+            let words: Vec<&str> = cmd.split_whitespace().collect();
+            let listen = words
+                .iter()
+                .position(|w| *w == "--relay-listen")
+                .map(|i| words[i + 1].trim_matches('\'').parse().unwrap());
+            let opts = ReceiveOptions {
+                dest: self.dir.join("installer"),
+                signer: None,
+                allow_unsigned: true,
+                stub: self.stub.clone(),
+                relay_listen: listen,
+            };
+            let (a, b) = std::os::unix::net::UnixStream::pair()?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(a.try_clone().unwrap());
+                let mut w = a;
+                let status = match receive(&mut r, &mut w, &opts) {
+                    Ok(_) => 0,
+                    Err(_) => 1,
+                };
+                drop(w);
+                let _ = tx.send((status, Vec::new()));
+            });
+            b.set_nonblocking(true)?;
+            let (out, stdin) = tokio::net::UnixStream::from_std(b)?.into_split();
+            Ok(Exec { stdin: Box::pin(stdin), stdout: Box::pin(out), finished: rx })
+        }
+
+        fn bytes_sent(&self) -> u64 {
+            0
+        }
+    }
+
+    fn build(dir: &Path) -> PathBuf {
+        let stub_bytes = b"\x7fELF pretend stub".to_vec();
+        std::fs::write(dir.join("stub"), &stub_bytes).unwrap();
+        let path = dir.join("installer");
+        let f = std::fs::File::create(&path).unwrap();
+        let opts = WriterOptions { chunk_size: 4096, ..Default::default() };
+        let mut w = PayloadWriter::new(f, &path, &mut &stub_bytes[..], opts).unwrap();
+        let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        w.add_file("rootfs/usr/bin/tool", 0o755, Compression::Raw, &mut &big[..]).unwrap();
+        w.add_file("blobs/sha256/aa", 0o644, Compression::Raw, &mut &big[..100_000]).unwrap();
+        w.finish(BundleMetadata { name: "t".into(), version: "1".into(), ..Default::default() }, None).unwrap();
+        path
+    }
+
+    fn ctx(dir: &Path, ips: &[&str]) -> Ctx {
+        let path = build(dir);
+        let cluster = crate::cluster::resolve(
+            None,
+            &crate::cluster::Overrides { hosts: ips.iter().map(|s| s.to_string()).collect(), ..Default::default() },
+        )
+        .unwrap();
+        Ctx {
+            payload: Payload::open(&path).unwrap(),
+            id: "test".into(),
+            cluster,
+            rep: super::super::progress::Reporter::new(false, true, true),
+            stub: b"\x7fELF pretend stub".to_vec(),
+            stub_sha: String::new(),
+            allow_unsigned: true,
+            signer: None,
+            local_state: dir.join("state"),
+            phase_timeout: Duration::from_secs(60),
+            force: false,
+            stall: Duration::from_secs(20),
+        }
+    }
+
+    async fn deliver(ctx: &Ctx, agents: &[LocalAgent], chains: usize) -> Vec<Result<Delivered>> {
+        let wants: Vec<Vec<u64>> =
+            ctx.cluster.hosts.iter().map(|h| distribute::wanted_chunks(&ctx.payload, h)).collect();
+        let board = Board::new(agents.iter().map(|a| a.addr.clone()).collect(), plan(&wants, chains)).unwrap();
+        let runs = agents.iter().enumerate().map(|(i, a)| session(ctx, a, i, &wants[i], &board));
+        futures_join_all(runs).await
+    }
+
+    async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut out = Vec::new();
+        let fs: Vec<_> = fs.map(Box::pin).collect();
+        // Poll them together on this task: every session must run at once.
+        let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> = fs.into_iter().map(Some).collect();
+        let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut all = true;
+            for (i, f) in pending.iter_mut().enumerate() {
+                if let Some(fut) = f {
+                    match fut.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => {
+                            results[i] = Some(v);
+                            *f = None;
+                        }
+                        std::task::Poll::Pending => all = false,
+                    }
+                }
+            }
+            if all { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        })
+        .await;
+        out.extend(results.into_iter().map(|r| r.unwrap()));
+        out
+    }
+
+    fn agents(dir: &Path, n: usize) -> Vec<LocalAgent> {
+        (0..n)
+            .map(|i| {
+                let d = dir.join(format!("host{i}"));
+                std::fs::create_dir_all(&d).unwrap();
+                LocalAgent { addr: format!("127.0.0.{}", 11 + i), dir: d, stub: dir.join("stub") }
+            })
+            .collect()
+    }
+
+    fn verified(ctx: &Ctx, agent: &LocalAgent, host: usize) {
+        let copy = Payload::open(&agent.dir.join("installer")).unwrap();
+        for n in distribute::wanted_chunks(&ctx.payload, &ctx.cluster.hosts[host]) {
+            let (s, e) = copy.chunk_range(n);
+            let mut b = vec![0u8; (e - s) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(copy.file(), &mut b, s).unwrap();
+            assert!(copy.chunk_matches(n, &b), "host {host} chunk {n}");
+        }
+    }
+
+    /// Registry host first, then three workers in a chain: the operator sends one copy of what
+    /// the registry host needs and nothing else; every worker's copy verifies.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chain_carries_every_byte_from_the_operator_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path(), &["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"]);
+        let agents = agents(dir.path(), 4);
+        let results = deliver(&ctx, &agents, 1).await;
+        let done: Vec<Delivered> = results.into_iter().map(|r| r.unwrap()).collect();
+        let all: Vec<u64> = (0..ctx.payload.chunk_count()).collect();
+        assert_eq!(done[0].from_operator, distribute::chunk_bytes(&ctx.payload, &all));
+        for (i, d) in done.iter().enumerate().skip(1) {
+            assert_eq!(d.from_operator, 0, "host {i} was fed by the operator");
+            let want = distribute::wanted_chunks(&ctx.payload, &ctx.cluster.hosts[i]);
+            assert_eq!(d.from_relays, distribute::chunk_bytes(&ctx.payload, &want));
+        }
+        for (i, a) in agents.iter().enumerate() {
+            verified(&ctx, a, i);
+        }
+        // Again: nothing moves at all.
+        let again: Vec<Delivered> = deliver(&ctx, &agents, 1).await.into_iter().map(|r| r.unwrap()).collect();
+        assert!(again.iter().all(|d| d.from_operator == 0 && d.from_relays == 0), "{again:?}");
+    }
+
+    /// A relay that dies mid-stream (here: one that sends part of what it promised, then a
+    /// damaged chunk, then hangs up) is routed around: the host keeps what landed, the rest
+    /// comes from further up, and nothing damaged is kept.
+    #[test]
+    fn a_failing_relay_is_routed_around_without_restarting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = build(dir.path());
+        let payload = Payload::open(&path).unwrap();
+        let want: Vec<u64> = (0..payload.chunk_count()).collect();
+        // The bad relay: accepts any hello, sends 5 good chunks, a damaged one, and closes.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = Arc::new(AtomicBool::new(false));
+        let (p2, served2) = (path.clone(), served.clone());
+        std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let payload = Payload::open(&p2).unwrap();
+            let mut hello = vec![0u8; 13 + 8];
+            std::io::Read::read_exact(&mut c, &mut hello).unwrap();
+            let name_len = u64::from_le_bytes(hello[13..].try_into().unwrap()) as usize;
+            let mut rest = vec![0u8; name_len + 32 + 8];
+            std::io::Read::read_exact(&mut c, &mut rest).unwrap();
+            let count = u64::from_le_bytes(rest[name_len + 32..].try_into().unwrap()) as usize;
+            let mut asked = vec![0u8; count * 8];
+            std::io::Read::read_exact(&mut c, &mut asked).unwrap();
+            use std::io::Write;
+            c.write_all(&crate::agent::relay::ACCEPTED.to_le_bytes()).unwrap();
+            for (k, n) in asked.chunks(8).map(|b| u64::from_le_bytes(b.try_into().unwrap())).take(6).enumerate() {
+                let (s, e) = payload.chunk_range(n);
+                let mut b = vec![0u8; (e - s) as usize];
+                std::os::unix::fs::FileExt::read_exact_at(payload.file(), &mut b, s).unwrap();
+                if k == 5 {
+                    b[0] ^= 0xff;
+                }
+                c.write_all(&n.to_le_bytes()).unwrap();
+                c.write_all(&b).unwrap();
+            }
+            served2.store(true, Ordering::SeqCst);
+        });
+        let opts = ReceiveOptions {
+            dest: dir.path().join("node/installer"),
+            signer: None,
+            allow_unsigned: true,
+            stub: dir.path().join("stub"),
+            relay_listen: None,
+        };
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let agent = std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(a.try_clone().unwrap());
+            let mut w = a;
+            receive(&mut r, &mut w, &opts)
+        });
+        use std::io::{BufRead, Write};
+        let mut op = b.try_clone().unwrap();
+        let mut lines = std::io::BufReader::new(b);
+        op.write_all(&distribute::header(&payload, &want, Some(&[7u8; 32])).unwrap()).unwrap();
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        let up = Upstream { addr: "127.0.0.1".into(), port, name: "n".into(), token: hex::encode([0u8; 32]) };
+        let json = serde_json::to_vec(&up).unwrap();
+        op.write_all(&PULL.to_le_bytes()).unwrap();
+        op.write_all(&(json.len() as u64).to_le_bytes()).unwrap();
+        op.write_all(&json).unwrap();
+        let lost: serde_json::Value = loop {
+            line.clear();
+            lines.read_line(&mut line).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v.get("progress").is_none() {
+                break v;
+            }
+        };
+        assert!(served.load(Ordering::SeqCst));
+        // Damaged chunk or closed stream, whichever the agent noticed first: either way the relay
+        // is reported, by address.
+        assert!(lost["lost"].as_str().unwrap().contains("pulling from 127.0.0.1"), "{lost}");
+        let missing: Vec<u64> = serde_json::from_value(lost["missing"].clone()).unwrap();
+        // The 5 good chunks stayed; the damaged one is asked for again.
+        assert_eq!(missing.len(), want.len() - 5, "{missing:?}");
+        // The operator sends the rest itself.
+        for &n in &missing {
+            let (s, e) = payload.chunk_range(n);
+            let mut c = vec![0u8; (e - s) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(payload.file(), &mut c, s).unwrap();
+            op.write_all(&n.to_le_bytes()).unwrap();
+            op.write_all(&c).unwrap();
+        }
+        op.write_all(&END.to_le_bytes()).unwrap();
+        line.clear();
+        lines.read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":true"), "{line}");
+        let got = agent.join().unwrap().unwrap();
+        assert_eq!(got.chunks as usize, want.len() + 1, "5 + 1 damaged from the relay, the rest from the operator");
+        let copy = Payload::open(&dir.path().join("node/installer")).unwrap();
+        copy.verify_chunks(&|_| {}).unwrap();
+    }
+
+    /// A listener refuses a wrong token and a reused one before sending any chunk.
+    #[test]
+    fn the_relay_listener_wants_a_fresh_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = build(dir.path());
+        let payload = Arc::new(Payload::open(&path).unwrap());
+        let want: Vec<u64> = (0..payload.chunk_count()).collect();
+        let shelf = Arc::new(crate::agent::relay::Shelf::new(payload.chunk_count(), &want, &[]));
+        let secret = [9u8; 32];
+        let l = crate::agent::relay::serve("127.0.0.1".parse().unwrap(), secret, payload.clone(), shelf).unwrap();
+        let asked: std::collections::BTreeSet<u64> = [0, 1].into();
+        let up = |token: [u8; 32]| Upstream {
+            addr: "127.0.0.1".into(),
+            port: l.port,
+            name: "n".into(),
+            token: hex::encode(token),
+        };
+        let err = crate::agent::relay::connect(&up([1u8; 32]), &asked).unwrap_err();
+        assert!(format!("{err:#}").contains("wrong token"), "{err:#}");
+        let good = token(&secret, "n");
+        let mut s = crate::agent::relay::connect(&up(good), &asked).unwrap();
+        let mut first = [0u8; 8];
+        std::io::Read::read_exact(&mut s, &mut first).unwrap();
+        assert_eq!(u64::from_le_bytes(first), 0);
+        let err = crate::agent::relay::connect(&up(good), &asked).unwrap_err();
+        assert!(format!("{err:#}").contains("already used"), "{err:#}");
+    }
+
+    #[test]
+    fn chains_put_the_biggest_wants_first_and_respect_subsets() {
+        let all: Vec<u64> = (0..10).collect();
+        let node: Vec<u64> = (0..4).collect();
+        // Host 0 a worker, host 1 the registry, hosts 2 and 3 workers.
+        let wants = vec![node.clone(), all.clone(), node.clone(), node.clone()];
+        assert_eq!(plan(&wants, 1), vec![Some(1), None, Some(0), Some(2)]);
+        assert_eq!(plan(&wants, 0), vec![None; 4]);
+        // Two chains: the registry and the first worker are fed by the operator.
+        assert_eq!(plan(&wants, 2), vec![None, None, Some(1), Some(0)]);
+        // A host whose wants no tail covers starts its own chain.
+        let odd: Vec<u64> = vec![20];
+        assert_eq!(plan(&[all.clone(), odd], 1), vec![None, None]);
+        // Nothing wanted (already delivered): not part of any chain.
+        assert_eq!(plan(&[all, vec![]], 1), vec![None, None]);
+    }
+}

@@ -1,0 +1,79 @@
+//! Test installers for `installer run` on the lab: a rootfs carrying this machine's Debian
+//! containerd, shim, ctr and runc with containerd's systemd unit, a busybox image built offline
+//! with umoci (`docker.io/library/app:1`, with a `/hello` file), and a file of random padding so
+//! distribution has something to carry.
+
+use crate::registry::Layout;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A built, signed test installer and its key, in a directory that lives as long as it does.
+pub struct RunBundle {
+    /// Keeps the directory.
+    pub dir: tempfile::TempDir,
+    /// The installer.
+    pub installer: PathBuf,
+    /// The vendor's public key.
+    pub public_key: PathBuf,
+    /// The padding's bytes' SHA-256, hex (the file is `/opt/ferry-test/pad.bin` on the nodes,
+    /// `files/opt/ferry-test/pad.bin` in the installer).
+    pub pad_sha256: String,
+}
+
+fn copy(from: &str, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copying {from}: {e} (apt-get install containerd runc)"));
+}
+
+/// Builds the installer `name` with `pad_mib` MiB of padding (deterministic pseudo-random bytes).
+pub fn run_bundle(name: &str, pad_mib: usize) -> RunBundle {
+    let dir = tempfile::Builder::new().prefix("ferry-run-").tempdir().unwrap();
+    let d = dir.path();
+    let rootfs = d.join("rootfs");
+    for (from, to) in [
+        ("/usr/bin/containerd", "usr/bin/containerd"),
+        ("/usr/bin/containerd-shim-runc-v2", "usr/bin/containerd-shim-runc-v2"),
+        ("/usr/bin/ctr", "usr/bin/ctr"),
+        ("/usr/sbin/runc", "usr/sbin/runc"),
+        ("/lib/systemd/system/containerd.service", "etc/systemd/system/containerd.service"),
+    ] {
+        copy(from, &rootfs.join(to));
+    }
+    let layout = Layout::init(&d.join("layout"));
+    layout.image("1", &[("/bin/busybox", None), ("/hello", Some(b"hello from the bundle\n"))], "amd64");
+    let mut pad = vec![0u8; pad_mib << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for c in pad.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    std::fs::write(d.join("pad.bin"), &pad).unwrap();
+    let pad_sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&pad))
+    };
+    drop(pad);
+    std::fs::write(
+        d.join("bundle.yaml"),
+        format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: {name}, version: 1.0.0}}\nspec:\n  kubernetes: {{version: v1.33.4}}\n  platforms: [linux/amd64]\n  rootfs: [{{path: rootfs}}]\n  files: [{{path: pad.bin, dest: /opt/ferry-test/pad.bin}}]\n  images:\n    - {{ref: docker.io/library/app:1, source: \"oci:layout:1\"}}\n"
+        ),
+    )
+    .unwrap();
+    let ferry = crate::release_bin("ferry");
+    crate::ok(Command::new(&ferry).arg("keygen").arg("-o").arg(d.join("vendor")));
+    let installer = d.join("installer");
+    crate::ok(
+        Command::new(&ferry)
+            .arg("build")
+            .arg(d.join("bundle.yaml"))
+            .arg("-o")
+            .arg(&installer)
+            .arg("--key")
+            .arg(d.join("vendor.key"))
+            .args(["--offline", "--allow-missing-images"]),
+    );
+    RunBundle { public_key: d.join("vendor.pub"), installer, pad_sha256, dir }
+}
