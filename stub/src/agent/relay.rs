@@ -23,7 +23,7 @@ use payload_format::Payload;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashSet};
 use std::io::{BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -235,8 +235,12 @@ pub struct Upstream {
 /// Connects to `up` and asks for `chunks`; returns the stream of frames once the relay has
 /// accepted, with a read timeout that turns a silent relay into an error.
 pub fn connect(up: &Upstream, chunks: &BTreeSet<u64>) -> Result<BufReader<TcpStream>> {
-    let ip: IpAddr = up.addr.parse().with_context(|| format!("relay address `{}`", up.addr))?;
-    let conn = TcpStream::connect_timeout(&SocketAddr::new(ip, up.port), Duration::from_secs(10))
+    let addr: SocketAddr = (up.addr.as_str(), up.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("relay address `{}` does not resolve", up.addr))?;
+    let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
         .with_context(|| format!("connecting to the relay at {}:{}", up.addr, up.port))?;
     conn.set_read_timeout(Some(SILENCE_LIMIT))?;
     conn.set_write_timeout(Some(SILENCE_LIMIT))?;

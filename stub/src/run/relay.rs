@@ -174,20 +174,22 @@ pub async fn session<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, want: &[u64], bo
     }
     let relaying = board.parent.iter().any(|p| p.is_some());
     if relaying {
-        cmd.push_str(&format!(" --relay-listen {}", quote(&board.addrs[i])));
+        // A host named rather than numbered listens on every address; its token still guards it.
+        let bind = board.addrs[i].parse::<std::net::IpAddr>().map(|ip| ip.to_string()).unwrap_or("0.0.0.0".into());
+        cmd.push_str(&format!(" --relay-listen {}", quote(&bind)));
     }
     let exec = h.open(&cmd).await.context("starting agent receive")?;
     let crate::ssh::Exec { mut stdin, stdout, finished } = exec;
     let mut reader = tokio::io::BufReader::new(stdout);
-    let result = async {
+    let active = async {
         let secret = relaying.then_some(&board.secrets[i]);
         stdin.write_all(&distribute::header(&ctx.payload, want, secret)?).await?;
         stdin.flush().await?;
         let answer = read_answer(&mut reader, want).await?;
         board.ports[i].send_replace(answer.relay_port.map(Port::Ready).unwrap_or(Port::Gone));
         feed(ctx, h.addr(), i, board, answer.missing, total, &mut reader, &mut stdin).await
-    }
-    .await;
+    };
+    let result = tokio::time::timeout(ctx.phase_timeout, active).await.unwrap_or_else(|_| Err(anyhow!("timed out")));
     let delivered = match result {
         Ok(d) => d,
         Err(err) => {
@@ -205,6 +207,15 @@ pub async fn session<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, want: &[u64], bo
     // Done: serve downstream hosts until every session has ended.
     ending.done = true;
     drop(ending);
+    if board.parent.contains(&Some(i)) {
+        ctx.rep.event(
+            h.addr(),
+            "distribute",
+            "progress",
+            "complete; relaying to the hosts behind it",
+            serde_json::json!({"complete": true}),
+        );
+    }
     let mut ended = board.ended.subscribe();
     let n = board.addrs.len();
     let _ = ended.wait_for(|e| *e >= n).await;
