@@ -25,32 +25,9 @@ export FERRY_OFFLINE=1 FERRY_ALLOW_MISSING_IMAGES=1
 
 # Bundle: Debian's containerd/runc (the run prepares nodes after delivering), a busybox image,
 # and MB of incompressible files that every host receives.
-mkdir -p "$W/b/rootfs/usr/bin" "$W/b/rootfs/usr/sbin" "$W/b/rootfs/etc/systemd/system"
-cp /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 /usr/bin/ctr "$W/b/rootfs/usr/bin/"
-cp /usr/sbin/runc "$W/b/rootfs/usr/sbin/"
-cp /lib/systemd/system/containerd.service "$W/b/rootfs/etc/systemd/system/"
-umoci init --layout "$W/b/layout" >/dev/null
-umoci new --image "$W/b/layout:1" >/dev/null
-mkdir -p "$W/img/bin" && cp /bin/busybox "$W/img/bin/" && tar -C "$W/img" -cf "$W/layer.tar" .
-umoci raw add-layer --image "$W/b/layout:1" "$W/layer.tar" >/dev/null
-umoci config --image "$W/b/layout:1" --os linux --architecture amd64 --config.cmd /bin/sh >/dev/null
-pad_mb=$((MB - 80)); [ "$pad_mb" -gt 0 ] || pad_mb=$MB
-head -c $((pad_mb << 20)) /dev/urandom > "$W/b/pad.bin"
-cat > "$W/b/bundle.yaml" <<YAML
-apiVersion: ferry.dev/v1alpha1
-kind: Bundle
-metadata: {name: bench-relay, version: 1.0.0}
-spec:
-  kubernetes: {version: v1.33.4}
-  platforms: [linux/amd64]
-  rootfs: [{path: rootfs}]
-  files: [{path: pad.bin, dest: /opt/bench/pad.bin}]
-  images:
-    - {ref: docker.io/library/app:1, source: "oci:layout:1"}
-YAML
-"$FERRY" keygen -o "$W/vendor" >/dev/null
-"$FERRY" build "$W/b/bundle.yaml" -o "$W/installer" --key "$W/vendor.key" >/dev/null
-rm -f "$W/b/pad.bin"
+pad_mb=$((MB - 45)); [ "$pad_mb" -gt 0 ] || pad_mb=$MB
+. "$ROOT/scripts/lib/run-bundle.sh"
+make_run_bundle "$W" bench-relay "$pad_mb"
 echo "relay.installer_mib: $(( $(stat -c %s "$W/installer") >> 20 ))"
 echo "relay.link_rate: $RATE"
 

@@ -11,30 +11,8 @@ trap '"$TH" down >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
 [ -x "$FERRY" ] || (cd "$ROOT" && cargo build --release >&2)
 
 # Bundle: Debian's containerd/runc, a busybox image, and ~480 MB of incompressible files.
-mkdir -p "$W/b/rootfs/usr/bin" "$W/b/rootfs/usr/sbin" "$W/b/rootfs/etc/systemd/system"
-cp /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 /usr/bin/ctr "$W/b/rootfs/usr/bin/"
-cp /usr/sbin/runc "$W/b/rootfs/usr/sbin/"
-cp /lib/systemd/system/containerd.service "$W/b/rootfs/etc/systemd/system/"
-umoci init --layout "$W/b/layout" >/dev/null
-umoci new --image "$W/b/layout:1" >/dev/null
-mkdir -p "$W/img/bin" && cp /bin/busybox "$W/img/bin/" && tar -C "$W/img" -cf "$W/layer.tar" .
-umoci raw add-layer --image "$W/b/layout:1" "$W/layer.tar" >/dev/null
-umoci config --image "$W/b/layout:1" --os linux --architecture amd64 --config.cmd /bin/sh >/dev/null
-head -c $((480 << 20)) /dev/urandom > "$W/b/pad.bin"
-cat > "$W/b/bundle.yaml" <<YAML
-apiVersion: ferry.dev/v1alpha1
-kind: Bundle
-metadata: {name: bench-run, version: 1.0.0}
-spec:
-  kubernetes: {version: v1.33.4}
-  platforms: [linux/amd64]
-  rootfs: [{path: rootfs}]
-  files: [{path: pad.bin, dest: /opt/bench/pad.bin}]
-  images:
-    - {ref: docker.io/library/app:1, source: "oci:layout:1"}
-YAML
-"$FERRY" keygen -o "$W/vendor" >/dev/null
-"$FERRY" build "$W/b/bundle.yaml" -o "$W/installer" --key "$W/vendor.key" --offline --allow-missing-images >/dev/null
+. "$ROOT/scripts/lib/run-bundle.sh"
+make_run_bundle "$W" bench-run 480
 echo "installer_mb: $(( $(stat -c %s "$W/installer") >> 20 ))"
 
 # One lab per machine: take the session lock the lab tests use (tests/src/lab.rs), waiting our
