@@ -227,6 +227,9 @@ pub struct RunArgs {
     /// Print the plan per host and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Set by `join`, not a flag: adding nodes does not run the bundle's launch steps again.
+    #[arg(skip)]
+    pub skip_launch: bool,
     /// Machine-readable events on stdout, one JSON object per line.
     #[arg(long)]
     pub json: bool,

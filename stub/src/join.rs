@@ -7,7 +7,8 @@
 //! master0 makes a fresh bootstrap token and certificate key (`kubeadm token create`,
 //! `kubeadm init phase upload-certs --upload-certs`, so an expired key is simply renewed); the
 //! new hosts join; and when masters were added every node's ferry-lb gets the new backends
-//! (lb.yaml rewritten, SIGHUP via `systemctl reload`).
+//! (lb.yaml rewritten, SIGHUP via `systemctl reload`). The bundle's launch steps are not run
+//! again: joining adds nodes, it does not redeploy the apps.
 
 use crate::cli::ClusterCommandArgs;
 use crate::cluster::{Host, Role};
@@ -66,5 +67,6 @@ pub fn run(mut args: ClusterCommandArgs, quiet: bool, no_progress: bool) -> Resu
     crate::run::control::save_local(&found.local_state, &crate::cluster::to_file(&cluster))?;
     args.run.cluster_file = Some(found.local_state.join("cluster.yaml"));
     args.run.name = None;
+    args.run.skip_launch = true;
     crate::run::run(&args.run, quiet, no_progress)
 }

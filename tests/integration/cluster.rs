@@ -32,7 +32,17 @@ fn bundle() -> &'static Bundle {
         ferry_tests::ok(Command::new(root().join("tests/standins/make-rootfs.sh")).arg(d.join("rootfs")));
         ferry_tests::ok(&mut Command::new(root().join("examples/demo/make-images.sh")));
         ferry_tests::ok(Command::new("cp").arg("-a").arg(root().join("examples/demo/images")).arg(d.join("images")));
-        let mut spec = String::from("apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: cluster-test, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.33.4}\n  platforms: [linux/amd64]\n  rootfs: [{path: rootfs}]\n  images:\n");
+        std::fs::create_dir_all(d.join("manifests/app")).unwrap();
+        std::fs::write(d.join("manifests/namespace.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: apps\n")
+            .unwrap();
+        std::fs::write(
+            d.join("manifests/app/web.yaml"),
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: apps\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: docker.io/library/busybox:1.36}]\n",
+        )
+        .unwrap();
+        let mut spec = String::from("apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: cluster-test, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.33.4}\n  platforms: [linux/amd64]\n  rootfs: [{path: rootfs}]\n  manifests: [{path: manifests}]\n");
+        spec.push_str(LAUNCH);
+        spec.push_str("  images:\n");
         for (r, tag) in [
             ("docker.io/library/busybox:1.36", "busybox-1.36"),
             ("registry.k8s.io/kube-apiserver:v1.33.4", "kube-apiserver-v1.33.4"),
@@ -53,6 +63,34 @@ fn bundle() -> &'static Bundle {
         Bundle { public_key: d.join("vendor.pub"), installer, _dir: dir }
     })
 }
+
+/// The bundle's launch steps: `run` steps leave marks in the stand-ins' calls.log, where the
+/// kubectl stand-in logs its applies, so one file shows the order; step 4 fails on demand.
+const LAUNCH: &str = "  launch:
+    - run: 'echo \"$(date +%s) launch-1 in $PWD with $KUBECONFIG\" >> /var/lib/ferry-standin/calls.log'
+    - manifests: manifests/namespace.yaml
+    - {manifests: manifests/app, namespace: apps}
+    - run: 'test ! -e /var/lib/ferry-standin/fail-launch || { echo \"launch-4 refuses - $(cat /var/lib/ferry-standin/fail-launch)\"; exit 3; }'
+    - run: 'echo \"$(date +%s) launch-5\" >> /var/lib/ferry-standin/calls.log'
+";
+
+/// The launch marks and kubectl applies in master0's calls.log after its first `skip` lines.
+fn launch_trace(lab: &Lab, skip: usize) -> Vec<String> {
+    lab.ssh_ok(Host::Node(1), &format!("tail -n +{} /var/lib/ferry-standin/calls.log", skip + 1))
+        .lines()
+        .filter(|l| l.contains(" launch-") || l.contains(" apply "))
+        .map(|l| l.split_once(' ').map(|(_, rest)| rest).unwrap_or(l).to_string())
+        .collect()
+}
+
+fn calls_len(lab: &Lab, i: usize) -> usize {
+    lab.ssh_ok(Host::Node(i), "wc -l < /var/lib/ferry-standin/calls.log").trim().parse().unwrap()
+}
+
+const APPLIES: [&str; 2] = [
+    "kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f bundle/manifests/namespace.yaml",
+    "kubectl --kubeconfig /etc/kubernetes/admin.conf apply --namespace apps -f bundle/manifests/app",
+];
 
 fn installer(args: &[&str]) -> Output {
     let b = bundle();
@@ -113,7 +151,7 @@ fn assert_args_are_lists(v: &serde_json::Value, whole: &str) -> usize {
 
 /// Leaves the nodes as run.rs's tests leave them or bare: no cluster, no ferry.
 fn wipe(lab: &Lab) {
-    for i in 1..=3 {
+    for i in 1..=lab.hosts() {
         lab.ssh_ok(Host::Node(i), "command -v kubeadm >/dev/null && kubeadm reset -f >/dev/null 2>&1; systemctl disable --now kubelet ferry-lb ferry-registry containerd >/dev/null 2>&1; rm -rf /var/lib/ferry /etc/ferry /etc/kubernetes /var/lib/kubelet /var/lib/ferry-standin /etc/systemd/system/ferry-*.service /etc/containerd /usr/bin/containerd /usr/bin/ctr /usr/bin/containerd-shim-runc-v2 /usr/sbin/runc /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl /etc/systemd/system/containerd.service /etc/systemd/system/kubelet.service*; systemctl daemon-reload; true");
     }
 }
@@ -140,6 +178,18 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     let o = text(&out);
     assert!(o.contains("healthy:"), "{o}");
     eprintln!("run on 1 master + 2 workers took {secs:.1} s");
+    // The launch steps ran in order on master0: from the launch dir with the admin kubeconfig,
+    // kubectl applied the extracted manifests, and the files reached the (stand-in) kubectl.
+    assert_eq!(
+        launch_trace(lab, 0),
+        ["launch-1 in /var/lib/ferry/launch with /etc/kubernetes/admin.conf", APPLIES[0], APPLIES[1], "launch-5"],
+        "{o}"
+    );
+    assert!(lab.ssh_ok(Host::Node(1), "cat /var/lib/ferry-standin/applied/web.yaml").contains("kind: Deployment"));
+    assert!(o.contains("launch step 3 (manifests bundle/manifests/app in namespace apps)"), "{o}");
+    for i in [2, 3] {
+        assert_eq!(lab.ssh_ok(Host::Node(i), "grep -c launch- /var/lib/ferry-standin/calls.log; true"), "0", "node{i}");
+    }
 
     // The generated configs on the hosts parse as YAML and carry the expected fields.
     let init = lab.ssh_ok(Host::Node(1), "cat /etc/ferry/kubeadm/init.yaml");
@@ -236,6 +286,23 @@ fn run_to_green_check_then_red_reset_and_run_again() {
         text(&red)
     );
 
+    // A failing launch step stops the run with its output; the steps after it do not run.
+    let mark = calls_len(lab, 1);
+    lab.ssh_ok(Host::Node(1), "echo 'no apps today' > /var/lib/ferry-standin/fail-launch");
+    let failed = installer(&["run", "-f", inv]);
+    lab.ssh_ok(Host::Node(1), "rm /var/lib/ferry-standin/fail-launch");
+    assert!(!failed.status.success(), "{}", text(&failed));
+    let f = text(&failed);
+    assert!(
+        f.contains(&format!("{m}: launch step 4 (run test ! -e /var/lib/ferry-standin/fail-launch || ")),
+        "names the host and the step:\n{f}"
+    );
+    assert!(f.contains("failed (status 3); its output:\n  launch-4 refuses - no apps today"), "{f}");
+    assert!(!f.contains("healthy:"), "{f}");
+    let trace = launch_trace(lab, mark);
+    assert_eq!(trace.len(), 3, "steps 1-3 ran again, step 5 did not: {trace:?}");
+    assert!(trace[0].starts_with("launch-1 ") && trace[1..] == APPLIES, "{trace:?}");
+
     // A second run changes nothing and is still green.
     let again = installer(&["run", "-f", inv]);
     assert!(again.status.success(), "{}", text(&again));
@@ -252,8 +319,6 @@ fn run_to_green_check_then_red_reset_and_run_again() {
             "node{i} keeps: {left}"
         );
     }
-    let inv_text = std::fs::read_to_string(inv).unwrap();
-    let _ = inv_text;
     let noop = installer(&[
         "reset",
         "--hosts",
@@ -302,73 +367,79 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     assert!(!gone.status.success());
     assert!(text(&gone).contains(&format!("{m}: no ferry cluster here")), "{}", text(&gone));
 
-    // run again on the reset hosts, this time 1 master + 1 worker; then `join` adds node3.
-    // (The join happens on the third lab host rather than a fourth: every lab test of this
-    // binary shares one lab, and run.rs and lab.rs are written for 3 nodes + bastion.)
-    let small = work.path().join("small.yaml");
-    let small_text = std::fs::read_to_string(inv).unwrap().replace(&format!("{w1}, {w2}]"), &format!("{w1}]"));
-    assert!(!small_text.contains(&w2), "{small_text}");
-    std::fs::write(&small, small_text).unwrap();
+    // run again on the reset hosts; then `join` adds the 4th lab host as a worker.
     let t = std::time::Instant::now();
-    let rerun = installer(&["run", "-f", small.to_str().unwrap()]);
+    let rerun = installer(&["run", "-f", inv]);
     assert!(rerun.status.success(), "{}", text(&rerun));
     assert!(text(&rerun).contains("healthy:"), "{}", text(&rerun));
-    eprintln!("run after reset (1 master + 1 worker) took {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!("run after reset (1 master + 2 workers) took {:.1} s", t.elapsed().as_secs_f64());
     let nodes = || {
         lab.ssh_ok(Host::Node(1), "cat /var/lib/ferry-standin/apiserver/nodes/*")
             .lines()
             .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
             .collect::<std::collections::BTreeSet<_>>()
     };
-    assert_eq!(nodes(), [m.clone(), w1.clone()].into_iter().collect(), "the cluster before join");
+    assert_eq!(nodes(), [m.clone(), w1.clone(), w2.clone()].into_iter().collect(), "the cluster before join");
+    let w3 = lab.ip(Host::Node(4));
     assert_eq!(
-        lab.ssh_ok(Host::Node(3), "systemctl is-active kubelet ferry-lb 2>/dev/null; true")
+        lab.ssh_ok(Host::Node(4), "systemctl is-active kubelet ferry-lb 2>/dev/null; true")
             .split_whitespace()
             .collect::<Vec<_>>(),
         ["inactive", "inactive"]
     );
-    let joins_before = |i| {
+    let joins = |i| {
         lab.ssh_ok(Host::Node(i), "grep -c 'kubeadm join' /var/lib/ferry-standin/calls.log; true").trim().to_string()
     };
-    let (m_calls, w1_joins) = (
-        lab.ssh_ok(Host::Node(1), "wc -l < /var/lib/ferry-standin/calls.log").trim().parse::<usize>().unwrap(),
-        joins_before(2),
-    );
+    let (m_calls, w_joins) = (calls_len(lab, 1), [joins(2), joins(3)]);
 
     let t = std::time::Instant::now();
-    let join = installer(&["join", "--workers", &w2]);
+    let join = installer(&["join", "--workers", &w3]);
     let join_secs = t.elapsed().as_secs_f64();
     assert!(join.status.success(), "{}", text(&join));
     assert!(text(&join).contains("healthy:"), "join ends with a green check:\n{}", text(&join));
-    eprintln!("join of 1 worker took {join_secs:.1} s");
-    assert_eq!(nodes(), [m.clone(), w1.clone(), w2.clone()].into_iter().collect(), "the cluster after join");
-    // master0 made fresh join material; node2 was not joined again; node3 joined with a pin of
-    // master0's CA through its own node-local LB.
+    eprintln!("join of a 4th host (worker) took {join_secs:.1} s");
+    assert_eq!(
+        nodes(),
+        [m.clone(), w1.clone(), w2.clone(), w3.clone()].into_iter().collect(),
+        "the cluster after join"
+    );
+    // master0 made fresh join material; the workers were not joined again; node4 joined with a
+    // pin of master0's CA through its own node-local LB, which lists the master.
     let new_calls = lab.ssh_ok(Host::Node(1), &format!("tail -n +{} /var/lib/ferry-standin/calls.log", m_calls + 1));
     assert!(new_calls.contains("kubeadm token create"), "{new_calls}");
     assert!(!new_calls.contains("kubeadm init --"), "{new_calls}");
-    assert_eq!(joins_before(2), w1_joins, "node2 joined again");
-    let join3 = yaml_docs(&lab.ssh_ok(Host::Node(3), "cat /etc/ferry/kubeadm/join.yaml"));
+    assert!(!new_calls.contains(" launch-") && !new_calls.contains(" apply "), "join ran launch steps:\n{new_calls}");
+    assert_eq!([joins(2), joins(3)], w_joins, "node2/node3 joined again");
+    let join4 = yaml_docs(&lab.ssh_ok(Host::Node(4), "cat /etc/ferry/kubeadm/join.yaml"));
     let ca_hash = lab.ssh_ok(Host::Node(1), "openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1");
     assert_eq!(
-        join3[0]["discovery"]["bootstrapToken"]["caCertHashes"],
+        join4[0]["discovery"]["bootstrapToken"]["caCertHashes"],
         serde_json::json!([format!("sha256:{}", ca_hash.trim())])
     );
+    assert_eq!(join4[0]["discovery"]["bootstrapToken"]["apiServerEndpoint"], "apiserver.cluster.local:6444");
     assert_eq!(
-        lab.ssh_ok(Host::Node(3), "systemctl is-active ferry-lb kubelet").split_whitespace().collect::<Vec<_>>(),
+        lab.ssh_ok(Host::Node(4), "systemctl is-active ferry-lb kubelet").split_whitespace().collect::<Vec<_>>(),
         ["active", "active"]
     );
+    assert!(lab.ssh_ok(Host::Node(4), "cat /etc/ferry/lb.yaml").contains(&format!("{m}:6443")));
+    assert!(lab.ssh_ok(Host::Node(4), "grep apiserver.cluster.local /etc/hosts").starts_with("127.0.0.1 "));
     assert!(
-        lab.ssh_ok(Host::Node(1), "cat /etc/ferry/cluster.yaml").contains(&w2),
+        lab.ssh_ok(Host::Node(1), "cat /etc/ferry/cluster.yaml").contains(&w3),
         "the saved description lists the new worker"
     );
     let ok = installer(&["check"]);
     assert!(ok.status.success(), "{}", text(&ok));
+    assert!(text(&ok).contains(&w3), "check covers the joined node:\n{}", text(&ok));
 
     // Leave the shared lab as found: the other lab tests start from bare hosts.
+    reset_all(lab);
+}
+
+/// `installer reset` of the cluster in the local state; every lab node is left bare.
+fn reset_all(lab: &Lab) {
     let reset = installer(&["reset"]);
     assert!(reset.status.success(), "{}", text(&reset));
-    for i in 1..=3 {
+    for i in 1..=lab.hosts() {
         assert_eq!(
             lab.ssh_ok(
                 Host::Node(i),
@@ -390,4 +461,175 @@ fn kubeadm_fragment_with_unknown_fields_is_refused() {
     let out = installer(&["run", "--dry-run", "-f", inv.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(text(&out).contains("notAField"), "{}", text(&out));
+}
+
+/// node4's ferry-lb journal: the first `needle` line logged at or after `since` (epoch
+/// seconds, the lab shares the machine's clock), as its epoch time; polls for up to `limit` s.
+fn lb_logged(lab: &Lab, needle: &str, since: f64, limit: f64) -> f64 {
+    let t0 = std::time::Instant::now();
+    loop {
+        let log = lab.ssh_ok(Host::Node(4), "journalctl -u ferry-lb.service -o short-unix --no-pager -q");
+        let hit = log
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| l.split(' ').next()?.parse::<f64>().ok())
+            .find(|&t| t >= since);
+        if let Some(t) = hit {
+            return t;
+        }
+        assert!(t0.elapsed().as_secs_f64() < limit, "no `{needle}` in node4's ferry-lb log within {limit} s:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `n` requests from node4 through its `installer lb` (127.0.0.1:6444) for the `whoami` file
+/// each master's stand-in apiserver serves; one answer (a hostname, or FAIL) per line.
+const ASK: &str = ". /usr/lib/ferry-standin/lib.sh; i=0; while [ $i -lt $N ]; do a=$(bb_get http://127.0.0.1:6444/whoami) || a=FAIL; echo \"$(date +%s.%N) ${a:-FAIL}\"; i=$((i+1)); done";
+
+fn ask(lab: &Lab, n: usize) -> Vec<(f64, String)> {
+    lab.ssh_ok(Host::Node(4), &format!("N={n}; {ASK}"))
+        .lines()
+        .map(|l| {
+            let (t, a) = l.split_once(' ').unwrap();
+            (t.parse().unwrap(), a.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn ha_three_masters_lb_keeps_answering_while_a_master_dies() {
+    let lab = lab();
+    let _ex = lab.exclusive();
+    wipe(lab);
+    let work = tempfile::tempdir().unwrap();
+    let ips: Vec<String> = (1..=4).map(|i| lab.ip(Host::Node(i))).collect();
+    // node1..3 masters (every master a registry replica by default), node4 a worker.
+    let inv: String = lab
+        .inventory(4)
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("- {ips:"))
+        .map(|l| {
+            if l == "  hosts:" {
+                format!(
+                    "{l}\n    - {{ips: [{}, {}, {}], roles: [master]}}\n    - {{ips: [{}], roles: [worker]}}",
+                    ips[0], ips[1], ips[2], ips[3]
+                )
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let file = work.path().join("ha.yaml");
+    std::fs::write(&file, format!("{inv}\n")).unwrap();
+
+    let t = std::time::Instant::now();
+    let out = installer(&["run", "-f", file.to_str().unwrap()]);
+    let secs = t.elapsed().as_secs_f64();
+    let o = text(&out);
+    assert!(out.status.success(), "{o}");
+    assert!(o.contains("healthy:"), "{o}");
+    eprintln!("run on 3 masters + 1 worker took {secs:.1} s");
+    // Masters joined one at a time (node2 done before node3 started), the worker after them.
+    let events: Vec<(String, String)> = o
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() >= 4 && w[2] == "kubeadm").then(|| (w[1].to_string(), w[3..].join(" ")))
+        })
+        .collect();
+    let at = |host: &str, msg: &str| {
+        events
+            .iter()
+            .position(|(h, m)| h == host && m == msg)
+            .unwrap_or_else(|| panic!("no kubeadm event `{msg}` for {host}: {events:?}"))
+    };
+    assert!(at(&ips[0], "control plane initialised") < at(&ips[1], "kubeadm join (control plane)"), "{events:?}");
+    assert!(at(&ips[1], "joined") < at(&ips[2], "kubeadm join (control plane)"), "{events:?}");
+    assert!(at(&ips[2], "joined") < at(&ips[3], "kubeadm join"), "{events:?}");
+    let roles = lab.ssh_ok(Host::Node(1), "cat /var/lib/ferry-standin/apiserver/nodes/*");
+    assert_eq!(roles.matches(" control-plane").count(), 3, "{roles}");
+    let backends: Vec<String> = ips[..3].iter().map(|ip| format!("{ip}:6443")).collect();
+    let lb = lab.ssh_ok(Host::Node(4), "cat /etc/ferry/lb.yaml");
+    assert!(backends.iter().all(|b| lb.contains(b.as_str())), "{lb}");
+
+    // Each master's stand-in apiserver tells who it is; node4's LB spreads over all three.
+    for i in 1..=3 {
+        lab.ssh_ok(Host::Node(i), "hostname > /var/lib/ferry-standin/apiserver/www/whoami");
+    }
+    let names =
+        |answers: &[(f64, String)]| answers.iter().map(|(_, a)| a.clone()).collect::<std::collections::BTreeSet<_>>();
+    let all: std::collections::BTreeSet<String> = ["node1", "node2", "node3"].map(String::from).into_iter().collect();
+    assert_eq!(names(&ask(lab, 12)), all);
+
+    // node2's apiserver dies (its kubelet, which runs it, stops) with no client traffic: only
+    // the LB's health check (every 2 s on the lab) can notice. Times are the hosts' clock (the
+    // lab's hosts share this machine's); `before`/`after` bracket the moment it died.
+    const INTERVAL: f64 = 2.0;
+    const SLACK: f64 = 1.0;
+    let bracket = |i: usize, cmd: &str| -> (f64, f64) {
+        let out =
+            lab.ssh_ok(Host::Node(i), &format!(". /usr/lib/ferry-standin/lib.sh; date +%s.%N; {cmd}; date +%s.%N"));
+        let t: Vec<f64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (t[0], t[t.len() - 1])
+    };
+    let (before, after) = bracket(2, "systemctl stop kubelet; ! bb_get http://127.0.0.1:6443/readyz");
+    let out_at = lb_logged(lab, &format!("backend {} is down", backends[1]), before, 15.0);
+    eprintln!(
+        "HA: node2's apiserver taken out of node4's LB {:.2}-{:.2} s after it died (interval {INTERVAL} s)",
+        out_at - after,
+        out_at - before
+    );
+    assert!(out_at - before <= INTERVAL + SLACK, "taken out {:.2} s after the kill began", out_at - before);
+    let during = ask(lab, 30);
+    assert_eq!(names(&during), ["node1", "node3"].map(String::from).into_iter().collect(), "{during:?}");
+
+    // node2 recovers: back in within the interval of its apiserver listening again.
+    let (before, after) = bracket(
+        2,
+        "systemctl start kubelet; i=0; until bb_get http://127.0.0.1:6443/readyz >/dev/null; do i=$((i+1)); [ $i -lt 100 ] || exit 1; sleep 0.1; done",
+    );
+    let back_at = lb_logged(lab, &format!("backend {} is up", backends[1]), before, 15.0);
+    eprintln!(
+        "HA: node2 back in node4's LB {:.2}-{:.2} s after its apiserver came back (start took {:.2} s)",
+        back_at - after,
+        back_at - before,
+        after - before
+    );
+    assert!(back_at - after <= INTERVAL + SLACK, "back {:.2} s after it answered again", back_at - after);
+    assert_eq!(names(&ask(lab, 12)), all);
+
+    // Under client traffic: node3's apiserver dies while node4 keeps asking (for 6 s). Only a
+    // request in flight at the very moment of the kill may be cut; every other is answered.
+    let client = lab
+        .ssh_command("root", Host::Node(4), &[])
+        .arg(format!("end=$(( $(date +%s) + 6 )); while [ $(date +%s) -lt $end ]; do N=1; {ASK}; sleep 0.05; done"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (before, after) = bracket(3, "systemctl stop kubelet");
+    let out = client.wait_with_output().unwrap();
+    let answers: Vec<(f64, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(t, a)| (t.parse().unwrap(), a.to_string())))
+        .collect();
+    let failed: Vec<&(f64, String)> = answers.iter().filter(|(_, a)| !a.starts_with("node")).collect();
+    let cut = failed.iter().filter(|(t, _)| *t >= before && *t <= after + 0.2).count();
+    assert!(failed.len() == cut && cut <= 1, "requests failed while node3 died ({before:.2}-{after:.2}): {answers:?}");
+    let (pre, post): (Vec<_>, Vec<_>) = answers.iter().partition(|(t, _)| *t < before);
+    assert!(pre.len() >= 5 && pre.iter().any(|(_, a)| a == "node3"), "{answers:?}");
+    assert!(
+        post.len() >= 10 && post.iter().filter(|(t, _)| *t > after + 0.2).all(|(_, a)| a != "node3"),
+        "{answers:?}"
+    );
+    lab.ssh_ok(Host::Node(3), "systemctl start kubelet");
+    eprintln!(
+        "HA: {} requests through node4's LB, {} after node3's apiserver died, {} cut at the kill",
+        answers.len(),
+        post.len(),
+        cut
+    );
+
+    reset_all(lab);
 }

@@ -732,7 +732,9 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     let t_kubeadm = t4.elapsed();
     let t5 = Instant::now();
     let m0 = ctx.cluster.hosts.iter().position(|h| h.is(Role::Master)).expect("resolve() guarantees a master");
-    crate::launch::run_steps(&ctx, hosts[m0].as_ref()).await?;
+    if !args.skip_launch {
+        crate::launch::run_steps(&ctx, hosts[m0].as_ref()).await?;
+    }
     let t_launch = t5.elapsed();
     ctx.rep.finish();
     let total: u64 = hosts.iter().map(|h| h.bytes_sent()).sum();
