@@ -52,7 +52,7 @@ field() { python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(eva
 # Every host back to bare for the next delivery (the copy, the agent's state, ferry's services).
 wipe() {
   for i in $(seq 1 8); do
-    "$TH" ssh "$i" 'systemctl disable --now ferry-registry containerd >/dev/null 2>&1; rm -rf /var/lib/ferry /var/tmp/installer.scp' >/dev/null 2>&1 || true
+    "$TH" ssh "$i" 'systemctl disable --now ferry-registry containerd >/dev/null 2>&1; rm -rf /var/lib/ferry /var/tmp/installer.scp /opt/bench /etc/containerd /etc/systemd/system/ferry-registry.service /etc/systemd/system/containerd.service /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 /usr/bin/ctr /usr/sbin/runc; systemctl daemon-reload' >/dev/null 2>&1 || true
   done
   rm -rf "$W/.ferry"
 }
@@ -60,7 +60,10 @@ wipe() {
 for n in "${NS[@]}"; do
   wipe
   "$TH" inventory --nodes "$n" > "$W/cluster-$n.yaml"
-  "$W/installer" --no-progress run --json -f "$W/cluster-$n.yaml" --trusted-key "$W/vendor.pub" > "$W/run-$n.json"
+  if ! "$W/installer" --no-progress run --json -f "$W/cluster-$n.yaml" --trusted-key "$W/vendor.pub" > "$W/run-$n.json"; then
+    grep -v '"event":"progress"' "$W/run-$n.json" | tail -20 >&2
+    exit 1
+  fi
   s=$(grep '"event":"summary"' "$W/run-$n.json" | tail -1)
   ferry_s=$(echo "$s" | field "['seconds']['distribute']")
   echo "relay.ferry_n${n}_seconds: $ferry_s"
