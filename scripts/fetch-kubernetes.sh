@@ -244,6 +244,9 @@ spec:
   platforms: [linux/$ARCH]
   rootfs: [{path: rootfs}]
   manifests: [{path: manifests}]
+  # Applied on master0 once kubeadm is done: without a CNI no node becomes Ready.
+  launch:
+    - manifests: manifests/kube-flannel.yml
 EOF
 rm -rf "$DL"
 echo "done: $OUT/bundle.yaml — build it with: ferry build $OUT/bundle.yaml -o installer --key vendor.key"
