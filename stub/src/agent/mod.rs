@@ -56,6 +56,9 @@ pub struct Facts {
     pub swap_bytes: u64,
     /// TCP ports in LISTEN state.
     pub listening: Vec<u16>,
+    /// Who listens on each of those ports (`comm (pid N)`), where /proc tells.
+    #[serde(default)]
+    pub listeners: BTreeMap<u16, String>,
     /// Container runtimes or kubelets already present (paths or sockets).
     pub runtimes: Vec<String>,
     /// Tools from the asked list that are missing from PATH.
@@ -106,22 +109,62 @@ fn in_path(tool: &str) -> bool {
         .any(|d| Path::new(d).join(tool).exists())
 }
 
-fn listening_ports() -> Vec<u16> {
+/// TCP ports in LISTEN state, with the socket inodes listening on each.
+fn listening_ports() -> (Vec<u16>, Vec<(u16, u64)>) {
     let mut ports = Vec::new();
+    let mut inodes = Vec::new();
     for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
         for line in read(f).lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 3
+            if cols.len() > 9
                 && cols[3] == "0A"
                 && let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
             {
                 ports.push(port);
+                if let Ok(ino) = cols[9].parse::<u64>()
+                    && ino != 0
+                {
+                    inodes.push((port, ino));
+                }
             }
         }
     }
     ports.sort();
     ports.dedup();
-    ports
+    (ports, inodes)
+}
+
+/// The process holding each listening socket, as `comm (pid N)`: found by matching the
+/// sockets' inodes against every process's open descriptors (`socket:[INODE]`).
+fn port_owners(inodes: &[(u16, u64)]) -> BTreeMap<u16, String> {
+    let mut out = BTreeMap::new();
+    if inodes.is_empty() {
+        return out;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let name = p.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+            let Some(ino) =
+                link.to_str().and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            for (port, _) in inodes.iter().filter(|(_, i)| *i == ino) {
+                out.entry(*port).or_insert_with(|| {
+                    let comm = read(&format!("/proc/{pid}/comm")).trim().to_string();
+                    format!("{comm} (pid {pid})")
+                });
+            }
+        }
+        if inodes.iter().all(|(port, _)| out.contains_key(port)) {
+            break;
+        }
+    }
+    out
 }
 
 /// MACs of this network namespace's interfaces. Names come from /proc/net/dev and addresses
@@ -202,6 +245,8 @@ pub fn facts(tools: &[String]) -> Facts {
             runtimes.push(p.to_string());
         }
     }
+    let (listening, inodes) = listening_ports();
+    let listeners = port_owners(&inodes);
     let ferry_registry_active = std::process::Command::new("systemctl")
         .args(["is-active", "--quiet", "ferry-registry.service"])
         .status()
@@ -224,7 +269,8 @@ pub fn facts(tools: &[String]) -> Facts {
             .unwrap_or(0),
         disk_free: free_space(Path::new(FERRY_DIR)),
         swap_bytes,
-        listening: listening_ports(),
+        listening,
+        listeners,
         runtimes,
         tools_missing: tools.iter().filter(|t| !in_path(t)).cloned().collect(),
         installer: trailer_id(Path::new(INSTALLER_PATH)),
@@ -354,6 +400,15 @@ mod tests {
         assert_eq!(f.arch, std::env::consts::ARCH);
         assert!(f.cpus >= 1 && f.mem_bytes > 0 && f.time_ms > 0);
         assert_eq!(f.tools_missing, ["surely-not-a-tool"]);
+    }
+
+    #[test]
+    fn a_listening_port_names_its_process() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let f = facts(&[]);
+        assert!(f.listening.contains(&port), "{:?}", f.listening);
+        assert!(f.listeners[&port].ends_with(&format!("(pid {})", std::process::id())), "{:?}", f.listeners);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! Owns the orchestration: resolve the cluster, connect (bounded parallelism, timeouts,
 //! keepalives), then the phases, each on every host in parallel:
 //!
-//! 1. **preflight**: place ferry's agent under /var/lib/ferry (only if missing or different;
-//!    nothing else on the host changes), gather [`Facts`], judge them all, print one table of
-//!    every problem on every host, stop on any error;
+//! 1. **preflight**: connect, stage ferry's agent in a private directory under /run (only if
+//!    /var/lib/ferry/agent is missing or different, see [`Stage`]), gather [`Facts`], judge them
+//!    all, print one table of every problem on every host (unreachable ones included), stop on
+//!    any error, removing what it staged: a failed preflight changes nothing on any host. When it
+//!    passes, the staged agents move to /var/lib/ferry/agent;
 //! 2. **distribute**: stream the chunks each host needs into `agent receive` over one exec
 //!    channel (nodes: program + rootfs/bundle/files; registry hosts: the whole installer);
 //! 3. **prepare**: `agent prepare` with a small JSON plan;
@@ -195,10 +197,68 @@ pub struct Surveyed {
     pub skew_ms: i64,
     /// Records on the host for this cluster.
     pub state: BTreeMap<String, Record>,
+    /// The private directory holding the agent preflight ran, when the host had no agent of
+    /// this build yet ([`Stage::dir`]).
+    pub staged: Option<String>,
 }
 
-/// Preflight on one host: arch probe, agent placement, facts, state.
-pub async fn survey<H: RemoteHost>(ctx: &Ctx, h: &H, tools: &[String]) -> Result<Surveyed> {
+/// Where preflight puts ferry's agent on a host that lacks it: a private directory named for
+/// this run, in /run (root's tmpfs, gone at reboot) or else /tmp. Nothing under /var/lib/ferry
+/// changes before preflight passes: then the agent moves there ([`Stage::settle_cmd`]); if it
+/// fails, the directory is removed ([`Stage::cleanup_cmd`]).
+#[derive(Clone, Debug)]
+pub struct Stage {
+    id: String,
+}
+
+impl Stage {
+    /// A name unique to this run.
+    pub fn new() -> Stage {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        Stage { id: format!("{:x}{:x}", nanos, std::process::id()) }
+    }
+
+    fn dirs(&self) -> [String; 2] {
+        [format!("/run/ferry-preflight.{}", self.id), format!("/tmp/ferry-preflight.{}", self.id)]
+    }
+
+    /// Receives the agent on stdin; prints the directory and the agent's sha256.
+    fn place_cmd(&self) -> String {
+        let [run, tmp] = self.dirs();
+        // mkdir (not -p) fails on anything already there, so nothing is followed or reused.
+        format!(
+            "umask 077; d=; for x in {run} {tmp}; do mkdir -m 0700 \"$x\" 2>/dev/null && d=$x && break; done; \
+             [ -n \"$d\" ] || {{ echo 'cannot make a private directory in /run or /tmp' >&2; exit 1; }}; \
+             if cat > \"$d/agent\" && chmod 0700 \"$d/agent\"; then echo \"$d\"; sha256sum \"$d/agent\" | cut -d' ' -f1; \
+             else rm -rf \"$d\"; exit 1; fi"
+        )
+    }
+
+    /// Removes whatever this run staged on a host.
+    pub fn cleanup_cmd(&self) -> String {
+        let [run, tmp] = self.dirs();
+        format!("rm -rf {run} {tmp}")
+    }
+
+    /// Moves the staged agent to its place; prints its sha256.
+    fn settle_cmd(&self, dir: &str) -> String {
+        let f = crate::agent::FERRY_DIR;
+        format!(
+            "umask 077 && mkdir -p {f} && cp {dir}/agent {f}/.agent.tmp && chmod 0700 {f}/.agent.tmp && mv -f {f}/.agent.tmp {AGENT_PATH} && rm -rf {dir} && sha256sum {AGENT_PATH} | cut -d' ' -f1"
+        )
+    }
+}
+
+impl Default for Stage {
+    fn default() -> Self {
+        Stage::new()
+    }
+}
+
+/// Preflight on one host: arch probe, the agent (staged if missing, see [`Stage`]), facts, state.
+/// Changes nothing on the host but the staged directory.
+pub async fn survey<H: RemoteHost>(ctx: &Ctx, h: &H, tools: &[String], stage: &Stage) -> Result<Surveyed> {
     let probe = checked(
         h,
         &format!("uname -m; (sha256sum {AGENT_PATH} 2>/dev/null || echo none) | cut -d' ' -f1"),
@@ -223,30 +283,50 @@ pub async fn survey<H: RemoteHost>(ctx: &Ctx, h: &H, tools: &[String]) -> Result
             },
             skew_ms: 0,
             state: BTreeMap::new(),
+            staged: None,
         });
     }
-    if agent_sha != ctx.stub_sha {
-        ctx.rep.event(h.addr(), "preflight", "progress", "placing ferry's agent", serde_json::json!({}));
-        let dir = crate::agent::FERRY_DIR;
-        let cmd = format!(
-            "umask 077 && mkdir -p {dir} && cat > {dir}/.agent.tmp && chmod 0700 {dir}/.agent.tmp && mv -f {dir}/.agent.tmp {AGENT_PATH} && sha256sum {AGENT_PATH} | cut -d' ' -f1"
-        );
-        let out = checked(h, &cmd, &ctx.stub, "placing the agent").await?;
-        if out.text().trim() != ctx.stub_sha {
-            bail!("the agent arrived damaged (sha256 {} instead of {})", out.text().trim(), ctx.stub_sha);
+    let (agent, staged) = if agent_sha == ctx.stub_sha {
+        (AGENT_PATH.to_string(), None)
+    } else {
+        ctx.rep.event(h.addr(), "preflight", "progress", "staging ferry's agent", serde_json::json!({}));
+        let out = checked(h, &stage.place_cmd(), &ctx.stub, "staging the agent").await?;
+        let text = out.text();
+        let mut lines = text.lines();
+        let dir = lines.next().unwrap_or("").trim().to_string();
+        let sha = lines.next().unwrap_or("").trim().to_string();
+        if !stage.dirs().contains(&dir) {
+            let _ = h.run(&stage.cleanup_cmd(), b"").await;
+            bail!("staging the agent printed {text:?}, not one of {:?}", stage.dirs());
+        }
+        if sha != ctx.stub_sha {
+            let _ = h.run(&stage.cleanup_cmd(), b"").await;
+            bail!("the agent arrived damaged (sha256 {sha} instead of {})", ctx.stub_sha);
+        }
+        (format!("{dir}/agent"), Some(dir))
+    };
+    let facts_and_state = async {
+        let before = now_ms();
+        let out =
+            checked(h, &format!("{agent} agent facts --tools {}", quote(&tools.join(","))), b"", "agent facts").await?;
+        let after = now_ms();
+        let facts: Facts = serde_json::from_slice(&out.stdout).context("reading the agent's facts")?;
+        let skew_ms = (before + after) / 2 - facts.time_ms as i64;
+        let out =
+            checked(h, &format!("{agent} agent state --cluster {}", quote(&ctx.cluster.name)), b"", "agent state")
+                .await?;
+        let state = serde_json::from_slice(&out.stdout).context("reading the agent's state")?;
+        Ok::<_, anyhow::Error>((facts, skew_ms, state))
+    };
+    match facts_and_state.await {
+        Ok((facts, skew_ms, state)) => Ok(Surveyed { facts, skew_ms, state, staged }),
+        Err(e) => {
+            if staged.is_some() {
+                let _ = h.run(&stage.cleanup_cmd(), b"").await;
+            }
+            Err(e)
         }
     }
-    let before = now_ms();
-    let out = checked(h, &format!("{AGENT_PATH} agent facts --tools {}", quote(&tools.join(","))), b"", "agent facts")
-        .await?;
-    let after = now_ms();
-    let facts: Facts = serde_json::from_slice(&out.stdout).context("reading the agent's facts")?;
-    let skew_ms = (before + after) / 2 - facts.time_ms as i64;
-    let out =
-        checked(h, &format!("{AGENT_PATH} agent state --cluster {}", quote(&ctx.cluster.name)), b"", "agent state")
-            .await?;
-    let state = serde_json::from_slice(&out.stdout).context("reading the agent's state")?;
-    Ok(Surveyed { facts, skew_ms, state })
 }
 
 fn done(state: &BTreeMap<String, Record>, phase: &str, id: &str) -> bool {
@@ -317,7 +397,7 @@ fn print_plan(ctx: &Ctx) {
         let plan = prepare_plan(ctx, h);
         let (want, bytes, rootfs) = host_plan(&ctx.payload, h);
         s.push_str(&format!(
-            "  {} [{}] as {}@{}:{}{}\n    preflight: agent to {AGENT_PATH}, facts\n    distribute: {} chunks ({}) to {INSTALLER_PATH}{}\n    prepare: rootfs ({}), containerd via {}, sysctls, swap off, /etc/hosts\n{}",
+            "  {} [{}] as {}@{}:{}{}\n    preflight: facts (agent staged under /run, moved to {AGENT_PATH} once every host passes)\n    distribute: {} chunks ({}) to {INSTALLER_PATH}{}\n    prepare: rootfs ({}), containerd via {}, sysctls, swap off, /etc/hosts\n{}",
             h.ip,
             h.role_names(),
             h.ssh.user,
@@ -442,21 +522,23 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         }
     })
     .await;
-    let mut hosts: Vec<Arc<SshHost>> = Vec::new();
+    // A host that cannot be reached, logged in to or made root on is a row of the preflight
+    // table; the other hosts are still checked, so one run shows every problem on every host.
+    let mut connected: Vec<Option<Arc<SshHost>>> = Vec::new();
     let mut problems = Vec::new();
     for (i, c) in conns.into_iter().enumerate() {
         match c {
-            Ok(h) => hosts.push(h),
-            Err(e) => problems.push(preflight::Problem {
-                host: ctx.cluster.hosts[i].ip.clone(),
-                severity: preflight::Severity::Error,
-                check: "ssh".into(),
-                message: format!("{e:#}"),
-            }),
+            Ok(h) => connected.push(Some(h)),
+            Err(e) => {
+                problems.push(preflight::Problem {
+                    host: ctx.cluster.hosts[i].ip.clone(),
+                    severity: preflight::Severity::Error,
+                    check: "ssh".into(),
+                    message: format!("{e:#}"),
+                });
+                connected.push(None);
+            }
         }
-    }
-    if !problems.is_empty() {
-        return stop_with(&ctx, problems, "connect");
     }
 
     // Preflight.
@@ -469,21 +551,26 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         })
         .map(|t| t.to_string())
         .collect();
+    let stage = Stage::new();
     let surveys = parallel(n, args.parallel, |i| {
-        let (ctx, h, tools) = (ctx.clone(), hosts[i].clone(), tools.clone());
+        let (ctx, h, tools, stage) = (ctx.clone(), connected[i].clone(), tools.clone(), stage.clone());
         async move {
+            let h = h?;
             ctx.rep.event(h.addr(), "preflight", "start", "checking", serde_json::json!({}));
-            tokio::time::timeout(ctx.phase_timeout, survey(&ctx, h.as_ref(), &tools))
-                .await
-                .unwrap_or_else(|_| Err(anyhow!("timed out")))
+            Some(
+                tokio::time::timeout(ctx.phase_timeout, survey(&ctx, h.as_ref(), &tools, &stage))
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow!("timed out"))),
+            )
         }
     })
     .await;
     let mut surveyed = Vec::new();
     for (i, s) in surveys.into_iter().enumerate() {
         match s {
-            Ok(s) => surveyed.push(Some(s)),
-            Err(e) => {
+            None => surveyed.push(None),
+            Some(Ok(s)) => surveyed.push(Some(s)),
+            Some(Err(e)) => {
                 problems.push(preflight::Problem {
                     host: ctx.cluster.hosts[i].ip.clone(),
                     severity: preflight::Severity::Error,
@@ -509,6 +596,15 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         .collect();
     let rules = preflight::Rules {
         arch: std::env::consts::ARCH.into(),
+        platforms: ctx
+            .payload
+            .index()
+            .metadata
+            .extra
+            .get("platforms")
+            .and_then(|p| p.as_array())
+            .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
+            .unwrap_or_default(),
         registry_port: ctx.cluster.registry_port,
         lb_port: LB_PORT,
         force: ctx.force,
@@ -527,8 +623,21 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     problems.retain(|p| !(p.check == "ports" && installed.contains(&p.host)));
     let errors = problems.iter().any(|p| p.severity == preflight::Severity::Error);
     if errors {
+        // Preflight changes nothing: remove the agents it staged (on every host, so a survey that
+        // timed out is cleaned up too).
+        let _ = parallel(n, args.parallel, |i| {
+            let (h, cmd) = (connected[i].clone(), stage.cleanup_cmd());
+            async move {
+                if let Some(h) = h {
+                    let _ = tokio::time::timeout(Duration::from_secs(30), h.run(&cmd, b"")).await;
+                }
+            }
+        })
+        .await;
         return stop_with(&ctx, problems, "preflight");
     }
+    let hosts: Vec<Arc<SshHost>> =
+        connected.into_iter().map(|h| h.expect("no ssh problem, so every host is connected")).collect();
     if !problems.is_empty() {
         ctx.rep.line("problems", &preflight::table(&problems), serde_json::json!({"problems": problems}));
     }
@@ -538,8 +647,24 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         let _ = i;
     }
     let t_preflight = t0.elapsed();
+    let staged: Vec<Option<String>> = surveyed.iter().map(|s| s.as_ref().and_then(|s| s.staged.clone())).collect();
     let states: Arc<Vec<BTreeMap<String, Record>>> =
         Arc::new(surveyed.into_iter().map(|s| s.map(|s| s.state).unwrap_or_default()).collect());
+
+    // Preflight passed: the agents it staged move to their place under /var/lib/ferry.
+    let results = parallel(n, args.parallel, |i| {
+        let (ctx, h, dir, stage) = (ctx.clone(), hosts[i].clone(), staged[i].clone(), stage.clone());
+        async move {
+            let Some(dir) = dir else { return Ok(()) };
+            let out = checked(h.as_ref(), &stage.settle_cmd(&dir), b"", "placing the agent").await?;
+            if out.text().trim() != ctx.stub_sha {
+                bail!("the agent was damaged on the host (sha256 {} instead of {})", out.text().trim(), ctx.stub_sha);
+            }
+            Ok(())
+        }
+    })
+    .await;
+    check_phase(&ctx, "distribute", results)?;
 
     // Distribute.
     let t1 = Instant::now();
@@ -767,7 +892,10 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     report.verdict()
 }
 
-fn stop_with(ctx: &Ctx, problems: Vec<preflight::Problem>, phase: &str) -> Result<()> {
+fn stop_with(ctx: &Ctx, mut problems: Vec<preflight::Problem>, phase: &str) -> Result<()> {
+    // Hosts in cluster order, errors first.
+    let order = |h: &str| ctx.cluster.hosts.iter().position(|c| c.ip == h).unwrap_or(usize::MAX);
+    problems.sort_by(|a, b| (order(&a.host), b.severity, &a.check).cmp(&(order(&b.host), a.severity, &b.check)));
     ctx.rep.finish();
     ctx.rep.line("problems", &preflight::table(&problems), serde_json::json!({"problems": problems}));
     let mut hosts: Vec<&str> =

@@ -44,8 +44,10 @@ pub struct HostFacts<'a> {
 
 /// Limits.
 pub struct Rules {
-    /// `uname -m` the bundle is for.
+    /// `uname -m` the installer's programs (and so its agent) are built for.
     pub arch: String,
+    /// The bundle's platforms (`linux/amd64`, …, from its index); empty when it names none.
+    pub platforms: Vec<String>,
     /// Registry port.
     pub registry_port: u16,
     /// API load-balancer port on every node.
@@ -70,8 +72,27 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
     use Severity::*;
     for hf in hosts {
         let (h, f) = (hf.host.ip.as_str(), hf.facts);
-        if f.arch != rules.arch {
-            p(h, Error, "arch", format!("the host is {}, the bundle is for {}", f.arch, rules.arch));
+        let host_platform = format!("linux/{}", go_arch(&f.arch));
+        let fits = |p: &String| p == &host_platform || p.starts_with(&format!("{host_platform}/"));
+        if !rules.platforms.is_empty() && !rules.platforms.iter().any(fits) {
+            p(
+                h,
+                Error,
+                "arch",
+                format!("the host is {} ({host_platform}), the bundle is for {}", f.arch, rules.platforms.join(", ")),
+            );
+        } else if f.arch != rules.arch {
+            p(
+                h,
+                Error,
+                "arch",
+                format!(
+                    "the host is {} ({host_platform}), this installer's programs are built for {} (linux/{})",
+                    f.arch,
+                    rules.arch,
+                    go_arch(&rules.arch)
+                ),
+            );
         }
         let major_minor: Vec<u64> = f.kernel.split(['.', '-']).take(2).filter_map(|x| x.parse().ok()).collect();
         if major_minor.len() == 2 && (major_minor[0], major_minor[1]) < (4, 19) {
@@ -107,9 +128,11 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
                 Error,
                 "disk",
                 format!(
-                    "{} MiB free under /var/lib/ferry; this host needs {} MiB",
-                    f.disk_free >> 20,
-                    hf.disk_needed.div_ceil(1 << 20)
+                    "{} ({} bytes) free under /var/lib/ferry; this host needs {} ({} bytes)",
+                    crate::units::bytes(f.disk_free),
+                    f.disk_free,
+                    crate::units::bytes(hf.disk_needed),
+                    hf.disk_needed
                 ),
             );
         }
@@ -128,7 +151,8 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
         }
         for (port, what) in ports {
             if f.listening.contains(&port) {
-                p(h, Error, "ports", format!("port {port} ({what}) is already in use"));
+                let by = f.listeners.get(&port).map(|o| format!(" by {o}")).unwrap_or_default();
+                p(h, Error, "ports", format!("port {port} ({what}) is already in use{by}"));
             }
         }
         if f.swap_bytes > 0 {
@@ -203,6 +227,19 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
     out
 }
 
+/// The GOARCH name of a `uname -m` machine (as platforms spell it: `linux/amd64`).
+pub fn go_arch(machine: &str) -> &str {
+    match machine {
+        "x86_64" => "amd64",
+        "aarch64" | "arm64" => "arm64",
+        "i386" | "i486" | "i586" | "i686" | "x86" => "386",
+        m if m.starts_with("armv") => "arm",
+        "loongarch64" => "loong64",
+        "mips64" => "mips64",
+        other => other,
+    }
+}
+
 /// The table, one row per problem.
 pub fn table(problems: &[Problem]) -> String {
     let w = problems.iter().map(|p| p.host.len()).max().unwrap_or(4).max(4);
@@ -245,7 +282,14 @@ mod tests {
         }
     }
     fn rules() -> Rules {
-        Rules { arch: "x86_64".into(), registry_port: 5050, lb_port: 16443, force: false, max_skew_ms: 30_000 }
+        Rules {
+            arch: "x86_64".into(),
+            platforms: vec!["linux/amd64".into()],
+            registry_port: 5050,
+            lb_port: 16443,
+            force: false,
+            max_skew_ms: 30_000,
+        }
     }
 
     #[test]
@@ -255,6 +299,7 @@ mod tests {
         let mut fm = good("a", "aa");
         fm.arch = "aarch64".into();
         fm.listening = vec![22, 6443, 5050];
+        fm.listeners.insert(6443, "perl (pid 7)".into());
         fm.cpus = 1;
         let mut fw = good("a", "bb");
         fw.disk_free = 10 << 20;
@@ -281,10 +326,36 @@ mod tests {
         }
         assert_eq!(probs.iter().filter(|p| p.check == "ports").count(), 2, "6443 and 5050");
         let t = table(&probs);
-        assert!(t.contains("port 6443 (kube-apiserver) is already in use"), "{t}");
+        assert!(t.contains("port 6443 (kube-apiserver) is already in use by perl (pid 7)"), "{t}");
+        assert!(t.contains("port 5050 (built-in registry) is already in use\n"), "{t}");
+        assert!(t.contains("the host is aarch64 (linux/arm64), the bundle is for linux/amd64"), "{t}");
         // --force accepts an existing runtime; our own earlier install is never a problem.
         let hs2 = [HostFacts { host: &w, facts: &fw, disk_needed: 0, skew_ms: 0, ours: true }];
         assert!(!judge(&hs2, &rules()).iter().any(|p| p.check == "runtime"));
+    }
+
+    #[test]
+    fn the_bundle_platform_must_fit_the_host() {
+        let m = host("m", &[Role::Master, Role::Registry]);
+        let f = good("m", "1");
+        let hs = [HostFacts { host: &m, facts: &f, disk_needed: 1, skew_ms: 0, ours: false }];
+        let arm = Rules { platforms: vec!["linux/arm64".into()], ..rules() };
+        let p = judge(&hs, &arm);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].message, "the host is x86_64 (linux/amd64), the bundle is for linux/arm64");
+        // Any listed platform fits; a variant of the host's architecture fits too.
+        for ok in [vec!["linux/arm64".into(), "linux/amd64".into()], vec!["linux/amd64/v3".into()], vec![]] {
+            assert!(judge(&hs, &Rules { platforms: ok.clone(), ..rules() }).is_empty(), "{ok:?}");
+        }
+        // A host the installer's own programs cannot run on.
+        let mut f = good("m", "1");
+        f.arch = "riscv64".into();
+        let hs = [HostFacts { host: &m, facts: &f, disk_needed: 1, skew_ms: 0, ours: false }];
+        let p = judge(&hs, &Rules { platforms: vec![], ..rules() });
+        assert_eq!(
+            p[0].message,
+            "the host is riscv64 (linux/riscv64), this installer's programs are built for x86_64 (linux/amd64)"
+        );
     }
 
     #[test]
