@@ -1,6 +1,8 @@
 //! `installer run` on the real lab (3 nodes behind a bastion, so every run here also proves the
 //! bastion path): prepared nodes, pulls through the built-in registry, resume after a cut link,
-//! re-runs that send nothing, access modes, host keys and bad input.
+//! re-runs that send nothing, access modes (key, password, ssh-agent, sudo with and without a
+//! password, port 2222), host keys, and bad input: preflight reports every problem on every host
+//! in one table and changes nothing.
 //!
 //! The bundle's rootfs carries this machine's Debian containerd, shim, ctr and runc and
 //! containerd's systemd unit; its image is built offline with umoci from /bin/busybox.
@@ -87,8 +89,14 @@ fn inventory(dir: &Path, text: &str) -> PathBuf {
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_installer(&bundle().installer, args, env)
+}
+
+/// Runs `installer` (signed with the test bundle's key) with `args`, and `env` on top of an
+/// environment without ssh-agent or passwords.
+fn run_installer(installer: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let b = bundle();
-    let mut cmd = Command::new(&b.installer);
+    let mut cmd = Command::new(installer);
     cmd.arg("--no-progress")
         .arg("run")
         .arg("--trusted-key")
@@ -374,4 +382,291 @@ fn registry_replicas_survive_a_stopped_replica() {
     let out = run(&["--json", "-f", inv.to_str().unwrap(), "--registry-replicas", "2"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(lab.ssh_ok(Host::Node(1), "systemctl is-active ferry-registry").trim(), "active");
+}
+
+/// Runs shell commands on lab hosts when dropped (even by a panic): undoes a test's set-up.
+struct Undo<'a>(&'a Lab, Vec<(Host, String)>);
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        for (h, cmd) in &self.1 {
+            let out = self.0.ssh(*h, cmd);
+            if !out.status.success() {
+                eprintln!("undo on {}: `{cmd}` failed: {}", h.name(), String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+}
+
+/// What a run may leave on a host, listed: ferry's directory, the agents preflight stages, and
+/// what prepare installs.
+const TRACES: &str = "find /var/lib/ferry -mindepth 1 -printf '%p %s %T@\\n' 2>/dev/null | sort; ls -d /run/ferry-preflight.* /tmp/ferry-preflight.* /etc/containerd /usr/bin/containerd /etc/systemd/system/containerd.service /etc/systemd/system/ferry-registry.service 2>/dev/null; true";
+
+/// An ssh-agent of the test's own (its socket in a temp dir), killed when dropped.
+struct SshAgent {
+    child: std::process::Child,
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SshAgent {
+    fn start() -> SshAgent {
+        let dir = tempfile::Builder::new().prefix("ferry-agent-").tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh-agent (openssh-client)");
+        let t0 = std::time::Instant::now();
+        while !sock.exists() {
+            assert!(t0.elapsed().as_secs() < 10, "ssh-agent made no socket");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        SshAgent { child, sock, _dir: dir }
+    }
+
+    fn ssh_add(&self, args: &[&std::ffi::OsStr]) {
+        ferry_tests::ok(Command::new("ssh-add").args(args).env("SSH_AUTH_SOCK", &self.sock).stdin(Stdio::null()));
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ssh_agent_logs_in_without_a_key_file() {
+    let lab = lab();
+    let _use = lab.read();
+    let work = tempfile::tempdir().unwrap();
+    let key = lab.key_path();
+    // The lab's cluster file without its key: the bastion and every node must log in via the agent.
+    let inv = lab.inventory(NODES).replace(&format!("key: {}, ", key.display()), "");
+    assert!(!inv.lines().any(|l| !l.starts_with('#') && l.contains("key:")), "{inv}");
+    let inv = inventory(work.path(), &inv);
+    let inv = inv.to_str().unwrap();
+
+    let agent = SshAgent::start();
+    agent.ssh_add(&[key.as_os_str()]);
+    let sock = agent.sock.to_str().unwrap().to_string();
+    let t0 = std::time::Instant::now();
+    let out = run(&["--json", "-f", inv], &[("SSH_AUTH_SOCK", &sock)]);
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("run via ssh-agent: {:.1} s", t0.elapsed().as_secs_f64());
+    for i in 1..=NODES {
+        assert_eq!(lab.ssh_ok(Host::Node(i), "systemctl is-active containerd"), "active");
+    }
+
+    // An agent without keys, and no agent at all: refused, naming the host and what was tried.
+    agent.ssh_add(&["-D".as_ref()]);
+    let out = run(&["-f", inv], &[("SSH_AUTH_SOCK", &sock)]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out);
+    assert!(msg.contains("bastion root@10.88.1.10:22") && msg.contains("tried ssh-agent (0 keys)"), "{msg}");
+    let out = run(&["-f", inv], &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("bastion root@10.88.1.10:22")
+            && msg.contains("no way to log in as root: give --key, run an ssh-agent"),
+        "{msg}"
+    );
+
+    // The agent is the test's own: it goes when the test is done with it.
+    let pid = agent.child.id();
+    drop(agent);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "ssh-agent {pid} still runs");
+}
+
+/// Takes prepared nodes back to "delivered, not prepared": containerd and its files gone, and the
+/// distribute, prepare and registry records removed (the installer and the agent stay, so a run
+/// re-checks its chunks but sends ~nothing).
+fn unprepare(lab: &Lab) {
+    for i in 1..=NODES {
+        lab.ssh_ok(
+            Host::Node(i),
+            "systemctl disable --now containerd 2>/dev/null; rm -rf /etc/containerd /usr/bin/containerd /usr/bin/ctr /usr/bin/containerd-shim-runc-v2 /usr/sbin/runc /etc/systemd/system/containerd.service /run/containerd /var/lib/ferry/state/lab/distribute.json /var/lib/ferry/state/lab/prepare.json /var/lib/ferry/state/lab/registry.json; systemctl daemon-reload",
+        );
+    }
+}
+
+#[test]
+fn non_root_users_run_through_sudo_with_and_without_a_password() {
+    let lab = lab();
+    let _ex = lab.exclusive();
+    let work = tempfile::tempdir().unwrap();
+    // Start from delivered hosts (this sends nothing when an earlier test delivered this installer).
+    let root = inventory(work.path(), &lab.inventory(NODES));
+    let out = run(&["-f", root.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let pw = lab.guard_password();
+    // ops: passwordless sudo (`sudo -n`). guard: sudo asks for its password (`sudo -S`, the
+    // password as the first line of stdin, then the chunk stream and the prepare plan).
+    for (user, env) in [("ops", vec![]), ("guard", vec![("FERRY_SUDO_PASSWORD", pw.as_str())])] {
+        unprepare(lab);
+        let inv = inventory(work.path(), &lab.inventory_as(user, 22, NODES));
+        let t0 = std::time::Instant::now();
+        let out = run(&["--json", "-f", inv.to_str().unwrap()], &env);
+        assert!(out.status.success(), "as {user}: {}", text(&out));
+        assert!(!text(&out).contains(&pw), "the sudo password leaked into output");
+        let s = summary(&out);
+        eprintln!(
+            "run as {user}: {:.1} s, {} bytes of installer data sent",
+            t0.elapsed().as_secs_f64(),
+            s["distribute_bytes"]
+        );
+        // Distribution really ran through sudo (the records were gone), but reused what was there.
+        assert!(s["distribute_bytes"].as_u64().unwrap() < 1 << 20, "as {user}: {s}");
+        for i in 1..=NODES {
+            assert_eq!(
+                lab.ssh_ok(Host::Node(i), "systemctl is-active containerd; systemctl is-enabled containerd; stat -c %U /var/lib/ferry/state/lab/prepare.json /etc/containerd/config.toml")
+                    .split_whitespace()
+                    .collect::<Vec<_>>(),
+                ["active", "enabled", "root", "root"],
+                "as {user} on node{i}"
+            );
+        }
+        assert_eq!(lab.ssh_ok(Host::Node(1), "systemctl is-active ferry-registry"), "active");
+    }
+
+    // A wrong sudo password: refused on every host, named, and nothing changes.
+    let before: Vec<String> = (1..=NODES).map(|i| lab.ssh_ok(Host::Node(i), TRACES)).collect();
+    let inv = inventory(work.path(), &lab.inventory_as("guard", 22, NODES));
+    let out = run(&["-f", inv.to_str().unwrap()], &[("FERRY_SUDO_PASSWORD", "not-guards-password")]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out);
+    for i in 1..=NODES {
+        let row =
+            msg.lines().find(|l| l.starts_with(&lab.ip(i))).unwrap_or_else(|| panic!("no row for node{i}:\n{msg}"));
+        assert!(row.contains("sudo refused for guard") && row.contains("wrong sudo password"), "{row}");
+    }
+    assert!(!msg.contains("not-guards-password"), "the sudo password leaked into output");
+    let after: Vec<String> = (1..=NODES).map(|i| lab.ssh_ok(Host::Node(i), TRACES)).collect();
+    assert_eq!(before, after);
+}
+
+/// The test installer again, for `linux/arm64` only (its rootfs is one small file).
+fn arm64_installer(dir: &Path) -> PathBuf {
+    let b = bundle();
+    std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+    std::fs::write(dir.join("rootfs/etc/ferry-arm64-test"), "arm64\n").unwrap();
+    std::fs::write(
+        dir.join("bundle.yaml"),
+        "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: run-test-arm64, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.33.4}\n  platforms: [linux/arm64]\n  rootfs: [{path: rootfs}]\n",
+    )
+    .unwrap();
+    let installer = dir.join("installer");
+    ferry_tests::ok(
+        Command::new(ferry_tests::release_bin("ferry"))
+            .arg("build")
+            .arg(dir.join("bundle.yaml"))
+            .arg("-o")
+            .arg(&installer)
+            .arg("--key")
+            .arg(b.public_key.with_extension("key"))
+            .args(["--offline", "--allow-missing-images"]),
+    );
+    installer
+}
+
+#[test]
+fn preflight_reports_every_problem_on_every_host_and_changes_nothing() {
+    let lab = lab();
+    let _ex = lab.exclusive();
+    wipe(lab);
+    let work = tempfile::tempdir().unwrap();
+    let installer = arm64_installer(&work.path().join("arm64"));
+    let (n1, n2, n3) = (lab.ip(1), lab.ip(2), lab.ip(3));
+
+    // node1: something listens on the API server's port and on the registry's.
+    // node2: /var/lib/ferry has 1 MiB.
+    // node3: user `plain` has a password but may not use sudo.
+    let listen = |port: u16| {
+        format!(
+            "systemd-run --quiet --unit ferry-test-listen-{port} perl -MIO::Socket::INET -e 'my $s = IO::Socket::INET->new(Proto => \"tcp\", LocalPort => {port}, Listen => 5, ReuseAddr => 1) or die $!; sleep 3600' && for i in $(seq 100); do ss -Hltn | grep -q ':{port} ' && exit 0; sleep 0.1; done; systemctl status --no-pager ferry-test-listen-{port}; ss -ltnp; exit 1"
+        )
+    };
+    let _undo = Undo(
+        lab,
+        vec![
+            (Host::Node(1), "systemctl stop ferry-test-listen-6443 ferry-test-listen-5051; true".into()),
+            (Host::Node(2), "umount /var/lib/ferry; true".into()),
+            (Host::Node(3), "userdel -r plain 2>/dev/null; rm -f /etc/ssh/authorized_keys/plain; true".into()),
+        ],
+    );
+    lab.ssh_ok(Host::Node(1), &listen(6443));
+    lab.ssh_ok(Host::Node(1), &listen(5051));
+    lab.ssh_ok(Host::Node(2), "mount -t tmpfs -o size=1m ferry-test-small /var/lib/ferry");
+    lab.ssh_ok(
+        Host::Node(3),
+        "id plain >/dev/null 2>&1 || useradd --create-home --shell /bin/bash plain; echo plain:plain-password | chpasswd; cp /etc/ssh/authorized_keys/ops /etc/ssh/authorized_keys/plain",
+    );
+    let before: Vec<String> = (1..=NODES).map(|i| lab.ssh_ok(Host::Node(i), TRACES)).collect();
+
+    let inv = lab
+        .inventory(NODES)
+        .replace(
+            &format!("    - {{ips: [{n2}, {n3}], roles: [worker]}}\n"),
+            &format!("    - {{ips: [{n2}], roles: [worker]}}\n    - {{ips: [{n3}], roles: [worker], ssh: {{user: plain, sudo: true}}}}\n"),
+        )
+        .replace("registry: {port: 5050}", "registry: {port: 5051}");
+    assert!(inv.contains("user: plain") && inv.contains("port: 5051"), "{inv}");
+    let inv = inventory(work.path(), &inv);
+    let t0 = std::time::Instant::now();
+    let out = run_installer(&installer, &["-f", inv.to_str().unwrap()], &[("FERRY_SUDO_PASSWORD", "plain-password")]);
+    eprintln!("preflight with every problem: {:.1} s", t0.elapsed().as_secs_f64());
+    let msg = text(&out);
+    eprintln!("{msg}");
+    assert!(!out.status.success(), "{msg}");
+    // One table: a row per problem, each naming its host and the cause.
+    let rows = |host: &str, check: &str| -> Vec<String> {
+        msg.lines()
+            .filter(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() > 3 && cols[0] == host && cols[1] == "error" && cols[2] == check
+            })
+            .map(String::from)
+            .collect()
+    };
+    for h in [&n1, &n2] {
+        let arch = rows(h, "arch");
+        assert_eq!(arch.len(), 1, "{msg}");
+        assert!(arch[0].ends_with("the host is x86_64 (linux/amd64), the bundle is for linux/arm64"), "{}", arch[0]);
+    }
+    let ports = rows(&n1, "ports");
+    assert_eq!(ports.len(), 2, "{msg}");
+    assert!(
+        ports.iter().any(|r| r.contains("port 6443 (kube-apiserver) is already in use by perl (pid ")),
+        "{ports:?}"
+    );
+    assert!(
+        ports.iter().any(|r| r.contains("port 5051 (built-in registry) is already in use by perl (pid ")),
+        "{ports:?}"
+    );
+    let disk = rows(&n2, "disk");
+    assert_eq!(disk.len(), 1, "{msg}");
+    assert!(disk[0].contains("1.0 MiB (1048576 bytes) free under /var/lib/ferry; this host needs "), "{}", disk[0]);
+    let need: u64 = disk[0].rsplit('(').next().unwrap().trim_end_matches(" bytes)").parse().unwrap();
+    assert!(need > 64 << 20, "{}", disk[0]);
+    let ssh = rows(&n3, "ssh");
+    assert_eq!(ssh.len(), 1, "{msg}");
+    assert!(ssh[0].contains("sudo refused for plain") && ssh[0].contains("not in the sudoers file"), "{}", ssh[0]);
+    assert!(msg.contains(&format!("preflight found 6 problem(s) on {n1}, {n2}, {n3}: nothing was installed")), "{msg}");
+    assert!(!msg.contains("plain-password"), "the sudo password leaked into output");
+
+    // Nothing changed on any host: preflight ran its agent from a staged copy and removed it.
+    let after: Vec<String> = (1..=NODES).map(|i| lab.ssh_ok(Host::Node(i), TRACES)).collect();
+    assert_eq!(before, after);
+    for (i, t) in after.iter().enumerate() {
+        assert_eq!(t, "", "node{} is not bare", i + 1);
+    }
 }
