@@ -24,6 +24,7 @@ mod error;
 mod extract;
 mod index;
 mod keys;
+mod pipeline;
 mod reader;
 mod trailer;
 mod writer;

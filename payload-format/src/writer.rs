@@ -1,19 +1,21 @@
 //! Writes an installer: the stub, then entries, then index, signature and trailer.
 //!
-//! The writer hashes the data region chunk by chunk as it goes (batches of chunks are hashed on
-//! all cores) and compresses zstd entries as independent frames on all cores. Output depends only
-//! on the inputs, the options and the key, so builds are reproducible.
+//! The writer owns the layout: the stub and its padding, the entries' checks (paths, modes,
+//! duplicates), and the index, signature and trailer. Reading, compressing, placing, writing and
+//! hashing the data region run as a pipeline (see `pipeline`). Output depends only on the inputs,
+//! the options and the key, so builds are reproducible.
 
 use crate::index::check_entry_path;
 use crate::keys::{SecretKey, signed_message};
+use crate::pipeline::{Block, Compressors, Item, Placer, PlacerSetup, Pool};
 use crate::trailer::{FLAG_SIGNED, SIGNATURE_BLOCK_LEN, Trailer};
 use crate::{BundleMetadata, Compression, Digest, Entry, EntryKind, Error, Index, Result, align_up, sha256};
-use rayon::prelude::*;
 use sha2::Digest as _;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Tuning knobs; the defaults suit images of many gigabytes.
 #[derive(Clone, Debug)]
@@ -49,44 +51,26 @@ pub struct WriteSummary {
 
 /// Streams an installer into an open file. The caller owns the file's name (write to a temporary
 /// name and rename on success).
+///
+/// `add_file` reads its input on the caller's thread and returns once everything is read and
+/// queued; compression, writing and hashing go on behind it (see `pipeline`). An error there
+/// (a full disk, say) is returned by the next call, or by `finish`.
 pub struct PayloadWriter {
-    file: File,
     path: PathBuf,
     opts: WriterOptions,
     stub_len: u64,
     stub_sha256: Digest,
     data_offset: u64,
-    pos: u64,
-    chunk_buf: Vec<u8>,
-    hasher: Option<ChunkHasher>,
-    entries: Vec<Entry>,
     seen: HashSet<String>,
-    written_back: u64,
+    /// `None` once stopped by an error.
+    pipeline: Option<Pipeline>,
 }
 
-/// Hashes finished chunks on its own thread, so hashing overlaps reading, compressing and
-/// writing. The channel is bounded, which bounds the memory held by chunks in flight.
-struct ChunkHasher {
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-    thread: std::thread::JoinHandle<Vec<Digest>>,
-}
-
-impl ChunkHasher {
-    fn start() -> ChunkHasher {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
-        let thread = std::thread::spawn(move || rx.into_iter().map(|chunk| sha256(&chunk)).collect());
-        ChunkHasher { tx, thread }
-    }
-
-    fn send(&self, chunk: Vec<u8>) {
-        // The receiver lives until `finish`, so sending cannot fail.
-        let _ = self.tx.send(chunk);
-    }
-
-    fn finish(self) -> Vec<Digest> {
-        drop(self.tx);
-        self.thread.join().expect("the hashing thread does not panic")
-    }
+struct Pipeline {
+    // Field order is drop order: the placer drains and ends before the workers it waits on stop.
+    placer: Placer,
+    compressors: Compressors,
+    inputs: Arc<Pool<Vec<u8>>>,
 }
 
 impl PayloadWriter {
@@ -114,19 +98,34 @@ impl PayloadWriter {
         let pad = vec![0u8; (data_offset - stub_len) as usize];
         hasher.update(&pad);
         file.write_all(&pad).map_err(Error::io("writing", path))?;
-        Ok(PayloadWriter {
+
+        // Enough frames in flight to keep every worker busy while the placer waits on the oldest
+        // one, and no more: each holds up to a frame of input and one of output.
+        let workers = rayon::current_num_threads().max(1);
+        let depth = 2 * workers + 2;
+        let inputs = Pool::new(depth + workers + 2);
+        let outputs = Pool::new(depth + workers + 2);
+        let compressors =
+            Compressors::start(workers, opts.zstd_level, opts.frame_size as usize, inputs.clone(), outputs.clone())
+                .map_err(Error::io("starting a thread to write", path))?;
+        let placer = Placer::start(PlacerSetup {
             file,
             path: path.into(),
-            chunk_buf: Vec::with_capacity(opts.chunk_size as usize),
+            data_offset,
+            chunk_size: opts.chunk_size as usize,
+            depth,
+            inputs: inputs.clone(),
+            outputs,
+        })
+        .map_err(Error::io("starting a thread to write", path))?;
+        Ok(PayloadWriter {
+            path: path.into(),
             opts,
             stub_len,
             stub_sha256: hasher.finalize().into(),
             data_offset,
-            pos: data_offset,
-            hasher: Some(ChunkHasher::start()),
-            entries: Vec::new(),
             seen: HashSet::new(),
-            written_back: 0,
+            pipeline: Some(Pipeline { placer, compressors, inputs }),
         })
     }
 
@@ -159,11 +158,42 @@ impl PayloadWriter {
         }
     }
 
+    /// The running pipeline, or the error that stopped it (returned once; later calls say that
+    /// an earlier error stopped the writer).
+    fn pipeline(&mut self) -> Result<&Pipeline> {
+        if self.pipeline.as_ref().is_some_and(|p| p.placer.failed()) {
+            return Err(self.stop());
+        }
+        match &self.pipeline {
+            Some(p) => Ok(p),
+            None => Err(Error::Io {
+                action: "writing",
+                path: self.path.clone(),
+                source: std::io::Error::other("the writer stopped after an earlier error"),
+            }),
+        }
+    }
+
+    /// Stops the pipeline after a failure and returns the placer's error.
+    fn stop(&mut self) -> Error {
+        let stopped = || std::io::Error::other("the writer stopped after an earlier error");
+        match self.pipeline.take() {
+            Some(p) => match p.placer.finish() {
+                Err(e) => e,
+                Ok(_) => Error::Io { action: "writing", path: self.path.clone(), source: stopped() },
+            },
+            None => Error::Io { action: "writing", path: self.path.clone(), source: stopped() },
+        }
+    }
+
+    fn send(&mut self, item: Item) -> Result<()> {
+        if self.pipeline()?.placer.send(item) { Ok(()) } else { Err(self.stop()) }
+    }
+
     /// Adds a directory.
     pub fn add_dir(&mut self, path: &str, mode: u32) -> Result<()> {
         self.check_new(path, mode)?;
-        self.entries.push(Self::empty_entry(path, EntryKind::Dir, mode));
-        Ok(())
+        self.send(Item::Entry(Self::empty_entry(path, EntryKind::Dir, mode)))
     }
 
     /// Adds a symlink. The caller has checked that `target` stays inside its tree.
@@ -174,138 +204,68 @@ impl PayloadWriter {
         }
         let mut e = Self::empty_entry(path, EntryKind::Symlink, 0o777);
         e.link_target = target.into();
-        self.entries.push(e);
-        Ok(())
+        self.send(Item::Entry(e))
     }
 
-    /// Adds a regular file read to its end from `reader`.
+    /// Adds a regular file read to its end from `reader`. Raw entries are stored as read; zstd
+    /// entries as independent frames of `frame_size` input bytes, compressed on all cores.
     pub fn add_file(&mut self, path: &str, mode: u32, compression: Compression, reader: &mut dyn Read) -> Result<()> {
         self.check_new(path, mode)?;
         let mut entry = Self::empty_entry(path, EntryKind::File, mode);
         entry.compression = compression;
-        self.pad_to_alignment()?;
-        entry.offset = self.pos;
-        let read_err = |e: std::io::Error| Error::Io { action: "reading", path: PathBuf::from(path), source: e };
-        match compression {
-            Compression::Raw => {
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = read_full(reader, &mut buf).map_err(read_err)?;
-                    if n == 0 {
-                        break;
-                    }
-                    self.write_data(&buf[..n])?;
-                    entry.size += n as u64;
+        if matches!(compression, Compression::Zstd) {
+            entry.frame_size = self.opts.frame_size;
+        }
+        self.send(Item::Begin(entry))?;
+        // Raw bytes are read in blocks of the same size: fewer, larger reads, and one pool.
+        let block_len = self.opts.frame_size as usize;
+        loop {
+            let pipeline = self.pipeline()?;
+            let mut buf = pipeline.inputs.filled(block_len);
+            let n = match read_full(reader, &mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    pipeline.inputs.put(buf);
+                    self.send(Item::Abandon)?;
+                    return Err(Error::Io { action: "reading", path: PathBuf::from(path), source: e });
                 }
-                entry.stored_len = entry.size;
+            };
+            if n == 0 {
+                pipeline.inputs.put(buf);
+                break;
             }
-            Compression::Zstd => {
-                entry.frame_size = self.opts.frame_size;
-                let batch = rayon::current_num_threads().max(1) * 2;
-                loop {
-                    let mut inputs = Vec::with_capacity(batch);
-                    for _ in 0..batch {
-                        let mut buf = vec![0u8; self.opts.frame_size as usize];
-                        let n = read_full(reader, &mut buf).map_err(read_err)?;
-                        if n == 0 {
-                            break;
-                        }
-                        buf.truncate(n);
-                        inputs.push(buf);
-                    }
-                    let done = inputs.len() < batch;
-                    let level = self.opts.zstd_level;
-                    let frames: Vec<std::io::Result<Vec<u8>>> =
-                        inputs.par_iter().map(|input| zstd::bulk::compress(input, level)).collect();
-                    for (input, frame) in inputs.iter().zip(frames) {
-                        let frame =
-                            frame.map_err(|e| Error::Io { action: "compressing", path: path.into(), source: e })?;
-                        self.write_data(&frame)?;
-                        entry.size += input.len() as u64;
-                        entry.stored_len += frame.len() as u64;
-                        entry.frames.push(frame.len() as u32);
-                    }
-                    if done {
-                        break;
-                    }
-                }
+            let block = Block { buf, len: n };
+            let item = match compression {
+                Compression::Raw => Item::Raw(block),
+                Compression::Zstd => Item::Frame { input_len: n, frame: pipeline.compressors.submit(block) },
+            };
+            self.send(item)?;
+            // `read_full` only stops short at the end of the input.
+            if n < block_len {
+                break;
             }
         }
-        if entry.stored_len == 0 {
-            entry.offset = 0;
-        }
-        self.entries.push(entry);
-        Ok(())
-    }
-
-    fn pad_to_alignment(&mut self) -> Result<()> {
-        let pad = align_up(self.pos) - self.pos;
-        if pad > 0 {
-            self.write_data(&vec![0u8; pad as usize])?;
-        }
-        Ok(())
-    }
-
-    fn write_data(&mut self, mut data: &[u8]) -> Result<()> {
-        let chunk_size = self.opts.chunk_size as usize;
-        while !data.is_empty() {
-            let take = (chunk_size - self.chunk_buf.len()).min(data.len());
-            self.chunk_buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            self.pos += take as u64;
-            if self.chunk_buf.len() == chunk_size {
-                self.flush_chunk()?;
-            }
-        }
-        Ok(())
-    }
-
-    fn flush_chunk(&mut self) -> Result<()> {
-        if self.chunk_buf.is_empty() {
-            return Ok(());
-        }
-        self.file.write_all(&self.chunk_buf).map_err(Error::io("writing", &self.path))?;
-        self.start_writeback();
-        let full = std::mem::replace(&mut self.chunk_buf, Vec::with_capacity(self.opts.chunk_size as usize));
-        self.hasher.as_ref().expect("hasher runs until finish").send(full);
-        Ok(())
-    }
-
-    /// Starts writing back each finished 64 MiB window while the build goes on, so the final
-    /// `fsync` (which makes the rename durable) does not wait for gigabytes at once. Advisory:
-    /// an error here only means the final flush does the work.
-    fn start_writeback(&mut self) {
-        const WINDOW: u64 = 64 << 20;
-        let end = self.pos - self.pos % WINDOW;
-        if end > self.written_back {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a plain syscall on a file descriptor this writer owns.
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    self.written_back as i64,
-                    (end - self.written_back) as i64,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-            self.written_back = end;
-        }
+        self.send(Item::End)
     }
 
     /// Writes index, signature and trailer, and flushes the file to disk.
     pub fn finish(mut self, metadata: BundleMetadata, key: Option<&SecretKey>) -> Result<WriteSummary> {
-        self.flush_chunk()?;
-        let chunks = self.hasher.take().expect("finish runs once").finish();
-        let index_offset = self.pos;
+        let Some(Pipeline { placer, compressors, inputs: _ }) = self.pipeline.take() else {
+            return Err(self.stop());
+        };
+        let placed = placer.finish()?;
+        drop(compressors);
+        let mut file = placed.file;
+        let index_offset = placed.pos;
         let index = Index {
             chunk_size: self.opts.chunk_size,
             stub_sha256: self.stub_sha256,
             metadata,
-            chunks,
-            entries: std::mem::take(&mut self.entries),
+            chunks: placed.chunks,
+            entries: placed.entries,
         };
         let index_bytes = index.encode();
-        self.file.write_all(&index_bytes).map_err(Error::io("writing", &self.path))?;
+        file.write_all(&index_bytes).map_err(Error::io("writing", &self.path))?;
         let index_len = index_bytes.len() as u64;
         let trailer = Trailer {
             version: crate::FORMAT_VERSION,
@@ -321,11 +281,11 @@ impl PayloadWriter {
         let trailer_bytes = trailer.encode();
         if let Some(key) = key {
             let sig = key.sign(&signed_message(&trailer_bytes));
-            self.file.write_all(&key.public().to_bytes()).map_err(Error::io("writing", &self.path))?;
-            self.file.write_all(&sig).map_err(Error::io("writing", &self.path))?;
+            file.write_all(&key.public().to_bytes()).map_err(Error::io("writing", &self.path))?;
+            file.write_all(&sig).map_err(Error::io("writing", &self.path))?;
         }
-        self.file.write_all(&trailer_bytes).map_err(Error::io("writing", &self.path))?;
-        self.file.sync_all().map_err(Error::io("flushing", &self.path))?;
+        file.write_all(&trailer_bytes).map_err(Error::io("writing", &self.path))?;
+        file.sync_all().map_err(Error::io("flushing", &self.path))?;
         Ok(WriteSummary {
             file_len: trailer.signature_offset + trailer.signature_len + crate::TRAILER_LEN as u64,
             entries: index.entries.len(),
@@ -348,4 +308,228 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Payload, TrustPolicy};
+
+    /// What a test adds, in order.
+    enum Add {
+        Dir(&'static str),
+        Link(&'static str, &'static str),
+        File(&'static str, Compression, Vec<u8>),
+    }
+
+    /// Deterministic bytes: compressible when `text`, otherwise noise.
+    fn bytes(len: usize, seed: u64, text: bool) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|i| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                if text { b"kubelet containerd etcd\n"[(i + (x >> 60) as usize) % 24] } else { (x >> 33) as u8 }
+            })
+            .collect()
+    }
+
+    fn sample(frame: usize, chunk: usize) -> Vec<Add> {
+        use Compression::{Raw, Zstd};
+        vec![
+            Add::Dir("rootfs"),
+            Add::File("rootfs/empty-raw", Raw, Vec::new()),
+            Add::File("rootfs/empty-zstd", Zstd, Vec::new()),
+            Add::File("rootfs/one", Zstd, vec![7]),
+            Add::Link("rootfs/link", "one"),
+            Add::File("rootfs/exact-frame", Zstd, bytes(frame, 1, true)),
+            Add::File("rootfs/frames", Zstd, bytes(3 * frame + 17, 2, true)),
+            Add::File("rootfs/noise-frames", Zstd, bytes(2 * frame + 1, 3, false)),
+            Add::File("rootfs/raw-small", Raw, bytes(100, 4, false)),
+            Add::File("rootfs/raw-chunks", Raw, bytes(5 * chunk + 4095, 5, false)),
+            Add::Dir("rootfs/sub"),
+            Add::File("rootfs/sub/after", Zstd, bytes(frame / 2 + 3, 6, true)),
+            Add::File("rootfs/sub/raw-exact", Raw, bytes(2 * chunk, 7, false)),
+        ]
+    }
+
+    fn metadata() -> BundleMetadata {
+        BundleMetadata { name: "t".into(), version: "1".into(), created: 1, ..Default::default() }
+    }
+
+    fn write(path: &Path, stub: &[u8], adds: &[Add], opts: &WriterOptions, key: Option<&SecretKey>) -> WriteSummary {
+        let file = File::create(path).unwrap();
+        let mut w = PayloadWriter::new(file, path, &mut &stub[..], opts.clone()).unwrap();
+        for add in adds {
+            match add {
+                Add::Dir(p) => w.add_dir(p, 0o755).unwrap(),
+                Add::Link(p, t) => w.add_symlink(p, t).unwrap(),
+                Add::File(p, c, data) => w.add_file(p, 0o644, *c, &mut &data[..]).unwrap(),
+            }
+        }
+        w.finish(metadata(), key).unwrap()
+    }
+
+    /// The layout `docs/format.md` describes, produced the plain sequential way.
+    fn reference(stub: &[u8], adds: &[Add], opts: &WriterOptions, key: Option<&SecretKey>) -> Vec<u8> {
+        let mut out = stub.to_vec();
+        out.resize(align_up(out.len() as u64) as usize, 0);
+        let data_offset = out.len() as u64;
+        let stub_sha256 = sha256(&out);
+        let mut entries = Vec::new();
+        for add in adds {
+            let mut e = match add {
+                Add::Dir(p) => PayloadWriter::empty_entry(p, EntryKind::Dir, 0o755),
+                Add::Link(p, t) => {
+                    let mut e = PayloadWriter::empty_entry(p, EntryKind::Symlink, 0o777);
+                    e.link_target = t.to_string();
+                    e
+                }
+                Add::File(p, _, _) => PayloadWriter::empty_entry(p, EntryKind::File, 0o644),
+            };
+            if let Add::File(_, c, data) = add {
+                out.resize(align_up(out.len() as u64) as usize, 0);
+                e.offset = out.len() as u64;
+                e.compression = *c;
+                e.size = data.len() as u64;
+                match c {
+                    Compression::Raw => out.extend_from_slice(data),
+                    Compression::Zstd => {
+                        e.frame_size = opts.frame_size;
+                        for piece in data.chunks(opts.frame_size as usize) {
+                            let frame = zstd::bulk::compress(piece, opts.zstd_level).unwrap();
+                            e.frames.push(frame.len() as u32);
+                            out.extend_from_slice(&frame);
+                        }
+                    }
+                }
+                e.stored_len = out.len() as u64 - e.offset;
+                if e.stored_len == 0 {
+                    e.offset = 0;
+                }
+            }
+            entries.push(e);
+        }
+        let index_offset = out.len() as u64;
+        let chunks = out[data_offset as usize..].chunks(opts.chunk_size as usize).map(sha256).collect();
+        let index = Index { chunk_size: opts.chunk_size, stub_sha256, metadata: metadata(), chunks, entries };
+        let index_bytes = index.encode();
+        out.extend_from_slice(&index_bytes);
+        let index_len = index_bytes.len() as u64;
+        let trailer = Trailer {
+            version: crate::FORMAT_VERSION,
+            flags: if key.is_some() { FLAG_SIGNED } else { 0 },
+            stub_len: stub.len() as u64,
+            data_offset,
+            index_offset,
+            index_len,
+            signature_offset: index_offset + index_len,
+            signature_len: if key.is_some() { SIGNATURE_BLOCK_LEN } else { 0 },
+            index_sha256: sha256(&index_bytes),
+        };
+        let trailer_bytes = trailer.encode();
+        if let Some(key) = key {
+            out.extend_from_slice(&key.public().to_bytes());
+            out.extend_from_slice(&key.sign(&signed_message(&trailer_bytes)));
+        }
+        out.extend_from_slice(&trailer_bytes);
+        out
+    }
+
+    /// Every combination of chunk size (page-aligned, so written with `O_DIRECT` where the
+    /// filesystem allows, or not) and frame size gives exactly the sequential layout, reads back
+    /// and verifies.
+    #[test]
+    fn pipelined_output_is_the_sequential_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let stub = bytes(10_000, 9, false);
+        for (chunk_size, frame_size) in [(4096, 8192), (5000, 3000), (1 << 20, 64 << 10), (64 << 10, 1 << 20)] {
+            let opts = WriterOptions { chunk_size, frame_size, zstd_level: 3 };
+            let adds = sample(frame_size as usize, chunk_size as usize);
+            let path = dir.path().join(format!("installer-{chunk_size}-{frame_size}"));
+            let summary = write(&path, &stub, &adds, &opts, Some(&key));
+            let written = std::fs::read(&path).unwrap();
+            let expected = reference(&stub, &adds, &opts, Some(&key));
+            assert!(written == expected, "chunk {chunk_size}, frame {frame_size}: output differs from the layout");
+            assert_eq!(summary.file_len, written.len() as u64);
+
+            let payload = Payload::open(&path).unwrap();
+            payload.check_signature(&TrustPolicy { trusted: vec![key.public()], allow_unsigned: false }).unwrap();
+            payload.verify_stub().unwrap();
+            payload.verify_chunks(&|_| {}).unwrap();
+            for add in &adds {
+                if let Add::File(p, c, data) = add {
+                    let e = payload.index().entry(p).unwrap();
+                    let content = match c {
+                        Compression::Raw => payload.read_verified(e.offset, e.offset + e.stored_len).unwrap(),
+                        Compression::Zstd => (0..e.frames.len())
+                            .flat_map(|i| {
+                                let (start, end) = e.frame_range(i);
+                                zstd::bulk::decompress(&payload.read_verified(start, end).unwrap(), frame_size as usize)
+                                    .unwrap()
+                            })
+                            .collect(),
+                    };
+                    assert!(content == *data, "{p} reads back wrong");
+                }
+            }
+        }
+    }
+
+    /// Reader that fails after `ok` bytes.
+    struct Failing {
+        ok: usize,
+    }
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.ok == 0 {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            let n = buf.len().min(self.ok);
+            buf[..n].fill(1);
+            self.ok -= n;
+            Ok(n)
+        }
+    }
+
+    /// A file whose reading fails gets no entry and an error naming it; the writer goes on and
+    /// the result verifies.
+    #[test]
+    fn a_failed_read_names_the_file_and_leaves_a_valid_installer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("installer");
+        let opts = WriterOptions { chunk_size: 4096, frame_size: 8192, zstd_level: 3 };
+        let mut w = PayloadWriter::new(File::create(&path).unwrap(), &path, &mut &b"stub"[..], opts).unwrap();
+        for c in [Compression::Zstd, Compression::Raw] {
+            let name = format!("rootfs/bad-{c:?}");
+            let err = w.add_file(&name, 0o644, c, &mut Failing { ok: 20_000 }).unwrap_err().to_string();
+            assert!(err.contains(&name) && err.contains("disk on fire"), "{err}");
+        }
+        w.add_file("rootfs/good", 0o644, Compression::Zstd, &mut &bytes(20_000, 1, true)[..]).unwrap();
+        w.finish(metadata(), None).unwrap();
+        let payload = Payload::open(&path).unwrap();
+        payload.verify_chunks(&|_| {}).unwrap();
+        let paths: Vec<_> = payload.index().entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["rootfs/good"]);
+    }
+
+    /// A write error (here: the output is read-only) comes back from a later call or `finish`,
+    /// naming the output, instead of being lost on a background thread.
+    #[test]
+    fn a_write_error_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("installer");
+        std::fs::write(&path, b"").unwrap();
+        let file = File::open(&path).unwrap();
+        let opts = WriterOptions { chunk_size: 4096, frame_size: 8192, zstd_level: 3 };
+        // The stub write already fails on a read-only file; so start with an empty stub.
+        let mut w = PayloadWriter::new(file, &path, &mut &b""[..], opts).unwrap();
+        let mut result = Ok(());
+        for i in 0..100 {
+            result = result.and_then(|_| w.add_file(&format!("f{i}"), 0o644, Compression::Raw, &mut &[1u8; 5000][..]));
+        }
+        let err = result.and_then(|_| w.finish(metadata(), None).map(|_| ())).unwrap_err().to_string();
+        assert!(err.contains("writing") && err.contains(&path.display().to_string()), "{err}");
+    }
 }
