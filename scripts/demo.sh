@@ -14,6 +14,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+cat <<'MSG'
+ferry demo. STAND-INS: kubeadm, kubelet, kubectl and the Kubernetes API server cannot be
+downloaded on a machine without internet, so this demo's node rootfs carries ferry's clearly
+named stand-ins for them (tests/standins/README.md): they take the same commands and configs
+and produce the same files and outputs. Everything else is real: sshd, systemd, containerd,
+runc, the built-in registry, ferry's load balancer. For a real cluster, run
+scripts/fetch-kubernetes.sh VERSION ARCH OUTDIR on a connected machine and build from its
+bundle.yaml.
+
+MSG
+
 scripts/setup.sh
 scripts/testhosts deps
 scripts/testhosts rootfs
@@ -30,21 +41,36 @@ ferry="$PWD/target/release/ferry"
 echo
 "$out/installer" verify --key "$out/vendor.pub"
 echo
-"$out/installer" inspect | head -20
+# Not `| head`: inspect would be cut off mid-write, and pipefail would end the demo here.
+"$out/installer" inspect | sed -n 1,25p
 echo
 
-scripts/testhosts up 3
+# One lab per machine: a test run using it holds the session lock; wait for it, then hold the
+# lock ourselves until the run is done (no test can take the lab down under the demo). The lab's
+# own processes must not inherit the lock (9>&-), or it would outlive this script.
+lock=/run/lock/ferry-lab.session
+mkdir -p "${lock%/*}"
+exec 9>>"$lock"
+if ! flock -n 9; then
+  echo "waiting for the test run that is using the lab to finish ($lock)…"
+  flock 9
+fi
+export FERRY_LAB_SESSION_HELD=1
+scripts/testhosts up 3 9>&-
 scripts/testhosts inventory > "$out/cluster.yaml"
 echo "cluster file: $out/cluster.yaml"
 cat "$out/cluster.yaml"
 echo
-"$out/installer" run -f "$out/cluster.yaml" --trusted-key "$out/vendor.pub"
+"$out/installer" run -f "$out/cluster.yaml" --trusted-key "$out/vendor.pub" 9>&-
+exec 9>&-
+unset FERRY_LAB_SESSION_HELD
 
 cat <<MSG
 
 The lab hosts are still up (kubeadm/kubelet/kubectl/apiserver on them are STAND-INS, see above).
-  get in:        scripts/testhosts ssh 1 kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes
-                 (or ssh -F /srv/ferry-lab/ssh_config node1)
+  get in:        scripts/testhosts ssh 1          (or: ssh -F /srv/ferry-lab/ssh_config 10.88.0.11)
+  look:          scripts/testhosts ssh 1 kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o json
+                 (the stand-in kubectl answers only -o json)
   re-check:      $out/installer check --master 10.88.0.11 -f $out/cluster.yaml
   take it down:  $out/installer reset -f $out/cluster.yaml; scripts/testhosts down
 MSG
