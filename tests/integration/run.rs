@@ -177,7 +177,11 @@ fn run_prepares_three_hosts_then_resumes_and_sends_nothing_twice() {
     let second = run(&["--json", "-f", inv], &[]);
     assert!(second.status.success(), "{}", text(&second));
     let s = summary(&second);
-    let node3_second = s["per_host"]["10.88.0.13"].as_u64().unwrap();
+    // What reached node3 on the re-run: over its SSH session, plus what it pulled from a relay
+    // (node2, which already held its copy, heads node3's chain this time).
+    let node3_relayed = s["relayed_per_host"]["10.88.0.13"].as_u64().unwrap_or(0);
+    let node3_second = s["per_host"]["10.88.0.13"].as_u64().unwrap() + node3_relayed;
+    assert!(node3_relayed > 0, "node3 was not fed by a relay on the re-run: {s}");
     let want = lab.ssh_ok(Host::Node(3), "stat -c %s /var/lib/ferry/installer").trim().parse::<u64>().unwrap();
     let node3_data: u64 =
         lab.ssh_ok(Host::Node(3), "du -B1 /var/lib/ferry/installer | cut -f1").trim().parse().unwrap();

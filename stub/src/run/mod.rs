@@ -677,33 +677,39 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
             done(&states[i], "distribute", &ctx.id) && (whole || !host.is(Role::Registry))
         })
         .collect();
-    let wants: Arc<Vec<Vec<u64>>> = Arc::new(
-        (0..n)
-            .map(|i| if skip[i] { Vec::new() } else { distribute::wanted_chunks(&ctx.payload, &ctx.cluster.hosts[i]) })
-            .collect(),
-    );
-    let board = Arc::new(relay::Board::new(
-        ctx.cluster.hosts.iter().map(|h| h.ip.clone()).collect(),
-        relay::plan(&wants, args.relay_chains),
-    )?);
+    let wants: Arc<Vec<Vec<u64>>> =
+        Arc::new(ctx.cluster.hosts.iter().map(|h| distribute::wanted_chunks(&ctx.payload, h)).collect());
+    // Hosts delivered earlier may head the chains of the ones that still need data (a join, a
+    // resumed run); with nothing to deliver, no session is opened at all.
+    let holders: Vec<bool> = if skip.iter().all(|&s| s) { vec![false; n] } else { skip.clone() };
+    let parents = relay::plan(&wants, &holders, args.relay_chains);
+    let serves: Vec<bool> = (0..n).map(|i| holders[i] && parents.contains(&Some(i))).collect();
+    let board = Arc::new(relay::Board::new(ctx.cluster.hosts.iter().map(|h| h.ip.clone()).collect(), parents)?);
+    let relayed: Arc<std::sync::Mutex<BTreeMap<String, u64>>> = Arc::default();
     // Every session runs at once: a host that is done keeps serving the hosts behind it.
     let results = parallel(n, n, |i| {
-        let (ctx, h, wants, board) = (ctx.clone(), hosts[i].clone(), wants.clone(), board.clone());
-        let skip = skip[i];
+        let (ctx, h, wants, board, relayed) = (ctx.clone(), hosts[i].clone(), wants.clone(), board.clone(), relayed.clone());
+        let (skip, serves) = (skip[i], serves[i]);
         async move {
             let host = &ctx.cluster.hosts[i];
-            if skip {
+            if skip && !serves {
                 board.skip(i);
                 ctx.rep.event(&host.ip, "distribute", "skip", "already done", serde_json::json!({}));
                 return Ok(());
             }
             let from = match board.parent(i) {
+                _ if serves => "already done; checking its copy to relay it".to_string(),
                 Some(j) => format!("streaming, relayed by {}", ctx.cluster.hosts[j].ip),
                 None => "streaming".to_string(),
             };
             ctx.rep.event(&host.ip, "distribute", "start", &from, serde_json::json!({}));
             // The phase timeout applies inside: a host that is done waits for the others untimed.
             let d = relay::session(&ctx, h.as_ref(), i, &wants[i], &board).await?;
+            if serves && d.from_operator == 0 && d.from_relays == 0 {
+                ctx.rep.event(&host.ip, "distribute", "skip", "already done; relayed", serde_json::json!({}));
+                return Ok(());
+            }
+            relayed.lock().unwrap().insert(host.ip.clone(), d.from_relays);
             record_on(
                 &ctx,
                 h.as_ref(),
@@ -727,6 +733,8 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     check_phase(&ctx, "distribute", results)?;
     let t_distribute = t1.elapsed();
     let distribute_bytes: u64 = hosts.iter().map(|h| h.bytes_sent()).sum::<u64>() - bytes_before;
+    // Bytes each host pulled from relays rather than from this machine.
+    let relayed_per_host = std::mem::take(&mut *relayed.lock().unwrap());
 
     // Prepare.
     let t2 = Instant::now();
@@ -848,6 +856,7 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         ctx.rep.line("summary", &format!("cluster {} prepared: {} hosts in {:.1} s", ctx.cluster.name, n, started.elapsed().as_secs_f64()), serde_json::json!({
             "bytes_sent": hosts.iter().map(|h| h.bytes_sent()).sum::<u64>(), "distribute_bytes": distribute_bytes,
             "per_host": hosts.iter().map(|h| (h.addr().to_string(), h.bytes_sent())).collect::<BTreeMap<String, u64>>(),
+            "relayed_per_host": relayed_per_host,
             "seconds": {"total": started.elapsed().as_secs_f64(), "preflight": t_preflight.as_secs_f64(), "distribute": t_distribute.as_secs_f64(), "prepare": t_prepare.as_secs_f64(), "registry": t_registry.as_secs_f64()}
         }));
         return Ok(());
@@ -882,7 +891,7 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
             t_launch.as_secs_f64()
         ),
         serde_json::json!({
-            "bytes_sent": total, "distribute_bytes": distribute_bytes, "per_host": per_host,
+            "bytes_sent": total, "distribute_bytes": distribute_bytes, "per_host": per_host, "relayed_per_host": relayed_per_host,
             "seconds": {"total": secs(started.elapsed()), "preflight": secs(t_preflight), "distribute": secs(t_distribute), "prepare": secs(t_prepare), "registry": secs(t_registry), "kubeadm": secs(t_kubeadm), "launch": secs(t_launch)}
         }),
     );

@@ -23,31 +23,39 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 /// Plans the chains: for each host (by index), the host it pulls from, or `None` for the
-/// operator. `wants[i]` is host i's chunk list; at most `chains` hosts are fed by the operator,
-/// unless a host wants something no chain's tail holds. `chains == 0` turns relaying off.
-pub fn plan(wants: &[Vec<u64>], chains: usize) -> Vec<Option<usize>> {
+/// operator. `wants[i]` is host i's chunk list. `holders[i]` marks a host that already holds
+/// its chunks (delivered by an earlier run): it needs nothing, but may head a chain, so a `join`
+/// or a resumed run is fed from inside the site instead of through the operator's uplink. At
+/// most `chains` chains are started, unless a host wants something no chain's tail holds.
+/// `chains == 0` turns relaying off.
+pub fn plan(wants: &[Vec<u64>], holders: &[bool], chains: usize) -> Vec<Option<usize>> {
     let mut parent = vec![None; wants.len()];
     if chains == 0 {
         return parent;
     }
     let sets: Vec<BTreeSet<u64>> = wants.iter().map(|w| w.iter().copied().collect()).collect();
-    let mut order: Vec<usize> = (0..wants.len()).collect();
+    let mut order: Vec<usize> = (0..wants.len()).filter(|&i| !holders[i] && !sets[i].is_empty()).collect();
     // Biggest first (stable, so the cluster file's order decides among equals).
     order.sort_by_key(|&i| std::cmp::Reverse(sets[i].len()));
+    let mut free_holders: Vec<usize> = (0..wants.len()).filter(|&i| holders[i]).collect();
     // (tail, length) of each chain.
     let mut tails: Vec<(usize, usize)> = Vec::new();
     for i in order {
-        if sets[i].is_empty() {
-            continue;
-        }
-        let fits = |t: &usize| sets[i].is_subset(&sets[*t]);
-        if tails.len() < chains || !tails.iter().any(|(t, _)| fits(t)) {
+        let covers = |t: usize| sets[i].is_subset(&sets[t]);
+        if tails.len() < chains || !tails.iter().any(|&(t, _)| covers(t)) {
+            // A new chain, headed by a holder when one has what this host wants: the one holding
+            // least, whose copy is quickest to re-check before it serves.
+            let best =
+                free_holders.iter().enumerate().filter(|&(_, &h)| covers(h)).min_by_key(|&(_, &h)| sets[h].len());
+            if let Some((k, _)) = best {
+                parent[i] = Some(free_holders.remove(k));
+            }
             tails.push((i, 1));
             continue;
         }
         // The shortest chain whose tail holds everything this host wants.
         let (slot, _) =
-            tails.iter().enumerate().filter(|(_, (t, _))| fits(t)).min_by_key(|(_, (_, len))| *len).unwrap();
+            tails.iter().enumerate().filter(|(_, (t, _))| covers(*t)).min_by_key(|(_, (_, len))| *len).unwrap();
         parent[i] = Some(tails[slot].0);
         tails[slot] = (i, tails[slot].1 + 1);
     }
@@ -472,11 +480,24 @@ mod tests {
         }
     }
 
-    async fn deliver(ctx: &Ctx, agents: &[LocalAgent], chains: usize) -> Vec<Result<Delivered>> {
+    /// One distribution phase over `agents`, as `run` drives it: `holders` already hold their
+    /// copies and open a session only to head a chain.
+    async fn deliver(ctx: &Ctx, agents: &[LocalAgent], holders: &[bool], chains: usize) -> Vec<Result<Delivered>> {
         let wants: Vec<Vec<u64>> =
             ctx.cluster.hosts.iter().map(|h| distribute::wanted_chunks(&ctx.payload, h)).collect();
-        let board = Board::new(agents.iter().map(|a| a.addr.clone()).collect(), plan(&wants, chains)).unwrap();
-        let runs = agents.iter().enumerate().map(|(i, a)| session(ctx, a, i, &wants[i], &board));
+        let parents = plan(&wants, holders, chains);
+        let serves: Vec<bool> = (0..agents.len()).map(|i| !holders[i] || parents.contains(&Some(i))).collect();
+        let board = Board::new(agents.iter().map(|a| a.addr.clone()).collect(), parents).unwrap();
+        let runs = agents.iter().enumerate().map(|(i, a)| {
+            let (board, wants, serves) = (&board, &wants, serves[i]);
+            async move {
+                if !serves {
+                    board.skip(i);
+                    return Ok(Delivered::default());
+                }
+                session(ctx, a, i, &wants[i], board).await
+            }
+        });
         futures_join_all(runs).await
     }
 
@@ -533,7 +554,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = ctx(dir.path(), &["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"]);
         let agents = agents(dir.path(), 4);
-        let results = deliver(&ctx, &agents, 1).await;
+        let results = deliver(&ctx, &agents, &[false; 4], 1).await;
         let done: Vec<Delivered> = results.into_iter().map(|r| r.unwrap()).collect();
         let all: Vec<u64> = (0..ctx.payload.chunk_count()).collect();
         assert_eq!(done[0].from_operator, distribute::chunk_bytes(&ctx.payload, &all));
@@ -546,8 +567,18 @@ mod tests {
             verified(&ctx, a, i);
         }
         // Again: nothing moves at all.
-        let again: Vec<Delivered> = deliver(&ctx, &agents, 1).await.into_iter().map(|r| r.unwrap()).collect();
+        let again: Vec<Delivered> =
+            deliver(&ctx, &agents, &[false; 4], 1).await.into_iter().map(|r| r.unwrap()).collect();
         assert!(again.iter().all(|d| d.from_operator == 0 && d.from_relays == 0), "{again:?}");
+        // A new host (host 3 loses its copy) is fed by the registry host, which already holds
+        // everything: the operator sends nothing.
+        std::fs::remove_file(agents[3].dir.join("installer")).unwrap();
+        let join: Vec<Delivered> =
+            deliver(&ctx, &agents, &[true, true, true, false], 1).await.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(join[3].from_operator, 0, "{join:?}");
+        let want = distribute::wanted_chunks(&ctx.payload, &ctx.cluster.hosts[3]);
+        assert_eq!(join[3].from_relays, distribute::chunk_bytes(&ctx.payload, &want));
+        verified(&ctx, &agents[3], 3);
     }
 
     /// A relay that dies mid-stream (here: one that sends part of what it promised, then a
@@ -680,14 +711,22 @@ mod tests {
         let node: Vec<u64> = (0..4).collect();
         // Host 0 a worker, host 1 the registry, hosts 2 and 3 workers.
         let wants = vec![node.clone(), all.clone(), node.clone(), node.clone()];
-        assert_eq!(plan(&wants, 1), vec![Some(1), None, Some(0), Some(2)]);
-        assert_eq!(plan(&wants, 0), vec![None; 4]);
+        let none = [false; 4];
+        assert_eq!(plan(&wants, &none, 1), vec![Some(1), None, Some(0), Some(2)]);
+        assert_eq!(plan(&wants, &none, 0), vec![None; 4]);
         // Two chains: the registry and the first worker are fed by the operator.
-        assert_eq!(plan(&wants, 2), vec![None, None, Some(1), Some(0)]);
+        assert_eq!(plan(&wants, &none, 2), vec![None, None, Some(1), Some(0)]);
         // A host whose wants no tail covers starts its own chain.
         let odd: Vec<u64> = vec![20];
-        assert_eq!(plan(&[all.clone(), odd], 1), vec![None, None]);
-        // Nothing wanted (already delivered): not part of any chain.
-        assert_eq!(plan(&[all, vec![]], 1), vec![None, None]);
+        assert_eq!(plan(&[all.clone(), odd], &[false; 2], 1), vec![None, None]);
+        // Nothing wanted: not part of any chain.
+        assert_eq!(plan(&[all.clone(), vec![]], &[false; 2], 1), vec![None, None]);
+        // A join: the registry (host 1) and the worker (host 0) hold their copies already; the new
+        // workers 2 and 3 are fed from the worker (whose smaller copy is quicker to re-check), not
+        // by the operator, and the registry is left alone.
+        assert_eq!(plan(&wants, &[true, true, false, false], 1), vec![None, None, Some(0), Some(2)]);
+        // A worker holder cannot head the chain of a new registry host.
+        assert_eq!(plan(&[node.clone(), all.clone()], &[true, false], 1), vec![None, None]);
+        assert_eq!(plan(&[node.clone(), node], &[true, false], 1), vec![None, Some(0)]);
     }
 }
