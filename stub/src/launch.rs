@@ -163,7 +163,7 @@ pub async fn run_steps<H: RemoteHost>(ctx: &Ctx, h: &H) -> Result<()> {
                 output_tail(&out.text(), 30)
             ));
         }
-        ctx.rep.event(h.addr(), "launch", "done", &what, serde_json::json!({"step": i + 1}));
+        ctx.rep.event(h.addr(), "launch", "done", &format!("{what}: ok"), serde_json::json!({"step": i + 1}));
     }
     Ok(())
 }

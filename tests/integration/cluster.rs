@@ -427,7 +427,9 @@ fn run_to_green_check_then_red_reset_and_run_again() {
         lab.ssh_ok(Host::Node(1), "cat /etc/ferry/cluster.yaml").contains(&w3),
         "the saved description lists the new worker"
     );
-    let ok = installer(&["check"]);
+    // `--master` with the cluster file: the file says how to reach the master (bastion,
+    // known_hosts), the master's saved description which hosts there are.
+    let ok = installer(&["check", "--master", &m, "-f", inv]);
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(text(&ok).contains(&w3), "check covers the joined node:\n{}", text(&ok));
 

@@ -1,6 +1,7 @@
 //! Finding an existing cluster for `check`, `reset` and `join`, which need only the master's
 //! address: `--master IP` reads the description ferry saved on master0 (/etc/ferry/cluster.yaml),
-//! `-f FILE` reads a cluster file, and otherwise the description saved beside the installer
+//! reaching it with `-f FILE`'s SSH settings when a file is given too; `-f FILE` alone reads a
+//! cluster file, and otherwise the description saved beside the installer
 //! (`.ferry/<cluster>/cluster.yaml`; `--name` picks one when there are several).
 
 use crate::cli::ClusterCommandArgs;
@@ -93,10 +94,22 @@ pub async fn locate(args: &ClusterCommandArgs) -> Result<Found> {
         secrets: secrets.clone(),
     };
     let file = if let Some(master) = &args.master {
-        let probe = cluster::resolve(None, &overrides(a, vec![master.clone()]))?;
+        // A cluster file given too says how to reach the master (its host entry, or else the
+        // file's cluster-wide SSH settings: user, key, known_hosts, bastion); flags still win.
+        let probe = match &a.cluster_file {
+            Some(f) => {
+                let listed = cluster::resolve(Some(cluster::load(f)?), &overrides(a, Vec::new()))?;
+                if listed.hosts.iter().any(|h| &h.ip == master) {
+                    listed
+                } else {
+                    cluster::resolve(Some(cluster::load(f)?), &overrides(a, vec![master.clone()]))?
+                }
+            }
+            None => cluster::resolve(None, &overrides(a, vec![master.clone()]))?,
+        };
         let opts = mk_opts(probe.known_hosts.clone());
         let jump = jump_for(&probe, &opts).await?;
-        let h = &probe.hosts[0];
+        let h = probe.hosts.iter().find(|h| &h.ip == master).expect("the probe lists the master");
         let login = Login {
             host: h.ip.clone(),
             port: h.ssh.port,
