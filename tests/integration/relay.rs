@@ -4,7 +4,7 @@
 //! the network while node3 pulls from it: node3 goes around it to node1, node3 and node4 finish
 //! with copies that verify, and the run fails naming node2 alone. A re-run then completes.
 
-use ferry_tests::bundles::{RunBundle, run_bundle};
+use ferry_tests::bundles::{RunBundle, run_bundle, wipe_run};
 use ferry_tests::lab::{Host, LAB_NODES, Lab};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -38,9 +38,7 @@ fn run_command(inv: &std::path::Path) -> Command {
 }
 
 fn wipe(lab: &Lab) {
-    for i in 1..=LAB_NODES {
-        lab.ssh_ok(Host::Node(i), "systemctl disable --now ferry-registry containerd 2>/dev/null; rm -rf /var/lib/ferry /etc/systemd/system/ferry-registry.service /etc/containerd /usr/bin/containerd /usr/bin/ctr /usr/bin/containerd-shim-runc-v2 /usr/sbin/runc /etc/systemd/system/containerd.service /opt/ferry-test; systemctl daemon-reload; true");
-    }
+    wipe_run(lab, LAB_NODES);
 }
 
 /// The padding file, extracted from the host's own copy by the installer there (which checks

@@ -7,8 +7,8 @@
 //! The bundle's rootfs carries this machine's Debian containerd, shim, ctr and runc and
 //! containerd's systemd unit; its image is built offline with umoci from /bin/busybox.
 
+use ferry_tests::bundles::{RunBundle, run_bundle, wipe_run};
 use ferry_tests::lab::{Host, Lab};
-use ferry_tests::registry::Layout;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -20,66 +20,11 @@ fn lab() -> &'static Lab {
     Lab::shared(ferry_tests::lab::LAB_NODES, true)
 }
 
-struct Bundle {
-    _dir: tempfile::TempDir,
-    installer: PathBuf,
-    public_key: PathBuf,
-}
-
-fn copy(from: &str, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copying {from}: {e} (apt-get install containerd runc)"));
-}
-
-/// The test installer, built once per test binary. `FERRY_RUN_TEST_PAD_MB` adds a file of
-/// random bytes so distribution takes long enough to be cut.
-fn bundle() -> &'static Bundle {
-    static B: OnceLock<Bundle> = OnceLock::new();
-    B.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("ferry-run-").tempdir().unwrap();
-        let d = dir.path();
-        let rootfs = d.join("rootfs");
-        for (from, to) in [
-            ("/usr/bin/containerd", "usr/bin/containerd"),
-            ("/usr/bin/containerd-shim-runc-v2", "usr/bin/containerd-shim-runc-v2"),
-            ("/usr/bin/ctr", "usr/bin/ctr"),
-            ("/usr/sbin/runc", "usr/sbin/runc"),
-            ("/lib/systemd/system/containerd.service", "etc/systemd/system/containerd.service"),
-        ] {
-            copy(from, &rootfs.join(to));
-        }
-        let layout = Layout::init(&d.join("layout"));
-        layout.image("1", &[("/bin/busybox", None), ("/hello", Some(b"hello from the bundle\n"))], "amd64");
-        // Random padding, so the run has ~100 MB to distribute to every host.
-        let mut pad = vec![0u8; 100 << 20];
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        for c in pad.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-        }
-        std::fs::write(d.join("pad.bin"), &pad).unwrap();
-        std::fs::write(
-            d.join("bundle.yaml"),
-            "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: run-test, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.33.4}\n  platforms: [linux/amd64]\n  rootfs: [{path: rootfs}]\n  files: [{path: pad.bin, dest: /opt/ferry-test/pad.bin}]\n  images:\n    - {ref: docker.io/library/app:1, source: \"oci:layout:1\"}\n",
-        )
-        .unwrap();
-        let ferry = ferry_tests::release_bin("ferry");
-        ferry_tests::ok(Command::new(&ferry).arg("keygen").arg("-o").arg(d.join("vendor")));
-        let installer = d.join("installer");
-        ferry_tests::ok(
-            Command::new(&ferry)
-                .arg("build")
-                .arg(d.join("bundle.yaml"))
-                .arg("-o")
-                .arg(&installer)
-                .arg("--key")
-                .arg(d.join("vendor.key"))
-                .args(["--offline", "--allow-missing-images"]),
-        );
-        Bundle { public_key: d.join("vendor.pub"), installer, _dir: dir }
-    })
+/// The test installer (`ferry_tests::bundles`), built once per test binary, with ~100 MB of
+/// padding so distribution takes long enough to be cut.
+fn bundle() -> &'static RunBundle {
+    static B: OnceLock<RunBundle> = OnceLock::new();
+    B.get_or_init(|| run_bundle("run-test", 100))
 }
 
 fn inventory(dir: &Path, text: &str) -> PathBuf {
@@ -124,9 +69,7 @@ fn summary(o: &Output) -> serde_json::Value {
 }
 
 fn wipe(lab: &Lab) {
-    for i in 1..=NODES {
-        lab.ssh_ok(Host::Node(i), "systemctl disable --now ferry-registry containerd 2>/dev/null; rm -rf /var/lib/ferry /etc/systemd/system/ferry-registry.service /etc/containerd /usr/bin/containerd /usr/bin/ctr /usr/bin/containerd-shim-runc-v2 /usr/sbin/runc /etc/systemd/system/containerd.service; systemctl daemon-reload; true");
-    }
+    wipe_run(lab, NODES);
 }
 
 #[test]

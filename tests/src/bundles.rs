@@ -77,3 +77,12 @@ pub fn run_bundle(name: &str, pad_mib: usize) -> RunBundle {
     );
     RunBundle { public_key: d.join("vendor.pub"), installer, pad_sha256, dir }
 }
+
+/// Takes back from lab nodes `1..=nodes` everything a run of a [`run_bundle`] installer put
+/// there (services, binaries, configuration, ferry's state and the delivered copy), so the next
+/// run starts from bare hosts.
+pub fn wipe_run(lab: &crate::lab::Lab, nodes: usize) {
+    for i in 1..=nodes {
+        lab.ssh_ok(crate::lab::Host::Node(i), "systemctl disable --now ferry-registry containerd 2>/dev/null; rm -rf /var/lib/ferry /etc/systemd/system/ferry-registry.service /etc/containerd /usr/bin/containerd /usr/bin/ctr /usr/bin/containerd-shim-runc-v2 /usr/sbin/runc /etc/systemd/system/containerd.service /opt/ferry-test; systemctl daemon-reload; true");
+    }
+}
