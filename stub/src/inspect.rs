@@ -35,7 +35,7 @@ pub fn run(path: &Path, args: &InspectArgs, printer: &Printer) -> Result<()> {
             "missingImages": missing_images(&payload),
             "entries": index.entries,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::printer::stdout_line(&serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     printer.out(format!("file:         {}", payload.path().display()));

@@ -21,7 +21,7 @@ impl Printer {
     /// A result line on stdout.
     pub fn out(&self, line: impl AsRef<str>) {
         if !self.quiet {
-            println!("{}", line.as_ref());
+            stdout_line(line.as_ref());
         }
     }
 
@@ -81,5 +81,20 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// Writes one line to stdout. When the reader has gone (`installer inspect | head`), ends the
+/// process with status 141, as a tool killed by SIGPIPE would, instead of panicking (Rust
+/// ignores SIGPIPE, so `println!` panics on the broken pipe). Never 0: a `verify` cut short has
+/// not verified anything.
+pub fn stdout_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        panic!("failed printing to stdout: {e}");
     }
 }

@@ -418,3 +418,18 @@ fn launch_steps_are_checked_recorded_and_inspected() {
     assert!(e.contains("command") && e.contains("line 9"), "{e}");
     assert!(!dir.path().join("bad").exists());
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_with_sigpipe_status_not_a_panic() {
+    // `installer inspect | head`: the reader goes away. Here it is gone before the first line.
+    let dir = scratch();
+    let inst = build(&demo_bundle(), dir.path(), None);
+    for args in [&["inspect"][..], &["inspect", "--json"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = installer(&inst).args(args).stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
