@@ -282,6 +282,9 @@ pub fn write_installer(
         .with_context(|| format!("cannot write the output: creating {}", tmp_path.display()))?;
     let mut guard = TempOutput { path: tmp_path.clone(), keep: false };
     let mut writer = PayloadWriter::new(file, &tmp_path, &mut Cursor::new(stub), WriterOptions::default())?;
+    // One sniffing context for the whole build: this thread feeds the compression workers, and
+    // creating a context per file cost about as much as sniffing a small file.
+    let mut sniffer = zstd::bulk::Compressor::new(1).context("creating a zstd context")?;
     for (path, planned) in plan {
         let item = &planned.item;
         match &item.kind {
@@ -311,7 +314,7 @@ pub fn write_installer(
                 let mut f = File::open(&item.source)
                     .with_context(|| format!("{}: reading {}", planned.origin, item.source.display()))?;
                 let (compression, mut reader) =
-                    sniff(&mut f).with_context(|| format!("reading {}", item.source.display()))?;
+                    sniff(&mut f, &mut sniffer).with_context(|| format!("reading {}", item.source.display()))?;
                 let mut counted = Counting { inner: &mut reader, progress };
                 writer
                     .add_file(path, item.mode, compression, &mut counted)
@@ -332,13 +335,16 @@ const SNIFF_LEN: usize = 128 << 10;
 
 /// Stores data that zstd cannot shrink (already-compressed layers, archives, random data) raw,
 /// so it stays servable as a plain slice of the file; everything else as zstd frames.
-fn sniff<'a>(f: &'a mut File) -> std::io::Result<(Compression, Chain<Cursor<Vec<u8>>, &'a mut File>)> {
+fn sniff<'a>(
+    f: &'a mut File,
+    sniffer: &mut zstd::bulk::Compressor,
+) -> std::io::Result<(Compression, Chain<Cursor<Vec<u8>>, &'a mut File>)> {
     let mut head = Vec::with_capacity(SNIFF_LEN);
     f.by_ref().take(SNIFF_LEN as u64).read_to_end(&mut head)?;
     let compression = if head.len() < 512 {
         Compression::Zstd
     } else {
-        let packed = zstd::bulk::compress(&head, 1)?;
+        let packed = sniffer.compress(&head)?;
         if packed.len() as f64 > head.len() as f64 * 0.9 { Compression::Raw } else { Compression::Zstd }
     };
     Ok((compression, Cursor::new(head).chain(f)))
