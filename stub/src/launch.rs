@@ -153,7 +153,7 @@ pub async fn run_steps<H: RemoteHost>(ctx: &Ctx, h: &H) -> Result<()> {
     for (i, s) in steps.iter().enumerate() {
         let what = format!("launch step {} ({})", i + 1, s.describe());
         ctx.rep.event(h.addr(), "launch", "start", &what, serde_json::json!({"step": i + 1}));
-        let out = h.run(&s.command(), b"").await?;
+        let out = h.run(&s.command(), b"").await.map_err(|e| anyhow!("{}: {what}: {e:#}", h.addr()))?;
         if !out.ok() {
             ctx.rep.finish();
             return Err(anyhow!(
