@@ -36,6 +36,33 @@ pub struct ExtractSummary {
 /// still spread over all cores.
 const RAW_CHUNKS_PER_PIECE: u64 = 4;
 
+/// Per-thread buffers and decoder, reused for every piece and frame the thread handles: a fresh
+/// buffer per frame would touch new memory each time (with musl's allocator, a fresh mapping),
+/// which costs more than the decompression on some machines.
+struct Buffers {
+    stored: Vec<u8>,
+    plain: Vec<u8>,
+    decoder: zstd::bulk::Decompressor<'static>,
+}
+
+fn with_buffers<T>(f: impl FnOnce(&mut Buffers) -> Result<T>) -> Result<T> {
+    thread_local! {
+        static BUFFERS: std::cell::RefCell<Option<Buffers>> = const { std::cell::RefCell::new(None) };
+    }
+    BUFFERS.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let decoder = zstd::bulk::Decompressor::new().map_err(|e| Error::Decompress {
+                path: PathBuf::new(),
+                entry: String::new(),
+                detail: format!("starting a zstd decoder: {e}"),
+            })?;
+            *slot = Some(Buffers { stored: Vec::new(), plain: Vec::new(), decoder });
+        }
+        f(slot.as_mut().unwrap())
+    })
+}
+
 impl Payload {
     /// Entries selected by `selection` (exact paths or directory prefixes). Each selector must
     /// match something.
@@ -168,32 +195,39 @@ impl Payload {
                 }
                 bounds.push(end);
                 bounds.par_windows(2).try_for_each(|w| {
-                    let data = self.read_verified(w[0], w[1])?;
-                    file.write_all_at(&data, w[0] - start).map_err(Error::io("writing", tmp))?;
-                    progress(data.len() as u64);
-                    Ok(())
+                    with_buffers(|b| {
+                        let range = self.read_verified_into(w[0], w[1], &mut b.stored)?;
+                        let data = &b.stored[range];
+                        file.write_all_at(data, w[0] - start).map_err(Error::io("writing", tmp))?;
+                        progress(data.len() as u64);
+                        Ok(())
+                    })
                 })
             }
             Compression::Zstd => (0..e.frames.len()).into_par_iter().try_for_each(|i| {
-                let (s, end) = e.frame_range(i);
-                let stored = self.read_verified(s, end)?;
-                let out_off = i as u64 * e.frame_size as u64;
-                let expect = (e.size - out_off).min(e.frame_size as u64) as usize;
-                let data = zstd::bulk::decompress(&stored, expect).map_err(|err| Error::Decompress {
-                    path: self.path().into(),
-                    entry: e.path.clone(),
-                    detail: format!("frame {i}: {err}"),
-                })?;
-                if data.len() != expect {
-                    return Err(Error::Decompress {
+                with_buffers(|b| {
+                    let (s, end) = e.frame_range(i);
+                    let range = self.read_verified_into(s, end, &mut b.stored)?;
+                    let out_off = i as u64 * e.frame_size as u64;
+                    let expect = (e.size - out_off).min(e.frame_size as u64) as usize;
+                    let bad = |detail: String| Error::Decompress {
                         path: self.path().into(),
                         entry: e.path.clone(),
-                        detail: format!("frame {i} holds {} bytes, expected {expect}", data.len()),
-                    });
-                }
-                file.write_all_at(&data, out_off).map_err(Error::io("writing", tmp))?;
-                progress(data.len() as u64);
-                Ok(())
+                        detail: format!("frame {i}: {detail}"),
+                    };
+                    // One spare byte: a frame that decodes to more than it should is caught, not cut.
+                    b.plain.resize(expect + 1, 0);
+                    let n = b
+                        .decoder
+                        .decompress_to_buffer(&b.stored[range], &mut b.plain[..])
+                        .map_err(|err| bad(err.to_string()))?;
+                    if n != expect {
+                        return Err(bad(format!("holds {n} bytes, expected {expect}")));
+                    }
+                    file.write_all_at(&b.plain[..n], out_off).map_err(Error::io("writing", tmp))?;
+                    progress(n as u64);
+                    Ok(())
+                })
             }),
         }
     }

@@ -200,23 +200,32 @@ impl Payload {
     /// Reads absolute range `start..end` of the data region, checking every chunk it touches
     /// against the index before returning any byte.
     pub fn read_verified(&self, start: u64, end: u64) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let range = self.read_verified_into(start, end, &mut buf)?;
+        buf.truncate(range.end);
+        buf.drain(..range.start);
+        Ok(buf)
+    }
+
+    /// Like [`Payload::read_verified`], into `buf` (resized, and reused by callers that read
+    /// many ranges, so no fresh memory is touched per read): returns where `start..end` lies in
+    /// it. `buf` holds the whole chunks around the range, all checked.
+    pub fn read_verified_into(&self, start: u64, end: u64, buf: &mut Vec<u8>) -> Result<std::ops::Range<usize>> {
         if start >= end {
-            return Ok(Vec::new());
+            return Ok(0..0);
         }
         let first = self.chunk_of(start);
         let last = self.chunk_of(end - 1);
         let region_start = self.chunk_range(first).0;
         let region_end = self.chunk_range(last).1;
-        let mut buf = vec![0u8; (region_end - region_start) as usize];
-        self.file.read_exact_at(&mut buf, region_start).map_err(Error::io("reading", &self.path))?;
+        buf.resize((region_end - region_start) as usize, 0);
+        self.file.read_exact_at(buf, region_start).map_err(Error::io("reading", &self.path))?;
         for n in first..=last {
             let (s, e) = self.chunk_range(n);
             if !self.chunk_matches(n, &buf[(s - region_start) as usize..(e - region_start) as usize]) {
                 return Err(self.chunk_error(n));
             }
         }
-        buf.truncate((end - region_start) as usize);
-        buf.drain(..(start - region_start) as usize);
-        Ok(buf)
+        Ok((start - region_start) as usize..(end - region_start) as usize)
     }
 }
