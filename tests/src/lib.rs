@@ -25,7 +25,19 @@ pub fn release_bin(name: &str) -> PathBuf {
 
 /// Runs a command and returns its output, panicking with full context if it could not start.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}"))
+    // A program written by this test process moments ago can still be open for writing in a
+    // child another test thread is forking (the fd lives until that child execs): exec then
+    // fails with ETXTBSY. Retry; it clears within milliseconds.
+    let mut tries = 0;
+    loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}")),
+        }
+    }
 }
 
 /// Text of stdout and stderr together, for assertions and failure messages.
