@@ -53,8 +53,14 @@ pub fn run(mut args: ClusterCommandArgs, quiet: bool, no_progress: bool) -> Resu
         .unwrap_or(probe.hosts[0].ssh.clone());
     for (ips, role) in [(&new_masters, Role::Master), (&new_workers, Role::Worker)] {
         for ip in ips {
-            if cluster.hosts.iter().any(|h| &h.ip == ip) {
-                bail!("{ip} is already a host of cluster {}", cluster.name);
+            if let Some(h) = cluster.hosts.iter().find(|h| &h.ip == ip) {
+                // Listed by an earlier join that stopped (or one that finished): the same command
+                // again continues it; `run` skips what is done.
+                if h.is(role) {
+                    eprintln!("{ip} is already listed in cluster {}; continuing its join", cluster.name);
+                    continue;
+                }
+                bail!("{ip} is already a host of cluster {}, as {}", cluster.name, h.role_names());
             }
             cluster.hosts.push(Host {
                 ip: ip.clone(),

@@ -159,7 +159,7 @@ fn wipe(lab: &Lab) {
 #[test]
 fn run_to_green_check_then_red_reset_and_run_again() {
     let lab = lab();
-    let _ex = lab.exclusive();
+    let ex = lab.exclusive();
     wipe(lab);
     let work = tempfile::tempdir().unwrap();
     let inv = work.path().join("cluster.yaml");
@@ -391,6 +391,16 @@ fn run_to_green_check_then_red_reset_and_run_again() {
         lab.ssh_ok(Host::Node(i), "grep -c 'kubeadm join' /var/lib/ferry-standin/calls.log; true").trim().to_string()
     };
     let (m_calls, w_joins) = (calls_len(lab, 1), [joins(2), joins(3)]);
+
+    // A join while master0 is down stops in preflight, naming it, and changes nothing on node4;
+    // the same command once the master is back continues and completes the join.
+    ex.cut(Host::Node(1));
+    let down = installer(&["join", "--workers", &w3, "--connect-timeout", "5"]);
+    ex.restore(Host::Node(1));
+    assert!(!down.status.success(), "{}", text(&down));
+    assert!(text(&down).contains(&format!("{m}")) && text(&down).contains("nothing was installed"), "{}", text(&down));
+    assert!(!text(&down).contains("panicked"), "{}", text(&down));
+    assert_eq!(lab.ssh_ok(Host::Node(4), "ls /var/lib/ferry 2>/dev/null; true").trim(), "", "node4 was changed");
 
     let t = std::time::Instant::now();
     let join = installer(&["join", "--workers", &w3]);
