@@ -184,8 +184,7 @@ fn access_modes_and_host_keys() {
         .replace("roles: [worker]}", "roles: [worker], ssh: {key: none}}");
     let inv = inventory(work.path(), &guard);
     let pw = lab.guard_password();
-    // --dry-run never connects; a preflight-only check is a run with a bad registry port? No:
-    // the full run is idempotent, so run it for real (it sends ~nothing after the first test).
+    // The full run is idempotent, so it runs for real (it sends ~nothing after the first test).
     let out = run(&["-f", inv.to_str().unwrap()], &[("FERRY_SSH_PASSWORD", pw.as_str())]);
     assert!(out.status.success() || text(&out).contains("problem"), "{}", text(&out));
     assert!(!text(&out).contains(&pw), "the password leaked into output");
@@ -198,6 +197,11 @@ fn access_modes_and_host_keys() {
     let out = run(&["-f", inv2.to_str().unwrap(), "--dry-run"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("as ops@10.88.0.11:22 via sudo"), "{}", text(&out));
+    // The plan shows the relay chain: node1 (the registry) fed by this installer, node2 by node1,
+    // node3 by node2.
+    assert!(text(&out).contains(", streamed by this installer"), "{}", text(&out));
+    assert!(text(&out).contains("pulled from 10.88.0.11 (relay)"), "{}", text(&out));
+    assert!(text(&out).contains("pulled from 10.88.0.12 (relay)"), "{}", text(&out));
 
     // Unknown host keys are refused without the flag, recorded with it; a changed key is refused.
     let kh = work.path().join("known_hosts");

@@ -386,18 +386,25 @@ pub fn probe_image(payload: &Payload) -> Option<String> {
     refs.into_iter().next()
 }
 
-fn print_plan(ctx: &Ctx) {
+fn print_plan(ctx: &Ctx, relay_chains: usize) {
+    // The chains as a first run would lay them (a resumed run also lets delivered hosts head them).
+    let wants: Vec<Vec<u64>> = ctx.cluster.hosts.iter().map(|h| distribute::wanted_chunks(&ctx.payload, h)).collect();
+    let parents = relay::plan(&wants, &vec![false; wants.len()], relay_chains);
     let mut s = format!(
         "plan for cluster {} ({} hosts, installer {}):\n",
         ctx.cluster.name,
         ctx.cluster.hosts.len(),
         &ctx.id[..12]
     );
-    for h in &ctx.cluster.hosts {
+    for (i, h) in ctx.cluster.hosts.iter().enumerate() {
         let plan = prepare_plan(ctx, h);
+        let source = match parents[i] {
+            Some(j) => format!(", pulled from {} (relay)", ctx.cluster.hosts[j].ip),
+            None => ", streamed by this installer".to_string(),
+        };
         let (want, bytes, rootfs) = host_plan(&ctx.payload, h);
         s.push_str(&format!(
-            "  {} [{}] as {}@{}:{}{}\n    preflight: facts (agent staged under /run, moved to {AGENT_PATH} once every host passes)\n    distribute: {} chunks ({}) to {INSTALLER_PATH}{}\n    prepare: rootfs ({}), containerd via {}, sysctls, swap off, /etc/hosts\n{}",
+            "  {} [{}] as {}@{}:{}{}\n    preflight: facts (agent staged under /run, moved to {AGENT_PATH} once every host passes)\n    distribute: {} chunks ({}) to {INSTALLER_PATH}{}{}\n    prepare: rootfs ({}), containerd via {}, sysctls, swap off, /etc/hosts\n{}",
             h.ip,
             h.role_names(),
             h.ssh.user,
@@ -407,6 +414,7 @@ fn print_plan(ctx: &Ctx) {
             want.len(),
             crate::units::bytes(bytes),
             if h.is(Role::Registry) { " (the whole installer)" } else { "" },
+            source,
             crate::units::bytes(rootfs),
             plan.registry_endpoints.join(", "),
             if h.is(Role::Registry) { format!("    registry: ferry-registry.service on port {}\n", ctx.cluster.registry_port) } else { String::new() },
@@ -478,7 +486,7 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         stall: Duration::from_secs(args.keepalive.max(1) * 4 + 10),
     });
     if args.dry_run {
-        print_plan(&ctx);
+        print_plan(&ctx, args.relay_chains);
         ctx.rep.line("dry-run", "dry run: nothing was changed", serde_json::json!({}));
         return Ok(());
     }
