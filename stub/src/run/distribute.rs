@@ -222,7 +222,7 @@ pub async fn stream_chunks<W: AsyncWrite + Unpin>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::agent::receive::{ReceiveOptions, receive};
     use payload_format::{BundleMetadata, Compression, PayloadWriter, WriterOptions};
@@ -230,15 +230,21 @@ mod tests {
     use std::path::Path;
 
     fn build(dir: &Path) -> std::path::PathBuf {
+        build_sized(dir, 40_000, 160_000)
+    }
+
+    /// A test installer in `dir` (with its pretend program as `dir/stub`, 4 KiB chunks): a
+    /// rootfs file of `tool_words` little-endian u32s and an image blob of its first `blob_bytes`.
+    pub(in crate::run) fn build_sized(dir: &Path, tool_words: u32, blob_bytes: usize) -> std::path::PathBuf {
         let stub_bytes = b"\x7fELF pretend stub".to_vec();
         std::fs::write(dir.join("stub"), &stub_bytes).unwrap();
         let path = dir.join("installer");
         let f = std::fs::File::create(&path).unwrap();
         let opts = WriterOptions { chunk_size: 4096, ..Default::default() };
         let mut w = PayloadWriter::new(f, &path, &mut &stub_bytes[..], opts).unwrap();
-        let big: Vec<u8> = (0..40_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let big: Vec<u8> = (0..tool_words).flat_map(|i| i.to_le_bytes()).collect();
         w.add_file("rootfs/usr/bin/tool", 0o755, Compression::Raw, &mut &big[..]).unwrap();
-        w.add_file("blobs/sha256/aa", 0o644, Compression::Raw, &mut &big[..]).unwrap();
+        w.add_file("blobs/sha256/aa", 0o644, Compression::Raw, &mut &big[..blob_bytes]).unwrap();
         w.finish(BundleMetadata { name: "t".into(), version: "1".into(), ..Default::default() }, None).unwrap();
         path
     }

@@ -453,18 +453,10 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
 
     let file = args.cluster_file.as_deref().map(cluster::load).transpose()?;
     let overrides = Overrides {
-        hosts: args.hosts.clone(),
         masters: args.masters.clone(),
         workers: args.workers.clone(),
-        name: args.name.clone(),
-        user: args.user.clone(),
-        port: args.port,
-        key: args.ssh_key.as_ref().map(|p| p.display().to_string()),
-        sudo: args.sudo,
-        bastion: args.bastion.clone(),
-        known_hosts: args.known_hosts.as_ref().map(|p| p.display().to_string()),
-        registry_port: args.registry_port,
         registry_replicas: args.registry_replicas,
+        ..locate::overrides(args, args.hosts.clone())
     };
     let cluster = cluster::resolve(file, &overrides)?;
     for w in &cluster.warnings {

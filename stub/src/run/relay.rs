@@ -75,9 +75,9 @@ pub struct Board {
     parent: Vec<Option<usize>>,
     addrs: Vec<String>,
     secrets: Vec<Secret>,
+    /// Each host's listener; `Gone` also for one no longer used as a source (its session
+    /// failed, or a host pulling from it lost it).
     ports: Vec<watch::Sender<Port>>,
-    /// Hosts no longer used as a source (their session failed, or a host lost them).
-    avoided: Vec<std::sync::atomic::AtomicBool>,
     /// Sessions that ended, done or failed; a relay keeps serving until all have.
     ended: watch::Sender<usize>,
 }
@@ -95,7 +95,6 @@ impl Board {
             addrs,
             secrets,
             ports: (0..n).map(|_| watch::channel(Port::Pending).0).collect(),
-            avoided: (0..n).map(|_| Default::default()).collect(),
             ended: watch::channel(0).0,
         })
     }
@@ -111,28 +110,26 @@ impl Board {
     }
 
     fn avoid(&self, i: usize) {
-        self.avoided[i].store(true, Ordering::SeqCst);
+        self.ports[i].send_replace(Port::Gone);
     }
 
     /// The nearest working source for host `i`, starting at `from` and going up its chain, with
     /// its index; `None` is the operator.
     async fn source(&self, i: usize, mut from: Option<usize>) -> Option<(usize, Upstream)> {
         while let Some(j) = from {
-            if !self.avoided[j].load(Ordering::SeqCst) {
-                let mut rx = self.ports[j].subscribe();
-                let port = match rx.wait_for(|p| *p != Port::Pending).await {
-                    Ok(p) => *p,
-                    Err(_) => Port::Gone,
+            let mut rx = self.ports[j].subscribe();
+            let port = match rx.wait_for(|p| *p != Port::Pending).await {
+                Ok(p) => *p,
+                Err(_) => Port::Gone,
+            };
+            if let Port::Ready(port) = port {
+                let up = Upstream {
+                    addr: self.addrs[j].clone(),
+                    port,
+                    name: self.addrs[i].clone(),
+                    token: hex::encode(token(&self.secrets[j], &self.addrs[i])),
                 };
-                if let Port::Ready(port) = port {
-                    let up = Upstream {
-                        addr: self.addrs[j].clone(),
-                        port,
-                        name: self.addrs[i].clone(),
-                        token: hex::encode(token(&self.secrets[j], &self.addrs[i])),
-                    };
-                    return Some((j, up));
-                }
+                return Some((j, up));
             }
             from = self.parent[j];
         }
@@ -151,7 +148,6 @@ struct Ending<'a> {
 impl Drop for Ending<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.board.ports[self.i].send_replace(Port::Gone);
             self.board.avoid(self.i);
         }
         self.board.ended.send_modify(|n| *n += 1);
@@ -390,7 +386,7 @@ mod tests {
     use super::*;
     use crate::agent::receive::{ReceiveOptions, receive};
     use crate::ssh::Exec;
-    use payload_format::{BundleMetadata, Compression, Payload, PayloadWriter, WriterOptions};
+    use payload_format::Payload;
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
@@ -444,17 +440,7 @@ mod tests {
     }
 
     fn build(dir: &Path) -> PathBuf {
-        let stub_bytes = b"\x7fELF pretend stub".to_vec();
-        std::fs::write(dir.join("stub"), &stub_bytes).unwrap();
-        let path = dir.join("installer");
-        let f = std::fs::File::create(&path).unwrap();
-        let opts = WriterOptions { chunk_size: 4096, ..Default::default() };
-        let mut w = PayloadWriter::new(f, &path, &mut &stub_bytes[..], opts).unwrap();
-        let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
-        w.add_file("rootfs/usr/bin/tool", 0o755, Compression::Raw, &mut &big[..]).unwrap();
-        w.add_file("blobs/sha256/aa", 0o644, Compression::Raw, &mut &big[..100_000]).unwrap();
-        w.finish(BundleMetadata { name: "t".into(), version: "1".into(), ..Default::default() }, None).unwrap();
-        path
+        super::super::distribute::tests::build_sized(dir, 200_000, 100_000)
     }
 
     fn ctx(dir: &Path, ips: &[&str]) -> Ctx {
@@ -502,10 +488,8 @@ mod tests {
     }
 
     async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
-        let mut out = Vec::new();
-        let fs: Vec<_> = fs.map(Box::pin).collect();
         // Poll them together on this task: every session must run at once.
-        let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> = fs.into_iter().map(Some).collect();
+        let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> = fs.map(|f| Some(Box::pin(f))).collect();
         let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
         std::future::poll_fn(|cx| {
             let mut all = true;
@@ -523,8 +507,7 @@ mod tests {
             if all { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
         })
         .await;
-        out.extend(results.into_iter().map(|r| r.unwrap()));
-        out
+        results.into_iter().map(|r| r.unwrap()).collect()
     }
 
     fn agents(dir: &Path, n: usize) -> Vec<LocalAgent> {
