@@ -7,6 +7,9 @@ set -euo pipefail
 PACKAGES=(
   # building the static stub
   musl-tools file binutils pkg-config
+  # building real Kubernetes from Go modules (scripts/build-kubernetes.sh): pause and runc are
+  # static C/cgo builds, runc with seccomp; nftables is the node's and kube-proxy's firewall tool
+  gcc libc6-dev libseccomp-dev nftables
   # tests and benchmarks of the file format
   openssh-client zstd tar coreutils python3 python3-yaml
   # images: an upstream registry, offline image building, a real containerd client
