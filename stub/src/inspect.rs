@@ -41,6 +41,13 @@ pub fn run(path: &Path, args: &InspectArgs, printer: &Printer) -> Result<()> {
     printer.out(format!("file:         {}", payload.path().display()));
     printer.out(format!("bundle:       {} {}", meta.name, meta.version));
     printer.out(format!("kubernetes:   {}", meta.kubernetes_version));
+    if let Some(cp) = meta.extra.get(crate::registry::config::CONTROL_PLANE_KEY) {
+        // Where the control-plane list came from (the bundle's kubeadm, or ferry's table).
+        let n = cp.get("images").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0);
+        let detail = cp.get("detail").and_then(|v| v.as_str()).unwrap_or("source not recorded");
+        let pause = cp.get("pause").and_then(|v| v.as_str()).unwrap_or("-");
+        printer.out(format!("  control plane: {n} images {detail}; sandbox image {pause}"));
+    }
     printer.out(format!("created:      {}", units::rfc3339(meta.created)));
     printer.out(format!("built by:     {}", meta.builder));
     match &signer {

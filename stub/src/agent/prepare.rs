@@ -237,16 +237,14 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
         let out = root.join("etc/containerd");
         let before = snapshot(&out);
         let meta = &payload.index().metadata;
-        let sandbox = crate::registry::config::kubeadm_pause_image(&meta.kubernetes_version)
-            .ok()
-            .map(|_| None)
-            .unwrap_or(Some("registry.k8s.io/pause:3.10".to_string()));
+        let sandbox = crate::registry::config::bundle_pause_image(meta)
+            .context("choosing containerd's sandbox (pause) image")?;
         let args = crate::cli::RegistryConfigArgs {
             endpoints: plan.registry_endpoints.clone(),
             out: out.clone(),
             containerd: line.parse().map_err(anyhow::Error::msg)?,
             config_path: out.join("certs.d").display().to_string(),
-            sandbox_image: sandbox,
+            sandbox_image: Some(sandbox),
             file: PathBuf::from(crate::SELF_EXE),
             trust: crate::cli::TrustArgs { keys: Vec::new(), allow_unsigned: plan.allow_unsigned },
         };

@@ -11,6 +11,8 @@
 //!   `SystemdCgroup = true` (kubeadm's kubelets use the systemd cgroup driver) and the sandbox
 //!   image pinned to the pause image kubeadm expects for the bundle's Kubernetes version (the
 //!   kubelet flag for it is gone since 1.35; containerd's setting is the only one that counts).
+//!   That image is the one the packer recorded from the bundle's own control-plane list
+//!   ([`bundle_pause_image`]); the table here only serves bundles that lack the record.
 //!
 //! Every file is written atomically (temporary name, fsync, rename).
 
@@ -21,12 +23,34 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The pause image kubeadm expects, by Kubernetes minor version: kubeadm's `PauseVersion` in
-/// `cmd/kubeadm/app/constants/constants.go` (3.10 in 1.31–1.33; 3.10.1 from 1.34, see
-/// ../shared/notes/k8s-offline.md §3.3). Extend it when a new minor is supported.
-const PAUSE_BY_MINOR: &[(u32, u32, &str)] =
-    &[(31, 33, "registry.k8s.io/pause:3.10"), (34, 37, "registry.k8s.io/pause:3.10.1")];
+/// `cmd/kubeadm/app/constants/constants.go` (3.10 in 1.31–1.33, 3.10.1 in 1.34–1.35, 3.10.2 in
+/// 1.36–1.37). Only a fallback: bundles record the pause image of their own control-plane list
+/// (see [`bundle_pause_image`]). Extend it when a new minor is supported.
+const PAUSE_BY_MINOR: &[(u32, u32, &str)] = &[
+    (31, 33, "registry.k8s.io/pause:3.10"),
+    (34, 35, "registry.k8s.io/pause:3.10.1"),
+    (36, 37, "registry.k8s.io/pause:3.10.2"),
+];
 
-/// The pause image kubeadm uses for Kubernetes `version` (`v1.33.4`, `1.33`, …).
+/// The index metadata key where the packer records the bundle's control-plane images
+/// (`{images, pause, source, …}`; written by the packer's `images::controlplane`).
+pub const CONTROL_PLANE_KEY: &str = "controlPlaneImages";
+
+/// The pause image of the bundle: the one recorded in its metadata under [`CONTROL_PLANE_KEY`]
+/// (from the bundle's kubeadm, or the packer's table), else kubeadm's for the bundle's version
+/// from [`kubeadm_pause_image`].
+pub fn bundle_pause_image(meta: &payload_format::BundleMetadata) -> Result<String> {
+    let recorded = meta.extra.get(CONTROL_PLANE_KEY).and_then(|cp| cp.get("pause"));
+    match recorded {
+        Some(serde_json::Value::String(p)) if !p.trim().is_empty() => Ok(p.trim().to_string()),
+        Some(other) => bail!(
+            "the index's metadata.{CONTROL_PLANE_KEY}.pause is {other}, not an image reference; the installer is damaged or from an incompatible ferry"
+        ),
+        None => Ok(kubeadm_pause_image(&meta.kubernetes_version)?.to_string()),
+    }
+}
+
+/// The pause image kubeadm uses for Kubernetes `version` (`v1.36.3`, `1.36`, …).
 pub fn kubeadm_pause_image(version: &str) -> Result<&'static str> {
     let v = version.trim().trim_start_matches('v');
     let mut parts = v.split('.');
@@ -298,11 +322,32 @@ mod tests {
         assert_eq!(kubeadm_pause_image("v1.31.0").unwrap(), "registry.k8s.io/pause:3.10");
         assert_eq!(kubeadm_pause_image("1.33").unwrap(), "registry.k8s.io/pause:3.10");
         assert_eq!(kubeadm_pause_image("v1.34.1").unwrap(), "registry.k8s.io/pause:3.10.1");
-        assert_eq!(kubeadm_pause_image("v1.37.0-rc.1").unwrap(), "registry.k8s.io/pause:3.10.1");
+        assert_eq!(kubeadm_pause_image("v1.35.4").unwrap(), "registry.k8s.io/pause:3.10.1");
+        assert_eq!(kubeadm_pause_image("v1.36.3").unwrap(), "registry.k8s.io/pause:3.10.2");
+        assert_eq!(kubeadm_pause_image("v1.37.0-rc.1").unwrap(), "registry.k8s.io/pause:3.10.2");
         let err = kubeadm_pause_image("v1.29.3").unwrap_err().to_string();
         assert!(err.contains("v1.29") && err.contains("--sandbox-image"), "{err}");
         assert!(kubeadm_pause_image("latest").is_err());
         assert!(kubeadm_pause_image("v2.0.0").is_err());
+        assert!(kubeadm_pause_image("v1.38.0").is_err());
+    }
+
+    #[test]
+    fn the_recorded_pause_image_wins_over_the_table() {
+        let mut meta = payload_format::BundleMetadata { kubernetes_version: "v1.36.3".into(), ..Default::default() };
+        assert_eq!(bundle_pause_image(&meta).unwrap(), "registry.k8s.io/pause:3.10.2", "no record: the table");
+        meta.extra.insert(
+            CONTROL_PLANE_KEY.into(),
+            serde_json::json!({"pause": "registry.k8s.io/pause:3.10.9", "source": "kubeadm"}),
+        );
+        assert_eq!(bundle_pause_image(&meta).unwrap(), "registry.k8s.io/pause:3.10.9");
+        // A version the table does not know, recorded by a bundle that carried its kubeadm.
+        meta.kubernetes_version = "v1.40.0".into();
+        assert_eq!(bundle_pause_image(&meta).unwrap(), "registry.k8s.io/pause:3.10.9");
+        meta.extra.insert(CONTROL_PLANE_KEY.into(), serde_json::json!({"pause": 3}));
+        assert!(bundle_pause_image(&meta).unwrap_err().to_string().contains("controlPlaneImages.pause is 3"));
+        meta.extra.insert(CONTROL_PLANE_KEY.into(), serde_json::json!({"source": "kubeadm"}));
+        assert!(bundle_pause_image(&meta).unwrap_err().to_string().contains("v1.40"), "no pause recorded: the table");
     }
 
     #[test]
