@@ -67,6 +67,30 @@ pub struct Facts {
     pub installer: Option<String>,
     /// Whether ferry's registry unit is active here.
     pub ferry_registry_active: bool,
+    /// `v2` (unified hierarchy), `v1` (legacy or hybrid) or empty when unknown: what
+    /// `stat -fc %T /sys/fs/cgroup` tells (cgroup2fs, tmpfs).
+    #[serde(default)]
+    pub cgroup: String,
+}
+
+/// The cgroup version of the hierarchy mounted at `dir`: `v2` on a cgroup2 filesystem, `v1` on
+/// tmpfs (the legacy and hybrid layouts, whose controllers are mounted below it), empty otherwise.
+pub fn cgroup_version(dir: &Path) -> String {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return String::new() };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-parameter.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return String::new();
+    }
+    // f_type's width differs between libcs and architectures.
+    #[allow(clippy::unnecessary_cast)]
+    match st.f_type as i64 {
+        CGROUP2_SUPER_MAGIC => "v2".into(),
+        TMPFS_MAGIC => "v1".into(),
+        _ => String::new(),
+    }
 }
 
 fn read(p: &str) -> String {
@@ -275,6 +299,7 @@ pub fn facts(tools: &[String]) -> Facts {
         tools_missing: tools.iter().filter(|t| !in_path(t)).cloned().collect(),
         installer: trailer_id(Path::new(INSTALLER_PATH)),
         ferry_registry_active,
+        cgroup: cgroup_version(Path::new("/sys/fs/cgroup")),
     }
 }
 
@@ -400,6 +425,15 @@ mod tests {
         assert_eq!(f.arch, std::env::consts::ARCH);
         assert!(f.cpus >= 1 && f.mem_bytes > 0 && f.time_ms > 0);
         assert_eq!(f.tools_missing, ["surely-not-a-tool"]);
+        // As `stat -fc %T /sys/fs/cgroup` says: cgroup2fs is v2, tmpfs v1.
+        let fs_type = std::process::Command::new("stat").args(["-fc", "%T", "/sys/fs/cgroup"]).output().unwrap();
+        let want = match String::from_utf8_lossy(&fs_type.stdout).trim() {
+            "cgroup2fs" => "v2",
+            "tmpfs" => "v1",
+            _ => "",
+        };
+        assert_eq!(f.cgroup, want);
+        assert_eq!(cgroup_version(Path::new("/proc")), "", "neither");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!
 //! Field names follow `cmd/kubeadm/app/apis/kubeadm/v1beta4/types.go` and the kubeadm v1beta4
 //! reference (kubernetes.io/docs/reference/config-api/kubeadm-config.v1beta4/); v1beta4 is read
-//! by kubeadm 1.31 and later, which covers every version ferry supports.
+//! by kubeadm 1.31 and later (1.37 still reads it; its `kubeadm.k8s.io/v1` is experimental), which
+//! covers every version ferry supports. `tests/integration/kubeadm_real.rs` runs `kubeadm config
+//! validate` of real kubeadm releases over these files.
 //!
 //! Choices that matter:
 //! - `kubernetesVersion` is always set: without it kubeadm asks dl.k8s.io for `stable-1.txt`.
@@ -17,10 +19,18 @@
 //! - `imageRepository: registry.k8s.io`: references are never rewritten; containerd's mirror
 //!   configuration sends pulls to the built-in registry.
 //! - The pause image has no kubeadm field (the kubelet flag is gone since 1.35); containerd's
-//!   sandbox image carries it, from [`crate::registry::config::kubeadm_pause_image`], the one
-//!   table ferry has. It is recorded as a comment at the top of the init config so the two can
-//!   be compared on a node.
+//!   sandbox image carries it, the one the bundle recorded from its own control-plane list
+//!   ([`crate::registry::config::bundle_pause_image`]). It is recorded as a comment at the top
+//!   of every config so the two can be compared on a node.
 //! - `cgroupDriver: systemd` in the KubeletConfiguration, matching containerd's `SystemdCgroup`.
+//! - cgroup v1 hosts (preflight's facts): from 1.35 the kubelet refuses cgroup v1 unless its
+//!   configuration says `failCgroupV1: false`, and kubeadm's SystemVerification preflight check
+//!   fails there. When any host is v1, the cluster-wide KubeletConfiguration gets
+//!   `failCgroupV1: false`, and each v1 host's Init/JoinConfiguration ignores SystemVerification.
+//!   The KubeletConfiguration is written only by `kubeadm init`, so a v1 host that joins a cluster
+//!   made without it gets the same setting as a kubeadm patch of its own kubelet configuration
+//!   ([`kubelet_patches`], under [`PATCHES_DIR`]; a `joinConfiguration.patches` fragment
+//!   replaces that directory, and must then carry the patch itself). Real sites should use v2.
 //! - The bootstrap token, certificate key and CA hash come from [`super::secrets`].
 //!
 //! `spec.kubeadm` schema (unknown keys are errors naming the full path):
@@ -61,6 +71,10 @@ pub const APISERVER_PORT: u16 = 6443;
 pub const DEFAULT_POD_SUBNET: &str = "10.244.0.0/16";
 /// Service subnet when `spec.network.serviceSubnet` is not set (kubeadm's default).
 pub const DEFAULT_SERVICE_SUBNET: &str = "10.96.0.0/12";
+/// The first Kubernetes minor whose kubelet refuses cgroup v1 by default.
+pub const CGROUP_V1_REFUSED_FROM_MINOR: u32 = 35;
+/// kubeadm's patch directory for joins of cgroup v1 hosts ([`kubelet_patches`]).
+pub const PATCHES_DIR: &str = "/etc/ferry/kubeadm/patches";
 
 /// `spec.kubeadm` in cluster.yaml: fragments merged over ferry's generated documents.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, serde::Serialize)]
@@ -101,6 +115,11 @@ pub struct ClusterInputs {
     pub extra_sans: Vec<String>,
     /// `spec.kubeadm`.
     pub fragments: Fragments,
+    /// The sandbox (pause) image containerd pins: the bundle's
+    /// ([`crate::registry::config::bundle_pause_image`]). Shown in the configs' header.
+    pub pause_image: String,
+    /// Addresses of the hosts whose `/sys/fs/cgroup` is cgroup v1 (from preflight).
+    pub cgroup_v1_hosts: Vec<String>,
 }
 
 /// One node.
@@ -138,19 +157,29 @@ impl ClusterInputs {
         format!("{}:{}", self.endpoint, self.lb_port)
     }
 
-    /// The sandbox (pause) image for this version, from the registry module's table.
-    pub fn pause_image(&self) -> Result<&'static str> {
-        crate::registry::config::kubeadm_pause_image(&self.kubernetes_version)
+    /// Whether this Kubernetes version's kubelet refuses cgroup v1 unless told otherwise.
+    pub fn kubelet_refuses_cgroup_v1(&self) -> bool {
+        minor(&self.kubernetes_version).is_some_and(|m| m >= CGROUP_V1_REFUSED_FROM_MINOR)
+    }
+
+    /// Whether ferry must let `ip`'s kubelet and kubeadm accept cgroup v1 (see the module docs).
+    pub fn cgroup_v1_opt_in(&self, ip: &str) -> bool {
+        self.kubelet_refuses_cgroup_v1() && self.cgroup_v1_hosts.iter().any(|h| h == ip)
     }
 
     fn check(&self) -> Result<()> {
-        if !self.kubernetes_version.starts_with('v') || self.kubernetes_version.split('.').count() != 3 {
+        if !self.kubernetes_version.starts_with('v')
+            || self.kubernetes_version.split('.').count() != 3
+            || minor(&self.kubernetes_version).is_none()
+        {
             bail!(
                 "Kubernetes version `{}` is not of the form vX.Y.Z; kubeadm needs an exact version offline",
                 self.kubernetes_version
             );
         }
-        self.pause_image()?;
+        if self.pause_image.trim().is_empty() {
+            bail!("no sandbox (pause) image is known for Kubernetes {}", self.kubernetes_version);
+        }
         if self.masters.is_empty() {
             bail!("no master: kubeadm needs at least one control-plane node");
         }
@@ -169,7 +198,12 @@ impl ClusterInputs {
     }
 }
 
-fn node_registration(node: &Node) -> Value {
+/// The minor of `vX.Y.Z` (`36` for v1.36.3).
+fn minor(version: &str) -> Option<u32> {
+    version.strip_prefix('v')?.split('.').nth(1)?.parse().ok()
+}
+
+fn node_registration(c: &ClusterInputs, node: &Node) -> Value {
     let mut nr = json!({
         "criSocket": CRI_SOCKET,
         "imagePullPolicy": "IfNotPresent",
@@ -177,6 +211,10 @@ fn node_registration(node: &Node) -> Value {
     });
     if let Some(n) = &node.name {
         nr["name"] = json!(n);
+    }
+    if c.cgroup_v1_opt_in(&node.ip) {
+        // kubeadm's SystemVerification errors on cgroup v1 from 1.35 (system-validators).
+        nr["ignorePreflightErrors"] = json!(["SystemVerification"]);
     }
     nr
 }
@@ -186,7 +224,7 @@ fn local_api_endpoint(node: &Node) -> Value {
 }
 
 /// ferry's InitConfiguration for master0 (before fragments).
-fn init_defaults(node: &Node, token: &str, certificate_key: &str) -> Value {
+fn init_defaults(c: &ClusterInputs, node: &Node, token: &str, certificate_key: &str) -> Value {
     json!({
         "apiVersion": KUBEADM_API,
         "kind": "InitConfiguration",
@@ -199,7 +237,7 @@ fn init_defaults(node: &Node, token: &str, certificate_key: &str) -> Value {
         }],
         "certificateKey": certificate_key,
         "localAPIEndpoint": local_api_endpoint(node),
-        "nodeRegistration": node_registration(node),
+        "nodeRegistration": node_registration(c, node),
     })
 }
 
@@ -222,8 +260,23 @@ fn cluster_defaults(c: &ClusterInputs) -> Value {
     })
 }
 
-fn kubelet_defaults() -> Value {
-    json!({"apiVersion": KUBELET_API, "kind": "KubeletConfiguration", "cgroupDriver": "systemd"})
+fn kubelet_defaults(c: &ClusterInputs) -> Value {
+    let mut k = json!({"apiVersion": KUBELET_API, "kind": "KubeletConfiguration", "cgroupDriver": "systemd"});
+    if c.kubelet_refuses_cgroup_v1() && !c.cgroup_v1_hosts.is_empty() {
+        // Cluster-wide: kubeadm hands every node this one configuration.
+        k["failCgroupV1"] = json!(false);
+    }
+    k
+}
+
+/// kubeadm patches (path on the node, contents) that `node` needs before `kubeadm join`: for a
+/// cgroup v1 host, `failCgroupV1: false` on its own kubelet configuration, which holds even when
+/// the cluster's KubeletConfiguration was made without it.
+pub fn kubelet_patches(c: &ClusterInputs, node: &Node) -> Vec<(String, String)> {
+    if !c.cgroup_v1_opt_in(&node.ip) {
+        return Vec::new();
+    }
+    vec![(format!("{PATCHES_DIR}/kubeletconfiguration+merge.yaml"), "failCgroupV1: false\n".to_string())]
 }
 
 fn join_defaults(c: &ClusterInputs, node: &Node, s: &JoinSecrets, role: JoinRole) -> Result<Value> {
@@ -235,8 +288,11 @@ fn join_defaults(c: &ClusterInputs, node: &Node, s: &JoinSecrets, role: JoinRole
             "token": s.token,
             "caCertHashes": [s.ca_cert_hash],
         }},
-        "nodeRegistration": node_registration(node),
+        "nodeRegistration": node_registration(c, node),
     });
+    if !kubelet_patches(c, node).is_empty() {
+        j["patches"] = json!({"directory": PATCHES_DIR});
+    }
     if role == JoinRole::ControlPlane {
         let Some(key) = &s.certificate_key else {
             bail!(
@@ -249,13 +305,12 @@ fn join_defaults(c: &ClusterInputs, node: &Node, s: &JoinSecrets, role: JoinRole
     Ok(j)
 }
 
-fn header(c: &ClusterInputs, what: &str) -> Result<String> {
-    Ok(format!(
+fn header(c: &ClusterInputs, what: &str) -> String {
+    format!(
         "# Generated by ferry ({what}). kubeadm {KUBEADM_API}; Kubernetes {}.\n\
          # Sandbox (pause) image, set in containerd's config (kubeadm has no field for it): {}\n",
-        c.kubernetes_version,
-        c.pause_image()?
-    ))
+        c.kubernetes_version, c.pause_image
+    )
 }
 
 /// The file for `kubeadm init --upload-certs --config FILE` on master0: InitConfiguration,
@@ -263,13 +318,13 @@ fn header(c: &ClusterInputs, what: &str) -> Result<String> {
 pub fn init_config(c: &ClusterInputs, node: &Node, token: &str, certificate_key: &str) -> Result<String> {
     c.check()?;
     check_secrets(token, Some(certificate_key))?;
-    let mut init = init_defaults(node, token, certificate_key);
+    let mut init = init_defaults(c, node, token, certificate_key);
     let mut cluster = cluster_defaults(c);
-    let mut kubelet = kubelet_defaults();
+    let mut kubelet = kubelet_defaults(c);
     merge_opt(&mut init, &c.fragments.init_configuration);
     merge_opt(&mut cluster, &c.fragments.cluster_configuration);
     merge_opt(&mut kubelet, &c.fragments.kubelet_configuration);
-    Ok(header(c, &format!("kubeadm init on {}", node.ip))? + &yaml::documents(&[init, cluster, kubelet]))
+    Ok(header(c, &format!("kubeadm init on {}", node.ip)) + &yaml::documents(&[init, cluster, kubelet]))
 }
 
 /// The file for `kubeadm join --config FILE` on a worker or an additional master.
@@ -285,7 +340,7 @@ pub fn join_config(c: &ClusterInputs, node: &Node, s: &JoinSecrets, role: JoinRo
         JoinRole::Worker => format!("kubeadm join of worker {}", node.ip),
         JoinRole::ControlPlane => format!("kubeadm join of master {}", node.ip),
     };
-    Ok(header(c, &what)? + &yaml::document(&join))
+    Ok(header(c, &what) + &yaml::document(&join))
 }
 
 fn check_secrets(token: &str, key: Option<&str>) -> Result<()> {
@@ -694,6 +749,8 @@ mod tests {
             service_subnet: Some("10.96.0.0/12".into()),
             extra_sans: vec!["k8s.example.internal".into()],
             fragments,
+            pause_image: crate::registry::config::kubeadm_pause_image(version).unwrap().into(),
+            cgroup_v1_hosts: Vec::new(),
         }
     }
 
@@ -736,8 +793,8 @@ mod tests {
 
     #[test]
     fn init_config_golden() {
-        let text = init_config(&inputs("v1.33.4", Fragments::default()), &node("10.0.0.11"), TOKEN, KEY).unwrap();
-        golden("init-v1.33.yaml", &text);
+        let text = init_config(&inputs("v1.37.2", Fragments::default()), &node("10.0.0.11"), TOKEN, KEY).unwrap();
+        golden("init-v1.37.yaml", &text);
         let d = docs(&text);
         assert_eq!(d.len(), 3);
         assert_eq!(
@@ -748,7 +805,7 @@ mod tests {
         assert_eq!(d[0]["certificateKey"], KEY);
         assert_eq!(d[0]["nodeRegistration"]["kubeletExtraArgs"], json!([{"name": "node-ip", "value": "10.0.0.11"}]));
         assert_eq!(d[1]["kind"], "ClusterConfiguration");
-        assert_eq!(d[1]["kubernetesVersion"], "v1.33.4");
+        assert_eq!(d[1]["kubernetesVersion"], "v1.37.2");
         assert_eq!(d[1]["controlPlaneEndpoint"], "apiserver.cluster.local:6444");
         assert_eq!(d[1]["imageRepository"], "registry.k8s.io");
         assert_eq!(d[1]["networking"]["podSubnet"], DEFAULT_POD_SUBNET);
@@ -758,29 +815,32 @@ mod tests {
             assert!(sans.contains(&json!(s)), "{s} in {sans:?}");
         }
         assert_eq!((d[2]["apiVersion"].as_str(), d[2]["cgroupDriver"].as_str()), (Some(KUBELET_API), Some("systemd")));
-        assert!(text.contains("registry.k8s.io/pause:3.10\n"), "pause from the registry table:\n{text}");
+        assert!(d[2].get("failCgroupV1").is_none() && d[0]["nodeRegistration"].get("ignorePreflightErrors").is_none());
+        assert!(text.contains("registry.k8s.io/pause:3.10.2\n"), "the pause image in the header:\n{text}");
     }
 
     #[test]
-    fn pause_follows_the_registry_table() {
-        for v in ["v1.31.0", "v1.34.1"] {
-            let c = inputs(v, Fragments::default());
-            let text = init_config(&c, &node("10.0.0.11"), TOKEN, KEY).unwrap();
-            let want = crate::registry::config::kubeadm_pause_image(v).unwrap();
-            assert!(
-                text.contains(&format!("image, set in containerd's config (kubeadm has no field for it): {want}\n")),
-                "{text}"
-            );
-        }
-        let e = init_config(&inputs("v1.29.0", Fragments::default()), &node("10.0.0.11"), TOKEN, KEY).unwrap_err();
-        assert!(e.to_string().contains("v1.29"), "{e}");
+    fn the_header_names_the_bundles_pause_image() {
+        let mut c = inputs("v1.36.3", Fragments::default());
+        c.pause_image = "registry.k8s.io/pause:3.10.9".into();
+        let text = init_config(&c, &node("10.0.0.11"), TOKEN, KEY).unwrap();
+        assert!(
+            text.contains("image, set in containerd's config (kubeadm has no field for it): registry.k8s.io/pause:3.10.9\n"),
+            "{text}"
+        );
+        c.pause_image = String::new();
+        let e = init_config(&c, &node("10.0.0.11"), TOKEN, KEY).unwrap_err();
+        assert!(e.to_string().contains("no sandbox (pause) image") && e.to_string().contains("v1.36.3"), "{e}");
+        c.pause_image = "registry.k8s.io/pause:3.10.2".into();
+        c.kubernetes_version = "v1.x.0".into();
+        assert!(init_config(&c, &node("10.0.0.11"), TOKEN, KEY).unwrap_err().to_string().contains("not of the form"));
     }
 
     #[test]
     fn join_configs_golden() {
-        let c = inputs("v1.34.1", Fragments::default());
+        let c = inputs("v1.36.3", Fragments::default());
         let w = join_config(&c, &node("10.0.0.21"), &secrets(false), JoinRole::Worker).unwrap();
-        golden("join-worker-v1.34.yaml", &w);
+        golden("join-worker-v1.36.yaml", &w);
         let d = docs(&w);
         assert_eq!(d[0]["kind"], "JoinConfiguration");
         assert_eq!(
@@ -789,7 +849,7 @@ mod tests {
         );
         assert!(d[0].get("controlPlane").is_none());
         let m = join_config(&c, &node("10.0.0.12"), &secrets(true), JoinRole::ControlPlane).unwrap();
-        golden("join-master-v1.34.yaml", &m);
+        golden("join-master-v1.36.yaml", &m);
         let d = docs(&m);
         assert_eq!(
             d[0]["controlPlane"],
@@ -801,9 +861,9 @@ mod tests {
 
     #[test]
     fn fragments_merge_over_defaults_golden() {
-        let c = inputs("v1.33.4", fragments());
+        let c = inputs("v1.35.4", fragments());
         let text = init_config(&c, &node("10.0.0.11"), TOKEN, KEY).unwrap();
-        golden("init-with-fragments-v1.33.yaml", &text);
+        golden("init-with-fragments-v1.35.yaml", &text);
         let d = docs(&text);
         // extraArgs by name: the fragment's node-ip replaces ferry's, v is added.
         assert_eq!(
@@ -822,6 +882,50 @@ mod tests {
         assert_eq!(d[2]["maxPods"], 200);
         let j = join_config(&c, &node("10.0.0.21"), &secrets(false), JoinRole::Worker).unwrap();
         assert_eq!(docs(&j)[0]["nodeRegistration"]["ignorePreflightErrors"], json!(["Swap"]));
+    }
+
+    #[test]
+    fn cgroup_v1_hosts_opt_in_from_1_35_golden() {
+        // master0 and one worker on cgroup v1, another worker on v2.
+        let mut c = inputs("v1.35.4", Fragments::default());
+        c.cgroup_v1_hosts = vec!["10.0.0.11".into(), "10.0.0.21".into()];
+        let init = init_config(&c, &node("10.0.0.11"), TOKEN, KEY).unwrap();
+        golden("init-cgroupv1-v1.35.yaml", &init);
+        let d = docs(&init);
+        assert_eq!(d[0]["nodeRegistration"]["ignorePreflightErrors"], json!(["SystemVerification"]));
+        assert_eq!(d[2]["failCgroupV1"], json!(false));
+        let w = join_config(&c, &node("10.0.0.21"), &secrets(false), JoinRole::Worker).unwrap();
+        golden("join-worker-cgroupv1-v1.35.yaml", &w);
+        let d = docs(&w);
+        assert_eq!(d[0]["nodeRegistration"]["ignorePreflightErrors"], json!(["SystemVerification"]));
+        assert_eq!(d[0]["patches"], json!({"directory": PATCHES_DIR}));
+        assert_eq!(
+            kubelet_patches(&c, &node("10.0.0.21")),
+            [(format!("{PATCHES_DIR}/kubeletconfiguration+merge.yaml"), "failCgroupV1: false\n".to_string())]
+        );
+        let v2 = join_config(&c, &node("10.0.0.22"), &secrets(false), JoinRole::Worker).unwrap();
+        let d = docs(&v2);
+        assert!(d[0]["nodeRegistration"].get("ignorePreflightErrors").is_none() && d[0].get("patches").is_none());
+        assert!(kubelet_patches(&c, &node("10.0.0.22")).is_empty());
+
+        // A v2 master0 with a v1 worker: the cluster-wide kubelet setting, no skipped check on master0.
+        c.cgroup_v1_hosts = vec!["10.0.0.21".into()];
+        let d = docs(&init_config(&c, &node("10.0.0.11"), TOKEN, KEY).unwrap());
+        assert_eq!(d[2]["failCgroupV1"], json!(false));
+        assert!(d[0]["nodeRegistration"].get("ignorePreflightErrors").is_none());
+
+        // A fragment's ignorePreflightErrors joins ferry's.
+        let mut c = inputs("v1.37.2", fragments());
+        c.cgroup_v1_hosts = vec!["10.0.0.21".into()];
+        let j = join_config(&c, &node("10.0.0.21"), &secrets(false), JoinRole::Worker).unwrap();
+        assert_eq!(docs(&j)[0]["nodeRegistration"]["ignorePreflightErrors"], json!(["SystemVerification", "Swap"]));
+
+        // Before 1.35 the kubelet only warns about cgroup v1: nothing is changed.
+        let mut c = inputs("v1.34.4", Fragments::default());
+        c.cgroup_v1_hosts = vec!["10.0.0.11".into(), "10.0.0.21".into()];
+        let d = docs(&init_config(&c, &node("10.0.0.11"), TOKEN, KEY).unwrap());
+        assert!(d[2].get("failCgroupV1").is_none() && d[0]["nodeRegistration"].get("ignorePreflightErrors").is_none());
+        assert!(kubelet_patches(&c, &node("10.0.0.21")).is_empty());
     }
 
     #[test]

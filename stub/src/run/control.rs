@@ -11,6 +11,8 @@
 //!   they hold the short-lived token), runs `kubeadm init --upload-certs --config …` on master0,
 //!   computes the discovery CA hash from master0's `/etc/kubernetes/pki/ca.crt` itself, joins the
 //!   other masters one at a time (etcd grows one member at a time) and the workers in parallel.
+//!   Hosts preflight found on cgroup v1 get what Kubernetes 1.35 and later need to run there (see
+//!   [`crate::kube::config`]), and the run says so for each of them.
 //!   When master0 was initialised by an earlier run, a fresh token (`kubeadm token create`) and
 //!   a fresh certificate-key upload (`kubeadm init phase upload-certs --upload-certs`) are made
 //!   for this run's joins: ferry never stores either, and the key expires after 2 hours anyway.
@@ -41,12 +43,14 @@ pub const CLUSTER_FILE: &str = "/etc/ferry/cluster.yaml";
 /// kubeadm's admin kubeconfig on masters.
 pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 
-/// The kubeadm inputs for this cluster and bundle.
-pub fn inputs(ctx: &Ctx) -> ClusterInputs {
+/// The kubeadm inputs for this cluster and bundle; `cgroup_v1_hosts` are the addresses preflight
+/// found on cgroup v1.
+pub fn inputs(ctx: &Ctx, cgroup_v1_hosts: Vec<String>) -> Result<ClusterInputs> {
     let c = &ctx.cluster;
-    ClusterInputs {
+    let meta = &ctx.payload.index().metadata;
+    Ok(ClusterInputs {
         name: c.name.clone(),
-        kubernetes_version: ctx.payload.index().metadata.kubernetes_version.clone(),
+        kubernetes_version: meta.kubernetes_version.clone(),
         endpoint: c.api_endpoint.clone(),
         lb_port: LB_PORT,
         masters: c.hosts.iter().filter(|h| h.is(Role::Master)).map(|h| h.ip.clone()).collect(),
@@ -54,6 +58,23 @@ pub fn inputs(ctx: &Ctx) -> ClusterInputs {
         service_subnet: c.network.as_ref().and_then(|n| n.service_subnet.clone()),
         extra_sans: c.cert_sans.clone(),
         fragments: c.kubeadm.clone(),
+        pause_image: crate::registry::config::bundle_pause_image(meta)
+            .with_context(|| format!("the sandbox (pause) image of bundle {} {}", meta.name, meta.version))?,
+        cgroup_v1_hosts,
+    })
+}
+
+/// Says, before `host`'s kubeadm config is used, that ferry let it run on cgroup v1.
+fn say_cgroup_v1(ctx: &Ctx, inputs: &ClusterInputs, host: &Host) {
+    if inputs.cgroup_v1_opt_in(&host.ip) {
+        ctx.rep.line(
+            "warning",
+            &format!(
+                "warning: cgroup v1 on {}: kubelet failCgroupV1=false set, kubeadm's SystemVerification skipped; real sites should use cgroup v2",
+                host.ip
+            ),
+            serde_json::json!({"host": host.ip, "cgroup": "v1"}),
+        );
     }
 }
 
@@ -172,15 +193,17 @@ pub async fn fresh_join_secrets<H: RemoteHost>(h: &H, masters_to_join: bool) -> 
     Ok((token, key))
 }
 
-/// Phases lb and kubeadm on every host, then the saved state. `hosts[i]` is `ctx.cluster.hosts[i]`.
+/// Phases lb and kubeadm on every host, then the saved state. `hosts[i]` is `ctx.cluster.hosts[i]`;
+/// `cgroup_v1_hosts` are the addresses preflight found on cgroup v1.
 pub async fn bootstrap<H: RemoteHost>(
     ctx: &Arc<Ctx>,
     hosts: &[Arc<H>],
     states: &Arc<Vec<BTreeMap<String, Record>>>,
+    cgroup_v1_hosts: Vec<String>,
     limit: usize,
 ) -> Result<()> {
     let n = ctx.cluster.hosts.len();
-    let inputs = inputs(ctx);
+    let inputs = inputs(ctx, cgroup_v1_hosts)?;
     // Checked before anything changes: a bad fragment names the field here.
     crate::kube::config::validate(&inputs.fragments).context("spec.kubeadm")?;
 
@@ -220,6 +243,7 @@ pub async fn bootstrap<H: RemoteHost>(
         let key = crate::kube::secrets::certificate_key()?;
         let node = Node { ip: master0.ip.clone(), name: None };
         let config = crate::kube::config::init_config(&inputs, &node, &token, &key)?;
+        say_cgroup_v1(ctx, &inputs, master0);
         let path = format!("{KUBEADM_DIR}/init.yaml");
         ctx.rep.event(&master0.ip, "kubeadm", "start", "kubeadm init --upload-certs", serde_json::json!({}));
         let r: Result<()> = async {
@@ -304,9 +328,13 @@ async fn join_one<H: RemoteHost>(
 ) -> Result<()> {
     let node = Node { ip: host.ip.clone(), name: None };
     let config = crate::kube::config::join_config(inputs, &node, s, role)?;
+    say_cgroup_v1(ctx, inputs, host);
     let path = format!("{KUBEADM_DIR}/join.yaml");
     let what = if role == JoinRole::ControlPlane { "kubeadm join (control plane)" } else { "kubeadm join" };
     ctx.rep.event(&host.ip, "kubeadm", "start", what, serde_json::json!({}));
+    for (patch, text) in crate::kube::config::kubelet_patches(inputs, &node) {
+        put_file(h, &patch, "0644", text.as_bytes()).await?;
+    }
     put_file(h, &path, "0600", config.as_bytes()).await?;
     checked(h, "systemctl enable kubelet.service 2>&1", b"", "systemctl enable kubelet").await?;
     let cmd = format!("kubeadm join --config {path}");

@@ -7,7 +7,8 @@
 //!    /var/lib/ferry/agent is missing or different, see [`Stage`]), gather [`Facts`], judge them
 //!    all, print one table of every problem on every host (unreachable ones included), stop on
 //!    any error, removing what it staged: a failed preflight changes nothing on any host. When it
-//!    passes, the staged agents move to /var/lib/ferry/agent;
+//!    passes, the staged agents move to /var/lib/ferry/agent. Each host's cgroup version is
+//!    reported and recorded (kubeadm's configs depend on it, see [`control`]);
 //! 2. **distribute**: stream the chunks each host needs into `agent receive` over one exec
 //!    channel (nodes: program + rootfs/bundle/files; registry hosts: the whole installer);
 //! 3. **prepare**: `agent prepare` with a small JSON plan;
@@ -641,11 +642,15 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     if !problems.is_empty() {
         ctx.rep.line("problems", &preflight::table(&problems), serde_json::json!({"problems": problems}));
     }
-    for (i, h) in ctx.cluster.hosts.iter().enumerate() {
-        local_record(&ctx, h, "preflight", "done", serde_json::json!({}));
-        ctx.rep.event(&h.ip, "preflight", "done", "ok", serde_json::json!({}));
-        let _ = i;
+    let cgroups: Vec<String> =
+        surveyed.iter().map(|s| s.as_ref().map(|s| s.facts.cgroup.clone()).unwrap_or_default()).collect();
+    for (h, cgroup) in ctx.cluster.hosts.iter().zip(&cgroups) {
+        let shown = if cgroup.is_empty() { "unknown" } else { cgroup.as_str() };
+        local_record(&ctx, h, "preflight", "done", serde_json::json!({"cgroup": shown}));
+        ctx.rep.event(&h.ip, "preflight", "done", &format!("ok (cgroup {shown})"), serde_json::json!({"cgroup": shown}));
     }
+    let cgroup_v1_hosts: Vec<String> =
+        ctx.cluster.hosts.iter().zip(&cgroups).filter(|(_, c)| *c == "v1").map(|(h, _)| h.ip.clone()).collect();
     let t_preflight = t0.elapsed();
     let staged: Vec<Option<String>> = surveyed.iter().map(|s| s.as_ref().and_then(|s| s.staged.clone())).collect();
     let states: Arc<Vec<BTreeMap<String, Record>>> =
@@ -862,7 +867,7 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         return Ok(());
     }
     let t4 = Instant::now();
-    control::bootstrap(&ctx, &hosts, &states, args.parallel).await?;
+    control::bootstrap(&ctx, &hosts, &states, cgroup_v1_hosts, args.parallel).await?;
     let t_kubeadm = t4.elapsed();
     let t5 = Instant::now();
     let m0 = ctx.cluster.hosts.iter().position(|h| h.is(Role::Master)).expect("resolve() guarantees a master");

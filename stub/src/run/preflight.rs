@@ -74,6 +74,8 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
         let (h, f) = (hf.host.ip.as_str(), hf.facts);
         let host_platform = format!("linux/{}", go_arch(&f.arch));
         let fits = |p: &String| p == &host_platform || p.starts_with(&format!("{host_platform}/"));
+        // The agent runs only where the arch matches; elsewhere its other facts are stand-ins.
+        let agent_ran = f.arch == rules.arch;
         if !rules.platforms.is_empty() && !rules.platforms.iter().any(fits) {
             p(
                 h,
@@ -186,6 +188,15 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
                 ),
             );
         }
+        if agent_ran && f.cgroup.is_empty() {
+            p(
+                h,
+                Warning,
+                "cgroup",
+                "/sys/fs/cgroup is neither cgroup v2 (cgroup2fs) nor v1 (tmpfs); the kubelet needs a cgroup hierarchy there"
+                    .into(),
+            );
+        }
         if !f.tools_missing.is_empty() {
             p(
                 h,
@@ -278,6 +289,7 @@ mod tests {
             product_uuid: "same".into(),
             machine_id: name.into(),
             disk_free: 100 << 30,
+            cgroup: "v2".into(),
             ..Default::default()
         }
     }
@@ -369,5 +381,25 @@ mod tests {
         ];
         let p = judge(&hs, &rules());
         assert!(p.iter().all(|p| p.severity == Severity::Warning && p.check == "unique product_uuid"), "{p:?}");
+    }
+
+    #[test]
+    fn cgroup_v1_passes_and_an_unknown_hierarchy_warns() {
+        let m = host("m", &[Role::Master, Role::Registry]);
+        let (mut v1, mut none) = (good("m", "1"), good("m", "1"));
+        v1.cgroup = "v1".into();
+        none.cgroup = String::new();
+        // v1 is handled (run opts the kubelet in and says so), not a preflight problem.
+        let hs = [HostFacts { host: &m, facts: &v1, disk_needed: 1, skew_ms: 0, ours: false }];
+        assert!(judge(&hs, &rules()).is_empty());
+        let hs = [HostFacts { host: &m, facts: &none, disk_needed: 1, skew_ms: 0, ours: false }];
+        let p = judge(&hs, &rules());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!((p[0].severity, p[0].check.as_str()), (Severity::Warning, "cgroup"));
+        assert!(p[0].message.contains("neither cgroup v2"), "{}", p[0].message);
+        // A host whose arch the agent cannot run on reports no cgroup; that is not a second problem.
+        none.arch = "riscv64".into();
+        let hs = [HostFacts { host: &m, facts: &none, disk_needed: 1, skew_ms: 0, ours: false }];
+        assert!(judge(&hs, &rules()).iter().all(|p| p.check == "arch"));
     }
 }
