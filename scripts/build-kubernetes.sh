@@ -39,7 +39,7 @@
 #
 # Component versions (override with the environment variables named):
 #   CONTAINERD_VERSION (2.4.2)  RUNC_VERSION (1.5.3)  CNI_VERSION (1.10.0)  HELM_VERSION (3.22.0)
-#   FLANNEL_VERSION (0.28.10)   CRICTL_VERSION (newest served v1.MINOR.x, else the newest below)
+#   FLANNEL_VERSION (0.28.4)    CRICTL_VERSION (newest served v1.MINOR.x, else the newest below)
 #
 # --arch arm64 cross-builds: Go programs with GOARCH, pause and runc with Debian's cross
 # compiler (crossbuild-essential-arm64 and libseccomp-dev:arm64, installed when missing, which
@@ -92,7 +92,9 @@ CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
 RUNC_VERSION=${RUNC_VERSION:-1.5.3}
 CNI_VERSION=${CNI_VERSION:-1.10.0}
 HELM_VERSION=${HELM_VERSION:-3.22.0}
-FLANNEL_VERSION=${FLANNEL_VERSION:-0.28.10}
+# flannel v0.28.10 needs a Tencent Cloud SDK module the Go module proxy does not serve; v0.28.4
+# is the newest whose modules all are.
+FLANNEL_VERSION=${FLANNEL_VERSION:-0.28.4}
 
 CACHE=${FERRY_K8S_CACHE:-/var/cache/ferry/kubernetes}
 command -v go >/dev/null || die "needs Go (go version: not found)"
@@ -104,13 +106,13 @@ export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOWORK=off GOTOOLCHAIN=l
 export GOPROXY=${GOPROXY:-https://proxy.golang.org,direct} GOARCH=$ARCH GOOS=linux
 mkdir -p "$GOMODCACHE" "$GOCACHE" "$CACHE/parts" "$CACHE/logs" "$CACHE/work" "$CACHE/trees"
 
-# One build at a time per cache: two would fight over the same work directories.
-exec 8>"$CACHE/.lock"
-flock -n 8 || { say "another build-kubernetes.sh holds $CACHE/.lock; waiting"; flock 8; }
-
-# The cache key: this script and its libraries (what they build and how), and the Go toolchain.
+# Cache keys. A finished tree is keyed by this script and its libraries and the Go toolchain; a
+# component by the code that builds it (its function, the Go build library, the toolchain), so
+# that a change to how images are assembled does not rebuild Kubernetes.
+GO_VERSION=$(go version)
 KEY=$( { cat "$0" "$HERE/lib/gobuild.sh" "$HERE/lib/oci-images.sh" "$HERE/lib/node-units.sh" \
-           "$HERE/lib/kube-flannel.yaml"; go version; } | sha256sum | cut -c1-12)
+           "$HERE/lib/kube-flannel.yaml"; echo "$GO_VERSION $CONTAINERD_VERSION $RUNC_VERSION $CNI_VERSION"
+         echo "$HELM_VERSION $FLANNEL_VERSION ${CRICTL_VERSION:-}"; } | sha256sum | cut -c1-12)
 TREE=$CACHE/trees/$VERSION-$ARCH-$KEY
 T0=$(now)
 
@@ -120,7 +122,7 @@ publish() {
   local parent tmp old
   parent=$(dirname "$OUT"); mkdir -p "$parent"
   tmp=$(mktemp -d "$parent/.$(basename "$OUT").tmp.XXXXXX")
-  cp -a --reflink=auto "$TREE/." "$tmp/"
+  cp -a --reflink=auto "$TREE/." "$tmp/" || { rm -rf "$tmp"; die "copying the tree to $parent failed; $OUT is unchanged"; }
   chmod 0755 "$tmp"
   if [ -e "$OUT" ]; then
     old="$parent/.$(basename "$OUT").old.$$"
@@ -132,14 +134,6 @@ publish() {
   fi
 }
 
-if [ -f "$TREE/BUILD-INFO" ]; then
-  publish
-  cold=$(sed -n 's/^cold-build-seconds: //p' "$TREE/BUILD-INFO")
-  say "Kubernetes $VERSION linux/$ARCH: cached tree copied to $OUT"
-  say "time: warm $(( $(now) - T0 )) s (the cold build of this tree took ${cold:-?} s)"
-  exit 0
-fi
-
 # ---------------------------------------------------------------------------------- versions
 say "checking $VERSION against the Go module proxy ($GOPROXY)"
 if ! gomod_served k8s.io/kubernetes "$VERSION"; then
@@ -149,6 +143,18 @@ fi
 STAGING=v0.$MINOR.$PATCH    # the staging modules (k8s.io/api, ...) follow Kubernetes as v0.MINOR.PATCH
 K8S_TIME=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Time"])' \
   "$GOMODCACHE/cache/download/k8s.io/kubernetes/@v/$VERSION.info")
+
+# One build at a time per cache: two would fight over the same work directories.
+exec 8>"$CACHE/.lock"
+flock -n 8 || { say "another build-kubernetes.sh holds $CACHE/.lock; waiting"; flock 8; }
+
+if [ -f "$TREE/BUILD-INFO" ]; then
+  publish
+  cold=$(sed -n 's/^cold-build-seconds: //p' "$TREE/BUILD-INFO")
+  say "Kubernetes $VERSION linux/$ARCH: cached tree copied to $OUT"
+  say "time: warm $(( $(now) - T0 )) s (the cold build of this tree took ${cold:-?} s)"
+  exit 0
+fi
 
 # nearest_served MODULE WANT: WANT if the proxy serves it, else the newest listed version of the
 # same major.minor at or below WANT, else the oldest above it. Prints the chosen version.
@@ -176,9 +182,12 @@ NOTES=()   # lines for BUILD-INFO and the summary
 # of that name, version, arch and key is cached, then sets PART to its directory. Output goes to
 # a log; a failure names the part and prints the log's last lines.
 part() {
-  local name=$1 version=$2 builder=$3 dir t log
+  local name=$1 version=$2 builder=$3 dir t log key
   STEP=$((STEP + 1))
-  dir=$CACHE/parts/$ARCH/$name-$version-$KEY
+  key=$( { declare -f "$builder" go_build_into gobuild_wrapper cross_cc runner; cat "$HERE/lib/gobuild.sh"
+           echo "$GO_VERSION $DEB_PACKAGES"; } |
+         sha256sum | cut -c1-12)
+  dir=$CACHE/parts/$ARCH/$name-$version-$key
   PART=$dir
   if [ -f "$dir/.done" ]; then
     printf 'build-kubernetes: [%2d/%d] %-26s cached\n' "$STEP" "$STEPS" "$name $version" >&2

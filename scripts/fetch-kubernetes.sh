@@ -31,13 +31,14 @@
 #     --flannel-sha256 HEX or FLANNEL_SHA256; without it the script stops after downloading and
 #     prints the digest for you to review and pin.
 #
-# Supported Kubernetes versions: v1.31.x, v1.32.x, v1.33.x, v1.34.x — the minors whose
-# control-plane images ferry knows (packer/src/images/controlplane.rs). crictl follows the
-# Kubernetes minor (v1.MINOR.0).
+# Supported Kubernetes versions: v1.34.x (past end of life), v1.35.x, v1.36.x, v1.37.x. crictl
+# follows the Kubernetes minor (v1.MINOR.0). Without internet, scripts/build-kubernetes.sh builds
+# the same tree from Go modules.
 #
-# Component versions (override with the environment variables named):
-#   CONTAINERD_VERSION (2.1.4)  RUNC_VERSION (1.3.0)  CNI_VERSION (1.7.1)
-#   HELM_VERSION (3.18.4)       FLANNEL_VERSION (0.27.2)  CRICTL_VERSION (v1.MINOR.0)
+# Component versions (override with the environment variables named; the defaults are those
+# scripts/build-kubernetes.sh builds):
+#   CONTAINERD_VERSION (2.4.2)  RUNC_VERSION (1.5.3)  CNI_VERSION (1.10.0)
+#   HELM_VERSION (3.22.0)       FLANNEL_VERSION (0.28.4)  CRICTL_VERSION (v1.MINOR.0)
 #
 # ARCH: amd64 or arm64.
 set -euo pipefail
@@ -66,8 +67,8 @@ fi
 VERSION=${ARGS[0]} ARCH=${ARGS[1]} OUT=${ARGS[2]}
 
 case "$VERSION" in
-  v1.31.*|v1.32.*|v1.33.*|v1.34.*) ;;
-  *) echo "fetch-kubernetes.sh: Kubernetes $VERSION is not supported; ferry knows v1.31.x to v1.34.x (packer/src/images/controlplane.rs)" >&2; exit 2 ;;
+  v1.34.*|v1.35.*|v1.36.*|v1.37.*) ;;
+  *) echo "fetch-kubernetes.sh: Kubernetes $VERSION is not supported; ferry supports v1.34.x (past end of life) to v1.37.x" >&2; exit 2 ;;
 esac
 if ! [[ "$VERSION" =~ ^v1\.[0-9]+\.[0-9]+$ ]]; then
   echo "fetch-kubernetes.sh: version $VERSION is not of the form v1.MINOR.PATCH" >&2; exit 2
@@ -78,11 +79,11 @@ case "$ARCH" in
 esac
 MINOR=$(echo "$VERSION" | cut -d. -f2)
 
-CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.1.4}
-RUNC_VERSION=${RUNC_VERSION:-1.3.0}
-CNI_VERSION=${CNI_VERSION:-1.7.1}
-HELM_VERSION=${HELM_VERSION:-3.18.4}
-FLANNEL_VERSION=${FLANNEL_VERSION:-0.27.2}
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
+RUNC_VERSION=${RUNC_VERSION:-1.5.3}
+CNI_VERSION=${CNI_VERSION:-1.10.0}
+HELM_VERSION=${HELM_VERSION:-3.22.0}
+FLANNEL_VERSION=${FLANNEL_VERSION:-0.28.4}
 CRICTL_VERSION=${CRICTL_VERSION:-v1.${MINOR}.0}
 
 K8S=https://dl.k8s.io/release/$VERSION/bin/linux/$ARCH
@@ -182,56 +183,10 @@ tar -xzf "$DL/$CRICTL_TGZ" -C "$R/usr/bin" crictl
 tar -xzf "$DL/$HELM_TGZ" -C "$DL" "linux-$ARCH/helm" && install -m 0755 "$DL/linux-$ARCH/helm" "$R/usr/bin/helm"
 install -m 0644 "$DL/kube-flannel.yml" "$OUT/manifests/kube-flannel.yml"
 
-# containerd's own unit (containerd/containerd:containerd.service), for /usr/local/bin.
-cat > "$R/etc/systemd/system/containerd.service" <<'EOF'
-[Unit]
-Description=containerd container runtime
-Documentation=https://containerd.io
-After=network.target dbus.service
-
-[Service]
-ExecStartPre=-/sbin/modprobe overlay
-ExecStart=/usr/local/bin/containerd
-Type=notify
-Delegate=yes
-KillMode=process
-Restart=always
-RestartSec=5
-LimitNPROC=infinity
-LimitCORE=infinity
-TasksMax=infinity
-OOMScoreAdjust=-999
-
-[Install]
-WantedBy=multi-user.target
-EOF
-# The kubelet unit and kubeadm drop-in of the official packages (kubernetes/release krel templates).
-cat > "$R/etc/systemd/system/kubelet.service" <<'EOF'
-[Unit]
-Description=kubelet: The Kubernetes Node Agent
-Documentation=https://kubernetes.io/docs/
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-ExecStart=/usr/bin/kubelet
-Restart=always
-StartLimitInterval=0
-RestartSec=10
-
-[Install]
-WantedBy=multi-user.target
-EOF
-cat > "$R/etc/systemd/system/kubelet.service.d/10-kubeadm.conf" <<'EOF'
-# Note: This dropin only works with kubeadm and kubelet v1.11+
-[Service]
-Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
-Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"
-EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
-EnvironmentFile=-/etc/default/kubelet
-ExecStart=
-ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
-EOF
+# containerd's and the kubelet's units, as every ferry node rootfs carries them.
+# shellcheck source=lib/node-units.sh
+. "$(dirname "$0")/lib/node-units.sh"
+write_node_units "$R" /usr/local/bin/containerd /usr/bin/kubelet
 
 cat > "$OUT/bundle.yaml" <<EOF
 # Written by scripts/fetch-kubernetes.sh: Kubernetes $VERSION, linux/$ARCH, containerd $CONTAINERD_VERSION,

@@ -32,39 +32,39 @@ fn fetch_script_parses_and_plans_every_download_without_network() {
     let out = dir.path().join("out");
     let path = trapped_path(dir.path());
     let plan = ferry_tests::ok(
-        Command::new(script()).args(["v1.33.4", "amd64"]).arg(&out).arg("--dry-run").env("PATH", &path),
+        Command::new(script()).args(["v1.36.3", "amd64"]).arg(&out).arg("--dry-run").env("PATH", &path),
     );
-    let k8s = "https://dl.k8s.io/release/v1.33.4/bin/linux/amd64";
+    let k8s = "https://dl.k8s.io/release/v1.36.3/bin/linux/amd64";
     let gh = "https://github.com";
     let expected = [
         (format!("{k8s}/kubeadm"), format!("{k8s}/kubeadm.sha256")),
         (format!("{k8s}/kubelet"), format!("{k8s}/kubelet.sha256")),
         (format!("{k8s}/kubectl"), format!("{k8s}/kubectl.sha256")),
         (
-            format!("{gh}/containerd/containerd/releases/download/v2.1.4/containerd-static-2.1.4-linux-amd64.tar.gz"),
+            format!("{gh}/containerd/containerd/releases/download/v2.4.2/containerd-static-2.4.2-linux-amd64.tar.gz"),
             format!(
-                "{gh}/containerd/containerd/releases/download/v2.1.4/containerd-static-2.1.4-linux-amd64.tar.gz.sha256sum"
+                "{gh}/containerd/containerd/releases/download/v2.4.2/containerd-static-2.4.2-linux-amd64.tar.gz.sha256sum"
             ),
         ),
         (
-            format!("{gh}/opencontainers/runc/releases/download/v1.3.0/runc.amd64"),
-            format!("{gh}/opencontainers/runc/releases/download/v1.3.0/runc.sha256sum"),
+            format!("{gh}/opencontainers/runc/releases/download/v1.5.3/runc.amd64"),
+            format!("{gh}/opencontainers/runc/releases/download/v1.5.3/runc.sha256sum"),
         ),
         (
-            format!("{gh}/containernetworking/plugins/releases/download/v1.7.1/cni-plugins-linux-amd64-v1.7.1.tgz"),
+            format!("{gh}/containernetworking/plugins/releases/download/v1.10.0/cni-plugins-linux-amd64-v1.10.0.tgz"),
             format!(
-                "{gh}/containernetworking/plugins/releases/download/v1.7.1/cni-plugins-linux-amd64-v1.7.1.tgz.sha256"
+                "{gh}/containernetworking/plugins/releases/download/v1.10.0/cni-plugins-linux-amd64-v1.10.0.tgz.sha256"
             ),
         ),
         (
-            format!("{gh}/kubernetes-sigs/cri-tools/releases/download/v1.33.0/crictl-v1.33.0-linux-amd64.tar.gz"),
+            format!("{gh}/kubernetes-sigs/cri-tools/releases/download/v1.36.0/crictl-v1.36.0-linux-amd64.tar.gz"),
             format!(
-                "{gh}/kubernetes-sigs/cri-tools/releases/download/v1.33.0/crictl-v1.33.0-linux-amd64.tar.gz.sha256"
+                "{gh}/kubernetes-sigs/cri-tools/releases/download/v1.36.0/crictl-v1.36.0-linux-amd64.tar.gz.sha256"
             ),
         ),
         (
-            "https://get.helm.sh/helm-v3.18.4-linux-amd64.tar.gz".into(),
-            "https://get.helm.sh/helm-v3.18.4-linux-amd64.tar.gz.sha256sum".into(),
+            "https://get.helm.sh/helm-v3.22.0-linux-amd64.tar.gz".into(),
+            "https://get.helm.sh/helm-v3.22.0-linux-amd64.tar.gz.sha256sum".into(),
         ),
     ];
     for (url, sum) in &expected {
@@ -75,7 +75,7 @@ fn fetch_script_parses_and_plans_every_download_without_network() {
     }
     assert!(
         plan.contains(&format!(
-            "fetch {gh}/flannel-io/flannel/releases/download/v0.27.2/kube-flannel.yml\n  verify sha256 <pin"
+            "fetch {gh}/flannel-io/flannel/releases/download/v0.28.4/kube-flannel.yml\n  verify sha256 <pin"
         )),
         "{plan}"
     );
@@ -90,13 +90,13 @@ fn fetch_script_parses_and_plans_every_download_without_network() {
     // arm64 and a pinned flannel digest; the crictl line follows the minor.
     let plan = ferry_tests::ok(
         Command::new(script())
-            .args(["v1.31.2", "arm64"])
+            .args(["v1.34.4", "arm64"])
             .arg(&out)
             .args(["--dry-run", "--flannel-sha256", "ab".repeat(32).as_str()])
             .env("PATH", &path),
     );
-    assert!(plan.contains("https://dl.k8s.io/release/v1.31.2/bin/linux/arm64/kubelet.sha256"), "{plan}");
-    assert!(plan.contains("crictl-v1.31.0-linux-arm64.tar.gz"), "{plan}");
+    assert!(plan.contains("https://dl.k8s.io/release/v1.34.4/bin/linux/arm64/kubelet.sha256"), "{plan}");
+    assert!(plan.contains("crictl-v1.34.0-linux-arm64.tar.gz"), "{plan}");
     assert!(plan.contains(&format!("verify sha256 {}", "ab".repeat(32))), "{plan}");
     assert!(!out.exists());
 }
@@ -105,13 +105,13 @@ fn fetch_script_parses_and_plans_every_download_without_network() {
 fn fetch_script_says_it_was_not_run_here_and_refuses_bad_arguments() {
     let help = ferry_tests::ok(Command::new(script()).arg("--help"));
     assert!(help.contains("NOT RUN HERE") && help.contains("no internet"), "{help}");
-    assert!(help.contains("v1.31.x, v1.32.x, v1.33.x, v1.34.x"), "{help}");
+    assert!(help.contains("v1.34.x (past end of life), v1.35.x, v1.36.x, v1.37.x"), "{help}");
     let dir = ferry_tests::scratch();
     let out = dir.path().join("o");
-    let e = ferry_tests::fails(Command::new(script()).args(["v1.29.0", "amd64"]).arg(&out).arg("--dry-run"));
-    assert!(e.contains("v1.29.0 is not supported"), "{e}");
-    let e = ferry_tests::fails(Command::new(script()).args(["v1.33.4", "s390x"]).arg(&out).arg("--dry-run"));
+    let e = ferry_tests::fails(Command::new(script()).args(["v1.33.4", "amd64"]).arg(&out).arg("--dry-run"));
+    assert!(e.contains("v1.33.4 is not supported"), "{e}");
+    let e = ferry_tests::fails(Command::new(script()).args(["v1.36.3", "s390x"]).arg(&out).arg("--dry-run"));
     assert!(e.contains("s390x is not supported"), "{e}");
-    let e = ferry_tests::fails(Command::new(script()).args(["v1.33.4"]));
+    let e = ferry_tests::fails(Command::new(script()).args(["v1.36.3"]));
     assert!(e.contains("usage:"), "{e}");
 }

@@ -34,34 +34,9 @@ echo "$VERSION" > "$OUT/usr/lib/ferry-standin/version"
 
 for f in /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 /usr/bin/ctr; do install -m 0755 "$f" "$OUT$f"; done
 install -m 0755 /usr/sbin/runc "$OUT/usr/sbin/runc"
-install -m 0644 /lib/systemd/system/containerd.service "$OUT/etc/systemd/system/containerd.service"
 
-# The official kubelet unit and kubeadm drop-in (kubernetes/release krel templates; Debian path
-# /etc/default/kubelet), as scripts/fetch-kubernetes.sh writes them.
-cat > "$OUT/etc/systemd/system/kubelet.service" <<'UNIT'
-[Unit]
-Description=kubelet: The Kubernetes Node Agent
-Documentation=https://kubernetes.io/docs/
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-ExecStart=/usr/bin/kubelet
-Restart=always
-StartLimitInterval=0
-RestartSec=10
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-cat > "$OUT/etc/systemd/system/kubelet.service.d/10-kubeadm.conf" <<'UNIT'
-# Note: This dropin only works with kubeadm and kubelet v1.11+
-[Service]
-Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
-Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"
-EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
-EnvironmentFile=-/etc/default/kubelet
-ExecStart=
-ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
-UNIT
+# The kubelet unit and kubeadm's drop-in, as every ferry node rootfs carries them (so the
+# production path that starts the kubelet is the real one).
+. "$HERE/../../scripts/lib/node-units.sh"
+write_node_units "$OUT" /usr/bin/containerd /usr/bin/kubelet
 echo "make-rootfs.sh: test rootfs with Kubernetes STAND-INS ($VERSION) in $OUT"
