@@ -337,14 +337,16 @@ fn typed_pod_spec(api_version: &str, kind: &str, v: &Value) -> Option<Result<Opt
             }
         };
     }
+    // Since the 1.37 API the apps/v1 workloads' and CronJob's `spec` is required (k8s-openapi
+    // then defaults a missing one, which has no pod spec either).
     typed!(Pod, |p| p.spec);
-    typed!(Deployment, |d| d.spec.and_then(|s| s.template.spec));
-    typed!(StatefulSet, |d| d.spec.and_then(|s| s.template.spec));
-    typed!(DaemonSet, |d| d.spec.and_then(|s| s.template.spec));
-    typed!(ReplicaSet, |d| d.spec.and_then(|s| s.template).and_then(|t| t.spec));
+    typed!(Deployment, |d| d.spec.template.spec);
+    typed!(StatefulSet, |d| d.spec.template.spec);
+    typed!(DaemonSet, |d| d.spec.template.spec);
+    typed!(ReplicaSet, |d| d.spec.template.and_then(|t| t.spec));
     typed!(ReplicationController, |d| d.spec.and_then(|s| s.template).and_then(|t| t.spec));
     typed!(Job, |d| d.spec.and_then(|s| s.template.spec));
-    typed!(CronJob, |d| d.spec.and_then(|s| s.job_template.spec).and_then(|j| j.template.spec));
+    typed!(CronJob, |d| d.spec.job_template.spec.and_then(|j| j.template.spec));
     typed!(PodTemplate, |d| d.template.and_then(|t| t.spec));
     None
 }
