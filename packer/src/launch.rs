@@ -114,7 +114,7 @@ mod tests {
             std::fs::write(d.join(p), "kind: ConfigMap\n").unwrap();
         }
         let spec = format!(
-            "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: t, version: '1'}}\nspec:\n  kubernetes: {{version: v1.33.4}}\n  rootfs: [{{path: rootfs}}]\n  manifests: [{{path: manifests}}]\n  charts: [{{path: charts}}]\n  launch:\n{launch}"
+            "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: t, version: '1'}}\nspec:\n  kubernetes: {{version: v1.36.3}}\n  rootfs: [{{path: rootfs}}]\n  manifests: [{{path: manifests}}]\n  charts: [{{path: charts}}]\n  launch:\n{launch}"
         );
         std::fs::write(d.join("bundle.yaml"), spec).unwrap();
         let b = Bundle::load(&d.join("bundle.yaml"));

@@ -142,7 +142,7 @@ impl<'de> Deserialize<'de> for Mirrors {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Kubernetes {
-    /// For example `v1.33.4`.
+    /// For example `v1.36.3`.
     pub version: String,
 }
 
@@ -286,7 +286,7 @@ mod tests {
         b
     }
 
-    const GOOD: &str = "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata:\n  name: demo\n  version: 0.1.0\nspec:\n  kubernetes:\n    version: v1.33.4\n  rootfs:\n    - path: rootfs\n  manifests: []\n  charts: []\n  files: []\n";
+    const GOOD: &str = "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata:\n  name: demo\n  version: 0.1.0\nspec:\n  kubernetes:\n    version: v1.36.3\n  rootfs:\n    - path: rootfs\n  manifests: []\n  charts: []\n  files: []\n";
 
     #[test]
     fn parses_the_documented_shape() {
@@ -336,7 +336,7 @@ mod tests {
     #[test]
     fn bad_versions_and_kinds_are_named() {
         assert!(
-            format!("{:#}", load(&GOOD.replace("v1.33.4", "1.33")).unwrap_err()).contains("spec.kubernetes.version")
+            format!("{:#}", load(&GOOD.replace("v1.36.3", "1.36")).unwrap_err()).contains("spec.kubernetes.version")
         );
         assert!(format!("{:#}", load(&GOOD.replace("kind: Bundle", "kind: Pod")).unwrap_err()).contains("kind"));
     }

@@ -1,25 +1,52 @@
-//! The images `kubeadm init` pulls for a Kubernetes version: kube-apiserver,
-//! kube-controller-manager, kube-scheduler, kube-proxy, etcd, coredns and pause, all from
-//! `registry.k8s.io` (the default `imageRepository`, under which CoreDNS lives at
+//! The control-plane images of a bundle: what `kubeadm init` pulls for `spec.kubernetes.version`
+//! (kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, CoreDNS, pause and
+//! etcd, all from `registry.k8s.io`, the default `imageRepository`, under which CoreDNS lives at
 //! `registry.k8s.io/coredns/coredns`).
 //!
-//! The etcd, CoreDNS and pause tags are those of kubeadm's `cmd/kubeadm/app/constants` in the
-//! `.0` release of each minor. Later patch releases of kubeadm have bumped etcd now and then, so
-//! the installer should pin what this table says through `ClusterConfiguration`
-//! (`etcd.local.imageTag`, `dns.imageTag`) and containerd's sandbox image, rather than rely on
-//! kubeadm's compiled-in defaults. Compare with `kubeadm config images list
-//! --kubernetes-version vX.Y.Z` when adding a row.
+//! The authority is the bundle's own kubeadm, the program that will pull these images on the
+//! nodes. When the rootfs holds a `usr/local/bin/kubeadm` or `usr/bin/kubeadm` that this machine
+//! can run, [`resolve`] runs `kubeadm config images list --kubernetes-version V` and the bundle
+//! carries exactly what it prints. Only when there is no kubeadm, or it cannot run here (another
+//! architecture, not executable, no interpreter), is the built-in [`TABLE`] used, and the build
+//! says so with the reason. A kubeadm that runs but fails stops the build, naming the file and
+//! what kubeadm printed: guessing would only move the failure to the site.
+//!
+//! The table holds, per minor, kubeadm's `SupportedEtcdVersion[minor]` (its `DefaultEtcdVersion`
+//! when the map has no such key), `CoreDNSVersion` and `PauseVersion` from
+//! `cmd/kubeadm/app/constants/constants.go` of the newest patch release read ([`Row::read_from`]).
+//! Patch releases do change them (etcd above all), so the table is only as current as that
+//! release; `tests/integration/kubeadm_real.rs` compares it with real kubeadm binaries.
+//!
+//! The outcome is recorded in the installer's metadata under [`METADATA_KEY`], where the
+//! installer takes the pause image (containerd's sandbox image) from.
 
-use crate::spec::parse_kubernetes_version;
+use super::reference::ImageRef;
+use crate::spec::{Bundle, parse_kubernetes_version};
+use serde_json::{Value, json};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The registry and repository prefix kubeadm uses by default.
 pub const IMAGE_REPOSITORY: &str = "registry.k8s.io";
+
+/// The index metadata key holding the resolved control plane ([`ControlPlane::metadata`]); the
+/// installer reads it there.
+pub const METADATA_KEY: &str = ferry_stub::registry::config::CONTROL_PLANE_KEY;
+
+/// How long the bundle's kubeadm may take to answer one command.
+pub const KUBEADM_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where kubeadm may sit in a rootfs, in the order a node's `PATH` finds it.
+pub const KUBEADM_PATHS: [&str; 2] = ["usr/local/bin/kubeadm", "usr/bin/kubeadm"];
 
 /// One row of the table: what kubeadm of a minor release deploys besides the versioned
 /// Kubernetes components.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Row {
-    /// Kubernetes minor version (`33` for v1.33).
+    /// Kubernetes minor version (`36` for v1.36).
     pub minor: u32,
     /// etcd image tag.
     pub etcd: &'static str,
@@ -27,17 +54,24 @@ pub struct Row {
     pub coredns: &'static str,
     /// pause (sandbox) image tag.
     pub pause: &'static str,
+    /// The kubeadm release whose constants these are.
+    pub read_from: &'static str,
+    /// Upstream no longer patches this minor.
+    pub end_of_life: bool,
 }
 
-/// The supported Kubernetes minors.
+/// The fallback when the bundle's kubeadm cannot be run here. v1.33 is past its end of life and
+/// its row was read from v1.33.0 only, never re-checked against later patches; it remains so
+/// that existing v1.33 bundles still build, with a warning.
 pub const TABLE: &[Row] = &[
-    Row { minor: 31, etcd: "3.5.15-0", coredns: "v1.11.3", pause: "3.10" },
-    Row { minor: 32, etcd: "3.5.16-0", coredns: "v1.11.3", pause: "3.10" },
-    Row { minor: 33, etcd: "3.5.21-0", coredns: "v1.12.0", pause: "3.10" },
-    Row { minor: 34, etcd: "3.6.4-0", coredns: "v1.12.1", pause: "3.10.1" },
+    Row { minor: 33, etcd: "3.5.21-0", coredns: "v1.12.0", pause: "3.10", read_from: "v1.33.0", end_of_life: true },
+    Row { minor: 34, etcd: "3.6.5-0", coredns: "v1.12.1", pause: "3.10.1", read_from: "v1.34.4", end_of_life: true },
+    Row { minor: 35, etcd: "3.6.6-0", coredns: "v1.13.1", pause: "3.10.1", read_from: "v1.35.4", end_of_life: false },
+    Row { minor: 36, etcd: "3.6.8-0", coredns: "v1.14.2", pause: "3.10.2", read_from: "v1.36.3", end_of_life: false },
+    Row { minor: 37, etcd: "3.7.0-0", coredns: "v1.14.6", pause: "3.10.2", read_from: "v1.37.2", end_of_life: false },
 ];
 
-/// The supported versions, for messages: `v1.31, v1.32, …`.
+/// The minors the table knows, for messages: `v1.33.x, v1.34.x, …`.
 pub fn supported() -> String {
     TABLE.iter().map(|r| format!("v1.{}.x", r.minor)).collect::<Vec<_>>().join(", ")
 }
@@ -47,11 +81,11 @@ pub fn row(version: &str) -> Result<Row, String> {
     let (major, minor, _) = parse_kubernetes_version(version)
         .ok_or_else(|| format!("Kubernetes version `{version}` is not of the form vMAJOR.MINOR.PATCH"))?;
     TABLE.iter().find(|r| major == 1 && r.minor == minor).copied().ok_or_else(|| {
-        format!("Kubernetes {version} is not supported: ferry knows the control-plane images of {}", supported())
+        format!("Kubernetes {version} is not supported: ferry's built-in table knows the control-plane images of {}", supported())
     })
 }
 
-/// The full references `kubeadm init` needs for `version`, in kubeadm's order.
+/// The full references the table gives for `version`, in kubeadm's order.
 pub fn images(version: &str) -> Result<Vec<String>, String> {
     let r = row(version)?;
     let repo = IMAGE_REPOSITORY;
@@ -65,34 +99,363 @@ pub fn images(version: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Where a control-plane image list came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `kubeadm config images list` of the bundle's kubeadm.
+    Kubeadm {
+        /// The program, as the spec reaches it (`rootfs/usr/bin/kubeadm`).
+        file: String,
+        /// What `kubeadm version -o short` printed.
+        version: String,
+    },
+    /// The built-in [`TABLE`].
+    Table {
+        /// The kubeadm release the row was read from.
+        read_from: String,
+        /// Why the bundle's kubeadm was not asked.
+        reason: String,
+    },
+}
+
+/// The control-plane images of a bundle, in kubeadm's order, and where they came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// `spec.kubernetes.version`.
+    pub kubernetes_version: String,
+    /// Full references.
+    pub images: Vec<String>,
+    /// Who said so.
+    pub source: Source,
+}
+
+impl ControlPlane {
+    /// The pause (sandbox) image of the list, if it has one.
+    pub fn pause(&self) -> Option<&str> {
+        self.images
+            .iter()
+            .find(|i| ImageRef::parse(i).is_ok_and(|r| r.repository.rsplit('/').next() == Some("pause")))
+            .map(String::as_str)
+    }
+
+    /// For build logs and `ferry images`: `from the bundle's kubeadm v1.36.3 (rootfs/usr/bin/kubeadm)`
+    /// or `from ferry's built-in table (…; kubeadm not runnable here: REASON)`.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::Kubeadm { file, version } => format!("from the bundle's kubeadm {version} ({file})"),
+            Source::Table { read_from, reason } => format!(
+                "from ferry's built-in table (values of kubeadm {read_from}; kubeadm not runnable here: {reason})"
+            ),
+        }
+    }
+
+    /// The [`METADATA_KEY`] value: `{kubernetesVersion, images, pause, source, kubeadm | tableFrom, detail}`.
+    pub fn metadata(&self) -> Value {
+        let mut v = json!({
+            "kubernetesVersion": self.kubernetes_version,
+            "images": self.images,
+            "detail": self.describe(),
+        });
+        match &self.source {
+            Source::Kubeadm { version, .. } => {
+                v["source"] = json!("kubeadm");
+                v["kubeadm"] = json!(version);
+            }
+            Source::Table { read_from, .. } => {
+                v["source"] = json!("table");
+                v["tableFrom"] = json!(read_from);
+            }
+        }
+        if let Some(p) = self.pause() {
+            v["pause"] = json!(p);
+        }
+        v
+    }
+}
+
+/// The control-plane images of `bundle`: from its kubeadm when this machine can run it, else from
+/// the table (see the module docs). `warnings` gets version skew, a table that disagrees with
+/// kubeadm, and minors past their end of life.
+pub fn resolve(bundle: &Bundle, warnings: &mut Vec<String>) -> Result<ControlPlane, String> {
+    let version = bundle.spec.spec.kubernetes.version.clone();
+    let spec_minor = parse_kubernetes_version(&version).map(|v| (v.0, v.1));
+    if let Some((1, minor)) = spec_minor
+        && TABLE.iter().any(|r| r.minor == minor && r.end_of_life)
+    {
+        warnings.push(format!(
+            "Kubernetes {version}: v1.{minor} is past its upstream end of life and gets no more fixes"
+        ));
+    }
+    let reason = match find_kubeadm(bundle) {
+        None => format!("the bundle's rootfs has no {}", KUBEADM_PATHS.join(" or ")),
+        Some((file, real)) => match ask_kubeadm(&file, &real, &version)? {
+            Asked::Listed { version: kubeadm_version, images } => {
+                let kubeadm_minor = parse_kubernetes_version(kubeadm_version.split(['-', '+']).next().unwrap_or(""))
+                    .map(|v| (v.0, v.1));
+                if kubeadm_minor != spec_minor {
+                    warnings.push(format!(
+                        "{file} is kubeadm {kubeadm_version} but spec.kubernetes.version is {version}; the nodes will run this kubeadm"
+                    ));
+                }
+                if let Ok(table) = self::images(&version)
+                    && table != images
+                {
+                    warnings.push(format!(
+                        "ferry's built-in table differs from {file} for {version} (using kubeadm's list): table {}, kubeadm {}",
+                        table.join(" "),
+                        images.join(" ")
+                    ));
+                }
+                return Ok(ControlPlane {
+                    kubernetes_version: version,
+                    images,
+                    source: Source::Kubeadm { file, version: kubeadm_version },
+                });
+            }
+            Asked::NotRunnable(why) => why,
+        },
+    };
+    let r = row(&version).map_err(|e| format!("{e} (or give the bundle a kubeadm this machine can run: {reason})"))?;
+    Ok(ControlPlane {
+        images: images(&version)?,
+        kubernetes_version: version,
+        source: Source::Table { read_from: r.read_from.to_string(), reason },
+    })
+}
+
+/// The bundle's kubeadm: (as the spec reaches it, real path on this machine). Symlinks are
+/// followed as a node would follow them, inside the rootfs trees.
+fn find_kubeadm(bundle: &Bundle) -> Option<(String, PathBuf)> {
+    let trees: Vec<(String, PathBuf)> = bundle
+        .spec
+        .spec
+        .rootfs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let real = bundle.resolve(&format!("spec.rootfs[{i}].path"), &item.path).ok()?;
+            real.is_dir().then(|| (item.path.trim_end_matches('/').to_string(), real))
+        })
+        .collect();
+    let roots: Vec<PathBuf> = trees.iter().map(|(_, r)| r.clone()).collect();
+    for rel in KUBEADM_PATHS {
+        for (shown, root) in &trees {
+            if std::fs::symlink_metadata(root.join(rel)).is_ok() {
+                let real = follow(&roots, Path::new(rel)).unwrap_or_else(|| root.join(rel));
+                return Some((format!("{shown}/{rel}"), real));
+            }
+        }
+    }
+    None
+}
+
+/// Resolves `rel` across the rootfs `roots` (laid onto the same `/`), following symlinks the way
+/// the node will: absolute targets from the rootfs root. `None` when it leads nowhere.
+fn follow(roots: &[PathBuf], rel: &Path) -> Option<PathBuf> {
+    let mut rel = rel.to_path_buf();
+    for _ in 0..16 {
+        let (root, meta) =
+            roots.iter().find_map(|r| std::fs::symlink_metadata(r.join(&rel)).ok().map(|m| (r.clone(), m)))?;
+        let here = root.join(&rel);
+        if !meta.file_type().is_symlink() {
+            return Some(here);
+        }
+        let target = std::fs::read_link(&here).ok()?;
+        let base = if target.is_absolute() { PathBuf::new() } else { rel.parent()?.to_path_buf() };
+        let mut next = PathBuf::new();
+        for c in base.join(&target).components() {
+            match c {
+                Component::Normal(n) => next.push(n),
+                Component::ParentDir => {
+                    if !next.pop() {
+                        return None;
+                    }
+                }
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+        rel = next;
+    }
+    None
+}
+
+/// What asking the bundle's kubeadm gave.
+enum Asked {
+    /// It answered.
+    Listed { version: String, images: Vec<String> },
+    /// It cannot run on this machine, for this reason.
+    NotRunnable(String),
+}
+
+/// Runs `kubeadm version -o short` and `kubeadm config images list --kubernetes-version V`.
+/// Not runnable here → [`Asked::NotRunnable`]; ran and failed → `Err` naming the file.
+fn ask_kubeadm(file: &str, real: &Path, version: &str) -> Result<Asked, String> {
+    let meta = match std::fs::metadata(real) {
+        Ok(m) => m,
+        Err(e) => return Ok(Asked::NotRunnable(format!("{file} cannot be read: {e}"))),
+    };
+    if !meta.is_file() {
+        return Ok(Asked::NotRunnable(format!("{file} is not a file")));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o111 == 0 {
+        return Ok(Asked::NotRunnable(format!("{file} is not executable (mode {:04o})", mode & 0o7777)));
+    }
+    if let Some(machine) = elf_machine(real)
+        && machine != std::env::consts::ARCH
+    {
+        return Ok(Asked::NotRunnable(format!(
+            "{file} is a {machine} program and this machine is {}",
+            std::env::consts::ARCH
+        )));
+    }
+    let kubeadm_version = match run(real, &["version", "-o", "short"]) {
+        Ran::NotRunnable(e) => return Ok(Asked::NotRunnable(format!("{file} cannot be run here: {e}"))),
+        Ran::Failed(why) => return Err(format!("{file}: `kubeadm version -o short` {why}")),
+        Ran::Ok(out) => out.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string(),
+    };
+    if kubeadm_version.is_empty() {
+        return Err(format!("{file}: `kubeadm version -o short` printed nothing"));
+    }
+    let what = format!("kubeadm config images list --kubernetes-version {version}");
+    let out = match run(real, &["config", "images", "list", "--kubernetes-version", version]) {
+        Ran::Ok(out) => out,
+        Ran::NotRunnable(e) => return Err(format!("{file}: `{what}` could not be started: {e}")),
+        Ran::Failed(why) => return Err(format!("{file}: `{what}` {why}")),
+    };
+    let mut images = Vec::new();
+    for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let image = ImageRef::parse(line)
+            .map_err(|e| format!("{file}: `{what}` printed `{line}`, which is not an image reference ({e})"))?;
+        images.push(image.to_string());
+    }
+    if images.is_empty() {
+        return Err(format!("{file}: `{what}` printed no images"));
+    }
+    Ok(Asked::Listed { version: kubeadm_version, images })
+}
+
+/// The `uname -m` name of an ELF file's machine, when it is an ELF file of a known machine.
+fn elf_machine(path: &Path) -> Option<&'static str> {
+    let mut head = [0u8; 20];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    if &head[..4] != b"\x7fELF" {
+        return None;
+    }
+    let machine = match head[5] {
+        1 => u16::from_le_bytes([head[18], head[19]]),
+        2 => u16::from_be_bytes([head[18], head[19]]),
+        _ => return None,
+    };
+    Some(match machine {
+        3 => "x86",
+        40 => "arm",
+        62 => "x86_64",
+        183 => "aarch64",
+        21 => "powerpc64",
+        22 => "s390x",
+        243 => "riscv64",
+        258 => "loongarch64",
+        _ => return None,
+    })
+}
+
+/// The outcome of one kubeadm command.
+enum Ran {
+    /// Exit status 0, with stdout.
+    Ok(String),
+    /// The program could not be started here (exec format, missing interpreter, permission).
+    NotRunnable(std::io::Error),
+    /// It ran and failed or hung: what happened, with the end of its stderr.
+    Failed(String),
+}
+
+/// Runs `program args…` with no stdin, for at most [`KUBEADM_TIMEOUT`].
+fn run(program: &Path, args: &[&str]) -> Ran {
+    let spawn = || {
+        Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+    };
+    // A program written moments ago can still be open for writing in a child another thread is
+    // forking (until that child execs): exec then fails with ETXTBSY for a few milliseconds.
+    let mut tries = 0;
+    let mut child = loop {
+        match spawn() {
+            Ok(c) => break c,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Ran::NotRunnable(e),
+        }
+    };
+    // Read both pipes while waiting, so a chatty child cannot block on a full pipe.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if started.elapsed() < KUBEADM_TIMEOUT => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    let tail = || {
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(6)..].join("\n  ");
+        if tail.is_empty() { "(no stderr)".to_string() } else { format!("stderr:\n  {tail}") }
+    };
+    match status {
+        None => Ran::Failed(format!("did not finish within {} s; {}", KUBEADM_TIMEOUT.as_secs(), tail())),
+        Some(s) if s.success() => Ran::Ok(out),
+        Some(s) => Ran::Failed(format!("failed ({s}); {}", tail())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn v1_31_matches_kubeadm_config_images_list() {
-        // `kubeadm config images list --kubernetes-version v1.31.0` (see docs/notes k8s-offline §3.6)
+    fn rows_are_kubeadms_constants() {
+        // constants.go of each release: SupportedEtcdVersion[minor] (else DefaultEtcdVersion),
+        // CoreDNSVersion, PauseVersion.
+        let want = [
+            ("v1.34.4", "3.6.5-0", "v1.12.1", "3.10.1"),
+            ("v1.35.4", "3.6.6-0", "v1.13.1", "3.10.1"),
+            ("v1.36.3", "3.6.8-0", "v1.14.2", "3.10.2"),
+            ("v1.37.2", "3.7.0-0", "v1.14.6", "3.10.2"),
+        ];
+        for (v, etcd, coredns, pause) in want {
+            let r = row(v).unwrap();
+            assert_eq!((r.etcd, r.coredns, r.pause, r.read_from), (etcd, coredns, pause, v), "{v}");
+        }
         assert_eq!(
-            images("v1.31.0").unwrap(),
+            images("v1.36.3").unwrap(),
             [
-                "registry.k8s.io/kube-apiserver:v1.31.0",
-                "registry.k8s.io/kube-controller-manager:v1.31.0",
-                "registry.k8s.io/kube-scheduler:v1.31.0",
-                "registry.k8s.io/kube-proxy:v1.31.0",
-                "registry.k8s.io/coredns/coredns:v1.11.3",
-                "registry.k8s.io/pause:3.10",
-                "registry.k8s.io/etcd:3.5.15-0",
+                "registry.k8s.io/kube-apiserver:v1.36.3",
+                "registry.k8s.io/kube-controller-manager:v1.36.3",
+                "registry.k8s.io/kube-scheduler:v1.36.3",
+                "registry.k8s.io/kube-proxy:v1.36.3",
+                "registry.k8s.io/coredns/coredns:v1.14.2",
+                "registry.k8s.io/pause:3.10.2",
+                "registry.k8s.io/etcd:3.6.8-0",
             ]
         );
-    }
-
-    #[test]
-    fn pause_changes_at_1_34() {
-        // kubeadm's PauseVersion: 3.10 for 1.31-1.33, 3.10.1 from 1.34.
-        for (v, pause) in [("v1.31.2", "3.10"), ("v1.32.0", "3.10"), ("v1.33.4", "3.10"), ("v1.34.1", "3.10.1")] {
-            assert_eq!(row(v).unwrap().pause, pause, "{v}");
-            assert!(images(v).unwrap().contains(&format!("registry.k8s.io/pause:{pause}")));
-        }
     }
 
     #[test]
@@ -102,7 +465,7 @@ mod tests {
             let imgs = images(&v).unwrap();
             assert_eq!(imgs.len(), 7);
             for i in &imgs {
-                let parsed = crate::images::reference::ImageRef::parse(i).unwrap();
+                let parsed = ImageRef::parse(i).unwrap();
                 assert_eq!(parsed.registry, "registry.k8s.io");
                 assert_eq!(&parsed.to_string(), i, "already normalised");
             }
@@ -110,13 +473,169 @@ mod tests {
         }
         let minors: Vec<u32> = TABLE.iter().map(|r| r.minor).collect();
         assert!(minors.windows(2).all(|w| w[1] == w[0] + 1), "no gaps: {minors:?}");
+        assert_eq!(minors.last(), Some(&37));
     }
 
     #[test]
     fn unsupported_versions_list_the_supported_ones() {
-        let e = row("v1.29.0").unwrap_err();
-        assert!(e.contains("v1.29.0") && e.contains("v1.31.x") && e.contains("v1.34.x"), "{e}");
-        assert!(row("v2.33.0").is_err());
-        assert!(row("1.33").is_err());
+        let e = row("v1.32.0").unwrap_err();
+        assert!(e.contains("v1.32.0") && e.contains("v1.34.x") && e.contains("v1.37.x"), "{e}");
+        assert!(row("v2.36.0").is_err());
+        assert!(row("1.36").is_err());
+    }
+
+    #[test]
+    fn elf_machines() {
+        let d = tempfile::tempdir().unwrap();
+        let elf = |class_data: u8, machine: [u8; 2]| {
+            let mut h = vec![0x7f, b'E', b'L', b'F', 2, class_data];
+            h.resize(18, 0);
+            h.extend(machine);
+            h.resize(64, 0);
+            h
+        };
+        let p = d.path().join("x");
+        std::fs::write(&p, elf(1, 183u16.to_le_bytes())).unwrap();
+        assert_eq!(elf_machine(&p), Some("aarch64"));
+        std::fs::write(&p, elf(2, 22u16.to_be_bytes())).unwrap();
+        assert_eq!(elf_machine(&p), Some("s390x"));
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        assert_eq!(elf_machine(&p), None);
+        assert_eq!(elf_machine(Path::new("/proc/self/exe")), Some(std::env::consts::ARCH));
+    }
+
+    /// A bundle in a temp dir whose rootfs holds `kubeadm` (at `rel`) with `script` as its text.
+    fn bundle(version: &str, kubeadm: Option<(&str, &str, u32)>) -> (tempfile::TempDir, Bundle) {
+        let d = tempfile::tempdir().unwrap();
+        let spec = format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: t, version: '1'}}\nspec:\n  kubernetes: {{version: {version}}}\n  rootfs: [{{path: rootfs}}]\n"
+        );
+        std::fs::write(d.path().join("bundle.yaml"), spec).unwrap();
+        std::fs::create_dir_all(d.path().join("rootfs/usr/bin")).unwrap();
+        if let Some((rel, script, mode)) = kubeadm {
+            let p = d.path().join("rootfs").join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, script).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let b = Bundle::load(&d.path().join("bundle.yaml")).unwrap();
+        (d, b)
+    }
+
+    /// A STAND-IN kubeadm (a shell script, not kubeadm): answers `version -o short` and
+    /// `config images list --kubernetes-version V` as the real one does, with its own etcd tag
+    /// so a test can tell its list from the table's.
+    const STANDIN: &str = "#!/bin/sh\n# STAND-IN for kubeadm (ferry packer tests)\ncase \"$1 $2\" in\n\
+        'version -o') echo v1.36.3 ;;\n\
+        'config images') v=$5; for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do echo registry.k8s.io/$c:$v; done\n\
+        echo registry.k8s.io/coredns/coredns:v1.14.2; echo registry.k8s.io/pause:3.10.2; echo registry.k8s.io/etcd:3.6.9-0-standin ;;\n\
+        *) echo \"stand-in kubeadm: $* not modelled\" >&2; exit 2 ;;\nesac\n";
+
+    #[test]
+    fn a_runnable_kubeadm_is_the_authority() {
+        let (_d, b) = bundle("v1.36.3", Some(("usr/bin/kubeadm", STANDIN, 0o755)));
+        let mut w = Vec::new();
+        let cp = resolve(&b, &mut w).unwrap();
+        assert_eq!(cp.source, Source::Kubeadm { file: "rootfs/usr/bin/kubeadm".into(), version: "v1.36.3".into() });
+        assert_eq!(cp.images.len(), 7);
+        assert_eq!(cp.images[6], "registry.k8s.io/etcd:3.6.9-0-standin", "kubeadm's list, not the table's");
+        assert_eq!(cp.pause(), Some("registry.k8s.io/pause:3.10.2"));
+        assert_eq!(cp.describe(), "from the bundle's kubeadm v1.36.3 (rootfs/usr/bin/kubeadm)");
+        assert!(w.iter().any(|w| w.contains("table differs") && w.contains("3.6.8-0")), "{w:?}");
+        let m = cp.metadata();
+        assert_eq!((m["source"].as_str(), m["kubeadm"].as_str()), (Some("kubeadm"), Some("v1.36.3")));
+        assert_eq!(m["pause"], "registry.k8s.io/pause:3.10.2");
+        assert_eq!(m["images"].as_array().unwrap().len(), 7);
+
+        // Another minor than the spec's: used, with a warning.
+        let (_d, b) = bundle("v1.37.2", Some(("usr/local/bin/kubeadm", STANDIN, 0o755)));
+        let mut w = Vec::new();
+        let cp = resolve(&b, &mut w).unwrap();
+        assert!(matches!(cp.source, Source::Kubeadm { ref file, .. } if file == "rootfs/usr/local/bin/kubeadm"));
+        assert!(cp.images[0].ends_with("kube-apiserver:v1.37.2"));
+        assert!(w.iter().any(|w| w.contains("is kubeadm v1.36.3 but spec.kubernetes.version is v1.37.2")), "{w:?}");
+
+        // A version outside the table is fine when kubeadm answers.
+        let (_d, b) = bundle("v1.38.0", Some(("usr/bin/kubeadm", STANDIN, 0o755)));
+        assert!(resolve(&b, &mut Vec::new()).unwrap().images[0].ends_with(":v1.38.0"));
+    }
+
+    #[test]
+    fn a_kubeadm_that_fails_stops_the_build_naming_file_and_stderr() {
+        let failing = "#!/bin/sh\n# STAND-IN for a broken kubeadm\n[ \"$1\" = version ] && { echo v1.36.3; exit 0; }\necho 'unknown flag: --kubernetes-version' >&2\nexit 1\n";
+        let (_d, b) = bundle("v1.36.3", Some(("usr/bin/kubeadm", failing, 0o755)));
+        let e = resolve(&b, &mut Vec::new()).unwrap_err();
+        assert!(
+            e.starts_with("rootfs/usr/bin/kubeadm: `kubeadm config images list --kubernetes-version v1.36.3` failed")
+                && e.contains("unknown flag: --kubernetes-version"),
+            "{e}"
+        );
+        let garbage = "#!/bin/sh\n# STAND-IN printing junk\n[ \"$1\" = version ] && { echo v1.36.3; exit 0; }\necho 'Not An Image!'\n";
+        let (_d, b) = bundle("v1.36.3", Some(("usr/bin/kubeadm", garbage, 0o755)));
+        let e = resolve(&b, &mut Vec::new()).unwrap_err();
+        assert!(e.contains("printed `Not An Image!`, which is not an image reference"), "{e}");
+        let version_fails = "#!/bin/sh\necho 'segmentation fault' >&2\nexit 139\n";
+        let (_d, b) = bundle("v1.36.3", Some(("usr/bin/kubeadm", version_fails, 0o755)));
+        let e = resolve(&b, &mut Vec::new()).unwrap_err();
+        assert!(e.contains("rootfs/usr/bin/kubeadm: `kubeadm version -o short` failed") && e.contains("segmentation fault"), "{e}");
+    }
+
+    #[test]
+    fn without_a_runnable_kubeadm_the_table_is_used_with_the_reason() {
+        let (_d, b) = bundle("v1.36.3", None);
+        let cp = resolve(&b, &mut Vec::new()).unwrap();
+        assert_eq!(cp.images, images("v1.36.3").unwrap());
+        assert_eq!(
+            cp.describe(),
+            "from ferry's built-in table (values of kubeadm v1.36.3; kubeadm not runnable here: the bundle's rootfs has no usr/local/bin/kubeadm or usr/bin/kubeadm)"
+        );
+        assert_eq!(cp.metadata()["source"], "table");
+        assert_eq!(cp.metadata()["pause"], "registry.k8s.io/pause:3.10.2");
+
+        let (_d, b) = bundle("v1.35.4", Some(("usr/bin/kubeadm", STANDIN, 0o644)));
+        let cp = resolve(&b, &mut Vec::new()).unwrap();
+        assert!(cp.describe().contains("rootfs/usr/bin/kubeadm is not executable (mode 0644)"), "{}", cp.describe());
+        assert_eq!(cp.images, images("v1.35.4").unwrap());
+
+        // Another architecture's program is not run.
+        let other = if std::env::consts::ARCH == "aarch64" { 62u16 } else { 183u16 };
+        let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1];
+        elf.resize(18, 0);
+        elf.extend(other.to_le_bytes());
+        elf.resize(64, 0);
+        let (d, b) = bundle("v1.37.2", None);
+        let p = d.path().join("rootfs/usr/bin/kubeadm");
+        std::fs::write(&p, &elf).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cp = resolve(&b, &mut Vec::new()).unwrap();
+        assert!(cp.describe().contains("is a ") && cp.describe().contains("program and this machine is"), "{}", cp.describe());
+
+        // Not even the table knows it: the error says both.
+        let (_d, b) = bundle("v1.32.1", None);
+        let e = resolve(&b, &mut Vec::new()).unwrap_err();
+        assert!(e.contains("v1.32.1 is not supported") && e.contains("has no usr/local/bin/kubeadm"), "{e}");
+    }
+
+    #[test]
+    fn end_of_life_minors_warn() {
+        let (_d, b) = bundle("v1.34.4", None);
+        let mut w = Vec::new();
+        resolve(&b, &mut w).unwrap();
+        assert!(w.iter().any(|w| w.contains("v1.34 is past its upstream end of life")), "{w:?}");
+        let (_d, b) = bundle("v1.36.3", None);
+        let mut w = Vec::new();
+        resolve(&b, &mut w).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_rootfs() {
+        let (d, b) = bundle("v1.36.3", Some(("opt/k8s/kubeadm", STANDIN, 0o755)));
+        std::os::unix::fs::symlink("/opt/k8s/kubeadm", d.path().join("rootfs/usr/bin/kubeadm")).unwrap();
+        let cp = resolve(&b, &mut Vec::new()).unwrap();
+        assert!(matches!(cp.source, Source::Kubeadm { ref file, .. } if file == "rootfs/usr/bin/kubeadm"), "{cp:?}");
+        std::fs::remove_file(d.path().join("rootfs/usr/bin/kubeadm")).unwrap();
+        std::os::unix::fs::symlink("../../opt/k8s/kubeadm", d.path().join("rootfs/usr/bin/kubeadm")).unwrap();
+        assert!(matches!(resolve(&b, &mut Vec::new()).unwrap().source, Source::Kubeadm { .. }));
     }
 }

@@ -7,9 +7,11 @@
 //! * `spec.charts`: rendered with `helm template` when helm is available, otherwise scanned
 //!   (`values.yaml` image patterns, `Chart.yaml` `appVersion` as the default tag, the
 //!   `artifacthub.io/images` annotation, subcharts included);
-//! * the control-plane images of `spec.kubernetes.version`.
+//! * the control-plane images of `spec.kubernetes.version`, from the bundle's kubeadm or
+//!   ferry's table ([`controlplane::resolve`]).
 //!
-//! The result is one entry per normalised reference with every place it was found.
+//! The result is one entry per normalised reference with every place it was found, and the
+//! control plane with where its list came from.
 
 use super::controlplane;
 use super::reference::ImageRef;
@@ -144,9 +146,18 @@ impl Found {
     }
 }
 
+/// What discovery found.
+#[derive(Clone, Debug)]
+pub struct Discovery {
+    /// Every image, once per normalised reference, sorted by reference.
+    pub images: Vec<Discovered>,
+    /// The control-plane images and their source.
+    pub control_plane: controlplane::ControlPlane,
+}
+
 /// Finds every image of `bundle`. Problems (malformed documents, unparsable references, charts
-/// that do not render) are collected and reported together.
-pub fn discover(bundle: &Bundle, charts: &ChartMode, warnings: &mut Vec<String>) -> Result<Vec<Discovered>> {
+/// that do not render, a bundle kubeadm that fails) are collected and reported together.
+pub fn discover(bundle: &Bundle, charts: &ChartMode, warnings: &mut Vec<String>) -> Result<Discovery> {
     let mut found = Found::default();
     let spec = &bundle.spec.spec;
     for (i, item) in spec.images.iter().enumerate() {
@@ -188,25 +199,29 @@ pub fn discover(bundle: &Bundle, charts: &ChartMode, warnings: &mut Vec<String>)
             Err(e) => found.errors.push(format!("{e:#}")),
         }
     }
-    match controlplane::images(&spec.kubernetes.version) {
-        Ok(images) => {
+    let control_plane = match controlplane::resolve(bundle, warnings) {
+        Ok(cp) => {
             let origin = format!("kubernetes {} control plane", spec.kubernetes.version);
-            for i in images {
-                found.add(&i, &origin, Source::Registry);
+            for i in &cp.images {
+                found.add(i, &origin, Source::Registry);
             }
+            Some(cp)
         }
-        Err(e) => found.errors.push(format!("spec.kubernetes.version: {e}")),
+        Err(e) => {
+            found.errors.push(format!("control-plane images of {}: {e}", spec.kubernetes.version));
+            None
+        }
+    };
+    if let (true, Some(control_plane)) = (found.errors.is_empty(), control_plane) {
+        return Ok(Discovery { images: found.by_ref.into_values().collect(), control_plane });
     }
-    if !found.errors.is_empty() {
-        let n = found.errors.len();
-        let list = found.errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n");
-        anyhow::bail!(
-            "{}: {n} problem{} while finding the bundle's images:\n{list}",
-            bundle.file.display(),
-            if n == 1 { "" } else { "s" }
-        );
-    }
-    Ok(found.by_ref.into_values().collect())
+    let n = found.errors.len();
+    let list = found.errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n");
+    anyhow::bail!(
+        "{}: {n} problem{} while finding the bundle's images:\n{list}",
+        bundle.file.display(),
+        if n == 1 { "" } else { "s" }
+    )
 }
 
 /// `oci:PATH[:TAG]` or `docker-archive:PATH`, resolved inside the spec's directory.

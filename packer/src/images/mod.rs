@@ -15,6 +15,7 @@
 //! | `manifests` | `{"sha256:…": mediaType}` for every stored manifest and index |
 //! | `platforms` | `["linux/amd64", …]` |
 //! | `missingImages` | references left out with `--allow-missing-images` |
+//! | `controlPlaneImages` | the control plane's list in kubeadm's order, its `pause` image and where it came from ([`controlplane::ControlPlane::metadata`]) |
 //!
 //! For a multi-platform image the index is kept as published and only the children for
 //! `spec.platforms` are stored.
@@ -32,7 +33,7 @@ pub mod store;
 
 use crate::spec::Bundle;
 use anyhow::{Result, bail};
-use discovery::{ChartMode, Discovered};
+use discovery::{ChartMode, Discovery};
 use ferry_stub::printer::Printer;
 use ferry_stub::units;
 use oci::Platform;
@@ -82,7 +83,7 @@ pub fn platforms(bundle: &Bundle) -> Result<Vec<Platform>> {
 }
 
 /// Discovers every image of the bundle, printing discovery warnings.
-pub fn discover(bundle: &Bundle, printer: &Printer) -> Result<Vec<Discovered>> {
+pub fn discover(bundle: &Bundle, printer: &Printer) -> Result<Discovery> {
     let mut warnings = Vec::new();
     let found = discovery::discover(bundle, &ChartMode::detect(), &mut warnings);
     for w in warnings {
@@ -91,11 +92,19 @@ pub fn discover(bundle: &Bundle, printer: &Printer) -> Result<Vec<Discovered>> {
     found
 }
 
+/// The line saying where the control-plane list came from.
+fn control_plane_line(d: &Discovery) -> String {
+    let cp = &d.control_plane;
+    format!("control plane of Kubernetes {}: {} images {}", cp.kubernetes_version, cp.images.len(), cp.describe())
+}
+
 /// Discovers and resolves every image; fails listing every unresolved image unless
 /// `allow_missing`. `temp_parent` holds the temporary blob store (next to the output).
 pub fn collect(bundle: &Bundle, opts: &Options, temp_parent: &Path, printer: &Printer) -> Result<Collected> {
     let started = Instant::now();
-    let images = discover(bundle, printer)?;
+    let found = discover(bundle, printer)?;
+    printer.out(control_plane_line(&found));
+    let images = found.images;
     let platforms = platforms(bundle)?;
     let spec = &bundle.spec.spec;
     let net = registry_client::Network::new(&spec.registry_mirrors, &spec.insecure_registries, opts.offline)
@@ -145,12 +154,16 @@ pub fn collect(bundle: &Bundle, opts: &Options, temp_parent: &Path, printer: &Pr
         units::bytes(outcome.pulled),
         started.elapsed().as_secs_f64()
     ));
-    let extra = metadata(&outcome, &platforms);
+    let extra = metadata(&outcome, &platforms, &found.control_plane);
     Ok(Collected { store, blobs: outcome.blobs, extra })
 }
 
 /// The index keys of the payload contract.
-fn metadata(outcome: &collect::Outcome, platforms: &[Platform]) -> serde_json::Map<String, Value> {
+fn metadata(
+    outcome: &collect::Outcome,
+    platforms: &[Platform],
+    control_plane: &controlplane::ControlPlane,
+) -> serde_json::Map<String, Value> {
     let mut images: Vec<Value> = outcome
         .resolved
         .iter()
@@ -176,14 +189,18 @@ fn metadata(outcome: &collect::Outcome, platforms: &[Platform]) -> serde_json::M
     m.insert("manifests".into(), json!(outcome.manifests));
     m.insert("platforms".into(), json!(platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>()));
     m.insert("missingImages".into(), json!(missing));
+    m.insert(controlplane::METADATA_KEY.into(), control_plane.metadata());
     m
 }
 
 /// `ferry images`: the discovered list, where each image comes from and where it was found.
 pub fn run_list(spec: &Path, as_json: bool, printer: &Printer) -> Result<()> {
     let bundle = Bundle::load(spec)?;
-    let images = discover(&bundle, printer)?;
+    let found = discover(&bundle, printer)?;
+    let images = &found.images;
     if as_json {
+        // stdout is the JSON document; where the control plane came from goes with the diagnostics.
+        eprintln!("{}", control_plane_line(&found));
         let list: Vec<Value> = images
             .iter()
             .map(|d| {
@@ -205,7 +222,7 @@ pub fn run_list(spec: &Path, as_json: bool, printer: &Printer) -> Result<()> {
     let width = images.iter().map(|d| d.image.to_string().len()).max().unwrap_or(3).max(3);
     let swidth = images.iter().map(|d| d.source.describe().len()).max().unwrap_or(6).max(6);
     printer.out(format!("{:<width$}  {:<swidth$}  FOUND IN", "REF", "SOURCE"));
-    for d in &images {
+    for d in images {
         printer.out(format!(
             "{:<width$}  {:<swidth$}  {}",
             d.image.to_string(),
@@ -214,5 +231,6 @@ pub fn run_list(spec: &Path, as_json: bool, printer: &Printer) -> Result<()> {
         ));
     }
     printer.out(format!("{} images", images.len()));
+    printer.out(control_plane_line(&found));
     Ok(())
 }
