@@ -78,7 +78,7 @@ echo "registry.images_bytes: $(du -sb "$dir/layout/blobs" | cut -f1)"
 # --- the installer: the real packer, offline (control-plane images are recorded as missing) ---
 {
   printf 'apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: bench-registry, version: 1.0.0}\n'
-  printf 'spec:\n  kubernetes: {version: v1.33.4}\n  platforms: [linux/amd64]\n  images:\n'
+  printf 'spec:\n  kubernetes: {version: v1.36.3}\n  platforms: [linux/amd64]\n  images:\n'
   for i in $(seq 1 "$n_images"); do printf '    - {ref: docker.io/bench/img%s:1, source: "oci:layout:img%s"}\n' "$i" "$i"; done
 } > "$dir/bundle.yaml"
 "$ferry" keygen -o "$dir/key" >/dev/null

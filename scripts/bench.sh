@@ -39,7 +39,7 @@ apiVersion: ferry.dev/v1alpha1
 kind: Bundle
 metadata: {name: bench, version: 1.0.0}
 spec:
-  kubernetes: {version: v1.33.4}
+  kubernetes: {version: v1.36.3}
   rootfs: [{path: rootfs}]
 YAML
   echo "format.input_bytes: $(du -sb "$b/bundle" | cut -f1)"

@@ -31,7 +31,7 @@ scripts/testhosts rootfs
 cargo build --release --locked
 examples/demo/make-images.sh
 rm -rf examples/demo/standins-rootfs
-tests/standins/make-rootfs.sh examples/demo/standins-rootfs
+tests/standins/make-rootfs.sh examples/demo/standins-rootfs v1.36.3
 
 out="$PWD/target/demo"
 mkdir -p "$out"

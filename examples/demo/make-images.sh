@@ -7,7 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 out=images/standins
-[[ -f "$out/index.json" && "${1:-}" != "--force" ]] && exit 0
+# Every tag the demo bundles, the cluster test and the lab name (the control plane of v1.36.3).
+tags=(busybox-1.36 kube-apiserver-v1.36.3 kube-controller-manager-v1.36.3 kube-scheduler-v1.36.3
+      kube-proxy-v1.36.3 etcd-3.6.8-0 coredns-v1.14.2 pause-3.10.2)
+# Done already, unless a tag is missing (a layout made for another version) or --force.
+if [[ -f "$out/index.json" && "${1:-}" != "--force" ]]; then
+  missing=0
+  for tag in "${tags[@]}"; do grep -q "\"org.opencontainers.image.ref.name\":\"$tag\"" "$out/index.json" || missing=1; done
+  [[ $missing == 0 ]] && exit 0
+fi
 command -v umoci >/dev/null && [[ -x /bin/busybox ]] || {
   echo "make-images.sh needs umoci and busybox-static (scripts/setup.sh installs them)" >&2; exit 1; }
 work="$(mktemp -d)"
@@ -22,8 +30,7 @@ for applet in sh echo cat ls sleep httpd hostname; do ln -sf busybox "$work/bund
 find "$work/bundle/rootfs" -exec touch -h -d @0 {} +
 umoci repack --history.created 1970-01-01T00:00:00Z --image "$work/layout:base" "$work/bundle"
 umoci config --no-history --image "$work/layout:base" --config.cmd /bin/sh --config.env PATH=/bin --created 1970-01-01T00:00:00Z
-for tag in busybox-1.36 kube-apiserver-v1.33.4 kube-controller-manager-v1.33.4 kube-scheduler-v1.33.4 \
-           kube-proxy-v1.33.4 etcd-3.5.21-0 coredns-v1.12.0 pause-3.10; do
+for tag in "${tags[@]}"; do
   umoci tag --image "$work/layout:base" "$tag"
 done
 umoci rm --image "$work/layout:base"

@@ -21,7 +21,7 @@ apiVersion: ferry.dev/v1alpha1
 kind: Bundle
 metadata: {name: $name, version: 1.0.0}
 spec:
-  kubernetes: {version: v1.33.4}
+  kubernetes: {version: v1.36.3}
   platforms: [linux/amd64]
   rootfs: [{path: rootfs}]
   files: [{path: pad.bin, dest: /opt/bench/pad.bin}]

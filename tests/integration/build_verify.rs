@@ -32,7 +32,7 @@ fn multi_chunk_bundle(dir: &Path) -> PathBuf {
     fs::write(b.join("manifests/a.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n").unwrap();
     fs::write(
         b.join("bundle.yaml"),
-        "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: big, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.33.4}\n  rootfs: [{path: rootfs}]\n  manifests: [{path: manifests}]\n",
+        "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: big, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.36.3}\n  rootfs: [{path: rootfs}]\n  manifests: [{path: manifests}]\n",
     )
     .unwrap();
     b.join("bundle.yaml")
@@ -63,15 +63,20 @@ fn build_verify_inspect_extract_round_trip() {
 
     let json: serde_json::Value = serde_json::from_str(&ok(installer(&inst).args(["inspect", "--json"]))).unwrap();
     assert_eq!(json["metadata"]["name"], "demo");
-    assert_eq!(json["metadata"]["kubernetes_version"], "v1.33.4");
+    assert_eq!(json["metadata"]["kubernetes_version"], "v1.36.3");
     assert_eq!(json["created"], "2023-11-14T22:13:20Z");
     assert!(json["entries"].as_array().unwrap().iter().any(|e| e["path"] == "rootfs/usr/local/bin/ferry-hello"));
     assert_eq!(json["missingImages"], serde_json::json!([]), "the demo bundle carries every image it names");
-    assert!(json["metadata"]["images"].as_array().unwrap().iter().any(|i| i["ref"] == "registry.k8s.io/pause:3.10"));
+    assert!(json["metadata"]["images"].as_array().unwrap().iter().any(|i| i["ref"] == "registry.k8s.io/pause:3.10.2"));
+    // The demo's rootfs has no kubeadm: the control plane came from ferry's table, and says so.
+    let cp = &json["metadata"]["controlPlaneImages"];
+    assert_eq!((cp["source"].as_str(), cp["pause"].as_str()), (Some("table"), Some("registry.k8s.io/pause:3.10.2")), "{cp}");
+    assert_eq!(cp["images"].as_array().map(|a| a.len()), Some(7), "{cp}");
 
     let human = ok(installer(&inst).arg("inspect"));
     assert!(human.contains("bundle:       demo 0.1.0") && human.contains("rootfs/etc/ferry/motd"), "{human}");
     assert!(human.contains("images:       8") && human.contains("docker.io/library/busybox:1.36"), "{human}");
+    assert!(human.contains("control plane: 7 images from ferry's built-in table"), "{human}");
 
     let to = dir.path().join("out");
     ok(installer(&inst).arg("extract").arg("--to").arg(&to));
@@ -289,7 +294,7 @@ fn spec_dir(dir: &Path, extra_spec: &str) -> PathBuf {
     fs::write(b.join("rootfs/etc/a"), "a").unwrap();
     fs::write(
         b.join("bundle.yaml"),
-        format!("apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: t, version: '1'}}\nspec:\n  kubernetes: {{version: v1.33.4}}\n{extra_spec}"),
+        format!("apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: t, version: '1'}}\nspec:\n  kubernetes: {{version: v1.36.3}}\n{extra_spec}"),
     )
     .unwrap();
     b.join("bundle.yaml")
@@ -403,7 +408,7 @@ fn launch_steps_are_checked_recorded_and_inspected() {
     fs::create_dir_all(b.join("extra")).unwrap();
     fs::write(b.join("manifests/a.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n").unwrap();
     fs::write(b.join("extra/b.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n").unwrap();
-    let head = "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: b, version: '1'}\nspec:\n  kubernetes: {version: v1.33.4}\n  manifests: [{path: manifests}]\n  launch:\n    - manifests: manifests/a.yaml\n";
+    let head = "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: b, version: '1'}\nspec:\n  kubernetes: {version: v1.36.3}\n  manifests: [{path: manifests}]\n  launch:\n    - manifests: manifests/a.yaml\n";
     let fail = |tail: &str| {
         fs::write(b.join("bundle.yaml"), format!("{head}{tail}")).unwrap();
         fails(ferry().arg("build").arg(b.join("bundle.yaml")).arg("-o").arg(dir.path().join("bad")).arg("--unsigned"))

@@ -14,6 +14,9 @@ fn lab() -> &'static Lab {
     Lab::shared(ferry_tests::lab::LAB_NODES, true)
 }
 
+/// The bundle's Kubernetes version (the stand-ins answer as this version).
+const K8S: &str = "v1.36.3";
+
 struct Bundle {
     _dir: tempfile::TempDir,
     installer: PathBuf,
@@ -29,7 +32,7 @@ fn bundle() -> &'static Bundle {
     B.get_or_init(|| {
         let dir = tempfile::Builder::new().prefix("ferry-cluster-").tempdir().unwrap();
         let d = dir.path();
-        ferry_tests::ok(Command::new(root().join("tests/standins/make-rootfs.sh")).arg(d.join("rootfs")));
+        ferry_tests::ok(Command::new(root().join("tests/standins/make-rootfs.sh")).arg(d.join("rootfs")).arg(K8S));
         ferry_tests::ok(&mut Command::new(root().join("examples/demo/make-images.sh")));
         ferry_tests::ok(Command::new("cp").arg("-a").arg(root().join("examples/demo/images")).arg(d.join("images")));
         std::fs::create_dir_all(d.join("manifests/app")).unwrap();
@@ -40,18 +43,18 @@ fn bundle() -> &'static Bundle {
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: apps\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: web, image: docker.io/library/busybox:1.36}]\n",
         )
         .unwrap();
-        let mut spec = String::from("apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: cluster-test, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.33.4}\n  platforms: [linux/amd64]\n  rootfs: [{path: rootfs}]\n  manifests: [{path: manifests}]\n");
+        let mut spec = String::from("apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: cluster-test, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.36.3}\n  platforms: [linux/amd64]\n  rootfs: [{path: rootfs}]\n  manifests: [{path: manifests}]\n");
         spec.push_str(LAUNCH);
         spec.push_str("  images:\n");
         for (r, tag) in [
             ("docker.io/library/busybox:1.36", "busybox-1.36"),
-            ("registry.k8s.io/kube-apiserver:v1.33.4", "kube-apiserver-v1.33.4"),
-            ("registry.k8s.io/kube-controller-manager:v1.33.4", "kube-controller-manager-v1.33.4"),
-            ("registry.k8s.io/kube-scheduler:v1.33.4", "kube-scheduler-v1.33.4"),
-            ("registry.k8s.io/kube-proxy:v1.33.4", "kube-proxy-v1.33.4"),
-            ("registry.k8s.io/etcd:3.5.21-0", "etcd-3.5.21-0"),
-            ("registry.k8s.io/coredns/coredns:v1.12.0", "coredns-v1.12.0"),
-            ("registry.k8s.io/pause:3.10", "pause-3.10"),
+            ("registry.k8s.io/kube-apiserver:v1.36.3", "kube-apiserver-v1.36.3"),
+            ("registry.k8s.io/kube-controller-manager:v1.36.3", "kube-controller-manager-v1.36.3"),
+            ("registry.k8s.io/kube-scheduler:v1.36.3", "kube-scheduler-v1.36.3"),
+            ("registry.k8s.io/kube-proxy:v1.36.3", "kube-proxy-v1.36.3"),
+            ("registry.k8s.io/etcd:3.6.8-0", "etcd-3.6.8-0"),
+            ("registry.k8s.io/coredns/coredns:v1.14.2", "coredns-v1.14.2"),
+            ("registry.k8s.io/pause:3.10.2", "pause-3.10.2"),
         ] {
             spec.push_str(&format!("    - {{ref: {r}, source: \"oci:images/standins:{tag}\"}}\n"));
         }
@@ -199,7 +202,7 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     let (ic, cc, kc) = (&docs[0], &docs[1], &docs[2]);
     assert_eq!(ic["apiVersion"], "kubeadm.k8s.io/v1beta4", "{init}");
     assert_eq!(cc["apiVersion"], "kubeadm.k8s.io/v1beta4", "{init}");
-    assert_eq!(cc["kubernetesVersion"], "v1.33.4", "{init}");
+    assert_eq!(cc["kubernetesVersion"], K8S, "{init}");
     assert_eq!(cc["controlPlaneEndpoint"], "apiserver.cluster.local:6444", "{init}");
     let sans: Vec<&str> = cc["apiServer"]["certSANs"]
         .as_array()
@@ -229,6 +232,23 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     assert!(arg_lists >= 2, "{init}");
     assert_eq!(kc["cgroupDriver"], "systemd", "{init}");
     assert_eq!(kc["apiVersion"], "kubelet.config.k8s.io/v1beta1", "{init}");
+    // Preflight saw each host's cgroup version; on cgroup v1 (1.35 and later) ferry opts the
+    // kubelet in cluster-wide, skips kubeadm's SystemVerification there, and says so.
+    let v1: Vec<bool> =
+        (1..=3).map(|i| lab.ssh_ok(Host::Node(i), "stat -fc %T /sys/fs/cgroup").trim() == "tmpfs").collect();
+    for (i, ip) in [&m, &w1, &w2].into_iter().enumerate() {
+        let version = if v1[i] { "v1" } else { "v2" };
+        let reported = format!("ok (cgroup {version})");
+        assert!(o.lines().any(|l| l.contains(ip.as_str()) && l.contains("preflight") && l.contains(&reported)), "{o}");
+        let said = format!("cgroup v1 on {ip}: kubelet failCgroupV1=false set");
+        assert_eq!(o.contains(&said), v1[i], "{said}\n{o}");
+    }
+    assert_eq!(kc["failCgroupV1"] == serde_json::json!(false), v1.contains(&true), "{init}");
+    assert_eq!(
+        ic["nodeRegistration"]["ignorePreflightErrors"] == serde_json::json!(["SystemVerification"]),
+        v1[0],
+        "{init}"
+    );
     let calls = lab.ssh_ok(Host::Node(1), "cat /var/lib/ferry-standin/calls.log");
     assert!(calls.contains("kubeadm init --upload-certs --config /etc/ferry/kubeadm/init.yaml"), "{calls}");
     let ca_hash = lab.ssh_ok(Host::Node(1), "openssl x509 -pubkey -noout -in /etc/kubernetes/pki/ca.crt | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1");
@@ -248,6 +268,11 @@ fn run_to_green_check_then_red_reset_and_run_again() {
             "{join}"
         );
         assert!(jd[0].get("controlPlane").is_none(), "{join}");
+        assert_eq!(jd[0].get("patches").is_some(), v1[i - 1], "a cgroup v1 host's own kubelet patch:\n{join}");
+        if v1[i - 1] {
+            let patch = lab.ssh_ok(Host::Node(i), "cat /etc/ferry/kubeadm/patches/kubeletconfiguration+merge.yaml");
+            assert_eq!(patch.trim(), "failCgroupV1: false");
+        }
         assert_args_are_lists(&jd[0], &join);
         assert!(
             join.contains("kind: JoinConfiguration")

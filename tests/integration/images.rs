@@ -13,18 +13,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const K8S: &str = "v1.33.4";
+const K8S: &str = "v1.36.3";
 
-/// What `kubeadm config images list --kubernetes-version v1.33.4` names (the packer's table
+/// What `kubeadm config images list --kubernetes-version v1.36.3` names (the packer's table
 /// must agree; this list is written out independently on purpose).
 const CONTROL_PLANE: &[&str] = &[
-    "kube-apiserver:v1.33.4",
-    "kube-controller-manager:v1.33.4",
-    "kube-scheduler:v1.33.4",
-    "kube-proxy:v1.33.4",
-    "coredns/coredns:v1.12.0",
-    "pause:3.10",
-    "etcd:3.5.21-0",
+    "kube-apiserver:v1.36.3",
+    "kube-controller-manager:v1.36.3",
+    "kube-scheduler:v1.36.3",
+    "kube-proxy:v1.36.3",
+    "coredns/coredns:v1.14.2",
+    "pause:3.10.2",
+    "etcd:3.6.8-0",
 ];
 
 /// `ferry`, isolated from the caller's Docker logins and test-suite defaults.
@@ -37,6 +37,14 @@ fn ferry_cmd(home: &Path) -> Command {
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .arg("--no-progress");
     c
+}
+
+/// The JSON document a command that must succeed prints on stdout (its stderr carries
+/// diagnostics, such as where the control-plane list came from).
+fn json_stdout(cmd: &mut Command) -> Value {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}", out.status, text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{cmd:?} printed no JSON on stdout ({e}):\n{}", text(&out)))
 }
 
 fn build_cmd(spec: &Path, out: &Path) -> Command {
@@ -198,7 +206,7 @@ fn pulls_through_mirrors_byte_exact_deduplicated_and_keyed_by_registry() {
     assert_eq!(hub_app["source"], "registry");
     assert_eq!(hub_app["foundIn"], serde_json::json!(["spec.images", "bundle/manifests/web.yaml#2"]));
     assert_eq!(quay_app["foundIn"], serde_json::json!(["bundle/manifests/web.yaml#2"]));
-    let cp = image(&meta, "registry.k8s.io/coredns/coredns:v1.12.0");
+    let cp = image(&meta, "registry.k8s.io/coredns/coredns:v1.14.2");
     assert_eq!(cp["foundIn"], serde_json::json!([format!("kubernetes {K8S} control plane")]));
 
     let stored = assert_closed(&out);
@@ -458,7 +466,7 @@ fn local_source_and_discovery_errors_name_the_image_or_file() {
             && err.contains(&format!("oci:layout:1 lacks blob {layer} (the layer 1)")),
         "{err}"
     );
-    assert!(err.contains("registry.k8s.io/pause:3.10") && err.contains("--offline"), "{err}");
+    assert!(err.contains("registry.k8s.io/pause:3.10.2") && err.contains("--offline"), "{err}");
     assert!(!out.exists());
 
     fs::create_dir_all(b.join("manifests")).unwrap();
@@ -489,7 +497,9 @@ fn local_source_and_discovery_errors_name_the_image_or_file() {
     fs::write(&spec, fs::read_to_string(&spec).unwrap().replace(K8S, "v1.29.0")).unwrap();
     let err = fails(&mut build_cmd(&spec, &out));
     assert!(
-        err.contains("Kubernetes v1.29.0 is not supported") && err.contains("v1.31.x, v1.32.x, v1.33.x, v1.34.x"),
+        err.contains("Kubernetes v1.29.0 is not supported")
+            && err.contains("v1.34.x, v1.35.x, v1.36.x, v1.37.x")
+            && err.contains("has no usr/local/bin/kubeadm or usr/bin/kubeadm"),
         "{err}"
     );
 
@@ -530,10 +540,10 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
     fs::write(b.join("chart/charts/sub/values.yaml"), "image: {repository: bitnami/redis, tag: '7.2'}\n").unwrap();
     let spec = write_spec(
         &b,
-        "  manifests: [{path: manifests}]\n  charts: [{path: chart}]\n  images: ['registry.k8s.io/pause:3.10']\n",
+        "  manifests: [{path: manifests}]\n  charts: [{path: chart}]\n  images: ['registry.k8s.io/pause:3.10.2']\n",
     );
 
-    let json: Value = serde_json::from_str(&ok(ferry_cmd(dir.path()).arg("images").arg("--json").arg(&spec))).unwrap();
+    let json = json_stdout(ferry_cmd(dir.path()).arg("images").arg("--json").arg(&spec));
     let list = json.as_array().unwrap();
     let get = |r: &str| list.iter().find(|i| i["ref"] == r).unwrap_or_else(|| panic!("{r} missing from {json:#}"));
     assert_eq!(
@@ -549,7 +559,7 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
     assert_eq!(get("quay.io/example/proxy:9")["foundIn"], serde_json::json!(["chart:web"]));
     assert_eq!(get("docker.io/bitnami/redis:7.2")["foundIn"], serde_json::json!(["chart:web/sub"]));
     assert_eq!(
-        get("registry.k8s.io/pause:3.10")["foundIn"],
+        get("registry.k8s.io/pause:3.10.2")["foundIn"],
         serde_json::json!(["spec.images", format!("kubernetes {K8S} control plane")])
     );
     assert_eq!(list.len(), 5 + 7, "{json:#}");
@@ -557,6 +567,13 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
     let text = ok(ferry_cmd(dir.path()).arg("images").arg(&spec));
     assert!(text.lines().next().unwrap().starts_with("REF"), "{text}");
     assert!(text.contains("12 images"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "control plane of Kubernetes {K8S}: 7 images from ferry's built-in table (values of kubeadm v1.36.3; \
+             kubeadm not runnable here: the bundle's rootfs has no usr/local/bin/kubeadm or usr/bin/kubeadm)"
+        )),
+        "{text}"
+    );
 
     // With helm available its rendering replaces the values.yaml scan.
     let helm = dir.path().join("helm");
@@ -566,12 +583,7 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
     )
     .unwrap();
     ok(Command::new("chmod").arg("+x").arg(&helm));
-    let json: Value = serde_json::from_str(&ok(ferry_cmd(dir.path())
-        .env("FERRY_HELM", &helm)
-        .arg("images")
-        .arg("--json")
-        .arg(&spec)))
-    .unwrap();
+    let json = json_stdout(ferry_cmd(dir.path()).env("FERRY_HELM", &helm).arg("images").arg("--json").arg(&spec));
     let refs: Vec<&str> = json.as_array().unwrap().iter().map(|i| i["ref"].as_str().unwrap()).collect();
     assert!(refs.contains(&"quay.io/example/rendered:2.4") && !refs.contains(&"quay.io/example/web:2.4"), "{refs:?}");
 }
@@ -618,4 +630,59 @@ fn https_is_verified_unless_listed_insecure_and_plain_http_is_only_for_loopback(
     let spec = write_spec(&b, "  images: [app:1]\n  registryMirrors: {docker.io: 'http://registry.invalid:5000'}\n");
     let err = fails(&mut build_cmd(&spec, &out));
     assert!(err.contains("registryMirrors.docker.io") && err.contains("insecureRegistries"), "{err}");
+}
+
+/// A STAND-IN for kubeadm (a shell script, not kubeadm) in a bundle's rootfs: it answers
+/// `version -o short` and `config images list --kubernetes-version V` like the real one, with an
+/// etcd tag of its own so its list can be told from ferry's table.
+const STANDIN_KUBEADM: &str = "#!/bin/sh\n# STAND-IN for kubeadm (ferry images test)\ncase \"$1 $2\" in\n\
+  'version -o') echo v1.36.3 ;;\n\
+  'config images') for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do echo registry.k8s.io/$c:$5; done\n\
+    echo registry.k8s.io/coredns/coredns:v1.14.2; echo registry.k8s.io/pause:3.10.2; echo registry.k8s.io/etcd:3.6.8-0-standin ;;\n\
+  *) echo \"stand-in kubeadm: $* is not modelled\" >&2; exit 3 ;;\nesac\n";
+
+#[test]
+fn the_bundles_kubeadm_names_the_control_plane_and_a_failing_one_stops_discovery() {
+    let dir = scratch();
+    let b = dir.path().join("bundle");
+    let kubeadm = b.join("rootfs/usr/bin/kubeadm");
+    fs::create_dir_all(kubeadm.parent().unwrap()).unwrap();
+    fs::write(&kubeadm, STANDIN_KUBEADM).unwrap();
+    ok(Command::new("chmod").arg("+x").arg(&kubeadm));
+    let spec = write_spec(&b, "  rootfs: [{path: rootfs}]\n");
+
+    let listed = ok(ferry_cmd(dir.path()).arg("images").arg(&spec));
+    assert!(listed.contains("registry.k8s.io/etcd:3.6.8-0-standin"), "kubeadm's list, not the table's:\n{listed}");
+    assert!(
+        listed.contains(&format!(
+            "control plane of Kubernetes {K8S}: 7 images from the bundle's kubeadm v1.36.3 (rootfs/usr/bin/kubeadm)"
+        )),
+        "{listed}"
+    );
+    assert!(listed.contains("ferry's built-in table differs from rootfs/usr/bin/kubeadm"), "{listed}");
+    // --json keeps stdout a JSON document; the source goes to stderr.
+    let out = run(ferry_cmd(dir.path()).arg("images").arg("--json").arg(&spec));
+    assert_eq!(json_stdout(ferry_cmd(dir.path()).arg("images").arg("--json").arg(&spec)).as_array().unwrap().len(), 7);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from the bundle's kubeadm v1.36.3"), "{}", text(&out));
+
+    // Runs, but fails: the build stops naming the file and what kubeadm said.
+    fs::write(&kubeadm, STANDIN_KUBEADM.replace("'config images')", "'config nothing')")).unwrap();
+    let err = fails(ferry_cmd(dir.path()).arg("images").arg(&spec));
+    assert!(
+        err.contains("rootfs/usr/bin/kubeadm: `kubeadm config images list --kubernetes-version v1.36.3` failed")
+            && err.contains("stand-in kubeadm: config images list --kubernetes-version v1.36.3 is not modelled"),
+        "{err}"
+    );
+
+    // Not executable: the table, with the reason.
+    fs::write(&kubeadm, STANDIN_KUBEADM).unwrap();
+    ok(Command::new("chmod").arg("-x").arg(&kubeadm));
+    let listed = ok(ferry_cmd(dir.path()).arg("images").arg(&spec));
+    assert!(listed.contains("registry.k8s.io/etcd:3.6.8-0 "), "{listed}");
+    assert!(
+        listed.contains(
+            "from ferry's built-in table (values of kubeadm v1.36.3; kubeadm not runnable here: rootfs/usr/bin/kubeadm is not executable (mode 0"
+        ),
+        "{listed}"
+    );
 }

@@ -512,7 +512,7 @@ fn arm64_installer(dir: &Path) -> PathBuf {
     std::fs::write(dir.join("rootfs/etc/ferry-arm64-test"), "arm64\n").unwrap();
     std::fs::write(
         dir.join("bundle.yaml"),
-        "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: run-test-arm64, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.33.4}\n  platforms: [linux/arm64]\n  rootfs: [{path: rootfs}]\n",
+        "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {name: run-test-arm64, version: 1.0.0}\nspec:\n  kubernetes: {version: v1.36.3}\n  platforms: [linux/arm64]\n  rootfs: [{path: rootfs}]\n",
     )
     .unwrap();
     let installer = dir.join("installer");

@@ -58,7 +58,7 @@ pub fn run_bundle(name: &str, pad_mib: usize) -> RunBundle {
     std::fs::write(
         d.join("bundle.yaml"),
         format!(
-            "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: {name}, version: 1.0.0}}\nspec:\n  kubernetes: {{version: v1.33.4}}\n  platforms: [linux/amd64]\n  rootfs: [{{path: rootfs}}]\n  files: [{{path: pad.bin, dest: /opt/ferry-test/pad.bin}}]\n  images:\n    - {{ref: docker.io/library/app:1, source: \"oci:layout:1\"}}\n"
+            "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: {name}, version: 1.0.0}}\nspec:\n  kubernetes: {{version: v1.36.3}}\n  platforms: [linux/amd64]\n  rootfs: [{{path: rootfs}}]\n  files: [{{path: pad.bin, dest: /opt/ferry-test/pad.bin}}]\n  images:\n    - {{ref: docker.io/library/app:1, source: \"oci:layout:1\"}}\n"
         ),
     )
     .unwrap();

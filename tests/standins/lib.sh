@@ -1,12 +1,14 @@
 # Shared by the ferry test STAND-INS for kubeadm, kubelet and kubectl (see README.md).
 # Installed as /usr/lib/ferry-standin/lib.sh. Not Kubernetes: a model of what ferry observes.
-STANDIN_LIB=/usr/lib/ferry-standin
+STANDIN_LIB=${STANDIN_LIB:-/usr/lib/ferry-standin}   # kubeadm finds it next to itself (see there)
 STATE=/var/lib/ferry-standin            # records (calls.log, configs/) and the modelled cluster
 API=$STATE/apiserver                    # the "etcd" of the model: nodes, tokens, keys (on the leader)
 BB=$STANDIN_LIB/busybox                 # static busybox: httpd (the stand-in apiserver), wget
-K8S_VERSION=$(cat "$STANDIN_LIB/version" 2>/dev/null || echo v1.33.4)
+K8S_VERSION=$(cat "$STANDIN_LIB/version" 2>/dev/null || echo v1.36.3)
 
-mkdir -p "$STATE/configs"
+# Questions only (`kubeadm version`, `kubeadm config images list`) are also asked on the build
+# machine, where `ferry build` runs the rootfs's kubeadm: they leave nothing behind.
+[ -n "${STANDIN_NO_STATE:-}" ] || mkdir -p "$STATE/configs"
 
 # record TOOL ARGS…: one line per call in calls.log.
 record() { printf '%s %s\n' "$(date +%s)" "$*" >> "$STATE/calls.log"; }
@@ -43,7 +45,8 @@ api_get() {
 # ca_hash FILE: kubeadm's discovery hash of a CA certificate (needs openssl).
 ca_hash() { echo "sha256:$(openssl x509 -pubkey -noout -in "$1" | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1)"; }
 
-# images for the modelled control plane (kubeadm's constants, as packer/src/images/controlplane.rs).
-etcd_tag() { case "$1" in v1.31.*) echo 3.5.15-0 ;; v1.32.*) echo 3.5.16-0 ;; v1.33.*) echo 3.5.21-0 ;; *) echo 3.6.4-0 ;; esac; }
-coredns_tag() { case "$1" in v1.31.*|v1.32.*) echo v1.11.3 ;; v1.33.*) echo v1.12.0 ;; *) echo v1.12.1 ;; esac; }
-pause_tag() { case "$1" in v1.31.*|v1.32.*|v1.33.*) echo 3.10 ;; *) echo 3.10.1 ;; esac; }
+# images for the modelled control plane (kubeadm's constants, as packer/src/images/controlplane.rs's
+# TABLE; `ferry build` takes the bundle's list from this stand-in when the rootfs carries it).
+etcd_tag() { case "$1" in v1.33.*) echo 3.5.21-0 ;; v1.34.*) echo 3.6.5-0 ;; v1.35.*) echo 3.6.6-0 ;; v1.36.*) echo 3.6.8-0 ;; *) echo 3.7.0-0 ;; esac; }
+coredns_tag() { case "$1" in v1.33.*) echo v1.12.0 ;; v1.34.*) echo v1.12.1 ;; v1.35.*) echo v1.13.1 ;; v1.36.*) echo v1.14.2 ;; *) echo v1.14.6 ;; esac; }
+pause_tag() { case "$1" in v1.33.*) echo 3.10 ;; v1.34.*|v1.35.*) echo 3.10.1 ;; *) echo 3.10.2 ;; esac; }
