@@ -70,7 +70,11 @@ fn build_verify_inspect_extract_round_trip() {
     assert!(json["metadata"]["images"].as_array().unwrap().iter().any(|i| i["ref"] == "registry.k8s.io/pause:3.10.2"));
     // The demo's rootfs has no kubeadm: the control plane came from ferry's table, and says so.
     let cp = &json["metadata"]["controlPlaneImages"];
-    assert_eq!((cp["source"].as_str(), cp["pause"].as_str()), (Some("table"), Some("registry.k8s.io/pause:3.10.2")), "{cp}");
+    assert_eq!(
+        (cp["source"].as_str(), cp["pause"].as_str()),
+        (Some("table"), Some("registry.k8s.io/pause:3.10.2")),
+        "{cp}"
+    );
     assert_eq!(cp["images"].as_array().map(|a| a.len()), Some(7), "{cp}");
 
     let human = ok(installer(&inst).arg("inspect"));

@@ -44,7 +44,8 @@ fn ferry_cmd(home: &Path) -> Command {
 fn json_stdout(cmd: &mut Command) -> Value {
     let out = run(cmd);
     assert!(out.status.success(), "{cmd:?} failed ({}):\n{}", out.status, text(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{cmd:?} printed no JSON on stdout ({e}):\n{}", text(&out)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{cmd:?} printed no JSON on stdout ({e}):\n{}", text(&out)))
 }
 
 fn build_cmd(spec: &Path, out: &Path) -> Command {

@@ -81,7 +81,10 @@ pub fn row(version: &str) -> Result<Row, String> {
     let (major, minor, _) = parse_kubernetes_version(version)
         .ok_or_else(|| format!("Kubernetes version `{version}` is not of the form vMAJOR.MINOR.PATCH"))?;
     TABLE.iter().find(|r| major == 1 && r.minor == minor).copied().ok_or_else(|| {
-        format!("Kubernetes {version} is not supported: ferry's built-in table knows the control-plane images of {}", supported())
+        format!(
+            "Kubernetes {version} is not supported: ferry's built-in table knows the control-plane images of {}",
+            supported()
+        )
     })
 }
 
@@ -182,9 +185,8 @@ pub fn resolve(bundle: &Bundle, warnings: &mut Vec<String>) -> Result<ControlPla
     if let Some((1, minor)) = spec_minor
         && TABLE.iter().any(|r| r.minor == minor && r.end_of_life)
     {
-        warnings.push(format!(
-            "Kubernetes {version}: v1.{minor} is past its upstream end of life and gets no more fixes"
-        ));
+        warnings
+            .push(format!("Kubernetes {version}: v1.{minor} is past its upstream end of life and gets no more fixes"));
     }
     let reason = match find_kubeadm(bundle) {
         None => format!("the bundle's rootfs has no {}", KUBEADM_PATHS.join(" or ")),
@@ -372,9 +374,8 @@ enum Ran {
 
 /// Runs `program args…` with no stdin, for at most [`KUBEADM_TIMEOUT`].
 fn run(program: &Path, args: &[&str]) -> Ran {
-    let spawn = || {
-        Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
-    };
+    let spawn =
+        || Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     // A program written moments ago can still be open for writing in a child another thread is
     // forking (until that child execs): exec then fails with ETXTBSY for a few milliseconds.
     let mut tries = 0;
@@ -577,7 +578,10 @@ mod tests {
         let version_fails = "#!/bin/sh\necho 'segmentation fault' >&2\nexit 139\n";
         let (_d, b) = bundle("v1.36.3", Some(("usr/bin/kubeadm", version_fails, 0o755)));
         let e = resolve(&b, &mut Vec::new()).unwrap_err();
-        assert!(e.contains("rootfs/usr/bin/kubeadm: `kubeadm version -o short` failed") && e.contains("segmentation fault"), "{e}");
+        assert!(
+            e.contains("rootfs/usr/bin/kubeadm: `kubeadm version -o short` failed") && e.contains("segmentation fault"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -608,7 +612,11 @@ mod tests {
         std::fs::write(&p, &elf).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         let cp = resolve(&b, &mut Vec::new()).unwrap();
-        assert!(cp.describe().contains("is a ") && cp.describe().contains("program and this machine is"), "{}", cp.describe());
+        assert!(
+            cp.describe().contains("is a ") && cp.describe().contains("program and this machine is"),
+            "{}",
+            cp.describe()
+        );
 
         // Not even the table knows it: the error says both.
         let (_d, b) = bundle("v1.32.1", None);

@@ -237,8 +237,8 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
         let out = root.join("etc/containerd");
         let before = snapshot(&out);
         let meta = &payload.index().metadata;
-        let sandbox = crate::registry::config::bundle_pause_image(meta)
-            .context("choosing containerd's sandbox (pause) image")?;
+        let sandbox =
+            crate::registry::config::bundle_pause_image(meta).context("choosing containerd's sandbox (pause) image")?;
         let args = crate::cli::RegistryConfigArgs {
             endpoints: plan.registry_endpoints.clone(),
             out: out.clone(),

@@ -825,7 +825,9 @@ mod tests {
         c.pause_image = "registry.k8s.io/pause:3.10.9".into();
         let text = init_config(&c, &node("10.0.0.11"), TOKEN, KEY).unwrap();
         assert!(
-            text.contains("image, set in containerd's config (kubeadm has no field for it): registry.k8s.io/pause:3.10.9\n"),
+            text.contains(
+                "image, set in containerd's config (kubeadm has no field for it): registry.k8s.io/pause:3.10.9\n"
+            ),
             "{text}"
         );
         c.pause_image = String::new();

@@ -240,8 +240,9 @@ pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<()> {
     let registries = images.iter().map(|i| store::normalize_registry(&i.registry)).collect();
     let sandbox_image = match &args.sandbox_image {
         Some(s) => s.clone(),
-        None => config::bundle_pause_image(meta)
-            .with_context(|| format!("choosing containerd's sandbox image for bundle {} {}", meta.name, meta.version))?,
+        None => config::bundle_pause_image(meta).with_context(|| {
+            format!("choosing containerd's sandbox image for bundle {} {}", meta.name, meta.version)
+        })?,
     };
     if !images.iter().any(|i| i.reference == sandbox_image) {
         printer.warn(format!(

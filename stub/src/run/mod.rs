@@ -647,7 +647,13 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     for (h, cgroup) in ctx.cluster.hosts.iter().zip(&cgroups) {
         let shown = if cgroup.is_empty() { "unknown" } else { cgroup.as_str() };
         local_record(&ctx, h, "preflight", "done", serde_json::json!({"cgroup": shown}));
-        ctx.rep.event(&h.ip, "preflight", "done", &format!("ok (cgroup {shown})"), serde_json::json!({"cgroup": shown}));
+        ctx.rep.event(
+            &h.ip,
+            "preflight",
+            "done",
+            &format!("ok (cgroup {shown})"),
+            serde_json::json!({"cgroup": shown}),
+        );
     }
     let cgroup_v1_hosts: Vec<String> =
         ctx.cluster.hosts.iter().zip(&cgroups).filter(|(_, c)| *c == "v1").map(|(h, _)| h.ip.clone()).collect();
