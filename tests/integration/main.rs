@@ -3,6 +3,7 @@ mod build_verify;
 mod cluster;
 mod fetch_script;
 mod images;
+mod kubeadm_real;
 mod lab;
 mod lb;
 mod registry;
