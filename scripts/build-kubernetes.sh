@@ -26,7 +26,8 @@
 #                 at the versions VERSION's kubeadm pins (read from the kubeadm just built); the
 #                 nearest served version where the proxy lacks the exact one, tagged as kubeadm
 #                 expects and said so. pause is kubeadm's own build/pause/linux/pause.c
-#   containerd, runc, CNI plugins, crictl, helm, flannel   their Go modules
+#   containerd, runc, CNI plugins, crictl, helm, flannel   their Go modules (flanneld without
+#                 its Tencent Cloud backend, whose SDK the proxy does not serve)
 #   iptables/nft (kube-proxy's and flannel's images), busybox   Debian packages of ARCH
 # conntrack and socat are not carried: kubeadm has not required conntrack since v1.32, and
 # containerd's CRI does port-forwarding itself.
@@ -39,7 +40,7 @@
 #
 # Component versions (override with the environment variables named):
 #   CONTAINERD_VERSION (2.4.2)  RUNC_VERSION (1.5.3)  CNI_VERSION (1.10.0)  HELM_VERSION (3.22.0)
-#   FLANNEL_VERSION (0.28.4)    CRICTL_VERSION (newest served v1.MINOR.x, else the newest below)
+#   FLANNEL_VERSION (0.28.10)   CRICTL_VERSION (newest served v1.MINOR.x, else the newest below)
 #
 # --arch arm64 cross-builds: Go programs with GOARCH, pause and runc with Debian's cross
 # compiler (crossbuild-essential-arm64 and libseccomp-dev:arm64, installed when missing, which
@@ -92,9 +93,7 @@ CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
 RUNC_VERSION=${RUNC_VERSION:-1.5.3}
 CNI_VERSION=${CNI_VERSION:-1.10.0}
 HELM_VERSION=${HELM_VERSION:-3.22.0}
-# flannel v0.28.10 needs a Tencent Cloud SDK module the Go module proxy does not serve; v0.28.4
-# is the newest whose modules all are.
-FLANNEL_VERSION=${FLANNEL_VERSION:-0.28.4}
+FLANNEL_VERSION=${FLANNEL_VERSION:-0.28.10}
 
 CACHE=${FERRY_K8S_CACHE:-/var/cache/ferry/kubernetes}
 command -v go >/dev/null || die "needs Go (go version: not found)"
@@ -307,11 +306,19 @@ build_helm() {
     helm.sh/helm/v3/cmd/helm
 }
 
+# flanneld is flannel's own main.go, built in a wrapper module without its Tencent Cloud VPC
+# backend: that backend's SDK modules are not served by the Go module proxy, and main.go is the
+# only place that pulls it in. Its UDP backend is cgo, hence a static cgo build.
 build_flannel() {
-  local v=v$FLANNEL_VERSION
-  go_build_into "$1" github.com/flannel-io/flannel "$v" "$v" \
-    "-X github.com/flannel-io/flannel/pkg/version.Version=$v" github.com/flannel-io/flannel
-  mv "$1/flannel" "$1/flanneld"
+  local m=github.com/flannel-io/flannel v=v$FLANNEL_VERSION w src
+  w=$CACHE/work/$ARCH/flanneld@$v
+  rm -rf "$w"; mkdir -p "$w"
+  src=$(gomod_source "$m" "$v")
+  grep -v "\"$m/pkg/backend/tencentvpc\"" "$src/main.go" > "$w/main.go"
+  if grep -q tencentvpc "$w/main.go"; then echo "flannel $v's main.go names its Tencent backend in a way this script does not know"; exit 1; fi
+  (cd "$w" && go mod init ferry.build/flanneld && go mod edit -go=1.26.0 -require="$m@$v" &&
+     CGO_ENABLED=1 CC=$(cross_cc) go build -trimpath -tags "netgo osusergo" \
+       -ldflags "-s -w -buildid= -X $m/pkg/version.Version=$v -extldflags -static" -o "$1/flanneld" .)
 }
 
 # Debian's iptables (nft and legacy), nft and busybox, with every library they load, unpacked

@@ -38,7 +38,7 @@
 # Component versions (override with the environment variables named; the defaults are those
 # scripts/build-kubernetes.sh builds):
 #   CONTAINERD_VERSION (2.4.2)  RUNC_VERSION (1.5.3)  CNI_VERSION (1.10.0)
-#   HELM_VERSION (3.22.0)       FLANNEL_VERSION (0.28.4)  CRICTL_VERSION (v1.MINOR.0)
+#   HELM_VERSION (3.22.0)       FLANNEL_VERSION (0.28.10) CRICTL_VERSION (v1.MINOR.0)
 #
 # ARCH: amd64 or arm64.
 set -euo pipefail
@@ -83,7 +83,7 @@ CONTAINERD_VERSION=${CONTAINERD_VERSION:-2.4.2}
 RUNC_VERSION=${RUNC_VERSION:-1.5.3}
 CNI_VERSION=${CNI_VERSION:-1.10.0}
 HELM_VERSION=${HELM_VERSION:-3.22.0}
-FLANNEL_VERSION=${FLANNEL_VERSION:-0.28.4}
+FLANNEL_VERSION=${FLANNEL_VERSION:-0.28.10}
 CRICTL_VERSION=${CRICTL_VERSION:-v1.${MINOR}.0}
 
 K8S=https://dl.k8s.io/release/$VERSION/bin/linux/$ARCH

@@ -75,7 +75,7 @@ fn fetch_script_parses_and_plans_every_download_without_network() {
     }
     assert!(
         plan.contains(&format!(
-            "fetch {gh}/flannel-io/flannel/releases/download/v0.28.4/kube-flannel.yml\n  verify sha256 <pin"
+            "fetch {gh}/flannel-io/flannel/releases/download/v0.28.10/kube-flannel.yml\n  verify sha256 <pin"
         )),
         "{plan}"
     );

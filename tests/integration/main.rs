@@ -1,4 +1,5 @@
 //! One integration-test binary; each module covers one area.
+mod build_kubernetes_script;
 mod build_verify;
 mod cluster;
 mod fetch_script;
@@ -6,6 +7,8 @@ mod images;
 mod kubeadm_real;
 mod lab;
 mod lb;
+mod real_bundle;
+mod real_kubelet;
 mod registry;
 mod relay;
 mod run;

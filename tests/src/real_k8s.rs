@@ -1,0 +1,121 @@
+//! Real Kubernetes, built from Go modules by `scripts/build-kubernetes.sh`, for the tests that
+//! need the real programs (kubeadm, the kubelet, the control-plane images).
+//!
+//! `scripts/test.sh` builds them (cached) and names the output trees in `FERRY_REAL_K8S`, a
+//! colon-separated list of `OUTDIR`s. A test that needs them fails, with the command to run, when
+//! the variable is missing: it never passes without having looked at the real thing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The environment variable naming the trees.
+pub const ENV: &str = "FERRY_REAL_K8S";
+
+/// One tree written by `scripts/build-kubernetes.sh VERSION OUTDIR`.
+#[derive(Clone, Debug)]
+pub struct RealKubernetes {
+    /// `vX.Y.Z`, from the tree's `BUILD-INFO`.
+    pub version: String,
+    /// The OUTDIR.
+    pub dir: PathBuf,
+}
+
+impl RealKubernetes {
+    fn load(dir: &Path) -> RealKubernetes {
+        let info = dir.join("BUILD-INFO");
+        let text = std::fs::read_to_string(&info).unwrap_or_else(|e| {
+            panic!("{ENV} names {}, but {} cannot be read ({e}): run scripts/build-kubernetes.sh", dir.display(), info.display())
+        });
+        let version = text
+            .lines()
+            .find_map(|l| l.strip_prefix("kubernetes: "))
+            .unwrap_or_else(|| panic!("{} has no `kubernetes:` line", info.display()))
+            .trim()
+            .to_string();
+        RealKubernetes { version, dir: dir.to_path_buf() }
+    }
+
+    /// The node rootfs.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// A program of the node rootfs, e.g. `usr/bin/kubeadm`.
+    pub fn program(&self, rel: &str) -> PathBuf {
+        self.rootfs().join(rel)
+    }
+
+    /// The tree's kubeadm.
+    pub fn kubeadm(&self) -> Command {
+        Command::new(self.program("usr/bin/kubeadm"))
+    }
+
+    /// The tree's `bundle.yaml`.
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle.yaml")
+    }
+
+    /// `v1.MINOR`.
+    pub fn minor(&self) -> String {
+        self.version.rsplit_once('.').map(|(m, _)| m.to_string()).unwrap_or_default()
+    }
+}
+
+/// Every tree `FERRY_REAL_K8S` names, oldest version first. Panics with the command to run when
+/// there is none.
+pub fn all() -> Vec<RealKubernetes> {
+    let list = std::env::var(ENV).unwrap_or_default();
+    let mut trees: Vec<RealKubernetes> =
+        list.split(':').filter(|s| !s.is_empty()).map(|d| RealKubernetes::load(Path::new(d))).collect();
+    assert!(
+        !trees.is_empty(),
+        "this test needs real Kubernetes: build it with `scripts/build-kubernetes.sh v1.37.2 DIR` and set \
+         {ENV}=DIR (colon-separated for several); scripts/test.sh does both"
+    );
+    trees.sort_by_key(|t| version_key(&t.version));
+    trees
+}
+
+/// The newest tree.
+pub fn newest() -> RealKubernetes {
+    all().pop().expect("all() is never empty")
+}
+
+fn version_key(v: &str) -> Vec<u32> {
+    v.trim_start_matches('v').split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+/// A signed installer built from a real tree, shared by the tests of one test binary.
+pub struct RealInstaller {
+    /// Keeps the directory.
+    pub dir: tempfile::TempDir,
+    /// The installer.
+    pub installer: PathBuf,
+    /// The vendor's public key.
+    pub public_key: PathBuf,
+    /// The tree it was built from.
+    pub kubernetes: RealKubernetes,
+}
+
+/// The installer of [`newest`], built once per test binary with the release `ferry`.
+pub fn newest_installer() -> &'static RealInstaller {
+    static INSTALLER: OnceLock<RealInstaller> = OnceLock::new();
+    INSTALLER.get_or_init(|| {
+        let kubernetes = newest();
+        let dir = tempfile::Builder::new().prefix("ferry-real-k8s-").tempdir().unwrap();
+        let key = crate::keygen(dir.path(), "vendor");
+        let installer = dir.path().join("installer");
+        crate::ok(
+            Command::new(crate::release_bin("ferry"))
+                .arg("build")
+                .arg(kubernetes.bundle())
+                .arg("-o")
+                .arg(&installer)
+                .arg("--key")
+                .arg(key.with_extension("key"))
+                .arg("--offline"),
+        );
+        RealInstaller { public_key: dir.path().join("vendor.pub"), installer, kubernetes, dir }
+    })
+}
