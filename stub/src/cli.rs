@@ -120,6 +120,10 @@ pub struct RegistryConfigArgs {
     /// Pin this sandbox (pause) image instead of the one kubeadm expects for the bundle's version.
     #[arg(long, value_name = "IMAGE")]
     pub sandbox_image: Option<String>,
+    /// Keep containers' OOM scores at or above containerd's own (`restrict_oom_score_adj`):
+    /// `auto` does so when this machine's root cannot lower OOM scores (no CAP_SYS_RESOURCE).
+    #[arg(long, value_name = "auto|yes|no", default_value = "auto")]
+    pub restrict_oom_score_adj: crate::registry::config::OomRestriction,
     /// The installer file to read (default: this program's own file).
     #[arg(long, value_name = "PATH", default_value = crate::SELF_EXE)]
     pub file: PathBuf,

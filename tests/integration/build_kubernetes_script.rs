@@ -13,10 +13,8 @@ fn script() -> PathBuf {
 }
 
 fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     names
 }
@@ -55,9 +53,8 @@ fn build_kubernetes_names_a_failing_component_and_leaves_outdir_untouched() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep-me"), "an earlier build").unwrap();
 
-    let e = ferry_tests::fails(
-        Command::new(script()).arg(&newest.version).arg(&out).env("CONTAINERD_VERSION", "9.99.0"),
-    );
+    let e =
+        ferry_tests::fails(Command::new(script()).arg(&newest.version).arg(&out).env("CONTAINERD_VERSION", "9.99.0"));
     assert!(e.contains("FAILED: containerd v9.99.0"), "{e}");
     assert!(e.contains("the last lines of its build log"), "{e}");
     assert!(e.contains("v9.99.0"), "the log's own words are shown: {e}");

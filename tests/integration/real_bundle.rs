@@ -47,7 +47,11 @@ fn real_bundles_build_offline_with_every_image_and_inspect_lists_kubeadms_images
             .map(|i| i["ref"].as_str().unwrap().to_string())
             .collect();
         let wanted = kubeadm_images(&k8s);
-        assert_eq!(wanted.len(), 7, "kubeadm lists apiserver, controller-manager, scheduler, proxy, CoreDNS, pause, etcd: {wanted:?}");
+        assert_eq!(
+            wanted.len(),
+            7,
+            "kubeadm lists apiserver, controller-manager, scheduler, proxy, CoreDNS, pause, etcd: {wanted:?}"
+        );
         for image in &wanted {
             assert!(listed.contains(image), "{}: kubeadm's {image} is not in the installer: {listed:?}", k8s.version);
         }
@@ -62,7 +66,8 @@ fn real_bundles_build_offline_with_every_image_and_inspect_lists_kubeadms_images
         for image in &wanted {
             assert!(human.contains(image.as_str()), "{human}");
         }
-        let verify = ferry_tests::run(Command::new(&installer).arg("verify").arg("--key").arg(key.with_extension("pub")));
+        let verify =
+            ferry_tests::run(Command::new(&installer).arg("verify").arg("--key").arg(key.with_extension("pub")));
         assert!(verify.status.success(), "{}", text(&verify));
     }
 }

@@ -154,7 +154,10 @@ spec:
         s.write_all(manifest.as_bytes()).unwrap()
     });
     ssh_stdin(lab, &format!("cat > {DIR}/kubelet.yaml"), |s| s.write_all(KUBELET_CONFIG.as_bytes()).unwrap());
-    lab.ssh_ok(NODE, &format!("systemd-run --quiet --unit=ferry-test-kubelet /usr/bin/kubelet --config={DIR}/kubelet.yaml"));
+    lab.ssh_ok(
+        NODE,
+        &format!("systemd-run --quiet --unit=ferry-test-kubelet /usr/bin/kubelet --config={DIR}/kubelet.yaml"),
+    );
 
     // A bound on a hang, not on speed: the kubelet, the pulls and etcd's start on a loaded machine.
     let t0 = Instant::now();

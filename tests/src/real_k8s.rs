@@ -25,7 +25,11 @@ impl RealKubernetes {
     fn load(dir: &Path) -> RealKubernetes {
         let info = dir.join("BUILD-INFO");
         let text = std::fs::read_to_string(&info).unwrap_or_else(|e| {
-            panic!("{ENV} names {}, but {} cannot be read ({e}): run scripts/build-kubernetes.sh", dir.display(), info.display())
+            panic!(
+                "{ENV} names {}, but {} cannot be read ({e}): run scripts/build-kubernetes.sh",
+                dir.display(),
+                info.display()
+            )
         });
         let version = text
             .lines()

@@ -245,10 +245,18 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
             containerd: line.parse().map_err(anyhow::Error::msg)?,
             config_path: out.join("certs.d").display().to_string(),
             sandbox_image: Some(sandbox),
+            restrict_oom_score_adj: crate::registry::config::OomRestriction::Auto,
             file: PathBuf::from(crate::SELF_EXE),
             trust: crate::cli::TrustArgs { keys: Vec::new(), allow_unsigned: plan.allow_unsigned },
         };
         crate::registry::config(&args, &crate::printer::Printer::new(true, true))?;
+        if !crate::registry::config::host_can_lower_oom_scores() {
+            report.warnings.push(
+                "root cannot lower OOM scores here (no CAP_SYS_RESOURCE): containerd keeps containers' OOM scores \
+                 at or above its own (restrict_oom_score_adj), so pods lose the kubelet's OOM protection"
+                    .into(),
+            );
+        }
         let changed = snapshot(&out) != before;
         if changed {
             report.changed.push(out.display().to_string());

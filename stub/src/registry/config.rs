@@ -13,6 +13,9 @@
 //!   kubelet flag for it is gone since 1.35; containerd's setting is the only one that counts).
 //!   That image is the one the packer recorded from the bundle's own control-plane list
 //!   ([`bundle_pause_image`]); the table here only serves bundles that lack the record.
+//!   Where root on the node cannot lower OOM scores (no `CAP_SYS_RESOURCE`, as in some container
+//!   hosts), `restrict_oom_score_adj` keeps every container's OOM score at or above containerd's
+//!   own; otherwise runc fails to start each pod's sandbox, which the kubelet gives -998.
 //!
 //! Every file is written atomically (temporary name, fsync, rename).
 
@@ -110,6 +113,33 @@ pub struct Inputs {
     pub sandbox_image: String,
     /// `name version` of the bundle, for the header comment.
     pub bundle: String,
+    /// Keep containers' OOM scores at or above containerd's own (see [`host_can_lower_oom_scores`]).
+    pub restrict_oom_score_adj: bool,
+}
+
+/// Whether `restrict_oom_score_adj` is set: `auto` asks this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OomRestriction {
+    /// Restrict when this machine's root cannot lower OOM scores.
+    Auto,
+    /// Always restrict.
+    Yes,
+    /// Never restrict.
+    No,
+}
+
+/// `CAP_SYS_RESOURCE`'s bit in `/proc/PID/status` capability masks.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process may lower OOM scores (`oom_score_adj` below its current minimum), which
+/// needs `CAP_SYS_RESOURCE` in its effective set. Unknown (no /proc) counts as yes: a real node.
+pub fn host_can_lower_oom_scores() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return true };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 /// Checks an endpoint URL: http or https, a host with optional port, no path, query or userinfo.
@@ -174,6 +204,16 @@ fn config_toml(inputs: &Inputs) -> String {
     let _ = writeln!(s, "# Written by `installer registry config` for bundle {}.", inputs.bundle);
     let sandbox = toml_str(&inputs.sandbox_image);
     let path = toml_str(&inputs.config_path);
+    const WHY: &str = "  # Root on this host cannot lower OOM scores (no CAP_SYS_RESOURCE): containers keep\n  \
+                       # containerd's own score or higher, or runc could not start pod sandboxes.\n";
+    let (restrict, restrict_v3) = if inputs.restrict_oom_score_adj {
+        (
+            format!("{WHY}  restrict_oom_score_adj = true\n"),
+            format!("\n[plugins.\"io.containerd.cri.v1.runtime\"]\n{WHY}  restrict_oom_score_adj = true\n"),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     match inputs.containerd {
         Containerd::V1_7 => {
             let _ = write!(
@@ -185,7 +225,7 @@ version = 2
 [plugins."io.containerd.grpc.v1.cri"]
   # The pause image kubeadm expects for this Kubernetes version; the bundle carries it.
   sandbox_image = {sandbox}
-
+{restrict}
 [plugins."io.containerd.grpc.v1.cri".registry]
   config_path = {path}
 
@@ -204,7 +244,7 @@ version = 2
                 r#"# containerd 2.x (config version 3). Registry mirrors live in hosts.toml files under
 # config_path; never add the legacy `registry.mirrors` table (containerd refuses both).
 version = 3
-
+{restrict_v3}
 [plugins."io.containerd.cri.v1.images".pinned_images]
   # The pause image kubeadm expects for this Kubernetes version; the bundle carries it.
   sandbox = {sandbox}
@@ -280,6 +320,7 @@ mod tests {
             containerd,
             config_path: "/etc/containerd/certs.d".into(),
             sandbox_image: kubeadm_pause_image("v1.33.4").unwrap().into(),
+            restrict_oom_score_adj: false,
             bundle: "demo 1.0.0 (Kubernetes v1.33.4)".into(),
         }
     }
@@ -288,6 +329,24 @@ mod tests {
         for (path, text) in render(inputs).unwrap() {
             let snap = format!("{name}__{}", path.display().to_string().replace(['/', ':'], "_"));
             insta::assert_snapshot!(snap, text);
+        }
+    }
+
+    #[test]
+    fn restricted_oom_scores_go_into_each_dialects_cri_runtime_table() {
+        for (containerd, table) in [
+            (Containerd::V1_7, "[plugins.\"io.containerd.grpc.v1.cri\"]"),
+            (Containerd::V2, "[plugins.\"io.containerd.cri.v1.runtime\"]"),
+        ] {
+            let mut i = inputs(containerd, &["http://10.0.0.10:5000"]);
+            let plain = config_toml(&i);
+            assert!(!plain.contains("restrict_oom_score_adj"), "{plain}");
+            i.restrict_oom_score_adj = true;
+            let text = config_toml(&i);
+            let at = text.find(table).unwrap_or_else(|| panic!("{table} missing:\n{text}"));
+            let next = text[at + table.len()..].find("\n[").map_or(text.len(), |n| at + table.len() + n);
+            assert!(text[at..next].contains("restrict_oom_score_adj = true"), "{containerd:?}:\n{text}");
+            assert_eq!(text.matches(table).count(), 1, "one table of that name:\n{text}");
         }
     }
 

@@ -249,7 +249,19 @@ pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<()> {
             "the bundle does not carry {sandbox_image}, the sandbox image containerd will pull for every pod; add it to spec.images"
         ));
     }
+    let restrict_oom_score_adj = match args.restrict_oom_score_adj {
+        config::OomRestriction::Yes => true,
+        config::OomRestriction::No => false,
+        config::OomRestriction::Auto => !config::host_can_lower_oom_scores(),
+    };
+    if restrict_oom_score_adj {
+        printer.warn(
+            "containerd will keep containers' OOM scores at or above its own (restrict_oom_score_adj): \
+             root here cannot lower OOM scores (no CAP_SYS_RESOURCE), so pods lose the kubelet's OOM protection",
+        );
+    }
     let inputs = config::Inputs {
+        restrict_oom_score_adj,
         endpoints,
         registries,
         containerd: args.containerd,
