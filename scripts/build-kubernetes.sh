@@ -149,9 +149,10 @@ flock -n 8 || { say "another build-kubernetes.sh holds $CACHE/.lock; waiting"; f
 
 if [ -f "$TREE/BUILD-INFO" ]; then
   publish
-  cold=$(sed -n 's/^cold-build-seconds: //p' "$TREE/BUILD-INFO")
+  took=$(sed -n 's/^build-seconds: //p' "$TREE/BUILD-INFO")
+  built=$(sed -n 's/^components-built: //p' "$TREE/BUILD-INFO")
   say "Kubernetes $VERSION linux/$ARCH: cached tree copied to $OUT"
-  say "time: warm $(( $(now) - T0 )) s (the cold build of this tree took ${cold:-?} s)"
+  say "time: warm $(( $(now) - T0 )) s (the tree itself took ${took:-?} s, compiling ${built:-?} components)"
   exit 0
 fi
 
@@ -500,7 +501,8 @@ COLD=$(( $(now) - T0 ))
   echo "  - github.com/flannel-io/flannel v$FLANNEL_VERSION"
   echo "debian-packages: $(tr '\n' ' ' < "$USERLAND/packages")"
   echo "notes:"; for i in "${NOTES[@]}"; do echo "  - $i"; done
-  echo "cold-build-seconds: $COLD"
+  echo "build-seconds: $COLD"
+  echo "components-built: $BUILT of 11"
 } > "$STAGE/BUILD-INFO"
 rm -rf "$TREE"; mv "$STAGE" "$TREE"; trap - EXIT
 publish
