@@ -167,11 +167,11 @@ fn trailer_field(inst: &Path, offset_in_trailer: usize) -> u64 {
     u64::from_le_bytes(t[offset_in_trailer..offset_in_trailer + 8].try_into().unwrap())
 }
 
+/// Writes `src` with one byte flipped to `dst`, a program the test runs (hence `write_program`).
 fn flip(src: &Path, dst: &Path, at: u64) {
     let mut bytes = fs::read(src).unwrap();
     bytes[at as usize] ^= 0x40;
-    fs::write(dst, bytes).unwrap();
-    fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).unwrap();
+    write_program(dst, &bytes);
 }
 
 #[test]
@@ -248,7 +248,7 @@ fn truncated_stripped_and_foreign_files_are_refused() {
         assert!(err.contains("truncated") || err.contains("wrong magic"), "cut at {cut}: {err}");
     }
     let stripped = dir.path().join("stripped");
-    fs::copy(&inst, &stripped).unwrap();
+    copy_program(&inst, &stripped);
     ok(Command::new("strip").arg(&stripped));
     let err = fails(installer(&stripped).arg("verify"));
     assert!(err.contains("strip"), "{err}");

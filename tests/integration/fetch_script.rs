@@ -10,17 +10,14 @@ fn script() -> std::path::PathBuf {
     ferry_tests::workspace_root().join("scripts/fetch-kubernetes.sh")
 }
 
-/// A PATH whose curl and wget record that they were called and fail.
+/// A PATH whose curl and wget record that they were called and fail (written with
+/// `write_program`, so that a call is recorded rather than refused as "Text file busy").
 fn trapped_path(dir: &Path) -> String {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     for tool in ["curl", "wget"] {
-        let p = bin.join(tool);
-        std::fs::write(&p, format!("#!/bin/sh\necho \"{tool} $*\" >> {}/network-calls\nexit 1\n", dir.display()))
-            .unwrap();
-        let mut perm = std::fs::metadata(&p).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-        std::fs::set_permissions(&p, perm).unwrap();
+        let script = format!("#!/bin/sh\necho \"{tool} $*\" >> {}/network-calls\nexit 1\n", dir.display());
+        ferry_tests::write_program(&bin.join(tool), script.as_bytes());
     }
     format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
 }

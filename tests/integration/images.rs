@@ -488,9 +488,7 @@ fn local_source_and_discovery_errors_name_the_image_or_file() {
     assert!(err.contains("chart broken does not render"), "{err}");
     // With helm on the build machine, a failing `helm template` names the chart too.
     let helm = dir.path().join("helm");
-    fs::write(&helm, "#!/bin/sh\necho 'Error: template: broken/templates/x.yaml:3: nil pointer' >&2\nexit 1\n")
-        .unwrap();
-    ok(Command::new("chmod").arg("+x").arg(&helm));
+    write_program(&helm, b"#!/bin/sh\necho 'Error: template: broken/templates/x.yaml:3: nil pointer' >&2\nexit 1\n");
     let err = fails(build_cmd(&spec, &out).env("FERRY_HELM", &helm));
     assert!(err.contains("chart chart does not render") && err.contains("nil pointer"), "{err}");
 
@@ -578,12 +576,10 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
 
     // With helm available its rendering replaces the values.yaml scan.
     let helm = dir.path().join("helm");
-    fs::write(
+    write_program(
         &helm,
-        "#!/bin/sh\n[ \"$1\" = template ] || exit 2\ncat <<'EOF'\n---\n# Source: web/templates/deploy.yaml\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {}\n  template: {spec: {containers: [{name: w, image: 'quay.io/example/rendered:2.4'}]}}\nEOF\n",
-    )
-    .unwrap();
-    ok(Command::new("chmod").arg("+x").arg(&helm));
+        b"#!/bin/sh\n[ \"$1\" = template ] || exit 2\ncat <<'EOF'\n---\n# Source: web/templates/deploy.yaml\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {}\n  template: {spec: {containers: [{name: w, image: 'quay.io/example/rendered:2.4'}]}}\nEOF\n",
+    );
     let json = json_stdout(ferry_cmd(dir.path()).env("FERRY_HELM", &helm).arg("images").arg("--json").arg(&spec));
     let refs: Vec<&str> = json.as_array().unwrap().iter().map(|i| i["ref"].as_str().unwrap()).collect();
     assert!(refs.contains(&"quay.io/example/rendered:2.4") && !refs.contains(&"quay.io/example/web:2.4"), "{refs:?}");
@@ -648,8 +644,8 @@ fn the_bundles_kubeadm_names_the_control_plane_and_a_failing_one_stops_discovery
     let b = dir.path().join("bundle");
     let kubeadm = b.join("rootfs/usr/bin/kubeadm");
     fs::create_dir_all(kubeadm.parent().unwrap()).unwrap();
-    fs::write(&kubeadm, STANDIN_KUBEADM).unwrap();
-    ok(Command::new("chmod").arg("+x").arg(&kubeadm));
+    // write_program: ferry runs it (a copy this process had open for writing might not run).
+    write_program(&kubeadm, STANDIN_KUBEADM.as_bytes());
     let spec = write_spec(&b, "  rootfs: [{path: rootfs}]\n");
 
     let listed = ok(ferry_cmd(dir.path()).arg("images").arg(&spec));
@@ -667,7 +663,7 @@ fn the_bundles_kubeadm_names_the_control_plane_and_a_failing_one_stops_discovery
     assert!(String::from_utf8_lossy(&out.stderr).contains("from the bundle's kubeadm v1.36.3"), "{}", text(&out));
 
     // Runs, but fails: the build stops naming the file and what kubeadm said.
-    fs::write(&kubeadm, STANDIN_KUBEADM.replace("'config images')", "'config nothing')")).unwrap();
+    write_program(&kubeadm, STANDIN_KUBEADM.replace("'config images')", "'config nothing')").as_bytes());
     let err = fails(ferry_cmd(dir.path()).arg("images").arg(&spec));
     assert!(
         err.contains("rootfs/usr/bin/kubeadm: `kubeadm config images list --kubernetes-version v1.36.3` failed")
@@ -676,7 +672,7 @@ fn the_bundles_kubeadm_names_the_control_plane_and_a_failing_one_stops_discovery
     );
 
     // Not executable: the table, with the reason.
-    fs::write(&kubeadm, STANDIN_KUBEADM).unwrap();
+    write_program(&kubeadm, STANDIN_KUBEADM.as_bytes());
     ok(Command::new("chmod").arg("-x").arg(&kubeadm));
     let listed = ok(ferry_cmd(dir.path()).arg("images").arg(&spec));
     assert!(listed.contains("registry.k8s.io/etcd:3.6.8-0 "), "{listed}");

@@ -14,7 +14,7 @@
 //! Every process a test starts is stopped when the test ends (kill on drop).
 
 use ferry_tests::containerd::Containerd;
-use ferry_tests::{run, text};
+use ferry_tests::{run, text, write_program};
 use payload_format::SecretKey;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -533,19 +533,19 @@ fn one_access_log_line_per_request() {
 // ---------------------------------------------------------------------------------------------
 // Integrity and trust.
 
-/// A copy of the fixture installer with one byte of `digest`'s blob flipped.
+/// A copy of the fixture installer with one byte of `digest`'s blob flipped. The tests run it,
+/// so it is written with `write_program`: copied and patched here with `fs::copy` and a writable
+/// descriptor, a child forked meanwhile by another test thread could still hold that descriptor
+/// when the test starts the copy (ETXTBSY, "Text file busy").
 fn corrupted_copy(name: &str, digest: &str, at: u64) -> PathBuf {
     let f = fixture();
-    let path = f.dir.join(name);
-    std::fs::copy(&f.installer, &path).unwrap();
-    let p = payload_format::Payload::open(&path).unwrap();
+    let p = payload_format::Payload::open(&f.installer).unwrap();
     let e = p.index().entry(&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))).unwrap().clone();
     drop(p);
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    use std::os::unix::fs::FileExt;
-    let mut b = [0u8];
-    file.read_exact_at(&mut b, e.offset + at).unwrap();
-    file.write_all_at(&[b[0] ^ 0x55], e.offset + at).unwrap();
+    let mut bytes = std::fs::read(&f.installer).unwrap();
+    bytes[(e.offset + at) as usize] ^= 0x55;
+    let path = f.dir.join(name);
+    write_program(&path, &bytes);
     path
 }
 

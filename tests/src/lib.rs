@@ -26,19 +26,47 @@ pub fn release_bin(name: &str) -> PathBuf {
 
 /// Runs a command and returns its output, panicking with full context if it could not start.
 pub fn run(cmd: &mut Command) -> Output {
-    // A program written by this test process moments ago can still be open for writing in a
-    // child another test thread is forking (the fd lives until that child execs): exec then
-    // fails with ETXTBSY. Retry; it clears within milliseconds.
+    // A program this process wrote with `fs::write` or `fs::copy` can still be open for writing
+    // in a child another test thread is forking (see `write_program`): exec then fails with
+    // ETXTBSY until that child has exec'd. The tests write programs with `write_program`, which
+    // never leaves such a descriptor; this retry is a fallback for code that does not. It clears
+    // as soon as the other child execs, so the limit (30 s) only stops a file that stays busy.
     let mut tries = 0;
     loop {
         match cmd.output() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 1500 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             r => return r.unwrap_or_else(|e| panic!("could not start {cmd:?}: {e}")),
         }
     }
+}
+
+/// Writes `bytes` to `path` as a program (mode 0755) that this process then runs, itself or
+/// through a child. Use it (or [`copy_program`]) instead of `fs::write`/`fs::copy` for every
+/// file a test executes.
+///
+/// Why: Linux refuses to exec a file that any process has open for writing (ETXTBSY, "Text file
+/// busy"). std opens files close-on-exec, but a child that another test thread forks while this
+/// thread has the file open gets a copy of the descriptor, and holds it until that child calls
+/// exec, which on a loaded machine can be well after this thread has closed its own. So the
+/// program is never opened for writing in this process: the bytes go to a scratch file beside
+/// it, and `install` (a child process, exited when this returns) creates the program afresh.
+pub fn write_program(path: &Path, bytes: &[u8]) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().unwrap_or_else(|| panic!("{} has no file name", path.display()));
+    let scratch = path.with_file_name(format!(".{}.{}-{n}.tmp", name.to_string_lossy(), std::process::id()));
+    std::fs::write(&scratch, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", scratch.display()));
+    copy_program(&scratch, path);
+    let _ = std::fs::remove_file(&scratch);
+}
+
+/// Copies `from` to `to` as a program (mode 0755) to run; see [`write_program`] for why not
+/// `fs::copy`. `install` replaces an existing `to` with a new file.
+pub fn copy_program(from: &Path, to: &Path) {
+    ok(Command::new("install").arg("-m").arg("0755").arg(from).arg(to));
 }
 
 /// Text of stdout and stderr together, for assertions and failure messages.
