@@ -500,9 +500,14 @@ fn kubeadm_fragment_with_unknown_fields_is_refused() {
     assert!(text(&out).contains("notAField"), "{}", text(&out));
 }
 
+/// How long a wait for something the cluster will do by itself may take before the test calls
+/// it a hang. Only a hang: no assertion says how quickly anything happens (that is the machine's
+/// speed at the moment); the times are printed.
+const HANG: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// node4's ferry-lb journal: the first `needle` line logged at or after `since` (epoch
-/// seconds, the lab shares the machine's clock), as its epoch time; polls for up to `limit` s.
-fn lb_logged(lab: &Lab, needle: &str, since: f64, limit: f64) -> f64 {
+/// seconds, the lab shares the machine's clock), as its epoch time; polls until it is there.
+fn lb_logged(lab: &Lab, needle: &str, since: f64) -> f64 {
     let t0 = std::time::Instant::now();
     loop {
         let log = lab.ssh_ok(Host::Node(4), "journalctl -u ferry-lb.service -o short-unix --no-pager -q");
@@ -514,23 +519,36 @@ fn lb_logged(lab: &Lab, needle: &str, since: f64, limit: f64) -> f64 {
         if let Some(t) = hit {
             return t;
         }
-        assert!(t0.elapsed().as_secs_f64() < limit, "no `{needle}` in node4's ferry-lb log within {limit} s:\n{log}");
+        assert!(t0.elapsed() < HANG, "no `{needle}` in node4's ferry-lb log within {HANG:?}:\n{log}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
 /// `n` requests from node4 through its `installer lb` (127.0.0.1:6444) for the `whoami` file
-/// each master's stand-in apiserver serves; one answer (a hostname, or FAIL) per line.
-const ASK: &str = ". /usr/lib/ferry-standin/lib.sh; i=0; while [ $i -lt $N ]; do a=$(bb_get http://127.0.0.1:6444/whoami) || a=FAIL; echo \"$(date +%s.%N) ${a:-FAIL}\"; i=$((i+1)); done";
+/// each master's stand-in apiserver serves, one after the other; one line per request: when it
+/// started and ended (epoch seconds) and the answer (a hostname, or FAIL).
+const ASK: &str = ". /usr/lib/ferry-standin/lib.sh; i=0; while [ $i -lt $N ]; do s=$(date +%s.%N); a=$(bb_get http://127.0.0.1:6444/whoami) || a=FAIL; echo \"$s $(date +%s.%N) ${a:-FAIL}\"; i=$((i+1)); done";
 
-fn ask(lab: &Lab, n: usize) -> Vec<(f64, String)> {
-    lab.ssh_ok(Host::Node(4), &format!("N={n}; {ASK}"))
-        .lines()
+/// One request of [`ASK`].
+#[derive(Debug)]
+struct Asked {
+    start: f64,
+    end: f64,
+    answer: String,
+}
+
+fn parse_asked(out: &str) -> Vec<Asked> {
+    out.lines()
         .map(|l| {
-            let (t, a) = l.split_once(' ').unwrap();
-            (t.parse().unwrap(), a.to_string())
+            let w: Vec<&str> = l.split(' ').collect();
+            assert_eq!(w.len(), 3, "not a request line: {l:?}");
+            Asked { start: w[0].parse().unwrap(), end: w[1].parse().unwrap(), answer: w[2].to_string() }
         })
         .collect()
+}
+
+fn ask(lab: &Lab, n: usize) -> Vec<Asked> {
+    parse_asked(&lab.ssh_ok(Host::Node(4), &format!("N={n}; {ASK}")))
 }
 
 #[test]
@@ -594,16 +612,15 @@ fn ha_three_masters_lb_keeps_answering_while_a_master_dies() {
     for i in 1..=3 {
         lab.ssh_ok(Host::Node(i), "hostname > /var/lib/ferry-standin/apiserver/www/whoami");
     }
-    let names =
-        |answers: &[(f64, String)]| answers.iter().map(|(_, a)| a.clone()).collect::<std::collections::BTreeSet<_>>();
+    let names = |answers: &[Asked]| answers.iter().map(|a| a.answer.clone()).collect::<std::collections::BTreeSet<_>>();
     let all: std::collections::BTreeSet<String> = ["node1", "node2", "node3"].map(String::from).into_iter().collect();
     assert_eq!(names(&ask(lab, 12)), all);
 
     // node2's apiserver dies (its kubelet, which runs it, stops) with no client traffic: only
     // the LB's health check (every 2 s on the lab) can notice. Times are the hosts' clock (the
-    // lab's hosts share this machine's); `before`/`after` bracket the moment it died.
+    // lab's hosts share this machine's); `before`/`after` bracket the moment it died. How soon
+    // the check notices is printed, not asserted: on a loaded machine it is the scheduler's.
     const INTERVAL: f64 = 2.0;
-    const SLACK: f64 = 1.0;
     let bracket = |i: usize, cmd: &str| -> (f64, f64) {
         let out =
             lab.ssh_ok(Host::Node(i), &format!(". /usr/lib/ferry-standin/lib.sh; date +%s.%N; {cmd}; date +%s.%N"));
@@ -611,55 +628,78 @@ fn ha_three_masters_lb_keeps_answering_while_a_master_dies() {
         (t[0], t[t.len() - 1])
     };
     let (before, after) = bracket(2, "systemctl stop kubelet; ! bb_get http://127.0.0.1:6443/readyz");
-    let out_at = lb_logged(lab, &format!("backend {} is down", backends[1]), before, 15.0);
+    let out_at = lb_logged(lab, &format!("backend {} is down", backends[1]), before);
     eprintln!(
         "HA: node2's apiserver taken out of node4's LB {:.2}-{:.2} s after it died (interval {INTERVAL} s)",
         out_at - after,
         out_at - before
     );
-    assert!(out_at - before <= INTERVAL + SLACK, "taken out {:.2} s after the kill began", out_at - before);
     let during = ask(lab, 30);
     assert_eq!(names(&during), ["node1", "node3"].map(String::from).into_iter().collect(), "{during:?}");
 
-    // node2 recovers: back in within the interval of its apiserver listening again.
+    // node2 recovers: the health check takes it back once its apiserver listens again.
     let (before, after) = bracket(
         2,
-        "systemctl start kubelet; i=0; until bb_get http://127.0.0.1:6443/readyz >/dev/null; do i=$((i+1)); [ $i -lt 100 ] || exit 1; sleep 0.1; done",
+        "systemctl start kubelet; i=0; until bb_get http://127.0.0.1:6443/readyz >/dev/null; do i=$((i+1)); [ $i -lt 1200 ] || exit 1; sleep 0.1; done",
     );
-    let back_at = lb_logged(lab, &format!("backend {} is up", backends[1]), before, 15.0);
+    let back_at = lb_logged(lab, &format!("backend {} is up", backends[1]), before);
     eprintln!(
         "HA: node2 back in node4's LB {:.2}-{:.2} s after its apiserver came back (start took {:.2} s)",
         back_at - after,
         back_at - before,
         after - before
     );
-    assert!(back_at - after <= INTERVAL + SLACK, "back {:.2} s after it answered again", back_at - after);
     assert_eq!(names(&ask(lab, 12)), all);
 
-    // Under client traffic: node3's apiserver dies while node4 keeps asking (for 6 s). Only a
-    // request in flight at the very moment of the kill may be cut; every other is answered.
+    // Under client traffic: node3's apiserver dies while node4 keeps asking, one request after
+    // the other, into a log on node4. Only a request in flight at the very moment of the kill may
+    // be cut; every other is answered, and none that starts after node3's apiserver is gone is
+    // answered by it. The steps follow what the client has logged, not sleeps: the kill waits
+    // for answers from node3, the end for 10 requests started after the kill.
+    let (log, stop) = ("/tmp/ferry-test-asks.log", "/tmp/ferry-test-asks.stop");
+    lab.ssh_ok(Host::Node(4), &format!("rm -f {log} {stop}"));
     let client = lab
         .ssh_command("root", Host::Node(4), &[])
-        .arg(format!("end=$(( $(date +%s) + 6 )); while [ $(date +%s) -lt $end ]; do N=1; {ASK}; sleep 0.05; done"))
-        .stdout(Stdio::piped())
+        .arg(format!("while [ ! -e {stop} ]; do N=1; {ASK}; sleep 0.05; done >> {log}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let logged = || {
+        let out = lab.ssh(Host::Node(4), &format!("cat {log} 2>/dev/null; true"));
+        assert!(out.status.success(), "reading node4's {log}: {}", String::from_utf8_lossy(&out.stderr));
+        // Complete lines only: the client may be writing the last one.
+        let t = String::from_utf8_lossy(&out.stdout);
+        parse_asked(&t[..t.rfind('\n').map_or(0, |i| i + 1)])
+    };
+    let wait_logged = |what: &str, done: &dyn Fn(&[Asked]) -> bool| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let a = logged();
+            if done(&a) {
+                return;
+            }
+            assert!(t0.elapsed() < HANG, "node4's client: no {what} within {HANG:?}: {a:?}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    wait_logged("5 answers with one from node3", &|a| a.len() >= 5 && a.iter().any(|x| x.answer == "node3"));
     let (before, after) = bracket(3, "systemctl stop kubelet");
+    wait_logged("10 requests started after node3's apiserver died", &|a| {
+        a.iter().filter(|x| x.start > after).count() >= 10
+    });
+    lab.ssh_ok(Host::Node(4), &format!("touch {stop}"));
     let out = client.wait_with_output().unwrap();
-    let answers: Vec<(f64, String)> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(t, a)| (t.parse().unwrap(), a.to_string())))
-        .collect();
-    let failed: Vec<&(f64, String)> = answers.iter().filter(|(_, a)| !a.starts_with("node")).collect();
-    let cut = failed.iter().filter(|(t, _)| *t >= before && *t <= after + 0.2).count();
+    assert!(out.status.success(), "node4's client: {}", String::from_utf8_lossy(&out.stderr));
+    let answers = logged();
+    let failed: Vec<&Asked> = answers.iter().filter(|a| !a.answer.starts_with("node")).collect();
+    // In flight at the kill: started before it was over and ended after it began.
+    let cut = failed.iter().filter(|a| a.start <= after && a.end >= before).count();
     assert!(failed.len() == cut && cut <= 1, "requests failed while node3 died ({before:.2}-{after:.2}): {answers:?}");
-    let (pre, post): (Vec<_>, Vec<_>) = answers.iter().partition(|(t, _)| *t < before);
-    assert!(pre.len() >= 5 && pre.iter().any(|(_, a)| a == "node3"), "{answers:?}");
-    assert!(
-        post.len() >= 10 && post.iter().filter(|(t, _)| *t > after + 0.2).all(|(_, a)| a != "node3"),
-        "{answers:?}"
-    );
+    let pre: Vec<&Asked> = answers.iter().filter(|a| a.end < before).collect();
+    let post: Vec<&Asked> = answers.iter().filter(|a| a.start > after).collect();
+    assert!(pre.len() >= 5 && pre.iter().any(|a| a.answer == "node3"), "{answers:?}");
+    assert!(post.len() >= 10 && post.iter().all(|a| a.answer != "node3"), "{answers:?}");
     lab.ssh_ok(Host::Node(3), "systemctl start kubelet");
     eprintln!(
         "HA: {} requests through node4's LB, {} after node3's apiserver died, {} cut at the kill",
