@@ -178,6 +178,16 @@ print(max(below, key=key) if below else (min(above, key=key) if above else ""))'
 STEP=0 STEPS=12 BUILT=0
 NOTES=()   # lines for BUILD-INFO and the summary
 
+# prune_beside KEEP PREFIX: removes the cache entries PREFIX* other than KEEP (those of the same
+# component or tree built by other versions of this script), so the cache does not grow with
+# every change to it.
+prune_beside() {
+  local d
+  for d in "$2"*; do
+    [ "$d" = "$1" ] || [ ! -d "$d" ] || rm -rf "$d"
+  done
+}
+
 # part NAME VERSION BUILDER: runs BUILDER DIR (a function) into a fresh directory unless a part
 # of that name, version, arch and key is cached, then sets PART to its directory. Output goes to
 # a log; a failure names the part and prints the log's last lines.
@@ -205,6 +215,7 @@ part() {
   touch "$dir.tmp/.done"
   BUILT=$((BUILT + 1))
   rm -rf "$dir"; mv "$dir.tmp" "$dir"
+  prune_beside "$dir" "$CACHE/parts/$ARCH/$name-$version-"
   printf 'build-kubernetes: [%2d/%d] %-26s built in %d s\n' "$STEP" "$STEPS" "$name $version" "$(( $(now) - t ))" >&2
 }
 
@@ -505,6 +516,7 @@ COLD=$(( $(now) - T0 ))
   echo "components-built: $BUILT of 11"
 } > "$STAGE/BUILD-INFO"
 rm -rf "$TREE"; mv "$STAGE" "$TREE"; trap - EXIT
+prune_beside "$TREE" "$CACHE/trees/$VERSION-$ARCH-"
 publish
 say "Kubernetes $VERSION linux/$ARCH written to $OUT"
 for i in "${NOTES[@]}"; do say "note: $i"; done
