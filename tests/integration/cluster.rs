@@ -1,4 +1,4 @@
-//! issue 6 on the lab: `installer run` through kubeadm to a green `check`, then `check` going red,
+//! The control plane on the lab: `installer run` through kubeadm to a green `check`, then `check` going red,
 //! `reset`, and `run` again. The rootfs is tests/standins/make-rootfs.sh: Kubernetes STAND-INS
 //! (kubeadm, kubelet, kubectl, a plain-HTTP apiserver) over the real containerd/runc, run by the
 //! real systemd units; ferry's code path is the production one. Images are the demo's offline

@@ -21,19 +21,11 @@ kubeletConfiguration:\n  maxPods: 200\n  cgroupDriver: systemd\n  serializeImage
 initConfiguration:\n  nodeRegistration:\n    kubeletExtraArgs: [{name: node-ip, value: 192.168.9.9}, {name: v, value: \"2\"}]\n    taints: []\n\
 joinConfiguration:\n  nodeRegistration:\n    ignorePreflightErrors: [Swap]\n";
 
-/// `kubeadm config images list --kubernetes-version V` of a tree's kubeadm, one reference a line.
-fn kubeadm_images(k8s: &RealKubernetes) -> Vec<String> {
-    let out = ferry_tests::run(k8s.kubeadm().args(["config", "images", "list", "--kubernetes-version", &k8s.version]));
-    assert!(out.status.success(), "{}: kubeadm config images list failed:\n{}", k8s.version, ferry_tests::text(&out));
-    // stdout only: kubeadm logs its warnings to stderr.
-    String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
-}
-
 #[test]
 fn real_kubeadm_lists_what_the_builtin_table_says() {
     let mut differ = Vec::new();
     for k8s in real_k8s::all() {
-        let real = kubeadm_images(&k8s);
+        let real = k8s.kubeadm_images();
         match controlplane::images(&k8s.version) {
             Ok(table) if table == real => {}
             Ok(table) => differ.push(format!(

@@ -4,14 +4,8 @@
 
 use std::process::Command;
 
-use ferry_tests::real_k8s::{self, RealKubernetes};
+use ferry_tests::real_k8s;
 use ferry_tests::{ok, text};
-
-/// `kubeadm config images list` of the tree's kubeadm.
-fn kubeadm_images(k8s: &RealKubernetes) -> Vec<String> {
-    let out = ok(k8s.kubeadm().args(["config", "images", "list", "--kubernetes-version", &k8s.version]));
-    out.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
-}
 
 #[test]
 fn real_bundles_build_offline_with_every_image_and_inspect_lists_kubeadms_images() {
@@ -22,17 +16,8 @@ fn real_bundles_build_offline_with_every_image_and_inspect_lists_kubeadms_images
         assert_eq!(kubelet.trim(), format!("Kubernetes {}", k8s.version));
 
         let dir = ferry_tests::scratch();
-        let key = ferry_tests::keygen(dir.path(), "vendor");
-        let installer = dir.path().join("installer");
-        // No --allow-missing-images: a build that cannot find an image fails.
-        let build = ok(Command::new(ferry_tests::release_bin("ferry"))
-            .arg("build")
-            .arg(k8s.bundle())
-            .arg("-o")
-            .arg(&installer)
-            .arg("--key")
-            .arg(key.with_extension("key"))
-            .arg("--offline"));
+        // A build that cannot find an image fails.
+        let (installer, key, build) = k8s.build_installer(dir.path());
         assert!(!build.contains("MISSING"), "{}: {build}", k8s.version);
 
         let inspect = ok(Command::new(&installer).args(["inspect", "--json"]));
@@ -46,7 +31,7 @@ fn real_bundles_build_offline_with_every_image_and_inspect_lists_kubeadms_images
             .iter()
             .map(|i| i["ref"].as_str().unwrap().to_string())
             .collect();
-        let wanted = kubeadm_images(&k8s);
+        let wanted = k8s.kubeadm_images();
         assert_eq!(
             wanted.len(),
             7,

@@ -76,13 +76,13 @@ fn lab_real_kubelet_runs_a_static_pod_from_the_builtin_registry() {
     let lab = Lab::shared(LAB_NODES, true);
     let real = real_k8s::newest_installer();
     let k8s = &real.kubernetes;
-    let info = std::fs::read_to_string(k8s.dir.join("BUILD-INFO")).unwrap();
+    let kubeadm_images = k8s.kubeadm_images();
     let image_of = |name: &str| -> String {
-        info.lines()
-            .filter_map(|l| l.trim().strip_prefix("- "))
+        kubeadm_images
+            .iter()
             .find(|i| i.starts_with(&format!("registry.k8s.io/{name}:")))
-            .unwrap_or_else(|| panic!("BUILD-INFO lists no {name} image:\n{info}"))
-            .to_string()
+            .unwrap_or_else(|| panic!("kubeadm lists no {name} image: {kubeadm_images:?}"))
+            .clone()
     };
     let etcd = image_of("etcd");
     let pause = image_of("pause");

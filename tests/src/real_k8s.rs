@@ -60,6 +60,38 @@ impl RealKubernetes {
         self.dir.join("bundle.yaml")
     }
 
+    /// `kubeadm config images list --kubernetes-version V` of the tree's kubeadm, one reference
+    /// a line (stdout only: kubeadm logs its warnings to stderr).
+    pub fn kubeadm_images(&self) -> Vec<String> {
+        let out = crate::run(self.kubeadm().args(["config", "images", "list", "--kubernetes-version", &self.version]));
+        assert!(out.status.success(), "{}: kubeadm config images list failed:\n{}", self.version, crate::text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    /// `ferry build` of the tree into `dir/installer`, offline and signed with a new key
+    /// `dir/vendor`; returns the installer, the key's base path and what the build printed. Any
+    /// missing image fails it (no `--allow-missing-images`).
+    pub fn build_installer(&self, dir: &Path) -> (PathBuf, PathBuf, String) {
+        let key = crate::keygen(dir, "vendor");
+        let installer = dir.join("installer");
+        let log = crate::ok(
+            Command::new(crate::release_bin("ferry"))
+                .arg("build")
+                .arg(self.bundle())
+                .arg("-o")
+                .arg(&installer)
+                .arg("--key")
+                .arg(key.with_extension("key"))
+                .arg("--offline"),
+        );
+        (installer, key, log)
+    }
+
     /// `v1.MINOR`.
     pub fn minor(&self) -> String {
         self.version.rsplit_once('.').map(|(m, _)| m.to_string()).unwrap_or_default()
@@ -108,18 +140,7 @@ pub fn newest_installer() -> &'static RealInstaller {
     INSTALLER.get_or_init(|| {
         let kubernetes = newest();
         let dir = tempfile::Builder::new().prefix("ferry-real-k8s-").tempdir().unwrap();
-        let key = crate::keygen(dir.path(), "vendor");
-        let installer = dir.path().join("installer");
-        crate::ok(
-            Command::new(crate::release_bin("ferry"))
-                .arg("build")
-                .arg(kubernetes.bundle())
-                .arg("-o")
-                .arg(&installer)
-                .arg("--key")
-                .arg(key.with_extension("key"))
-                .arg("--offline"),
-        );
-        RealInstaller { public_key: dir.path().join("vendor.pub"), installer, kubernetes, dir }
+        let (installer, key, _) = kubernetes.build_installer(dir.path());
+        RealInstaller { public_key: key.with_extension("pub"), installer, kubernetes, dir }
     })
 }

@@ -239,18 +239,24 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
         let meta = &payload.index().metadata;
         let sandbox =
             crate::registry::config::bundle_pause_image(meta).context("choosing containerd's sandbox (pause) image")?;
+        // Asked once: the choice goes into containerd's config and, when it restricts, the report.
+        let restrict_oom = !crate::registry::config::host_can_lower_oom_scores();
         let args = crate::cli::RegistryConfigArgs {
             endpoints: plan.registry_endpoints.clone(),
             out: out.clone(),
             containerd: line.parse().map_err(anyhow::Error::msg)?,
             config_path: out.join("certs.d").display().to_string(),
             sandbox_image: Some(sandbox),
-            restrict_oom_score_adj: crate::registry::config::OomRestriction::Auto,
+            restrict_oom_score_adj: if restrict_oom {
+                crate::registry::config::OomRestriction::Yes
+            } else {
+                crate::registry::config::OomRestriction::No
+            },
             file: PathBuf::from(crate::SELF_EXE),
             trust: crate::cli::TrustArgs { keys: Vec::new(), allow_unsigned: plan.allow_unsigned },
         };
         crate::registry::config(&args, &crate::printer::Printer::new(true, true))?;
-        if !crate::registry::config::host_can_lower_oom_scores() {
+        if restrict_oom {
             report.warnings.push(
                 "root cannot lower OOM scores here (no CAP_SYS_RESOURCE): containerd keeps containers' OOM scores \
                  at or above its own (restrict_oom_score_adj), so pods lose the kubelet's OOM protection"

@@ -1,4 +1,4 @@
-//! Phases 5–6 and 9 of `installer run` (issue 6): the node-local API load balancer, the kubeadm
+//! Phases 5–6 and 9 of `installer run`: the node-local API load balancer, the kubeadm
 //! control plane, and the saved cluster description.
 //!
 //! Owns, on top of the prepared nodes from phases 1–4:
