@@ -1,11 +1,11 @@
-//! `spec.launch`: the bundle's launch steps, the apps applied once the control plane is up.
-//! Each step is exactly one of `{manifests: PATH, namespace: NS}`,
-//! `{chart: PATH, values: PATH, namespace: NS}` or `{run: COMMAND}`. Paths are relative to the
-//! spec's directory and must lie inside what the bundle carries (manifests inside
-//! `spec.manifests`, charts inside `spec.charts`, values files inside either). [`resolve`] checks
-//! all that and maps every path onto the payload entry path the builder gives it (`bundle/<path>`), which is what the installer's runner
-//! (`ferry_stub::launch`) extracts and hands to kubectl, helm or sh on master0. The builder
-//! records the result in the payload metadata as `launch`.
+//! `spec.launch`: the bundle's launch steps, the apps applied once the control plane is up. Each
+//! step is exactly one of `{manifests: PATH, namespace: NS}`, `{chart: PATH, values: PATH,
+//! namespace: NS}` or `{run: COMMAND}`. Paths are relative to the spec's directory and must lie
+//! inside what the bundle carries (manifests inside `spec.manifests`, charts inside `spec.charts`,
+//! values files inside either). [`resolve`] checks all that and maps every path onto the payload
+//! entry path the builder gives it (`bundle/<path>`), which is what the installer's runner
+//! (`ferry_stub::launch`) extracts and hands to kubectl, helm or sh on master0. The builder records
+//! the result in the payload metadata as `launch`.
 
 use crate::spec::{Bundle, PathItem};
 use anyhow::{Result, bail};
