@@ -251,6 +251,10 @@ pub struct RunArgs {
     /// Seconds between SSH keepalives; a host silent for three is dropped.
     #[arg(long, default_value_t = 10, value_name = "S")]
     pub keepalive: u64,
+    /// Seconds to wait for the cluster to pass `check` (nodes Ready, pods and workloads
+    /// available); `run` and `join` wait 600 by default, `check` checks once.
+    #[arg(long, value_name = "S")]
+    pub wait: Option<u64>,
     /// Seconds allowed for one phase on one host.
     #[arg(long, default_value_t = 3600, value_name = "S")]
     pub phase_timeout: u64,

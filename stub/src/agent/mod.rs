@@ -10,6 +10,7 @@
 pub mod prepare;
 pub mod receive;
 pub mod relay;
+pub mod service_route;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};

@@ -21,6 +21,12 @@ pub struct Plan {
     /// Filesystem root to install into (`/`; tests use a directory).
     #[serde(default = "slash")]
     pub root: PathBuf,
+    /// The cluster's Service subnet, made routable when the host has no route to it.
+    #[serde(default)]
+    pub service_subnet: Option<String>,
+    /// The address the cluster knows this host by.
+    #[serde(default)]
+    pub node_ip: Option<String>,
 }
 
 fn slash() -> PathBuf {
@@ -48,9 +54,19 @@ pub const SYSCTLS: &[(&str, &str)] = &[
 /// Modules they need.
 pub const MODULES: &[&str] = &["overlay", "br_netfilter"];
 
-/// Whether a module is loaded or built in (no modprobe needed then).
+/// Whether a module is loaded or built in (no modprobe needed then). A built-in module shows in
+/// `/sys/module` only when it has parameters, and `/lib/modules` may be absent (containers,
+/// minimal images), so the feature a module provides counts too: its filesystem in
+/// `/proc/filesystems`, or for br_netfilter the `net.bridge` sysctls it registers.
 pub fn module_present(name: &str) -> bool {
-    Path::new("/sys/module").join(name).exists()
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let builtin = std::fs::read_to_string(format!("/lib/modules/{}/modules.builtin", release.trim()))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.rsplit('/').next().and_then(|f| f.strip_suffix(".ko")).map(|m| m.replace('-', "_")) == Some(name.replace('-', "_")));
+    builtin
+        || Path::new("/sys/module").join(name).exists()
+        || (name == "br_netfilter" && Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists())
         || std::fs::read_to_string("/proc/filesystems")
             .unwrap_or_default()
             .lines()
@@ -213,6 +229,13 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
             && let Err(e) = sh("swapoff", &["-a"])
         {
             report.warnings.push(format!("swapoff: {e:#}"));
+        }
+    }
+    // 4b. a route to the Service subnet where the host has none (no default route).
+    if systemd && let (Some(cidr), Some(ip)) = (&plan.service_subnet, &plan.node_ip) {
+        let units = root.join("etc/systemd/system");
+        if let Some(done) = super::service_route::ensure(&units, cidr, ip).context("routing the Service subnet")? {
+            report.changed.push(done);
         }
     }
     let fstab = root.join("etc/fstab");

@@ -75,6 +75,9 @@ pub struct Ctx {
     pub stall: Duration,
 }
 
+/// Seconds `run` and `join` wait for the new cluster to pass `check` unless `--wait` says.
+pub const DEFAULT_WAIT_SECS: u64 = 600;
+
 /// Runs `installer run`.
 pub fn run(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("run").build()?;
@@ -375,6 +378,13 @@ pub fn prepare_plan(ctx: &Ctx, host: &Host) -> crate::agent::prepare::Plan {
         ],
         allow_unsigned: ctx.allow_unsigned,
         root: PathBuf::from("/"),
+        service_subnet: Some(
+            c.network
+                .as_ref()
+                .and_then(|n| n.service_subnet.clone())
+                .unwrap_or_else(|| crate::kube::config::DEFAULT_SERVICE_SUBNET.to_string()),
+        ),
+        node_ip: Some(host.ip.clone()),
     }
 }
 
@@ -906,8 +916,18 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
             "seconds": {"total": secs(started.elapsed()), "preflight": secs(t_preflight), "distribute": secs(t_distribute), "prepare": secs(t_prepare), "registry": secs(t_registry), "kubeadm": secs(t_kubeadm), "launch": secs(t_launch)}
         }),
     );
-    // The post-delivery check, as `installer check` runs it.
-    let report = crate::check::check(&ctx.cluster, &ctx.payload, hosts[m0].as_ref()).await?;
+    // The post-delivery check, as `installer check` runs it, once the cluster has settled.
+    let wait = Duration::from_secs(args.wait.unwrap_or(DEFAULT_WAIT_SECS));
+    let master = hosts[m0].addr().to_string();
+    let mut last_said = Instant::now() - Duration::from_secs(60);
+    let report = crate::check::check_until_healthy(&ctx.cluster, &ctx.payload, hosts[m0].as_ref(), wait, |r, waited| {
+        if last_said.elapsed() >= Duration::from_secs(10) {
+            let failing = r.rows.iter().filter(|r| !r.ok).count();
+            ctx.rep.event(&master, "check", "waiting", &crate::check::waiting_line(r, waited), serde_json::json!({"failing": failing}));
+            last_said = Instant::now();
+        }
+    })
+    .await?;
     ctx.rep.line("check", &report.table(), serde_json::to_value(&report).unwrap_or_default());
     report.verdict()
 }

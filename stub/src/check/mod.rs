@@ -1,4 +1,4 @@
-//! `installer check` (issue 6, "Check"): is the delivered cluster healthy?
+//! `installer check`: is the delivered cluster healthy?
 //!
 //! Owns the judgement and its table. It reads the API through master0's admin kubeconfig by
 //! running the rootfs's own `kubectl --kubeconfig /etc/kubernetes/admin.conf get … -o json` on
@@ -11,7 +11,8 @@
 //! - every node of the cluster description is registered and Ready;
 //! - per master: kube-apiserver, kube-controller-manager, kube-scheduler and etcd pods Ready;
 //! - CoreDNS (k8s-app=kube-dns) and kube-proxy (one per node) Ready;
-//! - pods in the launch steps' namespaces Ready;
+//! - every Deployment, StatefulSet and DaemonSet Available (wherever it came from), and the bare
+//!   pods of the launch steps' namespaces Ready;
 //! - every image of a running pod is held by the built-in registry (the payload's image table,
 //!   which is exactly what `registry serve` answers from).
 //!
@@ -24,6 +25,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use payload_format::Payload;
 use serde::Serialize;
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+mod workloads;
 
 /// One line of the table.
 #[derive(Clone, Debug, Serialize)]
@@ -204,7 +208,7 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
         items: list_items(&kubectl(master, "get pods -A -o json").await?)
             .map_err(|e| anyhow!("{ip}: kubectl's pod list does not parse: {e}"))?,
     };
-    let mut r = Report { master: ip, rows: Vec::new() };
+    let mut r = Report { master: ip.clone(), rows: Vec::new() };
 
     // Nodes, matched to the description by InternalIP.
     let node_ip = |n: &Node| -> Option<String> {
@@ -267,14 +271,32 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             None => r.add("kube-proxy", format!("on {node}"), false, "no kube-proxy pod"),
         }
     }
-    // Launch steps' workloads: every pod in their namespaces.
+    // Workloads, wherever they came from; and pods of the launch steps' namespaces that no
+    // controller owns (a bare Pod has no workload to be judged by).
+    let workloads = kubectl(master, "get deployments,statefulsets,daemonsets -A -o json").await?;
+    let items: Vec<serde_json::Value> =
+        list_items(&workloads).map_err(|e| anyhow!("{ip}: kubectl's workload list does not parse: {e}"))?;
+    for (n, item) in items.into_iter().enumerate() {
+        let kind = item.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+        let bad = |e: serde_json::Error| anyhow!("{ip}: workload {n} ({kind}) does not parse: {e}");
+        let judged = match kind.as_str() {
+            "Deployment" => workloads::deployment(&serde_json::from_value(item).map_err(bad)?),
+            "StatefulSet" => workloads::stateful_set(&serde_json::from_value(item).map_err(bad)?),
+            "DaemonSet" => workloads::daemon_set(&serde_json::from_value(item).map_err(bad)?),
+            _ => None,
+        };
+        if let Some((object, ok, detail)) = judged {
+            r.add("workload", object, ok, detail);
+        }
+    }
     let launch_ns: BTreeSet<String> = crate::launch::steps(payload)?.iter().filter_map(|s| s.namespace()).collect();
-    for p in pods.items.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))) {
+    let bare = |p: &&Pod| p.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty());
+    for p in pods.items.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))).filter(bare) {
         let (ok, d) = pod_ready(p);
         r.add(
             "workload",
             format!(
-                "{}/{}",
+                "pod {}/{}",
                 p.metadata.namespace.clone().unwrap_or_default(),
                 p.metadata.name.clone().unwrap_or_default()
             ),
@@ -309,6 +331,44 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
     Ok(r)
 }
 
+/// [`check`] until the cluster is healthy or `wait` has passed, whichever comes first; returns the
+/// last report. `progress` sees each unhealthy report while it waits (a freshly made cluster
+/// needs a minute or two for its CNI, CoreDNS and workloads to become Ready).
+pub async fn check_until_healthy<H: RemoteHost>(
+    cluster: &Cluster,
+    payload: &Payload,
+    master: &H,
+    wait: Duration,
+    mut progress: impl FnMut(&Report, Duration),
+) -> Result<Report> {
+    let started = Instant::now();
+    loop {
+        let report = check(cluster, payload, master).await?;
+        if report.healthy() || started.elapsed() >= wait {
+            return Ok(report);
+        }
+        progress(&report, started.elapsed());
+        tokio::time::sleep(Duration::from_secs(3).min(wait.saturating_sub(started.elapsed()))).await;
+    }
+}
+
+/// One line for a report that is not healthy yet: how many checks are still failing and the first.
+pub fn waiting_line(report: &Report, waited: Duration) -> String {
+    let bad: Vec<&Row> = report.rows.iter().filter(|r| !r.ok).collect();
+    match bad.first() {
+        Some(first) => format!(
+            "waiting for the cluster ({:.0} s): {} of {} checks not yet passing, e.g. {} {}: {}",
+            waited.as_secs_f64(),
+            bad.len(),
+            report.rows.len(),
+            first.check,
+            first.object,
+            first.detail
+        ),
+        None => format!("waiting for the cluster ({:.0} s)", waited.as_secs_f64()),
+    }
+}
+
 /// Entry point of `installer check`.
 pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -317,7 +377,15 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
         let payload = crate::verify::open_payload(&args.run.installer)?;
         let m0 = found.cluster.hosts.iter().find(|h| h.is(Role::Master)).map(|h| h.ip.clone()).unwrap_or_default();
         let h = found.connect_one(&m0).await?;
-        let report = check(&found.cluster, &payload, h.as_ref()).await?;
+        let wait = Duration::from_secs(args.run.wait.unwrap_or(0));
+        let mut last_said = Instant::now() - Duration::from_secs(60);
+        let report = check_until_healthy(&found.cluster, &payload, h.as_ref(), wait, |r, waited| {
+            if !args.run.json && last_said.elapsed() >= Duration::from_secs(15) {
+                eprintln!("{}", waiting_line(r, waited));
+                last_said = Instant::now();
+            }
+        })
+        .await?;
         if args.run.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
