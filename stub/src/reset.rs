@@ -4,7 +4,7 @@
 //! Owns the teardown, per host in parallel: `kubeadm reset -f`, then what kubeadm leaves behind
 //! (it says so itself): CNI config and state, iptables and IPVS rules, kubeconfigs; then ferry's
 //! own units (ferry-lb, ferry-registry, and containerd when the bundle's rootfs installed it),
-//! the rootfs binaries ferry laid down (the installer's index lists them), containerd's config,
+//! the rootfs binaries and `spec.files` ferry laid down (the installer's index lists them), containerd's config,
 //! sysctl/module drop-ins, the `/etc/hosts` block, and ferry's registry and state directories.
 //! Every step tolerates "already gone", so it is idempotent; a host with no trace of ferry is left
 //! untouched with a note.
@@ -82,7 +82,7 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
             .index()
             .entries
             .iter()
-            .filter_map(|e| e.path.strip_prefix("rootfs/").map(|p| format!("/{p}")))
+            .filter_map(|e| e.path.strip_prefix("rootfs/").or_else(|| e.path.strip_prefix("files/")).map(|p| format!("/{p}")))
             .collect();
         let containerd_ours = rootfs.iter().any(|p| p.ends_with("/bin/containerd"));
         let list = rootfs.join("\n");

@@ -96,7 +96,7 @@ fn put(path: &Path, text: &[u8], report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Lays the extracted `rootfs/` tree onto `root`, file by file, skipping identical files.
+/// Lays an extracted tree (`rootfs/`, `files/`) onto `root`, file by file, skipping identical files.
 fn install_tree(src: &Path, dst: &Path, report: &mut Report) -> Result<()> {
     for e in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let e = e?;
@@ -176,16 +176,26 @@ fn fstab_without_swap(text: &str) -> String {
 pub fn prepare(plan: &Plan) -> Result<Report> {
     let mut report = Report::default();
     let root = &plan.root;
-    // 1. rootfs: extract (verified) into a staging dir, then lay it onto /.
+    // 1. rootfs and spec.files: extract (verified) into a staging dir, then lay each onto /,
+    // file by file through a temporary name, modes kept.
     let payload = crate::verify::open_payload(Path::new(crate::SELF_EXE))?;
     let stage = Path::new(FERRY_DIR).join("stage");
     let _ = std::fs::remove_dir_all(&stage);
-    let has_rootfs = payload.index().entries.iter().any(|e| e.path.starts_with("rootfs/"));
-    if has_rootfs {
-        let opts =
-            payload_format::ExtractOptions { dest: stage.clone(), selection: vec!["rootfs".into()], force: true };
-        payload.extract(&opts, &|_| {}).context("extracting the rootfs")?;
-        install_tree(&stage.join("rootfs"), root, &mut report)?;
+    let trees: Vec<&str> = ["rootfs", "files"]
+        .into_iter()
+        .filter(|t| payload.index().entries.iter().any(|e| e.path.starts_with(&format!("{t}/"))))
+        .collect();
+    if !trees.is_empty() {
+        let opts = payload_format::ExtractOptions {
+            dest: stage.clone(),
+            selection: trees.iter().map(|t| t.to_string()).collect(),
+            force: true,
+        };
+        payload.extract(&opts, &|_| {}).context("extracting the rootfs and files")?;
+        for t in &trees {
+            install_tree(&stage.join(t), root, &mut report)
+                .with_context(|| format!("installing the bundle's {t}"))?;
+        }
         let _ = std::fs::remove_dir_all(&stage);
     }
     let systemd = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
