@@ -28,7 +28,7 @@ FERRY_REAL_K8S=$(IFS=:; echo "${real[*]}")
 export FERRY_REAL_K8S
 t_k8s=$(date +%s)
 
-examples/demo/make-images.sh
+tests/fixtures/standin-bundle/make-images.sh
 cargo build --release --locked
 cargo test --release --locked --workspace
 scripts/fuzz.sh "${FERRY_FUZZ_SECONDS:-60}"

@@ -55,7 +55,7 @@ fn keygen_writes_a_private_key_0600_and_an_openssh_fingerprint() {
 fn build_verify_inspect_extract_round_trip() {
     let dir = scratch();
     let key = keygen(dir.path(), "vendor");
-    let inst = build(&demo_bundle(), dir.path(), Some(&key));
+    let inst = build(&standin_bundle(), dir.path(), Some(&key));
     assert_eq!(fs::metadata(&inst).unwrap().permissions().mode() & 0o777, 0o755);
 
     let out = ok(installer(&inst).arg("verify").arg("--key").arg(key.with_extension("pub")));
@@ -84,7 +84,7 @@ fn build_verify_inspect_extract_round_trip() {
 
     let to = dir.path().join("out");
     ok(installer(&inst).arg("extract").arg("--to").arg(&to));
-    let src = workspace_root().join("examples/demo/rootfs");
+    let src = workspace_root().join("tests/fixtures/standin-bundle/rootfs");
     assert_eq!(fs::read(to.join("rootfs/etc/ferry/motd")).unwrap(), fs::read(src.join("etc/ferry/motd")).unwrap());
     let hello = to.join("rootfs/usr/local/bin/ferry-hello");
     assert_eq!(fs::metadata(&hello).unwrap().permissions().mode() & 0o777, 0o755);
@@ -114,7 +114,7 @@ fn build_verify_inspect_extract_round_trip() {
 #[test]
 fn the_installer_is_a_static_executable() {
     let dir = scratch();
-    let inst = build(&demo_bundle(), dir.path(), None);
+    let inst = build(&standin_bundle(), dir.path(), None);
     let file = ok(Command::new("file").arg(&inst));
     assert!(file.contains("statically linked"), "{file}");
     let ldd = run(Command::new("ldd").arg(&inst));
@@ -126,7 +126,7 @@ fn trust_is_enforced_from_flags_environment_and_only_for_the_right_key() {
     let dir = scratch();
     let key = keygen(dir.path(), "vendor");
     let other = keygen(dir.path(), "other");
-    let inst = build(&demo_bundle(), dir.path(), Some(&key));
+    let inst = build(&standin_bundle(), dir.path(), Some(&key));
     let err = fails(installer(&inst).arg("verify").arg("--key").arg(other.with_extension("pub")));
     assert!(err.contains("not one of the trusted keys"), "{err}");
     let err = fails(installer(&inst).arg("verify").env("FERRY_TRUSTED_KEYS", other.with_extension("pub")));
@@ -147,7 +147,7 @@ fn trust_is_enforced_from_flags_environment_and_only_for_the_right_key() {
 #[test]
 fn unsigned_files_are_reported_loudly() {
     let dir = scratch();
-    let inst = build(&demo_bundle(), dir.path(), None);
+    let inst = build(&standin_bundle(), dir.path(), None);
     let err = fails(installer(&inst).arg("verify"));
     assert!(err.contains("UNSIGNED"), "{err}");
     let out = ok(installer(&inst).args(["verify", "--allow-unsigned"]));
@@ -239,7 +239,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn truncated_stripped_and_foreign_files_are_refused() {
     let dir = scratch();
     let key = keygen(dir.path(), "vendor");
-    let inst = build(&demo_bundle(), dir.path(), Some(&key));
+    let inst = build(&standin_bundle(), dir.path(), Some(&key));
     let bytes = fs::read(&inst).unwrap();
     for cut in [bytes.len() - 1, bytes.len() - 200, bytes.len() / 2, 100] {
         let t = dir.path().join(format!("cut-{cut}"));
@@ -259,7 +259,7 @@ fn truncated_stripped_and_foreign_files_are_refused() {
 #[test]
 fn unknown_versions_and_oversized_declarations_are_refused() {
     let dir = scratch();
-    let inst = build(&demo_bundle(), dir.path(), None);
+    let inst = build(&standin_bundle(), dir.path(), None);
     let mut bytes = fs::read(&inst).unwrap();
     let t = bytes.len() - 128;
     bytes[t] = 2;
@@ -342,7 +342,7 @@ fn unwritable_output_and_full_disk_leave_nothing_behind() {
     let err = fails(
         ferry()
             .arg("build")
-            .arg(demo_bundle())
+            .arg(standin_bundle())
             .arg("--unsigned")
             .arg("-o")
             .arg(dir.path().join("no/such/dir/installer")),
@@ -352,7 +352,7 @@ fn unwritable_output_and_full_disk_leave_nothing_behind() {
     let small = dir.path().join("small");
     fs::create_dir(&small).unwrap();
     ok(Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&small));
-    let err = run(ferry().arg("build").arg(demo_bundle()).arg("--unsigned").arg("-o").arg(small.join("installer")));
+    let err = run(ferry().arg("build").arg(standin_bundle()).arg("--unsigned").arg("-o").arg(small.join("installer")));
     let leftovers: Vec<_> = fs::read_dir(&small).unwrap().flatten().map(|e| e.path()).collect();
     let _ = Command::new("umount").arg(&small).status();
     let t = text(&err);
@@ -380,7 +380,7 @@ fn extract_checks_free_space_first() {
 fn launch_steps_are_checked_recorded_and_inspected() {
     // The demo bundle's steps, recorded with the payload paths the installer extracts on master0.
     let dir = scratch();
-    let inst = build(&demo_bundle(), dir.path(), None);
+    let inst = build(&standin_bundle(), dir.path(), None);
     let json: serde_json::Value = serde_json::from_str(&ok(installer(&inst).args(["inspect", "--json"]))).unwrap();
     assert_eq!(
         json["metadata"]["launch"],
@@ -432,7 +432,7 @@ fn launch_steps_are_checked_recorded_and_inspected() {
 fn output_into_a_closed_pipe_ends_with_sigpipe_status_not_a_panic() {
     // `installer inspect | head`: the reader goes away. Here it is gone before the first line.
     let dir = scratch();
-    let inst = build(&demo_bundle(), dir.path(), None);
+    let inst = build(&standin_bundle(), dir.path(), None);
     for args in [&["inspect"][..], &["inspect", "--json"][..]] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);

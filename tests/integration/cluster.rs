@@ -33,8 +33,8 @@ fn bundle() -> &'static Bundle {
         let dir = tempfile::Builder::new().prefix("ferry-cluster-").tempdir().unwrap();
         let d = dir.path();
         ferry_tests::ok(Command::new(root().join("tests/standins/make-rootfs.sh")).arg(d.join("rootfs")).arg(K8S));
-        ferry_tests::ok(&mut Command::new(root().join("examples/demo/make-images.sh")));
-        ferry_tests::ok(Command::new("cp").arg("-a").arg(root().join("examples/demo/images")).arg(d.join("images")));
+        ferry_tests::ok(&mut Command::new(root().join("tests/fixtures/standin-bundle/make-images.sh")));
+        ferry_tests::ok(Command::new("cp").arg("-a").arg(root().join("tests/fixtures/standin-bundle/images")).arg(d.join("images")));
         std::fs::create_dir_all(d.join("manifests/app")).unwrap();
         std::fs::write(d.join("manifests/namespace.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: apps\n")
             .unwrap();

@@ -21,7 +21,7 @@ fn installer() -> &'static PathBuf {
     static I: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &I.get_or_init(|| {
         let dir = ferry_tests::scratch();
-        let p = ferry_tests::build(&ferry_tests::demo_bundle(), dir.path(), None);
+        let p = ferry_tests::build(&ferry_tests::standin_bundle(), dir.path(), None);
         (dir, p)
     })
     .1

@@ -125,12 +125,14 @@ pub fn build(bundle: &Path, dir: &Path, key: Option<&Path>) -> PathBuf {
     out
 }
 
-/// The example bundle under `examples/demo`, with its stand-in images built (once per process).
-pub fn demo_bundle() -> PathBuf {
+/// The small test bundle under `tests/fixtures/standin-bundle`, with its images built (once per
+/// process). Its images are STAND-INS (one busybox image under every upstream name, control plane
+/// included): it is for the fast format, build and registry tests, not for a cluster.
+pub fn standin_bundle() -> PathBuf {
     static IMAGES: std::sync::Once = std::sync::Once::new();
     IMAGES.call_once(|| {
-        ok(&mut Command::new(workspace_root().join("examples/demo/make-images.sh")));
+        ok(&mut Command::new(workspace_root().join("tests/fixtures/standin-bundle/make-images.sh")));
     });
-    workspace_root().join("examples/demo/bundle.yaml")
+    workspace_root().join("tests/fixtures/standin-bundle/bundle.yaml")
 }
 pub mod lab;
