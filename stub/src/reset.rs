@@ -59,21 +59,31 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
             .collect();
         // `--hosts` alone: those hosts, reached with the flags' SSH settings (a cluster may
         // be gone or half-made, so nothing else is needed); otherwise the located cluster.
-        let found = if only.is_empty() || args.master.is_some() {
-            crate::run::locate(args).await?
+        // The cluster as ferry knows it (--master, -f, or the state beside the installer); with
+        // `--hosts` and nothing known, just those hosts, reached with the flags' SSH settings (a
+        // cluster may be gone or half-made, so nothing else is needed).
+        let located = if only.is_empty() || args.master.is_some() || args.run.cluster_file.is_some() {
+            Some(crate::run::locate(args).await?)
         } else {
-            let a = &args.run;
-            let cluster = crate::cluster::resolve(None, &crate::run::locate::overrides(a, only.clone()))?;
-            let opts = crate::ssh::client::SshOptions {
-                known_hosts: cluster.known_hosts.clone(),
-                accept_new: a.accept_new_host_keys,
-                connect_timeout: std::time::Duration::from_secs(a.connect_timeout),
-                keepalive: std::time::Duration::from_secs(a.keepalive.max(1)),
-                secrets: crate::run::secrets(a)?,
-            };
-            let jump = crate::run::locate::jump_for(&cluster, &opts).await?;
-            let local_state = crate::run::local_state_dir(&a.installer, &cluster.name);
-            crate::run::locate::Found { cluster, opts, jump, local_state }
+            crate::run::locate(args).await.ok()
+        };
+        let known = located.is_some();
+        let found = match located {
+            Some(found) => found,
+            None => {
+                let a = &args.run;
+                let cluster = crate::cluster::resolve(None, &crate::run::locate::overrides(a, only.clone()))?;
+                let opts = crate::ssh::client::SshOptions {
+                    known_hosts: cluster.known_hosts.clone(),
+                    accept_new: a.accept_new_host_keys,
+                    connect_timeout: std::time::Duration::from_secs(a.connect_timeout),
+                    keepalive: std::time::Duration::from_secs(a.keepalive.max(1)),
+                    secrets: crate::run::secrets(a)?,
+                };
+                let jump = crate::run::locate::jump_for(&cluster, &opts).await?;
+                let local_state = crate::run::local_state_dir(&a.installer, &cluster.name);
+                crate::run::locate::Found { cluster, opts, jump, local_state }
+            }
         };
         let targets: Vec<String> =
             if only.is_empty() { found.cluster.hosts.iter().map(|h| h.ip.clone()).collect() } else { only.clone() };
@@ -89,6 +99,9 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
         // Workers first, masters last: nodes leave while the control plane is still there.
         let mut order: Vec<String> = targets.clone();
         order.sort_by_key(|ip| found.cluster.hosts.iter().any(|h| &h.ip == ip && h.is(Role::Master)));
+        if !only.is_empty() {
+            leave_cluster(&found, &targets).await;
+        }
         let found = Arc::new(found);
         let results = crate::run::parallel(order.len(), args.run.parallel, |i| {
             let (found, ip, list) = (found.clone(), order[i].clone(), list.clone());
@@ -113,10 +126,66 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
         if !errs.is_empty() {
             bail!("reset failed on {} host(s):\n  {}", errs.len(), errs.join("\n  "));
         }
-        // The whole cluster is gone: so is its saved description beside the installer.
+        // The whole cluster is gone: so is its saved description beside the installer. Some
+        // hosts gone: the description no longer lists them, here and on the first master.
         if only.is_empty() {
             let _ = std::fs::remove_dir_all(&found.local_state);
+        } else if known {
+            forget_hosts(&found, &only).await?;
         }
         Ok(())
     })
+}
+
+/// Drains the `targets` and deletes their Node objects through a master that stays, so the
+/// cluster forgets them instead of listing them NotReady forever. Best effort: a cluster that is
+/// already broken can still be reset, with a warning.
+async fn leave_cluster(found: &crate::run::locate::Found, targets: &[String]) {
+    let Some(keeper) = found.cluster.hosts.iter().find(|h| h.is(Role::Master) && !targets.contains(&h.ip)) else {
+        return;
+    };
+    let kc = crate::run::control::ADMIN_CONF;
+    let result: Result<()> = async {
+        let h = found.connect_one(&keeper.ip).await?;
+        let out = h
+            .run(&format!("kubectl --kubeconfig {kc} get nodes -o jsonpath='{{range .items[*]}}{{.metadata.name}} {{.status.addresses[?(@.type==\"InternalIP\")].address}}{{\"\\n\"}}{{end}}'"), b"")
+            .await?;
+        if !out.ok() {
+            bail!("listing nodes: {}", out.tail(3));
+        }
+        for line in out.text().lines() {
+            let Some((name, ip)) = line.split_once(' ') else { continue };
+            if !targets.iter().any(|t| t == ip.trim()) {
+                continue;
+            }
+            let name = crate::ssh::quote(name);
+            let cmd = format!(
+                "kubectl --kubeconfig {kc} drain {name} --ignore-daemonsets --delete-emptydir-data --force --timeout=120s >/dev/null 2>&1; \
+                 kubectl --kubeconfig {kc} delete node {name} --wait=false"
+            );
+            let out = h.run(&cmd, b"").await?;
+            if !out.ok() {
+                bail!("deleting node {name}: {}", out.tail(3));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("warning: the cluster could not be told through {} that the reset hosts leave ({e:#}); their Node objects may remain", keeper.ip);
+    }
+}
+
+/// Removes `gone` from the cluster description, beside the installer and on the first master
+/// that remains, so that `check`, `join` and `run` no longer expect them.
+async fn forget_hosts(found: &crate::run::locate::Found, gone: &[String]) -> Result<()> {
+    let mut cluster = found.cluster.clone();
+    cluster.hosts.retain(|h| !gone.contains(&h.ip));
+    let Some(m0) = cluster.hosts.iter().find(|h| h.is(Role::Master)).map(|h| h.ip.clone()) else {
+        return Ok(());
+    };
+    let text = crate::cluster::to_file(&cluster);
+    crate::run::control::save_local(&found.local_state, &text)?;
+    let h = found.connect_one(&m0).await?;
+    crate::run::control::put_file(h.as_ref(), crate::run::control::CLUSTER_FILE, "0644", text.as_bytes()).await
 }

@@ -8,6 +8,7 @@ mod kubeadm_real;
 mod lab;
 mod lb;
 mod real_bundle;
+mod real_cluster;
 mod real_kubelet;
 mod registry;
 mod relay;

@@ -144,3 +144,65 @@ pub fn newest_installer() -> &'static RealInstaller {
         RealInstaller { public_key: key.with_extension("pub"), installer, kubernetes, dir }
     })
 }
+
+/// `examples/cluster` (the real platform bundle: Kubernetes, a web app, a Helm chart, a site
+/// file) built into a signed installer over [`newest`]'s tree, once per test binary. The
+/// example's Kubernetes version and control-plane image lines are taken from the tree, so the
+/// example follows whatever version `scripts/test.sh` built. The site file gets mode 0640 (git
+/// keeps only the executable bit) so that the tests can see the mode travel.
+pub fn cluster_installer() -> &'static RealInstaller {
+    static INSTALLER: OnceLock<RealInstaller> = OnceLock::new();
+    INSTALLER.get_or_init(|| {
+        let kubernetes = newest();
+        let dir = tempfile::Builder::new().prefix("ferry-real-cluster-").tempdir().unwrap();
+        let d = dir.path().join("cluster");
+        let example = crate::workspace_root().join("examples/cluster");
+        crate::ok(&mut Command::new(example.join("make-images.sh")));
+        crate::ok(Command::new("cp").arg("-a").arg(&example).arg(&d));
+        let _ = std::fs::remove_dir_all(d.join("kubernetes"));
+        // Hard links: the tree is hundreds of MB and the files are only read.
+        crate::ok(Command::new("cp").arg("-al").arg(&kubernetes.dir).arg(d.join("kubernetes")));
+        let tree_images: Vec<String> = std::fs::read_to_string(kubernetes.bundle())
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("source: \"oci:images:"))
+            .map(|l| l.replace("source: \"oci:images:", "source: \"oci:kubernetes/images:"))
+            .collect();
+        assert!(!tree_images.is_empty(), "{} lists no images", kubernetes.bundle().display());
+        let example_yaml = std::fs::read_to_string(d.join("bundle.yaml")).unwrap();
+        let mut spec = String::new();
+        for line in example_yaml.lines() {
+            if line.contains("oci:kubernetes/images:") {
+                continue;
+            }
+            if line.trim_start().starts_with("version: v1.") {
+                spec.push_str(&format!("    version: {}\n", kubernetes.version));
+                continue;
+            }
+            spec.push_str(line);
+            spec.push('\n');
+            if line.trim_start().starts_with("images:") {
+                for l in &tree_images {
+                    spec.push_str(l);
+                    spec.push('\n');
+                }
+            }
+        }
+        std::fs::write(d.join("bundle.yaml"), spec).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("files/site.conf"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        let key = crate::keygen(dir.path(), "vendor");
+        let installer = dir.path().join("installer");
+        crate::ok(
+            Command::new(crate::release_bin("ferry"))
+                .arg("build")
+                .arg(d.join("bundle.yaml"))
+                .arg("-o")
+                .arg(&installer)
+                .arg("--key")
+                .arg(key.with_extension("key"))
+                .arg("--offline"),
+        );
+        RealInstaller { public_key: key.with_extension("pub"), installer, kubernetes, dir }
+    })
+}

@@ -375,8 +375,29 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
     rt.block_on(async {
         let found = crate::run::locate(args).await?;
         let payload = crate::verify::open_payload(&args.run.installer)?;
-        let m0 = found.cluster.hosts.iter().find(|h| h.is(Role::Master)).map(|h| h.ip.clone()).unwrap_or_default();
-        let h = found.connect_one(&m0).await?;
+        // The first master that answers: with one down, the others still tell the truth
+        // (and the dead one shows as a NotReady node, named).
+        let mut unreachable = Vec::new();
+        let mut reached = None;
+        for m in found.cluster.hosts.iter().filter(|h| h.is(Role::Master)) {
+            match found.connect_one(&m.ip).await {
+                Ok(h) => {
+                    reached = Some(h);
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("warning: master {} does not answer ({e:#}); reading the cluster through the next", m.ip);
+                    unreachable.push((m.ip.clone(), format!("{e:#}")));
+                }
+            }
+        }
+        let h = reached.ok_or_else(|| {
+            anyhow!(
+                "no master of cluster {} answers:\n  {}",
+                found.cluster.name,
+                unreachable.iter().map(|(ip, e)| format!("{ip}: {e}")).collect::<Vec<_>>().join("\n  ")
+            )
+        })?;
         let wait = Duration::from_secs(args.run.wait.unwrap_or(0));
         let mut last_said = Instant::now() - Duration::from_secs(60);
         let report = check_until_healthy(&found.cluster, &payload, h.as_ref(), wait, |r, waited| {
@@ -386,6 +407,10 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
             }
         })
         .await?;
+        let mut report = report;
+        for (ip, e) in unreachable {
+            report.rows.insert(0, Row { check: "master".into(), object: ip, ok: false, detail: format!("unreachable over SSH: {e}") });
+        }
         if args.run.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {

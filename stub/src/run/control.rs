@@ -271,15 +271,16 @@ pub async fn bootstrap<H: RemoteHost>(
         let secrets = JoinSecrets { token: token.clone(), ca_cert_hash: hash, certificate_key: key.clone() };
         // Masters one at a time: each new etcd member must be in before the next.
         for &i in &masters_pending {
-            join_one(ctx, hosts[i].as_ref(), &ctx.cluster.hosts[i], &inputs, &secrets, JoinRole::ControlPlane)
+            join_one(ctx, h0.as_ref(), hosts[i].as_ref(), &ctx.cluster.hosts[i], &inputs, &secrets, JoinRole::ControlPlane)
                 .await
                 .map_err(|e| phase_error(ctx, &ctx.cluster.hosts[i], e))?;
         }
         let results = parallel(workers_pending.len(), limit, |k| {
             let i = workers_pending[k];
-            let (ctx, h, inputs, secrets) = (ctx.clone(), hosts[i].clone(), inputs.clone(), secrets.clone());
+            let (ctx, h0, h, inputs, secrets) =
+                (ctx.clone(), h0.clone(), hosts[i].clone(), inputs.clone(), secrets.clone());
             async move {
-                join_one(&ctx, h.as_ref(), &ctx.cluster.hosts[i], &inputs, &secrets, JoinRole::Worker)
+                join_one(&ctx, h0.as_ref(), h.as_ref(), &ctx.cluster.hosts[i], &inputs, &secrets, JoinRole::Worker)
                     .await
                     .map_err(|e| (i, e))
             }
@@ -318,8 +319,25 @@ fn phase_error(ctx: &Ctx, host: &Host, e: anyhow::Error) -> anyhow::Error {
     anyhow!("{}: kubeadm failed: {e:#}", host.ip)
 }
 
+/// A join an earlier run started but never recorded (its host cut off or the run killed) leaves
+/// kubeadm's files on the host, and maybe a Node object; either makes a new `kubeadm join` fail,
+/// so both go first. A host ferry recorded as joined never comes here.
+async fn clear_unfinished_join<H: RemoteHost>(master0: &H, h: &H) -> Result<()> {
+    let script = "pkill -x kubeadm 2>/dev/null; \
+        if [ -e /etc/kubernetes/kubelet.conf ] || [ -e /etc/kubernetes/bootstrap-kubelet.conf ] || \
+           [ -n \"$(ls -A /etc/kubernetes/manifests 2>/dev/null)\" ]; then \
+          kubeadm reset -f >/dev/null 2>&1 || exit 1; echo \"cleared $(hostname | tr A-Z a-z)\"; fi";
+    let out = checked(h, script, b"", "clearing an unfinished kubeadm join").await?;
+    if let Some(name) = out.text().trim().strip_prefix("cleared ") {
+        let cmd = format!("kubectl --kubeconfig {ADMIN_CONF} delete node {} --ignore-not-found 2>&1", quote(name));
+        checked(master0, &cmd, b"", "deleting the Node of an unfinished join").await?;
+    }
+    Ok(())
+}
+
 async fn join_one<H: RemoteHost>(
     ctx: &Ctx,
+    master0: &H,
     h: &H,
     host: &Host,
     inputs: &ClusterInputs,
@@ -332,6 +350,7 @@ async fn join_one<H: RemoteHost>(
     let path = format!("{KUBEADM_DIR}/join.yaml");
     let what = if role == JoinRole::ControlPlane { "kubeadm join (control plane)" } else { "kubeadm join" };
     ctx.rep.event(&host.ip, "kubeadm", "start", what, serde_json::json!({}));
+    clear_unfinished_join(master0, h).await?;
     for (patch, text) in crate::kube::config::kubelet_patches(inputs, &node) {
         put_file(h, &patch, "0644", text.as_bytes()).await?;
     }

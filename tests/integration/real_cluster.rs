@@ -1,0 +1,477 @@
+//! Real Kubernetes on the lab, end to end: `installer run` of `examples/cluster` (Kubernetes built
+//! from Go modules by scripts/build-kubernetes.sh, a web app, a Helm chart, a site file) onto bare
+//! lab hosts, then what an operator does with the cluster: `check` green and red, `reset` of a node
+//! and of the cluster, `join` of a worker and a master, HA with a master powered off, and a run cut
+//! during `kubeadm join` and resumed. Nothing here is a stand-in.
+//!
+//! The tests share the lab (one per machine) and each takes it exclusively: each starts from bare
+//! hosts and makes its own cluster, so their order does not matter. `lifecycle` keeps one cluster
+//! for its steps (apps, check, reset, join) because making a cluster is the slow part.
+
+use ferry_tests::lab::{Host, Lab};
+use ferry_tests::real_k8s::{RealInstaller, cluster_installer};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn lab() -> &'static Lab {
+    Lab::shared(ferry_tests::lab::LAB_NODES, true)
+}
+
+const KUBECTL: &str = "kubectl --kubeconfig /etc/kubernetes/admin.conf";
+
+fn installer(b: &RealInstaller, args: &[&str]) -> Output {
+    let mut cmd = Command::new(&b.installer);
+    cmd.arg("--no-progress").args(args).arg("--trusted-key").arg(&b.public_key);
+    cmd.env_remove("SSH_AUTH_SOCK").stdin(Stdio::null()).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    ferry_tests::text(o)
+}
+
+/// A cluster file for the lab with `masters` and `workers` (node numbers); the first master is
+/// also the registry.
+fn cluster_file(lab: &Lab, dir: &Path, masters: &[usize], workers: &[usize]) -> String {
+    let ip = |i: &usize| lab.ip(Host::Node(*i));
+    let list = |v: &[usize]| v.iter().map(ip).collect::<Vec<_>>().join(", ");
+    let mut hosts = format!("  hosts:\n    - {{ips: [{}], roles: [master]}}\n", list(masters));
+    if !workers.is_empty() {
+        hosts.push_str(&format!("    - {{ips: [{}], roles: [worker]}}\n", list(workers)));
+    }
+    let mut out = String::new();
+    let mut skipping = false;
+    for l in lab.inventory(lab.hosts()).lines() {
+        if l == "  hosts:" {
+            out.push_str(&hosts);
+            skipping = true;
+            continue;
+        }
+        if skipping && l.trim_start().starts_with("- {ips:") {
+            continue;
+        }
+        skipping = false;
+        out.push_str(l);
+        out.push('\n');
+    }
+    let file = dir.join("cluster.yaml");
+    std::fs::write(&file, out).unwrap();
+    file.display().to_string()
+}
+
+/// Leaves every lab node bare: no cluster, no ferry, no Kubernetes programs.
+fn wipe(lab: &Lab) {
+    for i in 1..=lab.hosts() {
+        lab.ssh_ok(
+            Host::Node(i),
+            "command -v kubeadm >/dev/null && kubeadm reset -f >/dev/null 2>&1; \
+             systemctl disable --now kubelet ferry-lb ferry-registry ferry-service-route containerd >/dev/null 2>&1; \
+             for l in cni0 flannel.1; do ip link delete $l 2>/dev/null; done; \
+             iptables -t nat -F 2>/dev/null; iptables -t filter -F 2>/dev/null; iptables -t nat -X 2>/dev/null; iptables -t filter -X 2>/dev/null; \
+             rm -rf /var/lib/ferry /etc/ferry /etc/kubernetes /var/lib/kubelet /var/lib/etcd /etc/cni /var/lib/cni /run/flannel \
+               /etc/systemd/system/ferry-*.service /etc/containerd /var/lib/containerd/* /etc/platform \
+               /usr/local/bin/containerd* /usr/local/bin/ctr /usr/bin/kube* /usr/bin/crictl /usr/bin/helm /usr/sbin/runc \
+               /etc/systemd/system/containerd.service /etc/systemd/system/kubelet.service*; \
+             systemctl daemon-reload; true",
+        );
+    }
+}
+
+fn kubectl(lab: &Lab, node: usize, args: &str) -> String {
+    lab.ssh_ok(Host::Node(node), &format!("{KUBECTL} {args}"))
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}):\n{s}"))
+}
+
+/// Polls `f` every 2 s until it returns `Some` or `limit` passes (then panics with `what` and the
+/// last thing `f` said). For states a cluster reaches in its own time (a node going NotReady takes
+/// the node controller's grace period), never for speed.
+fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let t = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if t.elapsed() >= limit => panic!("{what}: not so after {limit:?}; last: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// Node name → Ready, from master `m`.
+fn nodes_ready(lab: &Lab, m: usize) -> Vec<(String, bool)> {
+    let v = json(&kubectl(lab, m, "get nodes -o json"));
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let ready = n["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (n["metadata"]["name"].as_str().unwrap().to_string(), ready)
+        })
+        .collect()
+}
+
+/// Running pods of kube-system as (name prefix, node).
+fn system_pods(lab: &Lab, m: usize) -> Vec<(String, String)> {
+    let v = json(&kubectl(lab, m, "-n kube-system get pods -o json"));
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["status"]["phase"] == "Running")
+        .map(|p| {
+            let name = p["metadata"]["name"].as_str().unwrap();
+            let component = p["metadata"]["labels"]["component"]
+                .as_str()
+                .or(p["metadata"]["labels"]["k8s-app"].as_str())
+                .unwrap_or(name)
+                .to_string();
+            (component, p["spec"]["nodeName"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// Runs a command in a throwaway busybox pod pinned to `node_name`, returning its output.
+fn from_pod_on(lab: &Lab, m: usize, node_name: &str, pod: &str, cmd: &str) -> String {
+    let overrides = serde_json::json!({"spec": {"nodeName": node_name}}).to_string();
+    let run = format!(
+        "{KUBECTL} -n demo run {pod} --image=docker.io/library/busybox:1.36 --restart=Never --overrides='{overrides}' -- sleep 600 >/dev/null && \
+         {KUBECTL} -n demo wait --for=condition=Ready pod/{pod} --timeout=120s >/dev/null && \
+         {KUBECTL} -n demo exec {pod} -- sh -c '{cmd}'"
+    );
+    let out = lab.ssh(Host::Node(m), &run);
+    let _ = lab.ssh(Host::Node(m), &format!("{KUBECTL} -n demo delete pod {pod} --now >/dev/null 2>&1"));
+    assert!(out.status.success(), "from a pod on {node_name}: `{cmd}` failed:\n{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// What is left of ferry and Kubernetes on a node, one line per leftover; empty when bare.
+fn leftovers(lab: &Lab, node: usize) -> Vec<String> {
+    let out = lab.ssh_ok(
+        Host::Node(node),
+        "pgrep -x kubelet >/dev/null && echo process:kubelet; pgrep -x containerd >/dev/null && echo process:containerd; \
+         for l in cni0 flannel.1; do ip link show $l >/dev/null 2>&1 && echo link:$l; done; \
+         iptables -t nat -S 2>/dev/null | grep -q KUBE- && echo iptables:KUBE-chains; \
+         ls /etc/systemd/system | grep -E '^(ferry-|kubelet)' | sed 's/^/unit:/'; \
+         for p in /var/lib/ferry /etc/ferry /etc/kubernetes /var/lib/kubelet /var/lib/etcd /etc/cni/net.d /usr/bin/kubelet /etc/platform/site.conf; do \
+           [ -e $p ] && echo path:$p; done; true",
+    );
+    out.lines().map(String::from).filter(|l| !l.is_empty()).collect()
+}
+
+fn assert_bare(lab: &Lab, node: usize) {
+    let left = leftovers(lab, node);
+    assert!(left.is_empty(), "node{node} after reset still has: {left:?}");
+}
+
+/// Every image containerd holds on `node` (its Kubernetes namespace), by reference.
+fn containerd_images(lab: &Lab, node: usize) -> Vec<String> {
+    lab.ssh_ok(Host::Node(node), "ctr -n k8s.io images ls -q")
+        .lines()
+        .filter(|l| !l.starts_with("sha256:"))
+        .map(String::from)
+        .collect()
+}
+
+/// The one cluster of 1 master + 2 workers, and everything an operator does with it.
+#[test]
+fn lifecycle_on_real_kubernetes() {
+    let lab = lab();
+    let _ex = lab.exclusive();
+    wipe(lab);
+    let b = cluster_installer();
+    let work = tempfile::tempdir().unwrap();
+    let file = cluster_file(lab, work.path(), &[1], &[2, 3]);
+    let out = installer(b, &["run", "-f", &file]);
+    let o = text(&out);
+    assert!(out.status.success(), "run failed:\n{o}");
+    assert!(o.contains("healthy:"), "{o}");
+
+    cluster_is_whole(lab, b, &[1, 2, 3]);
+    apps_answer_across_nodes(lab);
+    files_landed(lab, &[1, 2, 3]);
+    check_goes_red(lab, b);
+    reset_node_and_join_it_back(lab, b);
+    join_a_master(lab, b);
+
+    // The whole cluster goes; every host is bare; `run` on the same hosts then succeeds.
+    let out = installer(b, &["reset"]);
+    assert!(out.status.success(), "reset:\n{}", text(&out));
+    for n in 1..=4 {
+        assert_bare(lab, n);
+    }
+    let out = installer(b, &["run", "-f", &file]);
+    assert!(out.status.success(), "run after reset:\n{}", text(&out));
+    assert_eq!(nodes_ready(lab, 1).iter().filter(|(_, r)| *r).count(), 3);
+}
+
+/// Every node Ready; the control plane, both CoreDNS replicas and one kube-proxy per node
+/// Running; every image came from the built-in registry under its original name.
+fn cluster_is_whole(lab: &Lab, b: &RealInstaller, nodes: &[usize]) {
+    let ready = nodes_ready(lab, 1);
+    assert_eq!(ready.len(), nodes.len(), "{ready:?}");
+    assert!(ready.iter().all(|(_, r)| *r), "{ready:?}");
+    let pods = system_pods(lab, 1);
+    for c in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"] {
+        assert!(pods.iter().any(|(n, node)| n == c && node == "node1"), "{c} not running on node1: {pods:?}");
+    }
+    assert_eq!(pods.iter().filter(|(n, _)| n == "kube-dns").count(), 2, "CoreDNS replicas: {pods:?}");
+    for n in nodes {
+        let name = format!("node{n}");
+        assert!(pods.iter().any(|(c, node)| c == "kube-proxy" && *node == name), "no kube-proxy on {name}: {pods:?}");
+    }
+    // containerd's view: every image on every node is one the bundle carries, by the reference
+    // the bundle names (nothing rewritten, nothing from elsewhere; the lab has no route out).
+    let bundle_refs: Vec<String> = std::fs::read_to_string(b.kubernetes.bundle())
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split("ref: ").nth(1).and_then(|r| r.split(',').next()).map(String::from))
+        .chain(["docker.io/library/busybox:1.36".to_string()])
+        .collect();
+    for n in nodes {
+        let images = containerd_images(lab, *n);
+        assert!(images.iter().any(|i| i.starts_with("registry.k8s.io/")), "node{n}: {images:?}");
+        for i in &images {
+            assert!(bundle_refs.contains(i), "node{n} holds {i}, which the bundle does not carry: {bundle_refs:?}");
+        }
+        // …and containerd pulled them through the built-in registry, named in its hosts.toml.
+        let hosts = lab.ssh_ok(Host::Node(*n), "cat /etc/containerd/certs.d/registry.k8s.io/hosts.toml");
+        assert!(hosts.contains(&format!("http://{}:", lab.ip(Host::Node(1)))), "node{n}: {hosts}");
+    }
+    let log = lab.ssh_ok(Host::Node(1), "journalctl -u ferry-registry --no-pager -o cat");
+    for n in nodes {
+        let ip = lab.ip(Host::Node(*n));
+        assert!(
+            log.lines().any(|l| l.contains(&ip) && l.contains("/v2/kube-proxy/manifests/")),
+            "the built-in registry served no kube-proxy manifest to node{n}:\n{log}"
+        );
+    }
+}
+
+/// Pods on different nodes reach each other, and a pod on one node reaches the web app and the
+/// chart's Service by their DNS names (CoreDNS, kube-proxy and the CNI together).
+fn apps_answer_across_nodes(lab: &Lab) {
+    let web = json(&kubectl(lab, 1, "-n demo get pods -l app=web -o json"));
+    let pods: Vec<(String, String)> = web["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (p["spec"]["nodeName"].as_str().unwrap().to_string(), p["status"]["podIP"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    let client_node = "node3";
+    let mut probes = vec!["wget -qO- -T 5 http://web.demo.svc.cluster.local/".to_string()];
+    probes.push("wget -qO- -T 5 http://hello.hello.svc.cluster.local/".into());
+    for (node, ip) in &pods {
+        if node != client_node {
+            probes.push(format!("wget -qO- -T 5 http://{ip}:8080/"));
+        }
+    }
+    assert!(probes.len() >= 3, "no web pod outside {client_node}: {pods:?}");
+    let said = from_pod_on(lab, 1, client_node, "probe", &probes.join(" && "));
+    assert!(said.contains("hello from the demo web app"), "{said}");
+    assert!(said.contains("hello from a Helm chart"), "{said}");
+    assert_eq!(said.matches("hello from the demo web app").count(), probes.len() - 1, "{said}");
+    let releases = lab.ssh_ok(Host::Node(1), "helm --kubeconfig /etc/kubernetes/admin.conf list -n hello -o json");
+    assert!(releases.contains("\"name\":\"hello\"") && releases.contains("\"status\":\"deployed\""), "{releases}");
+}
+
+/// `spec.files` is on every node at its dest with the mode it had.
+fn files_landed(lab: &Lab, nodes: &[usize]) {
+    for n in nodes {
+        let got = lab.ssh_ok(Host::Node(*n), "stat -c '%a %s' /etc/platform/site.conf && grep -c site=lab /etc/platform/site.conf");
+        assert_eq!(got.lines().next().unwrap().split(' ').next(), Some("640"), "node{n}: {got}");
+        assert!(got.ends_with('1'), "node{n}: {got}");
+    }
+}
+
+/// `check` is red, naming the cause, for an image that is not in the built-in registry, a
+/// workload that is not Available, and a node whose kubelet stopped; green again once fixed.
+fn check_goes_red(lab: &Lab, b: &RealInstaller) {
+    // An image containerd has locally but the registry does not serve, run by a bare pod; and a
+    // Deployment, in a namespace no launch step names, whose image exists nowhere.
+    lab.ssh_ok(Host::Node(2), "ctr -n k8s.io images tag docker.io/library/busybox:1.36 example.com/site/tool:1 >/dev/null");
+    let stray = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"stray","namespace":"default"},"spec":{"nodeName":"node2","containers":[{"name":"t","image":"example.com/site/tool:1","imagePullPolicy":"Never","command":["sleep","3600"]}]}}"#;
+    lab.ssh_ok(Host::Node(1), &format!("echo '{stray}' | {KUBECTL} apply -f - >/dev/null"));
+    lab.ssh_ok(
+        Host::Node(1),
+        &format!("{KUBECTL} create namespace extra >/dev/null && {KUBECTL} -n extra create deployment broken --image=example.com/missing:1 >/dev/null"),
+    );
+    lab.ssh_ok(Host::Node(1), &format!("{KUBECTL} wait --for=condition=Ready pod/stray --timeout=120s >/dev/null"));
+    let out = installer(b, &["check"]);
+    let o = text(&out);
+    assert!(!out.status.success(), "{o}");
+    assert!(o.contains("example.com/site/tool:1") && o.contains("missing from the built-in registry"), "{o}");
+    assert!(o.lines().any(|l| l.contains("deployment extra/broken") && l.contains("FAILED")), "{o}");
+    lab.ssh_ok(Host::Node(1), &format!("{KUBECTL} delete pod stray --now >/dev/null; {KUBECTL} delete namespace extra --wait=true >/dev/null"));
+
+    // A node whose kubelet stops goes NotReady once the node controller's grace period is over.
+    lab.ssh_ok(Host::Node(3), "systemctl stop kubelet");
+    let red = eventually(Duration::from_secs(180), "check names node3 NotReady", || {
+        let out = installer(b, &["check"]);
+        let o = text(&out);
+        let named = o.lines().any(|l| l.contains("node3") && l.contains("FAILED") && l.contains("NotReady"));
+        if !out.status.success() && named { Ok(o) } else { Err(o) }
+    });
+    assert!(red.contains("UNHEALTHY"), "{red}");
+    lab.ssh_ok(Host::Node(3), "systemctl start kubelet");
+    let out = installer(b, &["check", "--wait", "300"]);
+    assert!(out.status.success(), "check after the kubelet came back:\n{}", text(&out));
+}
+
+/// `reset` of one worker takes it out of the cluster and leaves the host bare; `join` brings it
+/// back with a fresh token.
+fn reset_node_and_join_it_back(lab: &Lab, b: &RealInstaller) {
+    let node3 = lab.ip(Host::Node(3));
+    let out = installer(b, &["reset", "--hosts", &node3]);
+    assert!(out.status.success(), "reset of node3:\n{}", text(&out));
+    assert_bare(lab, 3);
+    let names: Vec<String> = nodes_ready(lab, 1).into_iter().map(|(n, _)| n).collect();
+    assert!(!names.contains(&"node3".to_string()), "node3 still listed: {names:?}");
+    let t = Instant::now();
+    let out = installer(b, &["join", "--workers", &node3]);
+    let o = text(&out);
+    assert!(out.status.success(), "join of node3:\n{o}");
+    eprintln!("join of a worker took {:.1} s", t.elapsed().as_secs_f64());
+    assert!(!o.contains("kubeadm init"), "join re-initialised the control plane:\n{o}");
+    assert!(nodes_ready(lab, 1).contains(&("node3".to_string(), true)));
+    files_landed(lab, &[3]);
+}
+
+/// A master joins the running cluster (fresh certificate key), and its control plane runs.
+fn join_a_master(lab: &Lab, b: &RealInstaller) {
+    let node4 = lab.ip(Host::Node(4));
+    let out = installer(b, &["join", "--masters", &node4]);
+    assert!(out.status.success(), "join of master node4:\n{}", text(&out));
+    let ready = nodes_ready(lab, 1);
+    assert_eq!(ready.len(), 4, "{ready:?}");
+    assert!(ready.iter().all(|(_, r)| *r), "{ready:?}");
+    let pods = system_pods(lab, 1);
+    for c in ["kube-apiserver", "etcd"] {
+        assert!(pods.iter().any(|(n, node)| n == c && node == "node4"), "{c} not running on node4: {pods:?}");
+    }
+    // The new master answers the API itself.
+    assert!(kubectl(lab, 4, "get nodes").contains("node4"));
+}
+
+/// 3 masters + 1 worker: masters join one at a time; with the first master powered off, the API
+/// answers through every other node's load balancer, the app keeps serving and `check` names the
+/// dead master; powered back on, it is Ready again with no operator action.
+#[test]
+fn ha_survives_a_powered_off_master() {
+    let lab = lab();
+    let ex = lab.exclusive();
+    wipe(lab);
+    let b = cluster_installer();
+    let work = tempfile::tempdir().unwrap();
+    let file = cluster_file(lab, work.path(), &[1, 2, 3], &[4]);
+    let out = installer(b, &["run", "-f", &file]);
+    let o = text(&out);
+    assert!(out.status.success(), "run of 3 masters + 1 worker:\n{o}");
+    let at = |ip: String, msg: &str| {
+        o.lines()
+            .position(|l| l.contains(&format!(" {ip} ")) && l.contains(" kubeadm ") && l.trim_end().ends_with(msg))
+            .unwrap_or_else(|| panic!("no `{msg}` for {ip}:\n{o}"))
+    };
+    let (ip2, ip3, ip4) = (lab.ip(Host::Node(2)), lab.ip(Host::Node(3)), lab.ip(Host::Node(4)));
+    assert!(at(ip2.clone(), "joined") < at(ip3.clone(), "kubeadm join (control plane)"), "masters joined together:\n{o}");
+    assert!(at(ip3, "joined") < at(ip4.clone(), "kubeadm join"), "the worker joined before the masters:\n{o}");
+
+    // The worker reaches the API only through its own ferry-lb (the admin kubeconfig names the
+    // cluster endpoint, which every node's /etc/hosts maps to its local LB).
+    let admin = lab.ssh_ok(Host::Node(1), "cat /etc/kubernetes/admin.conf");
+    lab.ssh_ok(Host::Node(4), &format!("umask 077; cat > /root/admin.conf <<'EOF'\n{admin}\nEOF"));
+    ex.poweroff(Host::Node(1));
+    for (node, kubeconfig) in [(4, "/root/admin.conf"), (2, "/etc/kubernetes/admin.conf")] {
+        let nodes = eventually(Duration::from_secs(60), "kubectl through the LB with master 1 off", || {
+            let out = lab.ssh(Host::Node(node), &format!("kubectl --kubeconfig {kubeconfig} get nodes -o name"));
+            if out.status.success() { Ok(text(&out)) } else { Err(text(&out)) }
+        });
+        assert!(nodes.contains("node/node4"), "{nodes}");
+    }
+    let said = from_pod_on(lab, 2, "node4", "ha-probe", "wget -qO- -T 5 http://web.demo.svc.cluster.local/");
+    assert!(said.contains("hello from the demo web app"), "{said}");
+    let red = eventually(Duration::from_secs(180), "check names the dead master", || {
+        let out = installer(b, &["check"]);
+        let o = text(&out);
+        let node_named = o.lines().any(|l| l.contains("node1") && l.contains("FAILED") && l.contains("NotReady"));
+        if !out.status.success() && node_named { Ok(o) } else { Err(o) }
+    });
+    assert!(red.lines().any(|l| l.contains(&lab.ip(Host::Node(1))) && l.contains("unreachable")), "{red}");
+
+    ex.boot(Host::Node(1));
+    eventually(Duration::from_secs(300), "node1 Ready again after boot", || {
+        let ready = nodes_ready(lab, 2);
+        if ready.contains(&("node1".to_string(), true)) { Ok(()) } else { Err(format!("{ready:?}")) }
+    });
+    let out = installer(b, &["check", "--wait", "300"]);
+    assert!(out.status.success(), "check after master 1 came back:\n{}", text(&out));
+}
+
+/// A worker cut off the network during its `kubeadm join`: the run fails naming the host and the
+/// phase; once the host is back, running again finishes without initialising the control plane
+/// again or touching the nodes that were done.
+#[test]
+fn run_cut_during_kubeadm_join_resumes() {
+    let lab = lab();
+    let ex = lab.exclusive();
+    wipe(lab);
+    let b = cluster_installer();
+    let work = tempfile::tempdir().unwrap();
+    let file = cluster_file(lab, work.path(), &[1], &[2, 3]);
+    let ip3 = lab.ip(Host::Node(3));
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" \"$@\" 2>&1")
+        .arg(&b.installer)
+        .args(["--no-progress", "run", "-f", &file, "--keepalive", "3", "--trusted-key"])
+        .arg(&b.public_key)
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let mut cut = false;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if !cut && line.contains(&format!(" {ip3} ")) && line.contains(" kubeadm ") && line.trim_end().ends_with("kubeadm join") {
+            ex.cut(Host::Node(3));
+            cut = true;
+        }
+        said.push_str(&line);
+        said.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(cut, "node3 never started kubeadm join:\n{said}");
+    assert!(!status.success(), "the run passed with node3 cut off:\n{said}");
+    let last = said.lines().rev().find(|l| l.starts_with("error")).unwrap_or_default().to_string();
+    assert!(said.contains(&ip3) && said.contains("kubeadm"), "{said}");
+    assert!(said.lines().any(|l| l.contains(&ip3) && l.contains("kubeadm") && (l.contains("error") || l.contains("failed"))), "{said}\n{last}");
+
+    // What was done stays done: master 1's apiserver container and node 2's kubelet.
+    let apiserver = lab.ssh_ok(Host::Node(1), "crictl ps --name kube-apiserver -q");
+    let kubelet2 = lab.ssh_ok(Host::Node(2), "systemctl show kubelet -p ActiveEnterTimestampMonotonic");
+    ex.restore(Host::Node(3));
+    let out = installer(b, &["run", "-f", &file]);
+    let o = text(&out);
+    assert!(out.status.success(), "the run after node3 came back:\n{o}");
+    assert!(!o.contains("kubeadm init"), "the control plane was initialised again:\n{o}");
+    assert!(o.contains("already initialised"), "{o}");
+    assert_eq!(lab.ssh_ok(Host::Node(1), "crictl ps --name kube-apiserver -q"), apiserver, "master 1's apiserver restarted");
+    assert_eq!(
+        lab.ssh_ok(Host::Node(2), "systemctl show kubelet -p ActiveEnterTimestampMonotonic"),
+        kubelet2,
+        "node 2's kubelet restarted"
+    );
+    assert!(nodes_ready(lab, 1).iter().all(|(_, r)| *r));
+}
