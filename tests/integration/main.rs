@@ -1,7 +1,7 @@
 //! One integration-test binary; each module covers one area.
 mod build_kubernetes_script;
 mod build_verify;
-mod cluster;
+mod standin_cluster;
 mod fetch_script;
 mod images;
 mod kubeadm_real;

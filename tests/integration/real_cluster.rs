@@ -475,3 +475,39 @@ fn run_cut_during_kubeadm_join_resumes() {
     );
     assert!(nodes_ready(lab, 1).iter().all(|(_, r)| *r));
 }
+
+/// Failures name the host, the step and the cause: kubeadm refusing its configuration shows the
+/// node, `kubeadm init` and the last lines kubeadm printed; a node that cannot reach the built-in
+/// registry is named in the registry phase, before any kubeadm.
+#[test]
+fn failures_name_host_step_and_cause() {
+    let lab = lab();
+    let _ex = lab.exclusive();
+    wipe(lab);
+    let b = cluster_installer();
+    let work = tempfile::tempdir().unwrap();
+    let file = cluster_file(lab, work.path(), &[1], &[2, 3]);
+    // A domain kubeadm's own validation refuses (ferry passes spec.kubeadm through to it).
+    let bad = work.path().join("bad.yaml");
+    let text_ = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&bad, format!("{text_}    clusterConfiguration:\n      networking: {{dnsDomain: 'not a domain!'}}\n")).unwrap();
+    let out = installer(b, &["run", "-f", bad.to_str().unwrap(), "--wait", "0"]);
+    let o = text(&out);
+    assert!(!out.status.success(), "{o}");
+    let ip1 = lab.ip(Host::Node(1));
+    let error = o.lines().skip_while(|l| !l.starts_with("error")).collect::<Vec<_>>().join("\n");
+    assert!(error.contains(&ip1) && error.contains("kubeadm init"), "{o}");
+    assert!(error.contains("dnsDomain") || error.contains("not a domain"), "kubeadm's own words are missing:\n{o}");
+
+    // node3 cannot reach the registry on node1 (its packets to the registry port are refused).
+    wipe(lab);
+    lab.ssh_ok(Host::Node(3), &format!("iptables -I OUTPUT -d {ip1} -p tcp --dport 5050 -j REJECT"));
+    let out = installer(b, &["run", "-f", &file]);
+    lab.ssh_ok(Host::Node(3), &format!("iptables -D OUTPUT -d {ip1} -p tcp --dport 5050 -j REJECT"));
+    let o = text(&out);
+    assert!(!out.status.success(), "{o}");
+    let ip3 = lab.ip(Host::Node(3));
+    let error = o.lines().skip_while(|l| !l.starts_with("error")).collect::<Vec<_>>().join("\n");
+    assert!(error.contains(&ip3) && error.contains("registry"), "{o}");
+    assert!(!o.contains("kubeadm init"), "kubeadm ran with a node that cannot pull:\n{o}");
+}
