@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # bench-run.sh: `installer run` on 3 lab hosts with a ~500 MB installer, split by phase; a
 # re-run after success; and the same distribution done with scp for comparison.
+# DELIVERY ONLY: the bundle carries no Kubernetes (no kubeadm in its rootfs), so `run` ends after
+# the registry phase, before kubeadm. Real Kubernetes from `run` to `check` is bench-cluster.sh.
 # Prints `name: value` lines. Needs root, the lab (scripts/testhosts) and a release build.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -2,7 +2,16 @@
 # Benchmarks, each a ratio measured side by side in one run against the baseline its issue names.
 # Prints one `name: value` line per figure. Absolute times on a shared VM are noise; ratios are not.
 #
-#   scripts/bench.sh [format|registry|run|relay|all]      (default: all; `relay` takes ~25 min)
+#   scripts/bench.sh [format|registry|run|relay|cluster|all]   (default: all; `relay` takes ~25 min)
+#
+#   format    issue 2: build/verify/extract against tar+zstd and sha256sum
+#   registry  issue 3: the built-in registry
+#   run       issue 5: delivery only (preflight → distribute → prepare → registry) on 3 lab hosts,
+#             against scp; its bundle carries no Kubernetes, so `run` stops before kubeadm
+#   relay     issue 7: delivery to 1, 4 and 8 lab hosts on 100 Mbit/s links, relay vs scp
+#   cluster   real Kubernetes (examples/cluster, built from Go modules) from `run` to a passing
+#             `check` on the lab, per phase: 1 master + 2 workers, `join` of a worker, 3 masters
+#             + 1 worker, and each node's peak memory, against the issue's goals (~5 min)
 #
 # Scratch data goes to $FERRY_BENCH_DIR (default /var/tmp/ferry-bench), removed at the end.
 set -euo pipefail
@@ -75,15 +84,19 @@ YAML
 case "$what" in
   format) bench_format ;;
   registry) scripts/bench-registry.sh ;;
-  # Issue 5: `installer run` on 3 lab hosts (takes the lab's session lock, waiting its turn).
+  # Issue 5: `installer run` on 3 lab hosts, delivery only (takes the lab's session lock, waiting
+  # its turn).
   run) scripts/bench-run.sh ;;
   # Issue 7: delivery to 1, 4 and 8 lab hosts on 100 Mbit/s links, relay vs parallel scp.
   relay) scripts/bench-relay.sh ;;
+  # Real Kubernetes on 3-4 lab hosts, from `run` to a passing `check` (session lock as above).
+  cluster) scripts/bench-cluster.sh ;;
   all)
     bench_format
     [[ ! -x scripts/bench-registry.sh ]] || scripts/bench-registry.sh
     [[ ! -x scripts/bench-run.sh ]] || scripts/bench-run.sh
     [[ ! -x scripts/bench-relay.sh ]] || scripts/bench-relay.sh
+    [[ ! -x scripts/bench-cluster.sh ]] || scripts/bench-cluster.sh
     ;;
-  *) echo "usage: scripts/bench.sh [format|registry|run|relay|all]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [format|registry|run|relay|cluster|all]" >&2; exit 2 ;;
 esac
