@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the app image offline, as the OCI layout ./images: docker.io/library/busybox:1.36 made
 # from Debian's busybox-static (no public image can be pulled where ferry is built and tested).
-# It is real busybox with the applets the demo and the tests use (httpd, wget, nslookup, ping).
+# It is real busybox with the applets the demo and the tests use (httpd, wget, nslookup, ping,
+# timeout; not `wget -T`, which segfaults in Debian's busybox-static 1.35).
 set -euo pipefail
 cd "$(dirname "$0")"
 out=images
-applets=(sh echo cat ls sleep httpd hostname mkdir wget nslookup ping ip)
+applets=(sh echo cat ls sleep httpd hostname mkdir wget nslookup ping ip timeout)
 stamp="busybox-1.36 ${applets[*]} $(sha256sum /bin/busybox 2>/dev/null | cut -c1-16)"
 [[ -f "$out/index.json" && "$(cat "$out/.made-from" 2>/dev/null)" == "$stamp" && "${1:-}" != "--force" ]] && exit 0
 command -v umoci >/dev/null && [[ -x /bin/busybox ]] || {

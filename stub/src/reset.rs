@@ -34,6 +34,8 @@ if command -v iptables >/dev/null 2>&1; then for t in filter nat mangle raw; do 
 command -v ipvsadm >/dev/null 2>&1 && ipvsadm --clear
 for ip in $(ip -o link show 2>/dev/null | awk -F': ' '/ (cni0|flannel\.1|kube-ipvs0)[:@]/{{print $2}}' | cut -d@ -f1); do ip link delete "$ip" 2>/dev/null; done
 echo "$paths" | while IFS= read -r f; do [ -n "$f" ] && rm -f "$f"; done
+# Unit drop-in directories the rootfs brought (kubelet.service.d) go once empty.
+echo "$paths" | while IFS= read -r f; do case "$f" in /etc/systemd/system/*.d/*) rmdir "${{f%/*}}" 2>/dev/null;; esac; done
 rm -f /etc/systemd/system/ferry-lb.service /etc/systemd/system/ferry-registry.service /etc/systemd/system/ferry-service-route.service /etc/modules-load.d/ferry.conf /etc/sysctl.d/99-ferry.conf
 rm -rf /etc/kubernetes /var/lib/kubelet /var/lib/etcd /root/.kube /etc/ferry /var/lib/ferry{ctd_dirs}
 if grep -q '^# BEGIN ferry$' /etc/hosts; then sed '/^# BEGIN ferry$/,/^# END ferry$/d' /etc/hosts > /tmp/ferry-hosts && cat /tmp/ferry-hosts > /etc/hosts; rm -f /tmp/ferry-hosts; fi

@@ -4,7 +4,7 @@
 //! Kubernetes are tests/integration/real_cluster.rs. The rootfs is tests/standins/make-rootfs.sh: Kubernetes STAND-INS
 //! (kubeadm, kubelet, kubectl, a plain-HTTP apiserver) over the real containerd/runc, run by the
 //! real systemd units; ferry's code path is the production one. Images are the demo's offline
-//! stand-ins (examples/demo/make-images.sh).
+//! stand-ins (tests/fixtures/standin-bundle/make-images.sh).
 
 use ferry_tests::lab::{Host, Lab};
 use std::path::{Path, PathBuf};

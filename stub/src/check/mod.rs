@@ -149,6 +149,20 @@ fn held(image: &str, refs: &BTreeSet<String>, digests: &BTreeSet<String>) -> boo
     n.split_once('@').is_some_and(|(_, d)| digests.contains(d))
 }
 
+/// The containers of `p` waiting because their image cannot be pulled.
+fn pull_failures(p: &Pod) -> Vec<String> {
+    let statuses = p.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    statuses
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            let reason = c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref());
+            matches!(reason, Some("ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "InvalidImageName"))
+        })
+        .map(|c| c.name.clone())
+        .collect()
+}
+
 fn pod_ready(p: &Pod) -> (bool, String) {
     let st = p.status.as_ref();
     let phase = st.and_then(|s| s.phase.clone()).unwrap_or_default();
@@ -304,15 +318,20 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             d,
         );
     }
-    // Images of running pods, in the built-in registry.
+    // Images of running pods, and of pods stuck pulling, in the built-in registry.
     let (refs, digests) = registry_images(payload);
     let mut seen = BTreeSet::new();
     for p in &pods.items {
-        if p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let stuck = pull_failures(p);
+        if !running && stuck.is_empty() {
             continue;
         }
         for c in p.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default() {
             let Some(img) = &c.image else { continue };
+            if !running && !stuck.contains(&c.name) {
+                continue;
+            }
             if !seen.insert(img.clone()) {
                 continue;
             }

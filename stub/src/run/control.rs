@@ -179,13 +179,14 @@ pub async fn fresh_join_secrets<H: RemoteHost>(h: &H, masters_to_join: bool) -> 
         .ok_or_else(|| anyhow!("kubeadm token create printed no token: {}", out.tail(3)))?;
     let key = if masters_to_join {
         let key = crate::kube::secrets::certificate_key()?;
-        checked(
-            h,
-            &format!("kubeadm init phase upload-certs --upload-certs --certificate-key {key}"),
-            b"",
-            "kubeadm init phase upload-certs",
-        )
-        .await?;
+        // With master0's own init configuration (the new key in place of the old): without a
+        // configuration kubeadm asks the internet for the version and the default route for the
+        // address, and an air-gapped host has neither.
+        let cmd = format!(
+            "umask 077 && sed 's/^certificateKey: .*/certificateKey: \"{key}\"/' {KUBEADM_DIR}/init.yaml > {KUBEADM_DIR}/upload-certs.yaml && \
+             kubeadm init phase upload-certs --upload-certs --config {KUBEADM_DIR}/upload-certs.yaml"
+        );
+        checked(h, &cmd, b"", "kubeadm init phase upload-certs").await?;
         Some(key)
     } else {
         None
