@@ -94,7 +94,9 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
             .index()
             .entries
             .iter()
-            .filter_map(|e| e.path.strip_prefix("rootfs/").or_else(|| e.path.strip_prefix("files/")).map(|p| format!("/{p}")))
+            .filter_map(|e| {
+                e.path.strip_prefix("rootfs/").or_else(|| e.path.strip_prefix("files/")).map(|p| format!("/{p}"))
+            })
             .collect();
         let containerd_ours = rootfs.iter().any(|p| p.ends_with("/bin/containerd"));
         let list = rootfs.join("\n");
@@ -174,7 +176,10 @@ async fn leave_cluster(found: &crate::run::locate::Found, targets: &[String]) {
     }
     .await;
     if let Err(e) = result {
-        eprintln!("warning: the cluster could not be told through {} that the reset hosts leave ({e:#}); their Node objects may remain", keeper.ip);
+        eprintln!(
+            "warning: the cluster could not be told through {} that the reset hosts leave ({e:#}); their Node objects may remain",
+            keeper.ip
+        );
     }
 }
 

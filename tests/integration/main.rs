@@ -1,7 +1,6 @@
 //! One integration-test binary; each module covers one area.
 mod build_kubernetes_script;
 mod build_verify;
-mod standin_cluster;
 mod fetch_script;
 mod images;
 mod kubeadm_real;
@@ -13,3 +12,4 @@ mod real_kubelet;
 mod registry;
 mod relay;
 mod run;
+mod standin_cluster;

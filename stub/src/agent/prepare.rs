@@ -63,7 +63,10 @@ pub fn module_present(name: &str) -> bool {
     let builtin = std::fs::read_to_string(format!("/lib/modules/{}/modules.builtin", release.trim()))
         .unwrap_or_default()
         .lines()
-        .any(|l| l.rsplit('/').next().and_then(|f| f.strip_suffix(".ko")).map(|m| m.replace('-', "_")) == Some(name.replace('-', "_")));
+        .any(|l| {
+            l.rsplit('/').next().and_then(|f| f.strip_suffix(".ko")).map(|m| m.replace('-', "_"))
+                == Some(name.replace('-', "_"))
+        });
     builtin
         || Path::new("/sys/module").join(name).exists()
         || (name == "br_netfilter" && Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists())
@@ -193,8 +196,7 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
         };
         payload.extract(&opts, &|_| {}).context("extracting the rootfs and files")?;
         for t in &trees {
-            install_tree(&stage.join(t), root, &mut report)
-                .with_context(|| format!("installing the bundle's {t}"))?;
+            install_tree(&stage.join(t), root, &mut report).with_context(|| format!("installing the bundle's {t}"))?;
         }
         let _ = std::fs::remove_dir_all(&stage);
     }

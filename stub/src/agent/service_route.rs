@@ -75,9 +75,8 @@ pub fn ensure(units_dir: &Path, cidr: &str, node_ip: &str) -> Result<Option<Stri
         return Ok(None);
     }
     let show = Command::new("ip").args(["-o", "-4", "addr", "show"]).output().context("running ip addr show")?;
-    let dev = interface_of(&String::from_utf8_lossy(&show.stdout), node_ip).with_context(|| {
-        format!("no interface of this host holds {node_ip}, the address the cluster knows it by")
-    })?;
+    let dev = interface_of(&String::from_utf8_lossy(&show.stdout), node_ip)
+        .with_context(|| format!("no interface of this host holds {node_ip}, the address the cluster knows it by"))?;
     let text = unit_text(cidr, &dev, node_ip);
     let changed = std::fs::read_to_string(&unit_path).ok().as_deref() != Some(text.as_str());
     if changed {

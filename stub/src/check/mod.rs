@@ -305,7 +305,9 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
     }
     let launch_ns: BTreeSet<String> = crate::launch::steps(payload)?.iter().filter_map(|s| s.namespace()).collect();
     let bare = |p: &&Pod| p.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty());
-    for p in pods.items.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))).filter(bare) {
+    for p in
+        pods.items.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))).filter(bare)
+    {
         let (ok, d) = pod_ready(p);
         r.add(
             "workload",
@@ -428,7 +430,10 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
         .await?;
         let mut report = report;
         for (ip, e) in unreachable {
-            report.rows.insert(0, Row { check: "master".into(), object: ip, ok: false, detail: format!("unreachable over SSH: {e}") });
+            report.rows.insert(
+                0,
+                Row { check: "master".into(), object: ip, ok: false, detail: format!("unreachable over SSH: {e}") },
+            );
         }
         if args.run.json {
             println!("{}", serde_json::to_string(&report)?);

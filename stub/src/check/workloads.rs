@@ -99,7 +99,8 @@ mod tests {
             r#"{"metadata":{"name":"web"},"spec":{"replicas":2,"selector":{},"template":{}},"status":{"availableReplicas":2,"updatedReplicas":2}}"#,
         );
         assert_eq!(deployment(&d).unwrap(), ("deployment default/web".into(), true, "2/2 replicas available".into()));
-        let dns: Deployment = parse(r#"{"metadata":{"name":"coredns","namespace":"kube-system"},"spec":{"selector":{},"template":{}}}"#);
+        let dns: Deployment =
+            parse(r#"{"metadata":{"name":"coredns","namespace":"kube-system"},"spec":{"selector":{},"template":{}}}"#);
         assert!(deployment(&dns).is_none());
         let ds: DaemonSet = parse(
             r#"{"metadata":{"name":"kube-flannel-ds","namespace":"kube-flannel"},"spec":{"selector":{},"template":{}},"status":{"desiredNumberScheduled":3,"numberAvailable":2,"currentNumberScheduled":3,"numberMisscheduled":0,"numberReady":2}}"#,

@@ -272,9 +272,17 @@ pub async fn bootstrap<H: RemoteHost>(
         let secrets = JoinSecrets { token: token.clone(), ca_cert_hash: hash, certificate_key: key.clone() };
         // Masters one at a time: each new etcd member must be in before the next.
         for &i in &masters_pending {
-            join_one(ctx, h0.as_ref(), hosts[i].as_ref(), &ctx.cluster.hosts[i], &inputs, &secrets, JoinRole::ControlPlane)
-                .await
-                .map_err(|e| phase_error(ctx, &ctx.cluster.hosts[i], e))?;
+            join_one(
+                ctx,
+                h0.as_ref(),
+                hosts[i].as_ref(),
+                &ctx.cluster.hosts[i],
+                &inputs,
+                &secrets,
+                JoinRole::ControlPlane,
+            )
+            .await
+            .map_err(|e| phase_error(ctx, &ctx.cluster.hosts[i], e))?;
         }
         let results = parallel(workers_pending.len(), limit, |k| {
             let i = workers_pending[k];
