@@ -518,7 +518,11 @@ spec:
   hosts:
     - {{ips: [10.88.0.11], roles: [master, registry]}}
     - {{ips: [{workers}], roles: [worker]}}
-  registry: {{port: 5050}}",
+  registry: {{port: 5050}}
+  kubeadm:
+    kubeletConfiguration:
+      evictionHard: {{nodefs.available: '0%', nodefs.inodesFree: '0%', imagefs.available: '0%'}}
+      imageGCHighThresholdPercent: 100",
             workers = (2..=NODES).map(|i| Host::Node(i).ip()).collect::<Vec<_>>().join(", ")
         )
     );
