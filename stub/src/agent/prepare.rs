@@ -76,7 +76,8 @@ pub fn module_present(name: &str) -> bool {
             .any(|l| l.split_whitespace().last() == Some(name))
 }
 
-fn sh(cmd: &str, args: &[&str]) -> Result<String> {
+/// Runs a program, failing with its last lines of stderr; returns its stdout.
+pub(super) fn sh(cmd: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
     if !out.status.success() {
         bail!("{cmd} {} failed: {}", args.join(" "), crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3));

@@ -8,6 +8,7 @@
 //! the service subnet on the interface that carries the node's own address, through a oneshot
 //! unit so that it is back after a reboot. Hosts that already route the subnet are left alone.
 
+use super::prepare::sh;
 use anyhow::{Context, Result, bail};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -81,26 +82,18 @@ pub fn ensure(units_dir: &Path, cidr: &str, node_ip: &str) -> Result<Option<Stri
     let changed = std::fs::read_to_string(&unit_path).ok().as_deref() != Some(text.as_str());
     if changed {
         crate::registry::config::write_atomic(&unit_path, text.as_bytes())?;
-        run("systemctl", &["daemon-reload"])?;
+        sh("systemctl", &["daemon-reload"])?;
     }
-    run("systemctl", &["enable", UNIT])?;
+    sh("systemctl", &["enable", UNIT])?;
     if changed {
-        run("systemctl", &["restart", UNIT])?;
+        sh("systemctl", &["restart", UNIT])?;
     } else {
-        run("systemctl", &["start", UNIT])?;
+        sh("systemctl", &["start", UNIT])?;
     }
     if !routable(first_address(cidr)?) {
         bail!("{UNIT} ran, but {cidr} is still not routable here");
     }
     Ok(changed.then(|| format!("{cidr} routed to {dev} ({UNIT}): this host has no default route")))
-}
-
-fn run(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

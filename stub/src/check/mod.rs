@@ -353,22 +353,27 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
 }
 
 /// [`check`] until the cluster is healthy or `wait` has passed, whichever comes first; returns the
-/// last report. `progress` sees each unhealthy report while it waits (a freshly made cluster
-/// needs a minute or two for its CNI, CoreDNS and workloads to become Ready).
+/// last report. `progress` sees an unhealthy report at most once per `every` while it waits (a
+/// freshly made cluster needs a minute or two for its CNI, CoreDNS and workloads to become Ready).
 pub async fn check_until_healthy<H: RemoteHost>(
     cluster: &Cluster,
     payload: &Payload,
     master: &H,
     wait: Duration,
+    every: Duration,
     mut progress: impl FnMut(&Report, Duration),
 ) -> Result<Report> {
     let started = Instant::now();
+    let mut last_said: Option<Instant> = None;
     loop {
         let report = check(cluster, payload, master).await?;
         if report.healthy() || started.elapsed() >= wait {
             return Ok(report);
         }
-        progress(&report, started.elapsed());
+        if last_said.is_none_or(|t| t.elapsed() >= every) {
+            progress(&report, started.elapsed());
+            last_said = Some(Instant::now());
+        }
         tokio::time::sleep(Duration::from_secs(3).min(wait.saturating_sub(started.elapsed()))).await;
     }
 }
@@ -420,15 +425,13 @@ pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
             )
         })?;
         let wait = Duration::from_secs(args.run.wait.unwrap_or(0));
-        let mut last_said = Instant::now() - Duration::from_secs(60);
-        let report = check_until_healthy(&found.cluster, &payload, h.as_ref(), wait, |r, waited| {
-            if !args.run.json && last_said.elapsed() >= Duration::from_secs(15) {
-                eprintln!("{}", waiting_line(r, waited));
-                last_said = Instant::now();
-            }
-        })
-        .await?;
-        let mut report = report;
+        let mut report =
+            check_until_healthy(&found.cluster, &payload, h.as_ref(), wait, Duration::from_secs(15), |r, waited| {
+                if !args.run.json {
+                    eprintln!("{}", waiting_line(r, waited));
+                }
+            })
+            .await?;
         for (ip, e) in unreachable {
             report.rows.insert(
                 0,

@@ -919,20 +919,12 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
     // The post-delivery check, as `installer check` runs it, once the cluster has settled.
     let wait = Duration::from_secs(args.wait.unwrap_or(DEFAULT_WAIT_SECS));
     let master = hosts[m0].addr().to_string();
-    let mut last_said = Instant::now() - Duration::from_secs(60);
+    let every = Duration::from_secs(10);
     let report =
-        crate::check::check_until_healthy(&ctx.cluster, &ctx.payload, hosts[m0].as_ref(), wait, |r, waited| {
-            if last_said.elapsed() >= Duration::from_secs(10) {
-                let failing = r.rows.iter().filter(|r| !r.ok).count();
-                ctx.rep.event(
-                    &master,
-                    "check",
-                    "waiting",
-                    &crate::check::waiting_line(r, waited),
-                    serde_json::json!({"failing": failing}),
-                );
-                last_said = Instant::now();
-            }
+        crate::check::check_until_healthy(&ctx.cluster, &ctx.payload, hosts[m0].as_ref(), wait, every, |r, waited| {
+            let failing = r.rows.iter().filter(|r| !r.ok).count();
+            let line = crate::check::waiting_line(r, waited);
+            ctx.rep.event(&master, "check", "waiting", &line, serde_json::json!({"failing": failing}));
         })
         .await?;
     ctx.rep.line("check", &report.table(), serde_json::to_value(&report).unwrap_or_default());
