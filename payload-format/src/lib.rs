@@ -24,6 +24,7 @@ mod error;
 mod extract;
 mod index;
 mod keys;
+mod layout;
 mod pipeline;
 mod reader;
 mod trailer;
@@ -33,28 +34,8 @@ pub use error::{Error, Result};
 pub use extract::{ExtractOptions, ExtractSummary};
 pub use index::{BundleMetadata, Compression, Entry, EntryKind, Index};
 pub use keys::{PublicKey, SecretKey, SignatureStatus, TrustPolicy};
+pub(crate) use layout::align_up;
+pub use layout::{ALIGN, DEFAULT_CHUNK_SIZE, DEFAULT_FRAME_SIZE, Digest, sha256};
 pub use reader::Payload;
 pub use trailer::{FORMAT_VERSION, TRAILER_LEN, TRAILER_MAGIC, Trailer};
 pub use writer::{PayloadWriter, WriteSummary, WriterOptions};
-
-/// Entries (and the data region) start on multiples of this many bytes.
-pub const ALIGN: u64 = 4096;
-
-/// Size of one hashed chunk of the data region, unless the writer chooses otherwise.
-pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
-
-/// Uncompressed bytes per zstd frame, unless the writer chooses otherwise.
-pub const DEFAULT_FRAME_SIZE: u32 = 2 << 20;
-
-/// A SHA-256 digest.
-pub type Digest = [u8; 32];
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> Digest {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(data).into()
-}
-
-pub(crate) fn align_up(value: u64) -> u64 {
-    value.div_ceil(ALIGN) * ALIGN
-}
