@@ -52,8 +52,8 @@ pub enum Command {
     /// cluster is found with --master IP or the local state).
     Join(Box<ClusterCommandArgs>),
     /// Node-side commands `run` starts on each host over SSH (not for direct use).
-    #[command(subcommand, hide = true)]
-    Agent(AgentCommand),
+    #[command(hide = true)]
+    Agent(AgentArgs),
     /// The node-local Kubernetes API load balancer (runs as ferry-lb.service on every node):
     /// a TCP proxy over all masters' apiservers with health checks; SIGHUP re-reads the config.
     Lb(crate::lb::LbArgs),
@@ -282,8 +282,24 @@ pub struct ClusterCommandArgs {
     pub run: RunArgs,
 }
 
+/// `agent`: the node side of `run`, started by it over SSH. Every call first prints a hello
+/// line (`{"protocol":N,"build":"…"}`), then its answer.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The ferry protocol version the calling installer speaks; the agent stops when it is not
+    /// its own (see `protocol` in docs/architecture.md).
+    #[arg(long, value_name = "N", global = true)]
+    pub protocol: Option<u32>,
+    /// The calling installer's build, for the message when the versions differ.
+    #[arg(long, value_name = "VERSION", global = true)]
+    pub build: Option<String>,
+    /// The call.
+    #[command(subcommand)]
+    pub command: AgentCommand,
+}
+
 /// `agent` subcommands (run on the node, as root, by `run`).
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum AgentCommand {
     /// Print this host's facts as JSON.
     Facts {

@@ -15,6 +15,7 @@ pub mod kube;
 pub mod launch;
 pub mod lb;
 pub mod printer;
+pub mod protocol;
 pub mod registry;
 pub mod reset;
 pub mod run;

@@ -6,15 +6,24 @@
 //! `installer registry serve`), `check-pull` (containerd resolves and pulls a bundled image
 //! through the mirror) and `record`/`state` (per-phase records under /var/lib/ferry/state/).
 //! The operator side only sends data and small JSON plans; no long shell strings.
+//!
+//! Every call, what it reads and what it answers are `protocol` types: [`main`] turns the
+//! command line into a [`Call`], and [`serve`] checks the operator's protocol version, greets
+//! with this agent's [`Hello`] and runs the call.
 
+#[cfg(test)]
+pub mod local;
 pub mod prepare;
 pub mod receive;
 pub mod relay;
 pub mod service_route;
 
+pub use crate::protocol::{Facts, Record};
+
+use crate::protocol::{Call, Hello, PreparePlan, check_operator, encode_line};
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 /// ferry's directory on every node.
@@ -25,54 +34,6 @@ pub const AGENT_PATH: &str = "/var/lib/ferry/agent";
 pub const INSTALLER_PATH: &str = "/var/lib/ferry/installer";
 /// Per-phase records.
 pub const STATE_DIR: &str = "/var/lib/ferry/state";
-
-/// What preflight needs to know about a host.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Facts {
-    /// Host name.
-    pub hostname: String,
-    /// `uname -m`.
-    pub arch: String,
-    /// Kernel release.
-    pub kernel: String,
-    /// PRETTY_NAME from /etc/os-release.
-    pub os: String,
-    /// Whether systemd is PID 1.
-    pub systemd: bool,
-    /// Online CPUs.
-    pub cpus: u64,
-    /// MemTotal in bytes.
-    pub mem_bytes: u64,
-    /// MAC addresses of non-loopback interfaces.
-    pub macs: Vec<String>,
-    /// /sys/class/dmi/id/product_uuid (empty when unreadable).
-    pub product_uuid: String,
-    /// /etc/machine-id.
-    pub machine_id: String,
-    /// Host clock, milliseconds since the epoch.
-    pub time_ms: u64,
-    /// Free bytes where /var/lib/ferry lives.
-    pub disk_free: u64,
-    /// Active swap in bytes.
-    pub swap_bytes: u64,
-    /// TCP ports in LISTEN state.
-    pub listening: Vec<u16>,
-    /// Who listens on each of those ports (`comm (pid N)`), where /proc tells.
-    #[serde(default)]
-    pub listeners: BTreeMap<u16, String>,
-    /// Container runtimes or kubelets already present (paths or sockets).
-    pub runtimes: Vec<String>,
-    /// Tools from the asked list that are missing from PATH.
-    pub tools_missing: Vec<String>,
-    /// Trailer (hex SHA-256 of the last 128 bytes) of /var/lib/ferry/installer, if any.
-    pub installer: Option<String>,
-    /// Whether ferry's registry unit is active here.
-    pub ferry_registry_active: bool,
-    /// `v2` (unified hierarchy), `v1` (legacy or hybrid) or empty when unknown: what
-    /// `stat -fc %T /sys/fs/cgroup` tells (cgroup2fs, tmpfs).
-    #[serde(default)]
-    pub cgroup: String,
-}
 
 /// The cgroup version of the hierarchy mounted at `dir`: `v2` on a cgroup2 filesystem, `v1` on
 /// tmpfs (the legacy and hybrid layouts, whose controllers are mounted below it), empty otherwise.
@@ -115,16 +76,17 @@ pub fn free_space(p: &Path) -> u64 {
     st.f_bavail as u64 * st.f_frsize as u64
 }
 
-/// Hex SHA-256 of the last 128 bytes of a file: identifies an installer build.
+/// Hex SHA-256 of the trailer (the last bytes) of a file: identifies an installer build.
 pub fn trailer_id(p: &Path) -> Option<String> {
+    use payload_format::TRAILER_LEN;
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(p).ok()?;
     let len = f.metadata().ok()?.len();
-    if len < 128 {
+    if len < TRAILER_LEN as u64 {
         return None;
     }
-    let mut t = [0u8; 128];
-    f.read_exact_at(&mut t, len - 128).ok()?;
+    let mut t = [0u8; TRAILER_LEN];
+    f.read_exact_at(&mut t, len - TRAILER_LEN as u64).ok()?;
     Some(hex::encode(payload_format::sha256(&t)))
 }
 
@@ -304,22 +266,6 @@ pub fn facts(tools: &[String]) -> Facts {
     }
 }
 
-/// One completed phase on one host. Holds no secret.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Record {
-    /// Cluster name.
-    pub cluster: String,
-    /// Phase name.
-    pub phase: String,
-    /// Installer build (trailer id).
-    pub installer: String,
-    /// Seconds since the epoch.
-    pub completed: u64,
-    /// Free-form details (bytes sent, warnings).
-    #[serde(default)]
-    pub detail: serde_json::Value,
-}
-
 /// Writes a record atomically under /var/lib/ferry/state/<cluster>/<phase>.json.
 pub fn record(root: &Path, rec: &Record) -> Result<()> {
     check_name(&rec.cluster)?;
@@ -353,67 +299,122 @@ fn check_name(s: &str) -> Result<()> {
     Ok(())
 }
 
-/// Entry point for `installer agent …`.
-pub fn main(cmd: &crate::cli::AgentCommand) -> Result<()> {
+/// Where an agent keeps and finds things: the node's places, or a test's.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Per-phase records (`record`, `state`).
+    pub state_dir: PathBuf,
+    /// This agent's own program, placed at the start of a received copy.
+    pub self_exe: PathBuf,
+}
+
+impl Node {
+    /// The places on a real node.
+    pub fn here() -> Node {
+        Node { state_dir: PathBuf::from(STATE_DIR), self_exe: PathBuf::from(crate::SELF_EXE) }
+    }
+}
+
+/// The typed call a command line asks for.
+pub fn call_of(cmd: &crate::cli::AgentCommand) -> Call {
     use crate::cli::AgentCommand as C;
-    match cmd {
+    match cmd.clone() {
         C::Facts { tools } => {
-            let tools: Vec<String> =
-                tools.iter().flat_map(|t| t.split(',')).filter(|t| !t.is_empty()).map(String::from).collect();
-            println!("{}", serde_json::to_string(&facts(&tools))?);
-            Ok(())
+            Call::Facts { tools: tools.iter().flat_map(|t| t.split(',')).filter(|t| !t.is_empty()).map(String::from).collect() }
         }
         C::Receive { dest, signer, allow_unsigned, relay_listen } => {
+            Call::Receive { dest, signer, allow_unsigned, relay_listen }
+        }
+        C::Prepare => Call::Prepare,
+        C::RegistryService { port, allow_unsigned } => Call::RegistryService { port, allow_unsigned },
+        C::CheckPull { image, timeout, endpoints } => Call::CheckPull { image, endpoints, timeout },
+        C::Record { cluster, phase, installer } => Call::Record { cluster, phase, installer },
+        C::State { cluster } => Call::State { cluster },
+    }
+}
+
+/// Entry point for `installer agent …`: stdin and stdout are the session.
+pub fn main(args: &crate::cli::AgentArgs) -> Result<()> {
+    let call = call_of(&args.command);
+    if matches!(call, Call::Receive { .. }) {
+        // A 1 MiB pipe from sshd instead of 64 KiB: fewer, larger reads and wake-ups while
+        // chunks stream in. Not a pipe, or over the limit: stays as it is.
+        // SAFETY: fcntl on stdin, which this process owns.
+        unsafe { libc::fcntl(0, libc::F_SETPIPE_SZ, 1 << 20) };
+    }
+    let stdin = std::io::stdin();
+    // A small buffer: reads of a whole chunk then go straight from the pipe into the chunk's
+    // buffer instead of through this one (one copy fewer per byte).
+    let mut input = std::io::BufReader::with_capacity(64 << 10, stdin.lock());
+    let mut out = std::io::stdout().lock();
+    serve(args.protocol, args.build.as_deref(), &call, &mut input, &mut out, &Node::here())
+}
+
+/// One agent session: greets with this agent's [`Hello`], stops when the operator speaks
+/// another protocol version (`protocol`, `build`: what it said it speaks), else runs `call`.
+pub fn serve(
+    protocol: Option<u32>,
+    build: Option<&str>,
+    call: &Call,
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+    node: &Node,
+) -> Result<()> {
+    output.write_all(Hello::ours().line().as_bytes())?;
+    output.flush()?;
+    check_operator(protocol, build)?;
+    match call {
+        Call::Facts { tools } => answer(output, &facts(tools)),
+        Call::Receive { dest, signer, allow_unsigned, relay_listen } => {
             let opts = receive::ReceiveOptions {
                 dest: dest.clone(),
                 signer: signer.clone(),
                 allow_unsigned: *allow_unsigned,
-                stub: PathBuf::from(crate::SELF_EXE),
+                stub: node.self_exe.clone(),
                 relay_listen: *relay_listen,
             };
-            // A 1 MiB pipe from sshd instead of 64 KiB: fewer, larger reads and wake-ups while
-            // chunks stream in. Not a pipe, or over the limit: stays as it is.
-            // SAFETY: fcntl on stdin, which this process owns.
-            unsafe { libc::fcntl(0, libc::F_SETPIPE_SZ, 1 << 20) };
-            let stdin = std::io::stdin();
-            // A small buffer: reads of a whole chunk then go straight from the pipe into the
-            // chunk's buffer instead of through this one (one copy fewer per byte).
-            let mut input = std::io::BufReader::with_capacity(64 << 10, stdin.lock());
-            let mut out = std::io::stdout().lock();
-            receive::receive(&mut input, &mut out, &opts).map(|_| ())
+            receive::receive(input, output, &opts).map(|_| ())
         }
-        C::Prepare => {
-            let mut plan = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut plan)?;
-            let plan: prepare::Plan = serde_json::from_str(&plan).context("reading the prepare plan")?;
-            let report = prepare::prepare(&plan)?;
-            println!("{}", serde_json::to_string(&report)?);
-            Ok(())
+        Call::Prepare => {
+            let plan: PreparePlan = crate::protocol::decode("the prepare plan", &read_all(input)?)?;
+            answer(output, &prepare::prepare(&plan)?)
         }
-        C::RegistryService { port, allow_unsigned } => prepare::registry_service(*port, *allow_unsigned),
-        C::CheckPull { image, timeout, endpoints } => prepare::check_pull(image, endpoints, *timeout),
-        C::Record { cluster, phase, installer } => {
-            let mut detail = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut detail)?;
-            let detail = serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null);
+        Call::RegistryService { port, allow_unsigned } => prepare::registry_service(*port, *allow_unsigned),
+        Call::CheckPull { image, endpoints, timeout } => prepare::check_pull(image, endpoints, *timeout),
+        Call::Record { cluster, phase, installer } => {
+            let detail = read_all(input)?;
+            // No detail at all is a record without one; a detail that is not JSON is refused,
+            // not recorded as nothing.
+            let detail = if detail.iter().all(u8::is_ascii_whitespace) {
+                serde_json::Value::Null
+            } else {
+                crate::protocol::decode("the record's detail", &detail)?
+            };
             let completed =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            record(
-                Path::new(STATE_DIR),
-                &Record {
-                    cluster: cluster.clone(),
-                    phase: phase.clone(),
-                    installer: installer.clone(),
-                    completed,
-                    detail,
-                },
-            )
+            let rec = Record {
+                cluster: cluster.clone(),
+                phase: phase.clone(),
+                installer: installer.clone(),
+                completed,
+                detail,
+            };
+            record(&node.state_dir, &rec)
         }
-        C::State { cluster } => {
-            println!("{}", serde_json::to_string(&state(Path::new(STATE_DIR), cluster)?)?);
-            Ok(())
-        }
+        Call::State { cluster } => answer(output, &state(&node.state_dir, cluster)?),
     }
+}
+
+fn read_all(input: &mut impl BufRead) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(input, &mut buf).context("reading stdin")?;
+    Ok(buf)
+}
+
+fn answer<T: serde::Serialize>(output: &mut impl Write, msg: &T) -> Result<()> {
+    output.write_all(encode_line(msg).as_bytes())?;
+    output.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,45 +2,13 @@
 //! the node's own copy of the installer (/var/lib/ferry/installer), every file written
 //! atomically and left alone when already right, so a re-run changes nothing.
 
+pub use crate::protocol::{PreparePlan as Plan, PrepareReport as Report};
+
 use super::{FERRY_DIR, INSTALLER_PATH};
 use crate::registry::config::write_atomic;
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// What the operator asks a node to do.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Plan {
-    /// Built-in registry URLs (`http://IP:PORT`), in preference order.
-    pub registry_endpoints: Vec<String>,
-    /// `/etc/hosts` entries (address, name).
-    pub hosts_entries: Vec<(String, String)>,
-    /// Accept an unsigned installer (the operator accepted it).
-    pub allow_unsigned: bool,
-    /// Filesystem root to install into (`/`; tests use a directory).
-    #[serde(default = "slash")]
-    pub root: PathBuf,
-    /// The cluster's Service subnet, made routable when the host has no route to it.
-    #[serde(default)]
-    pub service_subnet: Option<String>,
-    /// The address the cluster knows this host by.
-    #[serde(default)]
-    pub node_ip: Option<String>,
-}
-
-fn slash() -> PathBuf {
-    PathBuf::from("/")
-}
-
-/// What preparation did.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Report {
-    /// Files installed or replaced.
-    pub changed: Vec<String>,
-    /// Things that were tolerated (EPERM sysctls in containers, missing optional modules).
-    pub warnings: Vec<String>,
-}
 
 /// Kernel settings Kubernetes nodes need.
 pub const SYSCTLS: &[(&str, &str)] = &[

@@ -4,25 +4,19 @@
 //! tells this agent to pull them from a relay host that already has them (see
 //! [`super::relay`]); either way this side writes them at their own offsets of a full-length
 //! sparse copy of the installer, so the result is itself a runnable, `Payload`-readable installer
-//! holding exactly the entries this host needs. Protocol (all integers little-endian u64):
-//!
-//! ```text
-//! -> "FERRY-RECV2\n" file_len tail_len tail(index_offset..file_len) want_count want[…]
-//!    secret_len(0 or 32) secret
-//! <- {"missing":[chunk,…],"have":N,"relay":{"port":P}}\n     ("relay" only when listening)
-//! -> frames: (chunk_no bytes(chunk))… then END, or PULL json_len json(Upstream)
-//! <- after PULL: {"progress":B}\n… then the final line, or {"lost":"why","missing":[…]}\n
-//!    and the operator sends further frames (another PULL, or the chunks themselves)
-//! <- {"ok":true,"chunks":K,"bytes":B,"had":H}\n   or {"ok":false,"error":"…"}\n
-//! -> with a relay listener: the operator closes stdin when every host is done, and the
-//!    listener closes with it
-//! ```
+//! holding exactly the entries this host needs. The stream and the answer lines are
+//! `protocol::receive`.
 //!
 //! Every chunk is checked against the signed index before it is written; chunks already present
 //! and correct (in the finished file or in an interrupted `.part`) are not asked for again; the
 //! finished file replaces the old one by rename, so readers see the old file or the new one.
 
-use super::relay::{self, KEEPALIVE, Shelf, Upstream};
+use super::relay::{self, Shelf};
+use crate::protocol::receive::{
+    END, Event, Header, KEEPALIVE, Offer, Opening, Outcome, PULL, RelayPort, Word, decode_pull,
+};
+use crate::protocol::codec::read_u64;
+use crate::protocol::relay::Upstream;
 use anyhow::{Context, Result, bail};
 use payload_format::{Payload, TRAILER_LEN, Trailer};
 use std::collections::BTreeSet;
@@ -31,13 +25,6 @@ use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// First line of the stream.
-pub const MAGIC: &[u8] = b"FERRY-RECV2\n";
-/// Ends the chunk stream.
-pub const END: u64 = u64::MAX;
-/// Tells the agent to pull from a relay: a length-prefixed JSON [`Upstream`] follows.
-pub const PULL: u64 = u64::MAX - 1;
 
 /// What the receiving side insists on.
 #[derive(Clone, Debug, Default)]
@@ -55,22 +42,7 @@ pub struct ReceiveOptions {
     pub relay_listen: Option<std::net::IpAddr>,
 }
 
-/// What a receive did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Received {
-    /// Chunks written.
-    pub chunks: u64,
-    /// Bytes written.
-    pub bytes: u64,
-    /// Chunks that were already present.
-    pub had: u64,
-}
-
-fn read_u64(r: &mut impl Read) -> Result<u64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b).context("the stream ended early")?;
-    Ok(u64::from_le_bytes(b))
-}
+pub use crate::protocol::receive::Received;
 
 fn same_tail(path: &Path, file_len: u64, trailer: &[u8]) -> bool {
     let Ok(f) = File::open(path) else { return false };
@@ -137,11 +109,7 @@ pub fn receive(input: &mut impl BufRead, output: &mut impl Write, opts: &Receive
     let mut relaying = false;
     match receive_inner(input, output, opts, &mut relaying) {
         Ok(r) => {
-            writeln!(
-                output,
-                "{}",
-                serde_json::json!({"ok": true, "chunks": r.chunks, "bytes": r.bytes, "had": r.had})
-            )?;
+            output.write_all(Event::Finished(Outcome::Done(r.clone())).line().as_bytes())?;
             output.flush()?;
             if relaying {
                 // Downstream hosts may still be pulling from this one: keep the listener until
@@ -152,7 +120,7 @@ pub fn receive(input: &mut impl BufRead, output: &mut impl Write, opts: &Receive
             Ok(r)
         }
         Err(e) => {
-            let _ = writeln!(output, "{}", serde_json::json!({"ok": false, "error": format!("{e:#}")}));
+            let _ = output.write_all(Event::Finished(Outcome::Failed(format!("{e:#}"))).line().as_bytes());
             let _ = output.flush();
             Err(e)
         }
@@ -182,40 +150,13 @@ fn receive_inner(
     opts: &ReceiveOptions,
     relaying: &mut bool,
 ) -> Result<Received> {
-    let mut magic = [0u8; MAGIC.len()];
-    input.read_exact(&mut magic).context("reading the stream header")?;
-    if magic != MAGIC {
-        bail!("this is not a ferry distribution stream (different installer version?)");
-    }
-    let file_len = read_u64(input)?;
-    let tail_len = read_u64(input)?;
-    if tail_len < TRAILER_LEN as u64 || tail_len > (300 << 20) || tail_len > file_len {
-        bail!("bad tail length {tail_len}");
-    }
-    let mut tail = vec![0u8; tail_len as usize];
-    input.read_exact(&mut tail).context("reading the index")?;
-    let trailer_bytes: [u8; TRAILER_LEN] = tail[tail.len() - TRAILER_LEN..].try_into().unwrap();
+    let Header { file_len, tail, want, secret } = Header::decode(input, TRAILER_LEN as u64)?;
+    let trailer_bytes: [u8; TRAILER_LEN] =
+        tail[tail.len() - TRAILER_LEN..].try_into().context("the tail is shorter than a trailer")?;
     let trailer = Trailer::decode(&trailer_bytes, file_len, &opts.dest)?;
-    if trailer.index_offset != file_len - tail_len {
+    if trailer.index_offset != file_len - tail.len() as u64 {
         bail!("the index does not start where the trailer says");
     }
-    let want_count = read_u64(input)?;
-    if want_count > 1 << 32 {
-        bail!("bad chunk count {want_count}");
-    }
-    let mut want = Vec::with_capacity(want_count as usize);
-    for _ in 0..want_count {
-        want.push(read_u64(input)?);
-    }
-    let secret = match read_u64(input)? {
-        0 => None,
-        32 => {
-            let mut s = [0u8; 32];
-            input.read_exact(&mut s).context("reading the relay secret")?;
-            Some(s)
-        }
-        n => bail!("bad relay secret length {n}"),
-    };
     let dir = opts.dest.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // One receiver per destination at a time. A receiver whose link was cut can sit blocked on
@@ -249,13 +190,13 @@ fn receive_inner(
     // gives the first answer.
     let mut answer = |payload: &Arc<Payload>, need: &[u64]| -> Result<Arc<Shelf>> {
         let shelf = Arc::new(Shelf::new(payload.chunk_count(), &want, need));
-        let mut line = serde_json::json!({"missing": need, "have": want.len() - need.len()});
+        let mut offer = Offer { missing: need.to_vec(), have: (want.len() - need.len()) as u64, relay: None };
         if let (Some(secret), Some(bind)) = (secret, opts.relay_listen) {
             let l = relay::serve(bind, secret, payload.clone(), shelf.clone())?;
-            line["relay"] = serde_json::json!({"port": l.port});
+            offer.relay = Some(RelayPort { port: l.port });
             *relaying = true;
         }
-        writeln!(output, "{line}")?;
+        output.write_all(Opening::Offer(offer).line().as_bytes())?;
         output.flush()?;
         Ok(shelf)
     };
@@ -316,7 +257,7 @@ fn receive_inner(
                     // Also a heartbeat: the operator takes a silent host for a lost one.
                     if last.elapsed() >= std::time::Duration::from_millis(500) {
                         last = std::time::Instant::now();
-                        let _ = writeln!(output, "{}", serde_json::json!({"progress": bytes}));
+                        let _ = output.write_all(Event::Progress { progress: bytes }.line().as_bytes());
                         let _ = output.flush();
                     }
                 };
@@ -356,7 +297,8 @@ fn receive_inner(
 /// Tells the operator a relay failed, with what is still missing; the operator answers with
 /// another source.
 fn report_lost(output: &mut impl Write, why: &str, remaining: &BTreeSet<u64>) -> Result<()> {
-    writeln!(output, "{}", serde_json::json!({"lost": why, "missing": remaining}))?;
+    let lost = Event::Lost { lost: why.to_string(), missing: remaining.iter().copied().collect() };
+    output.write_all(lost.line().as_bytes())?;
     output.flush()?;
     Ok(())
 }
@@ -393,7 +335,7 @@ fn land(
     let failed = AtomicBool::new(false);
     let error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let fail = |e: anyhow::Error| {
-        let mut slot = error.lock().unwrap();
+        let mut slot = error.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             *slot = Some(e);
         }
@@ -410,7 +352,7 @@ fn land(
             let (job_rx, fail, remaining_now) = (&job_rx, &fail, &remaining_now);
             scope.spawn(move || {
                 loop {
-                    let job = job_rx.lock().unwrap().recv();
+                    let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok((n, buf)) = job else { return };
                     // Chunks already read are landed even after a failure elsewhere (a cut
                     // link, a damaged neighbour): each is checked on its own, and whatever
@@ -432,7 +374,7 @@ fn land(
                                 libc::SYNC_FILE_RANGE_WRITE,
                             );
                         }
-                        remaining_now.lock().unwrap().remove(&n);
+                        remaining_now.lock().unwrap_or_else(|e| e.into_inner()).remove(&n);
                         on_landed(n);
                     }
                     // Always hand the buffer back, so the reading side never waits for one.
@@ -444,24 +386,22 @@ fn land(
         let mut allocated = 0;
         let read = (|| -> Result<()> {
             loop {
-                let n = read_u64(input)?;
-                if n == END {
-                    return Ok(());
-                }
-                if n == KEEPALIVE && source == Source::Relay {
-                    progress(got.bytes);
-                    continue;
-                }
-                if n == PULL && source == Source::Operator {
-                    let len = read_u64(input)?;
-                    if len > 64 << 10 {
-                        bail!("bad pull request length {len}");
+                let n = match Word::of(read_u64(input)?) {
+                    Word::End => return Ok(()),
+                    Word::Keepalive if source == Source::Relay => {
+                        progress(got.bytes);
+                        continue;
                     }
-                    let mut json = vec![0u8; len as usize];
-                    input.read_exact(&mut json).context("reading the pull request")?;
-                    stop = Stop::Pull(serde_json::from_slice(&json).context("reading the pull request")?);
-                    return Ok(());
-                }
+                    Word::Pull if source == Source::Operator => {
+                        stop = Stop::Pull(decode_pull(input)?);
+                        return Ok(());
+                    }
+                    Word::Chunk(n) => n,
+                    // A word out of place reads as the chunk number it is, which no chunk has:
+                    // refused below as not asked for.
+                    Word::Keepalive => KEEPALIVE,
+                    Word::Pull => PULL,
+                };
                 if failed.load(Ordering::SeqCst) {
                     return Ok(());
                 }
@@ -497,8 +437,8 @@ fn land(
             fail(e);
         }
     });
-    *remaining = remaining_now.into_inner().unwrap();
-    if let Some(e) = error.into_inner().unwrap() {
+    *remaining = remaining_now.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
     Ok(stop)

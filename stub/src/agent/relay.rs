@@ -7,55 +7,28 @@
 //! cannot alter data, only withhold it, and withholding is routed around by the operator.
 //!
 //! Authentication: the listener accepts nothing without a token. The operator gives each
-//! listener a fresh 32-byte secret over its SSH session, and each downstream host the token
-//! `sha256(secret ‖ "ferry relay token v1" ‖ len(name) ‖ name)` for its own name, over its own SSH
-//! session. A token opens one connection once; without one, the listener closes the connection
-//! before sending a byte. The listener lives only as long as the operator's session to its host.
-//!
-//! ```text
-//! downstream -> "FERRY-RELAY1\n" name_len name token[32] count chunk[count]     (u64 little-endian)
-//! upstream   <- ACCEPTED, then (chunk_no bytes(chunk) | KEEPALIVE)… END
-//!            <- or REFUSED msg_len msg
-//! ```
+//! listener a fresh 32-byte secret over its SSH session, and each downstream host the token for
+//! its own name (`protocol::relay::token`), over its own SSH session. A token opens one
+//! connection once; without one, the listener closes the connection before sending a byte. The
+//! listener lives only as long as the operator's session to its host. The wire itself is
+//! `protocol::relay`.
 
+use crate::protocol::codec::read_u64;
+use crate::protocol::receive::{END, KEEPALIVE};
+use crate::protocol::relay::{ACCEPTED, Reply, Secret, Upstream, decode_reply, decode_request_head, encode_request, encode_refusal, token};
 use anyhow::{Context, Result, bail};
 use payload_format::Payload;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashSet};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// First bytes of a downstream's hello.
-pub const HELLO: &[u8] = b"FERRY-RELAY1\n";
-/// The upstream took the hello; frames follow.
-pub const ACCEPTED: u64 = 0x4645_5252_594f_4b21;
-/// The upstream refused the hello; a length-prefixed message follows.
-pub const REFUSED: u64 = 0x4645_5252_594e_4f21;
-/// "Still here, nothing to send yet": sent while a relay waits for chunks from its own source.
-pub const KEEPALIVE: u64 = u64::MAX - 2;
 /// How often an idle relay says it is still there.
 pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(2);
 /// A pulling host gives up on a relay that sent nothing, not even a keepalive, for this long.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
-const TOKEN_CONTEXT: &[u8] = b"ferry relay token v1";
-const SECRET_LEN: usize = 32;
-
-/// The secret a listener checks tokens against.
-pub type Secret = [u8; SECRET_LEN];
-
-/// The token that lets the host called `name` pull from the listener holding `secret`.
-pub fn token(secret: &Secret, name: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(secret);
-    h.update(TOKEN_CONTEXT);
-    h.update((name.len() as u64).to_le_bytes());
-    h.update(name.as_bytes());
-    h.finalize().into()
-}
-
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     // Constant time: a token guesser learns nothing from how long the comparison took.
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -84,7 +57,7 @@ impl Shelf {
 
     /// Records a chunk that has been checked and written.
     pub fn landed(&self, n: u64) {
-        if let Some(slot) = self.have.lock().unwrap().get_mut(n as usize) {
+        if let Some(slot) = self.have.lock().unwrap_or_else(|e| e.into_inner()).get_mut(n as usize) {
             *slot = true;
         }
         self.landed.notify_all();
@@ -93,13 +66,14 @@ impl Shelf {
     /// Removes from `pending` and returns the first chunk of it that is on the shelf, waiting up
     /// to `wait` for one to land. `None` when nothing arrived in time.
     fn take(&self, pending: &mut BTreeSet<u64>, wait: Duration) -> Option<u64> {
-        let mut have = self.have.lock().unwrap();
+        // A poisoned lock still holds a valid list: a flag is set or not.
+        let mut have = self.have.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(&n) = pending.iter().find(|&&n| have[n as usize]) {
                 pending.remove(&n);
                 return Some(n);
             }
-            let (guard, timeout) = self.landed.wait_timeout(have, wait).unwrap();
+            let (guard, timeout) = self.landed.wait_timeout(have, wait).unwrap_or_else(|e| e.into_inner());
             have = guard;
             if timeout.timed_out() {
                 return pending.iter().find(|&&n| have[n as usize]).copied().inspect(|n| {
@@ -142,17 +116,8 @@ pub fn serve(bind: IpAddr, secret: Secret, payload: Arc<Payload>, shelf: Arc<She
     Ok(Listener { port })
 }
 
-fn read_u64(r: &mut impl Read) -> Result<u64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b)?;
-    Ok(u64::from_le_bytes(b))
-}
-
 fn refuse(mut conn: &TcpStream, why: &str) -> Result<()> {
-    let mut msg = REFUSED.to_le_bytes().to_vec();
-    msg.extend_from_slice(&(why.len() as u64).to_le_bytes());
-    msg.extend_from_slice(why.as_bytes());
-    let _ = conn.write_all(&msg);
+    let _ = conn.write_all(&encode_refusal(why));
     bail!("refused a downstream host: {why}");
 }
 
@@ -168,24 +133,11 @@ fn serve_one(
     conn.set_write_timeout(Some(SILENCE_LIMIT * 4))?;
     conn.set_nodelay(true)?;
     let mut r = BufReader::new(&conn);
-    let mut magic = [0u8; HELLO.len()];
-    r.read_exact(&mut magic).context("reading the hello")?;
-    if magic != HELLO {
-        bail!("not a ferry relay hello");
-    }
-    let name_len = read_u64(&mut r)?;
-    if name_len > 255 {
-        bail!("bad name length");
-    }
-    let mut name = vec![0u8; name_len as usize];
-    r.read_exact(&mut name)?;
-    let name = String::from_utf8_lossy(&name).into_owned();
-    let mut presented = [0u8; 32];
-    r.read_exact(&mut presented)?;
+    let (name, presented) = decode_request_head(&mut r)?;
     if !same(&presented, &token(secret, &name)) {
         return refuse(&conn, "wrong token");
     }
-    if !used.lock().unwrap().insert(presented) {
+    if !used.lock().unwrap_or_else(|e| e.into_inner()).insert(presented) {
         return refuse(&conn, "token already used");
     }
     let count = read_u64(&mut r)?;
@@ -214,22 +166,9 @@ fn serve_one(
         payload.file().read_exact_at(&mut buf[8..], s).with_context(|| format!("reading chunk {n}"))?;
         w.write_all(&buf).with_context(|| format!("{name} went away"))?;
     }
-    w.write_all(&crate::agent::receive::END.to_le_bytes())?;
+    w.write_all(&END.to_le_bytes())?;
     w.flush()?;
     Ok(())
-}
-
-/// Where to pull from, as the operator says it on the agent's stdin.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Upstream {
-    /// The relay host's address.
-    pub addr: String,
-    /// Its listener's port.
-    pub port: u16,
-    /// This host's name, as the token was made for it.
-    pub name: String,
-    /// The token, hex.
-    pub token: String,
 }
 
 /// Connects to `up` and asks for `chunks`; returns the stream of frames once the relay has
@@ -249,26 +188,13 @@ pub fn connect(up: &Upstream, chunks: &BTreeSet<u64>) -> Result<BufReader<TcpStr
         .ok()
         .and_then(|t| t.try_into().ok())
         .context("the relay token is not 32 bytes of hex")?;
-    let mut hello = HELLO.to_vec();
-    hello.extend_from_slice(&(up.name.len() as u64).to_le_bytes());
-    hello.extend_from_slice(up.name.as_bytes());
-    hello.extend_from_slice(&token);
-    hello.extend_from_slice(&(chunks.len() as u64).to_le_bytes());
-    for n in chunks {
-        hello.extend_from_slice(&n.to_le_bytes());
-    }
+    let hello = encode_request(&up.name, &token, chunks.iter().copied());
     (&conn).write_all(&hello).context("sending the relay hello")?;
     // Large reads: a chunk comes off the socket in few calls.
     let mut r = BufReader::with_capacity(256 << 10, conn);
-    match read_u64(&mut r).context("waiting for the relay to accept")? {
-        ACCEPTED => Ok(r),
-        REFUSED => {
-            let len = read_u64(&mut r)?.min(4096);
-            let mut msg = vec![0u8; len as usize];
-            r.read_exact(&mut msg)?;
-            bail!("the relay refused: {}", String::from_utf8_lossy(&msg))
-        }
-        other => bail!("the relay answered {other:#x}, not a ferry relay"),
+    match decode_reply(&mut r).context("waiting for the relay to accept")? {
+        Reply::Accepted => Ok(r),
+        Reply::Refused(why) => bail!("the relay refused: {why}"),
     }
 }
 
@@ -277,12 +203,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_are_bound_to_secret_and_name() {
+    fn tokens_compare_in_full() {
         let a = [1u8; 32];
-        let b = [2u8; 32];
-        assert_eq!(token(&a, "10.0.0.2"), token(&a, "10.0.0.2"));
-        assert_ne!(token(&a, "10.0.0.2"), token(&a, "10.0.0.3"));
-        assert_ne!(token(&a, "10.0.0.2"), token(&b, "10.0.0.2"));
         assert!(same(&token(&a, "x"), &token(&a, "x")));
         assert!(!same(&token(&a, "x"), &token(&a, "y")));
     }

@@ -1,8 +1,9 @@
 //! Distribution, operator side: which chunks each host needs, and streaming them into
-//! `agent receive` on the host (see `agent::receive` for the protocol).
+//! `agent receive` on the host (the stream and its answers are `protocol::receive`).
 
-use crate::agent::receive::{END, MAGIC};
 use crate::cluster::{Host, Role};
+use crate::protocol::receive::{END, Event, Header, Opening, Outcome, Received};
+use crate::protocol::relay::Secret;
 use anyhow::{Context, Result, bail};
 use payload_format::Payload;
 use std::collections::BTreeSet;
@@ -47,7 +48,8 @@ fn checked_chunks(payload: &Payload) -> Result<Arc<Vec<AtomicBool>>> {
     static CHECKED: Mutex<Option<(Key, Arc<Vec<AtomicBool>>)>> = Mutex::new(None);
     let m = payload.file().metadata().context("reading the installer")?;
     let id = (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec());
-    let mut slot = CHECKED.lock().unwrap();
+    // The cache is a hint: a poisoned one is as good as any.
+    let mut slot = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
     match &*slot {
         Some((k, v)) if *k == id => Ok(v.clone()),
         _ => {
@@ -61,28 +63,12 @@ fn checked_chunks(payload: &Payload) -> Result<Arc<Vec<AtomicBool>>> {
 
 /// The session header: the installer's tail (index, signature, trailer), the chunks wanted, and
 /// the relay secret when the host is to listen for downstream hosts.
-pub fn header(payload: &Payload, want: &[u64], secret: Option<&crate::agent::relay::Secret>) -> Result<Vec<u8>> {
+pub fn header(payload: &Payload, want: &[u64], secret: Option<&Secret>) -> Result<Vec<u8>> {
     let t = payload.trailer();
     let file_len = payload.file_len();
     let mut tail = vec![0u8; (file_len - t.index_offset) as usize];
     payload.file().read_exact_at(&mut tail, t.index_offset).context("reading the index")?;
-    let mut head = Vec::with_capacity(tail.len() + 128 + want.len() * 8);
-    head.extend_from_slice(MAGIC);
-    head.extend_from_slice(&file_len.to_le_bytes());
-    head.extend_from_slice(&(tail.len() as u64).to_le_bytes());
-    head.extend_from_slice(&tail);
-    head.extend_from_slice(&(want.len() as u64).to_le_bytes());
-    for n in want {
-        head.extend_from_slice(&n.to_le_bytes());
-    }
-    match secret {
-        Some(s) => {
-            head.extend_from_slice(&(s.len() as u64).to_le_bytes());
-            head.extend_from_slice(s);
-        }
-        None => head.extend_from_slice(&0u64.to_le_bytes()),
-    }
-    Ok(head)
+    Ok(Header { file_len, tail, want: want.to_vec(), secret: secret.copied() }.encode())
 }
 
 /// The agent's first answer.
@@ -94,62 +80,69 @@ pub struct Answer {
     pub relay_port: Option<u16>,
 }
 
-/// One line from the agent, as JSON; a closed stream is an error that says so.
-pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<serde_json::Value> {
+/// One line from the agent; a closed stream is an error that says so.
+async fn read_raw_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<String> {
     let mut line = String::new();
     r.read_line(&mut line).await.context("reading from the agent")?;
     if line.is_empty() {
         bail!("the connection closed before the agent answered (host unreachable, or the agent could not start)");
     }
-    serde_json::from_str(line.trim()).with_context(|| format!("the agent answered `{}`", line.trim()))
+    Ok(line)
+}
+
+/// One answer line from the agent while it receives.
+pub async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Event> {
+    Ok(Event::decode(read_raw_line(r).await?.as_bytes())?)
 }
 
 /// Reads the agent's first answer and checks it asks only for chunks that were offered.
 pub async fn read_answer<R: AsyncBufRead + Unpin>(r: &mut R, want: &[u64]) -> Result<Answer> {
-    let answer = read_line(r).await?;
-    if answer.get("ok") == Some(&serde_json::Value::Bool(false)) {
-        bail!("the agent refused: {}", answer["error"].as_str().unwrap_or("?"));
-    }
-    let missing: Vec<u64> =
-        serde_json::from_value(answer["missing"].clone()).context("the agent's list of missing chunks")?;
+    let offer = match Opening::decode(read_raw_line(r).await?.as_bytes())? {
+        Opening::Offer(offer) => offer,
+        Opening::Refused(Outcome::Failed(why)) => bail!("the agent refused: {why}"),
+        Opening::Refused(Outcome::Done(_)) => bail!("the agent finished before it was sent anything"),
+    };
     let wanted: BTreeSet<u64> = want.iter().copied().collect();
-    if let Some(n) = missing.iter().find(|n| !wanted.contains(n)) {
+    if let Some(n) = offer.missing.iter().find(|n| !wanted.contains(n)) {
         bail!("the agent asked for chunk {n}, which was not offered");
     }
-    let relay_port = answer["relay"]["port"].as_u64().and_then(|p| u16::try_from(p).ok());
-    Ok(Answer { missing, relay_port })
+    Ok(Answer { missing: offer.missing, relay_port: offer.relay.map(|r| r.port) })
 }
 
-/// Checks the agent's final line.
-pub fn check_final(done: &serde_json::Value) -> Result<()> {
-    if done["ok"] != serde_json::Value::Bool(true) {
-        bail!("the agent failed: {}", done["error"].as_str().unwrap_or("?"));
+/// Checks the agent's final line: what it received.
+pub fn check_final(done: Event) -> Result<Received> {
+    match done {
+        Event::Finished(Outcome::Done(got)) => Ok(got),
+        Event::Finished(Outcome::Failed(why)) => bail!("the agent failed: {why}"),
+        Event::Progress { .. } | Event::Lost { .. } => bail!("the agent was still receiving when it should have finished"),
     }
-    Ok(())
 }
 
 /// Sends the chunks over the agent's stdin (`w`), reading its answers from `r`, with no relay.
-/// `progress` gets bytes as they go. Returns the bytes of chunk data sent.
+/// `progress` gets bytes as they go. Returns the bytes of chunk data sent, and what the agent
+/// says it received. `host` names the agent in messages.
 pub async fn send<R, W>(
     payload: &Payload,
     want: &[u64],
+    host: &str,
     r: &mut R,
     w: &mut W,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<u64>
+) -> Result<(u64, Received)>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    crate::ssh::agent::read_hello(r, host).await?;
     w.write_all(&header(payload, want, None)?).await?;
     w.flush().await?;
     let answer = read_answer(r, want).await?;
     let sent = stream_chunks(payload, &answer.missing, w, progress).await?;
     w.write_all(&END.to_le_bytes()).await?;
     w.flush().await?;
-    check_final(&read_line(r).await.context("waiting for the agent to finish")?)?;
+    let got = check_final(read_line(r).await.context("waiting for the agent to finish")?)?;
     let _ = w.shutdown().await;
-    Ok(sent)
+    Ok((sent, got))
 }
 
 /// Streams `chunks` of the operator's copy as frames on `w` (no END). Returns the bytes sent.
@@ -225,8 +218,9 @@ pub async fn stream_chunks<W: AsyncWrite + Unpin>(
 pub(super) mod tests {
     use super::*;
     use crate::agent::receive::{ReceiveOptions, receive};
+    use crate::protocol::receive::MAGIC;
     use payload_format::{BundleMetadata, Compression, PayloadWriter, WriterOptions};
-    use std::io::Write;
+    use crate::ssh::RemoteHost;
     use std::path::Path;
 
     fn build(dir: &Path) -> std::path::PathBuf {
@@ -253,24 +247,26 @@ pub(super) mod tests {
         payload: &Payload,
         want: &[u64],
         opts: &ReceiveOptions,
-    ) -> Result<(u64, crate::agent::receive::Received)> {
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let opts = opts.clone();
-        let agent = std::thread::spawn(move || {
-            let mut r = std::io::BufReader::new(a.try_clone().unwrap());
-            let mut w = a;
-            let res = receive(&mut r, &mut w, &opts);
-            let _ = w.flush();
-            res
-        });
-        b.set_nonblocking(true).unwrap();
-        let b = tokio::net::UnixStream::from_std(b).unwrap();
-        let (rh, mut wh) = b.into_split();
-        let mut rh = tokio::io::BufReader::new(rh);
-        let sent = send(payload, want, &mut rh, &mut wh, &|_| {}).await;
-        drop(wh);
-        let got = agent.join().unwrap();
-        Ok((sent?, got?))
+    ) -> Result<(u64, Received)> {
+        // The agent as `installer agent receive` runs it: hello first, then the stream.
+        let dir = opts.dest.parent().unwrap().to_path_buf();
+        let mut agent = crate::agent::local::LocalAgent::new("node", dir, opts.stub.clone());
+        agent.dest = opts.dest.clone();
+        let call = crate::protocol::Call::Receive {
+            dest: opts.dest.clone(),
+            signer: opts.signer.clone(),
+            allow_unsigned: opts.allow_unsigned,
+            relay_listen: None,
+        };
+        let exec = agent.call("agent", &call).await?;
+        let crate::ssh::Exec { mut stdin, stdout, finished } = exec;
+        let mut rh = tokio::io::BufReader::new(stdout);
+        let sent = send(payload, want, "node", &mut rh, &mut stdin, &|_| {}).await;
+        drop(stdin);
+        let (status, stderr) = finished.await.unwrap();
+        let (sent, got) = sent?;
+        assert_eq!(status, 0, "{}", String::from_utf8_lossy(&stderr));
+        Ok((sent, got))
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -28,11 +28,13 @@ pub mod preflight;
 pub mod progress;
 pub mod relay;
 
-use crate::agent::{AGENT_PATH, Facts, INSTALLER_PATH, Record};
+use crate::agent::{AGENT_PATH, INSTALLER_PATH};
+use crate::protocol::call::CHECK_PULL_TIMEOUT;
+use crate::protocol::{Call, Facts, Record};
 use crate::cli::RunArgs;
 use crate::cluster::{self, Cluster, Host, Overrides, Role};
 use crate::ssh::client::{Jump, Login, SshHost, SshOptions};
-use crate::ssh::{RemoteHost, Secret, Secrets, quote};
+use crate::ssh::{RemoteHost, Secret, Secrets};
 use anyhow::{Context, Result, anyhow, bail};
 use payload_format::{Payload, SignatureStatus, TrustPolicy};
 use progress::Reporter;
@@ -311,15 +313,10 @@ pub async fn survey<H: RemoteHost>(ctx: &Ctx, h: &H, tools: &[String], stage: &S
     };
     let facts_and_state = async {
         let before = now_ms();
-        let out =
-            checked(h, &format!("{agent} agent facts --tools {}", quote(&tools.join(","))), b"", "agent facts").await?;
+        let facts = crate::ssh::agent::facts(h, &agent, tools).await?;
         let after = now_ms();
-        let facts: Facts = serde_json::from_slice(&out.stdout).context("reading the agent's facts")?;
         let skew_ms = (before + after) / 2 - facts.time_ms as i64;
-        let out =
-            checked(h, &format!("{agent} agent state --cluster {}", quote(&ctx.cluster.name)), b"", "agent state")
-                .await?;
-        let state = serde_json::from_slice(&out.stdout).context("reading the agent's state")?;
+        let state = crate::ssh::agent::state(h, &agent, &ctx.cluster.name).await?;
         Ok::<_, anyhow::Error>((facts, skew_ms, state))
     };
     match facts_and_state.await {
@@ -344,12 +341,7 @@ pub(crate) async fn record_on<H: RemoteHost>(
     phase: &str,
     detail: serde_json::Value,
 ) -> Result<()> {
-    let cmd = format!(
-        "{AGENT_PATH} agent record --cluster {} --phase {phase} --installer {}",
-        quote(&ctx.cluster.name),
-        ctx.id
-    );
-    checked(h, &cmd, detail.to_string().as_bytes(), "recording the phase").await?;
+    crate::ssh::agent::record(h, AGENT_PATH, &ctx.cluster.name, phase, &ctx.id, &detail).await?;
     local_record(ctx, host, phase, "done", detail);
     Ok(())
 }
@@ -765,7 +757,6 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
             let host = &ctx.cluster.hosts[i];
             let plan = prepare_plan(&ctx, host);
             let endpoints = serde_json::json!(plan.registry_endpoints);
-            let plan = serde_json::to_vec(&plan)?;
             // Prepared for another set of registry replicas: hosts.toml must change.
             let same_replicas = states[i].get("prepare").is_some_and(|r| r.detail["registry_endpoints"] == endpoints);
             if done(&states[i], "prepare", &ctx.id) && same_replicas {
@@ -779,14 +770,13 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
                 "installing rootfs, containerd, sysctls",
                 serde_json::json!({}),
             );
-            let cmd = format!("{INSTALLER_PATH} agent prepare");
-            let fut = checked(h.as_ref(), &cmd, &plan, "agent prepare");
-            let out =
+            let fut = crate::ssh::agent::prepare(h.as_ref(), INSTALLER_PATH, &plan);
+            let report =
                 tokio::time::timeout(ctx.phase_timeout, fut).await.unwrap_or_else(|_| Err(anyhow!("timed out")))?;
-            let mut report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            for w in report["warnings"].as_array().into_iter().flatten() {
-                ctx.rep.event(&host.ip, "prepare", "warning", w.as_str().unwrap_or(""), serde_json::json!({}));
+            for w in &report.warnings {
+                ctx.rep.event(&host.ip, "prepare", "warning", w, serde_json::json!({}));
             }
+            let mut report = serde_json::to_value(&report)?;
             if let Some(r) = report.as_object_mut() {
                 r.insert("registry_endpoints".into(), endpoints);
             }
@@ -809,12 +799,9 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
                 return Ok(());
             }
             ctx.rep.event(&host.ip, "registry", "start", "starting ferry-registry.service", serde_json::json!({}));
-            let cmd = format!(
-                "{INSTALLER_PATH} agent registry-service --port {}{}",
-                ctx.cluster.registry_port,
-                if ctx.allow_unsigned { " --allow-unsigned" } else { "" }
-            );
-            checked(h.as_ref(), &cmd, b"", "agent registry-service").await.map(|_| ())
+            let call =
+                Call::RegistryService { port: ctx.cluster.registry_port, allow_unsigned: ctx.allow_unsigned };
+            crate::ssh::agent::run(h.as_ref(), INSTALLER_PATH, &call).await
         }
     })
     .await;
@@ -835,12 +822,9 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
                     &format!("containerd pulls {image} through the mirror ({} replicas)", replicas.len()),
                     serde_json::json!({"replicas": replicas}),
                 );
-                let cmd = format!(
-                    "{INSTALLER_PATH} agent check-pull --image {} --endpoints {}",
-                    quote(image),
-                    quote(&replicas.join(","))
-                );
-                checked(h.as_ref(), &cmd, b"", "agent check-pull").await?;
+                let call =
+                    Call::CheckPull { image: image.clone(), endpoints: replicas.clone(), timeout: CHECK_PULL_TIMEOUT };
+                crate::ssh::agent::run(h.as_ref(), INSTALLER_PATH, &call).await?;
             }
             record_on(&ctx, h.as_ref(), host, "registry", serde_json::json!({"image": image, "replicas": replicas}))
                 .await?;

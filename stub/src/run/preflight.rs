@@ -1,7 +1,7 @@
 //! Preflight judgement: pure functions from each host's [`Facts`] to a list of problems, so the
 //! rules are unit-tested without hosts. Gathering the facts is in `run`.
 
-use crate::agent::Facts;
+use crate::protocol::Facts;
 use crate::cluster::{Host, Role};
 use std::collections::BTreeMap;
 

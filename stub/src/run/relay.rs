@@ -10,11 +10,12 @@
 
 use super::distribute::{self, read_answer, read_line};
 use super::{AGENT_PATH, Ctx, INSTALLER_PATH};
-use crate::agent::receive::END;
-use crate::agent::receive::PULL;
-use crate::agent::relay::{Secret, Upstream, token};
-use crate::ssh::{RemoteHost, quote};
+use crate::protocol::Call;
+use crate::protocol::receive::{END, Event, encode_pull};
+use crate::protocol::relay::{Secret, Upstream, token};
+use crate::ssh::RemoteHost;
 use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,23 +170,21 @@ pub struct Delivered {
 pub async fn session<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, want: &[u64], board: &Board) -> Result<Delivered> {
     let mut ending = Ending { board, i, done: false };
     let total = distribute::chunk_bytes(&ctx.payload, want);
-    let mut cmd = format!("{AGENT_PATH} agent receive --dest {INSTALLER_PATH}");
-    if let Some(s) = &ctx.signer {
-        cmd.push_str(&format!(" --signer {}", quote(s)));
-    }
-    if ctx.allow_unsigned {
-        cmd.push_str(" --allow-unsigned");
-    }
     let relaying = board.parent.iter().any(|p| p.is_some());
-    if relaying {
-        // A host named rather than numbered listens on every address; its token still guards it.
-        let bind = board.addrs[i].parse::<std::net::IpAddr>().map(|ip| ip.to_string()).unwrap_or("0.0.0.0".into());
-        cmd.push_str(&format!(" --relay-listen {}", quote(&bind)));
-    }
-    let exec = h.open(&cmd).await.context("starting agent receive")?;
+    // A host named rather than numbered listens on every address; its token still guards it.
+    let bind = || board.addrs[i].parse::<std::net::IpAddr>().unwrap_or(std::net::IpAddr::from([0u8, 0, 0, 0]));
+    let call = Call::Receive {
+        dest: INSTALLER_PATH.into(),
+        signer: ctx.signer.clone(),
+        allow_unsigned: ctx.allow_unsigned,
+        relay_listen: relaying.then(bind),
+    };
+    let exec = h.call(AGENT_PATH, &call).await.context("starting agent receive")?;
     let crate::ssh::Exec { mut stdin, stdout, finished } = exec;
     let mut reader = tokio::io::BufReader::new(stdout);
     let active = async {
+        // The agent greets first; one of another protocol version is not sent a byte.
+        crate::ssh::agent::read_hello(&mut reader, h.addr()).await?;
         let secret = relaying.then_some(&board.secrets[i]);
         stdin.write_all(&distribute::header(&ctx.payload, want, secret)?).await?;
         stdin.flush().await?;
@@ -204,7 +203,7 @@ pub async fn session<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, want: &[u64], bo
                 .ok()
                 .and_then(|r| r.ok())
                 .unwrap_or_default();
-            let tail = crate::ssh::tail_lines(&String::from_utf8_lossy(&stderr), 4);
+            let tail = crate::ssh::agent::stderr_tail(&stderr);
             return if tail.is_empty() { Err(err) } else { Err(err.context(format!("last output: {tail}"))) };
         }
     };
@@ -217,7 +216,7 @@ pub async fn session<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, want: &[u64], bo
             "distribute",
             "progress",
             "complete; relaying to the hosts behind it",
-            serde_json::json!({"complete": true}),
+            detail(Detail::Complete { complete: true }),
         );
     }
     let mut ended = board.ended.subscribe();
@@ -256,10 +255,10 @@ where
     let have = total - distribute::chunk_bytes(&ctx.payload, &missing);
     let report = Reporting::new(ctx, addr, total, have);
     let mut from = board.parent(i);
-    let finish = |line: serde_json::Value, mut delivered: Delivered| -> Result<Delivered> {
-        distribute::check_final(&line)?;
+    let finish = |line: Event, mut delivered: Delivered| -> Result<Delivered> {
+        let got = distribute::check_final(line)?;
         // The agent counts every byte it received; what the operator did not send came by relay.
-        delivered.from_relays = line["bytes"].as_u64().unwrap_or(0).saturating_sub(delivered.from_operator);
+        delivered.from_relays = got.bytes.saturating_sub(delivered.from_operator);
         Ok(delivered)
     };
     loop {
@@ -275,39 +274,52 @@ where
             "distribute",
             "progress",
             &format!("pulling from {}", up.addr),
-            serde_json::json!({"relay": up.addr}),
+            detail(Detail::Relay { relay: &up.addr }),
         );
-        let json = serde_json::to_vec(&up)?;
-        let mut frame = PULL.to_le_bytes().to_vec();
-        frame.extend_from_slice(&(json.len() as u64).to_le_bytes());
-        frame.extend_from_slice(&json);
-        stdin.write_all(&frame).await?;
+        stdin.write_all(&encode_pull(&up)).await?;
         stdin.flush().await?;
         loop {
             // The agent reports at least every keepalive while it pulls; silence is a lost host.
             let line = tokio::time::timeout(ctx.stall, read_line(reader)).await.map_err(|_| {
                 anyhow!("no word from the host for {} s: the connection is lost", ctx.stall.as_secs())
             })??;
-            if let Some(b) = line.get("progress").and_then(|b| b.as_u64()) {
-                report.set(have + b);
-            } else if let Some(why) = line.get("lost").and_then(|w| w.as_str()) {
-                ctx.rep.event(
-                    addr,
-                    "distribute",
-                    "progress",
-                    &format!("relay {} lost ({why}); going around it", up.addr),
-                    serde_json::json!({"lost": up.addr}),
-                );
-                board.avoid(j);
-                from = board.parent(j);
-                missing =
-                    serde_json::from_value(line["missing"].clone()).context("the agent's list of missing chunks")?;
-                break;
-            } else {
-                return finish(line, delivered);
+            match line {
+                Event::Progress { progress } => report.set(have + progress),
+                Event::Lost { lost: why, missing: still } => {
+                    ctx.rep.event(
+                        addr,
+                        "distribute",
+                        "progress",
+                        &format!("relay {} lost ({why}); going around it", up.addr),
+                        detail(Detail::Lost { lost: &up.addr }),
+                    );
+                    board.avoid(j);
+                    from = board.parent(j);
+                    missing = still;
+                    break;
+                }
+                done @ Event::Finished(_) => return finish(done, delivered),
             }
         }
     }
+}
+
+/// The machine-readable part of this module's progress events.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Detail<'a> {
+    /// The host holds everything and relays on.
+    Complete { complete: bool },
+    /// The host pulls from this relay.
+    Relay { relay: &'a str },
+    /// The relay it pulled from was lost.
+    Lost { lost: &'a str },
+    /// Bytes in place of the total.
+    Bytes { bytes: u64, total: u64 },
+}
+
+fn detail(d: Detail) -> serde_json::Value {
+    serde_json::to_value(d).unwrap_or_default()
 }
 
 /// Progress events for one host, at most twice a second.
@@ -335,7 +347,7 @@ impl<'a> Reporting<'a> {
     }
 
     fn show(&self, s: u64) {
-        let mut l = self.last.lock().unwrap();
+        let mut l = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if l.elapsed() > Duration::from_millis(500) {
             *l = Instant::now();
             self.ctx.rep.event(
@@ -343,7 +355,7 @@ impl<'a> Reporting<'a> {
                 "distribute",
                 "progress",
                 &format!("{} / {}", crate::units::bytes(s), crate::units::bytes(self.total)),
-                serde_json::json!({"bytes": s, "total": self.total}),
+                detail(Detail::Bytes { bytes: s, total: self.total }),
             );
         }
     }
@@ -384,60 +396,14 @@ async fn inline<W: tokio::io::AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::local::LocalAgent;
     use crate::agent::receive::{ReceiveOptions, receive};
-    use crate::ssh::Exec;
+    use crate::protocol::receive::{Opening, PULL};
+    use crate::protocol::relay::ACCEPTED;
     use payload_format::Payload;
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
-
-    /// A host whose `agent receive` runs in this process, on a loopback address of its own,
-    /// writing its copy under `dir`.
-    struct LocalAgent {
-        addr: String,
-        dir: PathBuf,
-        stub: PathBuf,
-    }
-
-    impl RemoteHost for LocalAgent {
-        fn addr(&self) -> &str {
-            &self.addr
-        }
-
-        async fn open(&self, cmd: &str) -> Result<Exec> {
-            let words: Vec<&str> = cmd.split_whitespace().collect();
-            let listen = words
-                .iter()
-                .position(|w| *w == "--relay-listen")
-                .map(|i| words[i + 1].trim_matches('\'').parse().unwrap());
-            let opts = ReceiveOptions {
-                dest: self.dir.join("installer"),
-                signer: None,
-                allow_unsigned: true,
-                stub: self.stub.clone(),
-                relay_listen: listen,
-            };
-            let (a, b) = std::os::unix::net::UnixStream::pair()?;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            std::thread::spawn(move || {
-                let mut r = std::io::BufReader::new(a.try_clone().unwrap());
-                let mut w = a;
-                let status = match receive(&mut r, &mut w, &opts) {
-                    Ok(_) => 0,
-                    Err(_) => 1,
-                };
-                drop(w);
-                let _ = tx.send((status, Vec::new()));
-            });
-            b.set_nonblocking(true)?;
-            let (out, stdin) = tokio::net::UnixStream::from_std(b)?.into_split();
-            Ok(Exec { stdin: Box::pin(stdin), stdout: Box::pin(out), finished: rx })
-        }
-
-        fn bytes_sent(&self) -> u64 {
-            0
-        }
-    }
 
     fn build(dir: &Path) -> PathBuf {
         super::super::distribute::tests::build_sized(dir, 200_000, 100_000)
@@ -515,13 +481,13 @@ mod tests {
             .map(|i| {
                 let d = dir.join(format!("host{i}"));
                 std::fs::create_dir_all(&d).unwrap();
-                LocalAgent { addr: format!("127.0.0.{}", 11 + i), dir: d, stub: dir.join("stub") }
+                LocalAgent::new(&format!("127.0.0.{}", 11 + i), d, dir.join("stub"))
             })
             .collect()
     }
 
     fn verified(ctx: &Ctx, agent: &LocalAgent, host: usize) {
-        let copy = Payload::open(&agent.dir.join("installer")).unwrap();
+        let copy = Payload::open(&agent.dest).unwrap();
         for n in distribute::wanted_chunks(&ctx.payload, &ctx.cluster.hosts[host]) {
             let (s, e) = copy.chunk_range(n);
             let mut b = vec![0u8; (e - s) as usize];
@@ -555,7 +521,7 @@ mod tests {
         assert!(again.iter().all(|d| d.from_operator == 0 && d.from_relays == 0), "{again:?}");
         // A new host (host 3 loses its copy) is fed by the registry host, which already holds
         // everything: the operator sends nothing.
-        std::fs::remove_file(agents[3].dir.join("installer")).unwrap();
+        std::fs::remove_file(&agents[3].dest).unwrap();
         let join: Vec<Delivered> =
             deliver(&ctx, &agents, &[true, true, true, false], 1).await.into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(join[3].from_operator, 0, "{join:?}");
@@ -590,7 +556,7 @@ mod tests {
             let mut asked = vec![0u8; count * 8];
             std::io::Read::read_exact(&mut c, &mut asked).unwrap();
             use std::io::Write;
-            c.write_all(&crate::agent::relay::ACCEPTED.to_le_bytes()).unwrap();
+            c.write_all(&ACCEPTED.to_le_bytes()).unwrap();
             for (k, n) in asked.chunks(8).map(|b| u64::from_le_bytes(b.try_into().unwrap())).take(6).enumerate() {
                 let (s, e) = payload.chunk_range(n);
                 let mut b = vec![0u8; (e - s) as usize];
@@ -622,24 +588,25 @@ mod tests {
         op.write_all(&distribute::header(&payload, &want, Some(&[7u8; 32])).unwrap()).unwrap();
         let mut line = String::new();
         lines.read_line(&mut line).unwrap();
+        assert!(matches!(Opening::decode(line.as_bytes()).unwrap(), Opening::Offer(_)), "{line}");
         let up = Upstream { addr: "127.0.0.1".into(), port, name: "n".into(), token: hex::encode([0u8; 32]) };
         let json = serde_json::to_vec(&up).unwrap();
         op.write_all(&PULL.to_le_bytes()).unwrap();
         op.write_all(&(json.len() as u64).to_le_bytes()).unwrap();
         op.write_all(&json).unwrap();
-        let lost: serde_json::Value = loop {
+        let (why, missing) = loop {
             line.clear();
             lines.read_line(&mut line).unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v.get("progress").is_none() {
-                break v;
+            match Event::decode(line.as_bytes()).unwrap() {
+                Event::Progress { .. } => continue,
+                Event::Lost { lost, missing } => break (lost, missing),
+                other => panic!("{other:?}"),
             }
         };
         assert!(served.load(Ordering::SeqCst));
         // Damaged chunk or closed stream, whichever the agent noticed first: either way the relay
         // is reported, by address.
-        assert!(lost["lost"].as_str().unwrap().contains("pulling from 127.0.0.1"), "{lost}");
-        let missing: Vec<u64> = serde_json::from_value(lost["missing"].clone()).unwrap();
+        assert!(why.contains("pulling from 127.0.0.1"), "{why}");
         // The 5 good chunks stayed; the damaged one is asked for again.
         assert_eq!(missing.len(), want.len() - 5, "{missing:?}");
         // The operator sends the rest itself.
@@ -653,7 +620,8 @@ mod tests {
         op.write_all(&END.to_le_bytes()).unwrap();
         line.clear();
         lines.read_line(&mut line).unwrap();
-        assert!(line.contains("\"ok\":true"), "{line}");
+        let done = Event::decode(line.as_bytes()).unwrap();
+        assert!(matches!(done, Event::Finished(crate::protocol::receive::Outcome::Done(_))), "{line}");
         let got = agent.join().unwrap().unwrap();
         assert_eq!(got.chunks as usize, want.len() + 1, "5 + 1 damaged from the relay, the rest from the operator");
         let copy = Payload::open(&dir.path().join("node/installer")).unwrap();

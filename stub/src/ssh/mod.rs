@@ -2,16 +2,20 @@
 //!
 //! Owns: the [`RemoteHost`] trait (run a command as root on one host, either collecting its
 //! output or as a duplex byte stream), the real implementation over russh ([`client`]), an
-//! in-memory fake for unit tests ([`fake`]), shell quoting, and the secrets (passwords,
-//! passphrases) that authentication needs. Orchestration code only sees the trait, so it is
+//! in-memory fake for unit tests ([`fake`]), typed agent calls over it ([`agent`]), and the
+//! secrets (passwords, passphrases) that authentication needs. Orchestration code only sees the trait, so it is
 //! testable without hosts.
 //!
 //! Every command runs as root: directly for root logins, through `sudo` otherwise. A sudo
 //! password travels on the command's stdin (`sudo -S -p ''`), never on a command line.
 
+pub mod agent;
 pub mod client;
 pub mod fake;
 
+pub use crate::protocol::quote;
+
+use crate::protocol::Call;
 use anyhow::Result;
 use std::future::Future;
 use std::pin::Pin;
@@ -81,33 +85,34 @@ pub trait RemoteHost: Send + Sync + 'static {
     /// Payload bytes sent to this host so far (stdin of every command).
     fn bytes_sent(&self) -> u64;
 
+    /// Starts the agent call `call` with the agent at `program`: the call's command line
+    /// ([`Call::command_line`]). In-process test doubles take the typed call instead.
+    fn call(&self, program: &str, call: &Call) -> impl Future<Output = Result<Exec>> + Send {
+        let line = call.command_line(program);
+        async move { self.open(&line).await }
+    }
+
     /// Runs `cmd` as root with `stdin`, collecting its output.
     fn run(&self, cmd: &str, stdin: &[u8]) -> impl Future<Output = Result<Output>> + Send {
-        async move {
-            let mut exec = self.open(cmd).await?;
-            let mut stdout = Vec::new();
-            let mut writer = exec.stdin;
-            let input = stdin.to_vec();
-            let write = async move {
-                let r = writer.write_all(&input).await;
-                let _ = writer.shutdown().await;
-                r
-            };
-            let read = exec.stdout.read_to_end(&mut stdout);
-            let (_w, r) = tokio::join!(write, read);
-            r?;
-            let (status, stderr) = exec.finished.await.unwrap_or((255, Vec::new()));
-            Ok(Output { status, stdout, stderr })
-        }
+        async move { collect(self.open(cmd).await?, stdin).await }
     }
 }
 
-/// Quotes `s` for a POSIX shell.
-pub fn quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b)) {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
+/// Feeds `stdin` to a started command and collects its output.
+pub async fn collect(exec: Exec, stdin: &[u8]) -> Result<Output> {
+    let mut stdout = Vec::new();
+    let Exec { stdin: mut writer, stdout: mut reader, finished } = exec;
+    let input = stdin.to_vec();
+    let write = async move {
+        let r = writer.write_all(&input).await;
+        let _ = writer.shutdown().await;
+        r
+    };
+    let read = reader.read_to_end(&mut stdout);
+    let (_w, r) = tokio::join!(write, read);
+    r?;
+    let (status, stderr) = finished.await.unwrap_or((255, Vec::new()));
+    Ok(Output { status, stdout, stderr })
 }
 
 /// A password or passphrase. Never printed (its Debug is `***`), wiped when dropped.
@@ -219,14 +224,6 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Counting<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote("/var/lib/ferry"), "/var/lib/ferry");
-        assert_eq!(quote("a b"), "'a b'");
-        assert_eq!(quote("it's"), r"'it'\''s'");
-        assert_eq!(quote(""), "''");
-    }
 
     #[test]
     fn secrets_do_not_print() {
