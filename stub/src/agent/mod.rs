@@ -319,9 +319,9 @@ impl Node {
 pub fn call_of(cmd: &crate::cli::AgentCommand) -> Call {
     use crate::cli::AgentCommand as C;
     match cmd.clone() {
-        C::Facts { tools } => {
-            Call::Facts { tools: tools.iter().flat_map(|t| t.split(',')).filter(|t| !t.is_empty()).map(String::from).collect() }
-        }
+        C::Facts { tools } => Call::Facts {
+            tools: tools.iter().flat_map(|t| t.split(',')).filter(|t| !t.is_empty()).map(String::from).collect(),
+        },
         C::Receive { dest, signer, allow_unsigned, relay_listen } => {
             Call::Receive { dest, signer, allow_unsigned, relay_listen }
         }
@@ -455,10 +455,100 @@ mod tests {
             phase: "distribute".into(),
             installer: "ab".into(),
             completed: 1,
-            detail: serde_json::json!({"bytes": 5}),
+            detail: serde_json::from_str(r#"{"bytes":5}"#).unwrap(),
         };
         record(d.path(), &r).unwrap();
         assert_eq!(state(d.path(), "lab").unwrap()["distribute"], r);
         assert!(record(d.path(), &Record { cluster: "../x".into(), ..r }).is_err());
+    }
+
+    /// An agent started by an operator of another protocol version (older or newer) greets with
+    /// its own version, then stops, naming both; it reads nothing and answers nothing else.
+    #[test]
+    fn an_agent_refuses_an_operator_of_another_version() {
+        use crate::protocol::{BUILD, PROTOCOL_VERSION};
+        let d = tempfile::tempdir().unwrap();
+        let node = Node { state_dir: d.path().into(), self_exe: crate::SELF_EXE.into() };
+        let call = Call::State { cluster: "lab".into() };
+        for (theirs, build) in [(Some(PROTOCOL_VERSION + 1), Some("9.0.0")), (Some(0), Some("0.0.1")), (None, None)] {
+            let mut out = Vec::new();
+            let err = serve(theirs, build, &call, &mut &b""[..], &mut out, &node).unwrap_err().to_string();
+            assert_eq!(out, Hello::ours().line().as_bytes(), "only the hello");
+            assert!(
+                err.contains(&format!("this agent speaks ferry protocol {PROTOCOL_VERSION} (ferry {BUILD})"))
+                    || err.contains(&format!("this agent speaks {PROTOCOL_VERSION} (ferry {BUILD})")),
+                "{err}"
+            );
+            if let (Some(p), Some(b)) = (theirs, build) {
+                assert!(err.contains(&format!("speaks {p} (ferry {b})")), "{err}");
+            }
+        }
+    }
+
+    fn local(dir: &Path) -> local::LocalAgent {
+        local::LocalAgent::new("10.0.0.9", dir.to_path_buf(), crate::SELF_EXE.into())
+    }
+
+    /// The operator's typed calls read what this agent actually prints: facts, a record written
+    /// and read back as state.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_operator_reads_what_the_agent_answers() {
+        use crate::ssh::agent;
+        let d = tempfile::tempdir().unwrap();
+        let h = local(d.path());
+        let f = agent::facts(&h, AGENT_PATH, &["sh".into(), "surely-not-a-tool".into()]).await.unwrap();
+        assert_eq!(f.arch, std::env::consts::ARCH);
+        assert_eq!(f.tools_missing, ["surely-not-a-tool"]);
+        assert!(agent::state(&h, AGENT_PATH, "lab").await.unwrap().is_empty());
+        let detail: serde_json::Value = serde_json::from_str(r#"{"registry_endpoints":["http://a:5000"]}"#).unwrap();
+        agent::record(&h, AGENT_PATH, "lab", "prepare", "ab12", &detail).await.unwrap();
+        let state = agent::state(&h, AGENT_PATH, "lab").await.unwrap();
+        assert_eq!((state["prepare"].installer.as_str(), &state["prepare"].detail), ("ab12", &detail));
+        // What the agent refuses reaches the operator as the agent's own words.
+        let err = agent::state(&h, AGENT_PATH, "../x").await.unwrap_err().to_string();
+        assert!(err.starts_with("agent state exited with status 1: `../x` is not a valid name"), "{err}");
+    }
+
+    /// An old operator meets a new agent, end to end: the call fails with the agent's message,
+    /// naming both versions.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_operator_of_another_version_hears_why() {
+        use crate::protocol::{BUILD, PROTOCOL_VERSION};
+        let d = tempfile::tempdir().unwrap();
+        let mut h = local(d.path());
+        h.operator = (Some(PROTOCOL_VERSION + 1), Some("9.0.0".into()));
+        let err = crate::ssh::agent::facts(&h, AGENT_PATH, &[]).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("this agent speaks ferry protocol {PROTOCOL_VERSION} (ferry {BUILD})")), "{err}");
+        assert!(err.contains(&format!("speaks {} (ferry 9.0.0)", PROTOCOL_VERSION + 1)), "{err}");
+    }
+
+    /// A record's detail that is not JSON is refused, not recorded as nothing.
+    #[test]
+    fn a_record_detail_that_is_not_json_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let node = Node { state_dir: d.path().into(), self_exe: crate::SELF_EXE.into() };
+        let call = Call::Record { cluster: "lab".into(), phase: "prepare".into(), installer: "ab".into() };
+        let v = Some(crate::protocol::PROTOCOL_VERSION);
+        let err = serve(v, None, &call, &mut &b"{oops"[..], &mut Vec::new(), &node).unwrap_err().to_string();
+        assert!(err.contains("the record's detail does not read as the ferry protocol"), "{err}");
+        assert!(state(d.path(), "lab").unwrap().is_empty());
+        serve(v, None, &call, &mut &b""[..], &mut Vec::new(), &node).unwrap();
+        assert_eq!(state(d.path(), "lab").unwrap()["prepare"].detail, serde_json::Value::Null);
+    }
+
+    /// Every call, rendered as the operator renders it and read back by the agent's own command
+    /// line parser, is the same call carrying the same version.
+    #[test]
+    fn command_lines_read_back_as_the_same_call() {
+        use crate::protocol::call::tests::{every_call, shell_words};
+        use clap::Parser;
+        for call in every_call() {
+            let words = shell_words(&call.command_line("/var/lib/ferry/agent"));
+            let cli = crate::cli::Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{words:?}: {e}"));
+            let crate::cli::Command::Agent(args) = cli.command else { panic!("{words:?}") };
+            assert_eq!(call_of(&args.command), call, "{words:?}");
+            assert_eq!(args.protocol, Some(crate::protocol::PROTOCOL_VERSION));
+            assert_eq!(args.build.as_deref(), Some(crate::protocol::BUILD));
+        }
     }
 }

@@ -12,10 +12,10 @@
 //! finished file replaces the old one by rename, so readers see the old file or the new one.
 
 use super::relay::{self, Shelf};
+use crate::protocol::codec::read_u64;
 use crate::protocol::receive::{
     END, Event, Header, KEEPALIVE, Offer, Opening, Outcome, PULL, RelayPort, Word, decode_pull,
 };
-use crate::protocol::codec::read_u64;
 use crate::protocol::relay::Upstream;
 use anyhow::{Context, Result, bail};
 use payload_format::{Payload, TRAILER_LEN, Trailer};

@@ -15,7 +15,9 @@
 
 use crate::protocol::codec::read_u64;
 use crate::protocol::receive::{END, KEEPALIVE};
-use crate::protocol::relay::{ACCEPTED, Reply, Secret, Upstream, decode_reply, decode_request_head, encode_request, encode_refusal, token};
+use crate::protocol::relay::{
+    ACCEPTED, Reply, Secret, Upstream, decode_reply, decode_request_head, encode_refusal, encode_request, token,
+};
 use anyhow::{Context, Result, bail};
 use payload_format::Payload;
 use std::collections::{BTreeSet, HashSet};

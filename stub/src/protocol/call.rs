@@ -216,15 +216,14 @@ pub(crate) mod tests {
         let line = Call::State { cluster: "my lab".into() }.command_line("/var/lib/ferry/agent");
         assert_eq!(
             line,
-            format!("/var/lib/ferry/agent agent --protocol {PROTOCOL_VERSION} --build {BUILD} state --cluster 'my lab'")
+            format!(
+                "/var/lib/ferry/agent agent --protocol {PROTOCOL_VERSION} --build {BUILD} state --cluster 'my lab'"
+            )
         );
-        let words = shell_words(&Call::Receive {
-            dest: "/tmp/it's".into(),
-            signer: None,
-            allow_unsigned: false,
-            relay_listen: None,
-        }
-        .command_line("/x"));
+        let words = shell_words(
+            &Call::Receive { dest: "/tmp/it's".into(), signer: None, allow_unsigned: false, relay_listen: None }
+                .command_line("/x"),
+        );
         assert_eq!(words[words.len() - 2..], ["--dest", "/tmp/it's"]);
     }
 

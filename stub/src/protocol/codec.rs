@@ -54,7 +54,6 @@ pub(crate) fn clip(s: &str) -> String {
     }
 }
 
-
 /// A stream that does not read as this protocol's frames.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -84,7 +83,6 @@ pub fn read_u64(r: &mut impl Read) -> Result<u64, FrameError> {
     r.read_exact(&mut b).map_err(FrameError::io("the stream ended early"))?;
     Ok(u64::from_le_bytes(b))
 }
-
 
 #[cfg(test)]
 mod tests {

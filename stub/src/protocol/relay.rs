@@ -111,8 +111,7 @@ pub fn decode_reply(r: &mut impl Read) -> Result<Reply, FrameError> {
         REFUSED => {
             let len = read_u64(r)?.min(MAX_REFUSAL);
             let mut msg = vec![0u8; len as usize];
-            r.read_exact(&mut msg)
-                .map_err(|source| FrameError::Io { what: "reading the refusal".into(), source })?;
+            r.read_exact(&mut msg).map_err(|source| FrameError::Io { what: "reading the refusal".into(), source })?;
             Ok(Reply::Refused(String::from_utf8_lossy(&msg).into_owned()))
         }
         other => Err(FrameError::Bad(format!("the relay answered {other:#x}, not a ferry relay"))),
@@ -141,7 +140,10 @@ mod tests {
         assert_eq!([read_u64(&mut r).unwrap(), read_u64(&mut r).unwrap()], [1, 5]);
         assert!(r.is_empty());
         assert_eq!(decode_reply(&mut &ACCEPTED.to_le_bytes()[..]).unwrap(), Reply::Accepted);
-        assert_eq!(decode_reply(&mut &encode_refusal("wrong token")[..]).unwrap(), Reply::Refused("wrong token".into()));
+        assert_eq!(
+            decode_reply(&mut &encode_refusal("wrong token")[..]).unwrap(),
+            Reply::Refused("wrong token".into())
+        );
         let err = decode_reply(&mut &7u64.to_le_bytes()[..]).unwrap_err().to_string();
         assert!(err.contains("not a ferry relay"), "{err}");
         let up = Upstream { addr: "a".into(), port: 1, name: "n".into(), token: "t".into() };

@@ -108,7 +108,6 @@ pub struct PrepareReport {
     pub warnings: Vec<String>,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,10 +159,9 @@ mod tests {
         m.insert("gpus".into(), 2.into());
         let f: Facts = serde_json::from_value(v).unwrap();
         assert_eq!(f, Facts::default());
-        let plan: PreparePlan = serde_json::from_str(
-            r#"{"registry_endpoints":[],"hosts_entries":[],"allow_unsigned":false,"new":1}"#,
-        )
-        .unwrap();
+        let plan: PreparePlan =
+            serde_json::from_str(r#"{"registry_endpoints":[],"hosts_entries":[],"allow_unsigned":false,"new":1}"#)
+                .unwrap();
         assert_eq!(plan.root, PathBuf::from("/"));
         let report: PrepareReport = serde_json::from_str(r#"{"changed":[],"warnings":["w"],"took":3}"#).unwrap();
         assert_eq!(report.warnings, ["w"]);

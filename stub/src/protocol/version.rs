@@ -133,7 +133,6 @@ pub fn check_agent(host: &str, first_line: Option<&str>) -> Result<Hello, Versio
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +173,4 @@ mod tests {
         let err = check_operator(None, None).unwrap_err().to_string();
         assert!(err.contains("did not say which ferry protocol") && err.contains(BUILD), "{err}");
     }
-
-
 }

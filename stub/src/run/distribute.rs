@@ -114,7 +114,9 @@ pub fn check_final(done: Event) -> Result<Received> {
     match done {
         Event::Finished(Outcome::Done(got)) => Ok(got),
         Event::Finished(Outcome::Failed(why)) => bail!("the agent failed: {why}"),
-        Event::Progress { .. } | Event::Lost { .. } => bail!("the agent was still receiving when it should have finished"),
+        Event::Progress { .. } | Event::Lost { .. } => {
+            bail!("the agent was still receiving when it should have finished")
+        }
     }
 }
 
@@ -219,8 +221,8 @@ pub(super) mod tests {
     use super::*;
     use crate::agent::receive::{ReceiveOptions, receive};
     use crate::protocol::receive::MAGIC;
-    use payload_format::{BundleMetadata, Compression, PayloadWriter, WriterOptions};
     use crate::ssh::RemoteHost;
+    use payload_format::{BundleMetadata, Compression, PayloadWriter, WriterOptions};
     use std::path::Path;
 
     fn build(dir: &Path) -> std::path::PathBuf {
@@ -243,11 +245,7 @@ pub(super) mod tests {
         path
     }
 
-    async fn session(
-        payload: &Payload,
-        want: &[u64],
-        opts: &ReceiveOptions,
-    ) -> Result<(u64, Received)> {
+    async fn session(payload: &Payload, want: &[u64], opts: &ReceiveOptions) -> Result<(u64, Received)> {
         // The agent as `installer agent receive` runs it: hello first, then the stream.
         let dir = opts.dest.parent().unwrap().to_path_buf();
         let mut agent = crate::agent::local::LocalAgent::new("node", dir, opts.stub.clone());

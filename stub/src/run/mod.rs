@@ -29,10 +29,10 @@ pub mod progress;
 pub mod relay;
 
 use crate::agent::{AGENT_PATH, INSTALLER_PATH};
-use crate::protocol::call::CHECK_PULL_TIMEOUT;
-use crate::protocol::{Call, Facts, Record};
 use crate::cli::RunArgs;
 use crate::cluster::{self, Cluster, Host, Overrides, Role};
+use crate::protocol::call::CHECK_PULL_TIMEOUT;
+use crate::protocol::{Call, Facts, Record};
 use crate::ssh::client::{Jump, Login, SshHost, SshOptions};
 use crate::ssh::{RemoteHost, Secret, Secrets};
 use anyhow::{Context, Result, anyhow, bail};
@@ -799,8 +799,7 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
                 return Ok(());
             }
             ctx.rep.event(&host.ip, "registry", "start", "starting ferry-registry.service", serde_json::json!({}));
-            let call =
-                Call::RegistryService { port: ctx.cluster.registry_port, allow_unsigned: ctx.allow_unsigned };
+            let call = Call::RegistryService { port: ctx.cluster.registry_port, allow_unsigned: ctx.allow_unsigned };
             crate::ssh::agent::run(h.as_ref(), INSTALLER_PATH, &call).await
         }
     })

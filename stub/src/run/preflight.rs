@@ -1,8 +1,8 @@
 //! Preflight judgement: pure functions from each host's [`Facts`] to a list of problems, so the
 //! rules are unit-tested without hosts. Gathering the facts is in `run`.
 
-use crate::protocol::Facts;
 use crate::cluster::{Host, Role};
+use crate::protocol::Facts;
 use std::collections::BTreeMap;
 
 /// How bad a problem is: errors stop the run, warnings are shown.

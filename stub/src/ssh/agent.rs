@@ -61,7 +61,7 @@ async fn ask<H: RemoteHost, T: DeserializeOwned>(
     answer: &'static str,
 ) -> Result<T> {
     let body = call(h, program, c, stdin).await?;
-    Ok(decode(answer, &body).with_context(|| format!("reading the answer of {} on {}", what(c), h.addr()))?)
+    decode(answer, &body).with_context(|| format!("reading the answer of {} on {}", what(c), h.addr()))
 }
 
 /// The host's facts (`agent facts`), looking for `tools` on its PATH.

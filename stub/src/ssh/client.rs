@@ -50,12 +50,12 @@ impl client::Handler for Checker {
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            *self.verdict.lock().unwrap() =
+            *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some("the server offered a certificate; ferry checks plain host keys only".into());
             return Ok(false);
         };
         let fp = key.fingerprint(keys::HashAlg::Sha256);
-        let _guard = KNOWN_HOSTS_LOCK.lock().unwrap();
+        let _guard = KNOWN_HOSTS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let result = if self.path.exists() {
             known_hosts::check_known_hosts_path(&self.host, self.port, key, &self.path)
         } else {
@@ -70,21 +70,21 @@ impl client::Handler for Checker {
                 match known_hosts::learn_known_hosts_path(&self.host, self.port, key, &self.path) {
                     Ok(()) => Ok(true),
                     Err(e) => {
-                        *self.verdict.lock().unwrap() =
+                        *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(format!("cannot record its host key in {}: {e}", self.path.display()));
                         Ok(false)
                     }
                 }
             }
             Ok(false) => {
-                *self.verdict.lock().unwrap() = Some(format!(
+                *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
                     "unknown host key {fp}: not in {}; check it and pass --accept-new-host-keys to record it",
                     self.path.display()
                 ));
                 Ok(false)
             }
             Err(keys::Error::KeyChanged { line }) => {
-                *self.verdict.lock().unwrap() = Some(format!(
+                *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
                     "HOST KEY CHANGED: the host now presents {fp}, which differs from line {line} of {}; \
                      refusing (possible man-in-the-middle). If the host was reinstalled, remove that line",
                     self.path.display()
@@ -92,7 +92,8 @@ impl client::Handler for Checker {
                 Ok(false)
             }
             Err(e) => {
-                *self.verdict.lock().unwrap() = Some(format!("cannot read {}: {e}", self.path.display()));
+                *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("cannot read {}: {e}", self.path.display()));
                 Ok(false)
             }
         }
@@ -129,7 +130,7 @@ pub struct Login {
 static KEYS: Mutex<Option<HashMap<PathBuf, Arc<keys::PrivateKey>>>> = Mutex::new(None);
 
 fn load_key(path: &Path, secrets: &Secrets) -> Result<Arc<keys::PrivateKey>> {
-    if let Some(k) = KEYS.lock().unwrap().get_or_insert_with(HashMap::new).get(path) {
+    if let Some(k) = KEYS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(path) {
         return Ok(k.clone());
     }
     let key = match keys::load_secret_key(path, None) {
@@ -145,7 +146,10 @@ fn load_key(path: &Path, secrets: &Secrets) -> Result<Arc<keys::PrivateKey>> {
         Err(e) => bail!("loading key {}: {e}", path.display()),
     };
     let key = Arc::new(key);
-    KEYS.lock().unwrap().get_or_insert_with(HashMap::new).insert(path.to_path_buf(), key.clone());
+    KEYS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(path.to_path_buf(), key.clone());
     Ok(key)
 }
 
@@ -241,7 +245,7 @@ where
     let mut h = match client::connect_stream(config(opts), stream, checker).await {
         Ok(h) => h,
         Err(e) => {
-            if let Some(v) = verdict.lock().unwrap().take() {
+            if let Some(v) = verdict.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 bail!("{v}");
             }
             return Err(anyhow!("SSH handshake failed: {e}"));
@@ -388,9 +392,9 @@ impl SshHost {
             while let Some(msg) = read.wait().await {
                 match msg {
                     ChannelMsg::Data { data } => {
-                        if out_w.write_all(&data).await.is_err() {
-                            // The reader went away; keep draining so the exit status arrives.
-                        }
+                        // A reader that went away is no reason to stop: draining on lets the
+                        // exit status arrive.
+                        let _ = out_w.write_all(&data).await;
                     }
                     ChannelMsg::ExtendedData { data, .. } => {
                         stderr.extend_from_slice(&data);
