@@ -1,8 +1,9 @@
 //! Relay distribution, host side: a receiving agent passes the chunks it holds on to further
 //! hosts, so the operator's uplink carries each byte about once however many hosts there are.
 //!
-//! Owns the relay wire (hello, tokens, frames), the listener a receiving agent runs while its
-//! distribution session lasts ([`serve`]), and the pulling end ([`connect`]). The chunks a relay
+//! Owns the listener a receiving agent runs while its distribution session lasts ([`serve`]),
+//! the shelf of chunks it can pass on ([`Shelf`]), and the pulling end ([`connect`]); the bytes
+//! they exchange are `protocol::relay` and `protocol::receive`'s frames. The chunks a relay
 //! sends are landed by `receive::land`, which checks every one against the signed index: a relay
 //! cannot alter data, only withhold it, and withholding is routed around by the operator.
 //!
@@ -10,8 +11,7 @@
 //! listener a fresh 32-byte secret over its SSH session, and each downstream host the token for
 //! its own name (`protocol::relay::token`), over its own SSH session. A token opens one
 //! connection once; without one, the listener closes the connection before sending a byte. The
-//! listener lives only as long as the operator's session to its host. The wire itself is
-//! `protocol::relay`.
+//! listener lives only as long as the operator's session to its host.
 
 use crate::protocol::codec::read_u64;
 use crate::protocol::receive::{END, KEEPALIVE};
