@@ -282,11 +282,15 @@ pub fn state(root: &Path, cluster: &str) -> Result<BTreeMap<String, Record>> {
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "json")
-                && let Ok(r) = serde_json::from_slice::<Record>(&std::fs::read(&p)?)
-            {
-                out.insert(r.phase.clone(), r);
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
             }
+            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            // An unreadable record is reported, not taken for a phase never done: the operator
+            // decides (removing the file makes the phase run again).
+            let r: Record = crate::protocol::decode("a phase record", &bytes)
+                .with_context(|| format!("{}: remove it to run that phase again", p.display()))?;
+            out.insert(r.phase.clone(), r);
         }
     }
     Ok(out)
@@ -460,6 +464,11 @@ mod tests {
         record(d.path(), &r).unwrap();
         assert_eq!(state(d.path(), "lab").unwrap()["distribute"], r);
         assert!(record(d.path(), &Record { cluster: "../x".into(), ..r }).is_err());
+        // A damaged record is an error naming the file, not a phase silently taken as undone.
+        std::fs::write(d.path().join("lab/prepare.json"), b"{\"cluster\":").unwrap();
+        let err = format!("{:#}", state(d.path(), "lab").unwrap_err());
+        assert!(err.contains("lab/prepare.json: remove it to run that phase again"), "{err}");
+        assert!(err.contains("a phase record does not read"), "{err}");
     }
 
     /// An agent started by an operator of another protocol version (older or newer) greets with
