@@ -12,6 +12,7 @@
 //! with this agent's [`Hello`] and runs the call.
 
 #[cfg(test)]
+pub mod kernel;
 pub mod local;
 pub mod prepare;
 pub mod receive;
@@ -263,6 +264,7 @@ pub fn facts(tools: &[String]) -> Facts {
         installer: trailer_id(Path::new(INSTALLER_PATH)),
         ferry_registry_active,
         cgroup: cgroup_version(Path::new("/sys/fs/cgroup")),
+        kernel_features: kernel::KernelView::running().node_features(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub use crate::protocol::{PreparePlan as Plan, PrepareReport as Report};
 
+use super::kernel::module_present;
 use super::{FERRY_DIR, INSTALLER_PATH};
 use crate::registry::config::write_atomic;
 use anyhow::{Context, Result, bail};
@@ -21,28 +22,6 @@ pub const SYSCTLS: &[(&str, &str)] = &[
 ];
 /// Modules they need.
 pub const MODULES: &[&str] = &["overlay", "br_netfilter"];
-
-/// Whether a module is loaded or built in (no modprobe needed then). A built-in module shows in
-/// `/sys/module` only when it has parameters, and `/lib/modules` may be absent (containers,
-/// minimal images), so the feature a module provides counts too: its filesystem in
-/// `/proc/filesystems`, or for br_netfilter the `net.bridge` sysctls it registers.
-pub fn module_present(name: &str) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let builtin = std::fs::read_to_string(format!("/lib/modules/{}/modules.builtin", release.trim()))
-        .unwrap_or_default()
-        .lines()
-        .any(|l| {
-            l.rsplit('/').next().and_then(|f| f.strip_suffix(".ko")).map(|m| m.replace('-', "_"))
-                == Some(name.replace('-', "_"))
-        });
-    builtin
-        || Path::new("/sys/module").join(name).exists()
-        || (name == "br_netfilter" && Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists())
-        || std::fs::read_to_string("/proc/filesystems")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split_whitespace().last() == Some(name))
-}
 
 /// Runs a program, failing with its last lines of stderr; returns its stdout.
 pub(super) fn sh(cmd: &str, args: &[&str]) -> Result<String> {

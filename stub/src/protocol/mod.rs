@@ -30,5 +30,5 @@ pub mod version;
 
 pub use call::{Call, quote};
 pub use codec::{DecodeError, decode, encode_line, split_first_line};
-pub use report::{Facts, PreparePlan, PrepareReport, Record};
+pub use report::{Facts, KernelSupport, PreparePlan, PrepareReport, Record};
 pub use version::{BUILD, Hello, PROTOCOL_VERSION, VersionError, check_agent, check_operator};

@@ -1,7 +1,7 @@
 //! The reports: what the agent answers to `facts`, `state` and `prepare`, and what `prepare`
 //! and `record` read on stdin.
 //!
-//! Owns: [`Facts`], [`Record`], [`PreparePlan`], [`PrepareReport`]. Fields added after a
+//! Owns: [`Facts`], [`KernelSupport`], [`Record`], [`PreparePlan`], [`PrepareReport`]. Fields added after a
 //! protocol version was released carry `#[serde(default)]` (see the module above).
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,22 @@ pub struct Facts {
     /// `stat -fc %T /sys/fs/cgroup` tells (cgroup2fs, tmpfs).
     #[serde(default)]
     pub cgroup: String,
+    /// Kernel features a Kubernetes node needs (`overlay`, `br_netfilter`, `vxlan`), and whether
+    /// each is there. Empty from an agent that did not look.
+    #[serde(default)]
+    pub kernel_features: BTreeMap<String, KernelSupport>,
+}
+
+/// Whether a kernel feature is usable on a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelSupport {
+    /// Built in or loaded: usable now.
+    Present,
+    /// A module for it is installed for the running kernel: `modprobe` makes it usable.
+    Loadable,
+    /// Neither: the kernel cannot provide it without a rebuild or another kernel package.
+    Missing,
 }
 
 /// The answer to `state`: a cluster's records on one host, by phase.

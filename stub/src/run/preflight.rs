@@ -197,6 +197,9 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
                     .into(),
             );
         }
+        for (severity, message) in kernel_feature_problems(f) {
+            p(h, severity, "kernel", message);
+        }
         if !f.tools_missing.is_empty() {
             p(
                 h,
@@ -261,6 +264,32 @@ pub fn table(problems: &[Problem]) -> String {
         s.push_str(&format!("{:<w$}  {:<7}  {:<c$}  {}\n", p.host, lvl, p.check, p.message));
     }
     s
+}
+
+/// What a node's kernel lacks, worded for the operator. overlay and br_netfilter are needed by
+/// containerd and kube-proxy on every node; VXLAN only by the usual overlay CNIs (flannel's
+/// default backend, Calico's and Cilium's VXLAN modes), so its absence is a warning. A feature
+/// that is only loadable is fine: prepare loads it.
+fn kernel_feature_problems(f: &Facts) -> Vec<(Severity, String)> {
+    use crate::protocol::KernelSupport::Missing;
+    let needs = [
+        ("overlay", Severity::Error, "containerd's overlayfs snapshotter needs it"),
+        ("br_netfilter", Severity::Error, "kube-proxy and network policies need bridged pod traffic to pass iptables"),
+        ("vxlan", Severity::Warning, "overlay CNIs such as flannel (its default backend) need it"),
+    ];
+    needs
+        .iter()
+        .filter(|(name, _, _)| f.kernel_features.get(*name) == Some(&Missing))
+        .map(|(name, severity, why)| {
+            (
+                *severity,
+                format!(
+                    "kernel {} has no {name}: it is neither built in, loaded, nor an installed module; {why}",
+                    f.kernel
+                ),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -401,5 +430,28 @@ mod tests {
         none.arch = "riscv64".into();
         let hs = [HostFacts { host: &m, facts: &none, disk_needed: 1, skew_ms: 0, ours: false }];
         assert!(judge(&hs, &rules()).iter().all(|p| p.check == "arch"));
+    }
+
+    #[test]
+    fn missing_kernel_features_stop_the_run_and_loadable_ones_do_not() {
+        use crate::protocol::KernelSupport::{Loadable, Missing, Present};
+        let m = host("m", &[Role::Master, Role::Registry]);
+        let mut f = good("m", "1");
+        f.kernel_features = [("overlay", Loadable), ("br_netfilter", Present), ("vxlan", Present)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let hs = [HostFacts { host: &m, facts: &f, disk_needed: 1, skew_ms: 0, ours: false }];
+        assert!(judge(&hs, &rules()).is_empty(), "a loadable module is prepare's to load");
+
+        f.kernel_features.insert("br_netfilter".into(), Missing);
+        f.kernel_features.insert("vxlan".into(), Missing);
+        let hs = [HostFacts { host: &m, facts: &f, disk_needed: 1, skew_ms: 0, ours: false }];
+        let p = judge(&hs, &rules());
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!((p[0].severity, p[0].check.as_str()), (Severity::Error, "kernel"));
+        assert!(p[0].message.contains("no br_netfilter") && p[0].message.contains(&f.kernel), "{}", p[0].message);
+        assert_eq!(p[1].severity, Severity::Warning);
+        assert!(p[1].message.contains("no vxlan"), "{}", p[1].message);
     }
 }
