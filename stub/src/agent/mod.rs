@@ -17,14 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// ferry's directory on every node.
-pub const FERRY_DIR: &str = "/var/lib/ferry";
-/// The bootstrap agent (the bare program, no payload).
-pub const AGENT_PATH: &str = "/var/lib/ferry/agent";
-/// The node's (partial, or for registry hosts whole) copy of the installer.
-pub const INSTALLER_PATH: &str = "/var/lib/ferry/installer";
-/// Per-phase records.
-pub const STATE_DIR: &str = "/var/lib/ferry/state";
+pub use crate::node::{AGENT_PATH, FERRY_DIR, INSTALLER_PATH, STATE_DIR, trailer_id};
 
 /// What preflight needs to know about a host.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -113,19 +106,6 @@ pub fn free_space(p: &Path) -> u64 {
         return 0;
     }
     st.f_bavail as u64 * st.f_frsize as u64
-}
-
-/// Hex SHA-256 of the last 128 bytes of a file: identifies an installer build.
-pub fn trailer_id(p: &Path) -> Option<String> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(p).ok()?;
-    let len = f.metadata().ok()?.len();
-    if len < 128 {
-        return None;
-    }
-    let mut t = [0u8; 128];
-    f.read_exact_at(&mut t, len - 128).ok()?;
-    Some(hex::encode(payload_format::sha256(&t)))
 }
 
 fn in_path(tool: &str) -> bool {

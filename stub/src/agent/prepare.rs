@@ -2,7 +2,8 @@
 //! the node's own copy of the installer (/var/lib/ferry/installer), every file written
 //! atomically and left alone when already right, so a re-run changes nothing.
 
-use super::{FERRY_DIR, INSTALLER_PATH};
+use super::service_route::sh;
+use crate::node::{FERRY_DIR, INSTALLER_PATH};
 use crate::registry::config::write_atomic;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -74,15 +75,6 @@ pub fn module_present(name: &str) -> bool {
             .unwrap_or_default()
             .lines()
             .any(|l| l.split_whitespace().last() == Some(name))
-}
-
-/// Runs a program, failing with its last lines of stderr; returns its stdout.
-pub(super) fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!("{cmd} {} failed: {}", args.join(" "), crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Writes `text` unless the file already holds exactly it.
@@ -355,7 +347,7 @@ pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
     let mut report = Report::default();
     put(path, unit.as_bytes(), &mut report)?;
     // The unit also changes meaning when the installer file under it was replaced.
-    let id = super::trailer_id(Path::new(INSTALLER_PATH)).unwrap_or_default();
+    let id = crate::node::trailer_id(Path::new(INSTALLER_PATH)).unwrap_or_default();
     let marker = Path::new(FERRY_DIR).join("registry.serving");
     let stale = std::fs::read_to_string(&marker).unwrap_or_default() != id;
     sh("systemctl", &["daemon-reload"])?;
@@ -423,7 +415,7 @@ fn manifest_request(endpoint: &str, image: &str) -> Result<(String, String)> {
     let Some(addr) = endpoint.strip_prefix("http://") else {
         bail!("only http:// replicas can be checked directly, not {endpoint}");
     };
-    let full = crate::check::normalize_image(image);
+    let full = crate::check::image::normalize_image(image);
     let (registry, rest) = full.split_once('/').ok_or_else(|| anyhow::anyhow!("image `{image}` has no repository"))?;
     let (name, reference) = match rest.split_once('@') {
         Some((n, d)) => (n, d),

@@ -27,7 +27,10 @@ use serde::Serialize;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+pub mod image;
 mod workloads;
+
+pub use image::normalize_image;
 
 /// One line of the table.
 #[derive(Clone, Debug, Serialize)]
@@ -96,33 +99,6 @@ impl Report {
         }
         bail!("the cluster is unhealthy ({} problem(s)):\n  {}", bad.len(), bad.join("\n  "))
     }
-}
-
-/// `docker.io/library/` and `:latest` made explicit, as containerd names images.
-pub fn normalize_image(r: &str) -> String {
-    let (name, digest) = match r.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (r, None),
-    };
-    let first = name.split('/').next().unwrap_or("");
-    let has_domain = name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let mut full = if has_domain {
-        let (dom, rest) = name.split_once('/').unwrap_or((name, ""));
-        format!("{}/{rest}", crate::registry::store::normalize_registry(dom))
-    } else if name.contains('/') {
-        format!("docker.io/{name}")
-    } else {
-        format!("docker.io/library/{name}")
-    };
-    let last = full.rsplit('/').next().unwrap_or("");
-    if digest.is_none() && !last.contains(':') {
-        full.push_str(":latest");
-    }
-    if let Some(d) = digest {
-        full.push('@');
-        full.push_str(d);
-    }
-    full
 }
 
 /// Image references (normalized) and digests the built-in registry serves.
@@ -196,7 +172,7 @@ fn label<'a>(p: &'a Pod, k: &str) -> Option<&'a str> {
 }
 
 async fn kubectl<H: RemoteHost>(h: &H, args: &str) -> Result<Vec<u8>> {
-    let cmd = format!("kubectl --kubeconfig {} {args}", crate::run::control::ADMIN_CONF);
+    let cmd = format!("kubectl --kubeconfig {} {args}", crate::node::ADMIN_CONF);
     let out = h.run(&cmd, b"").await.with_context(|| format!("{}: running {cmd}", h.addr()))?;
     if !out.ok() {
         bail!("{}: `{cmd}` failed (status {}): {}", h.addr(), out.status, out.tail(3));
@@ -207,11 +183,11 @@ async fn kubectl<H: RemoteHost>(h: &H, args: &str) -> Result<Vec<u8>> {
 /// Reads the API on `master` and judges the cluster described by `cluster`.
 pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: &H) -> Result<Report> {
     let ip = master.addr().to_string();
-    let probe = master.run(&format!("test -f {} && echo yes || echo no", crate::run::control::ADMIN_CONF), b"").await?;
+    let probe = master.run(&format!("test -f {} && echo yes || echo no", crate::node::ADMIN_CONF), b"").await?;
     if probe.text().trim() != "yes" {
         bail!(
             "{ip}: no Kubernetes control plane here ({} is missing): the cluster does not exist or was reset; run `installer run`",
-            crate::run::control::ADMIN_CONF
+            crate::node::ADMIN_CONF
         );
     }
     let nodes = ListOf::<Node> {
@@ -393,58 +369,6 @@ pub fn waiting_line(report: &Report, waited: Duration) -> String {
         ),
         None => format!("waiting for the cluster ({:.0} s)", waited.as_secs_f64()),
     }
-}
-
-/// Entry point of `installer check`.
-pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
-        let found = crate::run::locate(args).await?;
-        let payload = crate::verify::open_payload(&args.run.installer)?;
-        // The first master that answers: with one down, the others still tell the truth
-        // (and the dead one shows as a NotReady node, named).
-        let mut unreachable = Vec::new();
-        let mut reached = None;
-        for m in found.cluster.hosts.iter().filter(|h| h.is(Role::Master)) {
-            match found.connect_one(&m.ip).await {
-                Ok(h) => {
-                    reached = Some(h);
-                    break;
-                }
-                Err(e) => {
-                    eprintln!("warning: master {} does not answer ({e:#}); reading the cluster through the next", m.ip);
-                    unreachable.push((m.ip.clone(), format!("{e:#}")));
-                }
-            }
-        }
-        let h = reached.ok_or_else(|| {
-            anyhow!(
-                "no master of cluster {} answers:\n  {}",
-                found.cluster.name,
-                unreachable.iter().map(|(ip, e)| format!("{ip}: {e}")).collect::<Vec<_>>().join("\n  ")
-            )
-        })?;
-        let wait = Duration::from_secs(args.run.wait.unwrap_or(0));
-        let mut report =
-            check_until_healthy(&found.cluster, &payload, h.as_ref(), wait, Duration::from_secs(15), |r, waited| {
-                if !args.run.json {
-                    eprintln!("{}", waiting_line(r, waited));
-                }
-            })
-            .await?;
-        for (ip, e) in unreachable {
-            report.rows.insert(
-                0,
-                Row { check: "master".into(), object: ip, ok: false, detail: format!("unreachable over SSH: {e}") },
-            );
-        }
-        if args.run.json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            println!("{}", report.table());
-        }
-        report.verdict()
-    })
 }
 
 /// The items of a list as kubectl prints it. `kubectl get … -o json` says `kind: List` (not

@@ -141,7 +141,7 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
         let mut ports: Vec<(u16, &str)> = vec![(10250, "kubelet"), (rules.lb_port, "API load balancer")];
         if hf.host.is(Role::Master) {
             ports.extend([
-                (6443, "kube-apiserver"),
+                (crate::node::APISERVER_PORT, "kube-apiserver"),
                 (2379, "etcd"),
                 (2380, "etcd peers"),
                 (10257, "kube-controller-manager"),

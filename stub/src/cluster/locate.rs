@@ -3,12 +3,16 @@
 //! reaching it with `-f FILE`'s SSH settings when a file is given too; `-f FILE` alone reads a
 //! cluster file, and otherwise the description saved beside the installer
 //! (`.ferry/<cluster>/cluster.yaml`; `--name` picks one when there are several).
+//!
+//! Owns also the local state directory beside the installer (where the description and the
+//! per-host records are kept) and the secrets the connection flags ask for.
 
 use crate::cli::ClusterCommandArgs;
 use crate::cluster::{self, Cluster, Overrides};
 use crate::ssh::client::{Jump, Login, SshHost, SshOptions};
+use crate::ssh::{Secret, Secrets};
 use anyhow::{Context, Result, anyhow, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +28,57 @@ pub struct Found {
     pub local_state: PathBuf,
 }
 
+/// The passwords and passphrases `a` asks for: from the environment, stdin or a prompt.
+pub fn secrets(a: &crate::cli::RunArgs) -> Result<Secrets> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).map(Secret::new);
+    let mut s = Secrets {
+        ssh_password: env("FERRY_SSH_PASSWORD"),
+        sudo_password: env("FERRY_SUDO_PASSWORD"),
+        key_passphrase: env("FERRY_SSH_KEY_PASSPHRASE"),
+    };
+    if a.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+        s.ssh_password = Some(Secret::new(line.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    if a.ask_password && s.ssh_password.is_none() {
+        s.ssh_password = Some(crate::ssh::prompt_secret("SSH password")?);
+    }
+    if a.ask_sudo_password && s.sudo_password.is_none() {
+        s.sudo_password = Some(crate::ssh::prompt_secret("sudo password")?);
+    }
+    Ok(s)
+}
+
+/// `.ferry/<cluster>/` beside the installer: the saved description and each host's records.
+pub fn local_state_dir(installer: &Path, cluster: &str) -> PathBuf {
+    let exe = if installer == Path::new(crate::node::SELF_EXE) {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("installer"))
+    } else {
+        installer.to_path_buf()
+    };
+    exe.parent().unwrap_or(Path::new(".")).join(".ferry").join(cluster)
+}
+
+/// Writes `.ferry/<cluster>/cluster.yaml`.
+pub fn save_local(dir: &Path, text: &str) -> Result<()> {
+    crate::registry::config::write_atomic(&dir.join("cluster.yaml"), text.as_bytes())
+        .with_context(|| format!("saving the cluster description in {}", dir.display()))
+}
+
+/// Errors when `text` (a host's answer) shows no ferry cluster.
+pub fn require_cluster_file(ip: &str, text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        bail!(
+            "{ip}: no ferry cluster here ({} is missing): run `installer run` first, or give the right --master",
+            crate::node::CLUSTER_FILE
+        );
+    }
+    Ok(())
+}
+
 /// The cluster-file overrides that `run`'s connection flags stand for, with `hosts` as the host list.
-pub(crate) fn overrides(a: &crate::cli::RunArgs, hosts: Vec<String>) -> Overrides {
+pub fn overrides(a: &crate::cli::RunArgs, hosts: Vec<String>) -> Overrides {
     Overrides {
         hosts,
         masters: Vec::new(),
@@ -85,7 +138,7 @@ impl Found {
 /// Finds the cluster `args` point at.
 pub async fn locate(args: &ClusterCommandArgs) -> Result<Found> {
     let a = &args.run;
-    let secrets = super::secrets(a)?;
+    let secrets = secrets(a)?;
     let mk_opts = |known: PathBuf| SshOptions {
         known_hosts: known,
         accept_new: a.accept_new_host_keys,
@@ -118,18 +171,15 @@ pub async fn locate(args: &ClusterCommandArgs) -> Result<Found> {
             sudo: h.ssh.sudo,
         };
         let conn = SshHost::connect(&login, &opts, jump).await.with_context(|| format!("{master}: connecting"))?;
-        let out = crate::ssh::RemoteHost::run(
-            &conn,
-            &format!("cat {} 2>/dev/null || true", super::control::CLUSTER_FILE),
-            b"",
-        )
-        .await?;
-        super::control::require_cluster_file(master, &out.text())?;
-        cluster::parse(&out.text(), &format!("{master}:{}", super::control::CLUSTER_FILE))?
+        let out =
+            crate::ssh::RemoteHost::run(&conn, &format!("cat {} 2>/dev/null || true", crate::node::CLUSTER_FILE), b"")
+                .await?;
+        require_cluster_file(master, &out.text())?;
+        cluster::parse(&out.text(), &format!("{master}:{}", crate::node::CLUSTER_FILE))?
     } else if let Some(f) = &a.cluster_file {
         cluster::load(f)?
     } else {
-        let base = super::local_state_dir(&a.installer, "x");
+        let base = local_state_dir(&a.installer, "x");
         let base = base.parent().map(PathBuf::from).unwrap_or_default();
         let path = match &a.name {
             Some(n) => base.join(n).join("cluster.yaml"),
@@ -159,6 +209,6 @@ pub async fn locate(args: &ClusterCommandArgs) -> Result<Found> {
     let cluster = cluster::resolve(Some(file), &overrides(a, Vec::new()))?;
     let opts = mk_opts(cluster.known_hosts.clone());
     let jump = jump_for(&cluster, &opts).await?;
-    let local_state = super::local_state_dir(&a.installer, &cluster.name);
+    let local_state = local_state_dir(&a.installer, &cluster.name);
     Ok(Found { cluster, opts, jump, local_state })
 }

@@ -29,7 +29,7 @@ pub fn run(mut args: ClusterCommandArgs, quiet: bool, no_progress: bool) -> Resu
     args.run.workers.clear();
     args.run.hosts.clear();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let found = rt.block_on(crate::run::locate(&args))?;
+    let found = rt.block_on(crate::cluster::locate::locate(&args))?;
     drop(rt);
     let mut cluster = found.cluster;
     // New hosts are reached with the flags' (or the file's cluster-wide) SSH settings.
@@ -70,9 +70,9 @@ pub fn run(mut args: ClusterCommandArgs, quiet: bool, no_progress: bool) -> Resu
             });
         }
     }
-    crate::run::control::save_local(&found.local_state, &crate::cluster::to_file(&cluster))?;
+    crate::cluster::locate::save_local(&found.local_state, &crate::cluster::to_file(&cluster))?;
     args.run.cluster_file = Some(found.local_state.join("cluster.yaml"));
     args.run.name = None;
     args.run.skip_launch = true;
-    crate::run::run(&args.run, quiet, no_progress)
+    super::run::run(&args.run, quiet, no_progress)
 }
