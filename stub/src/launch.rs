@@ -1,4 +1,4 @@
-//! Launch steps (issue 6, "Apps"): the bundle's `spec.launch`, carried in the payload metadata
+//! Launch steps (the bundle's apps): the bundle's `spec.launch`, carried in the payload metadata
 //! (`metadata.extra.launch`), run in order on master0 after the control plane is up:
 //! `{manifests: PATH}` with the rootfs's kubectl, `{chart: PATH, values, namespace}` with its
 //! helm (offline, from the bundled chart), `{run: COMMAND}` with sh. Paths are payload entry

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use payload_format::Payload;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 pub mod image;
@@ -199,14 +199,27 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             .map_err(|e| anyhow!("{ip}: kubectl's pod list does not parse: {e}"))?,
     };
     let mut r = Report { master: ip.clone(), rows: Vec::new() };
+    let node_names = judge_nodes(cluster, &nodes.items, &mut r);
+    judge_system_pods(cluster, &node_names, &pods.items, &mut r);
+    // Workloads, wherever they came from; and pods of the launch steps' namespaces that no
+    // controller owns (a bare Pod has no workload to be judged by).
+    let workloads = kubectl(master, "get deployments,statefulsets,daemonsets -A -o json").await?;
+    judge_workloads(&ip, &workloads, &mut r)?;
+    judge_bare_pods(payload, &pods.items, &mut r)?;
+    judge_images(payload, &pods.items, &mut r);
+    Ok(r)
+}
 
+/// Every node of the description registered and Ready, matched by InternalIP; returns the node
+/// names by address.
+fn judge_nodes(cluster: &Cluster, nodes: &[Node], r: &mut Report) -> BTreeMap<String, String> {
     // Nodes, matched to the description by InternalIP.
     let node_ip = |n: &Node| -> Option<String> {
         n.status.as_ref()?.addresses.as_ref()?.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone())
     };
-    let mut node_names = std::collections::BTreeMap::new();
+    let mut node_names = BTreeMap::new();
     for h in &cluster.hosts {
-        let Some(n) = nodes.items.iter().find(|n| node_ip(n).as_deref() == Some(h.ip.as_str())) else {
+        let Some(n) = nodes.iter().find(|n| node_ip(n).as_deref() == Some(h.ip.as_str())) else {
             r.add("node", &h.ip, false, "not registered with the API server");
             continue;
         };
@@ -228,12 +241,17 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
         }
     }
 
+    node_names
+}
+
+/// The control plane on every master, CoreDNS, and kube-proxy on every node.
+fn judge_system_pods(cluster: &Cluster, node_names: &BTreeMap<String, String>, pods: &[Pod], r: &mut Report) {
     let on = |p: &Pod, node: &str| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
     // Control plane per master.
     for h in cluster.hosts.iter().filter(|h| h.is(Role::Master)) {
         let Some(node) = node_names.get(&h.ip) else { continue };
         for c in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"] {
-            match pods.items.iter().find(|p| label(p, "component") == Some(c) && on(p, node)) {
+            match pods.iter().find(|p| label(p, "component") == Some(c) && on(p, node)) {
                 Some(p) => {
                     let (ok, d) = pod_ready(p);
                     r.add("control-plane", format!("{c} on {node}"), ok, d);
@@ -243,7 +261,7 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
         }
     }
     // CoreDNS.
-    let dns: Vec<&Pod> = pods.items.iter().filter(|p| label(p, "k8s-app") == Some("kube-dns")).collect();
+    let dns: Vec<&Pod> = pods.iter().filter(|p| label(p, "k8s-app") == Some("kube-dns")).collect();
     if dns.is_empty() {
         r.add("coredns", "kube-system/coredns", false, "no CoreDNS pod");
     }
@@ -253,7 +271,7 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
     }
     // kube-proxy on every node.
     for node in node_names.values() {
-        match pods.items.iter().find(|p| label(p, "k8s-app") == Some("kube-proxy") && on(p, node)) {
+        match pods.iter().find(|p| label(p, "k8s-app") == Some("kube-proxy") && on(p, node)) {
             Some(p) => {
                 let (ok, d) = pod_ready(p);
                 r.add("kube-proxy", format!("on {node}"), ok, d);
@@ -261,11 +279,12 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             None => r.add("kube-proxy", format!("on {node}"), false, "no kube-proxy pod"),
         }
     }
-    // Workloads, wherever they came from; and pods of the launch steps' namespaces that no
-    // controller owns (a bare Pod has no workload to be judged by).
-    let workloads = kubectl(master, "get deployments,statefulsets,daemonsets -A -o json").await?;
+}
+
+/// Every Deployment, StatefulSet and DaemonSet Available.
+fn judge_workloads(ip: &str, workloads: &[u8], r: &mut Report) -> Result<()> {
     let items: Vec<serde_json::Value> =
-        list_items(&workloads).map_err(|e| anyhow!("{ip}: kubectl's workload list does not parse: {e}"))?;
+        list_items(workloads).map_err(|e| anyhow!("{ip}: kubectl's workload list does not parse: {e}"))?;
     for (n, item) in items.into_iter().enumerate() {
         let kind = item.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
         let bad = |e: serde_json::Error| anyhow!("{ip}: workload {n} ({kind}) does not parse: {e}");
@@ -279,11 +298,14 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             r.add("workload", object, ok, detail);
         }
     }
+    Ok(())
+}
+
+/// The bare pods of the launch steps' namespaces Ready.
+fn judge_bare_pods(payload: &Payload, pods: &[Pod], r: &mut Report) -> Result<()> {
     let launch_ns: BTreeSet<String> = crate::launch::steps(payload)?.iter().filter_map(|s| s.namespace()).collect();
     let bare = |p: &&Pod| p.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty());
-    for p in
-        pods.items.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))).filter(bare)
-    {
+    for p in pods.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))).filter(bare) {
         let (ok, d) = pod_ready(p);
         r.add(
             "workload",
@@ -296,10 +318,15 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             d,
         );
     }
+    Ok(())
+}
+
+/// Every image of a running pod (or of one stuck pulling) held by the built-in registry.
+fn judge_images(payload: &Payload, pods: &[Pod], r: &mut Report) {
     // Images of running pods, and of pods stuck pulling, in the built-in registry.
     let (refs, digests) = registry_images(payload);
     let mut seen = BTreeSet::new();
-    for p in &pods.items {
+    for p in pods {
         let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         let stuck = pull_failures(p);
         if !running && stuck.is_empty() {
@@ -325,7 +352,6 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             }
         }
     }
-    Ok(r)
 }
 
 /// [`check`] until the cluster is healthy or `wait` has passed, whichever comes first; returns the

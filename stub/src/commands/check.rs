@@ -11,7 +11,7 @@ use std::time::Duration;
 pub fn run(args: &ClusterCommandArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let found = crate::cluster::locate::locate(args).await?;
+        let found = crate::cluster::locate::locate(&super::flags::where_(args)?).await?;
         let payload = crate::verify::open_payload(&args.run.installer)?;
         // The first master that answers: with one down, the others still tell the truth
         // (and the dead one shows as a NotReady node, named).

@@ -6,6 +6,7 @@
 //! (`agent`, `registry`, `verify`, `inspect`, `extract`), and no module below calls back up.
 
 pub mod check;
+pub mod flags;
 pub mod join;
 pub mod reset;
 pub mod run;

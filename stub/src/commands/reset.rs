@@ -1,5 +1,6 @@
 //! `installer reset`: finds the cluster (or just the `--hosts` given), then [`crate::reset`].
 
+use super::flags;
 use crate::cli::ClusterCommandArgs;
 use crate::cluster::locate::{self, Found};
 use crate::ssh::client::SshOptions;
@@ -22,9 +23,9 @@ pub fn run(args: &ClusterCommandArgs) -> Result<()> {
         // `--hosts` and nothing known, just those hosts, reached with the flags' SSH settings (a
         // cluster may be gone or half-made, so nothing else is needed).
         let located = if only.is_empty() || args.master.is_some() || args.run.cluster_file.is_some() {
-            Some(locate::locate(args).await?)
+            Some(locate::locate(&flags::where_(args)?).await?)
         } else {
-            locate::locate(args).await.ok()
+            locate::locate(&flags::where_(args)?).await.ok()
         };
         let known = located.is_some();
         let found = match located {
@@ -39,13 +40,13 @@ pub fn run(args: &ClusterCommandArgs) -> Result<()> {
 /// `only`, reached with the flags' SSH settings, as a cluster of their own.
 async fn bare_hosts(args: &ClusterCommandArgs, only: &[String]) -> Result<Found> {
     let a = &args.run;
-    let cluster = crate::cluster::resolve(None, &locate::overrides(a, only.to_vec()))?;
+    let cluster = crate::cluster::resolve(None, &flags::overrides(a, only.to_vec()))?;
     let opts = SshOptions {
         known_hosts: cluster.known_hosts.clone(),
         accept_new: a.accept_new_host_keys,
         connect_timeout: Duration::from_secs(a.connect_timeout),
         keepalive: Duration::from_secs(a.keepalive.max(1)),
-        secrets: locate::secrets(a)?,
+        secrets: flags::secrets(a)?,
     };
     let jump = locate::jump_for(&cluster, &opts).await?;
     let local_state = locate::local_state_dir(&a.installer, &cluster.name);

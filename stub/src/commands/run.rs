@@ -1,7 +1,8 @@
 //! `installer run`: the command line to a [`crate::run`] delivery.
 
+use super::flags;
 use crate::cli::RunArgs;
-use crate::cluster::{Overrides, locate};
+use crate::cluster::Overrides;
 use crate::run::{self, DEFAULT_WAIT_SECS, Options};
 use crate::ssh::client::SshOptions;
 use anyhow::Result;
@@ -39,7 +40,7 @@ async fn deliver(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()> {
         masters: args.masters.clone(),
         workers: args.workers.clone(),
         registry_replicas: args.registry_replicas,
-        ..locate::overrides(args, args.hosts.clone())
+        ..flags::overrides(args, args.hosts.clone())
     };
     let ctx = run::setup::open(&opts, args.cluster_file.as_deref(), &overrides)?;
     if args.dry_run {
@@ -52,7 +53,7 @@ async fn deliver(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()> {
         accept_new: args.accept_new_host_keys,
         connect_timeout: Duration::from_secs(args.connect_timeout),
         keepalive: opts.keepalive,
-        secrets: locate::secrets(args)?,
+        secrets: flags::secrets(args)?,
     };
     let addrs: Vec<String> = ctx.cluster.hosts.iter().map(|h| h.ip.clone()).collect();
     ctx.rep.hosts(&addrs);
