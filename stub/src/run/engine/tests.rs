@@ -23,9 +23,13 @@ struct World {
 
 impl World {
     fn host(self: &Arc<Self>, ip: &str) -> Arc<FakeHost> {
+        Arc::new(FakeHost::new(ip, self.responder(ip)))
+    }
+
+    /// Answers as host `ip` of this world: records the command, fails it when told to.
+    fn responder(self: &Arc<Self>, ip: &str) -> crate::ssh::fake::Responder {
         let (world, ip2) = (self.clone(), ip.to_string());
-        Arc::new(FakeHost::new(
-            ip,
+        {
             Arc::new(move |cmd: &str, stdin: &[u8]| {
                 let mut seen = world.seen.lock().unwrap();
                 seen.entry(ip2.clone()).or_default().push((cmd.to_string(), String::from_utf8_lossy(stdin).into()));
@@ -39,8 +43,8 @@ impl World {
                     Vec::new()
                 };
                 Output { status: 0, stdout, stderr: Vec::new() }
-            }),
-        ))
+            })
+        }
     }
 
     fn fail(&self, ip: &str, cmd: &str, stderr: &str) {
@@ -285,4 +289,108 @@ async fn prepare_sends_the_plan_records_the_report_and_is_skipped_once_done() {
     moved[1].get_mut("prepare").unwrap().detail["registry_endpoints"] = serde_json::json!(["http://10.9.9.9:5000"]);
     engine(&ctx, &world, moved).run(&[prepare]).await.unwrap();
     assert_eq!(world.commands("10.0.0.2").iter().filter(|c| c.ends_with("agent prepare")).count(), 2);
+}
+
+mod kubeadm {
+    use super::*;
+    use crate::kube::config::{ClusterInputs, Fragments};
+    use crate::run::phases::control::{Init, Join, Kubeadm, SaveState};
+
+    const TOKEN: &str = "abcdef.0123456789abcdef";
+
+    /// master0 answers `kubeadm token create` and the CA read as a real one would.
+    fn answering(world: &Arc<World>, ip: &str) -> Arc<FakeHost> {
+        let inner = world.responder(ip);
+        let ca = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/standins/pki/ca.crt")).unwrap();
+        Arc::new(FakeHost::new(
+            ip,
+            Arc::new(move |cmd: &str, stdin: &[u8]| {
+                let seen = inner(cmd, stdin);
+                match cmd {
+                    "kubeadm token create --ttl 24h0m0s" => {
+                        Output { stdout: format!("{TOKEN}\n").into_bytes(), ..seen }
+                    }
+                    "cat /etc/kubernetes/pki/ca.crt" => Output { stdout: ca.clone(), ..seen },
+                    _ => seen,
+                }
+            }),
+        ))
+    }
+
+    fn phases(ctx: &Ctx) -> Vec<Step<FakeHost>> {
+        let inputs = ClusterInputs {
+            name: ctx.cluster.name.clone(),
+            kubernetes_version: "v1.36.3".into(),
+            endpoint: ctx.cluster.api_endpoint.clone(),
+            lb_port: crate::node::LB_PORT,
+            masters: vec![IPS[0].into()],
+            pod_subnet: None,
+            service_subnet: None,
+            extra_sans: Vec::new(),
+            fragments: Fragments::default(),
+            pause_image: crate::registry::config::kubeadm_pause_image("v1.36.3").unwrap().into(),
+            cgroup_v1_hosts: Vec::new(),
+        };
+        let k = Kubeadm::with_inputs(ctx, inputs).unwrap();
+        vec![Arc::new(Init(k.clone())), Arc::new(Join::new(k.clone())), Arc::new(SaveState(k))]
+    }
+
+    fn engine(ctx: &Arc<Ctx>, world: &Arc<World>, states: Vec<State>) -> Engine<FakeHost> {
+        let hosts = IPS.iter().map(|ip| answering(world, ip)).collect();
+        Engine::new(ctx.clone(), hosts, states, 2)
+    }
+
+    fn ran(world: &World, ip: &str, what: &str) -> usize {
+        world.commands(ip).iter().filter(|c| c.contains(what)).count()
+    }
+
+    #[tokio::test]
+    async fn a_first_run_initialises_master0_and_joins_the_others_with_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+        engine(&ctx, &world, vec![State::new(); 3]).run(&phases(&ctx)).await.unwrap();
+        assert_eq!(ran(&world, IPS[0], "kubeadm init --upload-certs"), 1);
+        assert_eq!(ran(&world, IPS[0], "kubeadm token create"), 0, "init's own token is used");
+        for ip in &IPS[1..] {
+            assert_eq!(ran(&world, ip, "kubeadm join --config"), 1, "{ip}");
+            assert_eq!(world.state(ip, "build-1")["kubeadm"].detail["role"], "worker");
+        }
+        assert_eq!(world.state(IPS[0], "build-1")["kubeadm"].detail["role"], "init");
+        assert_eq!(ran(&world, IPS[0], crate::node::CLUSTER_FILE), 1, "the description is saved on master0");
+        assert!(ctx.local_state.join("cluster.yaml").exists(), "and beside the installer");
+    }
+
+    #[tokio::test]
+    async fn a_rerun_never_initialises_again_and_joins_only_who_has_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+        let joined = |build: &str| {
+            let mut s = State::new();
+            let detail = serde_json::json!({});
+            let rec =
+                Record { cluster: "c".into(), phase: "kubeadm".into(), installer: build.into(), completed: 0, detail };
+            s.insert("kubeadm".into(), rec);
+            s
+        };
+        // master0 initialised by an older build, one worker joined, one not.
+        let states = vec![joined("build-0"), joined("build-0"), State::new()];
+        engine(&ctx, &world, states).run(&phases(&ctx)).await.unwrap();
+        assert_eq!(ran(&world, IPS[0], "kubeadm init"), 0, "the control plane is not re-initialised");
+        assert_eq!(ran(&world, IPS[0], "kubeadm token create"), 1, "a fresh token for this run's join");
+        assert_eq!(ran(&world, IPS[0], "upload-certs"), 0, "no master joins, so no certificate key");
+        assert!(world.commands(IPS[1]).is_empty(), "a joined worker is left alone");
+        assert_eq!(ran(&world, IPS[2], "kubeadm join --config"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_init_names_master0_and_nobody_joins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+        world.fail(IPS[0], "kubeadm init", "[ERROR Port-6443]: Port 6443 is in use");
+        let err = format!("{:#}", engine(&ctx, &world, vec![State::new(); 3]).run(&phases(&ctx)).await.unwrap_err());
+        assert!(err.starts_with("10.0.0.1: kubeadm failed: kubeadm init exited with status 1"), "{err}");
+        assert!(err.contains("Port 6443 is in use"), "{err}");
+        assert!(IPS[1..].iter().all(|ip| ran(&world, ip, "kubeadm join") == 0));
+        assert_eq!(local(&ctx, IPS[0])["phases"]["kubeadm"]["status"], "failed");
+    }
 }

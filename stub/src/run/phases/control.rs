@@ -165,7 +165,11 @@ impl Kubeadm {
     /// The material for `ctx`'s cluster; `cgroup_v1_hosts` are the addresses preflight found on
     /// cgroup v1. Checked before anything changes: a bad fragment names the field here.
     pub fn new(ctx: &Ctx, cgroup_v1_hosts: Vec<String>) -> Result<Arc<Kubeadm>> {
-        let inputs = inputs(ctx, cgroup_v1_hosts)?;
+        Kubeadm::with_inputs(ctx, inputs(ctx, cgroup_v1_hosts)?)
+    }
+
+    /// The material for `ctx`'s cluster with these kubeadm `inputs`.
+    pub fn with_inputs(ctx: &Ctx, inputs: ClusterInputs) -> Result<Arc<Kubeadm>> {
         crate::kube::config::validate(&inputs.fragments).context("spec.kubeadm")?;
         let m0 = master0(ctx)?;
         Ok(Arc::new(Kubeadm { inputs, m0, init_keys: Mutex::default(), secrets: OnceLock::new() }))
