@@ -8,6 +8,12 @@
 //! sysctl/module drop-ins, the `/etc/hosts` block, and ferry's registry and state directories.
 //! Every step tolerates "already gone", so it is idempotent; a host with no trace of ferry is left
 //! untouched with a note.
+//!
+//! [`reset`] is three steps: leave (the hosts going are drained and deleted through a master that
+//! stays), teardown (every host in parallel, workers first), forget (the description loses them,
+//! or is removed with the whole cluster). It does not go through `run`'s phase engine on purpose:
+//! it records nothing (it removes the records), reaches hosts that may belong to no known
+//! cluster, and reports each host in a fixed order once all are done.
 
 use crate::cluster::Role;
 use crate::cluster::locate::Found;

@@ -394,3 +394,102 @@ mod kubeadm {
         assert_eq!(local(&ctx, IPS[0])["phases"]["kubeadm"]["status"], "failed");
     }
 }
+
+mod preflight {
+    use super::*;
+    use crate::agent::Facts;
+    use crate::run::phases::preflight::{Stage, gate};
+    use crate::run::preflight::{Problem, Severity};
+
+    /// A host with ferry's agent of this build in place, answering the survey with `facts`.
+    fn surveyed(world: &Arc<World>, ip: &str, stub_sha: &str, facts: Facts) -> Arc<FakeHost> {
+        let inner = world.responder(ip);
+        let sha = stub_sha.to_string();
+        Arc::new(FakeHost::new(
+            ip,
+            Arc::new(move |cmd: &str, stdin: &[u8]| {
+                let out = inner(cmd, stdin);
+                let stdout = if cmd.starts_with("uname -m") {
+                    format!("{}\n{sha}\n", std::env::consts::ARCH).into_bytes()
+                } else if cmd.contains(" agent facts ") {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+                    serde_json::to_vec(&Facts { time_ms: now.as_millis() as u64, ..facts.clone() }).unwrap()
+                } else if cmd.contains(" agent state ") {
+                    b"{}".to_vec()
+                } else {
+                    out.stdout.clone()
+                };
+                Output { stdout, ..out }
+            }),
+        ))
+    }
+
+    fn healthy(name: &str) -> Facts {
+        Facts {
+            hostname: name.into(),
+            arch: std::env::consts::ARCH.into(),
+            kernel: "6.1.0".into(),
+            systemd: true,
+            cpus: 4,
+            mem_bytes: 8 << 30,
+            disk_free: 100 << 30,
+            machine_id: format!("id-{name}"),
+            cgroup: "v2".into(),
+            ..Default::default()
+        }
+    }
+
+    fn with_stub(dir: &Path) -> Arc<Ctx> {
+        let mut c = Arc::try_unwrap(ctx(dir)).ok().unwrap();
+        c.stub_sha = "0123abcd".into();
+        Arc::new(c)
+    }
+
+    #[tokio::test]
+    async fn a_pass_reports_each_hosts_cgroup_and_hands_over_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (with_stub(dir.path()), Arc::new(World::default()));
+        let hosts: Vec<Option<Arc<FakeHost>>> =
+            IPS.iter().map(|ip| Some(surveyed(&world, ip, &ctx.stub_sha, healthy(ip)))).collect();
+        let passed = gate(&ctx, hosts, Vec::new(), 2, &Stage::new()).await.unwrap();
+        assert_eq!(passed.hosts.len(), 3);
+        assert!(passed.staged.iter().all(Option::is_none), "the agent of this build was there already");
+        assert!(passed.cgroup_v1_hosts.is_empty());
+        for ip in IPS {
+            assert_eq!(local(&ctx, ip)["phases"]["preflight"]["detail"]["cgroup"], "v2");
+            assert!(world.commands(ip).iter().all(|c| !c.contains("rm -rf")), "nothing to clean up");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_problem_anywhere_stops_before_anything_changes_and_names_every_failing_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (with_stub(dir.path()), Arc::new(World::default()));
+        let small = Facts { cpus: 1, ..healthy(IPS[0]) };
+        let hosts = vec![
+            Some(surveyed(&world, IPS[0], &ctx.stub_sha, small)),
+            Some(surveyed(&world, IPS[1], &ctx.stub_sha, healthy(IPS[1]))),
+            None,
+        ];
+        let unreachable = Problem {
+            host: IPS[2].into(),
+            severity: Severity::Error,
+            check: "ssh".into(),
+            message: "connection refused".into(),
+        };
+        let stage = Stage::new();
+        let err = gate(&ctx, hosts, vec![unreachable], 2, &stage).await.err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "preflight found 2 problem(s) on 10.0.0.1, 10.0.0.3: nothing was installed; fix them and run again"
+        );
+        for ip in &IPS[..2] {
+            let cmds = world.commands(ip);
+            assert_eq!(cmds.last().unwrap(), &stage.cleanup_cmd(), "{ip}: what preflight staged is removed");
+            assert!(cmds.iter().all(|c| !c.contains("agent record")), "{ip}: nothing is recorded on the host");
+        }
+        assert_eq!(local(&ctx, IPS[0])["phases"]["preflight"]["status"], "failed");
+        assert_eq!(local(&ctx, IPS[1])["phases"]["preflight"]["status"], "ok");
+        assert_eq!(local(&ctx, IPS[2])["phases"]["preflight"]["status"], "failed");
+    }
+}
