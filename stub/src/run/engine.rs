@@ -94,10 +94,10 @@ pub trait Phase<H: RemoteHost>: Send + Sync + 'static {
 }
 
 /// A phase as the engine holds it in a list.
-pub type Step<H> = Arc<dyn Stage<H>>;
+pub type Step<H> = Arc<dyn AnyPhase<H>>;
 
 /// The object-safe face of a [`Phase`] (its `run` needs the concrete type).
-pub trait Stage<H: RemoteHost>: Send + Sync {
+pub trait AnyPhase<H: RemoteHost>: Send + Sync {
     /// [`Phase::name`].
     fn name(&self) -> &'static str;
     /// [`Phase::clock`].
@@ -108,7 +108,7 @@ pub trait Stage<H: RemoteHost>: Send + Sync {
     fn start<'a>(self: Arc<Self>, engine: &'a Engine<H>, todo: Vec<Decision>) -> BoxFuture<'a, Result<()>>;
 }
 
-impl<H: RemoteHost, P: Phase<H>> Stage<H> for P {
+impl<H: RemoteHost, P: Phase<H>> AnyPhase<H> for P {
     fn name(&self) -> &'static str {
         Phase::name(self)
     }
