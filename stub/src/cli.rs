@@ -56,7 +56,25 @@ pub enum Command {
     Agent(AgentArgs),
     /// The node-local Kubernetes API load balancer (runs as ferry-lb.service on every node):
     /// a TCP proxy over all masters' apiservers with health checks; SIGHUP re-reads the config.
-    Lb(crate::lb::LbArgs),
+    Lb(LbArgs),
+}
+
+/// Arguments of `installer lb`.
+#[derive(Debug, Args)]
+pub struct LbArgs {
+    /// Config file (`listen`, `backends`, `interval`); re-read on SIGHUP. Used when it exists,
+    /// or always when given explicitly.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides the file). Default 127.0.0.1:6444.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// An apiserver, `HOST:PORT`. Repeatable; added to the file's backends.
+    #[arg(long = "backend", value_name = "HOST:PORT")]
+    pub backends: Vec<String>,
+    /// Health-check interval, e.g. `2s` or `500ms` (overrides the file).
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
 }
 
 /// `registry` subcommands.
@@ -87,7 +105,7 @@ pub struct RegistryServeArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:5000")]
     pub listen: std::net::SocketAddr,
     /// The installer file to serve from (default: this program's own file).
-    #[arg(long, value_name = "PATH", default_value = crate::SELF_EXE)]
+    #[arg(long, value_name = "PATH", default_value = crate::node::SELF_EXE)]
     pub file: PathBuf,
     /// Worker threads (default: one per CPU).
     #[arg(long, value_name = "N")]
@@ -125,7 +143,7 @@ pub struct RegistryConfigArgs {
     #[arg(long, value_name = "auto|yes|no", default_value = "auto")]
     pub restrict_oom_score_adj: crate::registry::config::OomRestriction,
     /// The installer file to read (default: this program's own file).
-    #[arg(long, value_name = "PATH", default_value = crate::SELF_EXE)]
+    #[arg(long, value_name = "PATH", default_value = crate::node::SELF_EXE)]
     pub file: PathBuf,
     /// Trust options.
     #[command(flatten)]
@@ -266,7 +284,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub allow_unsigned: bool,
     /// The installer to deliver (default: this program's own file).
-    #[arg(long, value_name = "PATH", default_value = crate::SELF_EXE, hide = true)]
+    #[arg(long, value_name = "PATH", default_value = crate::node::SELF_EXE, hide = true)]
     pub installer: PathBuf,
 }
 

@@ -1,11 +1,12 @@
-//! Launch steps (issue 6, "Apps"): the bundle's `spec.launch`, carried in the payload metadata
+//! Launch steps (the bundle's apps): the bundle's `spec.launch`, carried in the payload metadata
 //! (`metadata.extra.launch`), run in order on master0 after the control plane is up:
 //! `{manifests: PATH}` with the rootfs's kubectl, `{chart: PATH, values, namespace}` with its
 //! helm (offline, from the bundled chart), `{run: COMMAND}` with sh. Paths are payload entry
 //! paths; master0 extracts them from its own copy of the installer. A failing step stops the
 //! run with its output.
 
-use crate::run::{Ctx, checked};
+use crate::run::checked;
+use crate::run::progress::Reporter;
 use crate::ssh::{RemoteHost, quote};
 use anyhow::{Result, anyhow};
 use payload_format::Payload;
@@ -76,7 +77,7 @@ impl Step {
 
     /// The command master0 runs (from /var/lib/ferry/launch, where the paths were extracted).
     fn command(&self) -> String {
-        let kc = crate::run::control::ADMIN_CONF;
+        let kc = crate::node::ADMIN_CONF;
         let ns = self.namespace.as_deref().map(|n| format!(" --namespace {}", quote(n))).unwrap_or_default();
         if let Some(m) = &self.manifests {
             format!("cd {LAUNCH_DIR} && kubectl --kubeconfig {kc} apply{ns} -f {} 2>&1", quote(m))
@@ -124,8 +125,8 @@ fn output_tail(text: &str, n: usize) -> String {
 }
 
 /// Runs every step in order on master0; the first failure stops with its output.
-pub async fn run_steps<H: RemoteHost>(ctx: &Ctx, h: &H) -> Result<()> {
-    let steps = steps(&ctx.payload)?;
+pub async fn run_steps<H: RemoteHost>(payload: &Payload, rep: &Reporter, h: &H) -> Result<()> {
+    let steps = steps(payload)?;
     if steps.is_empty() {
         return Ok(());
     }
@@ -152,10 +153,10 @@ pub async fn run_steps<H: RemoteHost>(ctx: &Ctx, h: &H) -> Result<()> {
         .map_err(|e| anyhow!("{}: launch failed: {e:#}", h.addr()))?;
     for (i, s) in steps.iter().enumerate() {
         let what = format!("launch step {} ({})", i + 1, s.describe());
-        ctx.rep.event(h.addr(), "launch", "start", &what, serde_json::json!({"step": i + 1}));
+        rep.event(h.addr(), "launch", "start", &what, serde_json::json!({"step": i + 1}));
         let out = h.run(&s.command(), b"").await.map_err(|e| anyhow!("{}: {what}: {e:#}", h.addr()))?;
         if !out.ok() {
-            ctx.rep.finish();
+            rep.finish();
             return Err(anyhow!(
                 "{}: {what} failed (status {}); its output:\n{}",
                 h.addr(),
@@ -163,7 +164,7 @@ pub async fn run_steps<H: RemoteHost>(ctx: &Ctx, h: &H) -> Result<()> {
                 output_tail(&out.text(), 30)
             ));
         }
-        ctx.rep.event(h.addr(), "launch", "done", &format!("{what}: ok"), serde_json::json!({"step": i + 1}));
+        rep.event(h.addr(), "launch", "done", &format!("{what}: ok"), serde_json::json!({"step": i + 1}));
     }
     Ok(())
 }
@@ -178,7 +179,7 @@ mod tests {
 
     #[test]
     fn commands_are_the_real_tools_command_lines() {
-        let kc = crate::run::control::ADMIN_CONF;
+        let kc = crate::node::ADMIN_CONF;
         let m = step(serde_json::json!({"manifests": "bundle/manifests/web.yaml", "namespace": "demo"}));
         assert_eq!(
             m.command(),

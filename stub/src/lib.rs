@@ -2,18 +2,25 @@
 //! result is `./installer`. This crate holds the commands the installer runs on site; the packer
 //! reuses [`verify`] and [`inspect`] so a file can always be checked by a binary that did not
 //! come inside it.
+//!
+//! Dependencies point one way (see docs/architecture.md): the binary's `main` → [`commands`]
+//! (the only place the whole command line is dispatched) → the work ([`run`], [`check`],
+//! [`reset`], [`agent`], [`registry`], [`lb`]) → what they share ([`cluster`], [`kube`], [`ssh`])
+//! → [`node`]. This file declares the modules and depends on nothing but [`node`] and
+//! [`printer`], so any module may name what it re-exports.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod check;
 pub mod cli;
 pub mod cluster;
+pub mod commands;
 pub mod extract;
 pub mod inspect;
-pub mod join;
 pub mod kube;
 pub mod launch;
 pub mod lb;
+pub mod node;
 pub mod printer;
 pub mod protocol;
 pub mod registry;
@@ -24,34 +31,9 @@ pub mod trust;
 pub mod units;
 pub mod verify;
 
-use clap::Parser;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// The path the running installer reads its own payload from. The kernel resolves it to the
-/// executable actually running, so renaming or moving the file does not matter.
-pub const SELF_EXE: &str = "/proc/self/exe";
-
-/// Entry point of `./installer`.
-pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    let printer = printer::Printer::new(cli.global.quiet, cli.global.no_progress);
-    let own_file = PathBuf::from(SELF_EXE);
-    let result = match cli.command {
-        cli::Command::Verify(args) => verify::run(&own_file, &args, &printer),
-        cli::Command::Inspect(args) => inspect::run(&own_file, &args, &printer),
-        cli::Command::Extract(args) => extract::run(&own_file, &args, &printer),
-        cli::Command::Registry(cli::RegistryCommand::Serve(args)) => registry::serve(&args, &printer),
-        cli::Command::Registry(cli::RegistryCommand::Config(args)) => registry::config(&args, &printer),
-        cli::Command::Run(args) => run::run(&args, cli.global.quiet, cli.global.no_progress),
-        cli::Command::Check(args) => check::run(&args),
-        cli::Command::Reset(args) => reset::run(&args),
-        cli::Command::Join(args) => join::run(*args, cli.global.quiet, cli.global.no_progress),
-        cli::Command::Agent(cmd) => agent::main(&cmd),
-        cli::Command::Lb(args) => lb::run(&args),
-    };
-    finish(result, &printer)
-}
+pub use node::SELF_EXE;
 
 /// Turns a command's result into an exit code, printing the error chain for the user.
 pub fn finish(result: anyhow::Result<()>, printer: &printer::Printer) -> ExitCode {

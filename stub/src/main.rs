@@ -1,4 +1,4 @@
 //! `./installer`: the ferry stub with its payload appended.
 fn main() -> std::process::ExitCode {
-    ferry_stub::main()
+    ferry_stub::commands::main()
 }

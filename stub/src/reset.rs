@@ -8,10 +8,18 @@
 //! sysctl/module drop-ins, the `/etc/hosts` block, and ferry's registry and state directories.
 //! Every step tolerates "already gone", so it is idempotent; a host with no trace of ferry is left
 //! untouched with a note.
+//!
+//! [`reset`] is three steps: leave (the hosts going are drained and deleted through a master that
+//! stays), teardown (every host in parallel, workers first), forget (the description loses them,
+//! or is removed with the whole cluster). It does not go through `run`'s phase engine on purpose:
+//! it records nothing (it removes the records), reaches hosts that may belong to no known
+//! cluster, and reports each host in a fixed order once all are done.
 
 use crate::cluster::Role;
+use crate::cluster::locate::Found;
 use crate::ssh::RemoteHost;
 use anyhow::{Result, bail};
+use payload_format::Payload;
 use std::sync::Arc;
 
 const NEVER: &str = "ferry-reset: nothing to do";
@@ -47,108 +55,76 @@ echo "ferry-reset: done"
     )
 }
 
-/// Entry point of `installer reset`.
-pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
-        let only: Vec<String> = args
-            .run
-            .hosts
-            .iter()
-            .flat_map(|h| h.split(','))
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        // `--hosts` alone: those hosts, reached with the flags' SSH settings (a cluster may
-        // be gone or half-made, so nothing else is needed); otherwise the located cluster.
-        // The cluster as ferry knows it (--master, -f, or the state beside the installer); with
-        // `--hosts` and nothing known, just those hosts, reached with the flags' SSH settings (a
-        // cluster may be gone or half-made, so nothing else is needed).
-        let located = if only.is_empty() || args.master.is_some() || args.run.cluster_file.is_some() {
-            Some(crate::run::locate(args).await?)
-        } else {
-            crate::run::locate(args).await.ok()
-        };
-        let known = located.is_some();
-        let found = match located {
-            Some(found) => found,
-            None => {
-                let a = &args.run;
-                let cluster = crate::cluster::resolve(None, &crate::run::locate::overrides(a, only.clone()))?;
-                let opts = crate::ssh::client::SshOptions {
-                    known_hosts: cluster.known_hosts.clone(),
-                    accept_new: a.accept_new_host_keys,
-                    connect_timeout: std::time::Duration::from_secs(a.connect_timeout),
-                    keepalive: std::time::Duration::from_secs(a.keepalive.max(1)),
-                    secrets: crate::run::secrets(a)?,
-                };
-                let jump = crate::run::locate::jump_for(&cluster, &opts).await?;
-                let local_state = crate::run::local_state_dir(&a.installer, &cluster.name);
-                crate::run::locate::Found { cluster, opts, jump, local_state }
-            }
-        };
-        let targets: Vec<String> =
-            if only.is_empty() { found.cluster.hosts.iter().map(|h| h.ip.clone()).collect() } else { only.clone() };
-        let payload = crate::verify::open_payload(&args.run.installer)?;
-        let rootfs: Vec<String> = payload
-            .index()
-            .entries
-            .iter()
-            .filter_map(|e| {
-                e.path.strip_prefix("rootfs/").or_else(|| e.path.strip_prefix("files/")).map(|p| format!("/{p}"))
-            })
-            .collect();
-        let containerd_ours = rootfs.iter().any(|p| p.ends_with("/bin/containerd"));
-        let list = rootfs.join("\n");
-        // Workers first, masters last: nodes leave while the control plane is still there.
-        let mut order: Vec<String> = targets.clone();
-        order.sort_by_key(|ip| found.cluster.hosts.iter().any(|h| &h.ip == ip && h.is(Role::Master)));
-        if !only.is_empty() {
-            leave_cluster(&found, &targets).await;
-        }
-        let found = Arc::new(found);
-        let results = crate::run::parallel(order.len(), args.run.parallel, |i| {
-            let (found, ip, list) = (found.clone(), order[i].clone(), list.clone());
-            async move {
-                let h = found.connect_one(&ip).await?;
-                let out = h.run(&script(containerd_ours), list.as_bytes()).await?;
-                if !out.ok() {
-                    bail!("{ip}: reset failed: {}", out.tail(6));
-                }
-                Ok(out.text().trim().to_string())
-            }
+/// Takes ferry off `found`'s hosts, or only the `only` ones: they leave the cluster first (when
+/// some stay), then are torn down (workers first), then the cluster forgets them. `known` says
+/// whether `found` is a cluster ferry knows (rather than bare hosts from the flags).
+pub async fn reset(found: Found, only: Vec<String>, known: bool, payload: &Payload, limit: usize) -> Result<()> {
+    let targets: Vec<String> =
+        if only.is_empty() { found.cluster.hosts.iter().map(|h| h.ip.clone()).collect() } else { only.clone() };
+    if !only.is_empty() {
+        leave_cluster(&found, &targets).await;
+    }
+    let found = Arc::new(found);
+    teardown(&found, &targets, payload, limit).await?;
+    // The whole cluster is gone: so is its saved description beside the installer. Some
+    // hosts gone: the description no longer lists them, here and on the first master.
+    if only.is_empty() {
+        let _ = std::fs::remove_dir_all(&found.local_state);
+    } else if known {
+        forget_hosts(&found, &only).await?;
+    }
+    Ok(())
+}
+
+/// The teardown on every target in parallel, workers first, masters last: nodes leave while
+/// the control plane is still there.
+async fn teardown(found: &Arc<Found>, targets: &[String], payload: &Payload, limit: usize) -> Result<()> {
+    let rootfs: Vec<String> = payload
+        .index()
+        .entries
+        .iter()
+        .filter_map(|e| {
+            e.path.strip_prefix("rootfs/").or_else(|| e.path.strip_prefix("files/")).map(|p| format!("/{p}"))
         })
-        .await;
-        let mut errs = Vec::new();
-        for (ip, r) in order.iter().zip(results) {
-            match r {
-                Ok(t) if t.contains(NEVER) => println!("{ip}: nothing to do (note: ferry never installed this host)"),
-                Ok(_) => println!("{ip}: reset"),
-                Err(e) => errs.push(format!("{e:#}")),
+        .collect();
+    let containerd_ours = rootfs.iter().any(|p| p.ends_with("/bin/containerd"));
+    let list = rootfs.join("\n");
+    let mut order: Vec<String> = targets.to_vec();
+    order.sort_by_key(|ip| found.cluster.hosts.iter().any(|h| &h.ip == ip && h.is(Role::Master)));
+    let results = crate::run::parallel(order.len(), limit, |i| {
+        let (found, ip, list) = (found.clone(), order[i].clone(), list.clone());
+        async move {
+            let h = found.connect_one(&ip).await?;
+            let out = h.run(&script(containerd_ours), list.as_bytes()).await?;
+            if !out.ok() {
+                bail!("{ip}: reset failed: {}", out.tail(6));
             }
+            Ok(out.text().trim().to_string())
         }
-        if !errs.is_empty() {
-            bail!("reset failed on {} host(s):\n  {}", errs.len(), errs.join("\n  "));
-        }
-        // The whole cluster is gone: so is its saved description beside the installer. Some
-        // hosts gone: the description no longer lists them, here and on the first master.
-        if only.is_empty() {
-            let _ = std::fs::remove_dir_all(&found.local_state);
-        } else if known {
-            forget_hosts(&found, &only).await?;
-        }
-        Ok(())
     })
+    .await;
+    let mut errs = Vec::new();
+    for (ip, r) in order.iter().zip(results) {
+        match r {
+            Ok(t) if t.contains(NEVER) => println!("{ip}: nothing to do (note: ferry never installed this host)"),
+            Ok(_) => println!("{ip}: reset"),
+            Err(e) => errs.push(format!("{e:#}")),
+        }
+    }
+    if !errs.is_empty() {
+        bail!("reset failed on {} host(s):\n  {}", errs.len(), errs.join("\n  "));
+    }
+    Ok(())
 }
 
 /// Drains the `targets` and deletes their Node objects through a master that stays, so the
 /// cluster forgets them instead of listing them NotReady forever. Best effort: a cluster that is
 /// already broken can still be reset, with a warning.
-async fn leave_cluster(found: &crate::run::locate::Found, targets: &[String]) {
+async fn leave_cluster(found: &Found, targets: &[String]) {
     let Some(keeper) = found.cluster.hosts.iter().find(|h| h.is(Role::Master) && !targets.contains(&h.ip)) else {
         return;
     };
-    let kc = crate::run::control::ADMIN_CONF;
+    let kc = crate::node::ADMIN_CONF;
     let result: Result<()> = async {
         let h = found.connect_one(&keeper.ip).await?;
         let out = h
@@ -185,14 +161,14 @@ async fn leave_cluster(found: &crate::run::locate::Found, targets: &[String]) {
 
 /// Removes `gone` from the cluster description, beside the installer and on the first master
 /// that remains, so that `check`, `join` and `run` no longer expect them.
-async fn forget_hosts(found: &crate::run::locate::Found, gone: &[String]) -> Result<()> {
+async fn forget_hosts(found: &Found, gone: &[String]) -> Result<()> {
     let mut cluster = found.cluster.clone();
     cluster.hosts.retain(|h| !gone.contains(&h.ip));
     let Some(m0) = cluster.hosts.iter().find(|h| h.is(Role::Master)).map(|h| h.ip.clone()) else {
         return Ok(());
     };
     let text = crate::cluster::to_file(&cluster);
-    crate::run::control::save_local(&found.local_state, &text)?;
+    crate::cluster::locate::save_local(&found.local_state, &text)?;
     let h = found.connect_one(&m0).await?;
-    crate::run::control::put_file(h.as_ref(), crate::run::control::CLUSTER_FILE, "0644", text.as_bytes()).await
+    crate::run::put_file(h.as_ref(), crate::node::CLUSTER_FILE, "0644", text.as_bytes()).await
 }

@@ -28,11 +28,7 @@ impl KernelView {
     /// The running kernel's.
     pub fn running() -> KernelView {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        KernelView {
-            proc: "/proc".into(),
-            sys: "/sys".into(),
-            modules: Path::new("/lib/modules").join(release.trim()),
-        }
+        KernelView { proc: "/proc".into(), sys: "/sys".into(), modules: Path::new("/lib/modules").join(release.trim()) }
     }
 
     /// Whether `name` (a module name) is built in or loaded.

@@ -11,8 +11,8 @@
 //! command line into a [`Call`], and [`serve`] checks the operator's protocol version, greets
 //! with this agent's [`Hello`] and runs the call.
 
-#[cfg(test)]
 pub mod kernel;
+#[cfg(test)]
 pub mod local;
 pub mod prepare;
 pub mod receive;
@@ -27,14 +27,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-/// ferry's directory on every node.
-pub const FERRY_DIR: &str = "/var/lib/ferry";
-/// The bootstrap agent (the bare program, no payload).
-pub const AGENT_PATH: &str = "/var/lib/ferry/agent";
-/// The node's (partial, or for registry hosts whole) copy of the installer.
-pub const INSTALLER_PATH: &str = "/var/lib/ferry/installer";
-/// Per-phase records.
-pub const STATE_DIR: &str = "/var/lib/ferry/state";
+pub use crate::node::{AGENT_PATH, FERRY_DIR, INSTALLER_PATH, STATE_DIR, trailer_id};
 
 /// The cgroup version of the hierarchy mounted at `dir`: `v2` on a cgroup2 filesystem, `v1` on
 /// tmpfs (the legacy and hybrid layouts, whose controllers are mounted below it), empty otherwise.
@@ -75,20 +68,6 @@ pub fn free_space(p: &Path) -> u64 {
         return 0;
     }
     st.f_bavail as u64 * st.f_frsize as u64
-}
-
-/// Hex SHA-256 of the trailer (the last bytes) of a file: identifies an installer build.
-pub fn trailer_id(p: &Path) -> Option<String> {
-    use payload_format::TRAILER_LEN;
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(p).ok()?;
-    let len = f.metadata().ok()?.len();
-    if len < TRAILER_LEN as u64 {
-        return None;
-    }
-    let mut t = [0u8; TRAILER_LEN];
-    f.read_exact_at(&mut t, len - TRAILER_LEN as u64).ok()?;
-    Some(hex::encode(payload_format::sha256(&t)))
 }
 
 fn in_path(tool: &str) -> bool {

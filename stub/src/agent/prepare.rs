@@ -5,7 +5,8 @@
 pub use crate::protocol::{PreparePlan as Plan, PrepareReport as Report};
 
 use super::kernel::module_present;
-use super::{FERRY_DIR, INSTALLER_PATH};
+use super::service_route::sh;
+use crate::node::{FERRY_DIR, INSTALLER_PATH};
 use crate::registry::config::write_atomic;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -22,15 +23,6 @@ pub const SYSCTLS: &[(&str, &str)] = &[
 ];
 /// Modules they need.
 pub const MODULES: &[&str] = &["overlay", "br_netfilter"];
-
-/// Runs a program, failing with its last lines of stderr; returns its stdout.
-pub(super) fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!("{cmd} {} failed: {}", args.join(" "), crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Writes `text` unless the file already holds exactly it.
 fn put(path: &Path, text: &[u8], report: &mut Report) -> Result<()> {
@@ -302,7 +294,7 @@ pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
     let mut report = Report::default();
     put(path, unit.as_bytes(), &mut report)?;
     // The unit also changes meaning when the installer file under it was replaced.
-    let id = super::trailer_id(Path::new(INSTALLER_PATH)).unwrap_or_default();
+    let id = crate::node::trailer_id(Path::new(INSTALLER_PATH)).unwrap_or_default();
     let marker = Path::new(FERRY_DIR).join("registry.serving");
     let stale = std::fs::read_to_string(&marker).unwrap_or_default() != id;
     sh("systemctl", &["daemon-reload"])?;
@@ -370,7 +362,7 @@ fn manifest_request(endpoint: &str, image: &str) -> Result<(String, String)> {
     let Some(addr) = endpoint.strip_prefix("http://") else {
         bail!("only http:// replicas can be checked directly, not {endpoint}");
     };
-    let full = crate::check::normalize_image(image);
+    let full = crate::check::image::normalize_image(image);
     let (registry, rest) = full.split_once('/').ok_or_else(|| anyhow::anyhow!("image `{image}` has no repository"))?;
     let (name, reference) = match rest.split_once('@') {
         Some((n, d)) => (n, d),

@@ -8,11 +8,19 @@
 //! the service subnet on the interface that carries the node's own address, through a oneshot
 //! unit so that it is back after a reboot. Hosts that already route the subnet are left alone.
 
-use super::prepare::sh;
 use anyhow::{Context, Result, bail};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
+
+/// Runs a program, failing with its last lines of stderr; returns its stdout.
+pub(super) fn sh(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!("{cmd} {} failed: {}", args.join(" "), crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
 
 /// The unit ferry writes on hosts without a route to the service subnet (`reset` removes it).
 pub const UNIT: &str = "ferry-service-route.service";

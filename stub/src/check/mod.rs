@@ -24,10 +24,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use payload_format::Payload;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+pub mod image;
 mod workloads;
+
+pub use image::normalize_image;
 
 /// One line of the table.
 #[derive(Clone, Debug, Serialize)]
@@ -96,33 +99,6 @@ impl Report {
         }
         bail!("the cluster is unhealthy ({} problem(s)):\n  {}", bad.len(), bad.join("\n  "))
     }
-}
-
-/// `docker.io/library/` and `:latest` made explicit, as containerd names images.
-pub fn normalize_image(r: &str) -> String {
-    let (name, digest) = match r.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (r, None),
-    };
-    let first = name.split('/').next().unwrap_or("");
-    let has_domain = name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let mut full = if has_domain {
-        let (dom, rest) = name.split_once('/').unwrap_or((name, ""));
-        format!("{}/{rest}", crate::registry::store::normalize_registry(dom))
-    } else if name.contains('/') {
-        format!("docker.io/{name}")
-    } else {
-        format!("docker.io/library/{name}")
-    };
-    let last = full.rsplit('/').next().unwrap_or("");
-    if digest.is_none() && !last.contains(':') {
-        full.push_str(":latest");
-    }
-    if let Some(d) = digest {
-        full.push('@');
-        full.push_str(d);
-    }
-    full
 }
 
 /// Image references (normalized) and digests the built-in registry serves.
@@ -196,7 +172,7 @@ fn label<'a>(p: &'a Pod, k: &str) -> Option<&'a str> {
 }
 
 async fn kubectl<H: RemoteHost>(h: &H, args: &str) -> Result<Vec<u8>> {
-    let cmd = format!("kubectl --kubeconfig {} {args}", crate::run::control::ADMIN_CONF);
+    let cmd = format!("kubectl --kubeconfig {} {args}", crate::node::ADMIN_CONF);
     let out = h.run(&cmd, b"").await.with_context(|| format!("{}: running {cmd}", h.addr()))?;
     if !out.ok() {
         bail!("{}: `{cmd}` failed (status {}): {}", h.addr(), out.status, out.tail(3));
@@ -207,11 +183,11 @@ async fn kubectl<H: RemoteHost>(h: &H, args: &str) -> Result<Vec<u8>> {
 /// Reads the API on `master` and judges the cluster described by `cluster`.
 pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: &H) -> Result<Report> {
     let ip = master.addr().to_string();
-    let probe = master.run(&format!("test -f {} && echo yes || echo no", crate::run::control::ADMIN_CONF), b"").await?;
+    let probe = master.run(&format!("test -f {} && echo yes || echo no", crate::node::ADMIN_CONF), b"").await?;
     if probe.text().trim() != "yes" {
         bail!(
             "{ip}: no Kubernetes control plane here ({} is missing): the cluster does not exist or was reset; run `installer run`",
-            crate::run::control::ADMIN_CONF
+            crate::node::ADMIN_CONF
         );
     }
     let nodes = ListOf::<Node> {
@@ -223,14 +199,27 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             .map_err(|e| anyhow!("{ip}: kubectl's pod list does not parse: {e}"))?,
     };
     let mut r = Report { master: ip.clone(), rows: Vec::new() };
+    let node_names = judge_nodes(cluster, &nodes.items, &mut r);
+    judge_system_pods(cluster, &node_names, &pods.items, &mut r);
+    // Workloads, wherever they came from; and pods of the launch steps' namespaces that no
+    // controller owns (a bare Pod has no workload to be judged by).
+    let workloads = kubectl(master, "get deployments,statefulsets,daemonsets -A -o json").await?;
+    judge_workloads(&ip, &workloads, &mut r)?;
+    judge_bare_pods(payload, &pods.items, &mut r)?;
+    judge_images(payload, &pods.items, &mut r);
+    Ok(r)
+}
 
+/// Every node of the description registered and Ready, matched by InternalIP; returns the node
+/// names by address.
+fn judge_nodes(cluster: &Cluster, nodes: &[Node], r: &mut Report) -> BTreeMap<String, String> {
     // Nodes, matched to the description by InternalIP.
     let node_ip = |n: &Node| -> Option<String> {
         n.status.as_ref()?.addresses.as_ref()?.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.clone())
     };
-    let mut node_names = std::collections::BTreeMap::new();
+    let mut node_names = BTreeMap::new();
     for h in &cluster.hosts {
-        let Some(n) = nodes.items.iter().find(|n| node_ip(n).as_deref() == Some(h.ip.as_str())) else {
+        let Some(n) = nodes.iter().find(|n| node_ip(n).as_deref() == Some(h.ip.as_str())) else {
             r.add("node", &h.ip, false, "not registered with the API server");
             continue;
         };
@@ -252,12 +241,17 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
         }
     }
 
+    node_names
+}
+
+/// The control plane on every master, CoreDNS, and kube-proxy on every node.
+fn judge_system_pods(cluster: &Cluster, node_names: &BTreeMap<String, String>, pods: &[Pod], r: &mut Report) {
     let on = |p: &Pod, node: &str| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
     // Control plane per master.
     for h in cluster.hosts.iter().filter(|h| h.is(Role::Master)) {
         let Some(node) = node_names.get(&h.ip) else { continue };
         for c in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"] {
-            match pods.items.iter().find(|p| label(p, "component") == Some(c) && on(p, node)) {
+            match pods.iter().find(|p| label(p, "component") == Some(c) && on(p, node)) {
                 Some(p) => {
                     let (ok, d) = pod_ready(p);
                     r.add("control-plane", format!("{c} on {node}"), ok, d);
@@ -267,7 +261,7 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
         }
     }
     // CoreDNS.
-    let dns: Vec<&Pod> = pods.items.iter().filter(|p| label(p, "k8s-app") == Some("kube-dns")).collect();
+    let dns: Vec<&Pod> = pods.iter().filter(|p| label(p, "k8s-app") == Some("kube-dns")).collect();
     if dns.is_empty() {
         r.add("coredns", "kube-system/coredns", false, "no CoreDNS pod");
     }
@@ -277,7 +271,7 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
     }
     // kube-proxy on every node.
     for node in node_names.values() {
-        match pods.items.iter().find(|p| label(p, "k8s-app") == Some("kube-proxy") && on(p, node)) {
+        match pods.iter().find(|p| label(p, "k8s-app") == Some("kube-proxy") && on(p, node)) {
             Some(p) => {
                 let (ok, d) = pod_ready(p);
                 r.add("kube-proxy", format!("on {node}"), ok, d);
@@ -285,11 +279,12 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             None => r.add("kube-proxy", format!("on {node}"), false, "no kube-proxy pod"),
         }
     }
-    // Workloads, wherever they came from; and pods of the launch steps' namespaces that no
-    // controller owns (a bare Pod has no workload to be judged by).
-    let workloads = kubectl(master, "get deployments,statefulsets,daemonsets -A -o json").await?;
+}
+
+/// Every Deployment, StatefulSet and DaemonSet Available.
+fn judge_workloads(ip: &str, workloads: &[u8], r: &mut Report) -> Result<()> {
     let items: Vec<serde_json::Value> =
-        list_items(&workloads).map_err(|e| anyhow!("{ip}: kubectl's workload list does not parse: {e}"))?;
+        list_items(workloads).map_err(|e| anyhow!("{ip}: kubectl's workload list does not parse: {e}"))?;
     for (n, item) in items.into_iter().enumerate() {
         let kind = item.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
         let bad = |e: serde_json::Error| anyhow!("{ip}: workload {n} ({kind}) does not parse: {e}");
@@ -303,11 +298,14 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             r.add("workload", object, ok, detail);
         }
     }
+    Ok(())
+}
+
+/// The bare pods of the launch steps' namespaces Ready.
+fn judge_bare_pods(payload: &Payload, pods: &[Pod], r: &mut Report) -> Result<()> {
     let launch_ns: BTreeSet<String> = crate::launch::steps(payload)?.iter().filter_map(|s| s.namespace()).collect();
     let bare = |p: &&Pod| p.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty());
-    for p in
-        pods.items.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))).filter(bare)
-    {
+    for p in pods.iter().filter(|p| p.metadata.namespace.as_ref().is_some_and(|n| launch_ns.contains(n))).filter(bare) {
         let (ok, d) = pod_ready(p);
         r.add(
             "workload",
@@ -320,10 +318,15 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             d,
         );
     }
+    Ok(())
+}
+
+/// Every image of a running pod (or of one stuck pulling) held by the built-in registry.
+fn judge_images(payload: &Payload, pods: &[Pod], r: &mut Report) {
     // Images of running pods, and of pods stuck pulling, in the built-in registry.
     let (refs, digests) = registry_images(payload);
     let mut seen = BTreeSet::new();
-    for p in &pods.items {
+    for p in pods {
         let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         let stuck = pull_failures(p);
         if !running && stuck.is_empty() {
@@ -349,7 +352,6 @@ pub async fn check<H: RemoteHost>(cluster: &Cluster, payload: &Payload, master: 
             }
         }
     }
-    Ok(r)
 }
 
 /// [`check`] until the cluster is healthy or `wait` has passed, whichever comes first; returns the
@@ -393,58 +395,6 @@ pub fn waiting_line(report: &Report, waited: Duration) -> String {
         ),
         None => format!("waiting for the cluster ({:.0} s)", waited.as_secs_f64()),
     }
-}
-
-/// Entry point of `installer check`.
-pub fn run(args: &crate::cli::ClusterCommandArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
-        let found = crate::run::locate(args).await?;
-        let payload = crate::verify::open_payload(&args.run.installer)?;
-        // The first master that answers: with one down, the others still tell the truth
-        // (and the dead one shows as a NotReady node, named).
-        let mut unreachable = Vec::new();
-        let mut reached = None;
-        for m in found.cluster.hosts.iter().filter(|h| h.is(Role::Master)) {
-            match found.connect_one(&m.ip).await {
-                Ok(h) => {
-                    reached = Some(h);
-                    break;
-                }
-                Err(e) => {
-                    eprintln!("warning: master {} does not answer ({e:#}); reading the cluster through the next", m.ip);
-                    unreachable.push((m.ip.clone(), format!("{e:#}")));
-                }
-            }
-        }
-        let h = reached.ok_or_else(|| {
-            anyhow!(
-                "no master of cluster {} answers:\n  {}",
-                found.cluster.name,
-                unreachable.iter().map(|(ip, e)| format!("{ip}: {e}")).collect::<Vec<_>>().join("\n  ")
-            )
-        })?;
-        let wait = Duration::from_secs(args.run.wait.unwrap_or(0));
-        let mut report =
-            check_until_healthy(&found.cluster, &payload, h.as_ref(), wait, Duration::from_secs(15), |r, waited| {
-                if !args.run.json {
-                    eprintln!("{}", waiting_line(r, waited));
-                }
-            })
-            .await?;
-        for (ip, e) in unreachable {
-            report.rows.insert(
-                0,
-                Row { check: "master".into(), object: ip, ok: false, detail: format!("unreachable over SSH: {e}") },
-            );
-        }
-        if args.run.json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            println!("{}", report.table());
-        }
-        report.verdict()
-    })
 }
 
 /// The items of a list as kubectl prints it. `kubectl get … -o json` says `kind: List` (not

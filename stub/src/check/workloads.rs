@@ -105,10 +105,10 @@ mod tests {
         let ds: DaemonSet = parse(
             r#"{"metadata":{"name":"kube-flannel-ds","namespace":"kube-flannel"},"spec":{"selector":{},"template":{}},"status":{"desiredNumberScheduled":3,"numberAvailable":2,"currentNumberScheduled":3,"numberMisscheduled":0,"numberReady":2}}"#,
         );
-        assert_eq!(daemon_set(&ds).unwrap().1, false);
+        assert!(!daemon_set(&ds).unwrap().1);
         let ss: StatefulSet = parse(
             r#"{"metadata":{"name":"db","namespace":"x"},"spec":{"replicas":1,"selector":{},"serviceName":"db","template":{}},"status":{"replicas":1,"readyReplicas":1,"availableReplicas":1}}"#,
         );
-        assert_eq!(stateful_set(&ss).unwrap().1, true);
+        assert!(stateful_set(&ss).unwrap().1);
     }
 }

@@ -9,6 +9,8 @@
 //! Roles when only `--hosts` is given: the first host is the master (and the registry host),
 //! the others are workers.
 
+pub mod locate;
+
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};

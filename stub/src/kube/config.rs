@@ -66,7 +66,7 @@ pub const KUBELET_API: &str = "kubelet.config.k8s.io/v1beta1";
 /// containerd's CRI socket.
 pub const CRI_SOCKET: &str = "unix:///run/containerd/containerd.sock";
 /// The apiserver's port on each master (kubeadm's default `bindPort`).
-pub const APISERVER_PORT: u16 = 6443;
+pub use crate::node::APISERVER_PORT;
 /// Pod subnet when `spec.network.podSubnet` is not set (flannel's default, the default CNI).
 pub const DEFAULT_POD_SUBNET: &str = "10.244.0.0/16";
 /// Service subnet when `spec.network.serviceSubnet` is not set (kubeadm's default).

@@ -1,5 +1,5 @@
-//! Kubernetes control-plane material ferry generates itself, before and for kubeadm (issue 6,
-//! "kubeadm configuration"). Nothing here touches a host: callers (`run`, `join`) put the
+//! Kubernetes control-plane material ferry generates itself, before and for kubeadm: its
+//! configuration and its secrets. Nothing here touches a host: callers (`run`, `join`) put the
 //! results where they belong.
 //!
 //! | module | owns |

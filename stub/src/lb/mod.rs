@@ -1,5 +1,5 @@
-//! `installer lb`: the node-local Kubernetes API load balancer (issue 6, "HA without an external
-//! load balancer").
+//! `installer lb`: the node-local Kubernetes API load balancer (HA without an external load
+//! balancer).
 //!
 //! Every node runs one, as `ferry-lb.service`. It listens on loopback (default
 //! `127.0.0.1:6444`), and the API endpoint name (`apiserver.cluster.local`) resolves to 127.0.0.1
@@ -33,29 +33,20 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Where `join`/`run` write the LB's config on every node.
-pub const DEFAULT_CONFIG: &str = "/etc/ferry/lb.yaml";
-/// Default listen address (see the module docs for why 6444).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:6444";
+pub const DEFAULT_CONFIG: &str = crate::node::LB_CONFIG;
 /// Default health-check interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
-/// Name of the systemd unit.
-pub const UNIT_NAME: &str = "ferry-lb.service";
 
-/// Arguments of `installer lb`.
-#[derive(Debug, clap::Args)]
-pub struct LbArgs {
-    /// Config file (`listen`, `backends`, `interval`); re-read on SIGHUP. Used when it exists,
-    /// or always when given explicitly.
-    #[arg(long, value_name = "FILE")]
+/// What `installer lb` was asked for (the command line's `lb` flags, as plain values).
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Config file; used when it exists, or always when given explicitly.
     pub config: Option<PathBuf>,
-    /// Address to listen on (overrides the file). Default 127.0.0.1:6444.
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Address to listen on (overrides the file).
     pub listen: Option<SocketAddr>,
-    /// An apiserver, `HOST:PORT`. Repeatable; added to the file's backends.
-    #[arg(long = "backend", value_name = "HOST:PORT")]
+    /// Apiservers, `HOST:PORT`, added to the file's backends.
     pub backends: Vec<String>,
-    /// Health-check interval, e.g. `2s` or `500ms` (overrides the file).
-    #[arg(long, value_name = "DURATION")]
+    /// Health-check interval, e.g. `2s` (overrides the file).
     pub interval: Option<String>,
 }
 
@@ -178,7 +169,7 @@ struct Settings {
     interval: Duration,
 }
 
-fn settings(args: &LbArgs) -> Result<Settings> {
+fn settings(args: &Options) -> Result<Settings> {
     let file = match &args.config {
         Some(p) => Some(LbConfig::load(p)?),
         None if Path::new(DEFAULT_CONFIG).exists() && args.backends.is_empty() => {
@@ -193,7 +184,7 @@ fn settings(args: &LbArgs) -> Result<Settings> {
     let listen = match (args.listen, &file.listen) {
         (Some(l), _) => l,
         (None, Some(l)) => l.parse()?,
-        (None, None) => DEFAULT_LISTEN.parse()?,
+        (None, None) => SocketAddr::from(([127, 0, 0, 1], crate::node::LB_PORT)),
     };
     let interval = match (&args.interval, &file.interval) {
         (Some(i), _) | (None, Some(i)) => parse_duration(i)?,
@@ -355,7 +346,7 @@ async fn serve(pool: Arc<Pool>, mut client: TcpStream, peer: SocketAddr) {
 }
 
 /// `installer lb`: runs until SIGTERM/SIGINT.
-pub fn run(args: &LbArgs) -> Result<()> {
+pub fn run(args: &Options) -> Result<()> {
     let s = settings(args)?;
     if s.backends.is_empty() {
         bail!(

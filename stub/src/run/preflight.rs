@@ -1,5 +1,5 @@
 //! Preflight judgement: pure functions from each host's [`Facts`] to a list of problems, so the
-//! rules are unit-tested without hosts. Gathering the facts is in `run`.
+//! rules are unit-tested without hosts. Gathering the facts is [`super::phases::preflight`]'s.
 
 use crate::cluster::{Host, Role};
 use crate::protocol::Facts;
@@ -66,149 +66,172 @@ pub const MASTER_MEM: u64 = 1700 << 20;
 /// Judges every host and the set as a whole.
 pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
     let mut out = Vec::new();
-    let mut p = |h: &str, s: Severity, check: &str, msg: String| {
-        out.push(Problem { host: h.to_string(), severity: s, check: check.to_string(), message: msg })
-    };
-    use Severity::*;
     for hf in hosts {
-        let (h, f) = (hf.host.ip.as_str(), hf.facts);
-        let host_platform = format!("linux/{}", go_arch(&f.arch));
-        let fits = |p: &String| p == &host_platform || p.starts_with(&format!("{host_platform}/"));
-        // The agent runs only where the arch matches; elsewhere its other facts are stand-ins.
-        let agent_ran = f.arch == rules.arch;
-        if !rules.platforms.is_empty() && !rules.platforms.iter().any(fits) {
-            p(
-                h,
-                Error,
-                "arch",
-                format!("the host is {} ({host_platform}), the bundle is for {}", f.arch, rules.platforms.join(", ")),
-            );
-        } else if f.arch != rules.arch {
-            p(
-                h,
-                Error,
-                "arch",
-                format!(
-                    "the host is {} ({host_platform}), this installer's programs are built for {} (linux/{})",
-                    f.arch,
-                    rules.arch,
-                    go_arch(&rules.arch)
-                ),
-            );
+        let mut p = Rows { host: &hf.host.ip, out: &mut out };
+        platform(hf, rules, &mut p);
+        system(hf, &mut p);
+        ports(hf, rules, &mut p);
+        condition(hf, rules, &mut p);
+    }
+    duplicates(hosts, &mut out);
+    out.sort_by(|a, b| (&a.host, b.severity, &a.check).cmp(&(&b.host, a.severity, &b.check)));
+    out
+}
+
+/// The problems of one host, as they are found.
+struct Rows<'a> {
+    host: &'a str,
+    out: &'a mut Vec<Problem>,
+}
+
+impl Rows<'_> {
+    fn add(&mut self, severity: Severity, check: &str, message: String) {
+        self.out.push(Problem { host: self.host.to_string(), severity, check: check.to_string(), message });
+    }
+}
+
+/// The host's platform against the bundle's and the installer's.
+fn platform(hf: &HostFacts, rules: &Rules, p: &mut Rows) {
+    let f = hf.facts;
+    let host_platform = format!("linux/{}", go_arch(&f.arch));
+    let fits = |p: &String| p == &host_platform || p.starts_with(&format!("{host_platform}/"));
+    if !rules.platforms.is_empty() && !rules.platforms.iter().any(fits) {
+        p.add(
+            Severity::Error,
+            "arch",
+            format!("the host is {} ({host_platform}), the bundle is for {}", f.arch, rules.platforms.join(", ")),
+        );
+    } else if f.arch != rules.arch {
+        p.add(
+            Severity::Error,
+            "arch",
+            format!(
+                "the host is {} ({host_platform}), this installer's programs are built for {} (linux/{})",
+                f.arch,
+                rules.arch,
+                go_arch(&rules.arch)
+            ),
+        );
+    }
+}
+
+/// Kernel, init system, and the room a master and the delivery need.
+fn system(hf: &HostFacts, p: &mut Rows) {
+    let f = hf.facts;
+    let major_minor: Vec<u64> = f.kernel.split(['.', '-']).take(2).filter_map(|x| x.parse().ok()).collect();
+    if major_minor.len() == 2 && (major_minor[0], major_minor[1]) < (4, 19) {
+        p.add(Severity::Error, "kernel", format!("kernel {} is older than 4.19", f.kernel));
+    }
+    if !f.systemd {
+        let os = if f.os.is_empty() { "the host" } else { &f.os };
+        p.add(Severity::Error, "os", format!("{os} does not run systemd; ferry installs systemd units"));
+    }
+    if hf.host.is(Role::Master) {
+        if f.cpus < MASTER_CPUS {
+            p.add(Severity::Error, "cpu", format!("{} CPU(s); a master needs at least {MASTER_CPUS}", f.cpus));
         }
-        let major_minor: Vec<u64> = f.kernel.split(['.', '-']).take(2).filter_map(|x| x.parse().ok()).collect();
-        if major_minor.len() == 2 && (major_minor[0], major_minor[1]) < (4, 19) {
-            p(h, Error, "kernel", format!("kernel {} is older than 4.19", f.kernel));
-        }
-        if !f.systemd {
-            p(
-                h,
-                Error,
-                "os",
-                format!(
-                    "{} does not run systemd; ferry installs systemd units",
-                    if f.os.is_empty() { "the host" } else { &f.os }
-                ),
-            );
-        }
-        if hf.host.is(Role::Master) {
-            if f.cpus < MASTER_CPUS {
-                p(h, Error, "cpu", format!("{} CPU(s); a master needs at least {MASTER_CPUS}", f.cpus));
-            }
-            if f.mem_bytes < MASTER_MEM {
-                p(
-                    h,
-                    Error,
-                    "memory",
-                    format!("{} MiB of memory; a master needs at least {} MiB", f.mem_bytes >> 20, MASTER_MEM >> 20),
-                );
-            }
-        }
-        if f.disk_free < hf.disk_needed {
-            p(
-                h,
-                Error,
-                "disk",
-                format!(
-                    "{} ({} bytes) free under /var/lib/ferry; this host needs {} ({} bytes)",
-                    crate::units::bytes(f.disk_free),
-                    f.disk_free,
-                    crate::units::bytes(hf.disk_needed),
-                    hf.disk_needed
-                ),
-            );
-        }
-        let mut ports: Vec<(u16, &str)> = vec![(10250, "kubelet"), (rules.lb_port, "API load balancer")];
-        if hf.host.is(Role::Master) {
-            ports.extend([
-                (6443, "kube-apiserver"),
-                (2379, "etcd"),
-                (2380, "etcd peers"),
-                (10257, "kube-controller-manager"),
-                (10259, "kube-scheduler"),
-            ]);
-        }
-        if hf.host.is(Role::Registry) && !f.ferry_registry_active {
-            ports.push((rules.registry_port, "built-in registry"));
-        }
-        for (port, what) in ports {
-            if f.listening.contains(&port) {
-                let by = f.listeners.get(&port).map(|o| format!(" by {o}")).unwrap_or_default();
-                p(h, Error, "ports", format!("port {port} ({what}) is already in use{by}"));
-            }
-        }
-        if f.swap_bytes > 0 {
-            p(
-                h,
-                Warning,
-                "swap",
-                format!("{} MiB of swap is on; prepare turns it off and fixes /etc/fstab", f.swap_bytes >> 20),
-            );
-        }
-        if hf.skew_ms.abs() > rules.max_skew_ms {
-            p(
-                h,
-                Error,
-                "clock",
-                format!(
-                    "the clock is {:.1} s off this machine's; certificates need clocks within {} s",
-                    hf.skew_ms as f64 / 1000.0,
-                    rules.max_skew_ms / 1000
-                ),
-            );
-        }
-        if !hf.ours && !f.runtimes.is_empty() && !rules.force {
-            p(
-                h,
-                Error,
-                "runtime",
-                format!(
-                    "a container runtime or kubelet is already here ({}); remove it, or pass --force to install over it",
-                    f.runtimes.join(", ")
-                ),
-            );
-        }
-        if agent_ran && f.cgroup.is_empty() {
-            p(
-                h,
-                Warning,
-                "cgroup",
-                "/sys/fs/cgroup is neither cgroup v2 (cgroup2fs) nor v1 (tmpfs); the kubelet needs a cgroup hierarchy there"
-                    .into(),
-            );
-        }
-        for (severity, message) in kernel_feature_problems(f) {
-            p(h, severity, "kernel", message);
-        }
-        if !f.tools_missing.is_empty() {
-            p(
-                h,
-                Warning,
-                "tools",
-                format!("the kubelet needs {} and neither the host nor the bundle has it", f.tools_missing.join(", ")),
+        if f.mem_bytes < MASTER_MEM {
+            p.add(
+                Severity::Error,
+                "memory",
+                format!("{} MiB of memory; a master needs at least {} MiB", f.mem_bytes >> 20, MASTER_MEM >> 20),
             );
         }
     }
+    if f.disk_free < hf.disk_needed {
+        p.add(
+            Severity::Error,
+            "disk",
+            format!(
+                "{} ({} bytes) free under /var/lib/ferry; this host needs {} ({} bytes)",
+                crate::units::bytes(f.disk_free),
+                f.disk_free,
+                crate::units::bytes(hf.disk_needed),
+                hf.disk_needed
+            ),
+        );
+    }
+}
+
+/// The ports the host's roles will listen on, which must be free.
+fn ports(hf: &HostFacts, rules: &Rules, p: &mut Rows) {
+    let f = hf.facts;
+    let mut ports: Vec<(u16, &str)> = vec![(10250, "kubelet"), (rules.lb_port, "API load balancer")];
+    if hf.host.is(Role::Master) {
+        ports.extend([
+            (crate::node::APISERVER_PORT, "kube-apiserver"),
+            (2379, "etcd"),
+            (2380, "etcd peers"),
+            (10257, "kube-controller-manager"),
+            (10259, "kube-scheduler"),
+        ]);
+    }
+    if hf.host.is(Role::Registry) && !f.ferry_registry_active {
+        ports.push((rules.registry_port, "built-in registry"));
+    }
+    for (port, what) in ports {
+        if f.listening.contains(&port) {
+            let by = f.listeners.get(&port).map(|o| format!(" by {o}")).unwrap_or_default();
+            p.add(Severity::Error, "ports", format!("port {port} ({what}) is already in use{by}"));
+        }
+    }
+}
+
+/// Swap, clock, an existing runtime, cgroups and tools.
+fn condition(hf: &HostFacts, rules: &Rules, p: &mut Rows) {
+    let f = hf.facts;
+    if f.swap_bytes > 0 {
+        p.add(
+            Severity::Warning,
+            "swap",
+            format!("{} MiB of swap is on; prepare turns it off and fixes /etc/fstab", f.swap_bytes >> 20),
+        );
+    }
+    if hf.skew_ms.abs() > rules.max_skew_ms {
+        p.add(
+            Severity::Error,
+            "clock",
+            format!(
+                "the clock is {:.1} s off this machine's; certificates need clocks within {} s",
+                hf.skew_ms as f64 / 1000.0,
+                rules.max_skew_ms / 1000
+            ),
+        );
+    }
+    if !hf.ours && !f.runtimes.is_empty() && !rules.force {
+        p.add(
+            Severity::Error,
+            "runtime",
+            format!(
+                "a container runtime or kubelet is already here ({}); remove it, or pass --force to install over it",
+                f.runtimes.join(", ")
+            ),
+        );
+    }
+    // The agent runs only where the arch matches; elsewhere its other facts are stand-ins.
+    let agent_ran = f.arch == rules.arch;
+    if agent_ran && f.cgroup.is_empty() {
+        p.add(
+            Severity::Warning,
+            "cgroup",
+            "/sys/fs/cgroup is neither cgroup v2 (cgroup2fs) nor v1 (tmpfs); the kubelet needs a cgroup hierarchy there"
+                .into(),
+        );
+    }
+    for (severity, message) in kernel_feature_problems(f) {
+        p.add(severity, "kernel", message);
+    }
+    if !f.tools_missing.is_empty() {
+        p.add(
+            Severity::Warning,
+            "tools",
+            format!("the kubelet needs {} and neither the host nor the bundle has it", f.tools_missing.join(", ")),
+        );
+    }
+}
+
+/// What must differ between hosts: hostnames, MACs, machine-ids (and, as a warning, product UUIDs).
+fn duplicates(hosts: &[HostFacts], out: &mut Vec<Problem>) {
     let dup = |what: &str, key: &dyn Fn(&Facts) -> Vec<String>, sev: Severity, out: &mut Vec<Problem>| {
         let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for hf in hosts {
@@ -219,26 +242,22 @@ pub fn judge(hosts: &[HostFacts], rules: &Rules) -> Vec<Problem> {
                 }
             }
         }
-        for (k, hs) in seen {
-            if hs.len() > 1 {
-                for h in &hs {
-                    out.push(Problem {
-                        host: h.clone(),
-                        severity: sev,
-                        check: format!("unique {what}"),
-                        message: format!("{what} {k} is shared by {}", hs.join(", ")),
-                    });
-                }
+        for (k, hs) in seen.into_iter().filter(|(_, hs)| hs.len() > 1) {
+            for h in &hs {
+                out.push(Problem {
+                    host: h.clone(),
+                    severity: sev,
+                    check: format!("unique {what}"),
+                    message: format!("{what} {k} is shared by {}", hs.join(", ")),
+                });
             }
         }
     };
-    dup("hostname", &|f| vec![f.hostname.clone()], Error, &mut out);
-    dup("MAC", &|f| f.macs.clone(), Error, &mut out);
-    dup("machine-id", &|f| vec![f.machine_id.clone()], Error, &mut out);
+    dup("hostname", &|f| vec![f.hostname.clone()], Severity::Error, out);
+    dup("MAC", &|f| f.macs.clone(), Severity::Error, out);
+    dup("machine-id", &|f| vec![f.machine_id.clone()], Severity::Error, out);
     // Containers and some hypervisors share the DMI product_uuid; kubeadm itself only warns.
-    dup("product_uuid", &|f| vec![f.product_uuid.clone()], Warning, &mut out);
-    out.sort_by(|a, b| (&a.host, b.severity, &a.check).cmp(&(&b.host, a.severity, &b.check)));
-    out
+    dup("product_uuid", &|f| vec![f.product_uuid.clone()], Severity::Warning, out);
 }
 
 /// The GOARCH name of a `uname -m` machine (as platforms spell it: `linux/amd64`).
@@ -431,7 +450,6 @@ mod tests {
         let hs = [HostFacts { host: &m, facts: &none, disk_needed: 1, skew_ms: 0, ours: false }];
         assert!(judge(&hs, &rules()).iter().all(|p| p.check == "arch"));
     }
-
     #[test]
     fn missing_kernel_features_stop_the_run_and_loadable_ones_do_not() {
         use crate::protocol::KernelSupport::{Loadable, Missing, Present};

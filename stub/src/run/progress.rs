@@ -1,5 +1,7 @@
 //! Progress of `run`: one line per host on a terminal (indicatif MultiProgress), plain
 //! timestamped lines otherwise, and with `--json` one JSON event per line on stdout.
+//!
+//! Owns how events look; what the events are is the phases' business ([`super::engine`]).
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
@@ -39,7 +41,7 @@ impl Reporter {
         let Some(m) = &self.multi else { return };
         let style =
             ProgressStyle::with_template("{prefix:>15} {spinner} {wide_msg} [{elapsed}]").expect("static template");
-        let mut bars = self.bars.lock().unwrap();
+        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         for h in hosts {
             let b = m.add(ProgressBar::new_spinner());
             b.set_style(style.clone());
@@ -60,7 +62,7 @@ impl Reporter {
             println!("{v}");
             return;
         }
-        if let Some(b) = self.bars.lock().unwrap().get(host) {
+        if let Some(b) = self.bars.lock().unwrap_or_else(|e| e.into_inner()).get(host) {
             b.set_message(format!("{phase}: {msg}"));
             return;
         }
@@ -86,7 +88,7 @@ impl Reporter {
 
     /// Removes the bars.
     pub fn finish(&self) {
-        for b in self.bars.lock().unwrap().values() {
+        for b in self.bars.lock().unwrap_or_else(|e| e.into_inner()).values() {
             b.finish();
         }
     }

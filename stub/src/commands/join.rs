@@ -1,6 +1,6 @@
 //! `installer join --workers IP,… [--masters IP,…]`: adds nodes to a running cluster.
 //!
-//! Owns only the framing: it finds the cluster (`--master IP` or the local state), writes the
+//! Owns only the framing (a join is a [`crate::run`] delivery over the grown cluster): it finds the cluster (`--master IP` or the local state), writes the
 //! description with the new hosts to `.ferry/<cluster>/cluster.yaml`, and runs `run` on it.
 //! Because `run` is resumable and its kubeadm phase counts a host done once it has joined, the
 //! existing nodes are only re-checked: the new ones get preflight, distribution and preparation;
@@ -11,7 +11,7 @@
 //! again: joining adds nodes, it does not redeploy the apps.
 
 use crate::cli::ClusterCommandArgs;
-use crate::cluster::{Host, Role};
+use crate::cluster::{Cluster, Host, Role, SshTarget};
 use anyhow::{Result, bail};
 
 /// Entry point of `installer join`.
@@ -29,10 +29,21 @@ pub fn run(mut args: ClusterCommandArgs, quiet: bool, no_progress: bool) -> Resu
     args.run.workers.clear();
     args.run.hosts.clear();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let found = rt.block_on(crate::run::locate(&args))?;
+    let found = rt.block_on(crate::cluster::locate::locate(&super::flags::where_(&args)?))?;
     drop(rt);
     let mut cluster = found.cluster;
-    // New hosts are reached with the flags' (or the file's cluster-wide) SSH settings.
+    let ssh = new_hosts_ssh(&args, &cluster)?;
+    grow(&mut cluster, &new_masters, &new_workers, &ssh)?;
+    crate::cluster::locate::save_local(&found.local_state, &crate::cluster::to_file(&cluster))?;
+    args.run.cluster_file = Some(found.local_state.join("cluster.yaml"));
+    args.run.name = None;
+    args.run.skip_launch = true;
+    super::run::run(&args.run, quiet, no_progress)
+}
+
+/// How new hosts are reached: master0's SSH settings, unless the flags (or else the file's
+/// cluster-wide settings) say otherwise.
+fn new_hosts_ssh(args: &ClusterCommandArgs, cluster: &Cluster) -> Result<SshTarget> {
     let probe = crate::cluster::resolve(
         None,
         &crate::cluster::Overrides {
@@ -44,14 +55,19 @@ pub fn run(mut args: ClusterCommandArgs, quiet: bool, no_progress: bool) -> Resu
             ..Default::default()
         },
     )?;
-    let ssh = cluster
+    Ok(cluster
         .hosts
         .iter()
         .find(|h| h.is(Role::Master))
         .map(|h| h.ssh.clone())
         .filter(|_| args.run.user.is_none() && args.run.port.is_none() && args.run.ssh_key.is_none())
-        .unwrap_or(probe.hosts[0].ssh.clone());
-    for (ips, role) in [(&new_masters, Role::Master), (&new_workers, Role::Worker)] {
+        .unwrap_or(probe.hosts[0].ssh.clone()))
+}
+
+/// Adds the new hosts to `cluster` (a host listed already in the same role is an earlier join
+/// continued; in another role, an error).
+fn grow(cluster: &mut Cluster, new_masters: &[String], new_workers: &[String], ssh: &SshTarget) -> Result<()> {
+    for (ips, role) in [(new_masters, Role::Master), (new_workers, Role::Worker)] {
         for ip in ips {
             if let Some(h) = cluster.hosts.iter().find(|h| &h.ip == ip) {
                 // Listed by an earlier join that stopped (or one that finished): the same command
@@ -70,9 +86,5 @@ pub fn run(mut args: ClusterCommandArgs, quiet: bool, no_progress: bool) -> Resu
             });
         }
     }
-    crate::run::control::save_local(&found.local_state, &crate::cluster::to_file(&cluster))?;
-    args.run.cluster_file = Some(found.local_state.join("cluster.yaml"));
-    args.run.name = None;
-    args.run.skip_launch = true;
-    crate::run::run(&args.run, quiet, no_progress)
+    Ok(())
 }

@@ -1,0 +1,212 @@
+//! Finding an existing cluster for `check`, `reset` and `join`, which need only the master's
+//! address: `--master IP` reads the description ferry saved on master0 (/etc/ferry/cluster.yaml),
+//! reaching it with `-f FILE`'s SSH settings when a file is given too; `-f FILE` alone reads a
+//! cluster file, and otherwise the description saved beside the installer
+//! (`.ferry/<cluster>/cluster.yaml`; `--name` picks one when there are several).
+//!
+//! Owns also the local state directory beside the installer (where the description and the
+//! per-host records are kept). Takes plain values ([`Where`]), not the command line.
+
+use crate::cluster::{self, Cluster, Overrides};
+use crate::ssh::Secrets;
+use crate::ssh::client::{Jump, Login, SshHost, SshOptions};
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A located cluster and how to reach its hosts.
+pub struct Found {
+    /// The description.
+    pub cluster: Cluster,
+    /// SSH options.
+    pub opts: SshOptions,
+    /// The bastion session, if any.
+    pub jump: Option<Arc<Jump>>,
+    /// `.ferry/<cluster>/` beside the installer.
+    pub local_state: PathBuf,
+}
+
+/// `.ferry/<cluster>/` beside the installer: the saved description and each host's records.
+pub fn local_state_dir(installer: &Path, cluster: &str) -> PathBuf {
+    let exe = if installer == Path::new(crate::node::SELF_EXE) {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("installer"))
+    } else {
+        installer.to_path_buf()
+    };
+    exe.parent().unwrap_or(Path::new(".")).join(".ferry").join(cluster)
+}
+
+/// Writes `.ferry/<cluster>/cluster.yaml`.
+pub fn save_local(dir: &Path, text: &str) -> Result<()> {
+    crate::registry::config::write_atomic(&dir.join("cluster.yaml"), text.as_bytes())
+        .with_context(|| format!("saving the cluster description in {}", dir.display()))
+}
+
+/// Errors when `text` (a host's answer) shows no ferry cluster.
+pub fn require_cluster_file(ip: &str, text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        bail!(
+            "{ip}: no ferry cluster here ({} is missing): run `installer run` first, or give the right --master",
+            crate::node::CLUSTER_FILE
+        );
+    }
+    Ok(())
+}
+
+/// The bastion session for `c`, if it has one.
+pub async fn jump_for(c: &Cluster, opts: &SshOptions) -> Result<Option<Arc<Jump>>> {
+    match &c.bastion {
+        Some(b) => {
+            let login = Login {
+                host: b.host.clone(),
+                port: b.port,
+                user: b.user.clone(),
+                key: c.bastion_key.clone(),
+                sudo: false,
+            };
+            Ok(Some(Jump::connect(&login, opts).await?))
+        }
+        None => Ok(None),
+    }
+}
+
+impl Found {
+    /// Connects to one host of the cluster (or, for hosts outside it, with the base settings).
+    pub async fn connect_one(&self, ip: &str) -> Result<Arc<SshHost>> {
+        let h = self
+            .cluster
+            .hosts
+            .iter()
+            .find(|h| h.ip == ip)
+            .ok_or_else(|| anyhow!("{ip} is not a host of cluster {}", self.cluster.name))?;
+        let login = Login {
+            host: h.ip.clone(),
+            port: h.ssh.port,
+            user: h.ssh.user.clone(),
+            key: h.ssh.key.clone(),
+            sudo: h.ssh.sudo,
+        };
+        SshHost::connect(&login, &self.opts, self.jump.clone())
+            .await
+            .map(Arc::new)
+            .with_context(|| format!("{ip}: connecting"))
+    }
+}
+
+/// Where a cluster is and how to reach it: the command line's answer, as plain values.
+#[derive(Clone, Debug)]
+pub struct Where {
+    /// The cluster's first master, whose saved description is read (`--master`).
+    pub master: Option<String>,
+    /// A cluster file (`-f`).
+    pub cluster_file: Option<PathBuf>,
+    /// Which of the clusters saved beside the installer (`--name`).
+    pub name: Option<String>,
+    /// The installer, beside which the local state is kept.
+    pub installer: PathBuf,
+    /// The flags that describe the cluster and its SSH settings (no hosts).
+    pub overrides: Overrides,
+    /// Accept unknown host keys.
+    pub accept_new: bool,
+    /// Time allowed for one SSH connection.
+    pub connect_timeout: Duration,
+    /// SSH keepalive interval.
+    pub keepalive: Duration,
+    /// Passwords and passphrases.
+    pub secrets: Secrets,
+}
+
+impl Where {
+    fn ssh(&self, known_hosts: PathBuf) -> SshOptions {
+        SshOptions {
+            known_hosts,
+            accept_new: self.accept_new,
+            connect_timeout: self.connect_timeout,
+            keepalive: self.keepalive,
+            secrets: self.secrets.clone(),
+        }
+    }
+
+    fn overrides(&self, hosts: Vec<String>) -> Overrides {
+        Overrides { hosts, ..self.overrides.clone() }
+    }
+}
+
+/// Finds the cluster `w` points at.
+pub async fn locate(w: &Where) -> Result<Found> {
+    let file = match (&w.master, &w.cluster_file) {
+        (Some(master), _) => from_master(w, master).await?,
+        (None, Some(f)) => cluster::load(f)?,
+        (None, None) => cluster::load(&saved(w)?)?,
+    };
+    let cluster = cluster::resolve(Some(file), &w.overrides(Vec::new()))?;
+    let opts = w.ssh(cluster.known_hosts.clone());
+    let jump = jump_for(&cluster, &opts).await?;
+    let local_state = local_state_dir(&w.installer, &cluster.name);
+    Ok(Found { cluster, opts, jump, local_state })
+}
+
+/// The description ferry saved on `master`.
+async fn from_master(w: &Where, master: &str) -> Result<cluster::ClusterFile> {
+    // A cluster file given too says how to reach the master (its host entry, or else the
+    // file's cluster-wide SSH settings: user, key, known_hosts, bastion); flags still win.
+    let probe = match &w.cluster_file {
+        Some(f) => {
+            let listed = cluster::resolve(Some(cluster::load(f)?), &w.overrides(Vec::new()))?;
+            if listed.hosts.iter().any(|h| h.ip == master) {
+                listed
+            } else {
+                cluster::resolve(Some(cluster::load(f)?), &w.overrides(vec![master.to_string()]))?
+            }
+        }
+        None => cluster::resolve(None, &w.overrides(vec![master.to_string()]))?,
+    };
+    let opts = w.ssh(probe.known_hosts.clone());
+    let jump = jump_for(&probe, &opts).await?;
+    let h =
+        probe.hosts.iter().find(|h| h.ip == master).ok_or_else(|| anyhow!("{master} is not in the cluster file"))?;
+    let login = Login {
+        host: h.ip.clone(),
+        port: h.ssh.port,
+        user: h.ssh.user.clone(),
+        key: h.ssh.key.clone(),
+        sudo: h.ssh.sudo,
+    };
+    let conn = SshHost::connect(&login, &opts, jump).await.with_context(|| format!("{master}: connecting"))?;
+    let out =
+        crate::ssh::RemoteHost::run(&conn, &format!("cat {} 2>/dev/null || true", crate::node::CLUSTER_FILE), b"")
+            .await?;
+    require_cluster_file(master, &out.text())?;
+    cluster::parse(&out.text(), &format!("{master}:{}", crate::node::CLUSTER_FILE))
+}
+
+/// The path of the description saved beside the installer: `--name`'s, or the only one there.
+fn saved(w: &Where) -> Result<PathBuf> {
+    let base = local_state_dir(&w.installer, "x");
+    let base = base.parent().map(PathBuf::from).unwrap_or_default();
+    let path = match &w.name {
+        Some(n) => base.join(n).join("cluster.yaml"),
+        None => {
+            let found: Vec<PathBuf> = std::fs::read_dir(&base)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("cluster.yaml"))
+                .filter(|p| p.exists())
+                .collect();
+            match found.len() {
+                1 => found[0].clone(),
+                0 => bail!(
+                    "no cluster is known here ({} holds no cluster.yaml): give --master IP (the first master of a cluster ferry made)",
+                    base.display()
+                ),
+                _ => bail!("several clusters are known in {}: pick one with --name", base.display()),
+            }
+        }
+    };
+    if !path.exists() {
+        bail!("no cluster description at {}: give --master IP", path.display());
+    }
+    Ok(path)
+}

@@ -1,0 +1,50 @@
+//! The command adapters: one thin function per subcommand, turning the parsed command line
+//! ([`crate::cli`]) into calls of the modules that do the work.
+//!
+//! Owns the dispatch and nothing else. It sits on top of the crate: the command line's types
+//! are named here and in the few node-side modules that take their own flags as they are
+//! (`agent`, `registry`, `verify`, `inspect`, `extract`), and no module below calls back up.
+
+pub mod check;
+pub mod flags;
+pub mod join;
+pub mod reset;
+pub mod run;
+
+use crate::cli::{self, Command, RegistryCommand};
+use crate::printer::Printer;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Entry point of `./installer`.
+pub fn main() -> ExitCode {
+    use clap::Parser;
+    let cli = cli::Cli::parse();
+    let printer = Printer::new(cli.global.quiet, cli.global.no_progress);
+    let own_file = PathBuf::from(crate::node::SELF_EXE);
+    let (quiet, no_progress) = (cli.global.quiet, cli.global.no_progress);
+    let result = match cli.command {
+        Command::Verify(args) => crate::verify::run(&own_file, &args, &printer),
+        Command::Inspect(args) => crate::inspect::run(&own_file, &args, &printer),
+        Command::Extract(args) => crate::extract::run(&own_file, &args, &printer),
+        Command::Registry(RegistryCommand::Serve(args)) => crate::registry::serve(&args, &printer),
+        Command::Registry(RegistryCommand::Config(args)) => crate::registry::config(&args, &printer),
+        Command::Run(args) => run::run(&args, quiet, no_progress),
+        Command::Check(args) => check::run(&args),
+        Command::Reset(args) => reset::run(&args),
+        Command::Join(args) => join::run(*args, quiet, no_progress),
+        Command::Agent(cmd) => crate::agent::main(&cmd),
+        Command::Lb(args) => lb(&args),
+    };
+    crate::finish(result, &printer)
+}
+
+/// `installer lb`.
+fn lb(args: &cli::LbArgs) -> anyhow::Result<()> {
+    crate::lb::run(&crate::lb::Options {
+        config: args.config.clone(),
+        listen: args.listen,
+        backends: args.backends.clone(),
+        interval: args.interval.clone(),
+    })
+}

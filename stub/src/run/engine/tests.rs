@@ -1,0 +1,495 @@
+//! The engine against in-memory hosts: order, resume, failure.
+
+use super::*;
+use crate::agent::Record;
+use crate::run::phases::prepare::Prepare;
+use crate::run::progress::Reporter;
+use crate::ssh::Output;
+use crate::ssh::fake::FakeHost;
+use payload_format::Payload;
+use std::path::Path;
+
+const IPS: [&str; 3] = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+
+/// What the fake hosts saw: per host, each command with its stdin.
+#[derive(Default)]
+struct World {
+    seen: Mutex<BTreeMap<String, Vec<(String, String)>>>,
+    /// (host, command fragment, stderr): that command fails there.
+    failures: Mutex<Vec<(String, String, String)>>,
+    /// What `agent prepare` prints.
+    prepare_report: Mutex<String>,
+}
+
+impl World {
+    fn host(self: &Arc<Self>, ip: &str) -> Arc<FakeHost> {
+        Arc::new(FakeHost::new(ip, self.responder(ip)))
+    }
+
+    /// Answers as host `ip` of this world: records the command, fails it when told to.
+    fn responder(self: &Arc<Self>, ip: &str) -> crate::ssh::fake::Responder {
+        let (world, ip2) = (self.clone(), ip.to_string());
+        {
+            Arc::new(move |cmd: &str, stdin: &[u8]| {
+                let mut seen = world.seen.lock().unwrap();
+                seen.entry(ip2.clone()).or_default().push((cmd.to_string(), String::from_utf8_lossy(stdin).into()));
+                let failures = world.failures.lock().unwrap();
+                if let Some((_, _, err)) = failures.iter().find(|(h, c, _)| *h == ip2 && cmd.contains(c.as_str())) {
+                    return Output { status: 1, stdout: Vec::new(), stderr: err.clone().into_bytes() };
+                }
+                let stdout = if cmd.ends_with("agent prepare") {
+                    world.prepare_report.lock().unwrap().clone().into_bytes()
+                } else {
+                    Vec::new()
+                };
+                Output { status: 0, stdout, stderr: Vec::new() }
+            })
+        }
+    }
+
+    fn fail(&self, ip: &str, cmd: &str, stderr: &str) {
+        self.failures.lock().unwrap().push((ip.into(), cmd.into(), stderr.into()));
+    }
+
+    fn heal(&self) {
+        self.failures.lock().unwrap().clear();
+    }
+
+    /// The commands `ip` ran, without their stdin.
+    fn commands(&self, ip: &str) -> Vec<String> {
+        self.seen.lock().unwrap().get(ip).map(|c| c.iter().map(|(c, _)| c.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The phases recorded on `ip` (by `agent record`), as a later preflight reads them.
+    fn state(&self, ip: &str, id: &str) -> State {
+        let seen = self.seen.lock().unwrap();
+        let mut state = State::new();
+        for (cmd, stdin) in seen.get(ip).into_iter().flatten() {
+            let Some(rest) = cmd.split(" --phase ").nth(1).filter(|_| cmd.contains(" agent record ")) else { continue };
+            let phase = rest.split(' ').next().unwrap_or_default().to_string();
+            let detail = serde_json::from_str(stdin).unwrap_or_default();
+            let record =
+                Record { cluster: "c".into(), phase: phase.clone(), installer: id.into(), completed: 0, detail };
+            state.insert(phase, record);
+        }
+        state
+    }
+}
+
+fn ctx(dir: &Path) -> Arc<Ctx> {
+    let path = crate::run::distribute::tests::build_sized(dir, 2_000, 1_000);
+    let cluster = crate::cluster::resolve(
+        None,
+        &crate::cluster::Overrides { hosts: IPS.iter().map(|s| s.to_string()).collect(), ..Default::default() },
+    )
+    .unwrap();
+    Arc::new(Ctx {
+        payload: Payload::open(&path).unwrap(),
+        id: "build-1".into(),
+        cluster,
+        rep: Reporter::new(false, true, true),
+        stub: b"\x7fELF pretend stub".to_vec(),
+        stub_sha: String::new(),
+        allow_unsigned: true,
+        signer: None,
+        local_state: dir.join("state"),
+        phase_timeout: Duration::from_secs(60),
+        force: false,
+        stall: Duration::from_secs(20),
+    })
+}
+
+fn engine(ctx: &Arc<Ctx>, world: &Arc<World>, states: Vec<State>) -> Engine<FakeHost> {
+    let hosts = IPS.iter().map(|ip| world.host(ip)).collect();
+    Engine::new(ctx.clone(), hosts, states, 2)
+}
+
+/// A phase that runs `do NAME` on every host not recorded done by this build.
+struct Work {
+    name: &'static str,
+    one_by_one: bool,
+}
+
+fn work(name: &'static str) -> Step<FakeHost> {
+    Arc::new(Work { name, one_by_one: false })
+}
+
+impl Phase<FakeHost> for Work {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn should_run(&self, ctx: &Ctx, _i: usize, state: &State) -> Decision {
+        if records::done(state, self.name, &ctx.id) { Decision::Skip("already done") } else { Decision::Run }
+    }
+
+    fn run<'a>(self: Arc<Self>, engine: &'a Engine<FakeHost>, todo: Vec<Decision>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            engine.say_skips(self.name, &todo);
+            let which = engine.must_run(&todo);
+            if self.one_by_one { engine.one_by_one(self, which).await } else { engine.each(self, which, 2).await }
+        })
+    }
+
+    fn run_host(self: Arc<Self>, _ctx: Arc<Ctx>, h: Arc<FakeHost>, i: usize) -> BoxFuture<'static, Result<Outcome>> {
+        Box::pin(async move {
+            crate::run::checked(h.as_ref(), &format!("do {}", self.name), b"", self.name).await?;
+            Ok(Outcome::recorded(serde_json::json!({"host": i})))
+        })
+    }
+}
+
+fn did(world: &World, ip: &str) -> Vec<String> {
+    world.commands(ip).into_iter().filter(|c| c.starts_with("do ")).collect()
+}
+
+fn local(ctx: &Ctx, ip: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(ctx.local_state.join(format!("{ip}.json"))).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn phases_run_in_order_on_every_host_and_are_recorded_in_both_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    let e = engine(&ctx, &world, vec![State::new(); 3]);
+    e.run(&[work("a"), work("b"), work("c")]).await.unwrap();
+    for ip in IPS {
+        assert_eq!(did(&world, ip), ["do a", "do b", "do c"], "{ip}");
+        let cmds = world.commands(ip);
+        let record_b = cmds.iter().position(|c| c.contains("agent record") && c.contains("--phase b")).unwrap();
+        let do_c = cmds.iter().position(|c| c == "do c").unwrap();
+        assert!(record_b < do_c, "b is recorded before c starts on {ip}: {cmds:?}");
+        assert_eq!(world.state(ip, "build-1").keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let rec = local(&ctx, ip);
+        assert_eq!(rec["host"], ip);
+        assert_eq!(rec["installer"], "build-1");
+        for p in ["a", "b", "c"] {
+            assert_eq!(rec["phases"][p]["status"], "done", "{ip} {p}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failure_names_host_phase_and_cause_and_no_host_gets_a_later_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    world.fail("10.0.0.2", "do b", "disk on fire");
+    let e = engine(&ctx, &world, vec![State::new(); 3]);
+    let err = format!("{:#}", e.run(&[work("a"), work("b"), work("c")]).await.unwrap_err());
+    assert!(err.contains("b failed on 1 host(s)"), "{err}");
+    assert!(err.contains("10.0.0.2: b failed: b exited with status 1: disk on fire"), "{err}");
+    // The others finish the phase that failed; nobody starts the next.
+    assert_eq!(did(&world, "10.0.0.1"), ["do a", "do b"]);
+    assert_eq!(did(&world, "10.0.0.2"), ["do a", "do b"]);
+    assert_eq!(did(&world, "10.0.0.3"), ["do a", "do b"]);
+    assert!(!world.state("10.0.0.2", "build-1").contains_key("b"), "a failure is not recorded on the host as done");
+    let rec = local(&ctx, "10.0.0.2");
+    assert_eq!(rec["phases"]["b"]["status"], "failed");
+    assert!(rec["phases"]["b"]["detail"]["error"].as_str().unwrap().contains("disk on fire"));
+    assert_eq!(local(&ctx, "10.0.0.1")["phases"]["b"]["status"], "done");
+}
+
+#[tokio::test]
+async fn a_rerun_after_a_failure_skips_what_is_recorded_and_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    world.fail("10.0.0.3", "do b", "no space left on device");
+    let phases = [work("a"), work("b"), work("c")];
+    engine(&ctx, &world, vec![State::new(); 3]).run(&phases).await.unwrap_err();
+    world.heal();
+    let states: Vec<State> = IPS.iter().map(|ip| world.state(ip, "build-1")).collect();
+    engine(&ctx, &world, states).run(&phases).await.unwrap();
+    assert_eq!(did(&world, "10.0.0.1"), ["do a", "do b", "do c"]);
+    assert_eq!(did(&world, "10.0.0.3"), ["do a", "do b", "do b", "do c"], "only the failed phase is redone");
+    assert_eq!(local(&ctx, "10.0.0.3")["phases"]["b"]["status"], "done");
+}
+
+#[tokio::test]
+async fn a_record_of_another_build_does_not_count_as_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    let states = vec![
+        world.state("none", "x"),
+        {
+            let mut s = State::new();
+            let detail = serde_json::json!({});
+            s.insert(
+                "a".into(),
+                Record { cluster: "c".into(), phase: "a".into(), installer: "build-0".into(), completed: 0, detail },
+            );
+            s
+        },
+        {
+            let mut s = State::new();
+            let detail = serde_json::json!({});
+            s.insert(
+                "a".into(),
+                Record { cluster: "c".into(), phase: "a".into(), installer: "build-1".into(), completed: 0, detail },
+            );
+            s
+        },
+    ];
+    engine(&ctx, &world, states).run(&[work("a")]).await.unwrap();
+    assert_eq!(did(&world, "10.0.0.1"), ["do a"]);
+    assert_eq!(did(&world, "10.0.0.2"), ["do a"], "recorded by another build: run again");
+    assert!(did(&world, "10.0.0.3").is_empty(), "recorded by this build: skipped");
+}
+
+#[tokio::test]
+async fn one_by_one_stops_at_the_first_failed_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    world.fail("10.0.0.2", "do s", "etcd would not take the member");
+    let e = engine(&ctx, &world, vec![State::new(); 3]);
+    let seq: Step<FakeHost> = Arc::new(Work { name: "s", one_by_one: true });
+    let err = format!("{:#}", e.run(&[seq, work("after")]).await.unwrap_err());
+    assert_eq!(err, "10.0.0.2: s failed: s exited with status 1: etcd would not take the member");
+    assert_eq!(did(&world, "10.0.0.1"), ["do s"]);
+    assert_eq!(did(&world, "10.0.0.2"), ["do s"]);
+    assert!(did(&world, "10.0.0.3").is_empty(), "the host after the failed one never starts");
+    assert_eq!(local(&ctx, "10.0.0.2")["phases"]["s"]["status"], "failed");
+}
+
+#[tokio::test]
+async fn a_local_record_that_cannot_be_written_fails_the_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    std::fs::write(&ctx.local_state, b"a file where the state directory should be").unwrap();
+    let e = engine(&ctx, &world, vec![State::new(); 3]);
+    let err = format!("{:#}", e.run(&[work("a"), work("b")]).await.unwrap_err());
+    assert!(err.contains("a failed on 3 host(s)"), "{err}");
+    assert!(err.contains("recording phase a of 10.0.0.1"), "{err}");
+    assert!(err.contains("the failure could not be recorded either"), "{err}");
+    assert!(did(&world, "10.0.0.1").iter().all(|c| c != "do b"));
+}
+
+#[tokio::test]
+async fn prepare_sends_the_plan_records_the_report_and_is_skipped_once_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    *world.prepare_report.lock().unwrap() = r#"{"warnings": ["swap was on"]}"#.into();
+    let prepare: Step<FakeHost> = Arc::new(Prepare);
+    engine(&ctx, &world, vec![State::new(); 3]).run(std::slice::from_ref(&prepare)).await.unwrap();
+    let seen = world.seen.lock().unwrap().get("10.0.0.2").cloned().unwrap();
+    let (_, plan) = seen.iter().find(|(c, _)| c.ends_with("agent prepare")).unwrap();
+    let plan: serde_json::Value = serde_json::from_str(plan).unwrap();
+    assert_eq!(plan["node_ip"], "10.0.0.2");
+    let state = world.state("10.0.0.2", "build-1");
+    assert_eq!(state["prepare"].detail["warnings"][0], "swap was on");
+    assert_eq!(state["prepare"].detail["registry_endpoints"], plan["registry_endpoints"]);
+
+    // Recorded by this build for the same replicas: nothing to do on the next run.
+    let before = world.commands("10.0.0.2").len();
+    let states: Vec<State> = IPS.iter().map(|ip| world.state(ip, "build-1")).collect();
+    engine(&ctx, &world, states.clone()).run(std::slice::from_ref(&prepare)).await.unwrap();
+    assert_eq!(world.commands("10.0.0.2").len(), before);
+
+    // Prepared for other replicas: hosts.toml must change, so it runs again.
+    let mut moved = states;
+    moved[1].get_mut("prepare").unwrap().detail["registry_endpoints"] = serde_json::json!(["http://10.9.9.9:5000"]);
+    engine(&ctx, &world, moved).run(&[prepare]).await.unwrap();
+    assert_eq!(world.commands("10.0.0.2").iter().filter(|c| c.ends_with("agent prepare")).count(), 2);
+}
+
+mod kubeadm {
+    use super::*;
+    use crate::kube::config::{ClusterInputs, Fragments};
+    use crate::run::phases::control::{Init, Join, Kubeadm, SaveState};
+
+    const TOKEN: &str = "abcdef.0123456789abcdef";
+
+    /// master0 answers `kubeadm token create` and the CA read as a real one would.
+    fn answering(world: &Arc<World>, ip: &str) -> Arc<FakeHost> {
+        let inner = world.responder(ip);
+        let ca = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/standins/pki/ca.crt")).unwrap();
+        Arc::new(FakeHost::new(
+            ip,
+            Arc::new(move |cmd: &str, stdin: &[u8]| {
+                let seen = inner(cmd, stdin);
+                match cmd {
+                    "kubeadm token create --ttl 24h0m0s" => {
+                        Output { stdout: format!("{TOKEN}\n").into_bytes(), ..seen }
+                    }
+                    "cat /etc/kubernetes/pki/ca.crt" => Output { stdout: ca.clone(), ..seen },
+                    _ => seen,
+                }
+            }),
+        ))
+    }
+
+    fn phases(ctx: &Ctx) -> Vec<Step<FakeHost>> {
+        let inputs = ClusterInputs {
+            name: ctx.cluster.name.clone(),
+            kubernetes_version: "v1.36.3".into(),
+            endpoint: ctx.cluster.api_endpoint.clone(),
+            lb_port: crate::node::LB_PORT,
+            masters: vec![IPS[0].into()],
+            pod_subnet: None,
+            service_subnet: None,
+            extra_sans: Vec::new(),
+            fragments: Fragments::default(),
+            pause_image: crate::registry::config::kubeadm_pause_image("v1.36.3").unwrap().into(),
+            cgroup_v1_hosts: Vec::new(),
+        };
+        let k = Kubeadm::with_inputs(ctx, inputs).unwrap();
+        vec![Arc::new(Init(k.clone())), Arc::new(Join::new(k.clone())), Arc::new(SaveState(k))]
+    }
+
+    fn engine(ctx: &Arc<Ctx>, world: &Arc<World>, states: Vec<State>) -> Engine<FakeHost> {
+        let hosts = IPS.iter().map(|ip| answering(world, ip)).collect();
+        Engine::new(ctx.clone(), hosts, states, 2)
+    }
+
+    fn ran(world: &World, ip: &str, what: &str) -> usize {
+        world.commands(ip).iter().filter(|c| c.contains(what)).count()
+    }
+
+    #[tokio::test]
+    async fn a_first_run_initialises_master0_and_joins_the_others_with_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+        engine(&ctx, &world, vec![State::new(); 3]).run(&phases(&ctx)).await.unwrap();
+        assert_eq!(ran(&world, IPS[0], "kubeadm init --upload-certs"), 1);
+        assert_eq!(ran(&world, IPS[0], "kubeadm token create"), 0, "init's own token is used");
+        for ip in &IPS[1..] {
+            assert_eq!(ran(&world, ip, "kubeadm join --config"), 1, "{ip}");
+            assert_eq!(world.state(ip, "build-1")["kubeadm"].detail["role"], "worker");
+        }
+        assert_eq!(world.state(IPS[0], "build-1")["kubeadm"].detail["role"], "init");
+        assert_eq!(ran(&world, IPS[0], crate::node::CLUSTER_FILE), 1, "the description is saved on master0");
+        assert!(ctx.local_state.join("cluster.yaml").exists(), "and beside the installer");
+    }
+
+    #[tokio::test]
+    async fn a_rerun_never_initialises_again_and_joins_only_who_has_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+        let joined = |build: &str| {
+            let mut s = State::new();
+            let detail = serde_json::json!({});
+            let rec =
+                Record { cluster: "c".into(), phase: "kubeadm".into(), installer: build.into(), completed: 0, detail };
+            s.insert("kubeadm".into(), rec);
+            s
+        };
+        // master0 initialised by an older build, one worker joined, one not.
+        let states = vec![joined("build-0"), joined("build-0"), State::new()];
+        engine(&ctx, &world, states).run(&phases(&ctx)).await.unwrap();
+        assert_eq!(ran(&world, IPS[0], "kubeadm init"), 0, "the control plane is not re-initialised");
+        assert_eq!(ran(&world, IPS[0], "kubeadm token create"), 1, "a fresh token for this run's join");
+        assert_eq!(ran(&world, IPS[0], "upload-certs"), 0, "no master joins, so no certificate key");
+        assert!(world.commands(IPS[1]).is_empty(), "a joined worker is left alone");
+        assert_eq!(ran(&world, IPS[2], "kubeadm join --config"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_init_names_master0_and_nobody_joins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+        world.fail(IPS[0], "kubeadm init", "[ERROR Port-6443]: Port 6443 is in use");
+        let err = format!("{:#}", engine(&ctx, &world, vec![State::new(); 3]).run(&phases(&ctx)).await.unwrap_err());
+        assert!(err.starts_with("10.0.0.1: kubeadm failed: kubeadm init exited with status 1"), "{err}");
+        assert!(err.contains("Port 6443 is in use"), "{err}");
+        assert!(IPS[1..].iter().all(|ip| ran(&world, ip, "kubeadm join") == 0));
+        assert_eq!(local(&ctx, IPS[0])["phases"]["kubeadm"]["status"], "failed");
+    }
+}
+
+mod preflight {
+    use super::*;
+    use crate::agent::Facts;
+    use crate::run::phases::preflight::{Stage, gate};
+    use crate::run::preflight::{Problem, Severity};
+
+    /// A host with ferry's agent of this build in place, answering the survey with `facts`.
+    fn surveyed(world: &Arc<World>, ip: &str, stub_sha: &str, facts: Facts) -> Arc<FakeHost> {
+        let inner = world.responder(ip);
+        let sha = stub_sha.to_string();
+        Arc::new(FakeHost::new(
+            ip,
+            Arc::new(move |cmd: &str, stdin: &[u8]| {
+                let out = inner(cmd, stdin);
+                let stdout = if cmd.starts_with("uname -m") {
+                    format!("{}\n{sha}\n", std::env::consts::ARCH).into_bytes()
+                } else if cmd.contains(" agent facts ") {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+                    serde_json::to_vec(&Facts { time_ms: now.as_millis() as u64, ..facts.clone() }).unwrap()
+                } else if cmd.contains(" agent state ") {
+                    b"{}".to_vec()
+                } else {
+                    out.stdout.clone()
+                };
+                Output { stdout, ..out }
+            }),
+        ))
+    }
+
+    fn healthy(name: &str) -> Facts {
+        Facts {
+            hostname: name.into(),
+            arch: std::env::consts::ARCH.into(),
+            kernel: "6.1.0".into(),
+            systemd: true,
+            cpus: 4,
+            mem_bytes: 8 << 30,
+            disk_free: 100 << 30,
+            machine_id: format!("id-{name}"),
+            cgroup: "v2".into(),
+            ..Default::default()
+        }
+    }
+
+    fn with_stub(dir: &Path) -> Arc<Ctx> {
+        let mut c = Arc::try_unwrap(ctx(dir)).ok().unwrap();
+        c.stub_sha = "0123abcd".into();
+        Arc::new(c)
+    }
+
+    #[tokio::test]
+    async fn a_pass_reports_each_hosts_cgroup_and_hands_over_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (with_stub(dir.path()), Arc::new(World::default()));
+        let hosts: Vec<Option<Arc<FakeHost>>> =
+            IPS.iter().map(|ip| Some(surveyed(&world, ip, &ctx.stub_sha, healthy(ip)))).collect();
+        let passed = gate(&ctx, hosts, Vec::new(), 2, &Stage::new()).await.unwrap();
+        assert_eq!(passed.hosts.len(), 3);
+        assert!(passed.staged.iter().all(Option::is_none), "the agent of this build was there already");
+        assert!(passed.cgroup_v1_hosts.is_empty());
+        for ip in IPS {
+            assert_eq!(local(&ctx, ip)["phases"]["preflight"]["detail"]["cgroup"], "v2");
+            assert!(world.commands(ip).iter().all(|c| !c.contains("rm -rf")), "nothing to clean up");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_problem_anywhere_stops_before_anything_changes_and_names_every_failing_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (with_stub(dir.path()), Arc::new(World::default()));
+        let small = Facts { cpus: 1, ..healthy(IPS[0]) };
+        let hosts = vec![
+            Some(surveyed(&world, IPS[0], &ctx.stub_sha, small)),
+            Some(surveyed(&world, IPS[1], &ctx.stub_sha, healthy(IPS[1]))),
+            None,
+        ];
+        let unreachable = Problem {
+            host: IPS[2].into(),
+            severity: Severity::Error,
+            check: "ssh".into(),
+            message: "connection refused".into(),
+        };
+        let stage = Stage::new();
+        let err = gate(&ctx, hosts, vec![unreachable], 2, &stage).await.err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "preflight found 2 problem(s) on 10.0.0.1, 10.0.0.3: nothing was installed; fix them and run again"
+        );
+        for ip in &IPS[..2] {
+            let cmds = world.commands(ip);
+            assert_eq!(cmds.last().unwrap(), &stage.cleanup_cmd(), "{ip}: what preflight staged is removed");
+            assert!(cmds.iter().all(|c| !c.contains("agent record")), "{ip}: nothing is recorded on the host");
+        }
+        assert_eq!(local(&ctx, IPS[0])["phases"]["preflight"]["status"], "failed");
+        assert_eq!(local(&ctx, IPS[1])["phases"]["preflight"]["status"], "ok");
+        assert_eq!(local(&ctx, IPS[2])["phases"]["preflight"]["status"], "failed");
+    }
+}
