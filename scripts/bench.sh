@@ -2,7 +2,7 @@
 # Benchmarks, each a ratio measured side by side in one run against the baseline its issue names.
 # Prints one `name: value` line per figure. Absolute times on a shared VM are noise; ratios are not.
 #
-#   scripts/bench.sh [format|registry|run|relay|cluster|all]   (default: all; `relay` takes ~25 min)
+#   scripts/bench.sh [format|registry|run|relay|cluster|all]...   (default: all; `relay` takes ~25 min)
 #
 #   format    issue 2: build/verify/extract against tar+zstd and sha256sum
 #   registry  issue 3: the built-in registry
@@ -17,7 +17,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
-what="${1:-all}"
 dir="${FERRY_BENCH_DIR:-/var/tmp/ferry-bench}"
 measure() { python3 "$root/scripts/lib/measure.py" "$@"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
@@ -81,6 +80,7 @@ YAML
   rm -rf "$b"
 }
 
+for what in "${@:-all}"; do
 case "$what" in
   format) bench_format ;;
   registry) scripts/bench-registry.sh ;;
@@ -98,5 +98,6 @@ case "$what" in
     [[ ! -x scripts/bench-relay.sh ]] || scripts/bench-relay.sh
     [[ ! -x scripts/bench-cluster.sh ]] || scripts/bench-cluster.sh
     ;;
-  *) echo "usage: scripts/bench.sh [format|registry|run|relay|cluster|all]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [format|registry|run|relay|cluster|all]..." >&2; exit 2 ;;
 esac
+done
