@@ -2,78 +2,179 @@
 
 use super::*;
 use crate::agent::Record;
+use crate::protocol::{Call, PreparePlan, PrepareReport, decode};
 use crate::run::phases::prepare::Prepare;
 use crate::run::progress::Reporter;
 use crate::ssh::Output;
-use crate::ssh::fake::FakeHost;
+use crate::ssh::fake::{AgentResponder, FakeHost, agent_answer};
 use payload_format::Payload;
 use std::path::Path;
 
 const IPS: [&str; 3] = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
 
-/// What the fake hosts saw: per host, each command with its stdin.
+/// What a fake host ran: a shell command, or a typed call of ferry's agent.
+#[derive(Clone, Debug, PartialEq)]
+enum Ran {
+    Command(String),
+    Call(Call),
+}
+
+/// What fails on a host: shell commands containing a fragment, or agent calls of one kind
+/// (named as [`Call::name`]).
+enum Target {
+    Command(String),
+    Call(&'static str),
+}
+
+/// One thing a fake host ran: what, with which stdin, and the exit status it answered.
+struct Seen {
+    ran: Ran,
+    stdin: String,
+    status: u32,
+}
+
+/// What the fake hosts saw, and how their agents (of this build) answer.
 #[derive(Default)]
 struct World {
-    seen: Mutex<BTreeMap<String, Vec<(String, String)>>>,
-    /// (host, command fragment, stderr): that command fails there.
-    failures: Mutex<Vec<(String, String, String)>>,
-    /// What `agent prepare` prints.
-    prepare_report: Mutex<String>,
+    /// Per host, in order.
+    seen: Mutex<BTreeMap<String, Vec<Seen>>>,
+    /// (host, target, stderr): that fails there, with that stderr.
+    failures: Mutex<Vec<(String, Target, String)>>,
+    /// What `agent prepare` answers.
+    prepare_report: Mutex<PrepareReport>,
 }
 
 impl World {
     fn host(self: &Arc<Self>, ip: &str) -> Arc<FakeHost> {
-        Arc::new(FakeHost::new(ip, self.responder(ip)))
+        Arc::new(FakeHost::new(ip, self.responder(ip)).with_agent(self.agent(ip)))
     }
 
-    /// Answers as host `ip` of this world: records the command, fails it when told to.
+    /// The stderr `ran` fails with on `ip`, when it is told to fail there.
+    fn failure(&self, ip: &str, ran: &Ran) -> Option<String> {
+        let failures = self.failures.lock().unwrap();
+        let mut mine = failures.iter().filter(|(h, _, _)| h == ip);
+        mine.find_map(|(_, target, err)| match (target, ran) {
+            (Target::Command(fragment), Ran::Command(cmd)) if cmd.contains(fragment.as_str()) => Some(err.clone()),
+            (Target::Call(name), Ran::Call(call)) if call.name() == *name => Some(err.clone()),
+            _ => None,
+        })
+    }
+
+    /// Logs `ran` on `ip` with its stdin and the answer it got; returns the answer.
+    fn saw(&self, ip: &str, ran: Ran, stdin: &[u8], out: Output) -> Output {
+        let seen = Seen { ran, stdin: String::from_utf8_lossy(stdin).into(), status: out.status };
+        self.seen.lock().unwrap().entry(ip.into()).or_default().push(seen);
+        out
+    }
+
+    /// Answers shell commands as host `ip` of this world: logs them, fails them when told to.
     fn responder(self: &Arc<Self>, ip: &str) -> crate::ssh::fake::Responder {
-        let (world, ip2) = (self.clone(), ip.to_string());
-        {
-            Arc::new(move |cmd: &str, stdin: &[u8]| {
-                let mut seen = world.seen.lock().unwrap();
-                seen.entry(ip2.clone()).or_default().push((cmd.to_string(), String::from_utf8_lossy(stdin).into()));
-                let failures = world.failures.lock().unwrap();
-                if let Some((_, _, err)) = failures.iter().find(|(h, c, _)| *h == ip2 && cmd.contains(c.as_str())) {
-                    return Output { status: 1, stdout: Vec::new(), stderr: err.clone().into_bytes() };
-                }
-                let stdout = if cmd.ends_with("agent prepare") {
-                    world.prepare_report.lock().unwrap().clone().into_bytes()
-                } else {
-                    Vec::new()
-                };
-                Output { status: 0, stdout, stderr: Vec::new() }
-            })
+        let (world, ip) = (self.clone(), ip.to_string());
+        Arc::new(move |cmd: &str, stdin: &[u8]| {
+            let ran = Ran::Command(cmd.into());
+            let out = match world.failure(&ip, &ran) {
+                Some(err) => Output { status: 1, stdout: Vec::new(), stderr: err.into_bytes() },
+                None => Output::default(),
+            };
+            world.saw(&ip, ran, stdin, out)
+        })
+    }
+
+    /// Answers agent calls as the agent of this build on host `ip` would: its hello, then the
+    /// call's typed answer. A failure (told to fail, or stdin that does not read as the call's
+    /// input) is its hello, then a non-zero status with the cause on stderr.
+    fn agent(self: &Arc<Self>, ip: &str) -> AgentResponder {
+        let (world, ip) = (self.clone(), ip.to_string());
+        Arc::new(move |call: &Call, stdin: &[u8]| {
+            let ran = Ran::Call(call.clone());
+            let out = match world.failure(&ip, &ran) {
+                Some(err) => agent_failed(&err),
+                None => world.answer(&ip, call, stdin),
+            };
+            world.saw(&ip, ran, stdin, out)
+        })
+    }
+
+    /// What the agent on `ip` answers `call` (with `stdin`) when nothing fails it.
+    fn answer(&self, ip: &str, call: &Call, stdin: &[u8]) -> Output {
+        match call {
+            Call::Facts { tools } => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+                let time_ms = now.as_millis() as u64;
+                agent_answer(Some(&crate::agent::Facts { time_ms, tools_missing: tools.clone(), ..Default::default() }))
+            }
+            Call::State { cluster } => {
+                let mut state = self.state(ip);
+                state.retain(|_, r| r.cluster == *cluster);
+                agent_answer(Some(&state))
+            }
+            Call::Prepare => match decode::<PreparePlan>("the prepare plan", stdin) {
+                Ok(_) => agent_answer(Some(&*self.prepare_report.lock().unwrap())),
+                Err(e) => agent_failed(&format!("{e:#}")),
+            },
+            Call::Record { .. } => match decode::<serde_json::Value>("the record's detail", stdin) {
+                Ok(_) => agent_answer::<()>(None),
+                Err(e) => agent_failed(&format!("{e:#}")),
+            },
+            Call::RegistryService { .. } | Call::CheckPull { .. } => agent_answer::<()>(None),
+            Call::Receive { .. } => agent_failed("this test world streams no installer"),
         }
     }
 
+    /// Shell commands containing `cmd` fail on `ip` with `stderr`.
     fn fail(&self, ip: &str, cmd: &str, stderr: &str) {
-        self.failures.lock().unwrap().push((ip.into(), cmd.into(), stderr.into()));
+        self.failures.lock().unwrap().push((ip.into(), Target::Command(cmd.into()), stderr.into()));
+    }
+
+    /// Agent calls named `call` (as [`Call::name`]) fail on `ip` with `stderr`.
+    fn fail_call(&self, ip: &str, call: &'static str, stderr: &str) {
+        self.failures.lock().unwrap().push((ip.into(), Target::Call(call), stderr.into()));
     }
 
     fn heal(&self) {
         self.failures.lock().unwrap().clear();
     }
 
-    /// The commands `ip` ran, without their stdin.
-    fn commands(&self, ip: &str) -> Vec<String> {
-        self.seen.lock().unwrap().get(ip).map(|c| c.iter().map(|(c, _)| c.clone()).collect()).unwrap_or_default()
+    /// Everything `ip` ran (shell commands and agent calls), in order.
+    fn log(&self, ip: &str) -> Vec<Ran> {
+        self.seen.lock().unwrap().get(ip).map(|s| s.iter().map(|s| s.ran.clone()).collect()).unwrap_or_default()
     }
 
-    /// The phases recorded on `ip` (by `agent record`), as a later preflight reads them.
-    fn state(&self, ip: &str, id: &str) -> State {
+    /// The shell commands `ip` ran (not its agent calls), without their stdin.
+    fn commands(&self, ip: &str) -> Vec<String> {
+        self.log(ip).into_iter().filter_map(|r| if let Ran::Command(c) = r { Some(c) } else { None }).collect()
+    }
+
+    /// The agent calls `ip` answered, with their stdin and exit status.
+    fn calls(&self, ip: &str) -> Vec<(Call, String, u32)> {
         let seen = self.seen.lock().unwrap();
+        let seen = seen.get(ip).into_iter().flatten();
+        seen.filter_map(|s| match &s.ran {
+            Ran::Call(c) => Some((c.clone(), s.stdin.clone(), s.status)),
+            Ran::Command(_) => None,
+        })
+        .collect()
+    }
+
+    /// The phases recorded on `ip` (the `record` calls its agent took), as a later preflight
+    /// reads them.
+    fn state(&self, ip: &str) -> State {
         let mut state = State::new();
-        for (cmd, stdin) in seen.get(ip).into_iter().flatten() {
-            let Some(rest) = cmd.split(" --phase ").nth(1).filter(|_| cmd.contains(" agent record ")) else { continue };
-            let phase = rest.split(' ').next().unwrap_or_default().to_string();
-            let detail = serde_json::from_str(stdin).unwrap_or_default();
-            let record =
-                Record { cluster: "c".into(), phase: phase.clone(), installer: id.into(), completed: 0, detail };
-            state.insert(phase, record);
+        for (call, stdin, status) in self.calls(ip) {
+            let Call::Record { cluster, phase, installer } = call else { continue };
+            if status != 0 {
+                continue;
+            }
+            let detail = serde_json::from_str(&stdin).unwrap_or_default();
+            state.insert(phase.clone(), Record { cluster, phase, installer, completed: 0, detail });
         }
         state
     }
+}
+
+/// What the agent of this build prints when a call fails: its hello, then the cause on stderr.
+fn agent_failed(err: &str) -> Output {
+    Output { status: 1, stderr: format!("{err}\n").into_bytes(), ..agent_answer::<()>(None) }
 }
 
 fn ctx(dir: &Path) -> Arc<Ctx> {
@@ -155,11 +256,14 @@ async fn phases_run_in_order_on_every_host_and_are_recorded_in_both_places() {
     e.run(&[work("a"), work("b"), work("c")]).await.unwrap();
     for ip in IPS {
         assert_eq!(did(&world, ip), ["do a", "do b", "do c"], "{ip}");
-        let cmds = world.commands(ip);
-        let record_b = cmds.iter().position(|c| c.contains("agent record") && c.contains("--phase b")).unwrap();
-        let do_c = cmds.iter().position(|c| c == "do c").unwrap();
-        assert!(record_b < do_c, "b is recorded before c starts on {ip}: {cmds:?}");
-        assert_eq!(world.state(ip, "build-1").keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let log = world.log(ip);
+        let record_b =
+            log.iter().position(|r| matches!(r, Ran::Call(Call::Record { phase, .. }) if phase == "b")).unwrap();
+        let do_c = log.iter().position(|r| *r == Ran::Command("do c".into())).unwrap();
+        assert!(record_b < do_c, "b is recorded before c starts on {ip}: {log:?}");
+        let state = world.state(ip);
+        assert_eq!(state.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(state.values().all(|r| r.installer == "build-1" && r.cluster == ctx.cluster.name), "{state:?}");
         let rec = local(&ctx, ip);
         assert_eq!(rec["host"], ip);
         assert_eq!(rec["installer"], "build-1");
@@ -182,7 +286,7 @@ async fn a_failure_names_host_phase_and_cause_and_no_host_gets_a_later_phase() {
     assert_eq!(did(&world, "10.0.0.1"), ["do a", "do b"]);
     assert_eq!(did(&world, "10.0.0.2"), ["do a", "do b"]);
     assert_eq!(did(&world, "10.0.0.3"), ["do a", "do b"]);
-    assert!(!world.state("10.0.0.2", "build-1").contains_key("b"), "a failure is not recorded on the host as done");
+    assert!(!world.state("10.0.0.2").contains_key("b"), "a failure is not recorded on the host as done");
     let rec = local(&ctx, "10.0.0.2");
     assert_eq!(rec["phases"]["b"]["status"], "failed");
     assert!(rec["phases"]["b"]["detail"]["error"].as_str().unwrap().contains("disk on fire"));
@@ -197,7 +301,7 @@ async fn a_rerun_after_a_failure_skips_what_is_recorded_and_continues() {
     let phases = [work("a"), work("b"), work("c")];
     engine(&ctx, &world, vec![State::new(); 3]).run(&phases).await.unwrap_err();
     world.heal();
-    let states: Vec<State> = IPS.iter().map(|ip| world.state(ip, "build-1")).collect();
+    let states: Vec<State> = IPS.iter().map(|ip| world.state(ip)).collect();
     engine(&ctx, &world, states).run(&phases).await.unwrap();
     assert_eq!(did(&world, "10.0.0.1"), ["do a", "do b", "do c"]);
     assert_eq!(did(&world, "10.0.0.3"), ["do a", "do b", "do b", "do c"], "only the failed phase is redone");
@@ -209,7 +313,7 @@ async fn a_record_of_another_build_does_not_count_as_done() {
     let dir = tempfile::tempdir().unwrap();
     let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
     let states = vec![
-        world.state("none", "x"),
+        world.state("none"),
         {
             let mut s = State::new();
             let detail = serde_json::json!({});
@@ -263,32 +367,50 @@ async fn a_local_record_that_cannot_be_written_fails_the_phase() {
     assert!(did(&world, "10.0.0.1").iter().all(|c| c != "do b"));
 }
 
+/// The agent on a host refuses to record: the phase fails there, naming the agent's cause, and
+/// is recorded as failed beside the installer, not as done.
+#[tokio::test]
+async fn a_record_the_agent_refuses_fails_the_phase_on_that_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    let cause = "writing /var/lib/ferry/state: No space left on device";
+    world.fail_call("10.0.0.2", "record", cause);
+    let e = engine(&ctx, &world, vec![State::new(); 3]);
+    let err = format!("{:#}", e.run(&[work("a"), work("b")]).await.unwrap_err());
+    assert!(err.contains("a failed on 1 host(s)"), "{err}");
+    assert!(err.contains(&format!("10.0.0.2: a failed: recording the phase exited with status 1: {cause}")), "{err}");
+    assert!(world.state("10.0.0.2").is_empty());
+    assert_eq!(local(&ctx, "10.0.0.2")["phases"]["a"]["status"], "failed");
+    assert_eq!(local(&ctx, "10.0.0.1")["phases"]["a"]["status"], "done");
+    assert!(IPS.iter().all(|ip| did(&world, ip) == ["do a"]), "nobody starts b");
+}
+
 #[tokio::test]
 async fn prepare_sends_the_plan_records_the_report_and_is_skipped_once_done() {
     let dir = tempfile::tempdir().unwrap();
     let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
-    *world.prepare_report.lock().unwrap() = r#"{"warnings": ["swap was on"]}"#.into();
+    *world.prepare_report.lock().unwrap() = PrepareReport { changed: vec![], warnings: vec!["swap was on".into()] };
     let prepare: Step<FakeHost> = Arc::new(Prepare);
     engine(&ctx, &world, vec![State::new(); 3]).run(std::slice::from_ref(&prepare)).await.unwrap();
-    let seen = world.seen.lock().unwrap().get("10.0.0.2").cloned().unwrap();
-    let (_, plan) = seen.iter().find(|(c, _)| c.ends_with("agent prepare")).unwrap();
+    let calls = world.calls("10.0.0.2");
+    let (_, plan, _) = calls.iter().find(|(c, _, _)| *c == Call::Prepare).unwrap();
     let plan: serde_json::Value = serde_json::from_str(plan).unwrap();
     assert_eq!(plan["node_ip"], "10.0.0.2");
-    let state = world.state("10.0.0.2", "build-1");
+    let state = world.state("10.0.0.2");
     assert_eq!(state["prepare"].detail["warnings"][0], "swap was on");
     assert_eq!(state["prepare"].detail["registry_endpoints"], plan["registry_endpoints"]);
 
     // Recorded by this build for the same replicas: nothing to do on the next run.
-    let before = world.commands("10.0.0.2").len();
-    let states: Vec<State> = IPS.iter().map(|ip| world.state(ip, "build-1")).collect();
+    let before = world.log("10.0.0.2").len();
+    let states: Vec<State> = IPS.iter().map(|ip| world.state(ip)).collect();
     engine(&ctx, &world, states.clone()).run(std::slice::from_ref(&prepare)).await.unwrap();
-    assert_eq!(world.commands("10.0.0.2").len(), before);
+    assert_eq!(world.log("10.0.0.2").len(), before);
 
     // Prepared for other replicas: hosts.toml must change, so it runs again.
     let mut moved = states;
     moved[1].get_mut("prepare").unwrap().detail["registry_endpoints"] = serde_json::json!(["http://10.9.9.9:5000"]);
     engine(&ctx, &world, moved).run(&[prepare]).await.unwrap();
-    assert_eq!(world.commands("10.0.0.2").iter().filter(|c| c.ends_with("agent prepare")).count(), 2);
+    assert_eq!(world.calls("10.0.0.2").iter().filter(|(c, _, _)| *c == Call::Prepare).count(), 2);
 }
 
 mod kubeadm {
@@ -302,19 +424,15 @@ mod kubeadm {
     fn answering(world: &Arc<World>, ip: &str) -> Arc<FakeHost> {
         let inner = world.responder(ip);
         let ca = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/standins/pki/ca.crt")).unwrap();
-        Arc::new(FakeHost::new(
-            ip,
-            Arc::new(move |cmd: &str, stdin: &[u8]| {
-                let seen = inner(cmd, stdin);
-                match cmd {
-                    "kubeadm token create --ttl 24h0m0s" => {
-                        Output { stdout: format!("{TOKEN}\n").into_bytes(), ..seen }
-                    }
-                    "cat /etc/kubernetes/pki/ca.crt" => Output { stdout: ca.clone(), ..seen },
-                    _ => seen,
-                }
-            }),
-        ))
+        let commands = Arc::new(move |cmd: &str, stdin: &[u8]| {
+            let seen = inner(cmd, stdin);
+            match cmd {
+                "kubeadm token create --ttl 24h0m0s" => Output { stdout: format!("{TOKEN}\n").into_bytes(), ..seen },
+                "cat /etc/kubernetes/pki/ca.crt" => Output { stdout: ca.clone(), ..seen },
+                _ => seen,
+            }
+        });
+        Arc::new(FakeHost::new(ip, commands).with_agent(world.agent(ip)))
     }
 
     fn phases(ctx: &Ctx) -> Vec<Step<FakeHost>> {
@@ -353,9 +471,9 @@ mod kubeadm {
         assert_eq!(ran(&world, IPS[0], "kubeadm token create"), 0, "init's own token is used");
         for ip in &IPS[1..] {
             assert_eq!(ran(&world, ip, "kubeadm join --config"), 1, "{ip}");
-            assert_eq!(world.state(ip, "build-1")["kubeadm"].detail["role"], "worker");
+            assert_eq!(world.state(ip)["kubeadm"].detail["role"], "worker");
         }
-        assert_eq!(world.state(IPS[0], "build-1")["kubeadm"].detail["role"], "init");
+        assert_eq!(world.state(IPS[0])["kubeadm"].detail["role"], "init");
         assert_eq!(ran(&world, IPS[0], crate::node::CLUSTER_FILE), 1, "the description is saved on master0");
         assert!(ctx.local_state.join("cluster.yaml").exists(), "and beside the installer");
     }
@@ -378,7 +496,7 @@ mod kubeadm {
         assert_eq!(ran(&world, IPS[0], "kubeadm init"), 0, "the control plane is not re-initialised");
         assert_eq!(ran(&world, IPS[0], "kubeadm token create"), 1, "a fresh token for this run's join");
         assert_eq!(ran(&world, IPS[0], "upload-certs"), 0, "no master joins, so no certificate key");
-        assert!(world.commands(IPS[1]).is_empty(), "a joined worker is left alone");
+        assert!(world.log(IPS[1]).is_empty(), "a joined worker is left alone");
         assert_eq!(ran(&world, IPS[2], "kubeadm join --config"), 1);
     }
 
@@ -403,25 +521,27 @@ mod preflight {
 
     /// A host with ferry's agent of this build in place, answering the survey with `facts`.
     fn surveyed(world: &Arc<World>, ip: &str, stub_sha: &str, facts: Facts) -> Arc<FakeHost> {
-        let inner = world.responder(ip);
+        let (inner, agent) = (world.responder(ip), world.agent(ip));
         let sha = stub_sha.to_string();
-        Arc::new(FakeHost::new(
-            ip,
-            Arc::new(move |cmd: &str, stdin: &[u8]| {
-                let out = inner(cmd, stdin);
-                let stdout = if cmd.starts_with("uname -m") {
-                    format!("{}\n{sha}\n", std::env::consts::ARCH).into_bytes()
-                } else if cmd.contains(" agent facts ") {
+        let commands = Arc::new(move |cmd: &str, stdin: &[u8]| {
+            let out = inner(cmd, stdin);
+            if cmd.starts_with("uname -m") {
+                Output { stdout: format!("{}\n{sha}\n", std::env::consts::ARCH).into_bytes(), ..out }
+            } else {
+                out
+            }
+        });
+        let facts: AgentResponder = Arc::new(move |call: &Call, stdin: &[u8]| {
+            let out = agent(call, stdin);
+            match call {
+                Call::Facts { .. } if out.ok() => {
                     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-                    serde_json::to_vec(&Facts { time_ms: now.as_millis() as u64, ..facts.clone() }).unwrap()
-                } else if cmd.contains(" agent state ") {
-                    b"{}".to_vec()
-                } else {
-                    out.stdout.clone()
-                };
-                Output { stdout, ..out }
-            }),
-        ))
+                    agent_answer(Some(&Facts { time_ms: now.as_millis() as u64, ..facts.clone() }))
+                }
+                _ => out,
+            }
+        });
+        Arc::new(FakeHost::new(ip, commands).with_agent(facts))
     }
 
     fn healthy(name: &str) -> Facts {
@@ -484,9 +604,14 @@ mod preflight {
             "preflight found 2 problem(s) on 10.0.0.1, 10.0.0.3: nothing was installed; fix them and run again"
         );
         for ip in &IPS[..2] {
-            let cmds = world.commands(ip);
-            assert_eq!(cmds.last().unwrap(), &stage.cleanup_cmd(), "{ip}: what preflight staged is removed");
-            assert!(cmds.iter().all(|c| !c.contains("agent record")), "{ip}: nothing is recorded on the host");
+            let log = world.log(ip);
+            assert_eq!(
+                log.last().unwrap(),
+                &Ran::Command(stage.cleanup_cmd()),
+                "{ip}: what preflight staged is removed"
+            );
+            let records = world.calls(ip).into_iter().filter(|(c, _, _)| matches!(c, Call::Record { .. })).count();
+            assert_eq!(records, 0, "{ip}: nothing is recorded on the host");
         }
         assert_eq!(local(&ctx, IPS[0])["phases"]["preflight"]["status"], "failed");
         assert_eq!(local(&ctx, IPS[1])["phases"]["preflight"]["status"], "ok");
