@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 3 benchmark: `installer registry serve` against Debian's `docker-registry` (distribution)
+# The registry benchmark: `installer registry serve` against Debian's `docker-registry` (distribution)
 # serving the same images, side by side in one run. Prints one `registry.NAME: value` line each.
 #
 #   scripts/bench-registry.sh            (scripts/bench.sh registry calls it)

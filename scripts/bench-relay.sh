@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-relay.sh: issue 7's delivery benchmark. A 1 GiB installer delivered to N = 1, 4 and 8 lab
+# bench-relay.sh: the relay delivery benchmark. A 1 GiB installer delivered to N = 1, 4 and 8 lab
 # hosts, every host's link and this machine's uplink into the lab shaped to 100 Mbit/s, timed
 # side by side for:
 #   - ferry: the distribute phase of `installer run` (relay chains: the installer feeds one host,

@@ -4,11 +4,11 @@
 #
 #   scripts/bench.sh [format|registry|run|relay|cluster|all]...   (default: all; `relay` takes ~25 min)
 #
-#   format    issue 2: build/verify/extract against tar+zstd and sha256sum
-#   registry  issue 3: the built-in registry
-#   run       issue 5: delivery only (preflight → distribute → prepare → registry) on 3 lab hosts,
+#   format    the file format: build/verify/extract against tar+zstd and sha256sum
+#   registry  the built-in registry
+#   run       delivery only (preflight → distribute → prepare → registry) on 3 lab hosts,
 #             against scp; its bundle carries no Kubernetes, so `run` stops before kubeadm
-#   relay     issue 7: delivery to 1, 4 and 8 lab hosts on 100 Mbit/s links, relay vs scp
+#   relay     relays: delivery to 1, 4 and 8 lab hosts on 100 Mbit/s links, relay vs scp
 #   cluster   real Kubernetes (examples/cluster, built from Go modules) from `run` to a passing
 #             `check` on the lab, per phase: 1 master + 2 workers, `join` of a worker, 3 masters
 #             + 1 worker, and each node's peak memory, against the issue's goals (~5 min)
@@ -27,7 +27,7 @@ export FERRY_OFFLINE=1 FERRY_ALLOW_MISSING_IMAGES=1
 ferry="$root/target/release/ferry"
 
 bench_format() {
-  # Issue 2: about 1 GiB incompressible (like image layers, stored raw) and about 1 GiB of
+  # About 1 GiB incompressible (like image layers, stored raw) and about 1 GiB of
   # compressible binaries, in one bundle.
   local b="$dir/format"
   rm -rf "$b"; mkdir -p "$b/bundle/rootfs/layers" "$b/bundle/rootfs/bin"
@@ -84,10 +84,10 @@ for what in "${@:-all}"; do
 case "$what" in
   format) bench_format ;;
   registry) scripts/bench-registry.sh ;;
-  # Issue 5: `installer run` on 3 lab hosts, delivery only (takes the lab's session lock, waiting
+  # `installer run` on 3 lab hosts, delivery only (takes the lab's session lock, waiting
   # its turn).
   run) scripts/bench-run.sh ;;
-  # Issue 7: delivery to 1, 4 and 8 lab hosts on 100 Mbit/s links, relay vs parallel scp.
+  # Delivery to 1, 4 and 8 lab hosts on 100 Mbit/s links, relay vs parallel scp.
   relay) scripts/bench-relay.sh ;;
   # Real Kubernetes on 3-4 lab hosts, from `run` to a passing `check` (session lock as above).
   cluster) scripts/bench-cluster.sh ;;

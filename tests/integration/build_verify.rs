@@ -1,4 +1,4 @@
-//! Issue 2: `ferry keygen/build/verify/inspect` and `./installer verify/inspect/extract`, run as
+//! The file format end to end: `ferry keygen/build/verify/inspect` and `./installer verify/inspect/extract`, run as
 //! real processes, including every bad-input case the format must survive.
 
 use ferry_tests::*;

@@ -1,4 +1,4 @@
-//! Issue 3, packer side: `ferry build` gathers images from a real upstream registry
+//! Images, packer side: `ferry build` gathers images from a real upstream registry
 //! (`docker-registry` on loopback, with and without Basic auth), OCI layouts and docker
 //! archives, stores them byte-exact and deduplicated, and fails listing every image it cannot
 //! resolve. `ferry images` lists what discovery finds. Test images are built offline with umoci

@@ -1,4 +1,4 @@
-//! Issue 3, installer half: `installer registry serve` and `installer registry config`, against
+//! The registry, installer half: `installer registry serve` and `installer registry config`, against
 //! real clients: skopeo, a private containerd (`ctr` pull through generated hosts.toml, then
 //! `ctr run`), and raw HTTP for the headers clients depend on.
 //!

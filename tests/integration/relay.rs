@@ -1,4 +1,4 @@
-//! Relay distribution on the real lab (issue 7): a run on 4 hosts behind the bastion is one
+//! Relay distribution on the real lab: a run on 4 hosts behind the bastion is one
 //! chain, node1 (the registry, fed by the installer) → node2 → node3 → node4, each pulling from
 //! the host before it over a token-guarded listener and checking every chunk. node2 is taken off
 //! the network while node3 pulls from it: node3 goes around it to node1, node3 and node4 finish

@@ -74,7 +74,7 @@ pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// A `ferry` command (the release packer). Issue 2's bundles name images (the demo's busybox,
+/// A `ferry` command (the release packer). The format tests' bundles name images (the demo's busybox,
 /// the control plane) that no test registry serves, so this command never contacts a registry
 /// and records them as missing; the image tests (`integration/images.rs`) use their own command.
 pub fn ferry() -> Command {
