@@ -1,7 +1,7 @@
 //! The runtime half of ferry. `ferry build` appends a signed payload to this program and the
-//! result is `./installer`. This crate holds the commands the installer runs on site; the packer
-//! reuses [`verify`] and [`inspect`] so a file can always be checked by a binary that did not
-//! come inside it.
+//! result is `./installer`. This crate holds the commands the installer runs on site. What the
+//! packer needs too (output, `verify`, `inspect`, the metadata and image reference types) lives
+//! in `ferry_core`; the paths `crate::printer`, `crate::units` and `crate::trust` re-export it.
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -14,22 +14,17 @@ pub mod join;
 pub mod kube;
 pub mod launch;
 pub mod lb;
-pub mod printer;
 pub mod registry;
 pub mod reset;
 pub mod run;
 pub mod ssh;
-pub mod trust;
-pub mod units;
 pub mod verify;
+
+pub use ferry_core::{SELF_EXE, printer, trust, units};
 
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// The path the running installer reads its own payload from. The kernel resolves it to the
-/// executable actually running, so renaming or moving the file does not matter.
-pub const SELF_EXE: &str = "/proc/self/exe";
 
 /// Entry point of `./installer`.
 pub fn main() -> ExitCode {
@@ -57,7 +52,7 @@ pub fn finish(result: anyhow::Result<()>, printer: &printer::Printer) -> ExitCod
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            printer.error(&err);
+            printer.error(err.as_ref());
             ExitCode::FAILURE
         }
     }

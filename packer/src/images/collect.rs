@@ -14,9 +14,9 @@ use super::discovery::{Discovered, Source};
 use super::docker_archive::DockerArchive;
 use super::oci::{self, Descriptor, IndexDoc, Kind, ManifestDoc, Platform, classify, digest_of};
 use super::oci_layout::OciLayout;
-use super::reference::parse_digest;
 use super::registry_client::{Endpoint, RegistryClient};
 use super::store::{Slice, Store};
+use ferry_core::image_ref::parse_digest;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -163,7 +163,7 @@ pub struct Collector<'a> {
     /// Parallel workers.
     pub jobs: usize,
     /// Where progress goes.
-    pub printer: &'a ferry_stub::printer::Printer,
+    pub printer: &'a ferry_core::printer::Printer,
 }
 
 /// Checks that `bytes` are what `digest` and `size` promise.

@@ -20,9 +20,10 @@
 //! The outcome is recorded in the installer's metadata under [`METADATA_KEY`], where the
 //! installer takes the pause image (containerd's sandbox image) from.
 
-use super::reference::ImageRef;
 use crate::spec::{Bundle, parse_kubernetes_version};
-use serde_json::{Value, json};
+use ferry_core::image_ref::ImageRef;
+use ferry_core::metadata::ControlPlaneRecord;
+use serde_json::Value;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -34,7 +35,7 @@ pub const IMAGE_REPOSITORY: &str = "registry.k8s.io";
 
 /// The index metadata key holding the resolved control plane ([`ControlPlane::metadata`]); the
 /// installer reads it there.
-pub const METADATA_KEY: &str = ferry_stub::registry::config::CONTROL_PLANE_KEY;
+pub const METADATA_KEY: &str = ferry_core::metadata::key::CONTROL_PLANE;
 
 /// How long the bundle's kubeadm may take to answer one command.
 pub const KUBEADM_TIMEOUT: Duration = Duration::from_secs(20);
@@ -152,27 +153,26 @@ impl ControlPlane {
         }
     }
 
-    /// The [`METADATA_KEY`] value: `{kubernetesVersion, images, pause, source, kubeadm | tableFrom, detail}`.
+    /// The [`METADATA_KEY`] record: `{kubernetesVersion, images, pause, source, kubeadm | tableFrom, detail}`.
+    pub fn record(&self) -> ControlPlaneRecord {
+        let (source, kubeadm, table_from) = match &self.source {
+            Source::Kubeadm { version, .. } => ("kubeadm", Some(version.clone()), None),
+            Source::Table { read_from, .. } => ("table", None, Some(read_from.clone())),
+        };
+        ControlPlaneRecord {
+            kubernetes_version: self.kubernetes_version.clone(),
+            images: self.images.clone(),
+            detail: Some(self.describe()),
+            source: Some(source.into()),
+            kubeadm,
+            table_from,
+            pause: self.pause().map(String::from),
+        }
+    }
+
+    /// [`ControlPlane::record`] as JSON.
     pub fn metadata(&self) -> Value {
-        let mut v = json!({
-            "kubernetesVersion": self.kubernetes_version,
-            "images": self.images,
-            "detail": self.describe(),
-        });
-        match &self.source {
-            Source::Kubeadm { version, .. } => {
-                v["source"] = json!("kubeadm");
-                v["kubeadm"] = json!(version);
-            }
-            Source::Table { read_from, .. } => {
-                v["source"] = json!("table");
-                v["tableFrom"] = json!(read_from);
-            }
-        }
-        if let Some(p) = self.pause() {
-            v["pause"] = json!(p);
-        }
-        v
+        serde_json::to_value(self.record()).unwrap_or(Value::Null)
     }
 }
 

@@ -11,8 +11,8 @@
 
 use super::oci::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST, digest_of};
 use super::oci_layout::{Files, OciLayout};
-use super::reference::ImageRef;
 use super::store::Slice;
+use ferry_core::image_ref::ImageRef;
 use sha2::Digest as _;
 use std::collections::HashMap;
 use std::io::Read;

@@ -3,8 +3,8 @@
 //! the tar file. Also used for `docker save` output of moby ≥ 25, which is such a layout.
 
 use super::oci::{Descriptor, IndexDoc};
-use super::reference::ImageRef;
 use super::store::Slice;
+use ferry_core::image_ref::ImageRef;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use sha2::Digest as _;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// `size` bytes at `offset` of `path`.
@@ -91,13 +91,9 @@ impl Store {
     pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<Slice, String> {
         let path = self.path_for(digest);
         if !path.exists() {
-            let tmp = path.with_extension(format!("tmp-{:?}", std::thread::current().id()).replace(['(', ')'], ""));
-            let write = || -> std::io::Result<()> {
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(bytes)?;
-                std::fs::rename(&tmp, &path)
-            };
-            write().map_err(|e| format!("writing {}: {e}", path.display()))?;
+            // Atomic: another thread may store the same manifest at the same time.
+            ferry_core::fs::write_atomic(&path, bytes, 0o666)
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
         }
         Ok(Slice { path, offset: 0, size: bytes.len() as u64 })
     }

@@ -98,44 +98,20 @@ impl Report {
     }
 }
 
-/// `docker.io/library/` and `:latest` made explicit, as containerd names images.
+/// `docker.io/library/` and `:latest` made explicit, as containerd names images
+/// (`ferry_core::image_ref::ImageRef`; a name it cannot parse is kept as given).
 pub fn normalize_image(r: &str) -> String {
-    let (name, digest) = match r.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (r, None),
-    };
-    let first = name.split('/').next().unwrap_or("");
-    let has_domain = name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let mut full = if has_domain {
-        let (dom, rest) = name.split_once('/').unwrap_or((name, ""));
-        format!("{}/{rest}", crate::registry::store::normalize_registry(dom))
-    } else if name.contains('/') {
-        format!("docker.io/{name}")
-    } else {
-        format!("docker.io/library/{name}")
-    };
-    let last = full.rsplit('/').next().unwrap_or("");
-    if digest.is_none() && !last.contains(':') {
-        full.push_str(":latest");
-    }
-    if let Some(d) = digest {
-        full.push('@');
-        full.push_str(d);
-    }
-    full
+    ferry_core::image_ref::ImageRef::normalized_or_raw(r)
 }
 
 /// Image references (normalized) and digests the built-in registry serves.
 pub fn registry_images(payload: &Payload) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut refs = BTreeSet::new();
     let mut digests = BTreeSet::new();
-    for i in payload.index().metadata.extra.get("images").and_then(|v| v.as_array()).into_iter().flatten() {
-        if let Some(r) = i.get("ref").and_then(|r| r.as_str()) {
-            refs.insert(normalize_image(r));
-        }
-        if let Some(d) = i.get("digest").and_then(|r| r.as_str()) {
-            digests.insert(d.to_string());
-        }
+    // Unreadable records hold nothing: every running image then shows as not held.
+    for i in ferry_core::metadata::images(&payload.index().metadata.extra).unwrap_or_default() {
+        refs.insert(normalize_image(&i.reference));
+        digests.insert(i.digest);
     }
     (refs, digests)
 }
