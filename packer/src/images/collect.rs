@@ -445,7 +445,7 @@ impl Collector<'_> {
         depth: usize,
         platform: Option<&Platform>,
     ) -> Result<(), String> {
-        let slice = self.store.put(digest, bytes)?;
+        let slice = self.store.put(digest, bytes).map_err(|e| e.to_string())?;
         w.manifests.push((digest.to_string(), media.to_string(), slice));
         match kind {
             Kind::Index => {

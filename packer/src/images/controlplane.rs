@@ -219,7 +219,7 @@ pub fn resolve(bundle: &Bundle, warnings: &mut Vec<String>) -> Result<ControlPla
     };
     let r = row(&version).map_err(|e| format!("{e} (or give the bundle a kubeadm this machine can run: {reason})"))?;
     Ok(ControlPlane {
-        images: images(&version)?,
+        images: images(&version).map_err(|e| e.to_string())?,
         kubernetes_version: version,
         source: Source::Table { read_from: r.read_from.to_string(), reason },
     })

@@ -42,13 +42,14 @@ impl Slice {
     }
 
     /// Hashes the slice, failing unless it is `size` bytes hashing to `digest`.
-    pub fn verify(&self, digest: &str, progress: &(dyn Fn(u64) + Sync)) -> Result<(), String> {
-        let mut r = self.open().map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+    pub fn verify(&self, digest: &str, progress: &(dyn Fn(u64) + Sync)) -> Result<(), StoreError> {
+        let read = |source| StoreError::Io { step: "reading", path: self.path.clone(), source };
+        let mut r = self.open().map_err(read)?;
         let mut hasher = sha2::Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut got = 0u64;
         loop {
-            let n = r.read(&mut buf).map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+            let n = r.read(&mut buf).map_err(read)?;
             if n == 0 {
                 break;
             }
@@ -57,14 +58,55 @@ impl Slice {
             progress(n as u64);
         }
         if got != self.size {
-            return Err(format!("{} holds {got} bytes of it, its descriptor says {}", self.path.display(), self.size));
+            return Err(StoreError::Size { path: self.path.clone(), got, want: self.size });
         }
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != digest {
-            return Err(format!("its content in {} hashes to {actual}", self.path.display()));
+            return Err(StoreError::Digest { path: self.path.clone(), actual });
         }
         Ok(())
     }
+}
+
+/// A stored blob that is not what its descriptor says, or cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading failed.
+    #[error("{step} {}: {source}", path.display())]
+    Io {
+        /// `reading`.
+        step: &'static str,
+        /// The blob file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Writing a blob failed.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The blob file.
+        path: PathBuf,
+        /// Why.
+        source: ferry_core::fs::WriteError,
+    },
+    /// Another length than the descriptor's.
+    #[error("{} holds {got} bytes of it, its descriptor says {want}", path.display())]
+    Size {
+        /// The blob file.
+        path: PathBuf,
+        /// Its length.
+        got: u64,
+        /// The descriptor's.
+        want: u64,
+    },
+    /// Another digest than the descriptor's.
+    #[error("its content in {} hashes to {actual}", path.display())]
+    Digest {
+        /// The blob file.
+        path: PathBuf,
+        /// What it hashes to.
+        actual: String,
+    },
 }
 
 /// The temporary blob directory; removed when dropped.
@@ -88,12 +130,12 @@ impl Store {
     }
 
     /// Stores small bytes already verified against `digest` (manifests); idempotent.
-    pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<Slice, String> {
+    pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<Slice, StoreError> {
         let path = self.path_for(digest);
         if !path.exists() {
             // Atomic: another thread may store the same manifest at the same time.
             ferry_core::fs::write_atomic(&path, bytes, 0o666)
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                .map_err(|source| StoreError::Write { path: path.clone(), source })?;
         }
         Ok(Slice { path, offset: 0, size: bytes.len() as u64 })
     }
@@ -114,10 +156,13 @@ mod tests {
         assert_eq!(s.read(100).unwrap(), data);
         let inner = Slice { path: s.path.clone(), offset: 6, size: 4 };
         assert_eq!(inner.read(100).unwrap(), b"blob");
-        assert!(inner.verify(&digest, &|_| {}).unwrap_err().contains("hashes to"));
+        assert!(inner.verify(&digest, &|_| {}).unwrap_err().to_string().contains("hashes to"));
         let long = Slice { path: s.path.clone(), offset: 6, size: 40 };
         assert!(
-            long.verify(&crate::images::oci::digest_of(b"blob"), &|_| {}).unwrap_err().contains("descriptor says 40")
+            long.verify(&crate::images::oci::digest_of(b"blob"), &|_| {})
+                .unwrap_err()
+                .to_string()
+                .contains("descriptor says 40")
         );
         let path = s.path.clone();
         drop(store);
