@@ -390,9 +390,8 @@ pub fn prepare_plan(ctx: &Ctx, host: &Host) -> crate::agent::prepare::Plan {
 
 /// The image every node pulls through the mirror to prove the registry phase.
 pub fn probe_image(payload: &Payload) -> Option<String> {
-    let images = payload.index().metadata.extra.get("images")?.as_array()?;
-    let mut refs: Vec<String> =
-        images.iter().filter_map(|i| i.get("ref").and_then(|r| r.as_str()).map(String::from)).collect();
+    let images = ferry_core::metadata::images(&payload.index().metadata.extra).ok()?;
+    let mut refs: Vec<String> = images.into_iter().map(|i| i.reference).collect();
     refs.sort_by_key(|r| (!r.contains("pause"), r.clone()));
     refs.into_iter().next()
 }
@@ -607,15 +606,7 @@ async fn run_async(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()>
         .collect();
     let rules = preflight::Rules {
         arch: std::env::consts::ARCH.into(),
-        platforms: ctx
-            .payload
-            .index()
-            .metadata
-            .extra
-            .get("platforms")
-            .and_then(|p| p.as_array())
-            .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
-            .unwrap_or_default(),
+        platforms: ferry_core::metadata::platforms(&ctx.payload.index().metadata.extra)?,
         registry_port: ctx.cluster.registry_port,
         lb_port: LB_PORT,
         force: ctx.force,
