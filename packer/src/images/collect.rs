@@ -373,14 +373,14 @@ impl Collector<'_> {
                 self.walk_top(&origin, &m.bytes, kind, &digest, &media)
             }
             Source::Oci { path, shown, tag } => {
-                let layout = OciLayout::open(path, shown)?;
-                let desc = layout.select(image, tag.as_deref())?;
+                let layout = OciLayout::open(path, shown).map_err(|e| e.to_string())?;
+                let desc = layout.select(image, tag.as_deref()).map_err(|e| e.to_string())?;
                 self.from_layout(&layout, &desc, d)
             }
             Source::DockerArchive { path, shown } => {
                 let mut w = match DockerArchive::open(path, shown)? {
                     DockerArchive::Oci(layout) => {
-                        let desc = layout.select(image, None)?;
+                        let desc = layout.select(image, None).map_err(|e| e.to_string())?;
                         self.from_layout(&layout, &desc, d)?
                     }
                     DockerArchive::Legacy { files, entries, shown } => {

@@ -63,12 +63,13 @@ impl DockerArchive {
                 path.display()
             ));
         }
-        let files = Files::open(path)?;
+        let files = Files::open(path).map_err(|e| e.to_string())?;
         if files.has("oci-layout") && files.has("index.json") {
-            return Ok(DockerArchive::Oci(OciLayout::from_files(files, shown)?));
+            return Ok(DockerArchive::Oci(OciLayout::from_files(files, shown).map_err(|e| e.to_string())?));
         }
         let manifest = files
-            .read("manifest.json", 64 << 20)?
+            .read("manifest.json", 64 << 20)
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{shown} is not `docker save` output: it has no manifest.json"))?;
         let entries: Vec<LegacyEntry> = serde_json::from_slice(&manifest)
             .map_err(|e| format!("{shown}: manifest.json is not docker save's: {e}"))?;

@@ -27,16 +27,18 @@ impl Slice {
     }
 
     /// The whole slice in memory (manifests and configs only; they are small).
-    pub fn read(&self, limit: u64) -> Result<Vec<u8>, String> {
+    pub fn read(&self, limit: u64) -> Result<Vec<u8>, StoreError> {
         if self.size > limit {
-            return Err(format!("{} bytes, more than the {limit} expected", self.size));
+            return Err(StoreError::TooLarge { size: self.size, limit });
         }
         let mut out = Vec::with_capacity(self.size as usize);
-        self.open()
-            .and_then(|mut r| r.read_to_end(&mut out))
-            .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+        self.open().and_then(|mut r| r.read_to_end(&mut out)).map_err(|source| StoreError::Io {
+            step: "reading",
+            path: self.path.clone(),
+            source,
+        })?;
         if out.len() as u64 != self.size {
-            return Err(format!("{} ends early", self.path.display()));
+            return Err(StoreError::Short { path: self.path.clone() });
         }
         Ok(out)
     }
@@ -88,6 +90,20 @@ pub enum StoreError {
         path: PathBuf,
         /// Why.
         source: ferry_core::fs::WriteError,
+    },
+    /// Larger than a document of its kind may be.
+    #[error("{size} bytes, more than the {limit} expected")]
+    TooLarge {
+        /// Its length.
+        size: u64,
+        /// The most expected.
+        limit: u64,
+    },
+    /// Shorter than its descriptor says.
+    #[error("{} ends early", path.display())]
+    Short {
+        /// The blob file.
+        path: PathBuf,
     },
     /// Another length than the descriptor's.
     #[error("{} holds {got} bytes of it, its descriptor says {want}", path.display())]
