@@ -378,14 +378,15 @@ impl Collector<'_> {
                 self.from_layout(&layout, &desc, d)
             }
             Source::DockerArchive { path, shown } => {
-                let mut w = match DockerArchive::open(path, shown)? {
+                let mut w = match DockerArchive::open(path, shown).map_err(|e| e.to_string())? {
                     DockerArchive::Oci(layout) => {
                         let desc = layout.select(image, None).map_err(|e| e.to_string())?;
                         self.from_layout(&layout, &desc, d)?
                     }
                     DockerArchive::Legacy { files, entries, shown } => {
-                        let entry = DockerArchive::select_legacy(&entries, image, &shown)?;
-                        let synth = DockerArchive::synthesize(&files, entry, &shown, progress)?;
+                        let entry = DockerArchive::select_legacy(&entries, image, &shown).map_err(|e| e.to_string())?;
+                        let synth =
+                            DockerArchive::synthesize(&files, entry, &shown, progress).map_err(|e| e.to_string())?;
                         let digest = digest_of(&synth.manifest);
                         if let Some(pin) = &image.digest {
                             return Err(format!(
