@@ -108,8 +108,8 @@ pub enum ArchiveError {
         shown: String,
         /// The member.
         member: String,
-        /// Why.
-        source: StoreError,
+        /// Why (boxed: it holds paths and an I/O error, and errors should stay small).
+        source: Box<StoreError>,
     },
     /// A layer cannot be read.
     #[error("{shown}: layer {member}: {source}")]
@@ -179,7 +179,7 @@ impl DockerArchive {
         let config_bytes = config.read(64 << 20).map_err(|source| ArchiveError::Config {
             shown: shown.to_string(),
             member: entry.config.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let config_digest = digest_of(&config_bytes);
         blobs.insert(config_digest.clone(), config.clone());
