@@ -13,7 +13,15 @@ fn main() {
     println!("cargo:rerun-if-env-changed=FERRY_STUB");
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
-    for watched in ["stub/src", "stub/Cargo.toml", "payload-format/src", "payload-format/Cargo.toml", "Cargo.lock"] {
+    for watched in [
+        "stub/src",
+        "stub/Cargo.toml",
+        "core/src",
+        "core/Cargo.toml",
+        "payload-format/src",
+        "payload-format/Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let stub = match std::env::var_os("FERRY_STUB") {

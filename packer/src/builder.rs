@@ -6,8 +6,9 @@ use crate::cli::BuildArgs;
 use crate::spec::Bundle;
 use crate::tree::{self, ItemKind, TreeItem};
 use anyhow::{Context, Result, bail};
-use ferry_stub::printer::Printer;
-use ferry_stub::units;
+use ferry_core::metadata::key;
+use ferry_core::printer::Printer;
+use ferry_core::units;
 use payload_format::{BundleMetadata, Compression, PayloadWriter, SecretKey, WriterOptions};
 use sha2::Digest as _;
 use std::collections::BTreeMap;
@@ -16,6 +17,9 @@ use std::io::{Chain, Cursor, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// The stub embedded at build time (see `build.rs`).
+pub static EMBEDDED_STUB: &[u8] = include_bytes!(env!("FERRY_EMBEDDED_STUB"));
 
 /// An entry to be written, keyed by its payload path.
 #[derive(Debug, Clone)]
@@ -68,7 +72,7 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
     add_blobs(&mut plan, &images.blobs)?;
     let stub = match &args.stub {
         Some(p) => std::fs::read(p).with_context(|| format!("reading stub {}", p.display()))?,
-        None => crate::EMBEDDED_STUB.to_vec(),
+        None => EMBEDDED_STUB.to_vec(),
     };
     if !stub.starts_with(b"\x7fELF") {
         bail!("the stub is not an ELF executable");
@@ -79,14 +83,14 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         kubernetes_version: bundle.spec.spec.kubernetes.version.clone(),
         created: build_time()?,
         builder: format!("ferry {}", env!("CARGO_PKG_VERSION")),
-        extra: images.extra.clone(),
+        extra: images.contract.to_extra(),
     };
     let mut metadata = metadata;
     if !launch.is_empty() {
-        metadata.extra.insert(crate::launch::METADATA_KEY.into(), serde_json::to_value(&launch)?);
+        metadata.extra.insert(key::LAUNCH.into(), ferry_core::metadata::launch_value(&launch));
     }
-    let metadata_images = images.extra.get("images").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0);
-    let metadata_missing = images.extra.get("missingImages").cloned().unwrap_or_default();
+    let metadata_images = images.contract.images.len();
+    let metadata_missing = images.contract.missing_images.clone();
     let total: u64 = plan.values().map(|p| p.item.size).sum();
     let progress = printer.progress(total, "build");
     let summary = write_installer(&args.output, &stub, &plan, metadata, key.as_ref(), &|n| progress.inc(n));

@@ -117,7 +117,7 @@ pub struct VerifyFileArgs {
     pub file: PathBuf,
     /// Verification options.
     #[command(flatten)]
-    pub verify: ferry_stub::cli::VerifyArgs,
+    pub verify: VerifyArgs,
 }
 
 /// Arguments of `inspect`.
@@ -127,5 +127,46 @@ pub struct InspectFileArgs {
     pub file: PathBuf,
     /// Inspection options.
     #[command(flatten)]
-    pub inspect: ferry_stub::cli::InspectArgs,
+    pub inspect: InspectArgs,
+}
+
+/// Options of `verify` (the same as `./installer verify`'s).
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A trusted public key (`NAME.pub`). Repeatable. Keys in `FERRY_TRUSTED_KEYS` (colon-separated
+    /// files or directories) and `/etc/ferry/trusted-keys/` are trusted too.
+    #[arg(long = "key", value_name = "NAME.pub")]
+    pub keys: Vec<PathBuf>,
+    /// Accept a file with no signature (it is still reported loudly).
+    #[arg(long)]
+    pub allow_unsigned: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl VerifyArgs {
+    /// What the shared `verify` is asked.
+    pub fn options(&self) -> ferry_core::verify::VerifyOptions {
+        ferry_core::verify::VerifyOptions {
+            keys: self.keys.clone(),
+            allow_unsigned: self.allow_unsigned,
+            json: self.json,
+        }
+    }
+}
+
+/// Options of `inspect` (the same as `./installer inspect`'s).
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl InspectArgs {
+    /// What the shared `inspect` is asked.
+    pub fn options(&self) -> ferry_core::inspect::InspectOptions {
+        ferry_core::inspect::InspectOptions { json: self.json }
+    }
 }

@@ -4,41 +4,45 @@
 //! inside what the bundle carries (manifests inside `spec.manifests`, charts inside `spec.charts`,
 //! values files inside either). [`resolve`] checks all that and maps every path onto the payload
 //! entry path the builder gives it (`bundle/<path>`), which is what the installer's runner
-//! (`ferry_stub::launch`) extracts and hands to kubectl, helm or sh on master0. The builder records
-//! the result in the payload metadata as `launch`.
+//! extracts and hands to kubectl, helm or sh on master0. The builder records the result in the
+//! payload metadata as `launch` (`ferry_core::launch::LaunchStep`).
+//!
+//! It reads the spec through [`SpecPaths`], which `spec::Bundle` implements, so the spec can
+//! check its launch steps when it loads without this module depending on it.
 
-use crate::spec::{Bundle, PathItem};
 use anyhow::{Result, bail};
-use std::path::PathBuf;
+use ferry_core::launch::{LaunchStep, LaunchStepFields};
+use std::path::{Path, PathBuf};
 
-/// One step, in the shape both `bundle.yaml` and the payload metadata use (unknown fields are
-/// refused). In the spec its paths are spec-relative; after [`resolve`], payload entry paths.
-pub use ferry_stub::launch::Step;
-
-/// The metadata key the steps are recorded under.
-pub const METADATA_KEY: &str = "launch";
+/// What resolving the steps needs from the loaded spec.
+pub trait SpecPaths {
+    /// The spec file, for messages.
+    fn file(&self) -> &Path;
+    /// The spec's directory (canonical).
+    fn dir(&self) -> &Path;
+    /// `spec.launch` as written.
+    fn launch(&self) -> &[LaunchStepFields];
+    /// `spec.manifests` paths, resolved.
+    fn manifest_roots(&self) -> Result<Vec<PathBuf>>;
+    /// `spec.charts` paths, resolved.
+    fn chart_roots(&self) -> Result<Vec<PathBuf>>;
+    /// Resolves `rel` (from field `field`) inside the spec's directory.
+    fn resolve(&self, field: &str, rel: &str) -> Result<PathBuf>;
+}
 
 /// Checks `spec.launch` and returns the steps with payload entry paths, in order.
-pub fn resolve(bundle: &Bundle) -> Result<Vec<Step>> {
-    let spec = &bundle.spec.spec;
-    if spec.launch.is_empty() {
+pub fn resolve(bundle: &impl SpecPaths) -> Result<Vec<LaunchStep>> {
+    if bundle.launch().is_empty() {
         return Ok(Vec::new());
     }
-    let f = bundle.file.display();
-    let roots = |items: &[PathItem], field: &str| -> Result<Vec<PathBuf>> {
-        items.iter().enumerate().map(|(i, it)| bundle.resolve(&format!("{field}[{i}].path"), &it.path)).collect()
-    };
-    let manifests = roots(&spec.manifests, "spec.manifests")?;
-    let charts = roots(&spec.charts, "spec.charts")?;
+    let f = bundle.file().display();
+    let manifests = bundle.manifest_roots()?;
+    let charts = bundle.chart_roots()?;
     let both: Vec<PathBuf> = manifests.iter().chain(&charts).cloned().collect();
-    let mut out = Vec::with_capacity(spec.launch.len());
-    for (i, s) in spec.launch.iter().enumerate() {
+    let mut out = Vec::with_capacity(bundle.launch().len());
+    for (i, s) in bundle.launch().iter().enumerate() {
         let at = format!("spec.launch[{i}]");
-        let given: Vec<&str> =
-            [("manifests", s.manifests.is_some()), ("chart", s.chart.is_some()), ("run", s.run.is_some())]
-                .into_iter()
-                .filter_map(|(k, set)| set.then_some(k))
-                .collect();
+        let given = s.kinds();
         if given.len() != 1 {
             let has = if given.is_empty() { "none".to_string() } else { format!("`{}`", given.join("` and `")) };
             bail!("{f}: {at} must have exactly one of `manifests`, `chart` or `run`; it has {has}");
@@ -68,11 +72,11 @@ pub fn resolve(bundle: &Bundle) -> Result<Vec<Step>> {
                     "{f}: {at}.{field} `{rel}` is not carried by the bundle: it must be inside {carried_by} (add it, or its directory, there)"
                 );
             }
-            let inner =
-                real.strip_prefix(&bundle.dir).expect("resolve keeps paths inside").to_string_lossy().into_owned();
+            // resolve keeps paths inside the directory; the prefix is there.
+            let inner = real.strip_prefix(bundle.dir()).unwrap_or(&real).to_string_lossy().into_owned();
             Ok(if inner.is_empty() { "bundle".into() } else { format!("bundle/{inner}") })
         };
-        out.push(Step {
+        let mapped = LaunchStepFields {
             manifests: s.manifests.as_deref().map(|p| map("manifests", p, &manifests, "spec.manifests")).transpose()?,
             chart: s.chart.as_deref().map(|p| map("chart", p, &charts, "spec.charts")).transpose()?,
             values: s
@@ -82,7 +86,8 @@ pub fn resolve(bundle: &Bundle) -> Result<Vec<Step>> {
                 .transpose()?,
             namespace: s.namespace.clone(),
             run: s.run.clone(),
-        });
+        };
+        out.push(LaunchStep::try_from(mapped).map_err(|e| anyhow::anyhow!("{f}: {at}: {e}"))?);
     }
     Ok(out)
 }
@@ -99,6 +104,7 @@ fn dns_label(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Bundle;
 
     /// A bundle directory with manifests/{a.yaml,sub/b.yaml}, charts/app/Chart.yaml,
     /// charts/values.yaml and other/c.yaml; `launch` is appended to the spec.
@@ -151,8 +157,8 @@ mod tests {
         let b = b.unwrap();
         let plan = crate::builder::plan(&b).unwrap();
         for s in resolve(&b).unwrap() {
-            for p in [s.manifests, s.chart, s.values].into_iter().flatten() {
-                assert!(plan.contains_key(&p), "{p} is not a payload entry: {:?}", plan.keys().collect::<Vec<_>>());
+            for p in s.paths() {
+                assert!(plan.contains_key(p), "{p} is not a payload entry: {:?}", plan.keys().collect::<Vec<_>>());
             }
         }
     }

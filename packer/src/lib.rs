@@ -11,11 +11,8 @@ pub mod spec;
 pub mod tree;
 
 use clap::Parser;
-use ferry_stub::printer::Printer;
+use ferry_core::printer::Printer;
 use std::process::ExitCode;
-
-/// The stub embedded at build time (see `build.rs`).
-pub static EMBEDDED_STUB: &[u8] = include_bytes!(env!("FERRY_EMBEDDED_STUB"));
 
 /// Entry point of `ferry`.
 pub fn main() -> ExitCode {
@@ -25,8 +22,18 @@ pub fn main() -> ExitCode {
         cli::Command::Keygen(args) => keygen::run(&args, &printer),
         cli::Command::Build(args) => builder::run(&args, &printer),
         cli::Command::Images(args) => images::run_list(args.spec_path(), args.json, &printer),
-        cli::Command::Verify(args) => ferry_stub::verify::run(&args.file, &args.verify, &printer),
-        cli::Command::Inspect(args) => ferry_stub::inspect::run(&args.file, &args.inspect, &printer),
+        cli::Command::Verify(args) => {
+            ferry_core::verify::run(&args.file, &args.verify.options(), &printer).map_err(Into::into)
+        }
+        cli::Command::Inspect(args) => {
+            ferry_core::inspect::run(&args.file, &args.inspect.options(), &printer).map_err(Into::into)
+        }
     };
-    ferry_stub::finish(result, &printer)
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            printer.error(err.as_ref());
+            ExitCode::FAILURE
+        }
+    }
 }

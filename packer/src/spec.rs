@@ -71,7 +71,7 @@ pub struct Spec {
     /// `{chart: PATH, values: PATH, namespace: NS}` or `{run: COMMAND}` (checked and mapped onto
     /// payload paths by [`crate::launch`]).
     #[serde(default)]
-    pub launch: Vec<crate::launch::Step>,
+    pub launch: Vec<ferry_core::launch::LaunchStepFields>,
 }
 
 /// One `spec.images` item: a reference, or a reference with a local source.
@@ -218,7 +218,7 @@ impl Bundle {
             crate::images::oci::Platform::parse(p).map_err(|e| anyhow::anyhow!("{f}: spec.platforms: {e}"))?;
         }
         for (i, item) in s.spec.images.iter().enumerate() {
-            crate::images::reference::ImageRef::parse(&item.r#ref)
+            ferry_core::image_ref::ImageRef::parse(&item.r#ref)
                 .map_err(|e| anyhow::anyhow!("{f}: spec.images[{i}]: {e}"))?;
             if let Some(src) = &item.source {
                 if !(src.starts_with("oci:") || src.starts_with("docker-archive:")) {
@@ -260,6 +260,38 @@ impl Bundle {
             );
         }
         Ok(real)
+    }
+}
+
+impl crate::launch::SpecPaths for Bundle {
+    fn file(&self) -> &Path {
+        &self.file
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn launch(&self) -> &[ferry_core::launch::LaunchStepFields] {
+        &self.spec.spec.launch
+    }
+
+    fn manifest_roots(&self) -> Result<Vec<PathBuf>> {
+        self.roots(&self.spec.spec.manifests, "spec.manifests")
+    }
+
+    fn chart_roots(&self) -> Result<Vec<PathBuf>> {
+        self.roots(&self.spec.spec.charts, "spec.charts")
+    }
+
+    fn resolve(&self, field: &str, rel: &str) -> Result<PathBuf> {
+        Bundle::resolve(self, field, rel)
+    }
+}
+
+impl Bundle {
+    fn roots(&self, items: &[PathItem], field: &str) -> Result<Vec<PathBuf>> {
+        items.iter().enumerate().map(|(i, it)| self.resolve(&format!("{field}[{i}].path"), &it.path)).collect()
     }
 }
 

@@ -10,87 +10,34 @@ use crate::run::progress::Reporter;
 use crate::ssh::{RemoteHost, quote};
 use anyhow::{Result, anyhow};
 use payload_format::Payload;
-use serde::Deserialize;
 
-/// One step.
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Step {
-    /// Manifests (a payload path: file or directory) for `kubectl apply`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifests: Option<String>,
-    /// A chart (payload path) for `helm upgrade --install`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chart: Option<String>,
-    /// Values file (payload path) for the chart.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub values: Option<String>,
-    /// Namespace for the chart or the manifests.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// A shell command.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run: Option<String>,
+/// One step: exactly one of manifests, chart or run (`ferry_core::launch`).
+pub use ferry_core::launch::LaunchStep as Step;
+
+/// How master0 runs a step.
+trait Command {
+    /// The command master0 runs (from /var/lib/ferry/launch, where the paths were extracted).
+    fn command(&self) -> String;
 }
 
-impl Step {
-    /// The namespace whose pods `check` counts as this step's workloads.
-    pub fn namespace(&self) -> Option<String> {
-        self.namespace.clone()
-    }
-
-    /// `manifests PATH`, `chart PATH` or `run COMMAND`, with the namespace and values.
-    pub fn describe(&self) -> String {
-        let ns = self.namespace.as_deref().map(|n| format!(" in namespace {n}")).unwrap_or_default();
-        if let Some(m) = &self.manifests {
-            format!("manifests {m}{ns}")
-        } else if let Some(c) = &self.chart {
-            let values = self.values.as_deref().map(|v| format!(" with values {v}")).unwrap_or_default();
-            format!("chart {c}{values}{ns}")
-        } else {
-            format!("run {}", self.run.as_deref().unwrap_or(""))
-        }
-    }
-
-    /// The Helm release name for a chart step: the chart directory's name, or a packaged
-    /// chart's name without `.tgz` and its `-VERSION` (helm package writes `NAME-VERSION.tgz`),
-    /// made a valid release name (lowercase letters, digits, `-`, at most 53 characters).
-    pub fn release_name(chart: &str) -> String {
-        let base = chart.trim_end_matches('/').rsplit('/').next().unwrap_or(chart);
-        let mut name = base.strip_suffix(".tgz").or_else(|| base.strip_suffix(".tar.gz")).unwrap_or(base).to_string();
-        if name.len() != base.len() {
-            // `app-1.2.3` → `app`: cut at the last `-` followed by a version (`1.2.3`, `v1.2.3`).
-            let version = |v: &str| v.trim_start_matches('v').starts_with(|c: char| c.is_ascii_digit());
-            if let Some(i) = name.rfind('-').filter(|&i| version(&name[i + 1..])) {
-                name.truncate(i);
-            }
-        }
-        let mut out: String = name
-            .chars()
-            .map(|c| c.to_ascii_lowercase())
-            .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' })
-            .collect();
-        out.truncate(53);
-        let out = out.trim_matches('-').to_string();
-        if out.is_empty() { "app".into() } else { out }
-    }
-
-    /// The command master0 runs (from /var/lib/ferry/launch, where the paths were extracted).
+impl Command for Step {
     fn command(&self) -> String {
         let kc = crate::node::ADMIN_CONF;
-        let ns = self.namespace.as_deref().map(|n| format!(" --namespace {}", quote(n))).unwrap_or_default();
-        if let Some(m) = &self.manifests {
-            format!("cd {LAUNCH_DIR} && kubectl --kubeconfig {kc} apply{ns} -f {} 2>&1", quote(m))
-        } else if let Some(c) = &self.chart {
-            let name = Self::release_name(c);
-            let values = self.values.as_deref().map(|v| format!(" -f {}", quote(v))).unwrap_or_default();
-            format!(
-                "cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install {} {}{ns} --create-namespace{values} 2>&1",
-                quote(&name),
-                quote(c)
-            )
-        } else {
-            format!("cd {LAUNCH_DIR} && KUBECONFIG={kc} sh -c {} 2>&1", quote(self.run.as_deref().unwrap_or("true")))
+        let ns = self.namespace().map(|n| format!(" --namespace {}", quote(&n))).unwrap_or_default();
+        match self {
+            Step::Manifests { path, .. } => {
+                format!("cd {LAUNCH_DIR} && kubectl --kubeconfig {kc} apply{ns} -f {} 2>&1", quote(path))
+            }
+            Step::Chart { path, values, .. } => {
+                let name = Self::release_name(path);
+                let values = values.as_deref().map(|v| format!(" -f {}", quote(v))).unwrap_or_default();
+                format!(
+                    "cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install {} {}{ns} --create-namespace{values} 2>&1",
+                    quote(&name),
+                    quote(path)
+                )
+            }
+            Step::Run { command } => format!("cd {LAUNCH_DIR} && KUBECONFIG={kc} sh -c {} 2>&1", quote(command)),
         }
     }
 }
@@ -101,15 +48,7 @@ pub const LAUNCH_DIR: &str = "/var/lib/ferry/launch";
 /// The steps the payload carries (none when the bundle declares none). A `launch` entry this
 /// installer cannot read is an error, not silently no steps.
 pub fn steps(payload: &Payload) -> Result<Vec<Step>> {
-    match payload.index().metadata.extra.get("launch") {
-        None => Ok(Vec::new()),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-            anyhow!(
-                "{}: the launch steps in its metadata are unreadable ({e}); was it built by a newer ferry?",
-                payload.path().display()
-            )
-        }),
-    }
+    Ok(ferry_core::metadata::launch_steps_in(payload)?)
 }
 
 /// The last `n` non-empty lines of a step's output, indented, for the error.
@@ -130,11 +69,7 @@ pub async fn run_steps<H: RemoteHost>(payload: &Payload, rep: &Reporter, h: &H) 
     if steps.is_empty() {
         return Ok(());
     }
-    let mut paths: Vec<&str> = steps
-        .iter()
-        .flat_map(|s| [s.manifests.as_deref(), s.chart.as_deref(), s.values.as_deref()])
-        .flatten()
-        .collect();
+    let mut paths: Vec<&str> = steps.iter().flat_map(|s| s.paths()).collect();
     paths.sort();
     paths.dedup();
     // A fresh directory every run (files a newer bundle dropped must not be applied again); it

@@ -1,13 +1,13 @@
 //! The runtime half of ferry. `ferry build` appends a signed payload to this program and the
-//! result is `./installer`. This crate holds the commands the installer runs on site; the packer
-//! reuses [`verify`] and [`inspect`] so a file can always be checked by a binary that did not
-//! come inside it.
+//! result is `./installer`. This crate holds the commands the installer runs on site. What the
+//! packer needs too (output, `verify`, `inspect`, the metadata and image reference types) lives
+//! in `ferry_core`; the paths `crate::printer`, `crate::units` and `crate::trust` re-export it.
 //!
 //! Dependencies point one way (see docs/architecture.md): the binary's `main` → [`commands`]
 //! (the only place the whole command line is dispatched) → the work ([`run`], [`check`],
 //! [`reset`], [`agent`], [`registry`], [`lb`]) → what they share ([`cluster`], [`kube`], [`ssh`])
-//! → [`node`]. This file declares the modules and depends on nothing but [`node`] and
-//! [`printer`], so any module may name what it re-exports.
+//! → [`node`] and [`protocol`] → `ferry_core`. This file declares the modules and re-exports, so
+//! any module may name what it re-exports.
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -21,18 +21,16 @@ pub mod kube;
 pub mod launch;
 pub mod lb;
 pub mod node;
-pub mod printer;
 pub mod protocol;
 pub mod registry;
 pub mod reset;
 pub mod run;
 pub mod ssh;
-pub mod trust;
-pub mod units;
 pub mod verify;
 
 use std::process::ExitCode;
 
+pub use ferry_core::{printer, trust, units};
 pub use node::SELF_EXE;
 
 /// Turns a command's result into an exit code, printing the error chain for the user.
@@ -40,7 +38,7 @@ pub fn finish(result: anyhow::Result<()>, printer: &printer::Printer) -> ExitCod
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            printer.error(&err);
+            printer.error(err.as_ref());
             ExitCode::FAILURE
         }
     }

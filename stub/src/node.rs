@@ -5,9 +5,7 @@
 //! path cannot drift between the code that writes it and the code that reads it. Depends on
 //! nothing in the crate.
 
-/// The path the running installer reads its own payload from. The kernel resolves it to the
-/// executable actually running, so renaming or moving the file does not matter.
-pub const SELF_EXE: &str = "/proc/self/exe";
+pub use ferry_core::SELF_EXE;
 
 /// The port every master's kube-apiserver binds (kubeadm's default `bindPort`), which the
 /// node-local load balancer targets.

@@ -14,9 +14,9 @@ use super::discovery::{Discovered, Source};
 use super::docker_archive::DockerArchive;
 use super::oci::{self, Descriptor, IndexDoc, Kind, ManifestDoc, Platform, classify, digest_of};
 use super::oci_layout::OciLayout;
-use super::reference::parse_digest;
 use super::registry_client::{Endpoint, RegistryClient};
 use super::store::{Slice, Store};
+use ferry_core::image_ref::parse_digest;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -163,7 +163,7 @@ pub struct Collector<'a> {
     /// Parallel workers.
     pub jobs: usize,
     /// Where progress goes.
-    pub printer: &'a ferry_stub::printer::Printer,
+    pub printer: &'a ferry_core::printer::Printer,
 }
 
 /// Checks that `bytes` are what `digest` and `size` promise.
@@ -373,19 +373,20 @@ impl Collector<'_> {
                 self.walk_top(&origin, &m.bytes, kind, &digest, &media)
             }
             Source::Oci { path, shown, tag } => {
-                let layout = OciLayout::open(path, shown)?;
-                let desc = layout.select(image, tag.as_deref())?;
+                let layout = OciLayout::open(path, shown).map_err(|e| e.to_string())?;
+                let desc = layout.select(image, tag.as_deref()).map_err(|e| e.to_string())?;
                 self.from_layout(&layout, &desc, d)
             }
             Source::DockerArchive { path, shown } => {
-                let mut w = match DockerArchive::open(path, shown)? {
+                let mut w = match DockerArchive::open(path, shown).map_err(|e| e.to_string())? {
                     DockerArchive::Oci(layout) => {
-                        let desc = layout.select(image, None)?;
+                        let desc = layout.select(image, None).map_err(|e| e.to_string())?;
                         self.from_layout(&layout, &desc, d)?
                     }
                     DockerArchive::Legacy { files, entries, shown } => {
-                        let entry = DockerArchive::select_legacy(&entries, image, &shown)?;
-                        let synth = DockerArchive::synthesize(&files, entry, &shown, progress)?;
+                        let entry = DockerArchive::select_legacy(&entries, image, &shown).map_err(|e| e.to_string())?;
+                        let synth =
+                            DockerArchive::synthesize(&files, entry, &shown, progress).map_err(|e| e.to_string())?;
                         let digest = digest_of(&synth.manifest);
                         if let Some(pin) = &image.digest {
                             return Err(format!(
@@ -445,7 +446,7 @@ impl Collector<'_> {
         depth: usize,
         platform: Option<&Platform>,
     ) -> Result<(), String> {
-        let slice = self.store.put(digest, bytes)?;
+        let slice = self.store.put(digest, bytes).map_err(|e| e.to_string())?;
         w.manifests.push((digest.to_string(), media.to_string(), slice));
         match kind {
             Kind::Index => {

@@ -20,9 +20,10 @@
 //! The outcome is recorded in the installer's metadata under [`METADATA_KEY`], where the
 //! installer takes the pause image (containerd's sandbox image) from.
 
-use super::reference::ImageRef;
 use crate::spec::{Bundle, parse_kubernetes_version};
-use serde_json::{Value, json};
+use ferry_core::image_ref::ImageRef;
+use ferry_core::metadata::ControlPlaneRecord;
+use serde_json::Value;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -34,7 +35,7 @@ pub const IMAGE_REPOSITORY: &str = "registry.k8s.io";
 
 /// The index metadata key holding the resolved control plane ([`ControlPlane::metadata`]); the
 /// installer reads it there.
-pub const METADATA_KEY: &str = ferry_stub::registry::config::CONTROL_PLANE_KEY;
+pub const METADATA_KEY: &str = ferry_core::metadata::key::CONTROL_PLANE;
 
 /// How long the bundle's kubeadm may take to answer one command.
 pub const KUBEADM_TIMEOUT: Duration = Duration::from_secs(20);
@@ -76,20 +77,78 @@ pub fn supported() -> String {
     TABLE.iter().map(|r| format!("v1.{}.x", r.minor)).collect::<Vec<_>>().join(", ")
 }
 
+/// A Kubernetes version the table cannot answer for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    /// Not `vX.Y.Z`.
+    #[error("Kubernetes version `{0}` is not of the form vMAJOR.MINOR.PATCH")]
+    Malformed(String),
+    /// A minor the table does not hold.
+    #[error("Kubernetes {0} is not supported: ferry's built-in table knows the control-plane images of {1}")]
+    Unsupported(String, String),
+}
+
+/// Why the control-plane images could not be named.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    /// The bundle's kubeadm ran and failed, or answered nonsense.
+    #[error("{file}: `{command}` {problem}")]
+    Kubeadm {
+        /// The kubeadm as the spec reaches it.
+        file: String,
+        /// The command run.
+        command: String,
+        /// What went wrong.
+        problem: KubeadmProblem,
+    },
+    /// No kubeadm to ask, and the table does not know the version.
+    #[error("{source} (or give the bundle a kubeadm this machine can run: {reason})")]
+    Table {
+        /// Why the table cannot answer.
+        source: VersionError,
+        /// Why kubeadm was not asked.
+        reason: String,
+    },
+}
+
+/// What went wrong running kubeadm.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeadmProblem {
+    /// It could not be started.
+    #[error("could not be started: {0}")]
+    NotStarted(std::io::Error),
+    /// It failed (status and output, in words).
+    #[error("{0}")]
+    Failed(String),
+    /// It printed nothing.
+    #[error("printed nothing")]
+    Nothing,
+    /// It printed no images.
+    #[error("printed no images")]
+    NoImages,
+    /// It printed a line that is no image reference.
+    #[error("printed `{line}`, which is not an image reference ({source})")]
+    NotAnImage {
+        /// The line.
+        line: String,
+        /// Why.
+        source: ferry_core::image_ref::RefError,
+    },
+}
+
 /// The table row for `version` (`vX.Y.Z`).
-pub fn row(version: &str) -> Result<Row, String> {
-    let (major, minor, _) = parse_kubernetes_version(version)
-        .ok_or_else(|| format!("Kubernetes version `{version}` is not of the form vMAJOR.MINOR.PATCH"))?;
-    TABLE.iter().find(|r| major == 1 && r.minor == minor).copied().ok_or_else(|| {
-        format!(
-            "Kubernetes {version} is not supported: ferry's built-in table knows the control-plane images of {}",
-            supported()
-        )
-    })
+pub fn row(version: &str) -> Result<Row, VersionError> {
+    let (major, minor, _) =
+        parse_kubernetes_version(version).ok_or_else(|| VersionError::Malformed(version.to_string()))?;
+    TABLE
+        .iter()
+        .find(|r| major == 1 && r.minor == minor)
+        .copied()
+        .ok_or_else(|| VersionError::Unsupported(version.to_string(), supported()))
 }
 
 /// The full references the table gives for `version`, in kubeadm's order.
-pub fn images(version: &str) -> Result<Vec<String>, String> {
+pub fn images(version: &str) -> Result<Vec<String>, VersionError> {
     let r = row(version)?;
     let repo = IMAGE_REPOSITORY;
     let mut out: Vec<String> = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"]
@@ -152,34 +211,33 @@ impl ControlPlane {
         }
     }
 
-    /// The [`METADATA_KEY`] value: `{kubernetesVersion, images, pause, source, kubeadm | tableFrom, detail}`.
+    /// The [`METADATA_KEY`] record: `{kubernetesVersion, images, pause, source, kubeadm | tableFrom, detail}`.
+    pub fn record(&self) -> ControlPlaneRecord {
+        let (source, kubeadm, table_from) = match &self.source {
+            Source::Kubeadm { version, .. } => ("kubeadm", Some(version.clone()), None),
+            Source::Table { read_from, .. } => ("table", None, Some(read_from.clone())),
+        };
+        ControlPlaneRecord {
+            kubernetes_version: self.kubernetes_version.clone(),
+            images: self.images.clone(),
+            detail: Some(self.describe()),
+            source: Some(source.into()),
+            kubeadm,
+            table_from,
+            pause: self.pause().map(String::from),
+        }
+    }
+
+    /// [`ControlPlane::record`] as JSON.
     pub fn metadata(&self) -> Value {
-        let mut v = json!({
-            "kubernetesVersion": self.kubernetes_version,
-            "images": self.images,
-            "detail": self.describe(),
-        });
-        match &self.source {
-            Source::Kubeadm { version, .. } => {
-                v["source"] = json!("kubeadm");
-                v["kubeadm"] = json!(version);
-            }
-            Source::Table { read_from, .. } => {
-                v["source"] = json!("table");
-                v["tableFrom"] = json!(read_from);
-            }
-        }
-        if let Some(p) = self.pause() {
-            v["pause"] = json!(p);
-        }
-        v
+        serde_json::to_value(self.record()).unwrap_or(Value::Null)
     }
 }
 
 /// The control-plane images of `bundle`: from its kubeadm when this machine can run it, else from
 /// the table (see the module docs). `warnings` gets version skew, a table that disagrees with
 /// kubeadm, and minors past their end of life.
-pub fn resolve(bundle: &Bundle, warnings: &mut Vec<String>) -> Result<ControlPlane, String> {
+pub fn resolve(bundle: &Bundle, warnings: &mut Vec<String>) -> Result<ControlPlane, ControlPlaneError> {
     let version = bundle.spec.spec.kubernetes.version.clone();
     let spec_minor = parse_kubernetes_version(&version).map(|v| (v.0, v.1));
     if let Some((1, minor)) = spec_minor
@@ -217,9 +275,13 @@ pub fn resolve(bundle: &Bundle, warnings: &mut Vec<String>) -> Result<ControlPla
             Asked::NotRunnable(why) => why,
         },
     };
-    let r = row(&version).map_err(|e| format!("{e} (or give the bundle a kubeadm this machine can run: {reason})"))?;
+    let r = row(&version);
+    let (r, images) = match r.and_then(|r| Ok((r, images(&version)?))) {
+        Ok(both) => both,
+        Err(source) => return Err(ControlPlaneError::Table { source, reason }),
+    };
     Ok(ControlPlane {
-        images: images(&version)?,
+        images,
         kubernetes_version: version,
         source: Source::Table { read_from: r.read_from.to_string(), reason },
     })
@@ -291,7 +353,9 @@ enum Asked {
 
 /// Runs `kubeadm version -o short` and `kubeadm config images list --kubernetes-version V`.
 /// Not runnable here → [`Asked::NotRunnable`]; ran and failed → `Err` naming the file.
-fn ask_kubeadm(file: &str, real: &Path, version: &str) -> Result<Asked, String> {
+fn ask_kubeadm(file: &str, real: &Path, version: &str) -> Result<Asked, ControlPlaneError> {
+    let fail =
+        |command: &str, problem| ControlPlaneError::Kubeadm { file: file.into(), command: command.into(), problem };
     let meta = match std::fs::metadata(real) {
         Ok(m) => m,
         Err(e) => return Ok(Asked::NotRunnable(format!("{file} cannot be read: {e}"))),
@@ -313,26 +377,26 @@ fn ask_kubeadm(file: &str, real: &Path, version: &str) -> Result<Asked, String> 
     }
     let kubeadm_version = match run(real, &["version", "-o", "short"]) {
         Ran::NotRunnable(e) => return Ok(Asked::NotRunnable(format!("{file} cannot be run here: {e}"))),
-        Ran::Failed(why) => return Err(format!("{file}: `kubeadm version -o short` {why}")),
+        Ran::Failed(why) => return Err(fail("kubeadm version -o short", KubeadmProblem::Failed(why))),
         Ran::Ok(out) => out.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string(),
     };
     if kubeadm_version.is_empty() {
-        return Err(format!("{file}: `kubeadm version -o short` printed nothing"));
+        return Err(fail("kubeadm version -o short", KubeadmProblem::Nothing));
     }
     let what = format!("kubeadm config images list --kubernetes-version {version}");
     let out = match run(real, &["config", "images", "list", "--kubernetes-version", version]) {
         Ran::Ok(out) => out,
-        Ran::NotRunnable(e) => return Err(format!("{file}: `{what}` could not be started: {e}")),
-        Ran::Failed(why) => return Err(format!("{file}: `{what}` {why}")),
+        Ran::NotRunnable(e) => return Err(fail(&what, KubeadmProblem::NotStarted(e))),
+        Ran::Failed(why) => return Err(fail(&what, KubeadmProblem::Failed(why))),
     };
     let mut images = Vec::new();
     for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let image = ImageRef::parse(line)
-            .map_err(|e| format!("{file}: `{what}` printed `{line}`, which is not an image reference ({e})"))?;
+            .map_err(|source| fail(&what, KubeadmProblem::NotAnImage { line: line.into(), source }))?;
         images.push(image.to_string());
     }
     if images.is_empty() {
-        return Err(format!("{file}: `{what}` printed no images"));
+        return Err(fail(&what, KubeadmProblem::NoImages));
     }
     Ok(Asked::Listed { version: kubeadm_version, images })
 }
@@ -479,7 +543,7 @@ mod tests {
 
     #[test]
     fn unsupported_versions_list_the_supported_ones() {
-        let e = row("v1.32.0").unwrap_err();
+        let e = row("v1.32.0").unwrap_err().to_string();
         assert!(e.contains("v1.32.0") && e.contains("v1.34.x") && e.contains("v1.37.x"), "{e}");
         assert!(row("v2.36.0").is_err());
         assert!(row("1.36").is_err());
@@ -565,7 +629,7 @@ mod tests {
     fn a_kubeadm_that_fails_stops_the_build_naming_file_and_stderr() {
         let failing = "#!/bin/sh\n# STAND-IN for a broken kubeadm\n[ \"$1\" = version ] && { echo v1.36.3; exit 0; }\necho 'unknown flag: --kubernetes-version' >&2\nexit 1\n";
         let (_d, b) = bundle("v1.36.3", Some(("usr/bin/kubeadm", failing, 0o755)));
-        let e = resolve(&b, &mut Vec::new()).unwrap_err();
+        let e = resolve(&b, &mut Vec::new()).unwrap_err().to_string();
         assert!(
             e.starts_with("rootfs/usr/bin/kubeadm: `kubeadm config images list --kubernetes-version v1.36.3` failed")
                 && e.contains("unknown flag: --kubernetes-version"),
@@ -573,11 +637,11 @@ mod tests {
         );
         let garbage = "#!/bin/sh\n# STAND-IN printing junk\n[ \"$1\" = version ] && { echo v1.36.3; exit 0; }\necho 'Not An Image!'\n";
         let (_d, b) = bundle("v1.36.3", Some(("usr/bin/kubeadm", garbage, 0o755)));
-        let e = resolve(&b, &mut Vec::new()).unwrap_err();
+        let e = resolve(&b, &mut Vec::new()).unwrap_err().to_string();
         assert!(e.contains("printed `Not An Image!`, which is not an image reference"), "{e}");
         let version_fails = "#!/bin/sh\necho 'segmentation fault' >&2\nexit 139\n";
         let (_d, b) = bundle("v1.36.3", Some(("usr/bin/kubeadm", version_fails, 0o755)));
-        let e = resolve(&b, &mut Vec::new()).unwrap_err();
+        let e = resolve(&b, &mut Vec::new()).unwrap_err().to_string();
         assert!(
             e.contains("rootfs/usr/bin/kubeadm: `kubeadm version -o short` failed") && e.contains("segmentation fault"),
             "{e}"
@@ -620,7 +684,7 @@ mod tests {
 
         // Not even the table knows it: the error says both.
         let (_d, b) = bundle("v1.32.1", None);
-        let e = resolve(&b, &mut Vec::new()).unwrap_err();
+        let e = resolve(&b, &mut Vec::new()).unwrap_err().to_string();
         assert!(e.contains("v1.32.1 is not supported") && e.contains("has no usr/local/bin/kubeadm"), "{e}");
     }
 

@@ -14,9 +14,9 @@
 //! control plane with where its list came from.
 
 use super::controlplane;
-use super::reference::ImageRef;
 use crate::spec::Bundle;
 use anyhow::Result;
+use ferry_core::image_ref::ImageRef;
 use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};

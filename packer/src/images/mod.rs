@@ -1,6 +1,6 @@
 //! Images: everything between a bundle spec and the `blobs/sha256/…` entries of the installer.
 //!
-//! * [`reference`] normalises references like containerd;
+//! * `ferry_core::image_ref` normalises references like containerd;
 //! * [`discovery`] finds the images of manifests, charts, the control plane ([`controlplane`])
 //!   and `spec.images`;
 //! * [`collect`] resolves them to verified blobs from registries ([`registry_client`],
@@ -27,15 +27,15 @@ pub mod discovery;
 pub mod docker_archive;
 pub mod oci;
 pub mod oci_layout;
-pub mod reference;
 pub mod registry_client;
 pub mod store;
 
 use crate::spec::Bundle;
 use anyhow::{Result, bail};
 use discovery::{ChartMode, Discovery};
-use ferry_stub::printer::Printer;
-use ferry_stub::units;
+use ferry_core::metadata::{ImageRecord, ImagesContract};
+use ferry_core::printer::Printer;
+use ferry_core::units;
 use oci::Platform;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -62,8 +62,9 @@ pub struct Collected {
     pub store: Store,
     /// Payload blobs by digest.
     pub blobs: BTreeMap<String, Slice>,
-    /// The index keys of the contract (`images`, `manifests`, `platforms`, `missingImages`).
-    pub extra: serde_json::Map<String, Value>,
+    /// The index keys of the contract (`images`, `manifests`, `platforms`, `missingImages`,
+    /// `controlPlaneImages`).
+    pub contract: ImagesContract,
 }
 
 /// `spec.platforms`, or the build machine's platform.
@@ -154,43 +155,43 @@ pub fn collect(bundle: &Bundle, opts: &Options, temp_parent: &Path, printer: &Pr
         units::bytes(outcome.pulled),
         started.elapsed().as_secs_f64()
     ));
-    let extra = metadata(&outcome, &platforms, &found.control_plane);
-    Ok(Collected { store, blobs: outcome.blobs, extra })
+    let contract = metadata(&outcome, &platforms, &found.control_plane);
+    Ok(Collected { store, blobs: outcome.blobs, contract })
 }
 
-/// The index keys of the payload contract.
+/// The payload contract.
 fn metadata(
     outcome: &collect::Outcome,
     platforms: &[Platform],
     control_plane: &controlplane::ControlPlane,
-) -> serde_json::Map<String, Value> {
-    let mut images: Vec<Value> = outcome
+) -> ImagesContract {
+    let mut images: Vec<ImageRecord> = outcome
         .resolved
         .iter()
         .map(|r| {
             let i = &r.discovered.image;
-            json!({
-                "ref": i.to_string(),
-                "registry": i.registry,
-                "repository": i.repository,
-                "tag": i.served_tag(),
-                "digest": r.digest,
-                "mediaType": r.media_type,
-                "source": r.discovered.source.kind(),
-                "foundIn": r.discovered.found_in,
-            })
+            ImageRecord {
+                reference: i.to_string(),
+                registry: i.registry.clone(),
+                repository: i.repository.clone(),
+                tag: i.served_tag().map(String::from),
+                digest: r.digest.clone(),
+                media_type: r.media_type.clone(),
+                source: r.discovered.source.kind().into(),
+                found_in: r.discovered.found_in.clone(),
+            }
         })
         .collect();
-    images.sort_by(|a, b| a["ref"].as_str().cmp(&b["ref"].as_str()));
-    let mut missing: Vec<String> = outcome.failed.iter().map(|(d, _)| d.image.to_string()).collect();
-    missing.sort();
-    let mut m = serde_json::Map::new();
-    m.insert("images".into(), Value::Array(images));
-    m.insert("manifests".into(), json!(outcome.manifests));
-    m.insert("platforms".into(), json!(platforms.iter().map(|p| p.to_string()).collect::<Vec<_>>()));
-    m.insert("missingImages".into(), json!(missing));
-    m.insert(controlplane::METADATA_KEY.into(), control_plane.metadata());
-    m
+    images.sort_by(|a, b| a.reference.cmp(&b.reference));
+    let mut missing_images: Vec<String> = outcome.failed.iter().map(|(d, _)| d.image.to_string()).collect();
+    missing_images.sort();
+    ImagesContract {
+        images,
+        manifests: outcome.manifests.clone(),
+        platforms: platforms.iter().map(|p| p.to_string()).collect(),
+        missing_images,
+        control_plane: control_plane.record(),
+    }
 }
 
 /// `ferry images`: the discovered list, where each image comes from and where it was found.

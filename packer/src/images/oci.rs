@@ -6,25 +6,10 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Docker manifest list.
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Docker image manifest, schema 2.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// OCI image config.
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// Uncompressed OCI layer.
-pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-/// gzip OCI layer.
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// zstd OCI layer.
-pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-
-/// Sent as `Accept` for manifests: every type the packer can store.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+pub use ferry_core::oci::{
+    DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD, OCI_MANIFEST,
+};
 
 /// containerd refuses manifests larger than this; so does the packer.
 pub const MAX_MANIFEST_LEN: u64 = 4 * 1048 * 1048;
@@ -89,24 +74,48 @@ struct Probe {
     config: Option<serde_json::Value>,
 }
 
+/// Why bytes are not a manifest or index ferry can store.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    /// Not JSON.
+    #[error("it is not a JSON manifest ({0})")]
+    NotJson(#[source] serde_json::Error),
+    /// Docker schema 1.
+    #[error(
+        "it is a Docker schema 1 manifest, which is deprecated and not supported; re-push the image with a current client"
+    )]
+    Schema1,
+    /// A media type of something else.
+    #[error("media type `{0}` is not an image manifest or index")]
+    MediaType(String),
+    /// JSON of another shape.
+    #[error("it is neither an image manifest nor an index")]
+    Shape,
+}
+
+/// A platform that is not `os/arch[/variant]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("platform `{0}` must be os/arch or os/arch/variant, e.g. linux/amd64 or linux/arm/v7")]
+pub struct PlatformError(pub String);
+
 /// Decides what `bytes` are and which media type they are served with. The document's own
 /// `mediaType` wins, then `declared` (the registry's `Content-Type` or the referring
 /// descriptor's type), then the shape of the JSON.
-pub fn classify(bytes: &[u8], declared: Option<&str>) -> Result<(Kind, String), String> {
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| format!("it is not a JSON manifest ({e})"))?;
+pub fn classify(bytes: &[u8], declared: Option<&str>) -> Result<(Kind, String), ClassifyError> {
+    let probe: Probe = serde_json::from_slice(bytes).map_err(ClassifyError::NotJson)?;
     if probe.schema_version == Some(1) {
-        return Err("it is a Docker schema 1 manifest, which is deprecated and not supported; re-push the image with a current client".into());
+        return Err(ClassifyError::Schema1);
     }
     let declared = declared.map(|d| d.split(';').next().unwrap_or(d).trim()).filter(|d| !d.is_empty());
     let media = probe.media_type.as_deref().or(declared.filter(|d| kind_of(d).is_some()));
     let kind = match media.and_then(kind_of) {
         Some(k) => k,
-        None if media.is_some() => {
-            return Err(format!("media type `{}` is not an image manifest or index", media.unwrap()));
-        }
-        None if probe.manifests.is_some() => Kind::Index,
-        None if probe.config.is_some() => Kind::Manifest,
-        None => return Err("it is neither an image manifest nor an index".into()),
+        None => match media {
+            Some(m) => return Err(ClassifyError::MediaType(m.to_string())),
+            None if probe.manifests.is_some() => Kind::Index,
+            None if probe.config.is_some() => Kind::Manifest,
+            None => return Err(ClassifyError::Shape),
+        },
     };
     let media = media.map(String::from).unwrap_or_else(|| match kind {
         Kind::Index => OCI_INDEX.to_string(),
@@ -137,7 +146,7 @@ pub struct Platform {
 
 impl Platform {
     /// Parses `os/arch[/variant]`.
-    pub fn parse(s: &str) -> Result<Platform, String> {
+    pub fn parse(s: &str) -> Result<Platform, PlatformError> {
         let parts: Vec<&str> = s.split('/').collect();
         let ok =
             |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
@@ -148,7 +157,7 @@ impl Platform {
             [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
                 Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: Some(v.to_string()) })
             }
-            _ => Err(format!("platform `{s}` must be os/arch or os/arch/variant, e.g. linux/amd64 or linux/arm/v7")),
+            _ => Err(PlatformError(s.to_string())),
         }
     }
 
@@ -227,7 +236,7 @@ mod tests {
             classify(m, Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8")).unwrap(),
             (Kind::Manifest, OCI_MANIFEST.into())
         );
-        assert!(classify(br#"{"schemaVersion":1,"fsLayers":[]}"#, None).unwrap_err().contains("schema 1"));
+        assert!(classify(br#"{"schemaVersion":1,"fsLayers":[]}"#, None).unwrap_err().to_string().contains("schema 1"));
         assert!(classify(b"not json", None).is_err());
         assert!(classify(br#"{"mediaType":"application/vnd.oci.image.layer.v1.tar"}"#, None).is_err());
     }

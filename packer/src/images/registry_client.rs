@@ -105,9 +105,39 @@ pub fn is_loopback(host_port: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
 }
 
+/// A `registryMirrors` entry that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("registryMirrors.{registry}: `{url}`: {problem}")]
+pub struct MirrorError {
+    /// The registry the mirror is for.
+    pub registry: String,
+    /// The mirror as written.
+    pub url: String,
+    /// What is wrong with it.
+    pub problem: MirrorProblem,
+}
+
+/// What is wrong with a mirror URL.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorProblem {
+    /// A path, user or query, or no host.
+    #[error("a mirror is scheme://host[:port], without a path or user")]
+    Shape,
+    /// Plain http to a host that is neither loopback nor insecure.
+    #[error("plain http is only used for loopback hosts or hosts in insecureRegistries; add {0} there or use https")]
+    PlainHttp(String),
+    /// Not http or https.
+    #[error("scheme `{0}` is not http or https")]
+    Scheme(String),
+}
+
 impl Network {
     /// Checks and keeps the spec's `registryMirrors` and `insecureRegistries`.
-    pub fn new(mirrors: &BTreeMap<String, Mirrors>, insecure: &[String], offline: bool) -> Result<Network, String> {
+    pub fn new(
+        mirrors: &BTreeMap<String, Mirrors>,
+        insecure: &[String],
+        offline: bool,
+    ) -> Result<Network, MirrorError> {
         let mut net = Network {
             mirrors: BTreeMap::new(),
             insecure: insecure.iter().map(|h| super::credentials::host_key(h)).collect(),
@@ -116,11 +146,14 @@ impl Network {
         for (registry, urls) in mirrors {
             let mut eps = Vec::new();
             for url in &urls.0 {
-                let field = format!("registryMirrors.{registry}");
-                eps.extend(net.mirror_endpoints(url).map_err(|e| format!("{field}: `{url}`: {e}"))?);
+                eps.extend(net.mirror_endpoints(url).map_err(|problem| MirrorError {
+                    registry: registry.clone(),
+                    url: url.clone(),
+                    problem,
+                })?);
             }
-            let key = if registry == "index.docker.io" { "docker.io".to_string() } else { registry.clone() };
-            net.mirrors.insert(key, eps);
+            // Keyed as image references name registries (every Docker Hub alias is docker.io).
+            net.mirrors.insert(ferry_core::image_ref::normalize_domain(registry), eps);
         }
         Ok(net)
     }
@@ -129,26 +162,24 @@ impl Network {
         is_loopback(host) || self.insecure.contains(host)
     }
 
-    fn mirror_endpoints(&self, url: &str) -> Result<Vec<Endpoint>, String> {
+    fn mirror_endpoints(&self, url: &str) -> Result<Vec<Endpoint>, MirrorProblem> {
         let (scheme, rest) = match url.split_once("://") {
             Some((s, r)) => (Some(s), r),
             None => (None, url),
         };
         let host = rest.trim_end_matches('/');
         if host.is_empty() || host.contains('/') || host.contains('@') || host.contains('?') {
-            return Err("a mirror is scheme://host[:port], without a path or user".into());
+            return Err(MirrorProblem::Shape);
         }
         match scheme {
-            Some("http") if !self.insecure_or_local(host) => Err(format!(
-                "plain http is only used for loopback hosts or hosts in insecureRegistries; add {host} there or use https"
-            )),
+            Some("http") if !self.insecure_or_local(host) => Err(MirrorProblem::PlainHttp(host.to_string())),
             Some("http") => Ok(vec![Endpoint { url: format!("http://{host}"), host: host.into(), skip_verify: false }]),
             Some("https") => Ok(vec![Endpoint {
                 url: format!("https://{host}"),
                 host: host.into(),
                 skip_verify: self.insecure.contains(host),
             }]),
-            Some(other) => Err(format!("scheme `{other}` is not http or https")),
+            Some(other) => Err(MirrorProblem::Scheme(other.to_string())),
             None => Ok(self.direct_endpoints(host)),
         }
     }
@@ -669,7 +700,7 @@ mod tests {
 
         let mut bad = BTreeMap::new();
         bad.insert("docker.io".to_string(), Mirrors(vec!["http://10.0.0.5:5000".into()]));
-        let e = Network::new(&bad, &[], false).unwrap_err();
+        let e = Network::new(&bad, &[], false).unwrap_err().to_string();
         assert!(e.contains("registryMirrors.docker.io") && e.contains("insecureRegistries"), "{e}");
         bad.insert("docker.io".to_string(), Mirrors(vec!["https://m.example/some/path".into()]));
         assert!(Network::new(&bad, &[], false).is_err());

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use sha2::Digest as _;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// `size` bytes at `offset` of `path`.
@@ -27,28 +27,31 @@ impl Slice {
     }
 
     /// The whole slice in memory (manifests and configs only; they are small).
-    pub fn read(&self, limit: u64) -> Result<Vec<u8>, String> {
+    pub fn read(&self, limit: u64) -> Result<Vec<u8>, StoreError> {
         if self.size > limit {
-            return Err(format!("{} bytes, more than the {limit} expected", self.size));
+            return Err(StoreError::TooLarge { size: self.size, limit });
         }
         let mut out = Vec::with_capacity(self.size as usize);
-        self.open()
-            .and_then(|mut r| r.read_to_end(&mut out))
-            .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+        self.open().and_then(|mut r| r.read_to_end(&mut out)).map_err(|source| StoreError::Io {
+            step: "reading",
+            path: self.path.clone(),
+            source,
+        })?;
         if out.len() as u64 != self.size {
-            return Err(format!("{} ends early", self.path.display()));
+            return Err(StoreError::Short { path: self.path.clone() });
         }
         Ok(out)
     }
 
     /// Hashes the slice, failing unless it is `size` bytes hashing to `digest`.
-    pub fn verify(&self, digest: &str, progress: &(dyn Fn(u64) + Sync)) -> Result<(), String> {
-        let mut r = self.open().map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+    pub fn verify(&self, digest: &str, progress: &(dyn Fn(u64) + Sync)) -> Result<(), StoreError> {
+        let read = |source| StoreError::Io { step: "reading", path: self.path.clone(), source };
+        let mut r = self.open().map_err(read)?;
         let mut hasher = sha2::Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut got = 0u64;
         loop {
-            let n = r.read(&mut buf).map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+            let n = r.read(&mut buf).map_err(read)?;
             if n == 0 {
                 break;
             }
@@ -57,14 +60,69 @@ impl Slice {
             progress(n as u64);
         }
         if got != self.size {
-            return Err(format!("{} holds {got} bytes of it, its descriptor says {}", self.path.display(), self.size));
+            return Err(StoreError::Size { path: self.path.clone(), got, want: self.size });
         }
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != digest {
-            return Err(format!("its content in {} hashes to {actual}", self.path.display()));
+            return Err(StoreError::Digest { path: self.path.clone(), actual });
         }
         Ok(())
     }
+}
+
+/// A stored blob that is not what its descriptor says, or cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading failed.
+    #[error("{step} {}: {source}", path.display())]
+    Io {
+        /// `reading`.
+        step: &'static str,
+        /// The blob file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Writing a blob failed.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The blob file.
+        path: PathBuf,
+        /// Why.
+        source: ferry_core::fs::WriteError,
+    },
+    /// Larger than a document of its kind may be.
+    #[error("{size} bytes, more than the {limit} expected")]
+    TooLarge {
+        /// Its length.
+        size: u64,
+        /// The most expected.
+        limit: u64,
+    },
+    /// Shorter than its descriptor says.
+    #[error("{} ends early", path.display())]
+    Short {
+        /// The blob file.
+        path: PathBuf,
+    },
+    /// Another length than the descriptor's.
+    #[error("{} holds {got} bytes of it, its descriptor says {want}", path.display())]
+    Size {
+        /// The blob file.
+        path: PathBuf,
+        /// Its length.
+        got: u64,
+        /// The descriptor's.
+        want: u64,
+    },
+    /// Another digest than the descriptor's.
+    #[error("its content in {} hashes to {actual}", path.display())]
+    Digest {
+        /// The blob file.
+        path: PathBuf,
+        /// What it hashes to.
+        actual: String,
+    },
 }
 
 /// The temporary blob directory; removed when dropped.
@@ -88,16 +146,12 @@ impl Store {
     }
 
     /// Stores small bytes already verified against `digest` (manifests); idempotent.
-    pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<Slice, String> {
+    pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<Slice, StoreError> {
         let path = self.path_for(digest);
         if !path.exists() {
-            let tmp = path.with_extension(format!("tmp-{:?}", std::thread::current().id()).replace(['(', ')'], ""));
-            let write = || -> std::io::Result<()> {
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(bytes)?;
-                std::fs::rename(&tmp, &path)
-            };
-            write().map_err(|e| format!("writing {}: {e}", path.display()))?;
+            // Atomic: another thread may store the same manifest at the same time.
+            ferry_core::fs::write_atomic(&path, bytes, 0o666)
+                .map_err(|source| StoreError::Write { path: path.clone(), source })?;
         }
         Ok(Slice { path, offset: 0, size: bytes.len() as u64 })
     }
@@ -118,10 +172,13 @@ mod tests {
         assert_eq!(s.read(100).unwrap(), data);
         let inner = Slice { path: s.path.clone(), offset: 6, size: 4 };
         assert_eq!(inner.read(100).unwrap(), b"blob");
-        assert!(inner.verify(&digest, &|_| {}).unwrap_err().contains("hashes to"));
+        assert!(inner.verify(&digest, &|_| {}).unwrap_err().to_string().contains("hashes to"));
         let long = Slice { path: s.path.clone(), offset: 6, size: 40 };
         assert!(
-            long.verify(&crate::images::oci::digest_of(b"blob"), &|_| {}).unwrap_err().contains("descriptor says 40")
+            long.verify(&crate::images::oci::digest_of(b"blob"), &|_| {})
+                .unwrap_err()
+                .to_string()
+                .contains("descriptor says 40")
         );
         let path = s.path.clone();
         drop(store);

@@ -362,7 +362,7 @@ fn manifest_request(endpoint: &str, image: &str) -> Result<(String, String)> {
     let Some(addr) = endpoint.strip_prefix("http://") else {
         bail!("only http:// replicas can be checked directly, not {endpoint}");
     };
-    let full = crate::check::image::normalize_image(image);
+    let full = ferry_core::image_ref::ImageRef::normalized_or_raw(image);
     let (registry, rest) = full.split_once('/').ok_or_else(|| anyhow::anyhow!("image `{image}` has no repository"))?;
     let (name, reference) = match rest.split_once('@') {
         Some((n, d)) => (n, d),

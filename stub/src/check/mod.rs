@@ -27,10 +27,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-pub mod image;
 mod workloads;
-
-pub use image::normalize_image;
 
 /// One line of the table.
 #[derive(Clone, Debug, Serialize)]
@@ -101,17 +98,20 @@ impl Report {
     }
 }
 
+/// `docker.io/library/` and `:latest` made explicit, as containerd names images
+/// (`ferry_core::image_ref::ImageRef`; a name it cannot parse is kept as given).
+pub fn normalize_image(r: &str) -> String {
+    ferry_core::image_ref::ImageRef::normalized_or_raw(r)
+}
+
 /// Image references (normalized) and digests the built-in registry serves.
 pub fn registry_images(payload: &Payload) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut refs = BTreeSet::new();
     let mut digests = BTreeSet::new();
-    for i in payload.index().metadata.extra.get("images").and_then(|v| v.as_array()).into_iter().flatten() {
-        if let Some(r) = i.get("ref").and_then(|r| r.as_str()) {
-            refs.insert(normalize_image(r));
-        }
-        if let Some(d) = i.get("digest").and_then(|r| r.as_str()) {
-            digests.insert(d.to_string());
-        }
+    // Unreadable records hold nothing: every running image then shows as not held.
+    for i in ferry_core::metadata::images(&payload.index().metadata.extra).unwrap_or_default() {
+        refs.insert(normalize_image(&i.reference));
+        digests.insert(i.digest);
     }
     (refs, digests)
 }

@@ -22,7 +22,6 @@
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The pause image kubeadm expects, by Kubernetes minor version: kubeadm's `PauseVersion` in
@@ -36,19 +35,15 @@ const PAUSE_BY_MINOR: &[(u32, u32, &str)] = &[
 ];
 
 /// The index metadata key where the packer records the bundle's control-plane images
-/// (`{images, pause, source, …}`; written by the packer's `images::controlplane`).
-pub const CONTROL_PLANE_KEY: &str = "controlPlaneImages";
+/// (`ferry_core::metadata::ControlPlaneRecord`).
+pub const CONTROL_PLANE_KEY: &str = ferry_core::metadata::key::CONTROL_PLANE;
 
 /// The pause image of the bundle: the one recorded in its metadata under [`CONTROL_PLANE_KEY`]
 /// (from the bundle's kubeadm, or the packer's table), else kubeadm's for the bundle's version
 /// from [`kubeadm_pause_image`].
 pub fn bundle_pause_image(meta: &payload_format::BundleMetadata) -> Result<String> {
-    let recorded = meta.extra.get(CONTROL_PLANE_KEY).and_then(|cp| cp.get("pause"));
-    match recorded {
-        Some(serde_json::Value::String(p)) if !p.trim().is_empty() => Ok(p.trim().to_string()),
-        Some(other) => bail!(
-            "the index's metadata.{CONTROL_PLANE_KEY}.pause is {other}, not an image reference; the installer is damaged or from an incompatible ferry"
-        ),
+    match ferry_core::metadata::recorded_pause(&meta.extra)? {
+        Some(p) => Ok(p),
         None => Ok(kubeadm_pause_image(&meta.kubernetes_version)?.to_string()),
     }
 }
@@ -283,27 +278,14 @@ fn toml_str(s: &str) -> String {
     out
 }
 
-/// Writes `contents` to `path` atomically: a temporary file in the same directory, flushed to
-/// disk, then renamed over the target, so a reader sees the old file or the new one, never half.
+/// Writes `contents` to `path` atomically (`ferry_core::fs::write_atomic`: a temporary file in
+/// the same directory, flushed to disk, then renamed over the target, so a reader sees the old
+/// file or the new one, never half), creating the directory first. The node's files are
+/// world-readable, as `File::create` would make them.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(contents).with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("flushing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    Ok(ferry_core::fs::write_atomic(path, contents, 0o666)?)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::trust;
 use crate::verify::open_payload;
 use access_log::{LogEntry, ServeBody, note};
 use anyhow::{Context, Result};
+use ferry_core::image_ref::normalize_domain;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -82,7 +83,7 @@ pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<()> {
     for w in &store.warnings {
         printer.warn(w);
     }
-    for image in crate::verify::missing_images(file.payload()) {
+    for image in crate::verify::missing_images(file.payload())? {
         printer
             .warn(format!("the bundle lacks image {image} (built with --allow-missing-images); pulls of it will fail"));
     }
@@ -231,13 +232,8 @@ pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<()> {
     let payload = open_trusted(&args.file, &args.trust, printer)?;
     let meta = &payload.index().metadata;
     let endpoints = args.endpoints.iter().map(|e| config::check_endpoint(e)).collect::<Result<Vec<_>>>()?;
-    let images: Vec<store::ImageRecord> = match meta.extra.get("images") {
-        None => Vec::new(),
-        Some(v) => {
-            serde_json::from_value(v.clone()).context("the index's metadata.images is not a list of image records")?
-        }
-    };
-    let registries = images.iter().map(|i| store::normalize_registry(&i.registry)).collect();
+    let images = ferry_core::metadata::images(&meta.extra)?;
+    let registries = images.iter().map(|i| normalize_domain(&i.registry)).collect();
     let sandbox_image = match &args.sandbox_image {
         Some(s) => s.clone(),
         None => config::bundle_pause_image(meta).with_context(|| {

@@ -9,8 +9,9 @@
 use super::Registry;
 use super::access_log::{ServeBody, note};
 use super::integrity::CorruptChunk;
-use super::store::{Blob, BlobId, Repo, is_sha256_digest, normalize_registry};
+use super::store::{Blob, BlobId, Repo, is_sha256_digest};
 use bytes::Bytes;
+use ferry_core::image_ref::normalize_domain;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use std::sync::Arc;
@@ -125,7 +126,7 @@ impl Query {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let Some(v) = percent_decode(&v.replace('+', " ")) else { continue };
             match k {
-                "ns" if !v.is_empty() => out.ns = Some(normalize_registry(&v)),
+                "ns" if !v.is_empty() => out.ns = Some(normalize_domain(&v)),
                 "n" => out.n = v.parse().ok(),
                 "last" => out.last = Some(v),
                 _ => {}
@@ -276,7 +277,7 @@ async fn manifest(
         }
     };
     let blob = reg.store.blob(id);
-    let media_type = blob.media_type.as_deref().unwrap_or("application/vnd.oci.image.manifest.v1+json");
+    let media_type = blob.media_type.as_deref().unwrap_or(ferry_core::oci::OCI_MANIFEST);
     if !accepts(req.headers, media_type) {
         return unknown(format!(
             "manifest {} is stored as {media_type}, which the request's Accept header does not include; \

@@ -1,9 +1,9 @@
 //! What the registry can serve, computed once at startup from the signed index.
 //!
-//! The packer's contract (issue 3): every image blob is a raw entry `blobs/sha256/<hex>`;
-//! `metadata.extra.images` lists one object per image reference (`registry`, `repository`, `tag`
-//! or null, `digest` of the top-level manifest or index); `metadata.extra.manifests` maps every
-//! stored manifest and index digest to its media type.
+//! The packer's contract: every image blob is a raw entry `blobs/sha256/<hex>`; the metadata's
+//! `images` lists one `ferry_core::metadata::ImageRecord` per image reference (`registry`,
+//! `repository`, `tag` or null, `digest` of the top-level manifest or index); its `manifests`
+//! maps every stored manifest and index digest to its media type.
 //!
 //! Repositories are keyed by (registry, repository), never by repository alone, so
 //! `docker.io/library/app` and `quay.io/library/app` stay apart. Each repository may serve only
@@ -12,9 +12,15 @@
 //! answer MANIFEST_UNKNOWN).
 
 use super::integrity::VerifiedFile;
+use ferry_core::image_ref::normalize_domain;
+use ferry_core::{metadata, oci};
 use payload_format::{Compression, EntryKind};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+pub use ferry_core::image_ref::is_sha256_digest;
+pub use ferry_core::metadata::ImageRecord;
+pub use ferry_core::oci::is_index_type;
 
 /// Index of a blob in [`Store::blobs`].
 pub type BlobId = u32;
@@ -59,24 +65,6 @@ pub struct Store {
     pub warnings: Vec<String>,
 }
 
-/// One element of `metadata.extra.images`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageRecord {
-    /// The reference as written in the bundle, e.g. `docker.io/library/nginx:1.27`.
-    #[serde(rename = "ref")]
-    pub reference: String,
-    /// Registry domain.
-    pub registry: String,
-    /// Repository path.
-    pub repository: String,
-    /// Tag, or null for digest-pinned references.
-    #[serde(default)]
-    pub tag: Option<String>,
-    /// Digest of the top-level manifest or index.
-    pub digest: String,
-}
-
 /// The parts of a manifest or index that reachability needs.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -103,29 +91,6 @@ struct Descriptor {
     urls: Option<Vec<String>>,
 }
 
-/// Media types of manifest lists and indexes (they point at manifests, not layers).
-pub fn is_index_type(media_type: &str) -> bool {
-    matches!(
-        media_type,
-        "application/vnd.oci.image.index.v1+json" | "application/vnd.docker.distribution.manifest.list.v2+json"
-    )
-}
-
-/// Whether `s` is `sha256:` and 64 lowercase hex digits (the only algorithm the payload stores).
-pub fn is_sha256_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-}
-
-/// Normalises a registry host the way containerd names Docker Hub.
-pub fn normalize_registry(host: &str) -> String {
-    let host = host.trim().to_ascii_lowercase();
-    match host.as_str() {
-        "registry-1.docker.io" | "index.docker.io" | "registry.hub.docker.com" => "docker.io".into(),
-        _ => host,
-    }
-}
-
 impl Store {
     /// Builds the store from the payload's index, reading (and so verifying) every manifest.
     pub fn build(file: &VerifiedFile) -> anyhow::Result<Store> {
@@ -150,11 +115,7 @@ impl Store {
             store.blobs.push(Blob { digest, offset: e.offset, size: e.size, media_type: None });
         }
 
-        let manifests: HashMap<String, String> = match extra.get("manifests") {
-            None => HashMap::new(),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| anyhow::anyhow!("the index's metadata.manifests is not a digest → media type map: {e}"))?,
-        };
+        let manifests = metadata::manifests(extra)?;
         for (digest, media_type) in &manifests {
             match store.by_digest.get(digest) {
                 Some(&id) => store.blobs[id as usize].media_type = Some(media_type.clone()),
@@ -162,16 +123,12 @@ impl Store {
             }
         }
 
-        let images: Vec<ImageRecord> = match extra.get("images") {
-            None => Vec::new(),
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| anyhow::anyhow!("the index's metadata.images is not a list of image records: {e}"))?,
-        };
+        let images = metadata::images(extra)?;
 
         // Parse every manifest reachable from an image once, and remember its children.
         let mut children: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
         for image in &images {
-            let registry = normalize_registry(&image.registry);
+            let registry = normalize_domain(&image.registry);
             let key = (registry.clone(), image.repository.clone());
             let Some(&top) = store.by_digest.get(&image.digest) else {
                 store.warnings.push(format!(
@@ -240,14 +197,10 @@ impl Store {
         };
         if blob.media_type.is_none() {
             // Not in metadata.manifests (an older or hand-made payload): trust the document.
-            let guessed = doc.media_type.clone().unwrap_or_else(|| {
-                if doc.manifests.is_some() {
-                    "application/vnd.oci.image.index.v1+json"
-                } else {
-                    "application/vnd.oci.image.manifest.v1+json"
-                }
-                .into()
-            });
+            let guessed = doc
+                .media_type
+                .clone()
+                .unwrap_or_else(|| if doc.manifests.is_some() { oci::OCI_INDEX } else { oci::OCI_MANIFEST }.into());
             self.blobs[id as usize].media_type = Some(guessed);
         }
         let mut out = Vec::new();
@@ -263,9 +216,8 @@ impl Store {
             match self.by_digest.get(&d.digest) {
                 Some(&child) => {
                     if is_index && self.blobs[child as usize].media_type.is_none() {
-                        self.blobs[child as usize].media_type = Some(
-                            d.media_type.clone().unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into()),
-                        );
+                        self.blobs[child as usize].media_type =
+                            Some(d.media_type.clone().unwrap_or_else(|| oci::OCI_MANIFEST.into()));
                     }
                     out.push(child);
                 }
@@ -323,8 +275,8 @@ mod tests {
         assert!(!is_sha256_digest(&format!("sha256:{}", "A".repeat(64))));
         assert!(!is_sha256_digest("sha256:abc"));
         assert!(!is_sha256_digest(&format!("sha512:{}", "a".repeat(64))));
-        assert_eq!(normalize_registry("registry-1.docker.io"), "docker.io");
-        assert_eq!(normalize_registry("Quay.io"), "quay.io");
-        assert_eq!(normalize_registry("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(normalize_domain("registry-1.docker.io"), "docker.io");
+        assert_eq!(normalize_domain("Quay.io"), "quay.io");
+        assert_eq!(normalize_domain("127.0.0.1:5000"), "127.0.0.1:5000");
     }
 }

@@ -158,9 +158,8 @@ pub fn prepare_plan(ctx: &Ctx, host: &Host) -> crate::agent::prepare::Plan {
 
 /// The image every node pulls through the mirror to prove the registry phase.
 pub fn probe_image(payload: &Payload) -> Option<String> {
-    let images = payload.index().metadata.extra.get("images")?.as_array()?;
-    let mut refs: Vec<String> =
-        images.iter().filter_map(|i| i.get("ref").and_then(|r| r.as_str()).map(String::from)).collect();
+    let images = ferry_core::metadata::images(&payload.index().metadata.extra).ok()?;
+    let mut refs: Vec<String> = images.into_iter().map(|i| i.reference).collect();
     refs.sort_by_key(|r| (!r.contains("pause"), r.clone()));
     refs.into_iter().next()
 }

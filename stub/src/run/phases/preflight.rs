@@ -201,7 +201,7 @@ pub async fn gate<H: RemoteHost>(
     stage: &Stage,
 ) -> Result<Passed<H>> {
     let surveyed = survey_all(ctx, &connected, &mut problems, limit, stage).await;
-    problems.extend(judge_all(ctx, &surveyed));
+    problems.extend(judge_all(ctx, &surveyed)?);
     // On a node ferry already made part of this cluster, the Kubernetes ports are taken by its
     // own apiserver, kubelet and LB: expected on a re-run or a `join`, not a problem.
     let installed: Vec<String> = surveyed
@@ -274,7 +274,7 @@ async fn survey_all<H: RemoteHost>(
 }
 
 /// Every surveyed host judged against the bundle and the cluster.
-fn judge_all(ctx: &Ctx, surveyed: &[Option<Surveyed>]) -> Vec<Problem> {
+fn judge_all(ctx: &Ctx, surveyed: &[Option<Surveyed>]) -> Result<Vec<Problem>> {
     let judged: Vec<preflight::HostFacts> = surveyed
         .iter()
         .enumerate()
@@ -290,21 +290,13 @@ fn judge_all(ctx: &Ctx, surveyed: &[Option<Surveyed>]) -> Vec<Problem> {
         .collect();
     let rules = preflight::Rules {
         arch: std::env::consts::ARCH.into(),
-        platforms: ctx
-            .payload
-            .index()
-            .metadata
-            .extra
-            .get("platforms")
-            .and_then(|p| p.as_array())
-            .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
-            .unwrap_or_default(),
+        platforms: ferry_core::metadata::platforms(&ctx.payload.index().metadata.extra)?,
         registry_port: ctx.cluster.registry_port,
         lb_port: crate::node::LB_PORT,
         force: ctx.force,
         max_skew_ms: MAX_SKEW_MS,
     };
-    preflight::judge(&judged, &rules)
+    Ok(preflight::judge(&judged, &rules))
 }
 
 /// Reports and records each host's pass (with its cgroup version).

@@ -1,5 +1,6 @@
-//! Where output goes: results on stdout, progress and diagnostics on stderr. Progress bars are
-//! drawn only on a terminal; elsewhere (CI, logs, pipes) the commands print plain summary lines.
+//! Owns where output goes: results on stdout, progress and diagnostics on stderr. Progress bars
+//! are drawn only on a terminal; elsewhere (CI, logs, pipes) the commands print plain summary
+//! lines.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -30,11 +31,13 @@ impl Printer {
         eprintln!("warning: {}", line.as_ref());
     }
 
-    /// Prints an error with its chain of causes.
-    pub fn error(&self, err: &anyhow::Error) {
+    /// Prints an error with its chain of causes (an `anyhow::Error` is passed as `err.as_ref()`).
+    pub fn error(&self, err: &(dyn std::error::Error + 'static)) {
         eprintln!("error: {err}");
-        for cause in err.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+        let mut cause = err.source();
+        while let Some(c) = cause {
+            eprintln!("  caused by: {c}");
+            cause = c.source();
         }
     }
 
@@ -44,7 +47,7 @@ impl Printer {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(10));
             bar.set_style(
                 ProgressStyle::with_template("{prefix:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                    .expect("static template")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
             );
             bar.set_prefix(label.to_string());
@@ -82,6 +85,18 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: cause` (as `anyhow` writes `{:#}`).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Writes one line to stdout. When the reader has gone (`installer inspect | head`), ends the

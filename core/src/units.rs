@@ -1,4 +1,4 @@
-//! Human-readable sizes, durations and dates.
+//! Owns how sizes and dates read for people.
 
 /// `1.5 GiB`-style size.
 pub fn bytes(n: u64) -> String {
