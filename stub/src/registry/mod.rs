@@ -29,26 +29,19 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use integrity::VerifiedFile;
 use payload_format::{Payload, SignatureStatus, TrustPolicy};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use integrity::VerifiedFile;
+use routes::Registry;
 use store::Store;
 
 /// Connections served at once; more wait in the kernel's accept queue. Bounds memory: each
 /// connection costs a task and hyper's buffers, never a copy of a blob.
 const MAX_CONNECTIONS: usize = 1024;
-
-/// The state every request shares.
-pub struct Registry {
-    /// The mapped, lazily verified installer.
-    pub file: VerifiedFile,
-    /// What it serves.
-    pub store: Store,
-}
 
 /// Opens the installer and checks what `verify` checks except the full chunk scan: trailer,
 /// index digest, signature against the trust policy, and the installer program's own bytes.

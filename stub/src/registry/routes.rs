@@ -6,15 +6,22 @@
 //! HEAD answers carry exactly GET's headers (containerd builds descriptors from them) and no
 //! body. Manifests are served byte-exact with their stored media type.
 
-use super::Registry;
 use super::access_log::{ServeBody, note};
-use super::integrity::CorruptChunk;
-use super::store::{Blob, BlobId, Repo, is_sha256_digest};
+use super::integrity::{CorruptChunk, VerifiedFile};
+use super::store::{Blob, BlobId, Repo, Store, is_sha256_digest};
 use bytes::Bytes;
 use ferry_core::image_ref::normalize_domain;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use std::sync::Arc;
+
+/// The state every request shares.
+pub struct Registry {
+    /// The mapped, lazily verified installer.
+    pub file: VerifiedFile,
+    /// What it serves.
+    pub store: Store,
+}
 
 /// Distribution's API-version header; old Docker clients check it.
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
