@@ -191,10 +191,12 @@ impl Collector<'_> {
         let walked: Vec<Mutex<Option<Result<Walked, String>>>> = images.iter().map(|_| Mutex::new(None)).collect();
         self.parallel(images.len(), |i| {
             let r = self.resolve(&images[i], &|_| {});
-            *walked[i].lock().unwrap() = Some(r);
+            *walked[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
         });
-        let walked: Vec<Result<Walked, String>> =
-            walked.into_iter().map(|m| m.into_inner().unwrap().expect("every image ran")).collect();
+        let walked: Vec<Result<Walked, String>> = walked
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).expect("every image ran"))
+            .collect();
 
         // Phase 2: unique blobs; the cheapest source of each first.
         let mut needs: BTreeMap<String, Vec<Need>> = BTreeMap::new();
@@ -215,13 +217,15 @@ impl Collector<'_> {
         self.parallel(unique.len(), |i| {
             let (digest, candidates) = &unique[i];
             let r = self.fetch(digest, candidates, progress, &pulled);
-            *results[i].lock().unwrap() = Some(r);
+            *results[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
         });
         bar.finish();
         let blob_results: HashMap<String, Result<Slice, String>> = unique
             .into_iter()
             .zip(results)
-            .map(|((d, _), r)| (d, r.into_inner().unwrap().expect("every blob ran")))
+            .map(|((d, _), r)| {
+                (d, r.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).expect("every blob ran"))
+            })
             .collect();
 
         // Assemble per image.

@@ -357,7 +357,7 @@ impl RegistryClient {
         if self.net.offline {
             return Err(FetchError::Unreachable(format!("{ep}: not contacted (--offline)")));
         }
-        if let Some(why) = self.dead.lock().unwrap().get(&ep.url) {
+        if let Some(why) = self.dead.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&ep.url) {
             return Err(FetchError::Unreachable(why.clone()));
         }
         let url = format!("{}{}", ep.url, path);
@@ -369,7 +369,7 @@ impl RegistryClient {
             if let Some(a) = accept {
                 req = req.header("Accept", a);
             }
-            let cached = self.auth.lock().unwrap().get(&key).cloned();
+            let cached = self.auth.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).cloned();
             if let Some(h) = &cached {
                 req = req.header("Authorization", h);
             }
@@ -390,7 +390,10 @@ impl RegistryClient {
                             | ureq::Error::Rustls(_)
                     ) || matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
                     if connect_failure {
-                        self.dead.lock().unwrap().insert(ep.url.clone(), why.clone());
+                        self.dead
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(ep.url.clone(), why.clone());
                     }
                     return Err(FetchError::Unreachable(why));
                 }
@@ -401,7 +404,7 @@ impl RegistryClient {
                 let challenge =
                     resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                 let header = self.authenticate(ep, repo, &challenge)?;
-                self.auth.lock().unwrap().insert(key.clone(), header);
+                self.auth.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), header);
                 continue;
             }
             if status == 401 || status == 403 {

@@ -208,7 +208,7 @@ struct Pool {
 
 impl Pool {
     fn snapshot(&self) -> Vec<Arc<Backend>> {
-        self.backends.read().expect("backend list lock").clone()
+        self.backends.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Backends to try for a new connection: healthy ones first, starting at the round-robin
@@ -312,7 +312,7 @@ async fn apply(pool: &Arc<Pool>, addrs: &[String]) {
             );
         }
     }
-    *pool.backends.write().expect("backend list lock") = next;
+    *pool.backends.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
     for b in fresh {
         tokio::spawn(checker(b, pool.interval));
     }

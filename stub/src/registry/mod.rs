@@ -29,14 +29,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use integrity::VerifiedFile;
 use payload_format::{Payload, SignatureStatus, TrustPolicy};
+use routes::Registry;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use integrity::VerifiedFile;
-use routes::Registry;
 use store::Store;
 
 /// Connections served at once; more wait in the kernel's accept queue. Bounds memory: each
