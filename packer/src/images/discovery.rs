@@ -17,6 +17,7 @@ use super::controlplane;
 use crate::spec::Bundle;
 use anyhow::Result;
 use ferry_core::image_ref::ImageRef;
+use ferry_core::printer::error_chain;
 use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -259,7 +260,7 @@ fn manifest_files(real: &Path, field: &str, errors: &mut Vec<String>) -> Vec<Pat
             .map(|t| t.source)
             .collect(),
         Err(e) => {
-            errors.push(format!("{e:#}"));
+            errors.push(error_chain(&e));
             Vec::new()
         }
     }
@@ -503,7 +504,7 @@ impl ChartFiles {
     fn load(path: &Path) -> Result<ChartFiles, String> {
         if path.is_dir() {
             let mut map = BTreeMap::new();
-            for item in crate::tree::walk(path, "chart").map_err(|e| format!("{e:#}"))? {
+            for item in crate::tree::walk(path, "chart").map_err(|e| error_chain(&e))? {
                 if item.kind == crate::tree::ItemKind::File && wanted_chart_file(&item.rel) {
                     let bytes = std::fs::read(&item.source).map_err(|e| format!("{}: {e}", item.source.display()))?;
                     map.insert(item.rel, bytes);
