@@ -10,8 +10,8 @@
 //! It reads the spec through [`SpecPaths`], which `spec::Bundle` implements, so the spec can
 //! check its launch steps when it loads without this module depending on it.
 
-use anyhow::{Result, bail};
-use ferry_core::launch::{LaunchStep, LaunchStepFields};
+use crate::paths::PathError;
+use ferry_core::launch::{LaunchStep, LaunchStepFields, StepError};
 use std::path::{Path, PathBuf};
 
 /// What resolving the steps needs from the loaded spec.
@@ -23,58 +23,113 @@ pub trait SpecPaths {
     /// `spec.launch` as written.
     fn launch(&self) -> &[LaunchStepFields];
     /// `spec.manifests` paths, resolved.
-    fn manifest_roots(&self) -> Result<Vec<PathBuf>>;
+    fn manifest_roots(&self) -> Result<Vec<PathBuf>, PathError>;
     /// `spec.charts` paths, resolved.
-    fn chart_roots(&self) -> Result<Vec<PathBuf>>;
+    fn chart_roots(&self) -> Result<Vec<PathBuf>, PathError>;
     /// Resolves `rel` (from field `field`) inside the spec's directory.
-    fn resolve(&self, field: &str, rel: &str) -> Result<PathBuf>;
+    fn resolve(&self, field: &str, rel: &str) -> Result<PathBuf, PathError>;
+}
+
+/// A launch step that cannot be used. Each variant names the spec file and the step
+/// (`spec.launch[2]`).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// None or several of `manifests`, `chart` and `run`.
+    #[error("{}: {at} must have exactly one of `manifests`, `chart` or `run`; it has {has}", file.display())]
+    Kinds {
+        /// The spec file.
+        file: PathBuf,
+        /// The step.
+        at: String,
+        /// What it has, in words.
+        has: String,
+    },
+    /// `values` without `chart`.
+    #[error("{}: {at}: `values` belongs to a `chart` step", file.display())]
+    Values {
+        /// The spec file.
+        file: PathBuf,
+        /// The step.
+        at: String,
+    },
+    /// `namespace` on a `run` step.
+    #[error(
+        "{}: {at}: `namespace` belongs to a `manifests` or `chart` step (a `run` step sets its own)",
+        file.display()
+    )]
+    NamespaceOnRun {
+        /// The spec file.
+        file: PathBuf,
+        /// The step.
+        at: String,
+    },
+    /// A namespace that is no DNS label.
+    #[error(
+        "{}: {at}.namespace `{namespace}` must be 1-63 lowercase letters, digits or `-`, starting and ending with a letter or digit",
+        file.display()
+    )]
+    Namespace {
+        /// The spec file.
+        file: PathBuf,
+        /// The step.
+        at: String,
+        /// The namespace as written.
+        namespace: String,
+    },
+    /// An empty `run`.
+    #[error("{}: {at}.run is empty", file.display())]
+    EmptyRun {
+        /// The spec file.
+        file: PathBuf,
+        /// The step.
+        at: String,
+    },
+    /// A path outside what the bundle carries.
+    #[error(
+        "{}: {at}.{field} `{rel}` is not carried by the bundle: it must be inside {carried_by} (add it, or its directory, there)",
+        file.display()
+    )]
+    NotCarried {
+        /// The spec file.
+        file: PathBuf,
+        /// The step.
+        at: String,
+        /// `manifests`, `chart` or `values`.
+        field: &'static str,
+        /// The path as written.
+        rel: String,
+        /// The spec fields that may carry it.
+        carried_by: &'static str,
+    },
+    /// A step the shared launch-step rules refuse.
+    #[error("{}: {at}: {cause}", file.display())]
+    Step {
+        /// The spec file.
+        file: PathBuf,
+        /// The step.
+        at: String,
+        /// Why.
+        cause: StepError,
+    },
+    /// A path that cannot be resolved.
+    #[error(transparent)]
+    Path(#[from] PathError),
 }
 
 /// Checks `spec.launch` and returns the steps with payload entry paths, in order.
-pub fn resolve(bundle: &impl SpecPaths) -> Result<Vec<LaunchStep>> {
+pub fn resolve(bundle: &impl SpecPaths) -> Result<Vec<LaunchStep>, LaunchError> {
     if bundle.launch().is_empty() {
         return Ok(Vec::new());
     }
-    let f = bundle.file().display();
     let manifests = bundle.manifest_roots()?;
     let charts = bundle.chart_roots()?;
     let both: Vec<PathBuf> = manifests.iter().chain(&charts).cloned().collect();
     let mut out = Vec::with_capacity(bundle.launch().len());
     for (i, s) in bundle.launch().iter().enumerate() {
         let at = format!("spec.launch[{i}]");
-        let given = s.kinds();
-        if given.len() != 1 {
-            let has = if given.is_empty() { "none".to_string() } else { format!("`{}`", given.join("` and `")) };
-            bail!("{f}: {at} must have exactly one of `manifests`, `chart` or `run`; it has {has}");
-        }
-        if s.values.is_some() && s.chart.is_none() {
-            bail!("{f}: {at}: `values` belongs to a `chart` step");
-        }
-        if let Some(ns) = &s.namespace {
-            if s.run.is_some() {
-                bail!("{f}: {at}: `namespace` belongs to a `manifests` or `chart` step (a `run` step sets its own)");
-            }
-            if !dns_label(ns) {
-                bail!(
-                    "{f}: {at}.namespace `{ns}` must be 1-63 lowercase letters, digits or `-`, starting and ending with a letter or digit"
-                );
-            }
-        }
-        if let Some(cmd) = &s.run {
-            if cmd.trim().is_empty() {
-                bail!("{f}: {at}.run is empty");
-            }
-        }
-        let map = |field: &str, rel: &str, within: &[PathBuf], carried_by: &str| -> Result<String> {
-            let real = bundle.resolve(&format!("{at}.{field}"), rel)?;
-            if !within.iter().any(|r| real.starts_with(r)) {
-                bail!(
-                    "{f}: {at}.{field} `{rel}` is not carried by the bundle: it must be inside {carried_by} (add it, or its directory, there)"
-                );
-            }
-            // resolve keeps paths inside the directory; the prefix is there.
-            let inner = real.strip_prefix(bundle.dir()).unwrap_or(&real).to_string_lossy().into_owned();
-            Ok(if inner.is_empty() { "bundle".into() } else { format!("bundle/{inner}") })
+        check_step(bundle.file(), &at, s)?;
+        let map = |field, rel: &str, within: &[PathBuf], carried_by| -> Result<String, LaunchError> {
+            map_path(bundle, &at, Carried { field, rel, within, carried_by })
         };
         let mapped = LaunchStepFields {
             manifests: s.manifests.as_deref().map(|p| map("manifests", p, &manifests, "spec.manifests")).transpose()?,
@@ -87,9 +142,62 @@ pub fn resolve(bundle: &impl SpecPaths) -> Result<Vec<LaunchStep>> {
             namespace: s.namespace.clone(),
             run: s.run.clone(),
         };
-        out.push(LaunchStep::try_from(mapped).map_err(|e| anyhow::anyhow!("{f}: {at}: {e}"))?);
+        let file = bundle.file().to_path_buf();
+        out.push(LaunchStep::try_from(mapped).map_err(|cause| LaunchError::Step { file, at, cause })?);
     }
     Ok(out)
+}
+
+/// The rules a step's fields follow among themselves.
+fn check_step(file: &Path, at: &str, s: &LaunchStepFields) -> Result<(), LaunchError> {
+    let (file, at) = (file.to_path_buf(), at.to_string());
+    let given = s.kinds();
+    if given.len() != 1 {
+        let has = if given.is_empty() { "none".to_string() } else { format!("`{}`", given.join("` and `")) };
+        return Err(LaunchError::Kinds { file, at, has });
+    }
+    if s.values.is_some() && s.chart.is_none() {
+        return Err(LaunchError::Values { file, at });
+    }
+    if let Some(ns) = &s.namespace {
+        if s.run.is_some() {
+            return Err(LaunchError::NamespaceOnRun { file, at });
+        }
+        if !dns_label(ns) {
+            return Err(LaunchError::Namespace { file, at, namespace: ns.clone() });
+        }
+    }
+    if let Some(cmd) = &s.run {
+        if cmd.trim().is_empty() {
+            return Err(LaunchError::EmptyRun { file, at });
+        }
+    }
+    Ok(())
+}
+
+/// A path of a step and the spec paths that must carry it.
+struct Carried<'a> {
+    field: &'static str,
+    rel: &'a str,
+    within: &'a [PathBuf],
+    carried_by: &'static str,
+}
+
+/// The payload entry path of a step's path, which must lie inside what the bundle carries.
+fn map_path(bundle: &impl SpecPaths, at: &str, c: Carried<'_>) -> Result<String, LaunchError> {
+    let real = bundle.resolve(&format!("{at}.{}", c.field), c.rel)?;
+    if !c.within.iter().any(|r| real.starts_with(r)) {
+        return Err(LaunchError::NotCarried {
+            file: bundle.file().to_path_buf(),
+            at: at.to_string(),
+            field: c.field,
+            rel: c.rel.to_string(),
+            carried_by: c.carried_by,
+        });
+    }
+    // resolve keeps paths inside the directory; the prefix is there.
+    let inner = real.strip_prefix(bundle.dir()).unwrap_or(&real).to_string_lossy().into_owned();
+    Ok(if inner.is_empty() { "bundle".into() } else { format!("bundle/{inner}") })
 }
 
 /// A Kubernetes namespace name (RFC 1123 label).
@@ -108,7 +216,7 @@ mod tests {
 
     /// A bundle directory with manifests/{a.yaml,sub/b.yaml}, charts/app/Chart.yaml,
     /// charts/values.yaml and other/c.yaml; `launch` is appended to the spec.
-    fn load(launch: &str) -> (tempfile::TempDir, Result<Bundle>) {
+    fn load(launch: &str) -> (tempfile::TempDir, Result<Bundle, crate::spec::SpecError>) {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for p in ["rootfs", "manifests/sub", "charts/app", "other"] {

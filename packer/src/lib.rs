@@ -7,6 +7,7 @@ pub mod cli;
 pub mod images;
 pub mod keygen;
 pub mod launch;
+pub mod paths;
 pub mod spec;
 pub mod tree;
 

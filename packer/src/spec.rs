@@ -1,7 +1,8 @@
 //! `bundle.yaml`: the bundle spec, Kubernetes-style. Unknown fields are errors naming the field
 //! and its line; every path is resolved against the spec's directory and may not escape it.
 
-use anyhow::{Context, Result, bail};
+use crate::launch::LaunchError;
+use crate::paths::PathError;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::collections::BTreeMap;
@@ -164,6 +165,123 @@ pub struct FileItem {
     pub dest: String,
 }
 
+/// Why a spec cannot be used. Each variant names the spec file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file cannot be read.
+    #[error("reading bundle spec {}", path.display())]
+    Read {
+        /// The spec file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not a spec: bad YAML, an unknown or missing field (with its line).
+    #[error("{}: {cause}", path.display())]
+    Parse {
+        /// The spec file.
+        path: PathBuf,
+        /// Why.
+        cause: Box<serde_saphyr::Error>,
+    },
+    /// The spec's directory cannot be resolved.
+    #[error("resolving the directory of {}", path.display())]
+    Dir {
+        /// The spec file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another `apiVersion`.
+    #[error("{}: apiVersion is `{found}`; this ferry reads `{API_VERSION}`", file.display())]
+    ApiVersion {
+        /// The spec file.
+        file: PathBuf,
+        /// What it says.
+        found: String,
+    },
+    /// Another `kind`.
+    #[error("{}: kind is `{found}`; expected `Bundle`", file.display())]
+    Kind {
+        /// The spec file.
+        file: PathBuf,
+        /// What it says.
+        found: String,
+    },
+    /// A `metadata.name` that is no DNS name.
+    #[error("{}: metadata.name `{name}` must be 1-63 lowercase letters, digits, `-` or `.`", file.display())]
+    Name {
+        /// The spec file.
+        file: PathBuf,
+        /// What it says.
+        name: String,
+    },
+    /// An empty `metadata.version`.
+    #[error("{}: metadata.version is empty", .0.display())]
+    Version(PathBuf),
+    /// A Kubernetes version that is not `vX.Y.Z`.
+    #[error("{}: spec.kubernetes.version `{version}` is not of the form vMAJOR.MINOR.PATCH", file.display())]
+    KubernetesVersion {
+        /// The spec file.
+        file: PathBuf,
+        /// What it says.
+        version: String,
+    },
+    /// A platform that is not `os/arch[/variant]`.
+    #[error("{}: spec.platforms: {cause}", file.display())]
+    Platform {
+        /// The spec file.
+        file: PathBuf,
+        /// Why.
+        cause: crate::images::oci::PlatformError,
+    },
+    /// An image reference that does not parse.
+    #[error("{}: spec.images[{index}]: {cause}", file.display())]
+    ImageRef {
+        /// The spec file.
+        file: PathBuf,
+        /// Its position in `spec.images`.
+        index: usize,
+        /// Why.
+        cause: ferry_core::image_ref::RefError,
+    },
+    /// An image source of neither kind.
+    #[error(
+        "{}: spec.images[{index}].source `{given}` must be `oci:PATH[:TAG]` or `docker-archive:PATH`",
+        file.display()
+    )]
+    ImageSource {
+        /// The spec file.
+        file: PathBuf,
+        /// Its position in `spec.images`.
+        index: usize,
+        /// The source as written.
+        given: String,
+    },
+    /// A registry with an empty list of mirrors.
+    #[error("{}: registryMirrors.{registry} lists no mirror", file.display())]
+    NoMirror {
+        /// The spec file.
+        file: PathBuf,
+        /// The registry.
+        registry: String,
+    },
+    /// A `spec.files` destination that is not an absolute file path.
+    #[error("{}: spec.files dest `{dest}` must be an absolute file path without `..`", file.display())]
+    FileDest {
+        /// The spec file.
+        file: PathBuf,
+        /// The destination as written.
+        dest: String,
+    },
+    /// A path field that cannot be used.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A launch step that cannot be used.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+}
+
 /// A spec with its location, ready to resolve paths.
 #[derive(Debug)]
 pub struct Bundle {
@@ -177,65 +295,78 @@ pub struct Bundle {
 
 impl Bundle {
     /// Reads and checks a spec file.
-    pub fn load(path: &Path) -> Result<Bundle> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading bundle spec {}", path.display()))?;
-        let spec: BundleFile =
-            serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))?;
+    pub fn load(path: &Path) -> Result<Bundle, SpecError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
+        let spec: BundleFile = serde_saphyr::from_str(&text)
+            .map_err(|e| SpecError::Parse { path: path.to_path_buf(), cause: Box::new(e) })?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .canonicalize()
-            .with_context(|| format!("resolving the directory of {}", path.display()))?;
+            .map_err(|source| SpecError::Dir { path: path.to_path_buf(), source })?;
         let bundle = Bundle { file: path.to_path_buf(), dir, spec };
-        bundle.check()?;
+        bundle.check_header()?;
+        bundle.check_spec()?;
         crate::launch::resolve(&bundle)?;
         Ok(bundle)
     }
 
-    fn check(&self) -> Result<()> {
+    /// `apiVersion`, `kind`, `metadata` and the Kubernetes version.
+    fn check_header(&self) -> Result<(), SpecError> {
         let s = &self.spec;
-        let f = self.file.display();
+        let file = self.file.clone();
         if s.api_version != API_VERSION {
-            bail!("{f}: apiVersion is `{}`; this ferry reads `{API_VERSION}`", s.api_version);
+            return Err(SpecError::ApiVersion { file, found: s.api_version.clone() });
         }
         if s.kind != "Bundle" {
-            bail!("{f}: kind is `{}`; expected `Bundle`", s.kind);
+            return Err(SpecError::Kind { file, found: s.kind.clone() });
         }
         let name_ok = !s.metadata.name.is_empty()
             && s.metadata.name.len() <= 63
             && s.metadata.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
         if !name_ok {
-            bail!("{f}: metadata.name `{}` must be 1-63 lowercase letters, digits, `-` or `.`", s.metadata.name);
+            return Err(SpecError::Name { file, name: s.metadata.name.clone() });
         }
         if s.metadata.version.trim().is_empty() {
-            bail!("{f}: metadata.version is empty");
+            return Err(SpecError::Version(file));
         }
         if parse_kubernetes_version(&s.spec.kubernetes.version).is_none() {
-            bail!("{f}: spec.kubernetes.version `{}` is not of the form vMAJOR.MINOR.PATCH", s.spec.kubernetes.version);
+            return Err(SpecError::KubernetesVersion { file, version: s.spec.kubernetes.version.clone() });
         }
-        for p in &s.spec.platforms {
-            crate::images::oci::Platform::parse(p).map_err(|e| anyhow::anyhow!("{f}: spec.platforms: {e}"))?;
+        Ok(())
+    }
+
+    /// Platforms, images, mirrors and file destinations.
+    fn check_spec(&self) -> Result<(), SpecError> {
+        let s = &self.spec.spec;
+        let file = || self.file.clone();
+        for p in &s.platforms {
+            crate::images::oci::Platform::parse(p).map_err(|cause| SpecError::Platform { file: file(), cause })?;
         }
-        for (i, item) in s.spec.images.iter().enumerate() {
-            ferry_core::image_ref::ImageRef::parse(&item.r#ref)
-                .map_err(|e| anyhow::anyhow!("{f}: spec.images[{i}]: {e}"))?;
+        for (index, item) in s.images.iter().enumerate() {
+            ferry_core::image_ref::ImageRef::parse(&item.r#ref).map_err(|cause| SpecError::ImageRef {
+                file: file(),
+                index,
+                cause,
+            })?;
             if let Some(src) = &item.source {
                 if !(src.starts_with("oci:") || src.starts_with("docker-archive:")) {
-                    bail!("{f}: spec.images[{i}].source `{src}` must be `oci:PATH[:TAG]` or `docker-archive:PATH`");
+                    return Err(SpecError::ImageSource { file: file(), index, given: src.clone() });
                 }
             }
         }
-        for (registry, mirrors) in &s.spec.registry_mirrors {
+        for (registry, mirrors) in &s.registry_mirrors {
             if mirrors.0.is_empty() {
-                bail!("{f}: registryMirrors.{registry} lists no mirror");
+                return Err(SpecError::NoMirror { file: file(), registry: registry.clone() });
             }
         }
-        for item in &s.spec.files {
+        for item in &s.files {
             let d = Path::new(&item.dest);
             if !d.is_absolute() || d.components().any(|c| matches!(c, Component::ParentDir)) || item.dest.ends_with('/')
             {
-                bail!("{f}: spec.files dest `{}` must be an absolute file path without `..`", item.dest);
+                return Err(SpecError::FileDest { file: file(), dest: item.dest.clone() });
             }
         }
         Ok(())
@@ -243,23 +374,8 @@ impl Bundle {
 
     /// Resolves `rel` (from field `field`) against the spec directory, refusing paths that do
     /// not exist or that lead outside it.
-    pub fn resolve(&self, field: &str, rel: &str) -> Result<PathBuf> {
-        let f = self.file.display();
-        if Path::new(rel).is_absolute() {
-            bail!("{f}: {field} `{rel}` must be relative to the spec's directory");
-        }
-        let joined = self.dir.join(rel);
-        let real = joined
-            .canonicalize()
-            .with_context(|| format!("{f}: {field} `{rel}` does not exist ({})", joined.display()))?;
-        if !real.starts_with(&self.dir) {
-            bail!(
-                "{f}: {field} `{rel}` escapes the spec's directory {} (it resolves to {})",
-                self.dir.display(),
-                real.display()
-            );
-        }
-        Ok(real)
+    pub fn resolve(&self, field: &str, rel: &str) -> Result<PathBuf, PathError> {
+        crate::paths::resolve_inside(&self.file, &self.dir, field, rel)
     }
 }
 
@@ -276,21 +392,21 @@ impl crate::launch::SpecPaths for Bundle {
         &self.spec.spec.launch
     }
 
-    fn manifest_roots(&self) -> Result<Vec<PathBuf>> {
+    fn manifest_roots(&self) -> Result<Vec<PathBuf>, PathError> {
         self.roots(&self.spec.spec.manifests, "spec.manifests")
     }
 
-    fn chart_roots(&self) -> Result<Vec<PathBuf>> {
+    fn chart_roots(&self) -> Result<Vec<PathBuf>, PathError> {
         self.roots(&self.spec.spec.charts, "spec.charts")
     }
 
-    fn resolve(&self, field: &str, rel: &str) -> Result<PathBuf> {
+    fn resolve(&self, field: &str, rel: &str) -> Result<PathBuf, PathError> {
         Bundle::resolve(self, field, rel)
     }
 }
 
 impl Bundle {
-    fn roots(&self, items: &[PathItem], field: &str) -> Result<Vec<PathBuf>> {
+    fn roots(&self, items: &[PathItem], field: &str) -> Result<Vec<PathBuf>, PathError> {
         items.iter().enumerate().map(|(i, it)| self.resolve(&format!("{field}[{i}].path"), &it.path)).collect()
     }
 }
@@ -308,7 +424,7 @@ pub fn parse_kubernetes_version(v: &str) -> Option<(u32, u32, u32)> {
 mod tests {
     use super::*;
 
-    fn load(yaml: &str) -> Result<Bundle> {
+    fn load(yaml: &str) -> Result<Bundle, SpecError> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bundle.yaml");
         std::fs::write(&p, yaml).unwrap();

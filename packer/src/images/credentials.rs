@@ -5,7 +5,6 @@
 //! the upstream registry's password), are never printed (`Debug` redacts them) and never stored
 //! in the installer.
 
-use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use std::collections::HashMap;
 use std::fmt;
@@ -58,13 +57,49 @@ pub fn host_key(s: &str) -> String {
     }
 }
 
+/// Registry logins that cannot be read. No variant quotes a password or the config's content.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// Docker's config cannot be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Docker's config is not JSON.
+    #[error("{origin} is not valid JSON (line {line})")]
+    Json {
+        /// The config file.
+        origin: String,
+        /// Where.
+        line: usize,
+    },
+    /// An `auth` that is not `base64(USER:PASSWORD)`.
+    #[error("{origin}: auths.{key}.auth is not base64 of USER:PASSWORD")]
+    Auth {
+        /// The config file.
+        origin: String,
+        /// The registry key.
+        key: String,
+    },
+    /// A `--registry-auth` that is not `HOST=USER:PASSWORD`.
+    #[error("--registry-auth `{host}=…` must be HOST=USER:PASSWORD")]
+    Cli {
+        /// The host part as given.
+        host: String,
+    },
+}
+
 impl Credentials {
     /// Reads Docker's config (when present) and applies `--registry-auth` values over it.
-    pub fn load(cli: &[String]) -> Result<Credentials> {
+    pub fn load(cli: &[String]) -> Result<Credentials, CredentialsError> {
         let mut creds = Credentials::default();
         if let Some(path) = docker_config_path() {
             if path.exists() {
-                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| CredentialsError::Read { path: path.clone(), source })?;
                 creds.add_docker_config(&text, &path.display().to_string())?;
                 creds.config_path = Some(path);
             }
@@ -77,7 +112,7 @@ impl Credentials {
     }
 
     /// Adds the `auths` of a Docker `config.json`.
-    pub fn add_docker_config(&mut self, text: &str, origin: &str) -> Result<()> {
+    pub fn add_docker_config(&mut self, text: &str, origin: &str) -> Result<(), CredentialsError> {
         #[derive(serde::Deserialize, Default)]
         #[serde(rename_all = "camelCase")]
         struct Config {
@@ -98,8 +133,8 @@ impl Credentials {
             password: Option<String>,
         }
         // Never quote the file's content in errors: it holds secrets.
-        let cfg: Config = serde_json::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{origin} is not valid JSON (line {})", e.line()))?;
+        let cfg: Config =
+            serde_json::from_str(text).map_err(|e| CredentialsError::Json { origin: origin.into(), line: e.line() })?;
         for (key, entry) in cfg.auths {
             let host = host_key(&key);
             let login = if let Some(auth) = entry.auth.filter(|a| !a.is_empty()) {
@@ -110,7 +145,7 @@ impl Credentials {
                     .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())));
                 match decoded {
                     Some((user, password)) => Login { user, password, origin: origin.into() },
-                    None => bail!("{origin}: auths.{key}.auth is not base64 of USER:PASSWORD"),
+                    None => return Err(CredentialsError::Auth { origin: origin.into(), key }),
                 }
             } else if let (Some(user), Some(password)) = (entry.username, entry.password) {
                 Login { user, password, origin: origin.into() }
@@ -158,11 +193,8 @@ fn docker_config_path() -> Option<PathBuf> {
 }
 
 /// `HOST=USER:PASS`. The error never repeats the password.
-fn parse_cli(arg: &str) -> Result<(String, Login)> {
-    let bad = || {
-        let host = arg.split('=').next().unwrap_or("");
-        anyhow::anyhow!("--registry-auth `{host}=…` must be HOST=USER:PASSWORD")
-    };
+fn parse_cli(arg: &str) -> Result<(String, Login), CredentialsError> {
+    let bad = || CredentialsError::Cli { host: arg.split('=').next().unwrap_or("").to_string() };
     let (host, cred) = arg.split_once('=').ok_or_else(bad)?;
     let (user, password) = cred.split_once(':').ok_or_else(bad)?;
     if host.is_empty() || user.is_empty() {

@@ -14,8 +14,9 @@
 //! control plane with where its list came from.
 
 use super::controlplane;
+use crate::paths::PathError;
 use crate::spec::Bundle;
-use anyhow::Result;
+use crate::tree::TreeError;
 use ferry_core::image_ref::ImageRef;
 use ferry_core::printer::error_chain;
 use k8s_openapi::Resource;
@@ -109,6 +110,110 @@ impl ChartMode {
     }
 }
 
+/// Discovery found problems; all of them are listed, each naming its file, document or chart.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}: {} problem{} while finding the bundle's images:\n{}",
+    file.display(),
+    problems.len(),
+    if problems.len() == 1 { "" } else { "s" },
+    problems.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n")
+)]
+pub struct DiscoveryError {
+    /// The spec file.
+    pub file: PathBuf,
+    /// Every problem, in discovery order.
+    pub problems: Vec<String>,
+}
+
+/// A `spec.images[].source` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Its path cannot be resolved (printed with its cause).
+    #[error("{}", error_chain(.0))]
+    Path(#[from] PathError),
+    /// Neither `oci:` nor `docker-archive:`.
+    #[error("{field}.source `{given}` must be `oci:PATH[:TAG]` or `docker-archive:PATH`")]
+    Scheme {
+        /// `spec.images[N]`.
+        field: String,
+        /// The source as written.
+        given: String,
+    },
+}
+
+/// A Kubernetes document whose images cannot be found.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// Not a mapping.
+    #[error("a Kubernetes document is a mapping with apiVersion and kind, not {0}")]
+    NotMapping(&'static str),
+    /// A list whose `items` is not a list.
+    #[error("{0}: `items` must be a list")]
+    Items(String),
+    /// An item of a list.
+    #[error("{what} items[{index}]: {cause}")]
+    Item {
+        /// The list (`List`, `PodList name`).
+        what: String,
+        /// The item's position.
+        index: usize,
+        /// Why.
+        cause: Box<DocumentError>,
+    },
+    /// A workload of a removed API group.
+    #[error("{what} uses apiVersion {api_version}, which Kubernetes no longer serves")]
+    Removed {
+        /// Kind and name.
+        what: String,
+        /// Its apiVersion.
+        api_version: String,
+    },
+    /// A workload that does not match its type.
+    #[error("{what} is malformed: {}", if .field == "." { .cause.clone() } else { format!("{}: {}", .field, .cause) })]
+    Malformed {
+        /// Kind and name.
+        what: String,
+        /// The field path (`.` for the whole document).
+        field: String,
+        /// Why.
+        cause: String,
+    },
+    /// A container without an image.
+    #[error("{what}: container `{container}` has no image")]
+    NoImage {
+        /// Kind and name.
+        what: String,
+        /// The container.
+        container: String,
+    },
+}
+
+/// A chart that cannot be read for scanning.
+#[derive(Debug, thiserror::Error)]
+pub enum ChartError {
+    /// The chart directory cannot be walked (printed with its cause).
+    #[error("{}", error_chain(.0))]
+    Tree(#[from] TreeError),
+    /// A file cannot be read.
+    #[error("{}: {cause}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: std::io::Error,
+    },
+    /// Not a gzipped tar.
+    #[error("not a .tgz chart: {0}")]
+    NotTgz(std::io::Error),
+    /// A member of the archive cannot be read.
+    #[error("{0}")]
+    Member(std::io::Error),
+    /// No `Chart.yaml`.
+    #[error("no Chart.yaml in the archive")]
+    NoChartYaml,
+}
+
 /// Collects the images, de-duplicated by normalised reference.
 #[derive(Default)]
 struct Found {
@@ -158,46 +263,16 @@ pub struct Discovery {
 
 /// Finds every image of `bundle`. Problems (malformed documents, unparsable references, charts
 /// that do not render, a bundle kubeadm that fails) are collected and reported together.
-pub fn discover(bundle: &Bundle, charts: &ChartMode, warnings: &mut Vec<String>) -> Result<Discovery> {
+pub fn discover(bundle: &Bundle, charts: &ChartMode, warnings: &mut Vec<String>) -> Result<Discovery, DiscoveryError> {
     let mut found = Found::default();
     let spec = &bundle.spec.spec;
-    for (i, item) in spec.images.iter().enumerate() {
-        let field = format!("spec.images[{i}]");
-        let source = match &item.source {
-            None => Source::Registry,
-            Some(s) => match local_source(bundle, &field, s) {
-                Ok(src) => src,
-                Err(e) => {
-                    found.errors.push(e);
-                    continue;
-                }
-            },
-        };
-        found.add(&item.r#ref, "spec.images", source);
-    }
-    for (i, item) in spec.manifests.iter().enumerate() {
-        let field = format!("spec.manifests[{i}].path");
-        let real = match bundle.resolve(&field, &item.path) {
-            Ok(r) => r,
-            Err(e) => {
-                found.errors.push(format!("{e:#}"));
-                continue;
-            }
-        };
-        for file in manifest_files(&real, &field, &mut found.errors) {
-            let rel = file.strip_prefix(&bundle.dir).unwrap_or(&file).to_string_lossy().into_owned();
-            let label = format!("bundle/{rel}");
-            match std::fs::read_to_string(&file) {
-                Ok(text) => scan_manifests(&text, &label, &mut found),
-                Err(e) => found.errors.push(format!("{label}: cannot be read: {e}")),
-            }
-        }
-    }
+    spec_images(bundle, &mut found);
+    spec_manifests(bundle, &mut found);
     for (i, item) in spec.charts.iter().enumerate() {
         let field = format!("spec.charts[{i}].path");
         match bundle.resolve(&field, &item.path) {
             Ok(real) => scan_chart(&real, &item.path, &spec.kubernetes.version, charts, &mut found, warnings),
-            Err(e) => found.errors.push(format!("{e:#}")),
+            Err(e) => found.errors.push(error_chain(&e)),
         }
     }
     let control_plane = match controlplane::resolve(bundle, warnings) {
@@ -213,20 +288,54 @@ pub fn discover(bundle: &Bundle, charts: &ChartMode, warnings: &mut Vec<String>)
             None
         }
     };
-    if let (true, Some(control_plane)) = (found.errors.is_empty(), control_plane) {
-        return Ok(Discovery { images: found.by_ref.into_values().collect(), control_plane });
+    match (found.errors.is_empty(), control_plane) {
+        (true, Some(control_plane)) => Ok(Discovery { images: found.by_ref.into_values().collect(), control_plane }),
+        _ => Err(DiscoveryError { file: bundle.file.clone(), problems: found.errors }),
     }
-    let n = found.errors.len();
-    let list = found.errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n");
-    anyhow::bail!(
-        "{}: {n} problem{} while finding the bundle's images:\n{list}",
-        bundle.file.display(),
-        if n == 1 { "" } else { "s" }
-    )
+}
+
+/// `spec.images`, with their sources.
+fn spec_images(bundle: &Bundle, found: &mut Found) {
+    for (i, item) in bundle.spec.spec.images.iter().enumerate() {
+        let field = format!("spec.images[{i}]");
+        let source = match &item.source {
+            None => Source::Registry,
+            Some(s) => match local_source(bundle, &field, s) {
+                Ok(src) => src,
+                Err(e) => {
+                    found.errors.push(e.to_string());
+                    continue;
+                }
+            },
+        };
+        found.add(&item.r#ref, "spec.images", source);
+    }
+}
+
+/// The images of every document of `spec.manifests`.
+fn spec_manifests(bundle: &Bundle, found: &mut Found) {
+    for (i, item) in bundle.spec.spec.manifests.iter().enumerate() {
+        let field = format!("spec.manifests[{i}].path");
+        let real = match bundle.resolve(&field, &item.path) {
+            Ok(r) => r,
+            Err(e) => {
+                found.errors.push(error_chain(&e));
+                continue;
+            }
+        };
+        for file in manifest_files(&real, &field, &mut found.errors) {
+            let rel = file.strip_prefix(&bundle.dir).unwrap_or(&file).to_string_lossy().into_owned();
+            let label = format!("bundle/{rel}");
+            match std::fs::read_to_string(&file) {
+                Ok(text) => scan_manifests(&text, &label, found),
+                Err(e) => found.errors.push(format!("{label}: cannot be read: {e}")),
+            }
+        }
+    }
 }
 
 /// `oci:PATH[:TAG]` or `docker-archive:PATH`, resolved inside the spec's directory.
-fn local_source(bundle: &Bundle, field: &str, s: &str) -> Result<Source, String> {
+fn local_source(bundle: &Bundle, field: &str, s: &str) -> Result<Source, SourceError> {
     if let Some(rest) = s.strip_prefix("oci:") {
         // `oci:PATH:TAG` is ambiguous when PATH holds a colon: a path that exists as written wins.
         let (path, tag) = if bundle.dir.join(rest).exists() {
@@ -237,13 +346,13 @@ fn local_source(bundle: &Bundle, field: &str, s: &str) -> Result<Source, String>
                 _ => (rest, None),
             }
         };
-        let real = bundle.resolve(&format!("{field}.source"), path).map_err(|e| format!("{e:#}"))?;
+        let real = bundle.resolve(&format!("{field}.source"), path)?;
         Ok(Source::Oci { path: real, shown: s.to_string(), tag })
     } else if let Some(path) = s.strip_prefix("docker-archive:") {
-        let real = bundle.resolve(&format!("{field}.source"), path).map_err(|e| format!("{e:#}"))?;
+        let real = bundle.resolve(&format!("{field}.source"), path)?;
         Ok(Source::DockerArchive { path: real, shown: s.to_string() })
     } else {
-        Err(format!("{field}.source `{s}` must be `oci:PATH[:TAG]` or `docker-archive:PATH`"))
+        Err(SourceError::Scheme { field: field.to_string(), given: s.to_string() })
     }
 }
 
@@ -338,12 +447,10 @@ fn scan_manifests(text: &str, label: &str, found: &mut Found) {
 }
 
 /// Built-in workload kinds: (apiVersion, kind).
-fn typed_pod_spec(api_version: &str, kind: &str, v: &Value) -> Option<Result<Option<PodSpec>, String>> {
-    fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
-        serde_path_to_error::deserialize::<_, T>(v.clone()).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
-        })
+fn typed_pod_spec(api_version: &str, kind: &str, v: &Value) -> Option<Result<Option<PodSpec>, Mismatch>> {
+    fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Mismatch> {
+        serde_path_to_error::deserialize::<_, T>(v.clone())
+            .map_err(|e| Mismatch { field: e.path().to_string(), cause: e.inner().to_string() })
     }
     macro_rules! typed {
         ($t:ty, $get:expr) => {
@@ -367,33 +474,41 @@ fn typed_pod_spec(api_version: &str, kind: &str, v: &Value) -> Option<Result<Opt
     None
 }
 
+/// Where and why a document does not match its type.
+struct Mismatch {
+    /// The field path, `.` for the whole document.
+    field: String,
+    /// Why.
+    cause: String,
+}
+
 /// Workload kinds whose apiVersion Kubernetes no longer serves.
 const REMOVED_GROUPS: &[&str] =
     &["extensions/v1beta1", "apps/v1beta1", "apps/v1beta2", "batch/v1beta1", "batch/v2alpha1"];
 const WORKLOAD_KINDS: &[&str] = &["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"];
 
 /// The images of one parsed document.
-fn scan_value(v: &Value, out: &mut Vec<String>) -> Result<(), String> {
+fn scan_value(v: &Value, out: &mut Vec<String>) -> Result<(), DocumentError> {
     let Some(obj) = v.as_object() else {
-        return Err(format!("a Kubernetes document is a mapping with apiVersion and kind, not {}", json_type(v)));
+        return Err(DocumentError::NotMapping(json_type(v)));
     };
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
     let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let what = if name.is_empty() { kind.to_string() } else { format!("{kind} {name}") };
     if kind == "List" || (kind.ends_with("List") && obj.get("items").is_some_and(Value::is_array)) {
-        let items =
-            obj.get("items").and_then(Value::as_array).ok_or_else(|| format!("{what}: `items` must be a list"))?;
-        for (i, item) in items.iter().enumerate() {
-            scan_value(item, out).map_err(|e| format!("{what} items[{i}]: {e}"))?;
+        let items = obj.get("items").and_then(Value::as_array).ok_or_else(|| DocumentError::Items(what.clone()))?;
+        for (index, item) in items.iter().enumerate() {
+            scan_value(item, out).map_err(|e| DocumentError::Item { what: what.clone(), index, cause: Box::new(e) })?;
         }
         return Ok(());
     }
     if WORKLOAD_KINDS.contains(&kind) && REMOVED_GROUPS.contains(&api_version) {
-        return Err(format!("{what} uses apiVersion {api_version}, which Kubernetes no longer serves"));
+        return Err(DocumentError::Removed { what, api_version: api_version.to_string() });
     }
     if let Some(parsed) = typed_pod_spec(api_version, kind, v) {
-        let spec = parsed.map_err(|e| format!("{what} is malformed: {e}"))?;
+        let spec =
+            parsed.map_err(|m| DocumentError::Malformed { what: what.clone(), field: m.field, cause: m.cause })?;
         if let Some(spec) = spec {
             let named = spec.containers.iter().map(|c| (&c.name, &c.image));
             let init = spec.init_containers.iter().flatten().map(|c| (&c.name, &c.image));
@@ -401,7 +516,7 @@ fn scan_value(v: &Value, out: &mut Vec<String>) -> Result<(), String> {
             for (cname, image) in named.chain(init).chain(eph) {
                 match image {
                     Some(i) if !i.is_empty() => out.push(i.clone()),
-                    _ => return Err(format!("{what}: container `{cname}` has no image")),
+                    _ => return Err(DocumentError::NoImage { what, container: cname.clone() }),
                 }
             }
         }
@@ -501,42 +616,42 @@ fn chart_name(real: &Path) -> Option<String> {
 struct ChartFiles(BTreeMap<String, Vec<u8>>);
 
 impl ChartFiles {
-    fn load(path: &Path) -> Result<ChartFiles, String> {
+    fn load(path: &Path) -> Result<ChartFiles, ChartError> {
         if path.is_dir() {
             let mut map = BTreeMap::new();
-            for item in crate::tree::walk(path, "chart").map_err(|e| error_chain(&e))? {
+            for item in crate::tree::walk(path, "chart")? {
                 if item.kind == crate::tree::ItemKind::File && wanted_chart_file(&item.rel) {
-                    let bytes = std::fs::read(&item.source).map_err(|e| format!("{}: {e}", item.source.display()))?;
+                    let bytes = std::fs::read(&item.source).map_err(chart_read(&item.source))?;
                     map.insert(item.rel, bytes);
                 }
             }
             Ok(ChartFiles(map))
         } else {
-            let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let f = std::fs::File::open(path).map_err(chart_read(path))?;
             ChartFiles::from_tgz(f)
         }
     }
 
-    fn from_tgz(r: impl Read) -> Result<ChartFiles, String> {
+    fn from_tgz(r: impl Read) -> Result<ChartFiles, ChartError> {
         let mut map = BTreeMap::new();
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(r));
-        let entries = archive.entries().map_err(|e| format!("not a .tgz chart: {e}"))?;
+        let entries = archive.entries().map_err(ChartError::NotTgz)?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| format!("not a .tgz chart: {e}"))?;
+            let mut entry = entry.map_err(ChartError::NotTgz)?;
             if !entry.header().entry_type().is_file() {
                 continue;
             }
-            let path = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+            let path = entry.path().map_err(ChartError::Member)?.to_string_lossy().into_owned();
             // Helm archives hold `<chart-name>/…`.
             let Some((_, rel)) = path.trim_start_matches("./").split_once('/') else { continue };
             if wanted_chart_file(rel) {
                 let mut bytes = Vec::new();
-                entry.by_ref().take(64 << 20).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+                entry.by_ref().take(64 << 20).read_to_end(&mut bytes).map_err(ChartError::Member)?;
                 map.insert(rel.to_string(), bytes);
             }
         }
         if !map.contains_key("Chart.yaml") {
-            return Err("no Chart.yaml in the archive".into());
+            return Err(ChartError::NoChartYaml);
         }
         Ok(ChartFiles(map))
     }
@@ -546,7 +661,7 @@ impl ChartFiles {
     }
 
     /// Subcharts: `charts/<name>/…` directories and `charts/<name>.tgz` archives.
-    fn subcharts(&self) -> Vec<(String, Result<ChartFiles, String>)> {
+    fn subcharts(&self) -> Vec<(String, Result<ChartFiles, ChartError>)> {
         let mut out = Vec::new();
         let mut dirs: BTreeMap<String, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
         for (rel, bytes) in &self.0 {
@@ -568,6 +683,11 @@ impl ChartFiles {
         }
         out
     }
+}
+
+fn chart_read(path: &Path) -> impl FnOnce(std::io::Error) -> ChartError {
+    let path = path.to_path_buf();
+    move |cause| ChartError::Read { path, cause }
 }
 
 fn wanted_chart_file(rel: &str) -> bool {

@@ -31,15 +31,14 @@ pub mod registry_client;
 pub mod store;
 
 use crate::spec::Bundle;
-use anyhow::{Result, bail};
-use discovery::{ChartMode, Discovery};
+use discovery::{ChartMode, Discovery, DiscoveryError};
 use ferry_core::metadata::{ImageRecord, ImagesContract};
 use ferry_core::printer::Printer;
 use ferry_core::units;
 use oci::Platform;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use store::{Slice, Store};
 
@@ -67,15 +66,57 @@ pub struct Collected {
     pub contract: ImagesContract,
 }
 
+/// Why the bundle's images cannot be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum ImagesError {
+    /// Discovery found problems.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// A platform that is not `os/arch[/variant]`.
+    #[error("{}: spec.platforms: {cause}", file.display())]
+    Platform {
+        /// The spec file.
+        file: PathBuf,
+        /// Why.
+        cause: oci::PlatformError,
+    },
+    /// `registryMirrors` or `insecureRegistries` cannot be used.
+    #[error("{}: {cause}", file.display())]
+    Network {
+        /// The spec file.
+        file: PathBuf,
+        /// Why.
+        cause: registry_client::MirrorError,
+    },
+    /// Registry logins cannot be read.
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
+    /// The temporary blob store cannot be created.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Images could not be resolved and `--allow-missing-images` was not given.
+    #[error(
+        "{} of {total} images could not be resolved, so no installer was written:\n{}\n(--allow-missing-images builds without them and records them as missing)",
+        lines.len(),
+        lines.join("\n")
+    )]
+    Unresolved {
+        /// How many images the bundle needs.
+        total: usize,
+        /// One line per failed image: reference, where it was found, why.
+        lines: Vec<String>,
+    },
+}
+
 /// `spec.platforms`, or the build machine's platform.
-pub fn platforms(bundle: &Bundle) -> Result<Vec<Platform>> {
+pub fn platforms(bundle: &Bundle) -> Result<Vec<Platform>, ImagesError> {
     let spec = &bundle.spec.spec.platforms;
     if spec.is_empty() {
         return Ok(vec![Platform::host()]);
     }
     let mut out = Vec::new();
     for p in spec {
-        let p = Platform::parse(p).map_err(|e| anyhow::anyhow!("{}: spec.platforms: {e}", bundle.file.display()))?;
+        let p = Platform::parse(p).map_err(|cause| ImagesError::Platform { file: bundle.file.clone(), cause })?;
         if !out.contains(&p) {
             out.push(p);
         }
@@ -84,7 +125,7 @@ pub fn platforms(bundle: &Bundle) -> Result<Vec<Platform>> {
 }
 
 /// Discovers every image of the bundle, printing discovery warnings.
-pub fn discover(bundle: &Bundle, printer: &Printer) -> Result<Discovery> {
+pub fn discover(bundle: &Bundle, printer: &Printer) -> Result<Discovery, DiscoveryError> {
     let mut warnings = Vec::new();
     let found = discovery::discover(bundle, &ChartMode::detect(), &mut warnings);
     for w in warnings {
@@ -101,7 +142,12 @@ fn control_plane_line(d: &Discovery) -> String {
 
 /// Discovers and resolves every image; fails listing every unresolved image unless
 /// `allow_missing`. `temp_parent` holds the temporary blob store (next to the output).
-pub fn collect(bundle: &Bundle, opts: &Options, temp_parent: &Path, printer: &Printer) -> Result<Collected> {
+pub fn collect(
+    bundle: &Bundle,
+    opts: &Options,
+    temp_parent: &Path,
+    printer: &Printer,
+) -> Result<Collected, ImagesError> {
     let started = Instant::now();
     let found = discover(bundle, printer)?;
     printer.out(control_plane_line(&found));
@@ -109,7 +155,7 @@ pub fn collect(bundle: &Bundle, opts: &Options, temp_parent: &Path, printer: &Pr
     let platforms = platforms(bundle)?;
     let spec = &bundle.spec.spec;
     let net = registry_client::Network::new(&spec.registry_mirrors, &spec.insecure_registries, opts.offline)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", bundle.file.display()))?;
+        .map_err(|cause| ImagesError::Network { file: bundle.file.clone(), cause })?;
     let creds = credentials::Credentials::load(&opts.registry_auth)?;
     let client = registry_client::RegistryClient::new(net, creds);
     let store = Store::new_in(temp_parent)?;
@@ -134,12 +180,7 @@ pub fn collect(bundle: &Bundle, opts: &Options, temp_parent: &Path, printer: &Pr
             .map(|(d, why)| format!("  - {} (from {}): {why}", d.image, d.found_in.join(", ")))
             .collect();
         if !opts.allow_missing {
-            bail!(
-                "{} of {} images could not be resolved, so no installer was written:\n{}\n(--allow-missing-images builds without them and records them as missing)",
-                outcome.failed.len(),
-                images.len(),
-                lines.join("\n")
-            );
+            return Err(ImagesError::Unresolved { total: images.len(), lines });
         }
         for (d, why) in &outcome.failed {
             printer.warn(format!("leaving out {}: {why}", d.image));
@@ -195,7 +236,7 @@ fn metadata(
 }
 
 /// `ferry images`: the discovered list, where each image comes from and where it was found.
-pub fn run_list(spec: &Path, as_json: bool, printer: &Printer) -> Result<()> {
+pub fn run_list(spec: &Path, as_json: bool, printer: &Printer) -> anyhow::Result<()> {
     let bundle = Bundle::load(spec)?;
     let found = discover(&bundle, printer)?;
     let images = &found.images;

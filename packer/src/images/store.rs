@@ -2,7 +2,6 @@
 //! output (same filesystem, so gigabytes of layers do not land on a tmpfs `/tmp`), plus slices of
 //! local files (OCI layouts and docker archives are read in place, never copied).
 
-use anyhow::{Context, Result};
 use sha2::Digest as _;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -91,6 +90,15 @@ pub enum StoreError {
         /// Why.
         source: ferry_core::fs::WriteError,
     },
+    /// The temporary directory cannot be created.
+    #[error("creating a temporary directory for images in {}", parent.display())]
+    TempDir {
+        /// Where it was to be.
+        parent: PathBuf,
+        /// Why.
+        #[source]
+        cause: std::io::Error,
+    },
     /// Larger than a document of its kind may be.
     #[error("{size} bytes, more than the {limit} expected")]
     TooLarge {
@@ -132,11 +140,11 @@ pub struct Store {
 
 impl Store {
     /// Creates the directory inside `parent`.
-    pub fn new_in(parent: &Path) -> Result<Store> {
+    pub fn new_in(parent: &Path) -> Result<Store, StoreError> {
         let dir = tempfile::Builder::new()
             .prefix(".ferry-images-")
             .tempdir_in(parent)
-            .with_context(|| format!("creating a temporary directory for images in {}", parent.display()))?;
+            .map_err(|cause| StoreError::TempDir { parent: parent.to_path_buf(), cause })?;
         Ok(Store { dir })
     }
 
