@@ -3,13 +3,15 @@
 //! has been written and flushed.
 
 use crate::cli::BuildArgs;
-use crate::spec::Bundle;
-use crate::tree::{self, ItemKind, TreeItem};
-use anyhow::{Context, Result, bail};
-use ferry_core::metadata::key;
+use crate::images::ImagesError;
+use crate::launch::LaunchError;
+use crate::paths::PathError;
+use crate::spec::{Bundle, SpecError};
+use crate::tree::{self, ItemKind, TreeError, TreeItem};
+use ferry_core::metadata::{ImagesContract, key};
 use ferry_core::printer::Printer;
 use ferry_core::units;
-use payload_format::{BundleMetadata, Compression, PayloadWriter, SecretKey, WriterOptions};
+use payload_format::{BundleMetadata, Compression, PayloadWriter, SecretKey, WriteSummary, WriterOptions};
 use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -46,21 +48,204 @@ pub struct BlobSource {
 /// Everything the payload will hold, in path order (the order makes builds reproducible).
 pub type Plan = BTreeMap<String, Planned>;
 
+/// Why `ferry build` cannot write the installer. Each variant names the file, entry or key it
+/// concerns; where something underneath failed, that is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The spec cannot be read or used.
+    #[error(transparent)]
+    Spec(Box<SpecError>),
+    /// A path of the spec cannot be used.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The launch steps cannot be used.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// A tree or file of the spec cannot be bundled.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// The images cannot be gathered.
+    #[error(transparent)]
+    Images(#[from] ImagesError),
+    /// Reading the key or writing the payload failed.
+    #[error(transparent)]
+    Payload(#[from] payload_format::Error),
+    /// The output's directory does not exist.
+    #[error("cannot write the output: {} is not a directory", dir.display())]
+    OutputDir {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The output has no file name.
+    #[error("{} is not a file name", output.display())]
+    OutputName {
+        /// The output path.
+        output: PathBuf,
+    },
+    /// The output is a directory.
+    #[error("output {} is a directory", output.display())]
+    OutputIsDir {
+        /// The output path.
+        output: PathBuf,
+    },
+    /// The temporary output cannot be created.
+    #[error("cannot write the output: creating {}", path.display())]
+    Create {
+        /// The temporary output.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The temporary output cannot be made executable.
+    #[error("setting mode of {}", path.display())]
+    Chmod {
+        /// The temporary output.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The temporary output cannot be renamed into place.
+    #[error("renaming {} to {}", from.display(), to.display())]
+    Rename {
+        /// The temporary output.
+        from: PathBuf,
+        /// The output.
+        to: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--stub` cannot be read.
+    #[error("reading stub {}", path.display())]
+    StubRead {
+        /// The stub file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The stub is not an executable.
+    #[error("the stub is not an ELF executable")]
+    StubNotElf,
+    /// `--key` cannot be read.
+    #[error("reading signing key {}", path.display())]
+    KeyRead {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `SOURCE_DATE_EPOCH` is not a number.
+    #[error("SOURCE_DATE_EPOCH `{value}` is not a number of seconds")]
+    SourceDateEpoch {
+        /// What it says.
+        value: String,
+        /// Why.
+        source: std::num::ParseIntError,
+    },
+    /// The system clock is before 1970.
+    #[error(transparent)]
+    Clock(#[from] std::time::SystemTimeError),
+    /// A `spec.rootfs` item that is not a directory.
+    #[error("{}: {field} `{rel}` is not a directory", file.display())]
+    NotDir {
+        /// The spec file.
+        file: PathBuf,
+        /// The field, e.g. `spec.rootfs[0].path`.
+        field: String,
+        /// The path as written.
+        rel: String,
+    },
+    /// A directory of the spec cannot be read.
+    #[error("{field}: reading directory {}", path.display())]
+    ReadDir {
+        /// The field.
+        field: String,
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Two sources for one payload path.
+    #[error("{key} is provided twice: by {first} and by {second}")]
+    Twice {
+        /// The payload path.
+        key: String,
+        /// Where it came from first.
+        first: String,
+        /// Where it came from again.
+        second: String,
+    },
+    /// An image blob whose digest is not sha256.
+    #[error("blob {digest} is not sha256")]
+    NotSha256 {
+        /// The digest.
+        digest: String,
+    },
+    /// An entry's source cannot be opened or read.
+    #[error("{origin}: reading {}", path.display())]
+    Read {
+        /// Where the entry came from.
+        origin: String,
+        /// Its source file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An entry's first bytes cannot be read to choose its compression.
+    #[error("reading {}", path.display())]
+    Sniff {
+        /// Its source file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An entry cannot be written.
+    #[error("{origin}: adding {}", path.display())]
+    Add {
+        /// Where the entry came from.
+        origin: String,
+        /// Its source file.
+        path: PathBuf,
+        /// Why.
+        source: Box<payload_format::Error>,
+    },
+    /// An image blob that changed since it was verified.
+    #[error(
+        "{origin}: {} changed after it was verified (now {len} bytes hashing to {actual}); nothing was written",
+        path.display()
+    )]
+    Changed {
+        /// Where the blob came from.
+        origin: String,
+        /// Its source file.
+        path: PathBuf,
+        /// How many bytes it has now.
+        len: u64,
+        /// What they hash to.
+        actual: String,
+    },
+    /// No zstd context.
+    #[error("creating a zstd context")]
+    Zstd(#[source] std::io::Error),
+}
+
+impl From<SpecError> for BuildError {
+    fn from(e: SpecError) -> BuildError {
+        BuildError::Spec(Box::new(e))
+    }
+}
+
 /// Runs `build`.
-pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
+pub fn run(args: &BuildArgs, printer: &Printer) -> anyhow::Result<()> {
+    Ok(build(args, printer)?)
+}
+
+fn build(args: &BuildArgs, printer: &Printer) -> Result<(), BuildError> {
     let started = Instant::now();
     let bundle = Bundle::load(args.spec_path())?;
     let launch = crate::launch::resolve(&bundle)?;
-    let key = match &args.key {
-        Some(path) => Some(load_secret_key(path, printer)?),
-        None => None,
-    };
+    let key = args.key.as_deref().map(|path| load_secret_key(path, printer)).transpose()?;
     let mut plan = plan(&bundle)?;
-    let output_dir = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    // Fail before downloading gigabytes of images, not after.
-    if !output_dir.is_dir() {
-        bail!("cannot write the output: {} is not a directory", output_dir.display());
-    }
+    let output_dir = output_dir(&args.output)?;
     let image_opts = crate::images::Options {
         allow_missing: args.allow_missing_images,
         offline: args.offline,
@@ -68,36 +253,65 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
         jobs: args.jobs,
     };
     // The store lives until the installer is written: the plan points into it.
-    let images = crate::images::collect(&bundle, &image_opts, output_dir, printer)?;
-    add_blobs(&mut plan, &images.blobs)?;
-    let stub = match &args.stub {
-        Some(p) => std::fs::read(p).with_context(|| format!("reading stub {}", p.display()))?,
-        None => EMBEDDED_STUB.to_vec(),
-    };
-    if !stub.starts_with(b"\x7fELF") {
-        bail!("the stub is not an ELF executable");
-    }
-    let metadata = BundleMetadata {
-        name: bundle.spec.metadata.name.clone(),
-        version: bundle.spec.metadata.version.clone(),
-        kubernetes_version: bundle.spec.spec.kubernetes.version.clone(),
-        created: build_time()?,
-        builder: format!("ferry {}", env!("CARGO_PKG_VERSION")),
-        extra: images.contract.to_extra(),
-    };
-    let mut metadata = metadata;
+    let crate::images::Collected { store, blobs, contract } =
+        crate::images::collect(&bundle, &image_opts, output_dir, printer)?;
+    add_blobs(&mut plan, &blobs)?;
+    let stub = read_stub(args.stub.as_deref())?;
+    let mut metadata = bundle_metadata(&bundle, &contract)?;
     if !launch.is_empty() {
         metadata.extra.insert(key::LAUNCH.into(), ferry_core::metadata::launch_value(&launch));
     }
-    let metadata_images = images.contract.images.len();
-    let metadata_missing = images.contract.missing_images.clone();
     let total: u64 = plan.values().map(|p| p.item.size).sum();
     let progress = printer.progress(total, "build");
     let summary = write_installer(&args.output, &stub, &plan, metadata, key.as_ref(), &|n| progress.inc(n));
     progress.finish();
     let summary = summary?;
-    drop(images);
-    let secs = started.elapsed().as_secs_f64();
+    drop(store);
+    report(args, key.as_ref(), &summary, &contract, started.elapsed().as_secs_f64(), printer);
+    Ok(())
+}
+
+/// The directory the output goes to. Checked before downloading gigabytes of images, not after.
+fn output_dir(output: &Path) -> Result<&Path, BuildError> {
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(BuildError::OutputDir { dir: dir.into() });
+    }
+    Ok(dir)
+}
+
+/// `--stub`, or the embedded stub.
+fn read_stub(path: Option<&Path>) -> Result<Vec<u8>, BuildError> {
+    let stub = match path {
+        Some(p) => std::fs::read(p).map_err(|source| BuildError::StubRead { path: p.into(), source })?,
+        None => EMBEDDED_STUB.to_vec(),
+    };
+    if !stub.starts_with(b"\x7fELF") {
+        return Err(BuildError::StubNotElf);
+    }
+    Ok(stub)
+}
+
+fn bundle_metadata(bundle: &Bundle, contract: &ImagesContract) -> Result<BundleMetadata, BuildError> {
+    Ok(BundleMetadata {
+        name: bundle.spec.metadata.name.clone(),
+        version: bundle.spec.metadata.version.clone(),
+        kubernetes_version: bundle.spec.spec.kubernetes.version.clone(),
+        created: build_time()?,
+        builder: format!("ferry {}", env!("CARGO_PKG_VERSION")),
+        extra: contract.to_extra(),
+    })
+}
+
+/// Prints what was built: one JSON object with `--json`, otherwise a line and the signer.
+fn report(
+    args: &BuildArgs,
+    key: Option<&SecretKey>,
+    summary: &WriteSummary,
+    contract: &ImagesContract,
+    secs: f64,
+    printer: &Printer,
+) {
     if args.json {
         println!(
             "{}",
@@ -106,41 +320,41 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> Result<()> {
                 "bytes": summary.file_len,
                 "entries": summary.entries,
                 "signed": key.is_some(),
-                "signer": key.as_ref().map(|k| k.public().fingerprint()),
-                "images": metadata_images,
-                "missingImages": metadata_missing,
+                "signer": key.map(|k| k.public().fingerprint()),
+                "images": contract.images.len(),
+                "missingImages": contract.missing_images,
                 "seconds": secs,
             })
         );
-    } else {
-        printer.out(format!(
-            "built {} ({}, {} entries, {} of content) in {secs:.1} s",
-            args.output.display(),
-            units::bytes(summary.file_len),
-            summary.entries,
-            units::bytes(summary.size)
-        ));
-        match &key {
-            Some(k) => printer.out(format!("signed by {}", k.public().fingerprint())),
-            None => printer.warn(format!("{} is UNSIGNED; `verify` will say so loudly", args.output.display())),
-        }
+        return;
     }
-    Ok(())
+    printer.out(format!(
+        "built {} ({}, {} entries, {} of content) in {secs:.1} s",
+        args.output.display(),
+        units::bytes(summary.file_len),
+        summary.entries,
+        units::bytes(summary.size)
+    ));
+    match key {
+        Some(k) => printer.out(format!("signed by {}", k.public().fingerprint())),
+        None => printer.warn(format!("{} is UNSIGNED; `verify` will say so loudly", args.output.display())),
+    }
 }
 
-fn load_secret_key(path: &Path, printer: &Printer) -> Result<SecretKey> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading signing key {}", path.display()))?;
+fn load_secret_key(path: &Path, printer: &Printer) -> Result<SecretKey, BuildError> {
+    let read_err = |source| BuildError::KeyRead { path: path.into(), source };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
     if meta.permissions().mode() & 0o077 != 0 {
         printer.warn(format!("signing key {} is readable by other users; chmod 600 it", path.display()));
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading signing key {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(read_err)?;
     Ok(SecretKey::from_pem(&text, path)?)
 }
 
 /// `SOURCE_DATE_EPOCH` when set (reproducible builds), otherwise now.
-fn build_time() -> Result<u64> {
+fn build_time() -> Result<u64, BuildError> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH `{v}` is not a number of seconds")),
+        Ok(value) => value.trim().parse().map_err(|source| BuildError::SourceDateEpoch { value, source }),
         Err(_) => Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs()),
     }
 }
@@ -148,7 +362,7 @@ fn build_time() -> Result<u64> {
 /// Maps the spec onto payload paths:
 /// `rootfs/…` (trees merged onto the node root), `bundle/…` (the spec, manifests and charts at
 /// their spec-relative paths) and `files/…` (extra files at their destination path).
-pub fn plan(bundle: &Bundle) -> Result<Plan> {
+pub fn plan(bundle: &Bundle) -> Result<Plan, BuildError> {
     let mut plan = Plan::new();
     let spec = &bundle.spec.spec;
     let spec_name =
@@ -156,15 +370,7 @@ pub fn plan(bundle: &Bundle) -> Result<Plan> {
     let spec_item = tree::single_file(&bundle.file, "bundle.yaml", "spec")?;
     add(&mut plan, format!("bundle/{spec_name}"), spec_item, "the spec file")?;
     for (i, item) in spec.rootfs.iter().enumerate() {
-        let field = format!("spec.rootfs[{i}].path");
-        let root = bundle.resolve(&field, &item.path)?;
-        if !root.is_dir() {
-            bail!("{}: {field} `{}` is not a directory", bundle.file.display(), item.path);
-        }
-        for t in tree::walk(&root, &field)? {
-            let key = format!("rootfs/{}", t.rel);
-            merge(&mut plan, key, t, &field)?;
-        }
+        add_rootfs(&mut plan, bundle, &format!("spec.rootfs[{i}].path"), &item.path)?;
     }
     for (field, items) in [("spec.manifests", &spec.manifests), ("spec.charts", &spec.charts)] {
         for (i, item) in items.iter().enumerate() {
@@ -184,38 +390,59 @@ pub fn plan(bundle: &Bundle) -> Result<Plan> {
     Ok(plan)
 }
 
-fn add_path(plan: &mut Plan, key: &str, real: &Path, field: &str) -> Result<()> {
-    if real.is_dir() {
-        let meta = std::fs::metadata(real)?;
-        let dir = TreeItem {
-            rel: String::new(),
-            source: real.into(),
-            kind: ItemKind::Dir,
-            mode: meta.permissions().mode() & 0o7777,
-            size: 0,
-        };
-        merge(plan, key.to_string(), dir, field)?;
-        for t in tree::walk(real, field)? {
-            merge(plan, format!("{key}/{}", t.rel), t, field)?;
-        }
-        Ok(())
-    } else {
-        add(plan, key.to_string(), tree::single_file(real, key, field)?, field)
+/// Merges the tree at `rel` (spec field `field`) onto `rootfs/`.
+fn add_rootfs(plan: &mut Plan, bundle: &Bundle, field: &str, rel: &str) -> Result<(), BuildError> {
+    let root = bundle.resolve(field, rel)?;
+    if !root.is_dir() {
+        return Err(BuildError::NotDir { file: bundle.file.clone(), field: field.into(), rel: rel.into() });
     }
+    for t in tree::walk(&root, field)? {
+        merge(plan, format!("rootfs/{}", t.rel), t, field)?;
+    }
+    Ok(())
 }
 
-fn add(plan: &mut Plan, key: String, item: TreeItem, origin: &str) -> Result<()> {
-    if let Some(prev) = plan.get(&key) {
-        bail!("{key} is provided twice: by {} and by {origin}", prev.origin);
+fn add_path(plan: &mut Plan, key: &str, real: &Path, field: &str) -> Result<(), BuildError> {
+    if !real.is_dir() {
+        return add(plan, key.to_string(), tree::single_file(real, key, field)?, field);
     }
+    let meta = std::fs::metadata(real).map_err(|source| BuildError::ReadDir {
+        field: field.into(),
+        path: real.into(),
+        source,
+    })?;
+    let dir = TreeItem {
+        rel: String::new(),
+        source: real.into(),
+        kind: ItemKind::Dir,
+        mode: meta.permissions().mode() & 0o7777,
+        size: 0,
+    };
+    merge(plan, key.to_string(), dir, field)?;
+    for t in tree::walk(real, field)? {
+        merge(plan, format!("{key}/{}", t.rel), t, field)?;
+    }
+    Ok(())
+}
+
+fn add(plan: &mut Plan, key: String, item: TreeItem, origin: &str) -> Result<(), BuildError> {
+    check_new(plan, &key, origin)?;
     plan.insert(key, Planned { item, origin: origin.into(), blob: None });
     Ok(())
 }
 
+/// Fails if `key` is planned already.
+fn check_new(plan: &Plan, key: &str, origin: &str) -> Result<(), BuildError> {
+    match plan.get(key) {
+        Some(prev) => Err(BuildError::Twice { key: key.into(), first: prev.origin.clone(), second: origin.into() }),
+        None => Ok(()),
+    }
+}
+
 /// Adds verified image blobs as `blobs/sha256/<hex>`: raw, mode 0644.
-pub fn add_blobs(plan: &mut Plan, blobs: &BTreeMap<String, crate::images::store::Slice>) -> Result<()> {
+pub fn add_blobs(plan: &mut Plan, blobs: &BTreeMap<String, crate::images::store::Slice>) -> Result<(), BuildError> {
     for (digest, slice) in blobs {
-        let hex = digest.strip_prefix("sha256:").with_context(|| format!("blob {digest} is not sha256"))?;
+        let hex = digest.strip_prefix("sha256:").ok_or_else(|| BuildError::NotSha256 { digest: digest.clone() })?;
         let key = format!("blobs/sha256/{hex}");
         let item = TreeItem {
             rel: key.clone(),
@@ -224,9 +451,7 @@ pub fn add_blobs(plan: &mut Plan, blobs: &BTreeMap<String, crate::images::store:
             mode: 0o644,
             size: slice.size,
         };
-        if let Some(prev) = plan.get(&key) {
-            bail!("{key} is provided twice: by {} and by the images", prev.origin);
-        }
+        check_new(plan, &key, "the images")?;
         plan.insert(
             key,
             Planned {
@@ -240,7 +465,7 @@ pub fn add_blobs(plan: &mut Plan, blobs: &BTreeMap<String, crate::images::store:
 }
 
 /// Like `add`, but two trees may both provide the same directory.
-fn merge(plan: &mut Plan, key: String, item: TreeItem, origin: &str) -> Result<()> {
+fn merge(plan: &mut Plan, key: String, item: TreeItem, origin: &str) -> Result<(), BuildError> {
     if let Some(prev) = plan.get(&key) {
         if prev.item.kind == ItemKind::Dir && item.kind == ItemKind::Dir {
             return Ok(());
@@ -271,68 +496,107 @@ pub fn write_installer(
     metadata: BundleMetadata,
     key: Option<&SecretKey>,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<payload_format::WriteSummary> {
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = output.file_name().with_context(|| format!("{} is not a file name", output.display()))?;
-    if output.is_dir() {
-        bail!("output {} is a directory", output.display());
-    }
-    let tmp_path = dir.join(format!(".{}.ferry-build-{}", name.to_string_lossy(), std::process::id()));
+) -> Result<WriteSummary, BuildError> {
+    let tmp_path = temp_path(output)?;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&tmp_path)
-        .with_context(|| format!("cannot write the output: creating {}", tmp_path.display()))?;
+        .map_err(|source| BuildError::Create { path: tmp_path.clone(), source })?;
     let mut guard = TempOutput { path: tmp_path.clone(), keep: false };
     let mut writer = PayloadWriter::new(file, &tmp_path, &mut Cursor::new(stub), WriterOptions::default())?;
     // One sniffing context for the whole build: this thread feeds the compression workers, and
     // creating a context per file cost about as much as sniffing a small file.
-    let mut sniffer = zstd::bulk::Compressor::new(1).context("creating a zstd context")?;
+    let mut sniffer = zstd::bulk::Compressor::new(1).map_err(BuildError::Zstd)?;
     for (path, planned) in plan {
-        let item = &planned.item;
-        match &item.kind {
-            ItemKind::Dir => writer.add_dir(path, item.mode)?,
-            ItemKind::Symlink(target) => writer.add_symlink(path, target)?,
-            ItemKind::File if planned.blob.is_some() => {
-                let blob = planned.blob.as_ref().expect("checked");
-                let mut f = File::open(&item.source)
-                    .with_context(|| format!("{}: reading {}", planned.origin, item.source.display()))?;
-                f.seek(SeekFrom::Start(blob.offset))?;
-                let mut hashing = Hashing { inner: f.take(item.size), hasher: sha2::Sha256::new(), len: 0 };
-                let mut counted = Counting { inner: &mut hashing, progress };
-                writer
-                    .add_file(path, item.mode, Compression::Raw, &mut counted)
-                    .with_context(|| format!("{}: adding {}", planned.origin, item.source.display()))?;
-                let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
-                if hashing.len != item.size || actual != blob.digest {
-                    bail!(
-                        "{}: {} changed after it was verified (now {} bytes hashing to {actual}); nothing was written",
-                        planned.origin,
-                        item.source.display(),
-                        hashing.len
-                    );
-                }
-            }
-            ItemKind::File => {
-                let mut f = File::open(&item.source)
-                    .with_context(|| format!("{}: reading {}", planned.origin, item.source.display()))?;
-                let (compression, mut reader) =
-                    sniff(&mut f, &mut sniffer).with_context(|| format!("reading {}", item.source.display()))?;
-                let mut counted = Counting { inner: &mut reader, progress };
-                writer
-                    .add_file(path, item.mode, compression, &mut counted)
-                    .with_context(|| format!("{}: adding {}", planned.origin, item.source.display()))?;
-            }
-        }
+        write_entry(&mut writer, path, planned, &mut sniffer, progress)?;
     }
     let summary = writer.finish(metadata, key)?;
     std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("setting mode of {}", tmp_path.display()))?;
-    std::fs::rename(&tmp_path, output)
-        .with_context(|| format!("renaming {} to {}", tmp_path.display(), output.display()))?;
+        .map_err(|source| BuildError::Chmod { path: tmp_path.clone(), source })?;
+    std::fs::rename(&tmp_path, output).map_err(|source| BuildError::Rename {
+        from: tmp_path.clone(),
+        to: output.into(),
+        source,
+    })?;
     guard.keep = true;
     Ok(summary)
+}
+
+/// The temporary name `output` is written under, next to it.
+fn temp_path(output: &Path) -> Result<PathBuf, BuildError> {
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = output.file_name().ok_or_else(|| BuildError::OutputName { output: output.into() })?;
+    if output.is_dir() {
+        return Err(BuildError::OutputIsDir { output: output.into() });
+    }
+    Ok(dir.join(format!(".{}.ferry-build-{}", name.to_string_lossy(), std::process::id())))
+}
+
+fn write_entry(
+    writer: &mut PayloadWriter,
+    path: &str,
+    planned: &Planned,
+    sniffer: &mut zstd::bulk::Compressor,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), BuildError> {
+    let item = &planned.item;
+    match (&item.kind, &planned.blob) {
+        (ItemKind::Dir, _) => writer.add_dir(path, item.mode)?,
+        (ItemKind::Symlink(target), _) => writer.add_symlink(path, target)?,
+        (ItemKind::File, Some(blob)) => write_blob(writer, path, planned, blob, progress)?,
+        (ItemKind::File, None) => {
+            let mut f = open(planned)?;
+            let (compression, mut reader) =
+                sniff(&mut f, sniffer).map_err(|source| BuildError::Sniff { path: item.source.clone(), source })?;
+            let mut counted = Counting { inner: &mut reader, progress };
+            writer.add_file(path, item.mode, compression, &mut counted).map_err(adding(planned))?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores an image blob raw, failing if its bytes are no longer those verified.
+fn write_blob(
+    writer: &mut PayloadWriter,
+    path: &str,
+    planned: &Planned,
+    blob: &BlobSource,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), BuildError> {
+    let item = &planned.item;
+    let mut f = open(planned)?;
+    f.seek(SeekFrom::Start(blob.offset)).map_err(reading(planned))?;
+    let mut hashing = Hashing { inner: f.take(item.size), hasher: sha2::Sha256::new(), len: 0 };
+    let mut counted = Counting { inner: &mut hashing, progress };
+    writer.add_file(path, item.mode, Compression::Raw, &mut counted).map_err(adding(planned))?;
+    let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
+    if hashing.len != item.size || actual != blob.digest {
+        return Err(BuildError::Changed {
+            origin: planned.origin.clone(),
+            path: item.source.clone(),
+            len: hashing.len,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn open(planned: &Planned) -> Result<File, BuildError> {
+    File::open(&planned.item.source).map_err(reading(planned))
+}
+
+fn reading(planned: &Planned) -> impl FnOnce(std::io::Error) -> BuildError {
+    |source| BuildError::Read { origin: planned.origin.clone(), path: planned.item.source.clone(), source }
+}
+
+fn adding(planned: &Planned) -> impl FnOnce(payload_format::Error) -> BuildError {
+    |source| BuildError::Add {
+        origin: planned.origin.clone(),
+        path: planned.item.source.clone(),
+        source: Box::new(source),
+    }
 }
 
 const SNIFF_LEN: usize = 128 << 10;
