@@ -54,6 +54,11 @@ pub fn require_cluster_file(ip: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// How to log in to cluster host `h`, as its `ssh` settings say.
+pub fn login_for(h: &cluster::Host) -> Login {
+    Login { host: h.ip.clone(), port: h.ssh.port, user: h.ssh.user.clone(), key: h.ssh.key.clone(), sudo: h.ssh.sudo }
+}
+
 /// The bastion session for `c`, if it has one.
 pub async fn jump_for(c: &Cluster, opts: &SshOptions) -> Result<Option<Arc<Jump>>> {
     match &c.bastion {
@@ -80,13 +85,7 @@ impl Found {
             .iter()
             .find(|h| h.ip == ip)
             .ok_or_else(|| anyhow!("{ip} is not a host of cluster {}", self.cluster.name))?;
-        let login = Login {
-            host: h.ip.clone(),
-            port: h.ssh.port,
-            user: h.ssh.user.clone(),
-            key: h.ssh.key.clone(),
-            sudo: h.ssh.sudo,
-        };
+        let login = login_for(h);
         SshHost::connect(&login, &self.opts, self.jump.clone())
             .await
             .map(Arc::new)
@@ -166,13 +165,7 @@ async fn from_master(w: &Where, master: &str) -> Result<cluster::ClusterFile> {
     let jump = jump_for(&probe, &opts).await?;
     let h =
         probe.hosts.iter().find(|h| h.ip == master).ok_or_else(|| anyhow!("{master} is not in the cluster file"))?;
-    let login = Login {
-        host: h.ip.clone(),
-        port: h.ssh.port,
-        user: h.ssh.user.clone(),
-        key: h.ssh.key.clone(),
-        sudo: h.ssh.sudo,
-    };
+    let login = login_for(h);
     let conn = SshHost::connect(&login, &opts, jump).await.with_context(|| format!("{master}: connecting"))?;
     let out =
         crate::ssh::RemoteHost::run(&conn, &format!("cat {} 2>/dev/null || true", crate::node::CLUSTER_FILE), b"")

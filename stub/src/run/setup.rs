@@ -9,7 +9,7 @@ use super::progress::Reporter;
 use super::{Ctx, Options, distribute, host_plan, parallel, prepare_plan, relay};
 use crate::agent::{AGENT_PATH, INSTALLER_PATH};
 use crate::cluster::{self, Overrides, Role};
-use crate::ssh::client::{Jump, Login, SshHost, SshOptions};
+use crate::ssh::client::{SshHost, SshOptions};
 use anyhow::{Context, Result, anyhow};
 use payload_format::{SignatureStatus, TrustPolicy};
 use std::path::Path;
@@ -71,26 +71,13 @@ pub async fn connect(
     opts: &SshOptions,
     limit: usize,
 ) -> Result<(Vec<Option<Arc<SshHost>>>, Vec<Problem>)> {
-    let jump = match &ctx.cluster.bastion {
-        Some(b) => {
-            let key = ctx.cluster.bastion_key.clone();
-            let login = Login { host: b.host.clone(), port: b.port, user: b.user.clone(), key, sudo: false };
-            Some(Jump::connect(&login, opts).await?)
-        }
-        None => None,
-    };
+    let jump = cluster::locate::jump_for(&ctx.cluster, opts).await?;
     let conns = parallel(ctx.cluster.hosts.len(), limit, |i| {
         let (ctx, opts, jump) = (ctx.clone(), opts.clone(), jump.clone());
         async move {
             let h = &ctx.cluster.hosts[i];
             ctx.rep.event(&h.ip, "connect", "start", "connecting", serde_json::json!({}));
-            let login = Login {
-                host: h.ip.clone(),
-                port: h.ssh.port,
-                user: h.ssh.user.clone(),
-                key: h.ssh.key.clone(),
-                sudo: h.ssh.sudo,
-            };
+            let login = cluster::locate::login_for(h);
             SshHost::connect(&login, &opts, jump).await.map(Arc::new)
         }
     })
