@@ -165,7 +165,7 @@ impl Index {
         }
         let short = || corrupt("ends early".into());
         let chunk_size = r.u32().ok_or_else(short)?;
-        if chunk_size < 4096 || chunk_size > (1 << 30) {
+        if !(4096..=(1 << 30)).contains(&chunk_size) {
             return Err(corrupt(format!("chunk size {chunk_size} out of range")));
         }
         let stub_sha256: Digest = r.take(32).ok_or_else(short)?.try_into().unwrap();

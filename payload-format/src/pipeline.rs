@@ -238,8 +238,8 @@ impl Placer {
             let result = hasher.and_then(|hasher| {
                 // Direct writes need aligned offsets and lengths: every chunk but the last qualifies
                 // when chunks are a multiple of the alignment (they are 1 MiB unless set otherwise).
-                let direct = setup.chunk_size % DIRECT_ALIGN == 0
-                    && setup.data_offset % DIRECT_ALIGN as u64 == 0
+                let direct = setup.chunk_size.is_multiple_of(DIRECT_ALIGN)
+                    && setup.data_offset.is_multiple_of(DIRECT_ALIGN as u64)
                     && set_direct(&setup.file, true).is_ok();
                 let state = State {
                     chunk: ChunkBuf::new(setup.chunk_size),

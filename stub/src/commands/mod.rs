@@ -31,7 +31,7 @@ pub fn main() -> ExitCode {
         Command::Registry(RegistryCommand::Config(args)) => crate::registry::config(&args, &printer),
         Command::Run(args) => run::run(&args, quiet, no_progress),
         Command::Check(args) => check::run(&args),
-        Command::Reset(args) => reset::run(&args),
+        Command::Reset(args) => reset::run(&args, quiet, no_progress),
         Command::Join(args) => join::run(*args, quiet, no_progress),
         Command::Agent(cmd) => crate::agent::main(&cmd),
         Command::Lb(args) => lb(&args),

@@ -8,7 +8,7 @@ use anyhow::Result;
 use std::time::Duration;
 
 /// Entry point of `installer reset`.
-pub fn run(args: &ClusterCommandArgs) -> Result<()> {
+pub fn run(args: &ClusterCommandArgs, quiet: bool, no_progress: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let only: Vec<String> = args
@@ -33,7 +33,8 @@ pub fn run(args: &ClusterCommandArgs) -> Result<()> {
             None => bare_hosts(args, &only).await?,
         };
         let payload = crate::verify::open_payload(&args.run.installer)?;
-        crate::reset::reset(found, only, known, &payload, args.run.parallel).await
+        let opts = crate::reset::Options { json: args.run.json, quiet, no_progress, parallel: args.run.parallel };
+        crate::reset::reset(found, only, known, payload, &opts).await
     })
 }
 

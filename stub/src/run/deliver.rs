@@ -1,16 +1,19 @@
-//! The sequence of `installer run` (and of `join`, which is a run over the grown cluster).
+//! The sequences: [`deliver`] for `installer run` (and `join`, which is a run over the grown
+//! cluster), [`reset`] for `installer reset`.
 //!
-//! Owns the order of the phases and the summary line; each phase is in [`super::phases`] and the
-//! engine that runs them in [`super::engine`].
+//! Owns the order of the phases and the summary lines; each phase is in [`super::phases`] and
+//! the engine that runs them in [`super::engine`].
 
 use super::engine::{Engine, Step};
 use super::phases::control::{Init, Join, Kubeadm, Lb, SaveState};
 use super::phases::distribute::Distribute;
 use super::phases::launch::{Healthy, Launch};
 use super::phases::preflight::{self, Settle, Stage};
+use super::phases::reset::{Forget, Going, Leave, Tally, Teardown};
 use super::phases::{prepare::Prepare, registry};
 use super::preflight::Problem;
 use super::{Ctx, Options};
+use crate::cluster::Role;
 use crate::ssh::RemoteHost;
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -60,6 +63,38 @@ pub async fn deliver<H: RemoteHost>(
     engine.run(&cluster).await?;
     summary(&engine, &distribute, started, true);
     engine.run(&[Arc::new(Healthy { wait: opts.wait }) as Step<H>]).await
+}
+
+/// Takes `going`'s hosts off the cluster: they leave it (when others stay), workers are torn
+/// down, then masters, then the cluster's description forgets them. Prints one line per host
+/// torn down, in that order, also when another host failed.
+pub async fn reset<H: RemoteHost>(engine: &Engine<H>, going: Going) -> Result<()> {
+    let (ctx, going, tally) = (&engine.ctx, Arc::new(going), Tally::default());
+    let phases: Vec<Step<H>> = vec![
+        Arc::new(Leave(going.clone())),
+        Arc::new(Teardown::new(ctx, going.clone(), false, tally.clone())),
+        Arc::new(Teardown::new(ctx, going.clone(), true, tally.clone())),
+        Arc::new(Forget(going.clone())),
+    ];
+    let result = engine.run(&phases).await;
+    ctx.rep.finish();
+    let tally = tally.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let order = ctx
+        .cluster
+        .hosts
+        .iter()
+        .filter(|h| !h.is(Role::Master))
+        .chain(ctx.cluster.hosts.iter().filter(|h| h.is(Role::Master)));
+    for host in order {
+        if let Some(torn) = tally.get(&host.ip) {
+            ctx.rep.line(
+                "reset",
+                &format!("{}: {}", host.ip, torn.words()),
+                serde_json::json!({"host": host.ip, "result": torn}),
+            );
+        }
+    }
+    result
 }
 
 /// Whether the bundle's rootfs brings kubeadm.

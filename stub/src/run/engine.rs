@@ -8,6 +8,8 @@
 //! reports "done" and "error" events, and stops after the first phase that failed anywhere:
 //! every host finishes that phase, and no host gets a later one. The error names each failed
 //! host, the phase and the cause; what completed is recorded, so the same command continues.
+//! An engine made [`Engine::unrecorded`] keeps no records (a teardown, whose steps are
+//! idempotent and which removes the records anyway).
 //!
 //! The engine is generic over [`RemoteHost`], so phase order, resume and failure are tested
 //! against [`crate::ssh::fake::FakeHost`].
@@ -151,12 +153,30 @@ pub struct Engine<H> {
     /// Hosts worked on at once.
     pub parallel: usize,
     clocks: Mutex<BTreeMap<&'static str, Duration>>,
+    records: Records,
+}
+
+/// Whether an engine keeps per-host records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Records {
+    /// Completed phases and failures are recorded; a re-run resumes from them.
+    Kept,
+    /// Nothing is recorded: the work itself is idempotent (a teardown, which also removes the
+    /// records), so running it again is how it continues.
+    None,
 }
 
 impl<H: RemoteHost> Engine<H> {
     /// An engine over `hosts` (in cluster order) with their recorded `states`.
     pub fn new(ctx: Arc<Ctx>, hosts: Vec<Arc<H>>, states: Vec<State>, parallel: usize) -> Engine<H> {
-        Engine { ctx, hosts, states: Arc::new(states), parallel, clocks: Mutex::default() }
+        Engine { ctx, hosts, states: Arc::new(states), parallel, clocks: Mutex::default(), records: Records::Kept }
+    }
+
+    /// An engine over `hosts` that records nothing, for work that is idempotent (a teardown):
+    /// every host starts with no recorded state, and a failure is reported, not recorded.
+    pub fn unrecorded(ctx: Arc<Ctx>, hosts: Vec<Arc<H>>, parallel: usize) -> Engine<H> {
+        let states = vec![State::new(); hosts.len()];
+        Engine { records: Records::None, ..Engine::new(ctx, hosts, states, parallel) }
     }
 
     /// Runs `phases` in order; the first that fails stops the list.
@@ -207,12 +227,12 @@ impl<H: RemoteHost> Engine<H> {
     /// stops the run naming each failed host.
     pub async fn each<P: Phase<H>>(&self, phase: Arc<P>, which: Vec<usize>, limit: usize) -> Result<()> {
         let results = parallel(which.len(), limit, |k| {
-            let (phase, ctx, i) = (phase.clone(), self.ctx.clone(), which[k]);
+            let (phase, ctx, i, records) = (phase.clone(), self.ctx.clone(), which[k], self.records);
             let h = self.hosts[i].clone();
             async move {
                 let name = phase.name();
                 let outcome = phase.run_host(ctx.clone(), h.clone(), i).await?;
-                settle(&ctx, h.as_ref(), i, name, outcome).await
+                settle(&ctx, h.as_ref(), i, name, outcome, records).await
             }
         })
         .await;
@@ -228,7 +248,7 @@ impl<H: RemoteHost> Engine<H> {
         for i in which {
             let (ctx, h) = (self.ctx.clone(), self.hosts[i].clone());
             let r = match phase.clone().run_host(ctx.clone(), h.clone(), i).await {
-                Ok(outcome) => settle(&ctx, h.as_ref(), i, phase.name(), outcome).await,
+                Ok(outcome) => settle(&ctx, h.as_ref(), i, phase.name(), outcome, self.records).await,
                 Err(e) => Err(e),
             };
             r.map_err(|e| self.fail_one(phase.name(), i, e))?;
@@ -247,9 +267,14 @@ impl<H: RemoteHost> Engine<H> {
         let host = &self.ctx.cluster.hosts[i];
         let msg = format!("{e:#}");
         self.ctx.rep.event(&host.ip, phase, "error", &msg, serde_json::json!({}));
-        let error = match records::write_local(&self.ctx, host, phase, "failed", serde_json::json!({"error": msg})) {
-            Ok(()) => e,
-            Err(re) => anyhow!("{msg}; the failure could not be recorded either: {re:#}"),
+        let error = match self.records {
+            Records::None => e,
+            Records::Kept => {
+                match records::write_local(&self.ctx, host, phase, "failed", serde_json::json!({"error": msg})) {
+                    Ok(()) => e,
+                    Err(re) => anyhow!("{msg}; the failure could not be recorded either: {re:#}"),
+                }
+            }
         };
         HostError { host: host.ip.clone(), phase, error }
     }
@@ -263,20 +288,29 @@ impl<H: RemoteHost> Engine<H> {
         }
         self.ctx.rep.finish();
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        bail!(
-            "{phase} failed on {} host(s); completed phases are recorded, so running the same command again continues from here:\n  {}",
-            errs.len(),
-            lines.join("\n  ")
-        )
+        let again = match self.records {
+            Records::Kept => "completed phases are recorded, so running the same command again continues from here",
+            Records::None => {
+                "every step tolerates what is already done, so running the same command again continues from here"
+            }
+        };
+        bail!("{phase} failed on {} host(s); {again}:\n  {}", errs.len(), lines.join("\n  "))
     }
 }
 
-/// Records and reports what a phase did on host `i`.
-async fn settle<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, phase: &str, outcome: Outcome) -> Result<()> {
+/// Records (when the engine keeps records) and reports what a phase did on host `i`.
+async fn settle<H: RemoteHost>(
+    ctx: &Ctx,
+    h: &H,
+    i: usize,
+    phase: &str,
+    outcome: Outcome,
+    records: Records,
+) -> Result<()> {
     let host = &ctx.cluster.hosts[i];
     match outcome {
         Outcome::Done { record, message, data } => {
-            if let Some(detail) = record {
+            if let (Some(detail), Records::Kept) = (record, records) {
                 records::record_on(ctx, h, host, phase, detail).await?;
             }
             ctx.rep.event(&host.ip, phase, "done", &message, data);

@@ -63,6 +63,27 @@ pub struct Ctx {
     pub stall: Duration,
 }
 
+impl Ctx {
+    /// The context of a teardown (`reset`): the installer only lends its index (what the rootfs
+    /// laid down), so no agent is sent and nothing is checked against a signer.
+    pub fn for_teardown(payload: Payload, id: String, cluster: Cluster, rep: Reporter, local_state: PathBuf) -> Ctx {
+        Ctx {
+            payload,
+            id,
+            cluster,
+            rep,
+            stub: Vec::new(),
+            stub_sha: String::new(),
+            allow_unsigned: false,
+            signer: None,
+            local_state,
+            phase_timeout: Duration::from_secs(600),
+            force: false,
+            stall: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Seconds `run` and `join` wait for the new cluster to pass `check` unless `--wait` says.
 pub const DEFAULT_WAIT_SECS: u64 = 600;
 

@@ -2,7 +2,8 @@
 //!
 //! Owns: the [`RemoteHost`] trait (run a command as root on one host, either collecting its
 //! output or as a duplex byte stream), the real implementation over russh ([`client`]), an
-//! in-memory fake for unit tests ([`fake`]), typed agent calls over it ([`agent`]), and the
+//! in-memory fake for unit tests ([`fake`]), a host connected only when first used
+//! ([`on_demand`]), typed agent calls over it ([`agent`]), and the
 //! secrets (passwords, passphrases) that authentication needs. Orchestration code only sees the trait, so it is
 //! testable without hosts.
 //!
@@ -12,6 +13,7 @@
 pub mod agent;
 pub mod client;
 pub mod fake;
+pub mod on_demand;
 
 pub use crate::protocol::quote;
 

@@ -618,3 +618,5 @@ mod preflight {
         assert_eq!(local(&ctx, IPS[2])["phases"]["preflight"]["status"], "failed");
     }
 }
+
+mod reset;
