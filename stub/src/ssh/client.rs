@@ -6,8 +6,7 @@
 //! known_hosts file: an unknown key is refused unless `accept_new` (then it is recorded), a
 //! changed key is always refused.
 
-use super::{Counting, Exec, RemoteHost, Secret, Secrets, quote};
-use anyhow::{Context, Result, anyhow, bail};
+use super::{Counting, Exec, RemoteHost, Secret, Secrets, SshError, quote};
 use russh::ChannelMsg;
 use russh::client::{self, Handle};
 use russh::keys::{self, PrivateKeyWithHashAlg, PublicKeyOrCertificate, known_hosts};
@@ -129,6 +128,9 @@ pub struct Login {
 /// Loaded private keys by path (each key file is decrypted once per run).
 static KEYS: Mutex<Option<HashMap<PathBuf, Arc<keys::PrivateKey>>>> = Mutex::new(None);
 
+/// This module's results.
+type Result<T, E = SshError> = std::result::Result<T, E>;
+
 fn load_key(path: &Path, secrets: &Secrets) -> Result<Arc<keys::PrivateKey>> {
     if let Some(k) = KEYS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).get(path) {
         return Ok(k.clone());
@@ -141,9 +143,9 @@ fn load_key(path: &Path, secrets: &Secrets) -> Result<Arc<keys::PrivateKey>> {
                 None => super::prompt_secret(&format!("passphrase for {}", path.display()))?,
             };
             keys::load_secret_key(path, Some(pass.expose()))
-                .map_err(|e| anyhow!("decrypting key {} (wrong passphrase?): {e}", path.display()))?
+                .map_err(|cause| SshError::DecryptKey { path: path.to_path_buf(), cause })?
         }
-        Err(e) => bail!("loading key {}: {e}", path.display()),
+        Err(cause) => return Err(SshError::LoadKey { path: path.to_path_buf(), cause }),
     };
     let key = Arc::new(key);
     KEYS.lock()
@@ -192,7 +194,8 @@ async fn authenticate(h: &mut Handle<Checker>, login: &Login, opts: &SshOptions)
     if let Some(path) = &login.key {
         let key = load_key(path, &opts.secrets)?;
         let hash = h.best_supported_rsa_hash().await.ok().flatten().flatten();
-        if h.authenticate_publickey(&login.user, PrivateKeyWithHashAlg::new(key, hash)).await?.success() {
+        let answer = h.authenticate_publickey(&login.user, PrivateKeyWithHashAlg::new(key, hash)).await;
+        if answer.map_err(|e| SshError::session("offering the key", e))?.success() {
             return Ok(());
         }
         tried.push(format!("key {}", path.display()));
@@ -216,18 +219,14 @@ async fn authenticate(h: &mut Handle<Checker>, login: &Login, opts: &SshOptions)
         }
     }
     if let Some(pw) = &opts.secrets.ssh_password {
-        if h.authenticate_password(&login.user, pw.expose()).await?.success() {
+        let answer = h.authenticate_password(&login.user, pw.expose()).await;
+        if answer.map_err(|e| SshError::session("offering the password", e))?.success() {
             return Ok(());
         }
         tried.push("password (wrong password?)".into());
     }
-    if tried.is_empty() {
-        bail!(
-            "no way to log in as {}: give --key, run an ssh-agent, or set FERRY_SSH_PASSWORD / --ask-password",
-            login.user
-        );
-    }
-    bail!("authentication as {} failed; tried {}", login.user, tried.join(", "))
+    let user = login.user.clone();
+    Err(if tried.is_empty() { SshError::NoCredentials { user } } else { SshError::AuthFailed { user, tried } })
 }
 
 async fn handshake<S>(stream: S, login: &Login, opts: &SshOptions) -> Result<Handle<Checker>>
@@ -246,9 +245,9 @@ where
         Ok(h) => h,
         Err(e) => {
             if let Some(v) = verdict.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                bail!("{v}");
+                return Err(SshError::HostKey(v));
             }
-            return Err(anyhow!("SSH handshake failed: {e}"));
+            return Err(SshError::Handshake(e));
         }
     };
     authenticate(&mut h, login, opts).await?;
@@ -266,14 +265,17 @@ impl Jump {
     pub async fn connect(login: &Login, opts: &SshOptions) -> Result<Arc<Jump>> {
         let name = format!("bastion {}@{}:{}", login.user, login.host, login.port);
         let fut = async {
-            let tcp = tokio::net::TcpStream::connect((login.host.as_str(), login.port)).await.context("connecting")?;
+            let tcp = tokio::net::TcpStream::connect((login.host.as_str(), login.port))
+                .await
+                .map_err(|e| SshError::Connect { what: "connecting".into(), cause: e.to_string() })?;
             tcp.set_nodelay(true).ok();
             handshake(tcp, login, opts).await
         };
+        let seconds = opts.connect_timeout.as_secs();
         let handle = tokio::time::timeout(opts.connect_timeout, fut)
             .await
-            .map_err(|_| anyhow!("{name}: no answer within {} s", opts.connect_timeout.as_secs()))?
-            .with_context(|| name.clone())?;
+            .map_err(|_| SshError::Timeout { what: name.clone(), seconds })?
+            .map_err(|cause| SshError::Bastion { name: name.clone(), cause: Box::new(cause) })?;
         Ok(Arc::new(Jump { handle, name }))
     }
 }
@@ -294,9 +296,9 @@ impl SshHost {
         let fut = async {
             let handle = match &jump {
                 None => {
-                    let tcp = tokio::net::TcpStream::connect((login.host.as_str(), login.port))
-                        .await
-                        .with_context(|| format!("connecting to port {}", login.port))?;
+                    let tcp = tokio::net::TcpStream::connect((login.host.as_str(), login.port)).await.map_err(|e| {
+                        SshError::Connect { what: format!("connecting to port {}", login.port), cause: e.to_string() }
+                    })?;
                     tcp.set_nodelay(true).ok();
                     handshake(tcp, login, opts).await?
                 }
@@ -305,15 +307,19 @@ impl SshHost {
                         .handle
                         .channel_open_direct_tcpip(login.host.clone(), login.port as u32, "127.0.0.1", 0)
                         .await
-                        .with_context(|| format!("{} could not open a connection to port {}", j.name, login.port))?;
+                        .map_err(|e| SshError::Connect {
+                            what: format!("{} could not open a connection to port {}", j.name, login.port),
+                            cause: e.to_string(),
+                        })?;
                     handshake(ch.into_stream(), login, opts).await?
                 }
             };
-            Ok::<_, anyhow::Error>(handle)
+            Ok(handle)
         };
+        let seconds = opts.connect_timeout.as_secs();
         let handle = tokio::time::timeout(opts.connect_timeout, fut)
             .await
-            .map_err(|_| anyhow!("unreachable: no SSH answer within {} s", opts.connect_timeout.as_secs()))??;
+            .map_err(|_| SshError::Timeout { what: "unreachable".into(), seconds })??;
         let mut host = SshHost {
             addr: login.host.clone(),
             handle,
@@ -324,27 +330,25 @@ impl SshHost {
         };
         if login.sudo || login.user != "root" {
             host.sudo = SudoMode::NoPassword;
-            let probe = host.raw(&host.wrap("true"), b"").await?;
+            let probe = host.raw(&host.wrap("true"), b"").await.map_err(|e| SshError::session("asking sudo", e))?;
             if !probe.ok() {
                 let msg = probe.tail(2);
                 match opts.secrets.for_sudo() {
                     Some(pw) if msg.contains("password") => {
                         host.sudo = SudoMode::Password;
                         host.sudo_password = Some(pw.clone());
-                        let probe = host.run("true", b"").await?;
+                        let probe =
+                            host.raw(&host.wrap("true"), b"").await.map_err(|e| SshError::session("asking sudo", e))?;
                         if !probe.ok() {
-                            bail!(
-                                "sudo refused for {}: {} (wrong sudo password, or the user may not use sudo)",
-                                login.user,
-                                probe.tail(2)
-                            );
+                            let answer =
+                                format!("{} (wrong sudo password, or the user may not use sudo)", probe.tail(2));
+                            return Err(SshError::SudoRefused { user: login.user.clone(), answer });
                         }
                     }
-                    _ if msg.contains("password") => bail!(
-                        "sudo for {} asks for a password: set FERRY_SUDO_PASSWORD or pass --ask-sudo-password ({msg})",
-                        login.user
-                    ),
-                    _ => bail!("sudo refused for {}: {msg}", login.user),
+                    _ if msg.contains("password") => {
+                        return Err(SshError::SudoPasswordNeeded { user: login.user.clone(), answer: msg });
+                    }
+                    _ => return Err(SshError::SudoRefused { user: login.user.clone(), answer: msg }),
                 }
             }
         }
@@ -368,12 +372,13 @@ impl SshHost {
 
     async fn raw(&self, wrapped: &str, stdin: &[u8]) -> Result<super::Output> {
         let exec = self.open_wrapped(wrapped).await?;
-        collect(exec, stdin).await
+        collect(exec, stdin).await.map_err(|e| SshError::session("reading a remote command's output", e))
     }
 
     async fn open_wrapped(&self, wrapped: &str) -> Result<Exec> {
-        let ch = self.handle.channel_open_session().await.context("opening an SSH channel")?;
-        ch.exec(true, wrapped.as_bytes()).await.context("starting a remote command")?;
+        let ch =
+            self.handle.channel_open_session().await.map_err(|e| SshError::session("opening an SSH channel", e))?;
+        ch.exec(true, wrapped.as_bytes()).await.map_err(|e| SshError::session("starting a remote command", e))?;
         let (mut read, write) = ch.split();
         let mut writer = write.make_writer();
         if self.sudo == SudoMode::Password
@@ -381,7 +386,8 @@ impl SshHost {
         {
             let mut line = pw.expose().as_bytes().to_vec();
             line.push(b'\n');
-            writer.write_all(&line).await.context("sending the sudo password")?;
+            let sent = writer.write_all(&line).await;
+            sent.map_err(|e| SshError::session("sending the sudo password", e))?;
             line.iter_mut().for_each(|b| *b = 0);
         }
         let (mut out_w, out_r) = tokio::io::duplex(1 << 20);
@@ -417,7 +423,7 @@ impl SshHost {
     }
 }
 
-async fn collect(exec: Exec, stdin: &[u8]) -> Result<super::Output> {
+async fn collect(exec: Exec, stdin: &[u8]) -> std::io::Result<super::Output> {
     use tokio::io::AsyncReadExt;
     let Exec { stdin: mut w, mut stdout, finished } = exec;
     let input = stdin.to_vec();
@@ -437,8 +443,8 @@ impl RemoteHost for SshHost {
         &self.addr
     }
 
-    async fn open(&self, cmd: &str) -> Result<Exec> {
-        self.open_wrapped(&self.wrap(cmd)).await
+    async fn open(&self, cmd: &str) -> anyhow::Result<Exec> {
+        Ok(self.open_wrapped(&self.wrap(cmd)).await?)
     }
 
     fn bytes_sent(&self) -> u64 {

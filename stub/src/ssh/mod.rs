@@ -3,8 +3,8 @@
 //! Owns: the [`RemoteHost`] trait (run a command as root on one host, either collecting its
 //! output or as a duplex byte stream), the real implementation over russh ([`client`]), an
 //! in-memory fake for unit tests ([`fake`]), a host connected only when first used
-//! ([`on_demand`]), typed agent calls over it ([`agent`]), and the
-//! secrets (passwords, passphrases) that authentication needs. Orchestration code only sees the trait, so it is
+//! ([`on_demand`]), typed agent calls over it ([`agent`]), what can go wrong reaching a host
+//! ([`SshError`]), and the secrets (passwords, passphrases) that authentication needs. Orchestration code only sees the trait, so it is
 //! testable without hosts.
 //!
 //! Every command runs as root: directly for root logins, through `sudo` otherwise. A sudo
@@ -12,10 +12,12 @@
 
 pub mod agent;
 pub mod client;
+pub mod error;
 pub mod fake;
 pub mod on_demand;
 
 pub use crate::protocol::quote;
+pub use error::SshError;
 
 use crate::protocol::Call;
 use anyhow::Result;
@@ -166,12 +168,14 @@ impl Secrets {
 }
 
 /// Reads a secret from the terminal with echo off. Fails when there is no terminal.
-pub fn prompt_secret(prompt: &str) -> Result<Secret> {
+pub fn prompt_secret(prompt: &str) -> std::result::Result<Secret, SshError> {
     use std::io::{BufRead, Write};
     use std::os::fd::AsRawFd;
-    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").map_err(|e| {
-        anyhow::anyhow!("cannot prompt for {prompt}: no terminal ({e}); use the environment variable instead")
-    })?;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|cause| SshError::NoTerminal { prompt: prompt.to_string(), cause })?;
     let fd = tty.as_raw_fd();
     let mut term: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: fd is an open terminal; termios is a plain struct.
@@ -190,7 +194,7 @@ pub fn prompt_secret(prompt: &str) -> Result<Secret> {
         unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
     }
     let _ = writeln!(w);
-    r?;
+    r.map_err(|cause| SshError::Prompt { prompt: prompt.to_string(), cause })?;
     Ok(Secret::new(line.trim_end_matches(['\n', '\r']).to_string()))
 }
 
