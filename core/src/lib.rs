@@ -2,10 +2,12 @@
 //! network stack: output ([`printer`], [`units`]), atomic file writes ([`fs`]), the one image
 //! reference type ([`image_ref`]), OCI media types ([`oci`]), the typed bundle metadata the
 //! packer writes for the installer ([`metadata`], [`launch`]), and the two commands both
-//! binaries offer, [`verify`] and [`inspect`], with the keys they trust ([`trust`]). Each
-//! binary keeps its command line and converts its arguments into this crate's option structs.
+//! binaries offer, [`verify`] and [`inspect`], with the keys they trust ([`trust`]) and the
+//! flags that ask for them ([`cli_args`]). Each binary keeps its own command line, flattens
+//! those flags into it and converts them into this crate's option structs.
 #![deny(missing_docs)]
 
+pub mod cli_args;
 pub mod fs;
 pub mod image_ref;
 pub mod inspect;

@@ -466,10 +466,11 @@ pub fn add_blobs(plan: &mut Plan, blobs: &BTreeMap<String, crate::images::store:
 
 /// Like `add`, but two trees may both provide the same directory.
 fn merge(plan: &mut Plan, key: String, item: TreeItem, origin: &str) -> Result<(), BuildError> {
-    if let Some(prev) = plan.get(&key) {
-        if prev.item.kind == ItemKind::Dir && item.kind == ItemKind::Dir {
-            return Ok(());
-        }
+    if let Some(prev) = plan.get(&key)
+        && prev.item.kind == ItemKind::Dir
+        && item.kind == ItemKind::Dir
+    {
+        return Ok(());
     }
     add(plan, key, item, origin)
 }
@@ -601,12 +602,12 @@ fn adding(planned: &Planned) -> impl FnOnce(payload_format::Error) -> BuildError
 
 const SNIFF_LEN: usize = 128 << 10;
 
+/// A file read again from its start after its head was read for sniffing.
+type Rewound<'a> = Chain<Cursor<Vec<u8>>, &'a mut File>;
+
 /// Stores data that zstd cannot shrink (already-compressed layers, archives, random data) raw,
 /// so it stays servable as a plain slice of the file; everything else as zstd frames.
-fn sniff<'a>(
-    f: &'a mut File,
-    sniffer: &mut zstd::bulk::Compressor,
-) -> std::io::Result<(Compression, Chain<Cursor<Vec<u8>>, &'a mut File>)> {
+fn sniff<'a>(f: &'a mut File, sniffer: &mut zstd::bulk::Compressor) -> std::io::Result<(Compression, Rewound<'a>)> {
     let mut head = Vec::with_capacity(SNIFF_LEN);
     f.by_ref().take(SNIFF_LEN as u64).read_to_end(&mut head)?;
     let compression = if head.len() < 512 {

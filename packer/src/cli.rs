@@ -1,6 +1,8 @@
-//! Command-line types of `ferry`. Logic lives in the command modules.
+//! Command-line types of `ferry`. Logic lives in the command modules; the flags of `verify`
+//! and `inspect` come from `ferry_core::cli_args`, so `./installer` has the same ones.
 
 use clap::{Args, Parser, Subcommand};
+use ferry_core::cli_args::{InspectArgs, VerifyArgs};
 use std::path::PathBuf;
 
 /// ferry: build one signed installer that delivers a whole Kubernetes platform into an air-gapped site.
@@ -115,7 +117,7 @@ impl BuildArgs {
 pub struct VerifyFileArgs {
     /// The installer to check.
     pub file: PathBuf,
-    /// Verification options.
+    /// Verification options (the same as `./installer verify`'s).
     #[command(flatten)]
     pub verify: VerifyArgs,
 }
@@ -125,48 +127,7 @@ pub struct VerifyFileArgs {
 pub struct InspectFileArgs {
     /// The installer to inspect.
     pub file: PathBuf,
-    /// Inspection options.
+    /// Inspection options (the same as `./installer inspect`'s).
     #[command(flatten)]
     pub inspect: InspectArgs,
-}
-
-/// Options of `verify` (the same as `./installer verify`'s).
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// A trusted public key (`NAME.pub`). Repeatable. Keys in `FERRY_TRUSTED_KEYS` (colon-separated
-    /// files or directories) and `/etc/ferry/trusted-keys/` are trusted too.
-    #[arg(long = "key", value_name = "NAME.pub")]
-    pub keys: Vec<PathBuf>,
-    /// Accept a file with no signature (it is still reported loudly).
-    #[arg(long)]
-    pub allow_unsigned: bool,
-    /// Print the result as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl VerifyArgs {
-    /// What the shared `verify` is asked.
-    pub fn options(&self) -> ferry_core::verify::VerifyOptions {
-        ferry_core::verify::VerifyOptions {
-            keys: self.keys.clone(),
-            allow_unsigned: self.allow_unsigned,
-            json: self.json,
-        }
-    }
-}
-
-/// Options of `inspect` (the same as `./installer inspect`'s).
-#[derive(Debug, Args)]
-pub struct InspectArgs {
-    /// Print the result as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl InspectArgs {
-    /// What the shared `inspect` is asked.
-    pub fn options(&self) -> ferry_core::inspect::InspectOptions {
-        ferry_core::inspect::InspectOptions { json: self.json }
-    }
 }

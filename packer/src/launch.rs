@@ -167,10 +167,10 @@ fn check_step(file: &Path, at: &str, s: &LaunchStepFields) -> Result<(), LaunchE
             return Err(LaunchError::Namespace { file, at, namespace: ns.clone() });
         }
     }
-    if let Some(cmd) = &s.run {
-        if cmd.trim().is_empty() {
-            return Err(LaunchError::EmptyRun { file, at });
-        }
+    if let Some(cmd) = &s.run
+        && cmd.trim().is_empty()
+    {
+        return Err(LaunchError::EmptyRun { file, at });
     }
     Ok(())
 }

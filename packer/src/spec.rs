@@ -351,10 +351,10 @@ impl Bundle {
                 index,
                 cause,
             })?;
-            if let Some(src) = &item.source {
-                if !(src.starts_with("oci:") || src.starts_with("docker-archive:")) {
-                    return Err(SpecError::ImageSource { file: file(), index, given: src.clone() });
-                }
+            if let Some(src) = &item.source
+                && !(src.starts_with("oci:") || src.starts_with("docker-archive:"))
+            {
+                return Err(SpecError::ImageSource { file: file(), index, given: src.clone() });
             }
         }
         for (registry, mirrors) in &s.registry_mirrors {

@@ -176,10 +176,10 @@ fn walk_into(root: &Path, dir: &Path, label: &str, out: &mut Vec<TreeItem>) -> R
 /// tree. Absolute targets are read relative to the tree root, since the tree is laid onto `/`.
 pub fn link_stays_inside(link_rel: &Path, target: &Path) -> bool {
     let mut stack: Vec<Component> = Vec::new();
-    if target.is_relative() {
-        if let Some(parent) = link_rel.parent() {
-            stack.extend(parent.components().filter(|c| matches!(c, Component::Normal(_))));
-        }
+    if target.is_relative()
+        && let Some(parent) = link_rel.parent()
+    {
+        stack.extend(parent.components().filter(|c| matches!(c, Component::Normal(_))));
     }
     for c in target.components() {
         match c {

@@ -1,6 +1,9 @@
-//! Command-line types of `./installer`. Logic lives in the command modules.
+//! Command-line types of `./installer`. Logic lives in the command modules; the flags of
+//! `verify` and `inspect`, and which keys to trust, come from `ferry_core::cli_args`, so
+//! `ferry` has the same ones.
 
 use clap::{Args, Parser, Subcommand};
+pub use ferry_core::cli_args::{InspectArgs, TrustArgs, VerifyArgs};
 use std::path::PathBuf;
 
 /// ferry installer: a signed, self-verifying Kubernetes platform delivery.
@@ -86,18 +89,6 @@ pub enum RegistryCommand {
     Config(RegistryConfigArgs),
 }
 
-/// Which signing keys to trust (shared by commands that open the payload for use).
-#[derive(Debug, Args)]
-pub struct TrustArgs {
-    /// A trusted public key (`NAME.pub`). Repeatable. Keys in `FERRY_TRUSTED_KEYS` (colon-separated
-    /// files or directories) and `/etc/ferry/trusted-keys/` are trusted too.
-    #[arg(long = "key", value_name = "NAME.pub")]
-    pub keys: Vec<PathBuf>,
-    /// Accept a file with no signature (it is still reported loudly).
-    #[arg(long)]
-    pub allow_unsigned: bool,
-}
-
 /// Arguments of `registry serve`.
 #[derive(Debug, Args)]
 pub struct RegistryServeArgs {
@@ -148,29 +139,6 @@ pub struct RegistryConfigArgs {
     /// Trust options.
     #[command(flatten)]
     pub trust: TrustArgs,
-}
-
-/// Arguments of `verify`.
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// A trusted public key (`NAME.pub`). Repeatable. Keys in `FERRY_TRUSTED_KEYS` (colon-separated
-    /// files or directories) and `/etc/ferry/trusted-keys/` are trusted too.
-    #[arg(long = "key", value_name = "NAME.pub")]
-    pub keys: Vec<PathBuf>,
-    /// Accept a file with no signature (it is still reported loudly).
-    #[arg(long)]
-    pub allow_unsigned: bool,
-    /// Print the result as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Arguments of `inspect`.
-#[derive(Debug, Args)]
-pub struct InspectArgs {
-    /// Print the result as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Arguments of `extract`.

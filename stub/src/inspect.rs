@@ -8,5 +8,5 @@ use std::path::Path;
 
 /// Runs `inspect`.
 pub fn run(path: &Path, args: &InspectArgs, printer: &Printer) -> Result<()> {
-    Ok(ferry_core::inspect::run(path, &ferry_core::inspect::InspectOptions { json: args.json }, printer)?)
+    Ok(ferry_core::inspect::run(path, &args.options(), printer)?)
 }

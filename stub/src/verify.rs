@@ -10,10 +10,5 @@ pub use ferry_core::verify::{VerifyReport, missing_images, open_payload, verify}
 
 /// Runs `verify` and prints the outcome.
 pub fn run(path: &Path, args: &VerifyArgs, printer: &Printer) -> Result<()> {
-    let opts = ferry_core::verify::VerifyOptions {
-        keys: args.keys.clone(),
-        allow_unsigned: args.allow_unsigned,
-        json: args.json,
-    };
-    Ok(ferry_core::verify::run(path, &opts, printer)?)
+    Ok(ferry_core::verify::run(path, &args.options(), printer)?)
 }

@@ -512,21 +512,17 @@ impl Collector<'_> {
         let mut failures = Vec::new();
         let mut seen = BTreeSet::new();
         for n in &w.needs {
-            if seen.insert(n.digest.clone()) {
-                if let Err(e) = &blob_results[&n.digest] {
-                    failures.push(CollectError::Blob {
-                        what: n.what.clone(),
-                        digest: n.digest.clone(),
-                        cause: e.clone(),
-                    });
-                }
+            if seen.insert(n.digest.clone())
+                && let Err(e) = &blob_results[&n.digest]
+            {
+                failures.push(CollectError::Blob { what: n.what.clone(), digest: n.digest.clone(), cause: e.clone() });
             }
         }
         if failures.is_empty() {
-            if let Some(cfg) = &w.config_to_check {
-                if let Ok(slice) = &blob_results[cfg] {
-                    self.check_config_platform(slice)?;
-                }
+            if let Some(cfg) = &w.config_to_check
+                && let Ok(slice) = &blob_results[cfg]
+            {
+                self.check_config_platform(slice)?;
             }
             return Ok(());
         }
@@ -619,7 +615,7 @@ impl Collector<'_> {
             Source::Oci { path, shown, tag } => {
                 let layout = OciLayout::open(path, shown)?;
                 let desc = layout.select(&d.image, tag.as_deref())?;
-                self.from_layout(&layout, &desc, d)
+                self.layout_image(&layout, &desc, d)
             }
             Source::DockerArchive { path, shown } => self.archive_image(d, path, shown, progress),
         }
@@ -631,15 +627,15 @@ impl Collector<'_> {
         let (ep, m) =
             self.client.manifest_any(&eps, &image.repository, image.reference()).map_err(CollectError::Fetch)?;
         let digest = digest_of(&m.bytes);
-        if let Some(pin) = &image.digest {
-            if &digest != pin {
-                return Err(CollectError::RegistryPin { ep, digest, pin: pin.clone() });
-            }
+        if let Some(pin) = &image.digest
+            && &digest != pin
+        {
+            return Err(CollectError::RegistryPin { ep, digest, pin: pin.clone() });
         }
-        if let Some(h) = m.digest_header.as_deref().filter(|h| h.starts_with("sha256:")) {
-            if h != digest {
-                return Err(CollectError::Header { ep, header: h.to_string(), digest });
-            }
+        if let Some(h) = m.digest_header.as_deref().filter(|h| h.starts_with("sha256:"))
+            && h != digest
+        {
+            return Err(CollectError::Header { ep, header: h.to_string(), digest });
         }
         let (kind, media) = match classify(&m.bytes, m.content_type.as_deref()) {
             Ok(km) => km,
@@ -660,7 +656,7 @@ impl Collector<'_> {
         let mut w = match DockerArchive::open(path, shown)? {
             DockerArchive::Oci(layout) => {
                 let desc = layout.select(image, None)?;
-                self.from_layout(&layout, &desc, d)?
+                self.layout_image(&layout, &desc, d)?
             }
             DockerArchive::Legacy { files, entries, shown } => {
                 let entry = DockerArchive::select_legacy(&entries, image, &shown)?;
@@ -680,16 +676,16 @@ impl Collector<'_> {
         Ok(w)
     }
 
-    fn from_layout(&self, layout: &OciLayout, desc: &Descriptor, d: &Discovered) -> Result<Walked, CollectError> {
+    fn layout_image(&self, layout: &OciLayout, desc: &Descriptor, d: &Discovered) -> Result<Walked, CollectError> {
         valid_digest(desc, &format!("{}: index.json", layout.shown))?;
         let origin = LayoutOrigin { layout };
         let bytes = origin.manifest(desc)?;
         check(&bytes, &desc.digest, Some(desc.size), &format!("{}: manifest", layout.shown))?;
-        if let Some(pin) = &d.image.digest {
-            if pin != &desc.digest {
-                let (shown, digest, pin) = (layout.shown.clone(), desc.digest.clone(), pin.clone());
-                return Err(CollectError::LayoutPin { shown, digest, pin });
-            }
+        if let Some(pin) = &d.image.digest
+            && pin != &desc.digest
+        {
+            let (shown, digest, pin) = (layout.shown.clone(), desc.digest.clone(), pin.clone());
+            return Err(CollectError::LayoutPin { shown, digest, pin });
         }
         let (kind, media) = classify(&bytes, desc.media_type.as_deref()).map_err(|cause| {
             CollectError::LayoutManifest { shown: layout.shown.clone(), digest: desc.digest.clone(), cause }

@@ -96,13 +96,13 @@ impl Credentials {
     /// Reads Docker's config (when present) and applies `--registry-auth` values over it.
     pub fn load(cli: &[String]) -> Result<Credentials, CredentialsError> {
         let mut creds = Credentials::default();
-        if let Some(path) = docker_config_path() {
-            if path.exists() {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|source| CredentialsError::Read { path: path.clone(), source })?;
-                creds.add_docker_config(&text, &path.display().to_string())?;
-                creds.config_path = Some(path);
-            }
+        if let Some(path) = docker_config_path()
+            && path.exists()
+        {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| CredentialsError::Read { path: path.clone(), source })?;
+            creds.add_docker_config(&text, &path.display().to_string())?;
+            creds.config_path = Some(path);
         }
         for arg in cli {
             let (host, login) = parse_cli(arg)?;

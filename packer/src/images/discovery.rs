@@ -394,7 +394,6 @@ pub fn split_documents(text: &str) -> Vec<Document<'_>> {
     let mut start = 0usize;
     let mut start_line = 1usize;
     let mut offset = 0usize;
-    let mut line_no = 1usize;
     fn push<'t>(text: &'t str, from: usize, to: usize, line: usize, docs: &mut Vec<Document<'t>>) {
         let chunk = &text[from..to];
         // The document's line is that of its first line with content.
@@ -407,7 +406,7 @@ pub fn split_documents(text: &str) -> Vec<Document<'_>> {
             docs.push(Document { number, line: line + skip, text: chunk });
         }
     }
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1usize..).zip(text.split_inclusive('\n')) {
         let body = line.trim_end_matches(['\n', '\r']);
         let is_sep = body == "---" || (body.starts_with("---") && body[3..].starts_with([' ', '\t']));
         if is_sep {
@@ -417,7 +416,6 @@ pub fn split_documents(text: &str) -> Vec<Document<'_>> {
             start_line = line_no;
         }
         offset += line.len();
-        line_no += 1;
     }
     push(text, start, text.len(), start_line, &mut docs);
     docs
@@ -533,12 +531,10 @@ fn walk_generic(v: &Value, out: &mut Vec<String>) {
         Value::Object(map) => {
             for (k, child) in map {
                 let containers_like = k == "containers" || k.ends_with("Containers");
-                if containers_like {
-                    if let Some(items) = child.as_array() {
-                        for item in items {
-                            if let Some(img) = item.get("image").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-                                out.push(img.to_string());
-                            }
+                if containers_like && let Some(items) = child.as_array() {
+                    for item in items {
+                        if let Some(img) = item.get("image").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                            out.push(img.to_string());
                         }
                     }
                 }
@@ -798,10 +794,11 @@ pub fn scan_values(v: &Value, path: &str, app_version: Option<&str>, out: &mut V
             {
                 let mut r = image.to_string();
                 let last = r.rsplit('/').next().unwrap_or("");
-                if !last.contains(':') && !r.contains('@') {
-                    if let Some(t) = get("tag").or_else(|| app_version.map(String::from)) {
-                        r.push_str(&format!(":{t}"));
-                    }
+                if !last.contains(':')
+                    && !r.contains('@')
+                    && let Some(t) = get("tag").or_else(|| app_version.map(String::from))
+                {
+                    r.push_str(&format!(":{t}"));
                 }
                 out.push((format!("{path}.image").trim_start_matches('.').to_string(), r));
             }

@@ -187,7 +187,7 @@ impl Files {
             Files::Dir(root) => {
                 let p = root.join(rel);
                 let meta = std::fs::metadata(&p).ok()?;
-                meta.is_file().then(|| Slice { path: p, offset: 0, size: meta.len() })
+                meta.is_file().then_some(Slice { path: p, offset: 0, size: meta.len() })
             }
             Files::Tar { path, members } => {
                 members.get(rel).map(|&(offset, size)| Slice { path: path.clone(), offset, size })
@@ -313,10 +313,10 @@ impl OciLayout {
             None => {
                 let want = image.to_string();
                 let mut hits = by(&|d| containerd_is(d, &want));
-                if hits.is_empty() {
-                    if let Some(t) = image.tag.as_deref() {
-                        hits = by(&|d| ref_name_is(d, t) || ref_name_is(d, &want));
-                    }
+                if hits.is_empty()
+                    && let Some(t) = image.tag.as_deref()
+                {
+                    hits = by(&|d| ref_name_is(d, t) || ref_name_is(d, &want));
                 }
                 if hits.is_empty() && m.len() == 1 {
                     hits = m.clone();

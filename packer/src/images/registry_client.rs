@@ -373,31 +373,7 @@ impl RegistryClient {
             if let Some(h) = &cached {
                 req = req.header("Authorization", h);
             }
-            let resp = match req.call() {
-                Ok(r) => r,
-                Err(e) => {
-                    let mut why = format!("cannot reach {ep}: {e}");
-                    if why.contains("certificate") && !ep.skip_verify {
-                        why.push_str(&format!(" (list {} in insecureRegistries to skip certificate checks)", ep.host));
-                    }
-                    // Remember endpoints that cannot be connected to at all (an https attempt on
-                    // a plain-http registry, a closed port), so each is tried once per build.
-                    let connect_failure = matches!(
-                        &e,
-                        ureq::Error::ConnectionFailed
-                            | ureq::Error::HostNotFound
-                            | ureq::Error::Tls(_)
-                            | ureq::Error::Rustls(_)
-                    ) || matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
-                    if connect_failure {
-                        self.dead
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(ep.url.clone(), why.clone());
-                    }
-                    return Err(FetchError::Unreachable(why));
-                }
-            };
+            let resp = req.call().map_err(|e| self.unreachable(ep, &e))?;
             let status = resp.status().as_u16();
             if status == 401 && !challenged {
                 challenged = true;
@@ -409,13 +385,37 @@ impl RegistryClient {
             }
             if status == 401 || status == 403 {
                 let body = read_limited(resp, 4096).unwrap_or_default();
-                let hint = match self.creds.get(&ep.host) {
-                    Some(l) => format!("credentials for {} from {} were refused", ep.host, l.origin),
-                    None => self.creds.hint(&ep.host),
-                };
+                let hint = self.refusal_hint(ep);
                 return Err(FetchError::Auth(format!("{ep} answered {status} ({}); {hint}", describe_body(&body))));
             }
             return Ok(resp);
+        }
+    }
+
+    /// Why `ep` could not be reached. Endpoints that cannot be connected to at all (an https
+    /// attempt on a plain-http registry, a closed port) are remembered, so each is tried once
+    /// per build.
+    fn unreachable(&self, ep: &Endpoint, e: &ureq::Error) -> FetchError {
+        let mut why = format!("cannot reach {ep}: {e}");
+        if why.contains("certificate") && !ep.skip_verify {
+            why.push_str(&format!(" (list {} in insecureRegistries to skip certificate checks)", ep.host));
+        }
+        let connect_failure = matches!(
+            e,
+            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Tls(_) | ureq::Error::Rustls(_)
+        ) || matches!(e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused);
+        if connect_failure {
+            self.dead.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(ep.url.clone(), why.clone());
+        }
+        FetchError::Unreachable(why)
+    }
+
+    /// What to tell the user when `ep` or its token service refuses: whose credentials were
+    /// refused, or how to supply some.
+    fn refusal_hint(&self, ep: &Endpoint) -> String {
+        match self.creds.get(&ep.host) {
+            Some(l) => format!("credentials for {} from {} were refused", ep.host, l.origin),
+            None => self.creds.hint(&ep.host),
         }
     }
 
@@ -427,64 +427,62 @@ impl RegistryClient {
                 Some(l) => Ok(l.basic_header()),
                 None => Err(FetchError::Auth(format!("{ep} requires a login; {}", self.creds.hint(&ep.host)))),
             },
-            "bearer" => {
-                let realm = params
-                    .get("realm")
-                    .filter(|r| !r.is_empty())
-                    .ok_or_else(|| FetchError::Auth(format!("{ep} sent a Bearer challenge without a realm")))?;
-                if !self.net.may_use_plain(realm) {
-                    return Err(FetchError::Auth(format!(
-                        "{ep} wants a token from {realm}, which is not https (allowed only for loopback or insecureRegistries)"
-                    )));
-                }
-                let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{repo}:pull"));
-                let mut url =
-                    format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, percent_encode(&scope));
-                if let Some(service) = params.get("service") {
-                    url.push_str(&format!("&service={}", percent_encode(service)));
-                }
-                let agent = if ep.skip_verify { &self.unverified } else { &self.verified };
-                let mut req = agent.get(&url);
-                if let Some(l) = login {
-                    req = req.header("Authorization", l.basic_header());
-                }
-                let resp =
-                    req.call().map_err(|e| FetchError::Unreachable(format!("token service {realm} of {ep}: {e}")))?;
-                let status = resp.status().as_u16();
-                let body = read_limited(resp, 1 << 20)
-                    .map_err(|e| FetchError::Unreachable(format!("token service {realm} of {ep}: {e}")))?;
-                if status != 200 {
-                    let hint = match login {
-                        Some(l) => format!("credentials for {} from {} were refused", ep.host, l.origin),
-                        None => self.creds.hint(&ep.host),
-                    };
-                    return Err(FetchError::Auth(format!(
-                        "token service {realm} answered {status} ({}); {hint}",
-                        describe_body(&body)
-                    )));
-                }
-                #[derive(serde::Deserialize)]
-                struct Token {
-                    #[serde(default)]
-                    token: Option<String>,
-                    #[serde(default)]
-                    access_token: Option<String>,
-                }
-                let t: Token = serde_json::from_slice(&body).map_err(|_| {
-                    FetchError::Auth(format!("token service {realm} answered something that is not a token"))
-                })?;
-                let token = t
-                    .token
-                    .or(t.access_token)
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(|| FetchError::Auth(format!("token service {realm} answered without a token")))?;
-                Ok(format!("Bearer {token}"))
-            }
+            "bearer" => self.bearer_token(ep, repo, &params),
             "" => Err(FetchError::Auth(format!("{ep} answered 401 without a WWW-Authenticate challenge"))),
             other => {
                 Err(FetchError::Auth(format!("{ep} asks for `{other}` authentication, which ferry does not support")))
             }
         }
+    }
+
+    /// A Bearer token from the token service a challenge names, asked with the login for `ep`
+    /// when there is one.
+    fn bearer_token(&self, ep: &Endpoint, repo: &str, params: &HashMap<String, String>) -> Result<String, FetchError> {
+        let realm = params
+            .get("realm")
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| FetchError::Auth(format!("{ep} sent a Bearer challenge without a realm")))?;
+        if !self.net.may_use_plain(realm) {
+            return Err(FetchError::Auth(format!(
+                "{ep} wants a token from {realm}, which is not https (allowed only for loopback or insecureRegistries)"
+            )));
+        }
+        let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{repo}:pull"));
+        let mut url = format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, percent_encode(&scope));
+        if let Some(service) = params.get("service") {
+            url.push_str(&format!("&service={}", percent_encode(service)));
+        }
+        let agent = if ep.skip_verify { &self.unverified } else { &self.verified };
+        let mut req = agent.get(&url);
+        if let Some(l) = self.creds.get(&ep.host) {
+            req = req.header("Authorization", l.basic_header());
+        }
+        let resp = req.call().map_err(|e| FetchError::Unreachable(format!("token service {realm} of {ep}: {e}")))?;
+        let status = resp.status().as_u16();
+        let body = read_limited(resp, 1 << 20)
+            .map_err(|e| FetchError::Unreachable(format!("token service {realm} of {ep}: {e}")))?;
+        if status != 200 {
+            let hint = self.refusal_hint(ep);
+            return Err(FetchError::Auth(format!(
+                "token service {realm} answered {status} ({}); {hint}",
+                describe_body(&body)
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+        }
+        let t: Token = serde_json::from_slice(&body)
+            .map_err(|_| FetchError::Auth(format!("token service {realm} answered something that is not a token")))?;
+        let token = t
+            .token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| FetchError::Auth(format!("token service {realm} answered without a token")))?;
+        Ok(format!("Bearer {token}"))
     }
 
     /// A manifest or index by tag or digest from one endpoint.
