@@ -34,3 +34,7 @@ if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   echo "setup: adding the Rust target x86_64-unknown-linux-musl"
   rustup target add x86_64-unknown-linux-musl
 fi
+if ! cargo clippy --version >/dev/null 2>&1; then
+  echo "setup: adding the Rust component clippy (the tests lint with it)"
+  rustup component add clippy
+fi

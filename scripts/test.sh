@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine: installs what it needs, builds real
 # Kubernetes from Go modules (cached), checks that dependencies point one way
-# (scripts/check-architecture.sh), builds ferry in release mode, runs unit and integration
+# (scripts/check-architecture.sh), lints every crate (clippy, warnings are errors), builds ferry in release mode, runs unit and integration
 # tests (real processes, registries, containerd, lab hosts and a real kubelet), then fuzzes the
 # payload parser for a bounded time.
 #
@@ -31,6 +31,7 @@ t_k8s=$(date +%s)
 
 tests/fixtures/standin-bundle/make-images.sh
 scripts/check-architecture.sh
+cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo build --release --locked
 cargo test --release --locked --workspace
 scripts/fuzz.sh "${FERRY_FUZZ_SECONDS:-60}"

@@ -140,7 +140,7 @@ fn trust_is_enforced_from_flags_environment_and_only_for_the_right_key() {
         .arg("--key")
         .arg(key.with_extension("pub")));
     // Without pinning, the signature is still checked and the fingerprint printed with a warning.
-    let out = ok(&mut installer(&inst).arg("verify"));
+    let out = ok(installer(&inst).arg("verify"));
     assert!(out.contains("no trusted keys given"), "{out}");
 }
 

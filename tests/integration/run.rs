@@ -226,7 +226,7 @@ fn access_modes_and_host_keys() {
     // Swap in another host's key for node2: always refused, even with the flag.
     let mut changed = String::new();
     let node1_key: String =
-        orig.lines().find(|l| l.starts_with("10.88.0.11 ")).unwrap().splitn(2, ' ').nth(1).unwrap().to_string();
+        orig.lines().find(|l| l.starts_with("10.88.0.11 ")).unwrap().split_once(' ').unwrap().1.to_string();
     for l in std::fs::read_to_string(&kh).unwrap().lines() {
         if l.starts_with("10.88.0.12 ") && l.contains(node1_key.split(' ').next().unwrap()) {
             changed.push_str(&format!("10.88.0.12 {node1_key}\n"));

@@ -426,7 +426,7 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     let down = installer(&["join", "--workers", &w3, "--connect-timeout", "5"]);
     ex.restore(Host::Node(1));
     assert!(!down.status.success(), "{}", text(&down));
-    assert!(text(&down).contains(&format!("{m}")) && text(&down).contains("nothing was installed"), "{}", text(&down));
+    assert!(text(&down).contains(m.as_str()) && text(&down).contains("nothing was installed"), "{}", text(&down));
     assert!(!text(&down).contains("panicked"), "{}", text(&down));
     assert_eq!(lab.ssh_ok(Host::Node(4), "ls /var/lib/ferry 2>/dev/null; true").trim(), "", "node4 was changed");
 
