@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 fn installer() -> &'static PathBuf {
     static I: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &I.get_or_init(|| {
-        let dir = ferry_tests::scratch();
+        let dir = ferry_tests::lasting(ferry_tests::scratch());
         let p = ferry_tests::build(&ferry_tests::standin_bundle(), dir.path(), None);
         (dir, p)
     })

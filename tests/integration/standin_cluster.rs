@@ -32,7 +32,7 @@ fn root() -> PathBuf {
 fn bundle() -> &'static Bundle {
     static B: OnceLock<Bundle> = OnceLock::new();
     B.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("ferry-cluster-").tempdir().unwrap();
+        let dir = ferry_tests::lasting(tempfile::Builder::new().prefix("ferry-cluster-").tempdir().unwrap());
         let d = dir.path();
         ferry_tests::ok(Command::new(root().join("tests/standins/make-rootfs.sh")).arg(d.join("rootfs")).arg(K8S));
         ferry_tests::ok(&mut Command::new(root().join("tests/fixtures/standin-bundle/make-images.sh")));

@@ -27,7 +27,7 @@ fn copy(from: &str, to: &Path) {
 
 /// Builds the installer `name` with `pad_mib` MiB of padding (deterministic pseudo-random bytes).
 pub fn run_bundle(name: &str, pad_mib: usize) -> RunBundle {
-    let dir = tempfile::Builder::new().prefix("ferry-run-").tempdir().unwrap();
+    let dir = crate::lasting(tempfile::Builder::new().prefix("ferry-run-").tempdir().unwrap());
     let d = dir.path();
     let rootfs = d.join("rootfs");
     for (from, to) in [

@@ -83,6 +83,25 @@ pub fn ferry() -> Command {
     c
 }
 
+/// `dir`, also removed when this test binary exits. What a `static` builds once (an installer,
+/// a containerd, a registry) keeps its directory in the static, and a static is never dropped,
+/// so without this every run would leave its installers behind in /tmp.
+pub fn lasting(dir: tempfile::TempDir) -> tempfile::TempDir {
+    static PATHS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_lasting() {
+        for path in PATHS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
+    // SAFETY: registers a plain function with no arguments; it runs once, at process exit.
+    HOOK.call_once(|| unsafe {
+        libc::atexit(remove_lasting);
+    });
+    PATHS.lock().unwrap_or_else(|e| e.into_inner()).push(dir.path().to_path_buf());
+    dir
+}
+
 /// A fresh scratch directory, removed when dropped.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("ferry-test-").tempdir().expect("creating a scratch directory")

@@ -139,7 +139,7 @@ pub fn newest_installer() -> &'static RealInstaller {
     static INSTALLER: OnceLock<RealInstaller> = OnceLock::new();
     INSTALLER.get_or_init(|| {
         let kubernetes = newest();
-        let dir = tempfile::Builder::new().prefix("ferry-real-k8s-").tempdir().unwrap();
+        let dir = crate::lasting(tempfile::Builder::new().prefix("ferry-real-k8s-").tempdir().unwrap());
         let (installer, key, _) = kubernetes.build_installer(dir.path());
         RealInstaller { public_key: key.with_extension("pub"), installer, kubernetes, dir }
     })
@@ -154,7 +154,7 @@ pub fn cluster_installer() -> &'static RealInstaller {
     static INSTALLER: OnceLock<RealInstaller> = OnceLock::new();
     INSTALLER.get_or_init(|| {
         let kubernetes = newest();
-        let dir = tempfile::Builder::new().prefix("ferry-real-cluster-").tempdir().unwrap();
+        let dir = crate::lasting(tempfile::Builder::new().prefix("ferry-real-cluster-").tempdir().unwrap());
         let d = dir.path().join("cluster");
         let example = crate::workspace_root().join("examples/cluster");
         crate::ok(&mut Command::new(example.join("make-images.sh")));
