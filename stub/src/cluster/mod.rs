@@ -11,10 +11,117 @@
 
 pub mod locate;
 
-use anyhow::{Context, Result, bail};
+use crate::kube::config::FragmentError;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+type Result<T, E = ClusterError> = std::result::Result<T, E>;
+
+/// A cluster description ferry will not work from: a cluster file that does not read, or a
+/// file and flags that together describe no usable cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The cluster file cannot be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not YAML, or an unknown or missing field (the parser names it and its line).
+    #[error("{origin}: {cause}")]
+    Syntax {
+        /// Where the text came from.
+        origin: String,
+        /// What the parser said.
+        cause: Box<serde_saphyr::Error>,
+    },
+    /// Another `apiVersion`.
+    #[error("{origin}: apiVersion `{found}` is not supported; use ferry.dev/v1alpha1")]
+    ApiVersion {
+        /// Where the text came from.
+        origin: String,
+        /// What it says.
+        found: String,
+    },
+    /// Another `kind`.
+    #[error("{origin}: kind `{found}` is not a Cluster")]
+    Kind {
+        /// Where the text came from.
+        origin: String,
+        /// What it says.
+        found: String,
+    },
+    /// A `spec.kubeadm` fragment ferry refuses.
+    #[error("{origin}: {cause}")]
+    Kubeadm {
+        /// Where the text came from.
+        origin: String,
+        /// Which field and why.
+        cause: FragmentError,
+    },
+    /// A name that cannot be a directory name under `.ferry/`.
+    #[error("cluster name `{0}` must be letters, digits, `-`, `_` or `.`")]
+    Name(String),
+    /// A `spec.hosts` entry with an empty `ips`.
+    #[error("a spec.hosts entry has no ips")]
+    NoIps,
+    /// A `spec.hosts` entry with an empty `roles`.
+    #[error("hosts {} have no roles; give master, worker and/or registry", ips.join(", "))]
+    NoRoles {
+        /// The entry's addresses.
+        ips: Vec<String>,
+    },
+    /// Neither the flags nor the file name a host.
+    #[error("no hosts: give --hosts IP,IP,… or a cluster file with spec.hosts")]
+    NoHosts,
+    /// Something that cannot be an SSH host address.
+    #[error("`{0}` is not a host address")]
+    Address(String),
+    /// The same address twice.
+    #[error("host {0} is listed twice; each address may appear once")]
+    Duplicate(String),
+    /// No control plane.
+    #[error("no host has the master role")]
+    NoMaster,
+    /// `--registry-replicas 0`.
+    #[error("--registry-replicas 0: at least one host must run the registry (nodes pull every image from it)")]
+    NoReplicas,
+    /// More registry replicas than hosts.
+    #[error("--registry-replicas {replicas}: the cluster has only {hosts} hosts")]
+    ReplicasOverHosts {
+        /// As asked.
+        replicas: usize,
+        /// Hosts in the cluster.
+        hosts: usize,
+    },
+    /// Fewer registry replicas than the file already names.
+    #[error(
+        "--registry-replicas {replicas}, but {named} hosts already have the registry role in the cluster file; raise it to at least {named}"
+    )]
+    ReplicasUnderNamed {
+        /// As asked.
+        replicas: usize,
+        /// Hosts the file gives the `registry` role.
+        named: usize,
+    },
+    /// A bastion `@host` with nothing before the `@`.
+    #[error("bastion `{0}`: empty user before `@`")]
+    BastionUser(String),
+    /// A bastion port that is not a number.
+    #[error("bastion `{given}`: `{port}` is not a port")]
+    BastionPort {
+        /// The bastion as given.
+        given: String,
+        /// The part after `:`.
+        port: String,
+    },
+    /// A bastion with no host.
+    #[error("bastion `{0}` has no host")]
+    BastionHost(String),
+}
 
 /// The file as written.
 #[derive(Debug, Deserialize, serde::Serialize)]
@@ -256,22 +363,25 @@ pub const DEFAULT_API_ENDPOINT: &str = "apiserver.cluster.local";
 
 /// Parses cluster.yaml text; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<ClusterFile> {
-    let file: ClusterFile = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    let origin = || origin.to_string();
+    let file: ClusterFile =
+        serde_saphyr::from_str(text).map_err(|e| ClusterError::Syntax { origin: origin(), cause: Box::new(e) })?;
     if file.api_version != "ferry.dev/v1alpha1" {
-        bail!("{origin}: apiVersion `{}` is not supported; use ferry.dev/v1alpha1", file.api_version);
+        return Err(ClusterError::ApiVersion { origin: origin(), found: file.api_version });
     }
     if file.kind != "Cluster" {
-        bail!("{origin}: kind `{}` is not a Cluster", file.kind);
+        return Err(ClusterError::Kind { origin: origin(), found: file.kind });
     }
     if let Some(k) = &file.spec.kubeadm {
-        crate::kube::config::validate(k).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        crate::kube::config::validate(k).map_err(|cause| ClusterError::Kubeadm { origin: origin(), cause })?;
     }
     Ok(file)
 }
 
 /// Reads and parses a cluster file.
 pub fn load(path: &Path) -> Result<ClusterFile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ClusterError::Read { path: path.to_path_buf(), source })?;
     parse(&text, &path.display().to_string())
 }
 
@@ -291,17 +401,18 @@ fn split_list(items: &[String]) -> Vec<String> {
 pub fn parse_bastion(s: &str, default_user: &str) -> Result<Bastion> {
     let (user, rest) = match s.split_once('@') {
         Some((u, r)) if !u.is_empty() => (u.to_string(), r),
-        Some(_) => bail!("bastion `{s}`: empty user before `@`"),
+        Some(_) => return Err(ClusterError::BastionUser(s.to_string())),
         None => (default_user.to_string(), s),
     };
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !rest.starts_with('[') => {
-            (h.to_string(), p.parse::<u16>().map_err(|_| anyhow::anyhow!("bastion `{s}`: `{p}` is not a port"))?)
+            let port = p.parse::<u16>().map_err(|_| ClusterError::BastionPort { given: s.into(), port: p.into() })?;
+            (h.to_string(), port)
         }
         _ => (rest.to_string(), 22),
     };
     if host.is_empty() {
-        bail!("bastion `{s}` has no host");
+        return Err(ClusterError::BastionHost(s.to_string()));
     }
     Ok(Bastion { user, host, port })
 }
@@ -318,7 +429,7 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
         || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         || name.starts_with('.')
     {
-        bail!("cluster name `{name}` must be letters, digits, `-`, `_` or `.`");
+        return Err(ClusterError::Name(name));
     }
     let mut base = spec.ssh.clone();
     if o.user.is_some() {
@@ -380,10 +491,10 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
     } else {
         for g in &spec.hosts {
             if g.ips.is_empty() {
-                bail!("a spec.hosts entry has no ips");
+                return Err(ClusterError::NoIps);
             }
             if g.roles.is_empty() {
-                bail!("hosts {} have no roles; give master, worker and/or registry", g.ips.join(", "));
+                return Err(ClusterError::NoRoles { ips: g.ips.clone() });
             }
             for ip in &g.ips {
                 add(ip, &g.roles, target(g.ssh.as_ref()), g.labels.clone());
@@ -391,20 +502,20 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
         }
     }
     if hosts.is_empty() {
-        bail!("no hosts: give --hosts IP,IP,… or a cluster file with spec.hosts");
+        return Err(ClusterError::NoHosts);
     }
     let mut seen = BTreeSet::new();
     for h in &hosts {
         if h.ip.is_empty() || h.ip.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
-            bail!("`{}` is not a host address", h.ip);
+            return Err(ClusterError::Address(h.ip.clone()));
         }
         if !seen.insert(h.ip.clone()) {
-            bail!("host {} is listed twice; each address may appear once", h.ip);
+            return Err(ClusterError::Duplicate(h.ip.clone()));
         }
     }
     let master_count = hosts.iter().filter(|h| h.is(Role::Master)).count();
     if master_count == 0 {
-        bail!("no host has the master role");
+        return Err(ClusterError::NoMaster);
     }
     assign_registry_replicas(&mut hosts, o.registry_replicas)?;
     let mut warnings = Vec::new();
@@ -452,15 +563,13 @@ fn assign_registry_replicas(hosts: &mut [Host], replicas: Option<usize>) -> Resu
         return Ok(());
     };
     if n == 0 {
-        bail!("--registry-replicas 0: at least one host must run the registry (nodes pull every image from it)");
+        return Err(ClusterError::NoReplicas);
     }
     if n > hosts.len() {
-        bail!("--registry-replicas {n}: the cluster has only {} hosts", hosts.len());
+        return Err(ClusterError::ReplicasOverHosts { replicas: n, hosts: hosts.len() });
     }
     if named > n {
-        bail!(
-            "--registry-replicas {n}, but {named} hosts already have the registry role in the cluster file; raise it to at least {named}"
-        );
+        return Err(ClusterError::ReplicasUnderNamed { replicas: n, named });
     }
     let mut need = n - named;
     for masters in [true, false] {
