@@ -424,109 +424,15 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
         Some(f) => (f.metadata.name, f.spec),
         None => ("default".to_string(), Spec::default()),
     };
-    let name = o.name.clone().unwrap_or(name);
-    if name.is_empty()
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        || name.starts_with('.')
-    {
-        return Err(ClusterError::Name(name));
-    }
-    let mut base = spec.ssh.clone();
-    if o.user.is_some() {
-        base.user = o.user.clone();
-    }
-    if o.port.is_some() {
-        base.port = o.port;
-    }
-    if o.key.is_some() {
-        base.key = o.key.clone();
-    }
-    if o.sudo {
-        base.sudo = Some(true);
-    }
-    if o.bastion.is_some() {
-        base.bastion = o.bastion.clone();
-    }
-    if o.known_hosts.is_some() {
-        base.known_hosts = o.known_hosts.clone();
-    }
-    let target = |over: Option<&SshSpec>| -> SshTarget {
-        let pick = |f: fn(&SshSpec) -> Option<String>| over.and_then(f).or_else(|| f(&base));
-        let user = pick(|s| s.user.clone()).unwrap_or_else(|| "root".into());
-        let port = over.and_then(|s| s.port).or(base.port).unwrap_or(22);
-        // `key: none` (or empty) in a group turns off a cluster-wide key for those hosts.
-        let key = pick(|s| s.key.clone()).filter(|k| !k.is_empty() && k != "none").map(|k| expand_home(&k));
-        let sudo = over.and_then(|s| s.sudo).or(base.sudo).unwrap_or(false) || user != "root";
-        SshTarget { user, port, key, sudo }
+    let name = checked_name(o.name.clone().unwrap_or(name))?;
+    let base = base_ssh(&spec.ssh, o);
+    let mut hosts = match hosts_from_flags(o, &base) {
+        Some(hosts) => hosts,
+        None => hosts_from_file(&spec.hosts, &base)?,
     };
-    let mut hosts: Vec<Host> = Vec::new();
-    let flag_hosts = split_list(&o.hosts);
-    let masters = split_list(&o.masters);
-    let workers = split_list(&o.workers);
-    let mut add = |ip: &str, roles: &[Role], ssh: SshTarget, labels: BTreeMap<String, String>| {
-        hosts.push(Host { ip: ip.to_string(), roles: roles.iter().copied().collect(), ssh, labels });
-    };
-    if !flag_hosts.is_empty() || !masters.is_empty() || !workers.is_empty() {
-        if masters.is_empty() && workers.is_empty() {
-            for (i, ip) in flag_hosts.iter().enumerate() {
-                let roles: &[Role] = if i == 0 { &[Role::Master, Role::Registry] } else { &[Role::Worker] };
-                add(ip, roles, target(None), BTreeMap::new());
-            }
-        } else {
-            let masters = if masters.is_empty() { flag_hosts.first().cloned().into_iter().collect() } else { masters };
-            for ip in &masters {
-                add(ip, &[Role::Master], target(None), BTreeMap::new());
-            }
-            let rest: Vec<String> = if workers.is_empty() {
-                flag_hosts.iter().filter(|h| !masters.contains(h)).cloned().collect()
-            } else {
-                let mut w = workers.clone();
-                w.extend(flag_hosts.iter().filter(|h| !masters.contains(h) && !workers.contains(h)).cloned());
-                w
-            };
-            for ip in &rest {
-                add(ip, &[Role::Worker], target(None), BTreeMap::new());
-            }
-        }
-    } else {
-        for g in &spec.hosts {
-            if g.ips.is_empty() {
-                return Err(ClusterError::NoIps);
-            }
-            if g.roles.is_empty() {
-                return Err(ClusterError::NoRoles { ips: g.ips.clone() });
-            }
-            for ip in &g.ips {
-                add(ip, &g.roles, target(g.ssh.as_ref()), g.labels.clone());
-            }
-        }
-    }
-    if hosts.is_empty() {
-        return Err(ClusterError::NoHosts);
-    }
-    let mut seen = BTreeSet::new();
-    for h in &hosts {
-        if h.ip.is_empty() || h.ip.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
-            return Err(ClusterError::Address(h.ip.clone()));
-        }
-        if !seen.insert(h.ip.clone()) {
-            return Err(ClusterError::Duplicate(h.ip.clone()));
-        }
-    }
-    let master_count = hosts.iter().filter(|h| h.is(Role::Master)).count();
-    if master_count == 0 {
-        return Err(ClusterError::NoMaster);
-    }
+    let master_count = check_hosts(&hosts)?;
     assign_registry_replicas(&mut hosts, o.registry_replicas)?;
-    let mut warnings = Vec::new();
-    if master_count % 2 == 0 {
-        warnings.push(format!(
-            "{master_count} masters: etcd needs an odd number of members to keep quorum ({} tolerate{} as many failures as {})",
-            master_count,
-            if master_count == 1 { "s" } else { "" },
-            master_count - 1
-        ));
-    }
+    let warnings = quorum_warning(master_count).into_iter().collect();
     let default_user = base.user.clone().unwrap_or_else(|| "root".into());
     let bastion = base.bastion.as_deref().map(|b| parse_bastion(b, &default_user)).transpose()?;
     let known_hosts = expand_home(base.known_hosts.as_deref().unwrap_or("~/.ssh/known_hosts"));
@@ -549,6 +455,130 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
         cert_sans,
         kubeadm: spec.kubeadm.clone().unwrap_or_default(),
     })
+}
+
+/// `name`, if it can name the state directory `.ferry/<name>/` (no path separator, not hidden).
+fn checked_name(name: String) -> Result<String> {
+    if name.is_empty()
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        || name.starts_with('.')
+    {
+        return Err(ClusterError::Name(name));
+    }
+    Ok(name)
+}
+
+/// The cluster-wide SSH settings: the file's `spec.ssh` with the flags over it.
+fn base_ssh(file: &SshSpec, o: &Overrides) -> SshSpec {
+    let mut base = file.clone();
+    if o.user.is_some() {
+        base.user = o.user.clone();
+    }
+    if o.port.is_some() {
+        base.port = o.port;
+    }
+    if o.key.is_some() {
+        base.key = o.key.clone();
+    }
+    if o.sudo {
+        base.sudo = Some(true);
+    }
+    if o.bastion.is_some() {
+        base.bastion = o.bastion.clone();
+    }
+    if o.known_hosts.is_some() {
+        base.known_hosts = o.known_hosts.clone();
+    }
+    base
+}
+
+/// How to reach a host: its group's settings (`over`) where given, else the cluster-wide ones.
+fn ssh_target(base: &SshSpec, over: Option<&SshSpec>) -> SshTarget {
+    let pick = |f: fn(&SshSpec) -> Option<String>| over.and_then(f).or_else(|| f(base));
+    let user = pick(|s| s.user.clone()).unwrap_or_else(|| "root".into());
+    let port = over.and_then(|s| s.port).or(base.port).unwrap_or(22);
+    // `key: none` (or empty) in a group turns off a cluster-wide key for those hosts.
+    let key = pick(|s| s.key.clone()).filter(|k| !k.is_empty() && k != "none").map(|k| expand_home(&k));
+    // Only root may skip sudo: anyone else cannot install anything without it.
+    let sudo = over.and_then(|s| s.sudo).or(base.sudo).unwrap_or(false) || user != "root";
+    SshTarget { user, port, key, sudo }
+}
+
+fn host(ip: &str, roles: &[Role], ssh: SshTarget, labels: BTreeMap<String, String>) -> Host {
+    Host { ip: ip.to_string(), roles: roles.iter().copied().collect(), ssh, labels }
+}
+
+/// The hosts `--hosts/--masters/--workers` name, or `None` when they name none (the file's
+/// hosts apply then). `--hosts` alone: the first is the master, the rest workers. With
+/// `--masters` or `--workers`, `--hosts` fills in what they leave out: its first host is the
+/// master when `--masters` is not given, and its other hosts are workers.
+fn hosts_from_flags(o: &Overrides, base: &SshSpec) -> Option<Vec<Host>> {
+    let (all, masters, workers) = (split_list(&o.hosts), split_list(&o.masters), split_list(&o.workers));
+    if all.is_empty() && masters.is_empty() && workers.is_empty() {
+        return None;
+    }
+    let ssh = ssh_target(base, None);
+    let with = |ips: &[String], roles: &[Role]| -> Vec<Host> {
+        ips.iter().map(|ip| host(ip, roles, ssh.clone(), BTreeMap::new())).collect()
+    };
+    if masters.is_empty() && workers.is_empty() {
+        let (first, rest) = all.split_at(1);
+        return Some([with(first, &[Role::Master, Role::Registry]), with(rest, &[Role::Worker])].concat());
+    }
+    let masters = if masters.is_empty() { all.first().cloned().into_iter().collect() } else { masters };
+    let mut rest = workers.clone();
+    rest.extend(all.iter().filter(|h| !masters.contains(h) && !workers.contains(h)).cloned());
+    Some([with(&masters, &[Role::Master]), with(&rest, &[Role::Worker])].concat())
+}
+
+/// The hosts of the file's `spec.hosts`, each group's SSH settings over the cluster-wide ones.
+fn hosts_from_file(groups: &[HostGroup], base: &SshSpec) -> Result<Vec<Host>> {
+    let mut hosts = Vec::new();
+    for g in groups {
+        if g.ips.is_empty() {
+            return Err(ClusterError::NoIps);
+        }
+        if g.roles.is_empty() {
+            return Err(ClusterError::NoRoles { ips: g.ips.clone() });
+        }
+        let ssh = ssh_target(base, g.ssh.as_ref());
+        hosts.extend(g.ips.iter().map(|ip| host(ip, &g.roles, ssh.clone(), g.labels.clone())));
+    }
+    Ok(hosts)
+}
+
+/// Refuses a host list ferry cannot install (none, an address SSH cannot take, one twice, no
+/// master); returns how many masters it has.
+fn check_hosts(hosts: &[Host]) -> Result<usize> {
+    if hosts.is_empty() {
+        return Err(ClusterError::NoHosts);
+    }
+    let mut seen = BTreeSet::new();
+    for h in hosts {
+        if h.ip.is_empty() || h.ip.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+            return Err(ClusterError::Address(h.ip.clone()));
+        }
+        if !seen.insert(h.ip.clone()) {
+            return Err(ClusterError::Duplicate(h.ip.clone()));
+        }
+    }
+    match hosts.iter().filter(|h| h.is(Role::Master)).count() {
+        0 => Err(ClusterError::NoMaster),
+        n => Ok(n),
+    }
+}
+
+/// A warning for an even number of masters: etcd's quorum makes the last one add no tolerance.
+fn quorum_warning(master_count: usize) -> Option<String> {
+    if !master_count.is_multiple_of(2) {
+        return None;
+    }
+    Some(format!(
+        "{master_count} masters: etcd needs an odd number of members to keep quorum ({} tolerate{} as many failures as {})",
+        master_count,
+        if master_count == 1 { "s" } else { "" },
+        master_count - 1
+    ))
 }
 
 /// Gives the registry role to the replica hosts. Hosts that already have it count. By default
@@ -758,5 +788,19 @@ spec:
         );
         assert_eq!(parse_bastion("ops@h:2200", "root").unwrap().port, 2200);
         assert!(parse_bastion("ops@h:x", "root").is_err());
+    }
+
+    #[test]
+    fn hosts_fills_in_what_masters_and_workers_leave_out() {
+        let ips = |o: &Overrides| {
+            let c = resolve(None, o).unwrap();
+            c.hosts.iter().map(|h| format!("{}={}", h.ip, h.role_names())).collect::<Vec<_>>()
+        };
+        let o = Overrides { hosts: vec!["a,b,c".into()], masters: vec!["b".into()], ..Default::default() };
+        assert_eq!(ips(&o), ["b=master,registry", "a=worker", "c=worker"]);
+        let o = Overrides { hosts: vec!["a,b,c".into()], workers: vec!["c".into()], ..Default::default() };
+        assert_eq!(ips(&o), ["a=master,registry", "c=worker", "b=worker"]);
+        let o = Overrides { hosts: vec![" , ".into()], ..Default::default() };
+        assert!(resolve(None, &o).unwrap_err().to_string().starts_with("no hosts:"));
     }
 }
