@@ -218,21 +218,24 @@ pub async fn locate(w: &Where) -> Result<Found> {
     Ok(Found { cluster, opts, jump, local_state })
 }
 
+/// A cluster that holds `master`, only to reach it. A cluster file given too says how: its
+/// host entry for `master`, or else the file's cluster-wide SSH settings (user, key,
+/// known_hosts, bastion) for a master it does not list. Flags still win.
+fn master_probe(w: &Where, master: &str) -> Result<Cluster> {
+    let just_master = || w.overrides(vec![master.to_string()]);
+    let Some(f) = &w.cluster_file else {
+        return Ok(cluster::resolve(None, &just_master())?);
+    };
+    let listed = cluster::resolve(Some(cluster::load(f)?), &w.overrides(Vec::new()))?;
+    if listed.hosts.iter().any(|h| h.ip == master) {
+        return Ok(listed);
+    }
+    Ok(cluster::resolve(Some(cluster::load(f)?), &just_master())?)
+}
+
 /// The description ferry saved on `master`.
 async fn from_master(w: &Where, master: &str) -> Result<cluster::ClusterFile> {
-    // A cluster file given too says how to reach the master (its host entry, or else the
-    // file's cluster-wide SSH settings: user, key, known_hosts, bastion); flags still win.
-    let probe = match &w.cluster_file {
-        Some(f) => {
-            let listed = cluster::resolve(Some(cluster::load(f)?), &w.overrides(Vec::new()))?;
-            if listed.hosts.iter().any(|h| h.ip == master) {
-                listed
-            } else {
-                cluster::resolve(Some(cluster::load(f)?), &w.overrides(vec![master.to_string()]))?
-            }
-        }
-        None => cluster::resolve(None, &w.overrides(vec![master.to_string()]))?,
-    };
+    let probe = master_probe(w, master)?;
     let opts = w.ssh(probe.known_hosts.clone());
     let jump = jump_for(&probe, &opts).await?;
     let h = probe
@@ -258,23 +261,27 @@ fn saved(w: &Where) -> Result<PathBuf> {
     let base = base.parent().map(PathBuf::from).unwrap_or_default();
     let path = match &w.name {
         Some(n) => base.join(n).join("cluster.yaml"),
-        None => {
-            let found: Vec<PathBuf> = std::fs::read_dir(&base)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path().join("cluster.yaml"))
-                .filter(|p| p.exists())
-                .collect();
-            match found.len() {
-                1 => found[0].clone(),
-                0 => return Err(LocateError::NoneSaved { base }),
-                _ => return Err(LocateError::SeveralSaved { base }),
-            }
-        }
+        None => only_saved(base)?,
     };
     if !path.exists() {
         return Err(LocateError::NoDescription { path });
     }
     Ok(path)
+}
+
+/// The one description saved under `base` (`.ferry/*/cluster.yaml`); with none or several,
+/// only `--master` or `--name` can say which cluster is meant.
+fn only_saved(base: PathBuf) -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("cluster.yaml"))
+        .filter(|p| p.exists())
+        .collect();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(LocateError::NoneSaved { base }),
+        _ => Err(LocateError::SeveralSaved { base }),
+    }
 }
