@@ -5,7 +5,8 @@
 //! (`.ferry/<cluster>/cluster.yaml`; `--name` picks one when there are several).
 //!
 //! Owns also the local state directory beside the installer (where the description and the
-//! per-host records are kept). Takes plain values ([`Where`]), not the command line.
+//! per-host records are kept), and [`LocateError`]. Takes plain values ([`Where`]), not the
+//! command line.
 
 use crate::cluster::{self, Cluster, ClusterError, Overrides};
 use crate::ssh::Secrets;

@@ -3,8 +3,10 @@
 //! flags, resolved into one list of [`Host`]s with roles and SSH settings.
 //!
 //! Owns: parsing (serde-saphyr, unknown fields are errors naming the field and line), the
-//! flag-over-file rules, and input checks (duplicate addresses, role counts). It never connects
-//! anywhere. No password is ever read from the file: there is no field for one.
+//! flag-over-file rules, input checks (duplicate addresses, role counts) and their
+//! [`ClusterError`], and the description ferry saves ([`to_file`]). It never connects anywhere
+//! (finding and reaching an existing cluster is [`locate`]'s). No password is ever read from
+//! the file: there is no field for one.
 //!
 //! Roles when only `--hosts` is given: the first host is the master (and the registry host),
 //! the others are workers.
@@ -198,7 +200,8 @@ pub struct HostGroup {
     /// SSH overrides for this group.
     #[serde(default)]
     pub ssh: Option<SshSpec>,
-    /// Node labels (applied when the nodes join, next issue).
+    /// Node labels. Kept with the host and in the saved description; nothing applies them to
+    /// the nodes yet.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -499,7 +502,7 @@ fn ssh_target(base: &SshSpec, over: Option<&SshSpec>) -> SshTarget {
     let port = over.and_then(|s| s.port).or(base.port).unwrap_or(22);
     // `key: none` (or empty) in a group turns off a cluster-wide key for those hosts.
     let key = pick(|s| s.key.clone()).filter(|k| !k.is_empty() && k != "none").map(|k| expand_home(&k));
-    // Only root may skip sudo: anyone else cannot install anything without it.
+    // Installing needs root, which any other login reaches only through sudo.
     let sudo = over.and_then(|s| s.sudo).or(base.sudo).unwrap_or(false) || user != "root";
     SshTarget { user, port, key, sudo }
 }
@@ -667,7 +670,7 @@ pub fn to_file(c: &Cluster) -> String {
 mod tests {
     use super::*;
 
-    const ISSUE_EXAMPLE: &str = r#"
+    const EXAMPLE: &str = r#"
 apiVersion: ferry.dev/v1alpha1
 kind: Cluster
 metadata: {name: prod}
@@ -700,7 +703,7 @@ spec:
         // Hosts named `registry` in the file count; the default adds the masters to them.
         let file = || {
             parse(
-                ISSUE_EXAMPLE
+                EXAMPLE
                     .replace("roles: [master, registry]", "roles: [master]")
                     .replace("[10.0.0.2, 10.0.0.3], roles: [worker]", "[10.0.0.2, 10.0.0.3], roles: [worker, registry]")
                     .as_str(),
@@ -726,8 +729,8 @@ spec:
     }
 
     #[test]
-    fn parses_the_issue_example() {
-        let c = resolve(Some(parse(ISSUE_EXAMPLE, "x").unwrap()), &Overrides::default()).unwrap();
+    fn parses_the_example() {
+        let c = resolve(Some(parse(EXAMPLE, "x").unwrap()), &Overrides::default()).unwrap();
         assert_eq!(c.name, "prod");
         assert_eq!(c.hosts.len(), 3);
         assert!(c.hosts[0].is(Role::Master) && c.hosts[0].is(Role::Registry));
@@ -743,7 +746,7 @@ spec:
 
     #[test]
     fn unknown_fields_name_the_field_and_line() {
-        let bad = ISSUE_EXAMPLE.replace("sudo: false,", "sudo: false, pasword: x,");
+        let bad = EXAMPLE.replace("sudo: false,", "sudo: false, pasword: x,");
         let err = format!("{:#}", parse(&bad, "cluster.yaml").unwrap_err());
         assert!(err.contains("pasword"), "{err}");
         assert!(err.contains("line") || err.contains(":6"), "{err}");
@@ -765,7 +768,7 @@ spec:
             user: Some("guard".into()),
             ..Default::default()
         };
-        let c = resolve(Some(parse(ISSUE_EXAMPLE, "x").unwrap()), &o).unwrap();
+        let c = resolve(Some(parse(EXAMPLE, "x").unwrap()), &o).unwrap();
         assert_eq!(c.hosts.iter().map(|h| h.ip.as_str()).collect::<Vec<_>>(), ["m1", "w1", "w2"]);
         assert!(c.hosts.iter().all(|h| h.ssh.user == "guard" && h.ssh.sudo));
         assert!(c.hosts[0].is(Role::Registry));

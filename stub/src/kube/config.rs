@@ -53,6 +53,10 @@
 //! (`extraArgs`, `kubeletExtraArgs`, `extraEnvs`, `extraVolumes`) merge by `name`, a fragment's
 //! item replacing ferry's of the same name; `certSANs`-like lists are unions; any other value
 //! replaces ferry's.
+//!
+//! Errors: [`KubeadmConfigError`] for inputs kubeadm would refuse, [`FragmentError`] for a
+//! fragment ferry refuses (named by its full path), [`FragmentsParseError`] for `spec.kubeadm`
+//! text on its own.
 
 use super::yaml;
 use serde::Deserialize;

@@ -8,6 +8,8 @@
 //! - The discovery hash is computed from the CA certificate itself: `sha256:` + hex SHA-256 of
 //!   the DER SubjectPublicKeyInfo (kubeadm's `pubkeypin`), not scraped from kubeadm's output,
 //!   so it is right for RSA and ECDSA CAs alike and for any kubeadm version.
+//!
+//! Errors are [`SecretsError`]s, and none of them holds a secret.
 
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
