@@ -64,10 +64,13 @@ pub enum LocateError {
         #[source]
         cause: anyhow::Error,
     },
-    /// The bastion cannot be reached, or reading the master's description failed: the SSH
-    /// client's error as it gave it.
+    /// The bastion cannot be reached: the SSH client's error as it gave it.
     #[error(transparent)]
-    Ssh(anyhow::Error),
+    Bastion(anyhow::Error),
+    /// The master was reached, but reading its description failed: the SSH client's error as
+    /// it gave it.
+    #[error(transparent)]
+    ReadDescription(anyhow::Error),
     /// Nothing is saved beside the installer.
     #[error(
         "no cluster is known here ({} holds no cluster.yaml): give --master IP (the first master of a cluster ferry made)",
@@ -143,7 +146,7 @@ pub async fn jump_for(c: &Cluster, opts: &SshOptions) -> Result<Option<Arc<Jump>
                 key: c.bastion_key.clone(),
                 sudo: false,
             };
-            Ok(Some(Jump::connect(&login, opts).await.map_err(LocateError::Ssh)?))
+            Ok(Some(Jump::connect(&login, opts).await.map_err(LocateError::Bastion)?))
         }
         None => Ok(None),
     }
@@ -251,7 +254,7 @@ async fn from_master(w: &Where, master: &str) -> Result<cluster::ClusterFile> {
     let out =
         crate::ssh::RemoteHost::run(&conn, &format!("cat {} 2>/dev/null || true", crate::node::CLUSTER_FILE), b"")
             .await
-            .map_err(LocateError::Ssh)?;
+            .map_err(LocateError::ReadDescription)?;
     require_cluster_file(master, &out.text())?;
     Ok(cluster::parse(&out.text(), &format!("{master}:{}", crate::node::CLUSTER_FILE))?)
 }
