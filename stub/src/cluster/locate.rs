@@ -5,15 +5,94 @@
 //! (`.ferry/<cluster>/cluster.yaml`; `--name` picks one when there are several).
 //!
 //! Owns also the local state directory beside the installer (where the description and the
-//! per-host records are kept). Takes plain values ([`Where`]), not the command line.
+//! per-host records are kept), and [`LocateError`]. Takes plain values ([`Where`]), not the
+//! command line.
 
-use crate::cluster::{self, Cluster, Overrides};
+use crate::cluster::{self, Cluster, ClusterError, Overrides};
 use crate::ssh::Secrets;
 use crate::ssh::client::{Jump, Login, SshHost, SshOptions};
-use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+type Result<T, E = LocateError> = std::result::Result<T, E>;
+
+/// Why an existing cluster cannot be found or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    /// The description found does not describe a usable cluster.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The description cannot be written beside the installer.
+    #[error("saving the cluster description in {}", dir.display())]
+    Save {
+        /// `.ferry/<cluster>/`.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        cause: anyhow::Error,
+    },
+    /// The master answered, but holds no description.
+    #[error(
+        "{ip}: no ferry cluster here ({} is missing): run `installer run` first, or give the right --master",
+        crate::node::CLUSTER_FILE
+    )]
+    NoClusterHere {
+        /// The master.
+        ip: String,
+    },
+    /// A host the description does not list.
+    #[error("{ip} is not a host of cluster {cluster}")]
+    NotAHost {
+        /// The host asked for.
+        ip: String,
+        /// The cluster's name.
+        cluster: String,
+    },
+    /// `--master` names a host the given cluster file does not list.
+    #[error("{master} is not in the cluster file")]
+    MasterNotListed {
+        /// The `--master` address.
+        master: String,
+    },
+    /// A cluster host cannot be reached.
+    #[error("{ip}: connecting")]
+    Connect {
+        /// The host.
+        ip: String,
+        /// The SSH client's error.
+        #[source]
+        cause: anyhow::Error,
+    },
+    /// The bastion cannot be reached: the SSH client's error as it gave it.
+    #[error(transparent)]
+    Bastion(anyhow::Error),
+    /// The master was reached, but reading its description failed: the SSH client's error as
+    /// it gave it.
+    #[error(transparent)]
+    ReadDescription(anyhow::Error),
+    /// Nothing is saved beside the installer.
+    #[error(
+        "no cluster is known here ({} holds no cluster.yaml): give --master IP (the first master of a cluster ferry made)",
+        base.display()
+    )]
+    NoneSaved {
+        /// `.ferry/` beside the installer.
+        base: PathBuf,
+    },
+    /// More than one cluster is saved beside the installer and no `--name` picks one.
+    #[error("several clusters are known in {}: pick one with --name", base.display())]
+    SeveralSaved {
+        /// `.ferry/` beside the installer.
+        base: PathBuf,
+    },
+    /// `--name` names a cluster not saved here.
+    #[error("no cluster description at {}: give --master IP", path.display())]
+    NoDescription {
+        /// Where it would be.
+        path: PathBuf,
+    },
+}
 
 /// A located cluster and how to reach its hosts.
 pub struct Found {
@@ -40,16 +119,13 @@ pub fn local_state_dir(installer: &Path, cluster: &str) -> PathBuf {
 /// Writes `.ferry/<cluster>/cluster.yaml`.
 pub fn save_local(dir: &Path, text: &str) -> Result<()> {
     crate::registry::config::write_atomic(&dir.join("cluster.yaml"), text.as_bytes())
-        .with_context(|| format!("saving the cluster description in {}", dir.display()))
+        .map_err(|cause| LocateError::Save { dir: dir.to_path_buf(), cause })
 }
 
 /// Errors when `text` (a host's answer) shows no ferry cluster.
 pub fn require_cluster_file(ip: &str, text: &str) -> Result<()> {
     if text.trim().is_empty() {
-        bail!(
-            "{ip}: no ferry cluster here ({} is missing): run `installer run` first, or give the right --master",
-            crate::node::CLUSTER_FILE
-        );
+        return Err(LocateError::NoClusterHere { ip: ip.to_string() });
     }
     Ok(())
 }
@@ -70,7 +146,7 @@ pub async fn jump_for(c: &Cluster, opts: &SshOptions) -> Result<Option<Arc<Jump>
                 key: c.bastion_key.clone(),
                 sudo: false,
             };
-            Ok(Some(Jump::connect(&login, opts).await?))
+            Ok(Some(Jump::connect(&login, opts).await.map_err(LocateError::Bastion)?))
         }
         None => Ok(None),
     }
@@ -84,12 +160,12 @@ impl Found {
             .hosts
             .iter()
             .find(|h| h.ip == ip)
-            .ok_or_else(|| anyhow!("{ip} is not a host of cluster {}", self.cluster.name))?;
+            .ok_or_else(|| LocateError::NotAHost { ip: ip.to_string(), cluster: self.cluster.name.clone() })?;
         let login = login_for(h);
         SshHost::connect(&login, &self.opts, self.jump.clone())
             .await
             .map(Arc::new)
-            .with_context(|| format!("{ip}: connecting"))
+            .map_err(|cause| LocateError::Connect { ip: ip.to_string(), cause })
     }
 }
 
@@ -146,32 +222,41 @@ pub async fn locate(w: &Where) -> Result<Found> {
     Ok(Found { cluster, opts, jump, local_state })
 }
 
+/// A cluster that holds `master`, only to reach it. A cluster file given too says how: its
+/// host entry for `master`, or else the file's cluster-wide SSH settings (user, key,
+/// known_hosts, bastion) for a master it does not list. Flags still win.
+fn master_probe(w: &Where, master: &str) -> Result<Cluster> {
+    let just_master = || w.overrides(vec![master.to_string()]);
+    let Some(f) = &w.cluster_file else {
+        return Ok(cluster::resolve(None, &just_master())?);
+    };
+    let listed = cluster::resolve(Some(cluster::load(f)?), &w.overrides(Vec::new()))?;
+    if listed.hosts.iter().any(|h| h.ip == master) {
+        return Ok(listed);
+    }
+    Ok(cluster::resolve(Some(cluster::load(f)?), &just_master())?)
+}
+
 /// The description ferry saved on `master`.
 async fn from_master(w: &Where, master: &str) -> Result<cluster::ClusterFile> {
-    // A cluster file given too says how to reach the master (its host entry, or else the
-    // file's cluster-wide SSH settings: user, key, known_hosts, bastion); flags still win.
-    let probe = match &w.cluster_file {
-        Some(f) => {
-            let listed = cluster::resolve(Some(cluster::load(f)?), &w.overrides(Vec::new()))?;
-            if listed.hosts.iter().any(|h| h.ip == master) {
-                listed
-            } else {
-                cluster::resolve(Some(cluster::load(f)?), &w.overrides(vec![master.to_string()]))?
-            }
-        }
-        None => cluster::resolve(None, &w.overrides(vec![master.to_string()]))?,
-    };
+    let probe = master_probe(w, master)?;
     let opts = w.ssh(probe.known_hosts.clone());
     let jump = jump_for(&probe, &opts).await?;
-    let h =
-        probe.hosts.iter().find(|h| h.ip == master).ok_or_else(|| anyhow!("{master} is not in the cluster file"))?;
+    let h = probe
+        .hosts
+        .iter()
+        .find(|h| h.ip == master)
+        .ok_or_else(|| LocateError::MasterNotListed { master: master.to_string() })?;
     let login = login_for(h);
-    let conn = SshHost::connect(&login, &opts, jump).await.with_context(|| format!("{master}: connecting"))?;
+    let conn = SshHost::connect(&login, &opts, jump)
+        .await
+        .map_err(|cause| LocateError::Connect { ip: master.to_string(), cause })?;
     let out =
         crate::ssh::RemoteHost::run(&conn, &format!("cat {} 2>/dev/null || true", crate::node::CLUSTER_FILE), b"")
-            .await?;
+            .await
+            .map_err(LocateError::ReadDescription)?;
     require_cluster_file(master, &out.text())?;
-    cluster::parse(&out.text(), &format!("{master}:{}", crate::node::CLUSTER_FILE))
+    Ok(cluster::parse(&out.text(), &format!("{master}:{}", crate::node::CLUSTER_FILE))?)
 }
 
 /// The path of the description saved beside the installer: `--name`'s, or the only one there.
@@ -180,26 +265,27 @@ fn saved(w: &Where) -> Result<PathBuf> {
     let base = base.parent().map(PathBuf::from).unwrap_or_default();
     let path = match &w.name {
         Some(n) => base.join(n).join("cluster.yaml"),
-        None => {
-            let found: Vec<PathBuf> = std::fs::read_dir(&base)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path().join("cluster.yaml"))
-                .filter(|p| p.exists())
-                .collect();
-            match found.len() {
-                1 => found[0].clone(),
-                0 => bail!(
-                    "no cluster is known here ({} holds no cluster.yaml): give --master IP (the first master of a cluster ferry made)",
-                    base.display()
-                ),
-                _ => bail!("several clusters are known in {}: pick one with --name", base.display()),
-            }
-        }
+        None => only_saved(base)?,
     };
     if !path.exists() {
-        bail!("no cluster description at {}: give --master IP", path.display());
+        return Err(LocateError::NoDescription { path });
     }
     Ok(path)
+}
+
+/// The one description saved under `base` (`.ferry/*/cluster.yaml`); with none or several,
+/// only `--master` or `--name` can say which cluster is meant.
+fn only_saved(base: PathBuf) -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("cluster.yaml"))
+        .filter(|p| p.exists())
+        .collect();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(LocateError::NoneSaved { base }),
+        _ => Err(LocateError::SeveralSaved { base }),
+    }
 }

@@ -3,18 +3,127 @@
 //! flags, resolved into one list of [`Host`]s with roles and SSH settings.
 //!
 //! Owns: parsing (serde-saphyr, unknown fields are errors naming the field and line), the
-//! flag-over-file rules, and input checks (duplicate addresses, role counts). It never connects
-//! anywhere. No password is ever read from the file: there is no field for one.
+//! flag-over-file rules, input checks (duplicate addresses, role counts) and their
+//! [`ClusterError`], and the description ferry saves ([`to_file`]). It never connects anywhere
+//! (finding and reaching an existing cluster is [`locate`]'s). No password is ever read from
+//! the file: there is no field for one.
 //!
 //! Roles when only `--hosts` is given: the first host is the master (and the registry host),
 //! the others are workers.
 
 pub mod locate;
 
-use anyhow::{Context, Result, bail};
+use crate::kube::config::FragmentError;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+type Result<T, E = ClusterError> = std::result::Result<T, E>;
+
+/// A cluster description ferry will not work from: a cluster file that does not read, or a
+/// file and flags that together describe no usable cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The cluster file cannot be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not YAML, or an unknown or missing field (the parser names it and its line).
+    #[error("{origin}: {cause}")]
+    Syntax {
+        /// Where the text came from.
+        origin: String,
+        /// What the parser said.
+        cause: Box<serde_saphyr::Error>,
+    },
+    /// Another `apiVersion`.
+    #[error("{origin}: apiVersion `{found}` is not supported; use ferry.dev/v1alpha1")]
+    ApiVersion {
+        /// Where the text came from.
+        origin: String,
+        /// What it says.
+        found: String,
+    },
+    /// Another `kind`.
+    #[error("{origin}: kind `{found}` is not a Cluster")]
+    Kind {
+        /// Where the text came from.
+        origin: String,
+        /// What it says.
+        found: String,
+    },
+    /// A `spec.kubeadm` fragment ferry refuses.
+    #[error("{origin}: {cause}")]
+    Kubeadm {
+        /// Where the text came from.
+        origin: String,
+        /// Which field and why.
+        cause: FragmentError,
+    },
+    /// A name that cannot be a directory name under `.ferry/`.
+    #[error("cluster name `{0}` must be letters, digits, `-`, `_` or `.`")]
+    Name(String),
+    /// A `spec.hosts` entry with an empty `ips`.
+    #[error("a spec.hosts entry has no ips")]
+    NoIps,
+    /// A `spec.hosts` entry with an empty `roles`.
+    #[error("hosts {} have no roles; give master, worker and/or registry", ips.join(", "))]
+    NoRoles {
+        /// The entry's addresses.
+        ips: Vec<String>,
+    },
+    /// Neither the flags nor the file name a host.
+    #[error("no hosts: give --hosts IP,IP,… or a cluster file with spec.hosts")]
+    NoHosts,
+    /// Something that cannot be an SSH host address.
+    #[error("`{0}` is not a host address")]
+    Address(String),
+    /// The same address twice.
+    #[error("host {0} is listed twice; each address may appear once")]
+    Duplicate(String),
+    /// No control plane.
+    #[error("no host has the master role")]
+    NoMaster,
+    /// `--registry-replicas 0`.
+    #[error("--registry-replicas 0: at least one host must run the registry (nodes pull every image from it)")]
+    NoReplicas,
+    /// More registry replicas than hosts.
+    #[error("--registry-replicas {replicas}: the cluster has only {hosts} hosts")]
+    ReplicasOverHosts {
+        /// As asked.
+        replicas: usize,
+        /// Hosts in the cluster.
+        hosts: usize,
+    },
+    /// Fewer registry replicas than the file already names.
+    #[error(
+        "--registry-replicas {replicas}, but {named} hosts already have the registry role in the cluster file; raise it to at least {named}"
+    )]
+    ReplicasUnderNamed {
+        /// As asked.
+        replicas: usize,
+        /// Hosts the file gives the `registry` role.
+        named: usize,
+    },
+    /// A bastion `@host` with nothing before the `@`.
+    #[error("bastion `{0}`: empty user before `@`")]
+    BastionUser(String),
+    /// A bastion port that is not a number.
+    #[error("bastion `{given}`: `{port}` is not a port")]
+    BastionPort {
+        /// The bastion as given.
+        given: String,
+        /// The part after `:`.
+        port: String,
+    },
+    /// A bastion with no host.
+    #[error("bastion `{0}` has no host")]
+    BastionHost(String),
+}
 
 /// The file as written.
 #[derive(Debug, Deserialize, serde::Serialize)]
@@ -91,7 +200,8 @@ pub struct HostGroup {
     /// SSH overrides for this group.
     #[serde(default)]
     pub ssh: Option<SshSpec>,
-    /// Node labels (applied when the nodes join, next issue).
+    /// Node labels. Kept with the host and in the saved description; nothing applies them to
+    /// the nodes yet.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -256,22 +366,25 @@ pub const DEFAULT_API_ENDPOINT: &str = "apiserver.cluster.local";
 
 /// Parses cluster.yaml text; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<ClusterFile> {
-    let file: ClusterFile = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    let origin = || origin.to_string();
+    let file: ClusterFile =
+        serde_saphyr::from_str(text).map_err(|e| ClusterError::Syntax { origin: origin(), cause: Box::new(e) })?;
     if file.api_version != "ferry.dev/v1alpha1" {
-        bail!("{origin}: apiVersion `{}` is not supported; use ferry.dev/v1alpha1", file.api_version);
+        return Err(ClusterError::ApiVersion { origin: origin(), found: file.api_version });
     }
     if file.kind != "Cluster" {
-        bail!("{origin}: kind `{}` is not a Cluster", file.kind);
+        return Err(ClusterError::Kind { origin: origin(), found: file.kind });
     }
     if let Some(k) = &file.spec.kubeadm {
-        crate::kube::config::validate(k).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        crate::kube::config::validate(k).map_err(|cause| ClusterError::Kubeadm { origin: origin(), cause })?;
     }
     Ok(file)
 }
 
 /// Reads and parses a cluster file.
 pub fn load(path: &Path) -> Result<ClusterFile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ClusterError::Read { path: path.to_path_buf(), source })?;
     parse(&text, &path.display().to_string())
 }
 
@@ -291,17 +404,18 @@ fn split_list(items: &[String]) -> Vec<String> {
 pub fn parse_bastion(s: &str, default_user: &str) -> Result<Bastion> {
     let (user, rest) = match s.split_once('@') {
         Some((u, r)) if !u.is_empty() => (u.to_string(), r),
-        Some(_) => bail!("bastion `{s}`: empty user before `@`"),
+        Some(_) => return Err(ClusterError::BastionUser(s.to_string())),
         None => (default_user.to_string(), s),
     };
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !rest.starts_with('[') => {
-            (h.to_string(), p.parse::<u16>().map_err(|_| anyhow::anyhow!("bastion `{s}`: `{p}` is not a port"))?)
+            let port = p.parse::<u16>().map_err(|_| ClusterError::BastionPort { given: s.into(), port: p.into() })?;
+            (h.to_string(), port)
         }
         _ => (rest.to_string(), 22),
     };
     if host.is_empty() {
-        bail!("bastion `{s}` has no host");
+        return Err(ClusterError::BastionHost(s.to_string()));
     }
     Ok(Bastion { user, host, port })
 }
@@ -313,109 +427,15 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
         Some(f) => (f.metadata.name, f.spec),
         None => ("default".to_string(), Spec::default()),
     };
-    let name = o.name.clone().unwrap_or(name);
-    if name.is_empty()
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        || name.starts_with('.')
-    {
-        bail!("cluster name `{name}` must be letters, digits, `-`, `_` or `.`");
-    }
-    let mut base = spec.ssh.clone();
-    if o.user.is_some() {
-        base.user = o.user.clone();
-    }
-    if o.port.is_some() {
-        base.port = o.port;
-    }
-    if o.key.is_some() {
-        base.key = o.key.clone();
-    }
-    if o.sudo {
-        base.sudo = Some(true);
-    }
-    if o.bastion.is_some() {
-        base.bastion = o.bastion.clone();
-    }
-    if o.known_hosts.is_some() {
-        base.known_hosts = o.known_hosts.clone();
-    }
-    let target = |over: Option<&SshSpec>| -> SshTarget {
-        let pick = |f: fn(&SshSpec) -> Option<String>| over.and_then(f).or_else(|| f(&base));
-        let user = pick(|s| s.user.clone()).unwrap_or_else(|| "root".into());
-        let port = over.and_then(|s| s.port).or(base.port).unwrap_or(22);
-        // `key: none` (or empty) in a group turns off a cluster-wide key for those hosts.
-        let key = pick(|s| s.key.clone()).filter(|k| !k.is_empty() && k != "none").map(|k| expand_home(&k));
-        let sudo = over.and_then(|s| s.sudo).or(base.sudo).unwrap_or(false) || user != "root";
-        SshTarget { user, port, key, sudo }
+    let name = checked_name(o.name.clone().unwrap_or(name))?;
+    let base = base_ssh(&spec.ssh, o);
+    let mut hosts = match hosts_from_flags(o, &base) {
+        Some(hosts) => hosts,
+        None => hosts_from_file(&spec.hosts, &base)?,
     };
-    let mut hosts: Vec<Host> = Vec::new();
-    let flag_hosts = split_list(&o.hosts);
-    let masters = split_list(&o.masters);
-    let workers = split_list(&o.workers);
-    let mut add = |ip: &str, roles: &[Role], ssh: SshTarget, labels: BTreeMap<String, String>| {
-        hosts.push(Host { ip: ip.to_string(), roles: roles.iter().copied().collect(), ssh, labels });
-    };
-    if !flag_hosts.is_empty() || !masters.is_empty() || !workers.is_empty() {
-        if masters.is_empty() && workers.is_empty() {
-            for (i, ip) in flag_hosts.iter().enumerate() {
-                let roles: &[Role] = if i == 0 { &[Role::Master, Role::Registry] } else { &[Role::Worker] };
-                add(ip, roles, target(None), BTreeMap::new());
-            }
-        } else {
-            let masters = if masters.is_empty() { flag_hosts.first().cloned().into_iter().collect() } else { masters };
-            for ip in &masters {
-                add(ip, &[Role::Master], target(None), BTreeMap::new());
-            }
-            let rest: Vec<String> = if workers.is_empty() {
-                flag_hosts.iter().filter(|h| !masters.contains(h)).cloned().collect()
-            } else {
-                let mut w = workers.clone();
-                w.extend(flag_hosts.iter().filter(|h| !masters.contains(h) && !workers.contains(h)).cloned());
-                w
-            };
-            for ip in &rest {
-                add(ip, &[Role::Worker], target(None), BTreeMap::new());
-            }
-        }
-    } else {
-        for g in &spec.hosts {
-            if g.ips.is_empty() {
-                bail!("a spec.hosts entry has no ips");
-            }
-            if g.roles.is_empty() {
-                bail!("hosts {} have no roles; give master, worker and/or registry", g.ips.join(", "));
-            }
-            for ip in &g.ips {
-                add(ip, &g.roles, target(g.ssh.as_ref()), g.labels.clone());
-            }
-        }
-    }
-    if hosts.is_empty() {
-        bail!("no hosts: give --hosts IP,IP,… or a cluster file with spec.hosts");
-    }
-    let mut seen = BTreeSet::new();
-    for h in &hosts {
-        if h.ip.is_empty() || h.ip.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
-            bail!("`{}` is not a host address", h.ip);
-        }
-        if !seen.insert(h.ip.clone()) {
-            bail!("host {} is listed twice; each address may appear once", h.ip);
-        }
-    }
-    let master_count = hosts.iter().filter(|h| h.is(Role::Master)).count();
-    if master_count == 0 {
-        bail!("no host has the master role");
-    }
+    let master_count = check_hosts(&hosts)?;
     assign_registry_replicas(&mut hosts, o.registry_replicas)?;
-    let mut warnings = Vec::new();
-    if master_count % 2 == 0 {
-        warnings.push(format!(
-            "{master_count} masters: etcd needs an odd number of members to keep quorum ({} tolerate{} as many failures as {})",
-            master_count,
-            if master_count == 1 { "s" } else { "" },
-            master_count - 1
-        ));
-    }
+    let warnings = quorum_warning(master_count).into_iter().collect();
     let default_user = base.user.clone().unwrap_or_else(|| "root".into());
     let bastion = base.bastion.as_deref().map(|b| parse_bastion(b, &default_user)).transpose()?;
     let known_hosts = expand_home(base.known_hosts.as_deref().unwrap_or("~/.ssh/known_hosts"));
@@ -440,6 +460,130 @@ pub fn resolve(file: Option<ClusterFile>, o: &Overrides) -> Result<Cluster> {
     })
 }
 
+/// `name`, if it can name the state directory `.ferry/<name>/` (no path separator, not hidden).
+fn checked_name(name: String) -> Result<String> {
+    if name.is_empty()
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        || name.starts_with('.')
+    {
+        return Err(ClusterError::Name(name));
+    }
+    Ok(name)
+}
+
+/// The cluster-wide SSH settings: the file's `spec.ssh` with the flags over it.
+fn base_ssh(file: &SshSpec, o: &Overrides) -> SshSpec {
+    let mut base = file.clone();
+    if o.user.is_some() {
+        base.user = o.user.clone();
+    }
+    if o.port.is_some() {
+        base.port = o.port;
+    }
+    if o.key.is_some() {
+        base.key = o.key.clone();
+    }
+    if o.sudo {
+        base.sudo = Some(true);
+    }
+    if o.bastion.is_some() {
+        base.bastion = o.bastion.clone();
+    }
+    if o.known_hosts.is_some() {
+        base.known_hosts = o.known_hosts.clone();
+    }
+    base
+}
+
+/// How to reach a host: its group's settings (`over`) where given, else the cluster-wide ones.
+fn ssh_target(base: &SshSpec, over: Option<&SshSpec>) -> SshTarget {
+    let pick = |f: fn(&SshSpec) -> Option<String>| over.and_then(f).or_else(|| f(base));
+    let user = pick(|s| s.user.clone()).unwrap_or_else(|| "root".into());
+    let port = over.and_then(|s| s.port).or(base.port).unwrap_or(22);
+    // `key: none` (or empty) in a group turns off a cluster-wide key for those hosts.
+    let key = pick(|s| s.key.clone()).filter(|k| !k.is_empty() && k != "none").map(|k| expand_home(&k));
+    // Installing needs root, which any other login reaches only through sudo.
+    let sudo = over.and_then(|s| s.sudo).or(base.sudo).unwrap_or(false) || user != "root";
+    SshTarget { user, port, key, sudo }
+}
+
+fn host(ip: &str, roles: &[Role], ssh: SshTarget, labels: BTreeMap<String, String>) -> Host {
+    Host { ip: ip.to_string(), roles: roles.iter().copied().collect(), ssh, labels }
+}
+
+/// The hosts `--hosts/--masters/--workers` name, or `None` when they name none (the file's
+/// hosts apply then). `--hosts` alone: the first is the master, the rest workers. With
+/// `--masters` or `--workers`, `--hosts` fills in what they leave out: its first host is the
+/// master when `--masters` is not given, and its other hosts are workers.
+fn hosts_from_flags(o: &Overrides, base: &SshSpec) -> Option<Vec<Host>> {
+    let (all, masters, workers) = (split_list(&o.hosts), split_list(&o.masters), split_list(&o.workers));
+    if all.is_empty() && masters.is_empty() && workers.is_empty() {
+        return None;
+    }
+    let ssh = ssh_target(base, None);
+    let with = |ips: &[String], roles: &[Role]| -> Vec<Host> {
+        ips.iter().map(|ip| host(ip, roles, ssh.clone(), BTreeMap::new())).collect()
+    };
+    if masters.is_empty() && workers.is_empty() {
+        let (first, rest) = all.split_at(1);
+        return Some([with(first, &[Role::Master, Role::Registry]), with(rest, &[Role::Worker])].concat());
+    }
+    let masters = if masters.is_empty() { all.first().cloned().into_iter().collect() } else { masters };
+    let mut rest = workers.clone();
+    rest.extend(all.iter().filter(|h| !masters.contains(h) && !workers.contains(h)).cloned());
+    Some([with(&masters, &[Role::Master]), with(&rest, &[Role::Worker])].concat())
+}
+
+/// The hosts of the file's `spec.hosts`, each group's SSH settings over the cluster-wide ones.
+fn hosts_from_file(groups: &[HostGroup], base: &SshSpec) -> Result<Vec<Host>> {
+    let mut hosts = Vec::new();
+    for g in groups {
+        if g.ips.is_empty() {
+            return Err(ClusterError::NoIps);
+        }
+        if g.roles.is_empty() {
+            return Err(ClusterError::NoRoles { ips: g.ips.clone() });
+        }
+        let ssh = ssh_target(base, g.ssh.as_ref());
+        hosts.extend(g.ips.iter().map(|ip| host(ip, &g.roles, ssh.clone(), g.labels.clone())));
+    }
+    Ok(hosts)
+}
+
+/// Refuses a host list ferry cannot install (none, an address SSH cannot take, one twice, no
+/// master); returns how many masters it has.
+fn check_hosts(hosts: &[Host]) -> Result<usize> {
+    if hosts.is_empty() {
+        return Err(ClusterError::NoHosts);
+    }
+    let mut seen = BTreeSet::new();
+    for h in hosts {
+        if h.ip.is_empty() || h.ip.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+            return Err(ClusterError::Address(h.ip.clone()));
+        }
+        if !seen.insert(h.ip.clone()) {
+            return Err(ClusterError::Duplicate(h.ip.clone()));
+        }
+    }
+    match hosts.iter().filter(|h| h.is(Role::Master)).count() {
+        0 => Err(ClusterError::NoMaster),
+        n => Ok(n),
+    }
+}
+
+/// A warning for an even number of masters: etcd's quorum makes the last one add no tolerance.
+fn quorum_warning(master_count: usize) -> Option<String> {
+    if !master_count.is_multiple_of(2) {
+        return None;
+    }
+    Some(format!(
+        "{master_count} masters: etcd needs an odd number of members to keep quorum ({} tolerate{} as many failures as {})",
+        master_count,
+        if master_count == 1 { "s" } else { "" },
+        master_count - 1
+    ))
+}
+
 /// Gives the registry role to the replica hosts. Hosts that already have it count. By default
 /// every master is a replica; with `replicas = Some(n)`, exactly `n` hosts are: those named
 /// `registry`, then masters, then workers, in listed order.
@@ -452,15 +596,13 @@ fn assign_registry_replicas(hosts: &mut [Host], replicas: Option<usize>) -> Resu
         return Ok(());
     };
     if n == 0 {
-        bail!("--registry-replicas 0: at least one host must run the registry (nodes pull every image from it)");
+        return Err(ClusterError::NoReplicas);
     }
     if n > hosts.len() {
-        bail!("--registry-replicas {n}: the cluster has only {} hosts", hosts.len());
+        return Err(ClusterError::ReplicasOverHosts { replicas: n, hosts: hosts.len() });
     }
     if named > n {
-        bail!(
-            "--registry-replicas {n}, but {named} hosts already have the registry role in the cluster file; raise it to at least {named}"
-        );
+        return Err(ClusterError::ReplicasUnderNamed { replicas: n, named });
     }
     let mut need = n - named;
     for masters in [true, false] {
@@ -528,7 +670,7 @@ pub fn to_file(c: &Cluster) -> String {
 mod tests {
     use super::*;
 
-    const ISSUE_EXAMPLE: &str = r#"
+    const EXAMPLE: &str = r#"
 apiVersion: ferry.dev/v1alpha1
 kind: Cluster
 metadata: {name: prod}
@@ -561,7 +703,7 @@ spec:
         // Hosts named `registry` in the file count; the default adds the masters to them.
         let file = || {
             parse(
-                ISSUE_EXAMPLE
+                EXAMPLE
                     .replace("roles: [master, registry]", "roles: [master]")
                     .replace("[10.0.0.2, 10.0.0.3], roles: [worker]", "[10.0.0.2, 10.0.0.3], roles: [worker, registry]")
                     .as_str(),
@@ -587,8 +729,8 @@ spec:
     }
 
     #[test]
-    fn parses_the_issue_example() {
-        let c = resolve(Some(parse(ISSUE_EXAMPLE, "x").unwrap()), &Overrides::default()).unwrap();
+    fn parses_the_example() {
+        let c = resolve(Some(parse(EXAMPLE, "x").unwrap()), &Overrides::default()).unwrap();
         assert_eq!(c.name, "prod");
         assert_eq!(c.hosts.len(), 3);
         assert!(c.hosts[0].is(Role::Master) && c.hosts[0].is(Role::Registry));
@@ -604,7 +746,7 @@ spec:
 
     #[test]
     fn unknown_fields_name_the_field_and_line() {
-        let bad = ISSUE_EXAMPLE.replace("sudo: false,", "sudo: false, pasword: x,");
+        let bad = EXAMPLE.replace("sudo: false,", "sudo: false, pasword: x,");
         let err = format!("{:#}", parse(&bad, "cluster.yaml").unwrap_err());
         assert!(err.contains("pasword"), "{err}");
         assert!(err.contains("line") || err.contains(":6"), "{err}");
@@ -626,7 +768,7 @@ spec:
             user: Some("guard".into()),
             ..Default::default()
         };
-        let c = resolve(Some(parse(ISSUE_EXAMPLE, "x").unwrap()), &o).unwrap();
+        let c = resolve(Some(parse(EXAMPLE, "x").unwrap()), &o).unwrap();
         assert_eq!(c.hosts.iter().map(|h| h.ip.as_str()).collect::<Vec<_>>(), ["m1", "w1", "w2"]);
         assert!(c.hosts.iter().all(|h| h.ssh.user == "guard" && h.ssh.sudo));
         assert!(c.hosts[0].is(Role::Registry));
@@ -649,5 +791,19 @@ spec:
         );
         assert_eq!(parse_bastion("ops@h:2200", "root").unwrap().port, 2200);
         assert!(parse_bastion("ops@h:x", "root").is_err());
+    }
+
+    #[test]
+    fn hosts_fills_in_what_masters_and_workers_leave_out() {
+        let ips = |o: &Overrides| {
+            let c = resolve(None, o).unwrap();
+            c.hosts.iter().map(|h| format!("{}={}", h.ip, h.role_names())).collect::<Vec<_>>()
+        };
+        let o = Overrides { hosts: vec!["a,b,c".into()], masters: vec!["b".into()], ..Default::default() };
+        assert_eq!(ips(&o), ["b=master,registry", "a=worker", "c=worker"]);
+        let o = Overrides { hosts: vec!["a,b,c".into()], workers: vec!["c".into()], ..Default::default() };
+        assert_eq!(ips(&o), ["a=master,registry", "c=worker", "b=worker"]);
+        let o = Overrides { hosts: vec![" , ".into()], ..Default::default() };
+        assert!(resolve(None, &o).unwrap_err().to_string().starts_with("no hosts:"));
     }
 }

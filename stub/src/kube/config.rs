@@ -53,11 +53,129 @@
 //! (`extraArgs`, `kubeletExtraArgs`, `extraEnvs`, `extraVolumes`) merge by `name`, a fragment's
 //! item replacing ferry's of the same name; `certSANs`-like lists are unions; any other value
 //! replaces ferry's.
+//!
+//! Errors: [`KubeadmConfigError`] for inputs kubeadm would refuse, [`FragmentError`] for a
+//! fragment ferry refuses (named by its full path), [`FragmentsParseError`] for `spec.kubeadm`
+//! text on its own.
 
 use super::yaml;
-use anyhow::{Result, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+type Result<T, E = KubeadmConfigError> = std::result::Result<T, E>;
+
+/// Inputs from which ferry will not write kubeadm's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeadmConfigError {
+    /// A Kubernetes version kubeadm could not pin without asking dl.k8s.io.
+    #[error("Kubernetes version `{0}` is not of the form vX.Y.Z; kubeadm needs an exact version offline")]
+    Version(String),
+    /// No sandbox image for the header (the bundle recorded none).
+    #[error("no sandbox (pause) image is known for Kubernetes {0}")]
+    NoPauseImage(String),
+    /// No control-plane node.
+    #[error("no master: kubeadm needs at least one control-plane node")]
+    NoMaster,
+    /// An empty API endpoint name.
+    #[error("the API endpoint name is empty")]
+    NoEndpoint,
+    /// A bootstrap token kubeadm would refuse.
+    #[error("bootstrap token is not of kubeadm's form [a-z0-9]{{6}}.[a-z0-9]{{16}}")]
+    Token,
+    /// A certificate key kubeadm would refuse.
+    #[error("certificate key is not 64 hex digits")]
+    CertificateKey,
+    /// A discovery hash kubeadm would refuse.
+    #[error("CA hash `{0}` is not sha256:<64 hex digits>")]
+    CaHash(String),
+    /// A control-plane join without the key that decrypts the uploaded certificates.
+    #[error("joining {0} as a master needs the certificate key from `kubeadm init --upload-certs` (none was given)")]
+    NoCertificateKey(String),
+    /// The `spec.kubeadm` fragments.
+    #[error(transparent)]
+    Fragment(#[from] FragmentError),
+}
+
+/// A `spec.kubeadm` fragment ferry refuses. Every message names the field's full path, so it
+/// can be found in the cluster file.
+#[derive(Debug, thiserror::Error)]
+pub enum FragmentError {
+    /// A fragment that is not a map.
+    #[error("spec.kubeadm.{name} must be a map of {name} fields")]
+    NotAMap {
+        /// `initConfiguration`, `clusterConfiguration`, …
+        name: &'static str,
+    },
+    /// `apiVersion` or `kind` in a fragment.
+    #[error("spec.kubeadm.{name}.{key}: ferry writes the API version and kind; leave them out")]
+    TypeMeta {
+        /// The fragment.
+        name: &'static str,
+        /// `apiVersion` or `kind`.
+        key: &'static str,
+    },
+    /// A top-level field the KubeletConfiguration does not have.
+    #[error("spec.kubeadm.{name}.{key}: unknown KubeletConfiguration field ({KUBELET_API})")]
+    UnknownKubeletField {
+        /// The fragment.
+        name: &'static str,
+        /// The field as written.
+        key: String,
+    },
+    /// A field ferry sets from elsewhere.
+    #[error("spec.kubeadm.{path}: set by ferry, not by a fragment ({why})")]
+    Owned {
+        /// Path below `spec.kubeadm`.
+        path: String,
+        /// Where it comes from instead.
+        why: &'static str,
+    },
+    /// A field kubeadm v1beta4 does not have.
+    #[error("spec.kubeadm.{path}: unknown field (kubeadm {KUBEADM_API} has {known})")]
+    UnknownField {
+        /// Path below `spec.kubeadm`.
+        path: String,
+        /// The fields that exist there, comma-separated.
+        known: String,
+    },
+    /// Something other than a map where v1beta4 has a structure.
+    #[error("spec.kubeadm.{path}: expected a map, found {found}")]
+    ExpectedMap {
+        /// Path below `spec.kubeadm`.
+        path: String,
+        /// What was there (`a list`, `a string`, …).
+        found: &'static str,
+    },
+    /// Something other than a list where v1beta4 has a list.
+    #[error("spec.kubeadm.{path}: expected a list (v1beta4 takes a list of {{name, value}}), found {found}")]
+    ExpectedList {
+        /// Path below `spec.kubeadm`.
+        path: String,
+        /// What was there.
+        found: &'static str,
+    },
+}
+
+/// `spec.kubeadm` text ([`parse_fragments`]) that does not read, or that ferry refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum FragmentsParseError {
+    /// Not YAML, or an unknown fragment name.
+    #[error("{origin}: spec.kubeadm: {cause}")]
+    Syntax {
+        /// Where the text came from.
+        origin: String,
+        /// What the parser said.
+        cause: Box<serde_saphyr::Error>,
+    },
+    /// A fragment ferry refuses.
+    #[error("{origin}: {cause}")]
+    Invalid {
+        /// Where the text came from.
+        origin: String,
+        /// Which field and why.
+        cause: FragmentError,
+    },
+}
 
 /// kubeadm's config API group/version.
 pub const KUBEADM_API: &str = "kubeadm.k8s.io/v1beta4";
@@ -172,21 +290,18 @@ impl ClusterInputs {
             || self.kubernetes_version.split('.').count() != 3
             || minor(&self.kubernetes_version).is_none()
         {
-            bail!(
-                "Kubernetes version `{}` is not of the form vX.Y.Z; kubeadm needs an exact version offline",
-                self.kubernetes_version
-            );
+            return Err(KubeadmConfigError::Version(self.kubernetes_version.clone()));
         }
         if self.pause_image.trim().is_empty() {
-            bail!("no sandbox (pause) image is known for Kubernetes {}", self.kubernetes_version);
+            return Err(KubeadmConfigError::NoPauseImage(self.kubernetes_version.clone()));
         }
         if self.masters.is_empty() {
-            bail!("no master: kubeadm needs at least one control-plane node");
+            return Err(KubeadmConfigError::NoMaster);
         }
         if self.endpoint.is_empty() {
-            bail!("the API endpoint name is empty");
+            return Err(KubeadmConfigError::NoEndpoint);
         }
-        validate(&self.fragments)
+        Ok(validate(&self.fragments)?)
     }
 
     fn cert_sans(&self) -> Vec<Value> {
@@ -295,10 +410,7 @@ fn join_defaults(c: &ClusterInputs, node: &Node, s: &JoinSecrets, role: JoinRole
     }
     if role == JoinRole::ControlPlane {
         let Some(key) = &s.certificate_key else {
-            bail!(
-                "joining {} as a master needs the certificate key from `kubeadm init --upload-certs` (none was given)",
-                node.ip
-            );
+            return Err(KubeadmConfigError::NoCertificateKey(node.ip.clone()));
         };
         j["controlPlane"] = json!({"localAPIEndpoint": local_api_endpoint(node), "certificateKey": key});
     }
@@ -332,7 +444,7 @@ pub fn join_config(c: &ClusterInputs, node: &Node, s: &JoinSecrets, role: JoinRo
     c.check()?;
     check_secrets(&s.token, s.certificate_key.as_deref())?;
     if !s.ca_cert_hash.starts_with("sha256:") || s.ca_cert_hash.len() != 7 + 64 {
-        bail!("CA hash `{}` is not sha256:<64 hex digits>", s.ca_cert_hash);
+        return Err(KubeadmConfigError::CaHash(s.ca_cert_hash.clone()));
     }
     let mut join = join_defaults(c, node, s, role)?;
     merge_opt(&mut join, &c.fragments.join_configuration);
@@ -345,12 +457,12 @@ pub fn join_config(c: &ClusterInputs, node: &Node, s: &JoinSecrets, role: JoinRo
 
 fn check_secrets(token: &str, key: Option<&str>) -> Result<()> {
     if !super::secrets::is_bootstrap_token(token) {
-        bail!("bootstrap token is not of kubeadm's form [a-z0-9]{{6}}.[a-z0-9]{{16}}");
+        return Err(KubeadmConfigError::Token);
     }
     if let Some(k) = key
         && !super::secrets::is_certificate_key(k)
     {
-        bail!("certificate key is not 64 hex digits");
+        return Err(KubeadmConfigError::CertificateKey);
     }
     Ok(())
 }
@@ -646,7 +758,7 @@ const OWNED: &[(&str, &str)] = &[
 ];
 
 /// Checks `spec.kubeadm` against the v1beta4 fields; the error names the full path.
-pub fn validate(f: &Fragments) -> Result<()> {
+pub fn validate(f: &Fragments) -> Result<(), FragmentError> {
     let parts: [(&str, &Option<Value>, Option<&Shape>); 4] = [
         ("initConfiguration", &f.init_configuration, Some(&INIT)),
         ("clusterConfiguration", &f.cluster_configuration, Some(&CLUSTER)),
@@ -656,11 +768,11 @@ pub fn validate(f: &Fragments) -> Result<()> {
     for (name, frag, shape) in parts {
         let Some(v) = frag else { continue };
         let Value::Object(m) = v else {
-            bail!("spec.kubeadm.{name} must be a map of {name} fields");
+            return Err(FragmentError::NotAMap { name });
         };
-        for k in ["apiVersion", "kind"] {
-            if m.contains_key(k) {
-                bail!("spec.kubeadm.{name}.{k}: ferry writes the API version and kind; leave them out");
+        for key in ["apiVersion", "kind"] {
+            if m.contains_key(key) {
+                return Err(FragmentError::TypeMeta { name, key });
             }
         }
         match shape {
@@ -668,7 +780,7 @@ pub fn validate(f: &Fragments) -> Result<()> {
             None => {
                 for k in m.keys() {
                     if !KUBELET_FIELDS.contains(&k.as_str()) {
-                        bail!("spec.kubeadm.{name}.{k}: unknown KubeletConfiguration field ({KUBELET_API})");
+                        return Err(FragmentError::UnknownKubeletField { name, key: k.clone() });
                     }
                 }
             }
@@ -677,9 +789,9 @@ pub fn validate(f: &Fragments) -> Result<()> {
     Ok(())
 }
 
-fn walk(v: &Value, shape: &Shape, path: &str) -> Result<()> {
+fn walk(v: &Value, shape: &Shape, path: &str) -> Result<(), FragmentError> {
     if let Some((_, why)) = OWNED.iter().find(|(p, _)| *p == path) {
-        bail!("spec.kubeadm.{path}: set by ferry, not by a fragment ({why})");
+        return Err(FragmentError::Owned { path: path.to_string(), why });
     }
     match (shape, v) {
         (Any, _) => Ok(()),
@@ -688,22 +800,19 @@ fn walk(v: &Value, shape: &Shape, path: &str) -> Result<()> {
                 let p = format!("{path}.{k}");
                 match fields.iter().find(|(name, _)| name == k) {
                     Some((_, s)) => walk(sub, s, &p)?,
-                    None => bail!("spec.kubeadm.{p}: unknown field (kubeadm {KUBEADM_API} has {})", names(fields)),
+                    None => return Err(FragmentError::UnknownField { path: p, known: names(fields) }),
                 }
             }
             Ok(())
         }
-        (Obj(_), other) => bail!("spec.kubeadm.{path}: expected a map, found {}", kind_of(other)),
+        (Obj(_), other) => Err(FragmentError::ExpectedMap { path: path.to_string(), found: kind_of(other) }),
         (List(item), Value::Array(a)) => {
             for (i, x) in a.iter().enumerate() {
                 walk(x, item, &format!("{path}[{i}]"))?;
             }
             Ok(())
         }
-        (List(_), other) => bail!(
-            "spec.kubeadm.{path}: expected a list (v1beta4 takes a list of {{name, value}}), found {}",
-            kind_of(other)
-        ),
+        (List(_), other) => Err(FragmentError::ExpectedList { path: path.to_string(), found: kind_of(other) }),
     }
 }
 
@@ -723,9 +832,10 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// Parses `spec.kubeadm` on its own (for callers holding the YAML text), validating it.
-pub fn parse_fragments(text: &str, origin: &str) -> Result<Fragments> {
-    let f: Fragments = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: spec.kubeadm: {e}"))?;
-    validate(&f).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+pub fn parse_fragments(text: &str, origin: &str) -> Result<Fragments, FragmentsParseError> {
+    let f: Fragments = serde_saphyr::from_str(text)
+        .map_err(|e| FragmentsParseError::Syntax { origin: origin.to_string(), cause: Box::new(e) })?;
+    validate(&f).map_err(|cause| FragmentsParseError::Invalid { origin: origin.to_string(), cause })?;
     Ok(f)
 }
 

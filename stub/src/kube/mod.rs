@@ -4,8 +4,8 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`config`] | the v1beta4 Init/Cluster/Join configurations and the KubeletConfiguration, `spec.kubeadm` fragments (schema, validation, deep merge) |
-//! | [`secrets`] | the bootstrap token, the certificate key, and the discovery CA hash from a CA certificate |
+//! | [`config`] | the v1beta4 Init/Cluster/Join configurations and the KubeletConfiguration, `spec.kubeadm` fragments (schema, validation, deep merge), and their errors |
+//! | [`secrets`] | the bootstrap token, the certificate key, and the discovery CA hash from a CA certificate, and their errors |
 //! | [`yaml`] | a small deterministic YAML emitter (fixed key order, safe quoting) for the configs |
 
 pub mod config;

@@ -8,11 +8,59 @@
 //! - The discovery hash is computed from the CA certificate itself: `sha256:` + hex SHA-256 of
 //!   the DER SubjectPublicKeyInfo (kubeadm's `pubkeypin`), not scraped from kubeadm's output,
 //!   so it is right for RSA and ECDSA CAs alike and for any kubeadm version.
+//!
+//! Errors are [`SecretsError`]s, and none of them holds a secret.
 
-use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 use x509_cert::der::{Decode, DecodePem, Encode};
+
+type Result<T, E = SecretsError> = std::result::Result<T, E>;
+
+/// A secret that cannot be made, or a CA certificate that cannot be read. No variant holds a
+/// secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    /// The OS would not give randomness.
+    #[error("reading the OS's randomness for {what}: {cause}")]
+    Randomness {
+        /// `a bootstrap token` or `a certificate key`.
+        what: &'static str,
+        /// What getrandom said.
+        cause: getrandom::Error,
+    },
+    /// PEM that is not an X.509 certificate.
+    #[error("{what}: not a PEM X.509 certificate: {cause}")]
+    NotPem {
+        /// The certificate file.
+        what: String,
+        /// What the decoder said.
+        cause: x509_cert::der::Error,
+    },
+    /// An empty certificate file.
+    #[error("{what}: empty file, expected the cluster CA certificate")]
+    Empty {
+        /// The certificate file.
+        what: String,
+    },
+    /// DER that is not an X.509 certificate.
+    #[error("{what}: not a DER X.509 certificate: {cause}")]
+    NotDer {
+        /// The certificate file.
+        what: String,
+        /// What the decoder said.
+        cause: x509_cert::der::Error,
+    },
+    /// The certificate's public key does not encode back to DER.
+    #[error("{what}: re-encoding the certificate's public key")]
+    Reencode {
+        /// The certificate file.
+        what: String,
+        /// What the encoder said.
+        #[source]
+        cause: x509_cert::der::Error,
+    },
+}
 
 const TOKEN_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
@@ -20,8 +68,7 @@ fn random_chars(n: usize) -> Result<String> {
     let mut out = String::with_capacity(n);
     let mut buf = [0u8; 64];
     while out.len() < n {
-        getrandom::fill(&mut buf)
-            .map_err(|e| anyhow::anyhow!("reading the OS's randomness for a bootstrap token: {e}"))?;
+        getrandom::fill(&mut buf).map_err(|cause| SecretsError::Randomness { what: "a bootstrap token", cause })?;
         // Rejection sampling: 252 = 7 × 36, so every character is equally likely.
         for &b in buf.iter().filter(|&&b| b < 252) {
             if out.len() == n {
@@ -47,7 +94,7 @@ pub fn is_bootstrap_token(t: &str) -> bool {
 /// A new certificate key for `kubeadm init --upload-certs`: 32 random bytes as 64 hex digits.
 pub fn certificate_key() -> Result<String> {
     let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("reading the OS's randomness for a certificate key: {e}"))?;
+    getrandom::fill(&mut key).map_err(|cause| SecretsError::Randomness { what: "a certificate key", cause })?;
     Ok(hex::encode(key))
 }
 
@@ -60,17 +107,17 @@ pub fn is_certificate_key(k: &str) -> bool {
 /// `sha256:<hex of SHA-256 over the DER SubjectPublicKeyInfo>`. `what` names the file in errors.
 pub fn ca_cert_hash(cert: &[u8], what: &str) -> Result<String> {
     let parsed = if cert.trim_ascii_start().starts_with(b"-----BEGIN") {
-        Certificate::from_pem(cert).map_err(|e| anyhow::anyhow!("{what}: not a PEM X.509 certificate: {e}"))?
+        Certificate::from_pem(cert).map_err(|cause| SecretsError::NotPem { what: what.to_string(), cause })?
     } else if cert.is_empty() {
-        bail!("{what}: empty file, expected the cluster CA certificate");
+        return Err(SecretsError::Empty { what: what.to_string() });
     } else {
-        Certificate::from_der(cert).map_err(|e| anyhow::anyhow!("{what}: not a DER X.509 certificate: {e}"))?
+        Certificate::from_der(cert).map_err(|cause| SecretsError::NotDer { what: what.to_string(), cause })?
     };
     let spki = parsed
         .tbs_certificate()
         .subject_public_key_info()
         .to_der()
-        .with_context(|| format!("{what}: re-encoding the certificate's public key"))?;
+        .map_err(|cause| SecretsError::Reencode { what: what.to_string(), cause })?;
     Ok(format!("sha256:{}", hex::encode(Sha256::digest(&spki))))
 }
 

@@ -62,7 +62,8 @@ fn emit(v: &Value, indent: usize, out: &mut String) {
                     out.push_str(&format!("{pad}- {}\n", scalar(item)));
                     continue;
                 }
-                // Render the item two columns in, then turn its first indent into "- ".
+                // A map item's first key belongs on the dash's line and the rest under it: render
+                // the item at the indent its other keys need, then put "- " over the first one.
                 let mut inner = String::new();
                 emit(item, indent + 2, &mut inner);
                 out.push_str(&pad);

@@ -333,7 +333,8 @@ impl<H: RemoteHost> Phase<H> for SaveState {
             let m0 = self.0.m0;
             engine.one_by_one(self, vec![m0]).await?;
             let text = crate::cluster::to_file(&engine.ctx.cluster);
-            crate::cluster::locate::save_local(&engine.ctx.local_state, &text)
+            crate::cluster::locate::save_local(&engine.ctx.local_state, &text)?;
+            Ok(())
         })
     }
 
