@@ -64,6 +64,6 @@ fn connector(found: &Arc<Found>, ip: &str) -> Connector<SshHost> {
     let (found, ip) = (found.clone(), ip.to_string());
     Box::new(move || {
         let (found, ip) = (found.clone(), ip.clone());
-        Box::pin(async move { found.connect_one(&ip).await })
+        Box::pin(async move { Ok(found.connect_one(&ip).await?) })
     })
 }

@@ -62,11 +62,11 @@ pub enum LocateError {
         ip: String,
         /// The SSH client's error.
         #[source]
-        cause: anyhow::Error,
+        cause: Box<crate::ssh::SshError>,
     },
     /// The bastion cannot be reached: the SSH client's error as it gave it.
     #[error(transparent)]
-    Bastion(anyhow::Error),
+    Bastion(Box<crate::ssh::SshError>),
     /// The master was reached, but reading its description failed: the SSH client's error as
     /// it gave it.
     #[error(transparent)]
@@ -146,7 +146,7 @@ pub async fn jump_for(c: &Cluster, opts: &SshOptions) -> Result<Option<Arc<Jump>
                 key: c.bastion_key.clone(),
                 sudo: false,
             };
-            Ok(Some(Jump::connect(&login, opts).await.map_err(LocateError::Bastion)?))
+            Ok(Some(Jump::connect(&login, opts).await.map_err(|e| LocateError::Bastion(Box::new(e)))?))
         }
         None => Ok(None),
     }
@@ -165,7 +165,7 @@ impl Found {
         SshHost::connect(&login, &self.opts, self.jump.clone())
             .await
             .map(Arc::new)
-            .map_err(|cause| LocateError::Connect { ip: ip.to_string(), cause })
+            .map_err(|cause| LocateError::Connect { ip: ip.to_string(), cause: Box::new(cause) })
     }
 }
 
@@ -250,7 +250,7 @@ async fn from_master(w: &Where, master: &str) -> Result<cluster::ClusterFile> {
     let login = login_for(h);
     let conn = SshHost::connect(&login, &opts, jump)
         .await
-        .map_err(|cause| LocateError::Connect { ip: master.to_string(), cause })?;
+        .map_err(|cause| LocateError::Connect { ip: master.to_string(), cause: Box::new(cause) })?;
     let out =
         crate::ssh::RemoteHost::run(&conn, &format!("cat {} 2>/dev/null || true", crate::node::CLUSTER_FILE), b"")
             .await
