@@ -574,8 +574,10 @@ fn leftovers(dir: &Path) -> String {
             left.push(format!("cgroup {}/ferrylab", c.path().display()));
         }
     }
-    let routes = stdout(&run(Command::new("ip").args(["route", "show", "type", "unreachable"])));
-    left.extend(routes.lines().filter(|l| l.contains("10.88.")).map(|l| format!("route {l}")));
+    // The range's own `unreachable` route stays (a stray packet must not leave the machine);
+    // any other route into the range is a leftover.
+    let routes = stdout(&run(Command::new("ip").args(["route", "show", "root", "10.88.0.0/16"])));
+    left.extend(routes.lines().filter(|l| l.trim() != "unreachable 10.88.0.0/16").map(|l| format!("route {l}")));
     for f in ["hosts", "vde", "lab.env", "known_hosts"] {
         if dir.join(f).exists() {
             left.push(format!("state {}", dir.join(f).display()));
@@ -602,6 +604,15 @@ fn lab_down_is_clean_and_up_comes_back() {
         let (k, v) = line.split_once('=').unwrap();
         let now = std::fs::read_to_string(format!("/proc/sys/{}", k.replace('.', "/"))).unwrap();
         assert_eq!(now.trim(), v, "{k} was not restored");
+    }
+    // With no lab, a lab address is refused here rather than sent to the default gateway.
+    for ip in ["10.88.0.11", "10.88.1.10", "10.88.200.1"] {
+        let route = run(Command::new("ip").args(["route", "get", ip]));
+        assert!(
+            !route.status.success() && text(&route).contains("No route to host"),
+            "{ip} after down: {}",
+            text(&route)
+        );
     }
     // down twice is fine
     let again = x.down();
