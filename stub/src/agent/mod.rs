@@ -252,7 +252,8 @@ pub fn record(root: &Path, rec: &Record) -> Result<()> {
     check_name(&rec.cluster)?;
     check_name(&rec.phase)?;
     let path = root.join(&rec.cluster).join(format!("{}.json", rec.phase));
-    crate::registry::config::write_atomic(&path, serde_json::to_string_pretty(rec)?.as_bytes())
+    crate::registry::config::write_atomic(&path, serde_json::to_string_pretty(rec)?.as_bytes())?;
+    Ok(())
 }
 
 /// Every record of `cluster`.

@@ -33,7 +33,7 @@ fn put(path: &Path, text: &[u8], report: &mut Report) -> Result<()> {
         Ok(()) => {}
         // A bind-mounted file (e.g. /etc/hosts in containers) cannot be replaced by rename.
         Err(_) if path.exists() => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     report.changed.push(path.display().to_string());
     Ok(())

@@ -224,7 +224,7 @@ async fn respond(
 pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<()> {
     let payload = open_trusted(&args.file, &args.trust, printer)?;
     let meta = &payload.index().metadata;
-    let endpoints = args.endpoints.iter().map(|e| config::check_endpoint(e)).collect::<Result<Vec<_>>>()?;
+    let endpoints = args.endpoints.iter().map(|e| config::check_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
     let images = ferry_core::metadata::images(&meta.extra)?;
     let registries = images.iter().map(|i| normalize_domain(&i.registry)).collect();
     let sandbox_image = match &args.sandbox_image {
