@@ -7,7 +7,7 @@
 //! body. Manifests are served byte-exact with their stored media type.
 
 use super::access_log::{ServeBody, note};
-use super::integrity::{CorruptChunk, VerifiedFile};
+use super::integrity::{IntegrityError, VerifiedFile};
 use super::store::{Blob, BlobId, Repo, Store, is_sha256_digest};
 use bytes::Bytes;
 use ferry_core::image_ref::normalize_domain;
@@ -385,12 +385,7 @@ async fn content(
             r.file.verify_blob(offset, size, digest.trim_start_matches("sha256:"), a, b)
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(CorruptChunk {
-                chunk: u64::MAX,
-                message: format!("verifying {}: the check did not finish: {e}", blob.digest),
-            })
-        })
+        .unwrap_or_else(|e| Err(IntegrityError::Unfinished { digest: blob.digest.clone(), reason: e.to_string() }))
     };
     match checked {
         Ok(()) => Ok(ServeBody::new(reg.file.slice(a, b))),
@@ -404,7 +399,7 @@ async fn content(
                      Replace the installer; `installer verify` checks a copy",
                     blob.digest
                 ),
-                Some(serde_json::json!({"digest": blob.digest, "chunk": err.chunk})),
+                Some(serde_json::json!({"digest": blob.digest, "chunk": err.chunk()})),
             ))
         }
     }
