@@ -7,6 +7,7 @@ pub use crate::protocol::{PreparePlan as Plan, PrepareReport as Report};
 use super::kernel::module_present;
 use super::service_route::sh;
 use crate::node::{FERRY_DIR, INSTALLER_PATH};
+use crate::printer::error_chain;
 use crate::registry::config::write_atomic;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -180,7 +181,7 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
         if std::fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(false)
             && let Err(e) = sh("swapoff", &["-a"])
         {
-            report.warnings.push(format!("swapoff: {e:#}"));
+            report.warnings.push(format!("swapoff: {}", error_chain(&e)));
         }
     }
     // 4b. a route to the Service subnet where the host has none (no default route).
