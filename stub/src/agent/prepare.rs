@@ -10,6 +10,7 @@ use crate::node::{FERRY_DIR, INSTALLER_PATH};
 use crate::printer::error_chain;
 use crate::registry::config::write_atomic;
 use anyhow::{Context, Result, bail};
+use payload_format::Payload;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -120,32 +121,59 @@ fn fstab_without_swap(text: &str) -> String {
 pub fn prepare(plan: &Plan) -> Result<Report> {
     let mut report = Report::default();
     let root = &plan.root;
-    // 1. rootfs and spec.files: extract (verified) into a staging dir, then lay each onto /,
-    // file by file through a temporary name, modes kept.
     let payload = crate::verify::open_payload(Path::new(crate::SELF_EXE))?;
+    install_bundle_trees(&payload, root, &mut report)?;
+    let systemd = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
+    if systemd {
+        sh("systemctl", &["daemon-reload"])?;
+    }
+    load_modules(root, &mut report)?;
+    persist_sysctls(root, &mut report)?;
+    if root == Path::new("/") {
+        apply_sysctls(&mut report)?;
+        swap_off_now(&mut report);
+    }
+    if systemd && let (Some(cidr), Some(ip)) = (&plan.service_subnet, &plan.node_ip) {
+        route_service_subnet(root, cidr, ip, &mut report)?;
+    }
+    swap_off_in_fstab(root, &mut report)?;
+    write_hosts(root, &plan.hosts_entries, &mut report)?;
+    if !plan.registry_endpoints.is_empty() {
+        let changed = configure_containerd(plan, &payload, &mut report)?;
+        if systemd {
+            start_containerd(changed, &report)?;
+        }
+    }
+    Ok(report)
+}
+
+/// Step 1, rootfs and spec.files: extracts them (verified) into a staging directory, then lays
+/// each onto `root`, file by file through a temporary name, modes kept.
+fn install_bundle_trees(payload: &Payload, root: &Path, report: &mut Report) -> Result<()> {
     let stage = Path::new(FERRY_DIR).join("stage");
     let _ = std::fs::remove_dir_all(&stage);
     let trees: Vec<&str> = ["rootfs", "files"]
         .into_iter()
         .filter(|t| payload.index().entries.iter().any(|e| e.path.starts_with(&format!("{t}/"))))
         .collect();
-    if !trees.is_empty() {
-        let opts = payload_format::ExtractOptions {
-            dest: stage.clone(),
-            selection: trees.iter().map(|t| t.to_string()).collect(),
-            force: true,
-        };
-        payload.extract(&opts, &|_| {}).context("extracting the rootfs and files")?;
-        for t in &trees {
-            install_tree(&stage.join(t), root, &mut report).with_context(|| format!("installing the bundle's {t}"))?;
-        }
-        let _ = std::fs::remove_dir_all(&stage);
+    if trees.is_empty() {
+        return Ok(());
     }
-    let systemd = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
-    if systemd {
-        sh("systemctl", &["daemon-reload"])?;
+    let opts = payload_format::ExtractOptions {
+        dest: stage.clone(),
+        selection: trees.iter().map(|t| t.to_string()).collect(),
+        force: true,
+    };
+    payload.extract(&opts, &|_| {}).context("extracting the rootfs and files")?;
+    for t in &trees {
+        install_tree(&stage.join(t), root, report).with_context(|| format!("installing the bundle's {t}"))?;
     }
-    // 2. modules: built in or loaded counts; modprobe only when neither.
+    let _ = std::fs::remove_dir_all(&stage);
+    Ok(())
+}
+
+/// Step 2, modules: built in or loaded counts; modprobe only when neither. Persisted for boot.
+fn load_modules(root: &Path, report: &mut Report) -> Result<()> {
     let mut modules_conf = String::from("# Written by ferry.\n");
     for m in MODULES {
         modules_conf.push_str(&format!("{m}\n"));
@@ -153,114 +181,137 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
             report.warnings.push(format!("kernel module {m} is neither loaded nor built in, and modprobe failed"));
         }
     }
-    put(&root.join("etc/modules-load.d/ferry.conf"), modules_conf.as_bytes(), &mut report)?;
-    // 3. sysctls: persisted, then applied. EPERM/EROFS on non-net keys happen in containers whose
-    // kernel settings belong to the host; that is tolerated, not hidden.
+    put(&root.join("etc/modules-load.d/ferry.conf"), modules_conf.as_bytes(), report)
+}
+
+/// Step 3a: the sysctls, persisted for boot.
+fn persist_sysctls(root: &Path, report: &mut Report) -> Result<()> {
     let mut conf = String::from("# Written by ferry.\n");
     for (k, v) in SYSCTLS {
         conf.push_str(&format!("{k} = {v}\n"));
     }
-    put(&root.join("etc/sysctl.d/99-ferry.conf"), conf.as_bytes(), &mut report)?;
-    if root == Path::new("/") {
-        for (k, v) in SYSCTLS {
-            let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-            if std::fs::read_to_string(&p).map(|c| c.trim() == *v).unwrap_or(false) {
-                continue;
-            }
-            if let Err(e) = std::fs::write(&p, v) {
-                let tolerated =
-                    !k.starts_with("net.") || (k.starts_with("net.bridge.") && !module_present("br_netfilter"));
-                if tolerated {
-                    report.warnings.push(format!("sysctl {k}={v} not applied here ({e})"));
-                } else {
-                    bail!("setting sysctl {k}={v}: {e}");
-                }
-            }
+    put(&root.join("etc/sysctl.d/99-ferry.conf"), conf.as_bytes(), report)
+}
+
+/// Step 3b: the sysctls, applied now. EPERM/EROFS on non-net keys happen in containers whose
+/// kernel settings belong to the host; that is tolerated, not hidden.
+fn apply_sysctls(report: &mut Report) -> Result<()> {
+    for (k, v) in SYSCTLS {
+        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        if std::fs::read_to_string(&p).map(|c| c.trim() == *v).unwrap_or(false) {
+            continue;
         }
-        // 4. swap off now and after reboot.
-        if std::fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(false)
-            && let Err(e) = sh("swapoff", &["-a"])
-        {
-            report.warnings.push(format!("swapoff: {}", error_chain(&e)));
+        if let Err(e) = std::fs::write(&p, v) {
+            let tolerated = !k.starts_with("net.") || (k.starts_with("net.bridge.") && !module_present("br_netfilter"));
+            if tolerated {
+                report.warnings.push(format!("sysctl {k}={v} not applied here ({e})"));
+            } else {
+                bail!("setting sysctl {k}={v}: {e}");
+            }
         }
     }
-    // 4b. a route to the Service subnet where the host has none (no default route).
-    if systemd && let (Some(cidr), Some(ip)) = (&plan.service_subnet, &plan.node_ip) {
-        let units = root.join("etc/systemd/system");
-        if let Some(done) = super::service_route::ensure(&units, cidr, ip).context("routing the Service subnet")? {
-            report.changed.push(done);
-        }
+    Ok(())
+}
+
+/// Step 4a: swap off now. A failure is reported, not fatal: the kubelet's own check decides.
+fn swap_off_now(report: &mut Report) {
+    if std::fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(false)
+        && let Err(e) = sh("swapoff", &["-a"])
+    {
+        report.warnings.push(format!("swapoff: {}", error_chain(&e)));
     }
+}
+
+/// Step 4b: a route to the Service subnet where the host has none (no default route).
+fn route_service_subnet(root: &Path, cidr: &str, ip: &str, report: &mut Report) -> Result<()> {
+    let units = root.join("etc/systemd/system");
+    if let Some(done) = super::service_route::ensure(&units, cidr, ip).context("routing the Service subnet")? {
+        report.changed.push(done);
+    }
+    Ok(())
+}
+
+/// Step 4c: swap stays off after a reboot.
+fn swap_off_in_fstab(root: &Path, report: &mut Report) -> Result<()> {
     let fstab = root.join("etc/fstab");
     if let Ok(text) = std::fs::read_to_string(&fstab) {
         let fixed = fstab_without_swap(&text);
         if fixed != text {
-            put(&fstab, fixed.as_bytes(), &mut report)?;
+            put(&fstab, fixed.as_bytes(), report)?;
         }
     }
-    // 5. /etc/hosts: one managed block.
+    Ok(())
+}
+
+/// Step 5, /etc/hosts: one managed block.
+fn write_hosts(root: &Path, entries: &[(String, String)], report: &mut Report) -> Result<()> {
     let hosts = root.join("etc/hosts");
     let text = std::fs::read_to_string(&hosts).unwrap_or_default();
-    put(&hosts, hosts_block(&text, &plan.hosts_entries).as_bytes(), &mut report)?;
-    // 6. containerd: config and hosts.toml from the registry module, then start it.
-    if !plan.registry_endpoints.is_empty() {
-        let version = sh("containerd", &["--version"]).unwrap_or_default();
-        let line = if version.split_whitespace().nth(2).is_some_and(|v| v.trim_start_matches('v').starts_with('2')) {
-            "2"
+    put(&hosts, hosts_block(&text, entries).as_bytes(), report)
+}
+
+/// Step 6a, containerd: config.toml and hosts.toml from the registry module. Returns whether
+/// anything under /etc/containerd changed.
+fn configure_containerd(plan: &Plan, payload: &Payload, report: &mut Report) -> Result<bool> {
+    let root = &plan.root;
+    let version = sh("containerd", &["--version"]).unwrap_or_default();
+    let line = if version.split_whitespace().nth(2).is_some_and(|v| v.trim_start_matches('v').starts_with('2')) {
+        "2"
+    } else {
+        "1.7"
+    };
+    let out = root.join("etc/containerd");
+    let before = snapshot(&out);
+    let meta = &payload.index().metadata;
+    let sandbox =
+        crate::registry::config::bundle_pause_image(meta).context("choosing containerd's sandbox (pause) image")?;
+    // Asked once: the choice goes into containerd's config and, when it restricts, the report.
+    let restrict_oom = !crate::registry::config::host_can_lower_oom_scores();
+    let args = crate::cli::RegistryConfigArgs {
+        endpoints: plan.registry_endpoints.clone(),
+        out: out.clone(),
+        containerd: line.parse().map_err(anyhow::Error::msg)?,
+        config_path: out.join("certs.d").display().to_string(),
+        sandbox_image: Some(sandbox),
+        restrict_oom_score_adj: if restrict_oom {
+            crate::registry::config::OomRestriction::Yes
         } else {
-            "1.7"
-        };
-        let out = root.join("etc/containerd");
-        let before = snapshot(&out);
-        let meta = &payload.index().metadata;
-        let sandbox =
-            crate::registry::config::bundle_pause_image(meta).context("choosing containerd's sandbox (pause) image")?;
-        // Asked once: the choice goes into containerd's config and, when it restricts, the report.
-        let restrict_oom = !crate::registry::config::host_can_lower_oom_scores();
-        let args = crate::cli::RegistryConfigArgs {
-            endpoints: plan.registry_endpoints.clone(),
-            out: out.clone(),
-            containerd: line.parse().map_err(anyhow::Error::msg)?,
-            config_path: out.join("certs.d").display().to_string(),
-            sandbox_image: Some(sandbox),
-            restrict_oom_score_adj: if restrict_oom {
-                crate::registry::config::OomRestriction::Yes
-            } else {
-                crate::registry::config::OomRestriction::No
-            },
-            file: PathBuf::from(crate::SELF_EXE),
-            trust: crate::cli::TrustArgs { keys: Vec::new(), allow_unsigned: plan.allow_unsigned },
-        };
-        crate::registry::config(&args, &crate::printer::Printer::new(true, true))?;
-        if restrict_oom {
-            report.warnings.push(
-                "root cannot lower OOM scores here (no CAP_SYS_RESOURCE): containerd keeps containers' OOM scores \
-                 at or above its own (restrict_oom_score_adj), so pods lose the kubelet's OOM protection"
-                    .into(),
-            );
-        }
-        let changed = snapshot(&out) != before;
-        if changed {
-            report.changed.push(out.display().to_string());
-        }
-        if systemd {
-            sh("systemctl", &["enable", "containerd.service"])?;
-            let active =
-                Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
-            if changed || !active || report.changed.iter().any(|c| c.contains("containerd")) {
-                sh("systemctl", &["restart", "containerd.service"])?;
-            }
-            let active =
-                Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
-            if !active {
-                bail!(
-                    "containerd did not start: {}",
-                    sh("journalctl", &["-u", "containerd", "-n", "5", "--no-pager"]).unwrap_or_default()
-                );
-            }
-        }
+            crate::registry::config::OomRestriction::No
+        },
+        file: PathBuf::from(crate::SELF_EXE),
+        trust: crate::cli::TrustArgs { keys: Vec::new(), allow_unsigned: plan.allow_unsigned },
+    };
+    crate::registry::config(&args, &crate::printer::Printer::new(true, true))?;
+    if restrict_oom {
+        report.warnings.push(
+            "root cannot lower OOM scores here (no CAP_SYS_RESOURCE): containerd keeps containers' OOM scores \
+             at or above its own (restrict_oom_score_adj), so pods lose the kubelet's OOM protection"
+                .into(),
+        );
     }
-    Ok(report)
+    let changed = snapshot(&out) != before;
+    if changed {
+        report.changed.push(out.display().to_string());
+    }
+    Ok(changed)
+}
+
+/// Step 6b: containerd enabled, and (re)started when its config or binaries changed or it is
+/// not running.
+fn start_containerd(config_changed: bool, report: &Report) -> Result<()> {
+    sh("systemctl", &["enable", "containerd.service"])?;
+    let active = Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
+    if config_changed || !active || report.changed.iter().any(|c| c.contains("containerd")) {
+        sh("systemctl", &["restart", "containerd.service"])?;
+    }
+    let active = Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
+    if !active {
+        bail!(
+            "containerd did not start: {}",
+            sh("journalctl", &["-u", "containerd", "-n", "5", "--no-pager"]).unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -305,6 +356,11 @@ pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
         sh("systemctl", &["restart", "ferry-registry.service"])?;
     }
     write_atomic(&marker, id.as_bytes())?;
+    wait_for_registry(port)
+}
+
+/// Waits up to 30 s for the registry on `port` to answer `GET /v2/` with 200.
+fn wait_for_registry(port: u16) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
