@@ -365,8 +365,8 @@ pub fn serve(
             let plan: PreparePlan = crate::protocol::decode("the prepare plan", &read_all(input)?)?;
             answer(output, &prepare::prepare(&plan)?)
         }
-        Call::RegistryService { port, allow_unsigned } => prepare::registry_service(*port, *allow_unsigned),
-        Call::CheckPull { image, endpoints, timeout } => prepare::check_pull(image, endpoints, *timeout),
+        Call::RegistryService { port, allow_unsigned } => Ok(prepare::registry_service(*port, *allow_unsigned)?),
+        Call::CheckPull { image, endpoints, timeout } => Ok(prepare::check_pull(image, endpoints, *timeout)?),
         Call::Record { cluster, phase, installer } => {
             let detail = read_all(input)?;
             // No detail at all is a record without one; a detail that is not JSON is refused,
