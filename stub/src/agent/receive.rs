@@ -358,6 +358,7 @@ fn pull_from_relay(
         }
     };
     let pulled = relay::connect(up, remaining)
+        .map_err(anyhow::Error::from)
         .and_then(|mut stream| land(&mut stream, Source::Relay, target, remaining, got, &mut heartbeat));
     match pulled {
         Ok(_) if remaining.is_empty() => return Ok(true),
