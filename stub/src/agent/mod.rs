@@ -359,7 +359,8 @@ pub fn serve(
                 stub: node.self_exe.clone(),
                 relay_listen: *relay_listen,
             };
-            receive::receive(input, output, &opts).map(|_| ())
+            receive::receive(input, output, &opts)?;
+            Ok(())
         }
         Call::Prepare => {
             let plan: PreparePlan = crate::protocol::decode("the prepare plan", &read_all(input)?)?;

@@ -11,17 +11,17 @@
 //! and correct (in the finished file or in an interrupted `.part`) are not asked for again; the
 //! finished file replaces the old one by rename, so readers see the old file or the new one.
 
-use super::relay::{self, Shelf};
-use crate::protocol::codec::read_u64;
+use super::relay::{self, RelayError, Shelf};
+use crate::printer::error_chain;
+use crate::protocol::codec::{FrameError, read_u64};
 use crate::protocol::receive::{
     END, Event, Header, KEEPALIVE, Offer, Opening, Outcome, PULL, RelayPort, Word, decode_pull,
 };
 use crate::protocol::relay::Upstream;
-use anyhow::{Context, Result, bail};
 use payload_format::{Payload, TRAILER_LEN, Trailer};
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +45,135 @@ pub struct ReceiveOptions {
 
 pub use crate::protocol::receive::Received;
 
+/// Why `agent receive` stopped. The operator reads it, as a chain, in the session's last line.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The stream's framing is wrong or it ended early.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The header's tail cannot hold a trailer.
+    #[error("the tail is shorter than a trailer")]
+    ShortTail(#[source] std::array::TryFromSliceError),
+    /// The index, trailer or signature of the installer does not read or check out.
+    #[error(transparent)]
+    Payload(#[from] payload_format::Error),
+    /// The trailer and the tail disagree about where the index is.
+    #[error("the index does not start where the trailer says")]
+    IndexOffset,
+    /// A directory or the `.part` file cannot be created.
+    #[error("creating {}", path.display())]
+    Create {
+        /// What was being created.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Another receiver holds the destination and did not let go.
+    #[error("another ferry distribution into {} is running (pid {holder})", dest.display())]
+    Busy {
+        /// The destination.
+        dest: PathBuf,
+        /// The process holding its lock, as its lock file says (0: unknown).
+        holder: i32,
+    },
+    /// The installer is unsigned and the sender did not allow that.
+    #[error("the installer streamed here is unsigned, and the sender did not allow that")]
+    Unsigned,
+    /// The installer is signed by another key than the sender said.
+    #[error("the installer streamed here is signed by {actual}, not by {expected}")]
+    WrongSigner {
+        /// The fingerprint of the key that signed it.
+        actual: String,
+        /// The fingerprint the sender expected.
+        expected: String,
+    },
+    /// A chunk asked for is not in the installer.
+    #[error("chunk {chunk} does not exist (the installer has {count})")]
+    NoSuchChunk {
+        /// The chunk.
+        chunk: u64,
+        /// How many chunks the installer has.
+        count: u64,
+    },
+    /// A chunk arrived although the answer was that nothing is missing.
+    #[error("chunk {chunk} was sent although nothing was missing")]
+    Unexpected {
+        /// The chunk.
+        chunk: u64,
+    },
+    /// A finished copy cannot be copied to grow it.
+    #[error("copying {}", path.display())]
+    Copy {
+        /// The finished copy.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// This agent's own program cannot be read.
+    #[error("reading {}", path.display())]
+    ReadStub {
+        /// The program.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// This agent is not the program the installer carries.
+    #[error(
+        "this agent's program differs from the installer being sent; re-run so the matching agent is installed first"
+    )]
+    StubMismatch(#[source] payload_format::Error),
+    /// Starting the relay listener failed.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// A chunk does not match the signed index.
+    #[error("a chunk arrived damaged")]
+    Damaged(#[source] payload_format::Error),
+    /// A chunk cannot be written into the `.part` file.
+    #[error("writing {}", path.display())]
+    Write {
+        /// The `.part` file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The source sent a chunk this host did not ask it for.
+    #[error("chunk {chunk} was not asked for")]
+    NotAsked {
+        /// The chunk (or the out-of-place word read as one).
+        chunk: u64,
+    },
+    /// The stream ended in the middle of a chunk.
+    #[error("the stream ended inside chunk {chunk}")]
+    Truncated {
+        /// The chunk.
+        chunk: u64,
+        /// Why.
+        source: io::Error,
+    },
+    /// The operator ended the stream with chunks still missing.
+    #[error("the stream ended with {count} chunks still missing (first: {first})")]
+    Incomplete {
+        /// How many.
+        count: usize,
+        /// The first of them.
+        first: u64,
+    },
+    /// The received file cannot be flushed to disk.
+    #[error("flushing the received file")]
+    Flush(#[source] io::Error),
+    /// The finished file cannot be renamed into place.
+    #[error("renaming into {}", dest.display())]
+    Rename {
+        /// The destination.
+        dest: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Opening, reading or writing a file or the session failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 fn same_tail(path: &Path, file_len: u64, trailer: &[u8]) -> bool {
     let Ok(f) = File::open(path) else { return false };
     if f.metadata().map(|m| m.len()).unwrap_or(0) != file_len {
@@ -54,7 +183,8 @@ fn same_tail(path: &Path, file_len: u64, trailer: &[u8]) -> bool {
     f.read_exact_at(&mut t, file_len - TRAILER_LEN as u64).is_ok() && t[..] == trailer[..]
 }
 
-fn missing(payload: &Payload, file: &File, want: &[u64]) -> Result<Vec<u64>> {
+/// The chunks of `want` that `file` does not hold intact.
+fn missing(payload: &Payload, file: &File, want: &[u64]) -> Vec<u64> {
     let cs = payload.index().chunk_size as usize;
     let mut buf = vec![0u8; cs];
     let mut out = Vec::new();
@@ -71,7 +201,7 @@ fn missing(payload: &Payload, file: &File, want: &[u64]) -> Result<Vec<u64>> {
             out.push(n);
         }
     }
-    Ok(out)
+    out
 }
 
 /// Whether `start..end` of `file` holds no data at all (`SEEK_DATA` finds none before `end`).
@@ -88,25 +218,29 @@ fn is_hole(file: &File, start: u64, end: u64) -> bool {
     r as u64 >= end
 }
 
-fn check_signer(payload: &Payload, opts: &ReceiveOptions) -> Result<()> {
+fn check_signer(payload: &Payload, opts: &ReceiveOptions) -> Result<(), ReceiveError> {
     if !payload.trailer().is_signed() {
         if opts.allow_unsigned {
             return Ok(());
         }
-        bail!("the installer streamed here is unsigned, and the sender did not allow that");
+        return Err(ReceiveError::Unsigned);
     }
     let policy = payload_format::TrustPolicy { trusted: Vec::new(), allow_unsigned: false };
     let status = payload.check_signature(&policy)?;
     if let (Some(want), payload_format::SignatureStatus::ValidUnpinned(k)) = (&opts.signer, &status)
         && &k.fingerprint() != want
     {
-        bail!("the installer streamed here is signed by {}, not by {want}", k.fingerprint());
+        return Err(ReceiveError::WrongSigner { actual: k.fingerprint(), expected: want.clone() });
     }
     Ok(())
 }
 
 /// Runs the receiving side of the protocol over `input`/`output`.
-pub fn receive(input: &mut impl BufRead, output: &mut impl Write, opts: &ReceiveOptions) -> Result<Received> {
+pub fn receive(
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+    opts: &ReceiveOptions,
+) -> Result<Received, ReceiveError> {
     let mut relaying = false;
     match receive_inner(input, output, opts, &mut relaying) {
         Ok(r) => {
@@ -121,7 +255,9 @@ pub fn receive(input: &mut impl BufRead, output: &mut impl Write, opts: &Receive
             Ok(r)
         }
         Err(e) => {
-            let _ = output.write_all(Event::Finished(Outcome::Failed(format!("{e:#}"))).line().as_bytes());
+            // Best effort: when the session itself is what failed, this line cannot go out
+            // either, and the error returned (printed on stderr) is the one to keep.
+            let _ = output.write_all(Event::Finished(Outcome::Failed(error_chain(&e))).line().as_bytes());
             let _ = output.flush();
             Err(e)
         }
@@ -166,11 +302,11 @@ fn receive_inner(
     output: &mut impl Write,
     opts: &ReceiveOptions,
     relaying: &mut bool,
-) -> Result<Received> {
+) -> Result<Received, ReceiveError> {
     let incoming = read_header(input, &opts.dest)?;
     let want = &incoming.header.want;
     let dir = opts.dest.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|source| ReceiveError::Create { path: dir.to_path_buf(), source })?;
     // Held until this function returns: the whole distribution into `dest` is ours.
     let _lock = lock_destination(&opts.dest)?;
     if let Some(done) = already_complete(input, output, opts, &incoming, relaying)? {
@@ -180,32 +316,30 @@ fn receive_inner(
     let file = OpenOptions::new().read(true).write(true).open(&part)?;
     let payload = Arc::new(Payload::open(&part)?);
     check_signer(&payload, opts)?;
-    payload.verify_stub().context(
-        "this agent's program differs from the installer being sent; re-run so the matching agent is installed first",
-    )?;
+    payload.verify_stub().map_err(ReceiveError::StubMismatch)?;
     check_want(&payload, want)?;
-    let need = missing(&payload, &file, want)?;
+    let need = missing(&payload, &file, want);
     let shelf = offer(output, opts, &incoming, &payload, &need, relaying)?;
     let mut remaining: BTreeSet<u64> = need.iter().copied().collect();
     let mut got = Received { had: (want.len() - need.len()) as u64, ..Default::default() };
     let target = PartFile { payload: &payload, file: &file, path: &part, shelf: &shelf };
     take_chunks(input, output, &target, &mut remaining, &mut got)?;
-    if let Some(n) = remaining.first() {
-        bail!("the stream ended with {} chunks still missing (first: {n})", remaining.len());
+    if let Some(&first) = remaining.first() {
+        return Err(ReceiveError::Incomplete { count: remaining.len(), first });
     }
     put_in_place(&file, &part, &opts.dest)?;
     Ok(got)
 }
 
 /// Reads the stream's header and checks that its tail (index and trailer) hangs together.
-fn read_header(input: &mut impl BufRead, dest: &Path) -> Result<Incoming> {
+fn read_header(input: &mut impl BufRead, dest: &Path) -> Result<Incoming, ReceiveError> {
     let header = Header::decode(input, TRAILER_LEN as u64)?;
     let tail = &header.tail;
     let trailer_bytes: [u8; TRAILER_LEN] =
-        tail[tail.len() - TRAILER_LEN..].try_into().context("the tail is shorter than a trailer")?;
+        tail[tail.len() - TRAILER_LEN..].try_into().map_err(ReceiveError::ShortTail)?;
     let trailer = Trailer::decode(&trailer_bytes, header.file_len, dest)?;
     if trailer.index_offset != header.file_len - tail.len() as u64 {
-        bail!("the index does not start where the trailer says");
+        return Err(ReceiveError::IndexOffset);
     }
     Ok(Incoming { header, trailer_bytes, trailer })
 }
@@ -214,7 +348,7 @@ fn read_header(input: &mut impl BufRead, dest: &Path) -> Result<Incoming> {
 /// cut can sit blocked on stdin until sshd notices (possibly hours): a new run takes over by
 /// stopping it, since only `run` starts receivers and the newest one is the one the operator is
 /// waiting for. The lock lasts as long as the returned file is open.
-fn lock_destination(dest: &Path) -> Result<File> {
+fn lock_destination(dest: &Path) -> Result<File, ReceiveError> {
     let lock_path = with_suffix(dest, ".lock");
     let lock = OpenOptions::new().create(true).read(true).write(true).truncate(false).mode(0o600).open(&lock_path)?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
@@ -232,7 +366,7 @@ fn lock_destination(dest: &Path) -> Result<File> {
         }
         tries += 1;
         if tries > 50 {
-            bail!("another ferry distribution into {} is running (pid {holder})", dest.display());
+            return Err(ReceiveError::Busy { dest: dest.to_path_buf(), holder });
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -250,7 +384,7 @@ fn offer(
     payload: &Arc<Payload>,
     need: &[u64],
     relaying: &mut bool,
-) -> Result<Arc<Shelf>> {
+) -> Result<Arc<Shelf>, ReceiveError> {
     let want = &incoming.header.want;
     let shelf = Arc::new(Shelf::new(payload.chunk_count(), want, need));
     let mut offer = Offer { missing: need.to_vec(), have: (want.len() - need.len()) as u64, relay: None };
@@ -272,7 +406,7 @@ fn already_complete(
     opts: &ReceiveOptions,
     incoming: &Incoming,
     relaying: &mut bool,
-) -> Result<Option<Received>> {
+) -> Result<Option<Received>, ReceiveError> {
     let want = &incoming.header.want;
     if !same_tail(&opts.dest, incoming.header.file_len, &incoming.trailer_bytes) {
         return Ok(None);
@@ -281,7 +415,7 @@ fn already_complete(
     check_signer(&payload, opts)?;
     check_want(&payload, want)?;
     let f = File::open(&opts.dest)?;
-    if !missing(&payload, &f, want)?.is_empty() {
+    if !missing(&payload, &f, want).is_empty() {
         return Ok(None);
     }
     offer(output, opts, incoming, &payload, &[], relaying)?;
@@ -292,7 +426,7 @@ fn already_complete(
 /// The `.part` file chunks land in: an interrupted one of the same installer is kept, a
 /// finished copy of it is grown from, anything else is started afresh as a sparse file holding
 /// this agent's program and the index.
-fn prepare_part(opts: &ReceiveOptions, incoming: &Incoming) -> Result<PathBuf> {
+fn prepare_part(opts: &ReceiveOptions, incoming: &Incoming) -> Result<PathBuf, ReceiveError> {
     let Incoming { header, trailer_bytes, trailer } = incoming;
     let part = with_suffix(&opts.dest, ".part");
     if same_tail(&part, header.file_len, trailer_bytes) {
@@ -301,7 +435,7 @@ fn prepare_part(opts: &ReceiveOptions, incoming: &Incoming) -> Result<PathBuf> {
     let _ = std::fs::remove_file(&part);
     if same_tail(&opts.dest, header.file_len, trailer_bytes) {
         // Grow a finished file (e.g. a node that became a registry host) without touching it.
-        std::fs::copy(&opts.dest, &part).with_context(|| format!("copying {}", opts.dest.display()))?;
+        std::fs::copy(&opts.dest, &part).map_err(|source| ReceiveError::Copy { path: opts.dest.clone(), source })?;
         return Ok(part);
     }
     let f = OpenOptions::new()
@@ -309,9 +443,10 @@ fn prepare_part(opts: &ReceiveOptions, incoming: &Incoming) -> Result<PathBuf> {
         .write(true)
         .mode(0o700)
         .open(&part)
-        .with_context(|| format!("creating {}", part.display()))?;
+        .map_err(|source| ReceiveError::Create { path: part.clone(), source })?;
     f.set_len(header.file_len)?;
-    let stub = std::fs::read(&opts.stub).with_context(|| format!("reading {}", opts.stub.display()))?;
+    let stub =
+        std::fs::read(&opts.stub).map_err(|source| ReceiveError::ReadStub { path: opts.stub.clone(), source })?;
     let stub = &stub[..stub.len().min(trailer.stub_len as usize)];
     f.write_all_at(stub, 0)?;
     f.write_all_at(&header.tail, trailer.index_offset)?;
@@ -326,7 +461,7 @@ fn take_chunks(
     target: &PartFile<'_>,
     remaining: &mut BTreeSet<u64>,
     got: &mut Received,
-) -> Result<()> {
+) -> Result<(), ReceiveError> {
     loop {
         match land(input, Source::Operator, target, remaining, got, &mut |_| {})? {
             Stop::End => return Ok(()),
@@ -347,7 +482,7 @@ fn pull_from_relay(
     target: &PartFile<'_>,
     remaining: &mut BTreeSet<u64>,
     got: &mut Received,
-) -> Result<bool> {
+) -> Result<bool, ReceiveError> {
     let mut last = std::time::Instant::now();
     let mut heartbeat = |bytes: u64| {
         // Also a heartbeat: the operator takes a silent host for a lost one.
@@ -358,22 +493,22 @@ fn pull_from_relay(
         }
     };
     let pulled = relay::connect(up, remaining)
-        .map_err(anyhow::Error::from)
+        .map_err(ReceiveError::from)
         .and_then(|mut stream| land(&mut stream, Source::Relay, target, remaining, got, &mut heartbeat));
     match pulled {
         Ok(_) if remaining.is_empty() => return Ok(true),
         Ok(_) => report_lost(output, &format!("{} ended its stream early", up.addr), remaining)?,
-        Err(e) => report_lost(output, &format!("pulling from {}: {e:#}", up.addr), remaining)?,
+        Err(e) => report_lost(output, &format!("pulling from {}: {}", up.addr, error_chain(&e)), remaining)?,
     }
     Ok(false)
 }
 
 /// Flushes the finished `.part` and renames it over `dest`, so readers see the old file or the
 /// new one.
-fn put_in_place(file: &File, part: &Path, dest: &Path) -> Result<()> {
-    file.sync_all().context("flushing the received file")?;
+fn put_in_place(file: &File, part: &Path, dest: &Path) -> Result<(), ReceiveError> {
+    file.sync_all().map_err(ReceiveError::Flush)?;
     std::fs::set_permissions(part, std::fs::Permissions::from_mode(0o700))?;
-    std::fs::rename(part, dest).with_context(|| format!("renaming into {}", dest.display()))?;
+    std::fs::rename(part, dest).map_err(|source| ReceiveError::Rename { dest: dest.to_path_buf(), source })?;
     if let Ok(d) = File::open(dest.parent().unwrap_or(Path::new("/"))) {
         let _ = d.sync_all();
     }
@@ -382,7 +517,7 @@ fn put_in_place(file: &File, part: &Path, dest: &Path) -> Result<()> {
 
 /// Tells the operator a relay failed, with what is still missing; the operator answers with
 /// another source.
-fn report_lost(output: &mut impl Write, why: &str, remaining: &BTreeSet<u64>) -> Result<()> {
+fn report_lost(output: &mut impl Write, why: &str, remaining: &BTreeSet<u64>) -> Result<(), ReceiveError> {
     let lost = Event::Lost { lost: why.to_string(), missing: remaining.iter().copied().collect() };
     output.write_all(lost.line().as_bytes())?;
     output.flush()?;
@@ -397,11 +532,11 @@ const IN_FLIGHT: usize = 6;
 #[derive(Default)]
 struct Failure {
     failed: AtomicBool,
-    error: Mutex<Option<anyhow::Error>>,
+    error: Mutex<Option<ReceiveError>>,
 }
 
 impl Failure {
-    fn set(&self, e: anyhow::Error) {
+    fn set(&self, e: ReceiveError) {
         let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             *slot = Some(e);
@@ -413,7 +548,7 @@ impl Failure {
         self.failed.load(Ordering::SeqCst)
     }
 
-    fn into_result(self) -> Result<()> {
+    fn into_result(self) -> Result<(), ReceiveError> {
         match self.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -434,7 +569,7 @@ fn land(
     remaining: &mut BTreeSet<u64>,
     got: &mut Received,
     progress: &mut dyn FnMut(u64),
-) -> Result<Stop> {
+) -> Result<Stop, ReceiveError> {
     let checkers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
     let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(IN_FLIGHT);
     let job_rx = Mutex::new(job_rx);
@@ -503,12 +638,15 @@ fn check_chunks(
 }
 
 /// Checks chunk `n` against the signed index and writes it at its offset.
-fn land_one(target: &PartFile<'_>, n: u64, buf: &[u8]) -> Result<()> {
+fn land_one(target: &PartFile<'_>, n: u64, buf: &[u8]) -> Result<(), ReceiveError> {
     let (s, _) = target.payload.chunk_range(n);
     if !target.payload.chunk_matches(n, buf) {
-        return Err(anyhow::Error::from(target.payload.chunk_error(n)).context("a chunk arrived damaged"));
+        return Err(ReceiveError::Damaged(target.payload.chunk_error(n)));
     }
-    target.file.write_all_at(buf, s).with_context(|| format!("writing {}", target.path.display()))?;
+    target
+        .file
+        .write_all_at(buf, s)
+        .map_err(|source| ReceiveError::Write { path: target.path.to_path_buf(), source })?;
     // Start writing the chunk out now, so the fsync before the rename finds little left to do
     // instead of the whole file at once.
     // SAFETY: sync_file_range on an fd we own; it only starts writeback.
@@ -543,7 +681,7 @@ struct Reader<'a, R> {
 impl<R: BufRead> Reader<'_, R> {
     /// Reads until the source stops (END, or PULL from the operator), a failure is known, or the
     /// checkers are gone.
-    fn run(&mut self, jobs: &mpsc::SyncSender<(u64, Vec<u8>)>, failure: &Failure) -> Result<Stop> {
+    fn run(&mut self, jobs: &mpsc::SyncSender<(u64, Vec<u8>)>, failure: &Failure) -> Result<Stop, ReceiveError> {
         loop {
             let n = match Word::of(read_u64(self.input)?) {
                 Word::End => return Ok(Stop::End),
@@ -562,7 +700,7 @@ impl<R: BufRead> Reader<'_, R> {
                 return Ok(Stop::End);
             }
             if !self.asked.remove(&n) {
-                bail!("chunk {n} was not asked for");
+                return Err(ReceiveError::NotAsked { chunk: n });
             }
             let Some(buf) = self.read_chunk(n)? else { return Ok(Stop::End) };
             if jobs.send((n, buf)).is_err() {
@@ -572,12 +710,12 @@ impl<R: BufRead> Reader<'_, R> {
     }
 
     /// Reads chunk `n`'s bytes into a buffer. `None` when the checkers are gone.
-    fn read_chunk(&mut self, n: u64) -> Result<Option<Vec<u8>>> {
+    fn read_chunk(&mut self, n: u64) -> Result<Option<Vec<u8>>, ReceiveError> {
         let (s, e) = self.payload.chunk_range(n);
         let len = (e - s) as usize;
         let Some(mut buf) = self.buffer() else { return Ok(None) };
         buf.resize(len, 0);
-        self.input.read_exact(&mut buf).with_context(|| format!("the stream ended inside chunk {n}"))?;
+        self.input.read_exact(&mut buf).map_err(|source| ReceiveError::Truncated { chunk: n, source })?;
         self.got.chunks += 1;
         self.got.bytes += len as u64;
         (self.progress)(self.got.bytes);
@@ -598,17 +736,17 @@ impl<R: BufRead> Reader<'_, R> {
     }
 }
 
-fn check_want(payload: &Payload, want: &[u64]) -> Result<()> {
-    if let Some(n) = want.iter().find(|&&n| n >= payload.chunk_count()) {
-        bail!("chunk {n} does not exist (the installer has {})", payload.chunk_count());
+fn check_want(payload: &Payload, want: &[u64]) -> Result<(), ReceiveError> {
+    if let Some(&chunk) = want.iter().find(|&&n| n >= payload.chunk_count()) {
+        return Err(ReceiveError::NoSuchChunk { chunk, count: payload.chunk_count() });
     }
     Ok(())
 }
 
-fn expect_end(input: &mut impl Read) -> Result<()> {
+fn expect_end(input: &mut impl Read) -> Result<(), ReceiveError> {
     let n = read_u64(input)?;
     if n != END {
-        bail!("chunk {n} was sent although nothing was missing");
+        return Err(ReceiveError::Unexpected { chunk: n });
     }
     Ok(())
 }
