@@ -370,6 +370,7 @@ pub fn prepare(plan: &Plan) -> Result<Report, PrepareError> {
 /// each onto `root`, file by file through a temporary name, modes kept.
 fn install_bundle_trees(payload: &Payload, root: &Path, report: &mut Report) -> Result<(), PrepareError> {
     let stage = Path::new(FERRY_DIR).join("stage");
+    // What an earlier run left; the extraction below overwrites whatever of it remains.
     let _ = std::fs::remove_dir_all(&stage);
     let trees: Vec<&str> = ["rootfs", "files"]
         .into_iter()
@@ -387,7 +388,12 @@ fn install_bundle_trees(payload: &Payload, root: &Path, report: &mut Report) -> 
     for &tree in &trees {
         install_tree(&stage.join(tree), root, report).map_err(|source| PrepareError::InstallTree { tree, source })?;
     }
-    let _ = std::fs::remove_dir_all(&stage);
+    // Everything is installed; what is left is a second copy of the trees taking disk space.
+    if let Err(e) = std::fs::remove_dir_all(&stage)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        report.warnings.push(format!("the staging directory {} was not removed: {e}", stage.display()));
+    }
     Ok(())
 }
 

@@ -370,8 +370,11 @@ fn lock_destination(dest: &Path) -> Result<File, ReceiveError> {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let _ = lock.set_len(0);
-    let _ = lock.write_all_at(std::process::id().to_string().as_bytes(), 0);
+    // The pid is how a later run finds this receiver to stop it; without it the lock still
+    // holds, and a later run waits for it instead of taking over.
+    if let Err(e) = lock.set_len(0).and_then(|()| lock.write_all_at(std::process::id().to_string().as_bytes(), 0)) {
+        eprintln!("warning: cannot record this receiver's pid in {}: {e}", lock_path.display());
+    }
     Ok(lock)
 }
 
@@ -432,6 +435,8 @@ fn prepare_part(opts: &ReceiveOptions, incoming: &Incoming) -> Result<PathBuf, R
     if same_tail(&part, header.file_len, trailer_bytes) {
         return Ok(part);
     }
+    // A part of another installer, or none. One that cannot be removed makes the copy or the
+    // creation below fail, with the reason.
     let _ = std::fs::remove_file(&part);
     if same_tail(&opts.dest, header.file_len, trailer_bytes) {
         // Grow a finished file (e.g. a node that became a registry host) without touching it.
@@ -488,6 +493,8 @@ fn pull_from_relay(
         // Also a heartbeat: the operator takes a silent host for a lost one.
         if last.elapsed() >= std::time::Duration::from_millis(500) {
             last = std::time::Instant::now();
+            // An operator that cannot be written to is gone; the next answer line fails and
+            // ends the session.
             let _ = output.write_all(Event::Progress { progress: bytes }.line().as_bytes());
             let _ = output.flush();
         }
@@ -509,8 +516,11 @@ fn put_in_place(file: &File, part: &Path, dest: &Path) -> Result<(), ReceiveErro
     file.sync_all().map_err(ReceiveError::Flush)?;
     std::fs::set_permissions(part, std::fs::Permissions::from_mode(0o700))?;
     std::fs::rename(part, dest).map_err(|source| ReceiveError::Rename { dest: dest.to_path_buf(), source })?;
-    if let Ok(d) = File::open(dest.parent().unwrap_or(Path::new("/"))) {
-        let _ = d.sync_all();
+    // The rename is done either way; without the directory's fsync a crash may undo it, and
+    // the next run then finds the complete .part and only renames it.
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        eprintln!("warning: flushing {} after the rename: {e}", dir.display());
     }
     Ok(())
 }
@@ -632,7 +642,8 @@ fn check_chunks(
             }
             Err(e) => failure.set(e),
         }
-        // Always hand the buffer back, so the reading side never waits for one.
+        // Always hand the buffer back, so the reading side never waits for one. A reading side
+        // that has finished no longer takes them: nothing is lost.
         let _ = free.send(buf);
     }
 }
