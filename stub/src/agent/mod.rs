@@ -170,63 +170,20 @@ fn own_macs() -> Vec<String> {
 
 /// Gathers [`Facts`]; `tools` are checked for presence.
 pub fn facts(tools: &[String]) -> Facts {
-    let uts = {
-        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-        // SAFETY: out-parameter.
-        unsafe { libc::uname(&mut u) };
-        let s = |f: &[libc::c_char]| unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned();
-        (s(&u.nodename), s(&u.machine), s(&u.release))
-    };
-    let os = read("/etc/os-release")
-        .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
-        .unwrap_or_default();
-    let mem_bytes = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024;
+    let (hostname, arch, kernel) = uname();
     let mut macs = own_macs();
     macs.sort();
     macs.dedup();
-    let swap_bytes = read("/proc/swaps")
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(2).and_then(|s| s.parse::<u64>().ok()))
-        .sum::<u64>()
-        * 1024;
-    let mut runtimes = Vec::new();
-    for p in [
-        "/usr/bin/containerd",
-        "/usr/local/bin/containerd",
-        "/usr/bin/dockerd",
-        "/usr/bin/crio",
-        "/usr/bin/kubelet",
-        "/usr/local/bin/kubelet",
-        "/run/containerd/containerd.sock",
-        "/var/run/docker.sock",
-    ] {
-        if Path::new(p).exists() {
-            runtimes.push(p.to_string());
-        }
-    }
     let (listening, inodes) = listening_ports();
     let listeners = port_owners(&inodes);
-    let ferry_registry_active = std::process::Command::new("systemctl")
-        .args(["is-active", "--quiet", "ferry-registry.service"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
     Facts {
-        hostname: uts.0,
-        arch: uts.1,
-        kernel: uts.2,
-        os,
+        hostname,
+        arch,
+        kernel,
+        os: os_name(),
         systemd: Path::new("/run/systemd/system").is_dir(),
         cpus: std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1),
-        mem_bytes,
+        mem_bytes: mem_total(),
         macs,
         product_uuid: read("/sys/class/dmi/id/product_uuid").trim().to_string(),
         machine_id: read("/etc/machine-id").trim().to_string(),
@@ -235,16 +192,81 @@ pub fn facts(tools: &[String]) -> Facts {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         disk_free: free_space(Path::new(FERRY_DIR)),
-        swap_bytes,
+        swap_bytes: swap_total(),
         listening,
         listeners,
-        runtimes,
+        runtimes: runtimes_present(),
         tools_missing: tools.iter().filter(|t| !in_path(t)).cloned().collect(),
         installer: trailer_id(Path::new(INSTALLER_PATH)),
-        ferry_registry_active,
+        ferry_registry_active: ferry_registry_active(),
         cgroup: cgroup_version(Path::new("/sys/fs/cgroup")),
         kernel_features: kernel::KernelView::running().node_features(),
     }
+}
+
+/// (host name, machine, kernel release) from uname(2).
+fn uname() -> (String, String, String) {
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: out-parameter.
+    unsafe { libc::uname(&mut u) };
+    let s = |f: &[libc::c_char]| unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned();
+    (s(&u.nodename), s(&u.machine), s(&u.release))
+}
+
+/// The distribution's PRETTY_NAME; empty when os-release has none.
+fn os_name() -> String {
+    read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .unwrap_or_default()
+}
+
+/// MemTotal in bytes; 0 when /proc/meminfo does not say.
+fn mem_total() -> u64 {
+    read("/proc/meminfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Active swap in bytes, summed over /proc/swaps.
+fn swap_total() -> u64 {
+    read("/proc/swaps")
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2).and_then(|s| s.parse::<u64>().ok()))
+        .sum::<u64>()
+        * 1024
+}
+
+/// Container runtimes, kubelets and their sockets already on the host.
+fn runtimes_present() -> Vec<String> {
+    [
+        "/usr/bin/containerd",
+        "/usr/local/bin/containerd",
+        "/usr/bin/dockerd",
+        "/usr/bin/crio",
+        "/usr/bin/kubelet",
+        "/usr/local/bin/kubelet",
+        "/run/containerd/containerd.sock",
+        "/var/run/docker.sock",
+    ]
+    .into_iter()
+    .filter(|p| Path::new(p).exists())
+    .map(String::from)
+    .collect()
+}
+
+/// Whether ferry's registry service runs here; false when systemctl cannot say.
+fn ferry_registry_active() -> bool {
+    std::process::Command::new("systemctl")
+        .args(["is-active", "--quiet", "ferry-registry.service"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Writes a record atomically under /var/lib/ferry/state/<cluster>/<phase>.json.
