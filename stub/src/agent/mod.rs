@@ -21,13 +21,47 @@ pub mod service_route;
 
 pub use crate::protocol::{Facts, Record};
 
-use crate::protocol::{Call, Hello, PreparePlan, check_operator, encode_line};
-use anyhow::{Context, Result, bail};
+use crate::protocol::{Call, DecodeError, Hello, PreparePlan, check_operator, encode_line};
+use crate::registry::config::ConfigError;
+use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 pub use crate::node::{AGENT_PATH, FERRY_DIR, INSTALLER_PATH, STATE_DIR, trailer_id};
+
+/// Why a phase record cannot be written or the records of a cluster cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A cluster or phase name that would not stay inside the state directory.
+    #[error("`{name}` is not a valid name")]
+    InvalidName {
+        /// The name.
+        name: String,
+    },
+    /// The record cannot be serialized.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    /// The record cannot be written.
+    #[error(transparent)]
+    Write(#[from] ConfigError),
+    /// The cluster's directory or a record in it cannot be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The directory or file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A record does not read as one; the operator decides what to do with it.
+    #[error("{}: remove it to run that phase again", path.display())]
+    Unreadable {
+        /// The record's file.
+        path: PathBuf,
+        /// Why.
+        source: DecodeError,
+    },
+}
 
 /// The cgroup version of the hierarchy mounted at `dir`: `v2` on a cgroup2 filesystem, `v1` on
 /// tmpfs (the legacy and hybrid layouts, whose controllers are mounted below it), empty otherwise.
@@ -270,7 +304,7 @@ fn ferry_registry_active() -> bool {
 }
 
 /// Writes a record atomically under /var/lib/ferry/state/<cluster>/<phase>.json.
-pub fn record(root: &Path, rec: &Record) -> Result<()> {
+pub fn record(root: &Path, rec: &Record) -> Result<(), StateError> {
     check_name(&rec.cluster)?;
     check_name(&rec.phase)?;
     let path = root.join(&rec.cluster).join(format!("{}.json", rec.phase));
@@ -278,31 +312,36 @@ pub fn record(root: &Path, rec: &Record) -> Result<()> {
     Ok(())
 }
 
-/// Every record of `cluster`.
-pub fn state(root: &Path, cluster: &str) -> Result<BTreeMap<String, Record>> {
+/// Every record of `cluster`. No directory is no record yet; a directory or record that cannot be
+/// read is an error, not taken for phases never done (which would run them all again).
+pub fn state(root: &Path, cluster: &str) -> Result<BTreeMap<String, Record>, StateError> {
     check_name(cluster)?;
     let mut out = BTreeMap::new();
     let dir = root.join(cluster);
-    if let Ok(rd) = std::fs::read_dir(&dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().is_none_or(|x| x != "json") {
-                continue;
-            }
-            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            // An unreadable record is reported, not taken for a phase never done: the operator
-            // decides (removing the file makes the phase run again).
-            let r: Record = crate::protocol::decode("a phase record", &bytes)
-                .with_context(|| format!("{}: remove it to run that phase again", p.display()))?;
-            out.insert(r.phase.clone(), r);
+    let unreadable_dir = |source| StateError::Read { path: dir.clone(), source };
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(unreadable_dir(e)),
+    };
+    for e in rd {
+        let p = e.map_err(unreadable_dir)?.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
         }
+        let bytes = std::fs::read(&p).map_err(|source| StateError::Read { path: p.clone(), source })?;
+        // An unreadable record is reported, not taken for a phase never done: the operator
+        // decides (removing the file makes the phase run again).
+        let r: Record = crate::protocol::decode("a phase record", &bytes)
+            .map_err(|source| StateError::Unreadable { path: p.clone(), source })?;
+        out.insert(r.phase.clone(), r);
     }
     Ok(out)
 }
 
-fn check_name(s: &str) -> Result<()> {
+fn check_name(s: &str) -> Result<(), StateError> {
     if s.is_empty() || s.starts_with('.') || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        bail!("`{s}` is not a valid name");
+        return Err(StateError::InvalidName { name: s.to_string() });
     }
     Ok(())
 }
@@ -408,7 +447,7 @@ pub fn serve(
                 completed,
                 detail,
             };
-            record(&node.state_dir, &rec)
+            Ok(record(&node.state_dir, &rec)?)
         }
         Call::State { cluster } => answer(output, &state(&node.state_dir, cluster)?),
     }
@@ -471,7 +510,7 @@ mod tests {
         assert!(record(d.path(), &Record { cluster: "../x".into(), ..r }).is_err());
         // A damaged record is an error naming the file, not a phase silently taken as undone.
         std::fs::write(d.path().join("lab/prepare.json"), b"{\"cluster\":").unwrap();
-        let err = format!("{:#}", state(d.path(), "lab").unwrap_err());
+        let err = crate::printer::error_chain(&state(d.path(), "lab").unwrap_err());
         assert!(err.contains("lab/prepare.json: remove it to run that phase again"), "{err}");
         assert!(err.contains("a phase record does not read"), "{err}");
     }
