@@ -21,13 +21,47 @@ pub mod service_route;
 
 pub use crate::protocol::{Facts, Record};
 
-use crate::protocol::{Call, Hello, PreparePlan, check_operator, encode_line};
-use anyhow::{Context, Result, bail};
+use crate::protocol::{Call, DecodeError, Hello, PreparePlan, check_operator, encode_line};
+use crate::registry::config::ConfigError;
+use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 pub use crate::node::{AGENT_PATH, FERRY_DIR, INSTALLER_PATH, STATE_DIR, trailer_id};
+
+/// Why a phase record cannot be written or the records of a cluster cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A cluster or phase name that would not stay inside the state directory.
+    #[error("`{name}` is not a valid name")]
+    InvalidName {
+        /// The name.
+        name: String,
+    },
+    /// The record cannot be serialized.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    /// The record cannot be written.
+    #[error(transparent)]
+    Write(#[from] ConfigError),
+    /// The cluster's directory or a record in it cannot be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The directory or file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A record does not read as one; the operator decides what to do with it.
+    #[error("{}: remove it to run that phase again", path.display())]
+    Unreadable {
+        /// The record's file.
+        path: PathBuf,
+        /// Why.
+        source: DecodeError,
+    },
+}
 
 /// The cgroup version of the hierarchy mounted at `dir`: `v2` on a cgroup2 filesystem, `v1` on
 /// tmpfs (the legacy and hybrid layouts, whose controllers are mounted below it), empty otherwise.
@@ -170,63 +204,20 @@ fn own_macs() -> Vec<String> {
 
 /// Gathers [`Facts`]; `tools` are checked for presence.
 pub fn facts(tools: &[String]) -> Facts {
-    let uts = {
-        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-        // SAFETY: out-parameter.
-        unsafe { libc::uname(&mut u) };
-        let s = |f: &[libc::c_char]| unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned();
-        (s(&u.nodename), s(&u.machine), s(&u.release))
-    };
-    let os = read("/etc/os-release")
-        .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
-        .unwrap_or_default();
-    let mem_bytes = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024;
+    let (hostname, arch, kernel) = uname();
     let mut macs = own_macs();
     macs.sort();
     macs.dedup();
-    let swap_bytes = read("/proc/swaps")
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(2).and_then(|s| s.parse::<u64>().ok()))
-        .sum::<u64>()
-        * 1024;
-    let mut runtimes = Vec::new();
-    for p in [
-        "/usr/bin/containerd",
-        "/usr/local/bin/containerd",
-        "/usr/bin/dockerd",
-        "/usr/bin/crio",
-        "/usr/bin/kubelet",
-        "/usr/local/bin/kubelet",
-        "/run/containerd/containerd.sock",
-        "/var/run/docker.sock",
-    ] {
-        if Path::new(p).exists() {
-            runtimes.push(p.to_string());
-        }
-    }
     let (listening, inodes) = listening_ports();
     let listeners = port_owners(&inodes);
-    let ferry_registry_active = std::process::Command::new("systemctl")
-        .args(["is-active", "--quiet", "ferry-registry.service"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
     Facts {
-        hostname: uts.0,
-        arch: uts.1,
-        kernel: uts.2,
-        os,
+        hostname,
+        arch,
+        kernel,
+        os: os_name(),
         systemd: Path::new("/run/systemd/system").is_dir(),
         cpus: std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1),
-        mem_bytes,
+        mem_bytes: mem_total(),
         macs,
         product_uuid: read("/sys/class/dmi/id/product_uuid").trim().to_string(),
         machine_id: read("/etc/machine-id").trim().to_string(),
@@ -235,51 +226,122 @@ pub fn facts(tools: &[String]) -> Facts {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         disk_free: free_space(Path::new(FERRY_DIR)),
-        swap_bytes,
+        swap_bytes: swap_total(),
         listening,
         listeners,
-        runtimes,
+        runtimes: runtimes_present(),
         tools_missing: tools.iter().filter(|t| !in_path(t)).cloned().collect(),
         installer: trailer_id(Path::new(INSTALLER_PATH)),
-        ferry_registry_active,
+        ferry_registry_active: ferry_registry_active(),
         cgroup: cgroup_version(Path::new("/sys/fs/cgroup")),
         kernel_features: kernel::KernelView::running().node_features(),
     }
 }
 
+/// (host name, machine, kernel release) from uname(2).
+fn uname() -> (String, String, String) {
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: out-parameter.
+    unsafe { libc::uname(&mut u) };
+    let s = |f: &[libc::c_char]| unsafe { std::ffi::CStr::from_ptr(f.as_ptr()) }.to_string_lossy().into_owned();
+    (s(&u.nodename), s(&u.machine), s(&u.release))
+}
+
+/// The distribution's PRETTY_NAME; empty when os-release has none.
+fn os_name() -> String {
+    read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .unwrap_or_default()
+}
+
+/// MemTotal in bytes; 0 when /proc/meminfo does not say.
+fn mem_total() -> u64 {
+    read("/proc/meminfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Active swap in bytes, summed over /proc/swaps.
+fn swap_total() -> u64 {
+    read("/proc/swaps")
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2).and_then(|s| s.parse::<u64>().ok()))
+        .sum::<u64>()
+        * 1024
+}
+
+/// Container runtimes, kubelets and their sockets already on the host.
+fn runtimes_present() -> Vec<String> {
+    [
+        "/usr/bin/containerd",
+        "/usr/local/bin/containerd",
+        "/usr/bin/dockerd",
+        "/usr/bin/crio",
+        "/usr/bin/kubelet",
+        "/usr/local/bin/kubelet",
+        "/run/containerd/containerd.sock",
+        "/var/run/docker.sock",
+    ]
+    .into_iter()
+    .filter(|p| Path::new(p).exists())
+    .map(String::from)
+    .collect()
+}
+
+/// Whether ferry's registry service runs here; false when systemctl cannot say.
+fn ferry_registry_active() -> bool {
+    std::process::Command::new("systemctl")
+        .args(["is-active", "--quiet", "ferry-registry.service"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 /// Writes a record atomically under /var/lib/ferry/state/<cluster>/<phase>.json.
-pub fn record(root: &Path, rec: &Record) -> Result<()> {
+pub fn record(root: &Path, rec: &Record) -> Result<(), StateError> {
     check_name(&rec.cluster)?;
     check_name(&rec.phase)?;
     let path = root.join(&rec.cluster).join(format!("{}.json", rec.phase));
-    crate::registry::config::write_atomic(&path, serde_json::to_string_pretty(rec)?.as_bytes())
+    crate::registry::config::write_atomic(&path, serde_json::to_string_pretty(rec)?.as_bytes())?;
+    Ok(())
 }
 
-/// Every record of `cluster`.
-pub fn state(root: &Path, cluster: &str) -> Result<BTreeMap<String, Record>> {
+/// Every record of `cluster`. No directory is no record yet; a directory or record that cannot be
+/// read is an error, not taken for phases never done (which would run them all again).
+pub fn state(root: &Path, cluster: &str) -> Result<BTreeMap<String, Record>, StateError> {
     check_name(cluster)?;
     let mut out = BTreeMap::new();
     let dir = root.join(cluster);
-    if let Ok(rd) = std::fs::read_dir(&dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().is_none_or(|x| x != "json") {
-                continue;
-            }
-            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            // An unreadable record is reported, not taken for a phase never done: the operator
-            // decides (removing the file makes the phase run again).
-            let r: Record = crate::protocol::decode("a phase record", &bytes)
-                .with_context(|| format!("{}: remove it to run that phase again", p.display()))?;
-            out.insert(r.phase.clone(), r);
+    let unreadable_dir = |source| StateError::Read { path: dir.clone(), source };
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(unreadable_dir(e)),
+    };
+    for e in rd {
+        let p = e.map_err(unreadable_dir)?.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
         }
+        let bytes = std::fs::read(&p).map_err(|source| StateError::Read { path: p.clone(), source })?;
+        // An unreadable record is reported, not taken for a phase never done: the operator
+        // decides (removing the file makes the phase run again).
+        let r: Record = crate::protocol::decode("a phase record", &bytes)
+            .map_err(|source| StateError::Unreadable { path: p.clone(), source })?;
+        out.insert(r.phase.clone(), r);
     }
     Ok(out)
 }
 
-fn check_name(s: &str) -> Result<()> {
+fn check_name(s: &str) -> Result<(), StateError> {
     if s.is_empty() || s.starts_with('.') || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        bail!("`{s}` is not a valid name");
+        return Err(StateError::InvalidName { name: s.to_string() });
     }
     Ok(())
 }
@@ -358,14 +420,15 @@ pub fn serve(
                 stub: node.self_exe.clone(),
                 relay_listen: *relay_listen,
             };
-            receive::receive(input, output, &opts).map(|_| ())
+            receive::receive(input, output, &opts)?;
+            Ok(())
         }
         Call::Prepare => {
             let plan: PreparePlan = crate::protocol::decode("the prepare plan", &read_all(input)?)?;
             answer(output, &prepare::prepare(&plan)?)
         }
-        Call::RegistryService { port, allow_unsigned } => prepare::registry_service(*port, *allow_unsigned),
-        Call::CheckPull { image, endpoints, timeout } => prepare::check_pull(image, endpoints, *timeout),
+        Call::RegistryService { port, allow_unsigned } => Ok(prepare::registry_service(*port, *allow_unsigned)?),
+        Call::CheckPull { image, endpoints, timeout } => Ok(prepare::check_pull(image, endpoints, *timeout)?),
         Call::Record { cluster, phase, installer } => {
             let detail = read_all(input)?;
             // No detail at all is a record without one; a detail that is not JSON is refused,
@@ -384,7 +447,7 @@ pub fn serve(
                 completed,
                 detail,
             };
-            record(&node.state_dir, &rec)
+            Ok(record(&node.state_dir, &rec)?)
         }
         Call::State { cluster } => answer(output, &state(&node.state_dir, cluster)?),
     }
@@ -447,7 +510,7 @@ mod tests {
         assert!(record(d.path(), &Record { cluster: "../x".into(), ..r }).is_err());
         // A damaged record is an error naming the file, not a phase silently taken as undone.
         std::fs::write(d.path().join("lab/prepare.json"), b"{\"cluster\":").unwrap();
-        let err = format!("{:#}", state(d.path(), "lab").unwrap_err());
+        let err = crate::printer::error_chain(&state(d.path(), "lab").unwrap_err());
         assert!(err.contains("lab/prepare.json: remove it to run that phase again"), "{err}");
         assert!(err.contains("a phase record does not read"), "{err}");
     }

@@ -5,10 +5,14 @@
 pub use crate::protocol::{PreparePlan as Plan, PrepareReport as Report};
 
 use super::kernel::module_present;
-use super::service_route::sh;
+use super::service_route::{CommandError, RouteError, sh};
 use crate::node::{FERRY_DIR, INSTALLER_PATH};
-use crate::registry::config::write_atomic;
-use anyhow::{Context, Result, bail};
+use crate::printer::error_chain;
+use crate::registry::RegistryError;
+use crate::registry::config::{ConfigError, Containerd, OomRestriction, write_atomic};
+use ferry_core::verify::OpenError;
+use payload_format::Payload;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -24,59 +28,276 @@ pub const SYSCTLS: &[(&str, &str)] = &[
 /// Modules they need.
 pub const MODULES: &[&str] = &["overlay", "br_netfilter"];
 
+/// Why a file of the node could not be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A directory of the extracted tree cannot be listed.
+    #[error("reading {}", path.display())]
+    ReadDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A directory of the node cannot be created.
+    #[error("creating {}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file (or its temporary twin) cannot be written.
+    #[error("writing {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The temporary twin cannot be renamed over the file.
+    #[error("installing {}", path.display())]
+    Install {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Reading the extracted file, its mode or its link target failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The atomic write failed (and the file did not exist to be written in place).
+    #[error(transparent)]
+    Atomic(#[from] ConfigError),
+}
+
+/// Why `agent prepare` or `agent registry-service` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The node's copy of the installer cannot be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The rootfs and files cannot be extracted into the staging directory.
+    #[error("extracting the rootfs and files")]
+    Extract(#[source] payload_format::Error),
+    /// An extracted tree cannot be laid onto the node.
+    #[error("installing the bundle's {tree}")]
+    InstallTree {
+        /// `rootfs` or `files`.
+        tree: &'static str,
+        /// Why.
+        source: FileError,
+    },
+    /// A configuration file or unit cannot be written.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// systemctl (or another program) failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A sysctl Kubernetes cannot do without cannot be set.
+    #[error("setting sysctl {key}={value}: {cause}")]
+    Sysctl {
+        /// The key.
+        key: &'static str,
+        /// The value.
+        value: &'static str,
+        /// The kernel's refusal (part of the message).
+        cause: io::Error,
+    },
+    /// The Service subnet cannot be routed.
+    #[error("routing the Service subnet")]
+    Route(#[source] RouteError),
+    /// The bundle's pause image cannot be worked out.
+    #[error("choosing containerd's sandbox (pause) image")]
+    SandboxImage(#[source] ConfigError),
+    /// containerd's files cannot be written.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// `systemctl is-active` could not be run.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// containerd is not running after its restart.
+    #[error("containerd did not start: {journal}")]
+    ContainerdDown {
+        /// The last lines of its journal.
+        journal: String,
+    },
+    /// The registry service did not answer in time.
+    #[error("the registry did not answer on port {port} within 30 s: {journal}")]
+    RegistryDown {
+        /// Its port.
+        port: u16,
+        /// The last lines of its journal.
+        journal: String,
+    },
+}
+
+/// Why `agent check-pull` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullCheckError {
+    /// A replica does not answer the manifest request with 200.
+    #[error("registry replica {endpoint} does not serve {image} to this node")]
+    Replica {
+        /// The replica.
+        endpoint: String,
+        /// The image.
+        image: String,
+        /// Why.
+        source: ReplicaError,
+    },
+    /// ctr could not be run.
+    #[error("running ctr")]
+    Ctr(#[source] io::Error),
+    /// containerd could not pull the image.
+    #[error("containerd could not pull {image} through the built-in registry: {tail}")]
+    Pull {
+        /// The image.
+        image: String,
+        /// The last lines of ctr's stderr.
+        tail: String,
+    },
+}
+
+/// Why a replica did not serve an image's manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// Only plain HTTP is spoken here.
+    #[error("only http:// replicas can be checked directly, not {endpoint}")]
+    NotHttp {
+        /// The replica.
+        endpoint: String,
+    },
+    /// The image reference has no repository.
+    #[error("image `{image}` has no repository")]
+    NoRepository {
+        /// The image.
+        image: String,
+    },
+    /// The image reference has neither tag nor digest.
+    #[error("image `{image}` has no tag")]
+    NoTag {
+        /// The image.
+        image: String,
+    },
+    /// The replica's host does not resolve.
+    #[error("resolving {addr}")]
+    Resolve {
+        /// `host:port`.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// It resolves to nothing.
+    #[error("{addr} has no address")]
+    NoAddress {
+        /// `host:port`.
+        addr: String,
+    },
+    /// It cannot be connected to.
+    #[error("connecting to {addr}")]
+    Connect {
+        /// `host:port`.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Its answer cannot be read.
+    #[error("reading the answer of {addr}")]
+    Read {
+        /// `host:port`.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Setting a timeout on the connection or sending the request failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// It answered, but not 200.
+    #[error("it answered `{status}`")]
+    Answered {
+        /// Its status line.
+        status: String,
+    },
+}
+
 /// Writes `text` unless the file already holds exactly it.
-fn put(path: &Path, text: &[u8], report: &mut Report) -> Result<()> {
+fn put(path: &Path, text: &[u8], report: &mut Report) -> Result<(), FileError> {
     if std::fs::read(path).ok().as_deref() == Some(text) {
         return Ok(());
     }
     match write_atomic(path, text) {
         Ok(()) => {}
-        // A bind-mounted file (e.g. /etc/hosts in containers) cannot be replaced by rename.
-        Err(_) if path.exists() => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
-        Err(e) => return Err(e),
+        // A bind-mounted file (e.g. /etc/hosts in containers) cannot be replaced by rename; the
+        // write in place below reports its own failure, which then is the one that matters.
+        Err(_) if path.exists() => {
+            std::fs::write(path, text).map_err(|source| FileError::Write { path: path.to_path_buf(), source })?
+        }
+        Err(e) => return Err(e.into()),
     }
     report.changed.push(path.display().to_string());
     Ok(())
 }
 
 /// Lays an extracted tree (`rootfs/`, `files/`) onto `root`, file by file, skipping identical files.
-fn install_tree(src: &Path, dst: &Path, report: &mut Report) -> Result<()> {
-    for e in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+fn install_tree(src: &Path, dst: &Path, report: &mut Report) -> Result<(), FileError> {
+    let entries = std::fs::read_dir(src).map_err(|source| FileError::ReadDir { path: src.to_path_buf(), source })?;
+    for e in entries {
         let e = e?;
         let ft = e.file_type()?;
         let from = e.path();
         let to = dst.join(e.file_name());
         if ft.is_dir() {
             if !to.exists() {
-                std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+                std::fs::create_dir_all(&to).map_err(|source| FileError::CreateDir { path: to.clone(), source })?;
             }
             install_tree(&from, &to, report)?;
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&from)?;
-            if std::fs::read_link(&to).ok() != Some(target.clone()) {
-                let tmp = to.with_file_name(format!(".{}.ferry-tmp", e.file_name().to_string_lossy()));
-                let _ = std::fs::remove_file(&tmp);
-                std::os::unix::fs::symlink(&target, &tmp)?;
-                std::fs::rename(&tmp, &to).with_context(|| format!("installing {}", to.display()))?;
-                report.changed.push(to.display().to_string());
-            }
+            install_symlink(&from, &to, report)?;
         } else {
-            let new = std::fs::read(&from)?;
-            let mode = std::fs::metadata(&from)?.permissions();
-            let same = std::fs::read(&to).ok().as_deref() == Some(&new[..])
-                && std::fs::metadata(&to).map(|m| m.permissions() == mode).unwrap_or(false);
-            if !same {
-                // Rename, never write in place: a running binary (containerd) is replaced, not
-                // overwritten (which would fail with ETXTBSY).
-                let tmp = to.with_file_name(format!(".{}.ferry-tmp", e.file_name().to_string_lossy()));
-                std::fs::write(&tmp, &new).with_context(|| format!("writing {}", tmp.display()))?;
-                std::fs::set_permissions(&tmp, mode)?;
-                std::fs::rename(&tmp, &to).with_context(|| format!("installing {}", to.display()))?;
-                report.changed.push(to.display().to_string());
-            }
+            install_file(&from, &to, report)?;
         }
     }
     Ok(())
+}
+
+/// Points `to` where the extracted link `from` points, unless it already does.
+fn install_symlink(from: &Path, to: &Path, report: &mut Report) -> Result<(), FileError> {
+    let target = std::fs::read_link(from)?;
+    if std::fs::read_link(to).ok() == Some(target.clone()) {
+        return Ok(());
+    }
+    let tmp = temp_beside(to);
+    // A leftover of an interrupted run; if it cannot go, creating the link below says why.
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&target, &tmp)?;
+    std::fs::rename(&tmp, to).map_err(|source| FileError::Install { path: to.to_path_buf(), source })?;
+    report.changed.push(to.display().to_string());
+    Ok(())
+}
+
+/// Copies the extracted file `from` to `to` with its mode, unless `to` already is the same.
+fn install_file(from: &Path, to: &Path, report: &mut Report) -> Result<(), FileError> {
+    let new = std::fs::read(from)?;
+    let mode = std::fs::metadata(from)?.permissions();
+    let same = std::fs::read(to).ok().as_deref() == Some(&new[..])
+        && std::fs::metadata(to).map(|m| m.permissions() == mode).unwrap_or(false);
+    if same {
+        return Ok(());
+    }
+    // Rename, never write in place: a running binary (containerd) is replaced, not overwritten
+    // (which would fail with ETXTBSY).
+    let tmp = temp_beside(to);
+    std::fs::write(&tmp, &new).map_err(|source| FileError::Write { path: tmp.clone(), source })?;
+    std::fs::set_permissions(&tmp, mode)?;
+    std::fs::rename(&tmp, to).map_err(|source| FileError::Install { path: to.to_path_buf(), source })?;
+    report.changed.push(to.display().to_string());
+    Ok(())
+}
+
+/// The temporary name `to` is installed through: hidden, in the same directory, so the rename
+/// that puts it in place is atomic.
+fn temp_beside(to: &Path) -> PathBuf {
+    to.with_file_name(format!(".{}.ferry-tmp", to.file_name().unwrap_or_default().to_string_lossy()))
 }
 
 fn hosts_block(existing: &str, entries: &[(String, String)]) -> String {
@@ -116,35 +337,68 @@ fn fstab_without_swap(text: &str) -> String {
 }
 
 /// Runs every preparation step.
-pub fn prepare(plan: &Plan) -> Result<Report> {
+pub fn prepare(plan: &Plan) -> Result<Report, PrepareError> {
     let mut report = Report::default();
     let root = &plan.root;
-    // 1. rootfs and spec.files: extract (verified) into a staging dir, then lay each onto /,
-    // file by file through a temporary name, modes kept.
     let payload = crate::verify::open_payload(Path::new(crate::SELF_EXE))?;
+    install_bundle_trees(&payload, root, &mut report)?;
+    let systemd = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
+    if systemd {
+        sh("systemctl", &["daemon-reload"])?;
+    }
+    load_modules(root, &mut report)?;
+    persist_sysctls(root, &mut report)?;
+    if root == Path::new("/") {
+        apply_sysctls(&mut report)?;
+        swap_off_now(&mut report);
+    }
+    if systemd && let (Some(cidr), Some(ip)) = (&plan.service_subnet, &plan.node_ip) {
+        route_service_subnet(root, cidr, ip, &mut report)?;
+    }
+    swap_off_in_fstab(root, &mut report)?;
+    write_hosts(root, &plan.hosts_entries, &mut report)?;
+    if !plan.registry_endpoints.is_empty() {
+        let changed = configure_containerd(plan, &payload, &mut report)?;
+        if systemd {
+            start_containerd(changed, &report)?;
+        }
+    }
+    Ok(report)
+}
+
+/// Step 1, rootfs and spec.files: extracts them (verified) into a staging directory, then lays
+/// each onto `root`, file by file through a temporary name, modes kept.
+fn install_bundle_trees(payload: &Payload, root: &Path, report: &mut Report) -> Result<(), PrepareError> {
     let stage = Path::new(FERRY_DIR).join("stage");
+    // What an earlier run left; the extraction below overwrites whatever of it remains.
     let _ = std::fs::remove_dir_all(&stage);
     let trees: Vec<&str> = ["rootfs", "files"]
         .into_iter()
         .filter(|t| payload.index().entries.iter().any(|e| e.path.starts_with(&format!("{t}/"))))
         .collect();
-    if !trees.is_empty() {
-        let opts = payload_format::ExtractOptions {
-            dest: stage.clone(),
-            selection: trees.iter().map(|t| t.to_string()).collect(),
-            force: true,
-        };
-        payload.extract(&opts, &|_| {}).context("extracting the rootfs and files")?;
-        for t in &trees {
-            install_tree(&stage.join(t), root, &mut report).with_context(|| format!("installing the bundle's {t}"))?;
-        }
-        let _ = std::fs::remove_dir_all(&stage);
+    if trees.is_empty() {
+        return Ok(());
     }
-    let systemd = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
-    if systemd {
-        sh("systemctl", &["daemon-reload"])?;
+    let opts = payload_format::ExtractOptions {
+        dest: stage.clone(),
+        selection: trees.iter().map(|t| t.to_string()).collect(),
+        force: true,
+    };
+    payload.extract(&opts, &|_| {}).map_err(PrepareError::Extract)?;
+    for &tree in &trees {
+        install_tree(&stage.join(tree), root, report).map_err(|source| PrepareError::InstallTree { tree, source })?;
     }
-    // 2. modules: built in or loaded counts; modprobe only when neither.
+    // Everything is installed; what is left is a second copy of the trees taking disk space.
+    if let Err(e) = std::fs::remove_dir_all(&stage)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        report.warnings.push(format!("the staging directory {} was not removed: {e}", stage.display()));
+    }
+    Ok(())
+}
+
+/// Step 2, modules: built in or loaded counts; modprobe only when neither. Persisted for boot.
+fn load_modules(root: &Path, report: &mut Report) -> Result<(), FileError> {
     let mut modules_conf = String::from("# Written by ferry.\n");
     for m in MODULES {
         modules_conf.push_str(&format!("{m}\n"));
@@ -152,114 +406,133 @@ pub fn prepare(plan: &Plan) -> Result<Report> {
             report.warnings.push(format!("kernel module {m} is neither loaded nor built in, and modprobe failed"));
         }
     }
-    put(&root.join("etc/modules-load.d/ferry.conf"), modules_conf.as_bytes(), &mut report)?;
-    // 3. sysctls: persisted, then applied. EPERM/EROFS on non-net keys happen in containers whose
-    // kernel settings belong to the host; that is tolerated, not hidden.
+    put(&root.join("etc/modules-load.d/ferry.conf"), modules_conf.as_bytes(), report)
+}
+
+/// Step 3a: the sysctls, persisted for boot.
+fn persist_sysctls(root: &Path, report: &mut Report) -> Result<(), FileError> {
     let mut conf = String::from("# Written by ferry.\n");
     for (k, v) in SYSCTLS {
         conf.push_str(&format!("{k} = {v}\n"));
     }
-    put(&root.join("etc/sysctl.d/99-ferry.conf"), conf.as_bytes(), &mut report)?;
-    if root == Path::new("/") {
-        for (k, v) in SYSCTLS {
-            let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-            if std::fs::read_to_string(&p).map(|c| c.trim() == *v).unwrap_or(false) {
-                continue;
-            }
-            if let Err(e) = std::fs::write(&p, v) {
-                let tolerated =
-                    !k.starts_with("net.") || (k.starts_with("net.bridge.") && !module_present("br_netfilter"));
-                if tolerated {
-                    report.warnings.push(format!("sysctl {k}={v} not applied here ({e})"));
-                } else {
-                    bail!("setting sysctl {k}={v}: {e}");
-                }
-            }
+    put(&root.join("etc/sysctl.d/99-ferry.conf"), conf.as_bytes(), report)
+}
+
+/// Step 3b: the sysctls, applied now. EPERM/EROFS on non-net keys happen in containers whose
+/// kernel settings belong to the host; that is tolerated, not hidden.
+fn apply_sysctls(report: &mut Report) -> Result<(), PrepareError> {
+    for (k, v) in SYSCTLS {
+        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        if std::fs::read_to_string(&p).map(|c| c.trim() == *v).unwrap_or(false) {
+            continue;
         }
-        // 4. swap off now and after reboot.
-        if std::fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(false)
-            && let Err(e) = sh("swapoff", &["-a"])
-        {
-            report.warnings.push(format!("swapoff: {e:#}"));
+        if let Err(e) = std::fs::write(&p, v) {
+            let tolerated = !k.starts_with("net.") || (k.starts_with("net.bridge.") && !module_present("br_netfilter"));
+            if tolerated {
+                report.warnings.push(format!("sysctl {k}={v} not applied here ({e})"));
+            } else {
+                return Err(PrepareError::Sysctl { key: k, value: v, cause: e });
+            }
         }
     }
-    // 4b. a route to the Service subnet where the host has none (no default route).
-    if systemd && let (Some(cidr), Some(ip)) = (&plan.service_subnet, &plan.node_ip) {
-        let units = root.join("etc/systemd/system");
-        if let Some(done) = super::service_route::ensure(&units, cidr, ip).context("routing the Service subnet")? {
-            report.changed.push(done);
-        }
+    Ok(())
+}
+
+/// Step 4a: swap off now. A failure is reported, not fatal: the kubelet's own check decides.
+fn swap_off_now(report: &mut Report) {
+    if std::fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(false)
+        && let Err(e) = sh("swapoff", &["-a"])
+    {
+        report.warnings.push(format!("swapoff: {}", error_chain(&e)));
     }
+}
+
+/// Step 4b: a route to the Service subnet where the host has none (no default route).
+fn route_service_subnet(root: &Path, cidr: &str, ip: &str, report: &mut Report) -> Result<(), PrepareError> {
+    let units = root.join("etc/systemd/system");
+    if let Some(done) = super::service_route::ensure(&units, cidr, ip).map_err(PrepareError::Route)? {
+        report.changed.push(done);
+    }
+    Ok(())
+}
+
+/// Step 4c: swap stays off after a reboot.
+fn swap_off_in_fstab(root: &Path, report: &mut Report) -> Result<(), FileError> {
     let fstab = root.join("etc/fstab");
     if let Ok(text) = std::fs::read_to_string(&fstab) {
         let fixed = fstab_without_swap(&text);
         if fixed != text {
-            put(&fstab, fixed.as_bytes(), &mut report)?;
+            put(&fstab, fixed.as_bytes(), report)?;
         }
     }
-    // 5. /etc/hosts: one managed block.
+    Ok(())
+}
+
+/// Step 5, /etc/hosts: one managed block.
+fn write_hosts(root: &Path, entries: &[(String, String)], report: &mut Report) -> Result<(), FileError> {
     let hosts = root.join("etc/hosts");
     let text = std::fs::read_to_string(&hosts).unwrap_or_default();
-    put(&hosts, hosts_block(&text, &plan.hosts_entries).as_bytes(), &mut report)?;
-    // 6. containerd: config and hosts.toml from the registry module, then start it.
-    if !plan.registry_endpoints.is_empty() {
-        let version = sh("containerd", &["--version"]).unwrap_or_default();
-        let line = if version.split_whitespace().nth(2).is_some_and(|v| v.trim_start_matches('v').starts_with('2')) {
-            "2"
-        } else {
-            "1.7"
-        };
-        let out = root.join("etc/containerd");
-        let before = snapshot(&out);
-        let meta = &payload.index().metadata;
-        let sandbox =
-            crate::registry::config::bundle_pause_image(meta).context("choosing containerd's sandbox (pause) image")?;
-        // Asked once: the choice goes into containerd's config and, when it restricts, the report.
-        let restrict_oom = !crate::registry::config::host_can_lower_oom_scores();
-        let args = crate::cli::RegistryConfigArgs {
-            endpoints: plan.registry_endpoints.clone(),
-            out: out.clone(),
-            containerd: line.parse().map_err(anyhow::Error::msg)?,
-            config_path: out.join("certs.d").display().to_string(),
-            sandbox_image: Some(sandbox),
-            restrict_oom_score_adj: if restrict_oom {
-                crate::registry::config::OomRestriction::Yes
-            } else {
-                crate::registry::config::OomRestriction::No
-            },
-            file: PathBuf::from(crate::SELF_EXE),
-            trust: crate::cli::TrustArgs { keys: Vec::new(), allow_unsigned: plan.allow_unsigned },
-        };
-        crate::registry::config(&args, &crate::printer::Printer::new(true, true))?;
-        if restrict_oom {
-            report.warnings.push(
-                "root cannot lower OOM scores here (no CAP_SYS_RESOURCE): containerd keeps containers' OOM scores \
-                 at or above its own (restrict_oom_score_adj), so pods lose the kubelet's OOM protection"
-                    .into(),
-            );
-        }
-        let changed = snapshot(&out) != before;
-        if changed {
-            report.changed.push(out.display().to_string());
-        }
-        if systemd {
-            sh("systemctl", &["enable", "containerd.service"])?;
-            let active =
-                Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
-            if changed || !active || report.changed.iter().any(|c| c.contains("containerd")) {
-                sh("systemctl", &["restart", "containerd.service"])?;
-            }
-            let active =
-                Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
-            if !active {
-                bail!(
-                    "containerd did not start: {}",
-                    sh("journalctl", &["-u", "containerd", "-n", "5", "--no-pager"]).unwrap_or_default()
-                );
-            }
-        }
+    put(&hosts, hosts_block(&text, entries).as_bytes(), report)
+}
+
+/// Step 6a, containerd: config.toml and hosts.toml from the registry module. Returns whether
+/// anything under /etc/containerd changed.
+fn configure_containerd(plan: &Plan, payload: &Payload, report: &mut Report) -> Result<bool, PrepareError> {
+    let root = &plan.root;
+    // No answer (containerd missing or broken) means the 1.7 dialect; a containerd that cannot
+    // run is reported when it is (re)started.
+    let version = sh("containerd", &["--version"]).unwrap_or_default();
+    let containerd = if version.split_whitespace().nth(2).is_some_and(|v| v.trim_start_matches('v').starts_with('2')) {
+        Containerd::V2
+    } else {
+        Containerd::V1_7
+    };
+    let out = root.join("etc/containerd");
+    let before = snapshot(&out);
+    let meta = &payload.index().metadata;
+    let sandbox = crate::registry::config::bundle_pause_image(meta).map_err(PrepareError::SandboxImage)?;
+    // Asked once: the choice goes into containerd's config and, when it restricts, the report.
+    let restrict_oom = !crate::registry::config::host_can_lower_oom_scores();
+    let args = crate::cli::RegistryConfigArgs {
+        endpoints: plan.registry_endpoints.clone(),
+        out: out.clone(),
+        containerd,
+        config_path: out.join("certs.d").display().to_string(),
+        sandbox_image: Some(sandbox),
+        restrict_oom_score_adj: if restrict_oom { OomRestriction::Yes } else { OomRestriction::No },
+        file: PathBuf::from(crate::SELF_EXE),
+        trust: crate::cli::TrustArgs { keys: Vec::new(), allow_unsigned: plan.allow_unsigned },
+    };
+    crate::registry::config(&args, &crate::printer::Printer::new(true, true))?;
+    if restrict_oom {
+        report.warnings.push(
+            "root cannot lower OOM scores here (no CAP_SYS_RESOURCE): containerd keeps containers' OOM scores \
+             at or above its own (restrict_oom_score_adj), so pods lose the kubelet's OOM protection"
+                .into(),
+        );
     }
-    Ok(report)
+    let changed = snapshot(&out) != before;
+    if changed {
+        report.changed.push(out.display().to_string());
+    }
+    Ok(changed)
+}
+
+/// Step 6b: containerd enabled, and (re)started when its config or binaries changed or it is
+/// not running.
+fn start_containerd(config_changed: bool, report: &Report) -> Result<(), PrepareError> {
+    sh("systemctl", &["enable", "containerd.service"])?;
+    let active = Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
+    if config_changed || !active || report.changed.iter().any(|c| c.contains("containerd")) {
+        sh("systemctl", &["restart", "containerd.service"])?;
+    }
+    let active = Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
+    if !active {
+        // The journal only explains the failure; without it the failure is still reported.
+        let journal = sh("journalctl", &["-u", "containerd", "-n", "5", "--no-pager"]).unwrap_or_default();
+        return Err(PrepareError::ContainerdDown { journal });
+    }
+    Ok(())
 }
 
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -282,7 +555,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 /// Installs and starts `ferry-registry.service` serving this node's installer.
-pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
+pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<(), PrepareError> {
     let unit = format!(
         "# Written by ferry: the built-in registry, served straight from the installer file.\n\
          [Unit]\nDescription=ferry built-in image registry\nAfter=network-online.target\n\n\
@@ -293,7 +566,8 @@ pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
     let path = Path::new("/etc/systemd/system/ferry-registry.service");
     let mut report = Report::default();
     put(path, unit.as_bytes(), &mut report)?;
-    // The unit also changes meaning when the installer file under it was replaced.
+    // The unit also changes meaning when the installer file under it was replaced. An installer
+    // without a readable trailer has no id: the marker never matches it, so the service restarts.
     let id = crate::node::trailer_id(Path::new(INSTALLER_PATH)).unwrap_or_default();
     let marker = Path::new(FERRY_DIR).join("registry.serving");
     let stale = std::fs::read_to_string(&marker).unwrap_or_default() != id;
@@ -303,11 +577,17 @@ pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
     if !report.changed.is_empty() || stale || !active {
         sh("systemctl", &["restart", "ferry-registry.service"])?;
     }
-    write_atomic(&marker, id.as_bytes())?;
+    write_atomic(&marker, id.as_bytes()).map_err(FileError::from)?;
+    wait_for_registry(port)
+}
+
+/// Waits up to 30 s for the registry on `port` to answer `GET /v2/` with 200.
+fn wait_for_registry(port: u16) -> Result<(), PrepareError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             use std::io::{Read, Write};
+            // A probe: whatever fails here fails the read below, and the loop asks again.
             let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
             let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
             let mut b = [0u8; 64];
@@ -316,10 +596,8 @@ pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
             }
         }
         if std::time::Instant::now() > deadline {
-            bail!(
-                "the registry did not answer on port {port} within 30 s: {}",
-                sh("journalctl", &["-u", "ferry-registry", "-n", "5", "--no-pager"]).unwrap_or_default()
-            );
+            let journal = sh("journalctl", &["-u", "ferry-registry", "-n", "5", "--no-pager"]).unwrap_or_default();
+            return Err(PrepareError::RegistryDown { port, journal });
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -328,10 +606,13 @@ pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<()> {
 /// Proves this node resolves `image` through every replica in `endpoints` (a manifest request
 /// to each, as containerd would send it), then pulls it through containerd with the node's
 /// hosts.toml.
-pub fn check_pull(image: &str, endpoints: &[String], timeout: u64) -> Result<()> {
+pub fn check_pull(image: &str, endpoints: &[String], timeout: u64) -> Result<(), PullCheckError> {
     for e in endpoints {
-        manifest_served(e, image)
-            .with_context(|| format!("registry replica {e} does not serve {image} to this node"))?;
+        manifest_served(e, image).map_err(|source| PullCheckError::Replica {
+            endpoint: e.clone(),
+            image: image.to_string(),
+            source,
+        })?;
     }
     let out = Command::new("timeout")
         .args([
@@ -346,27 +627,28 @@ pub fn check_pull(image: &str, endpoints: &[String], timeout: u64) -> Result<()>
             image,
         ])
         .output()
-        .context("running ctr")?;
+        .map_err(PullCheckError::Ctr)?;
     if !out.status.success() {
-        bail!(
-            "containerd could not pull {image} through the built-in registry: {}",
-            crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3)
-        );
+        return Err(PullCheckError::Pull {
+            image: image.to_string(),
+            tail: crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3),
+        });
     }
     Ok(())
 }
 
 /// The manifest request containerd sends a mirror for `image`:
 /// `HEAD /v2/<name>/manifests/<ref>?ns=<registry>`.
-fn manifest_request(endpoint: &str, image: &str) -> Result<(String, String)> {
+fn manifest_request(endpoint: &str, image: &str) -> Result<(String, String), ReplicaError> {
     let Some(addr) = endpoint.strip_prefix("http://") else {
-        bail!("only http:// replicas can be checked directly, not {endpoint}");
+        return Err(ReplicaError::NotHttp { endpoint: endpoint.to_string() });
     };
     let full = ferry_core::image_ref::ImageRef::normalized_or_raw(image);
-    let (registry, rest) = full.split_once('/').ok_or_else(|| anyhow::anyhow!("image `{image}` has no repository"))?;
+    let (registry, rest) =
+        full.split_once('/').ok_or_else(|| ReplicaError::NoRepository { image: image.to_string() })?;
     let (name, reference) = match rest.split_once('@') {
         Some((n, d)) => (n, d),
-        None => rest.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("image `{image}` has no tag"))?,
+        None => rest.rsplit_once(':').ok_or_else(|| ReplicaError::NoTag { image: image.to_string() })?,
     };
     let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
                   application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -376,23 +658,23 @@ fn manifest_request(endpoint: &str, image: &str) -> Result<(String, String)> {
     Ok((addr.to_string(), req))
 }
 
-fn manifest_served(endpoint: &str, image: &str) -> Result<()> {
+fn manifest_served(endpoint: &str, image: &str) -> Result<(), ReplicaError> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let (addr, req) = manifest_request(endpoint, image)?;
     let sock = addr
         .to_socket_addrs()
-        .with_context(|| format!("resolving {addr}"))?
+        .map_err(|source| ReplicaError::Resolve { addr: addr.clone(), source })?
         .next()
-        .ok_or_else(|| anyhow::anyhow!("{addr} has no address"))?;
+        .ok_or_else(|| ReplicaError::NoAddress { addr: addr.clone() })?;
     let mut s = std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(10))
-        .with_context(|| format!("connecting to {addr}"))?;
+        .map_err(|source| ReplicaError::Connect { addr: addr.clone(), source })?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     s.write_all(req.as_bytes())?;
     let mut head = Vec::new();
     let mut b = [0u8; 512];
     while !head.windows(2).any(|w| w == b"\r\n") {
-        let n = s.read(&mut b).with_context(|| format!("reading the answer of {addr}"))?;
+        let n = s.read(&mut b).map_err(|source| ReplicaError::Read { addr: addr.clone(), source })?;
         if n == 0 {
             break;
         }
@@ -400,7 +682,7 @@ fn manifest_served(endpoint: &str, image: &str) -> Result<()> {
     }
     let status = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
     if status.split_whitespace().nth(1) != Some("200") {
-        bail!("it answered `{}`", status.trim());
+        return Err(ReplicaError::Answered { status: status.trim().to_string() });
     }
     Ok(())
 }

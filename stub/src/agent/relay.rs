@@ -13,14 +13,15 @@
 //! connection once; without one, the listener closes the connection before sending a byte. The
 //! listener lives only as long as the operator's session to its host.
 
-use crate::protocol::codec::read_u64;
+use crate::printer::error_chain;
+use crate::protocol::codec::{FrameError, read_u64};
 use crate::protocol::receive::{END, KEEPALIVE};
 use crate::protocol::relay::{
     ACCEPTED, Reply, Secret, Upstream, decode_reply, decode_request_head, encode_refusal, encode_request, token,
 };
-use anyhow::{Context, Result, bail};
 use payload_format::Payload;
 use std::collections::{BTreeSet, HashSet};
+use std::io;
 use std::io::{BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::FileExt;
@@ -31,6 +32,73 @@ use std::time::Duration;
 pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(2);
 /// A pulling host gives up on a relay that sent nothing, not even a keepalive, for this long.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
+
+/// Why a relay listener, a relayed connection or a pull from a relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// No port could be opened.
+    #[error("opening the relay listener")]
+    Listen(#[source] io::Error),
+    /// A downstream host was turned away.
+    #[error("refused a downstream host: {why}")]
+    Refused {
+        /// What it was told.
+        why: String,
+    },
+    /// A downstream host stopped taking chunks.
+    #[error("{name} went away")]
+    Gone {
+        /// The host's name, as its hello gave it.
+        name: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A chunk to pass on cannot be read from this host's copy.
+    #[error("reading chunk {chunk}")]
+    ReadChunk {
+        /// The chunk.
+        chunk: u64,
+        /// Why.
+        source: io::Error,
+    },
+    /// The relay's address does not resolve.
+    #[error("relay address `{addr}` does not resolve")]
+    Unresolved {
+        /// The address.
+        addr: String,
+    },
+    /// The relay cannot be reached.
+    #[error("connecting to the relay at {addr}:{port}")]
+    Connect {
+        /// Its address.
+        addr: String,
+        /// Its port.
+        port: u16,
+        /// Why.
+        source: io::Error,
+    },
+    /// The operator's token is not 32 bytes of hex.
+    #[error("the relay token is not 32 bytes of hex")]
+    BadToken,
+    /// The hello cannot be sent.
+    #[error("sending the relay hello")]
+    Hello(#[source] io::Error),
+    /// The relay's answer to the hello does not arrive or read.
+    #[error("waiting for the relay to accept")]
+    Reply(#[source] FrameError),
+    /// The relay turned this host away.
+    #[error("the relay refused: {why}")]
+    RelayRefused {
+        /// What it said.
+        why: String,
+    },
+    /// The stream's framing is wrong.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A socket option, a write or a thread could not be had.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     // Constant time: a token guesser learns nothing from how long the comparison took.
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -95,32 +163,41 @@ pub struct Listener {
 /// Starts the relay listener on `bind` (port chosen by the kernel) and serves, from `payload`'s
 /// file, the chunks on `shelf` to downstream hosts that present a token made from `secret`. Runs
 /// on background threads until the process exits.
-pub fn serve(bind: IpAddr, secret: Secret, payload: Arc<Payload>, shelf: Arc<Shelf>) -> Result<Listener> {
+pub fn serve(bind: IpAddr, secret: Secret, payload: Arc<Payload>, shelf: Arc<Shelf>) -> Result<Listener, RelayError> {
     // Bind to the address the operator reaches this host by; a host reached through NAT lacks
     // it, and then any address will do: the tokens guard the port either way.
     let listener = TcpListener::bind((bind, 0))
         .or_else(|_| TcpListener::bind((IpAddr::from([0u8, 0, 0, 0]), 0)))
-        .context("opening the relay listener")?;
+        .map_err(RelayError::Listen)?;
     let port = listener.local_addr()?.port();
     let used: Arc<Mutex<HashSet<[u8; 32]>>> = Arc::default();
     std::thread::Builder::new().name("relay-accept".into()).spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
             let (payload, shelf, used) = (payload.clone(), shelf.clone(), used.clone());
-            let _ = std::thread::Builder::new().name("relay-serve".into()).spawn(move || {
-                let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                if let Err(e) = serve_one(conn, &secret, &payload, &shelf, &used) {
-                    eprintln!("relay: {peer}: {e:#}");
+            let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let spawned = std::thread::Builder::new().name("relay-serve".into()).spawn({
+                let peer = peer.clone();
+                move || {
+                    if let Err(e) = serve_one(conn, &secret, &payload, &shelf, &used) {
+                        eprintln!("relay: {peer}: {}", error_chain(&e));
+                    }
                 }
             });
+            // The connection closes unserved; its host reports the relay lost and the operator
+            // sends the chunks another way. Said here so this host's log shows why.
+            if let Err(e) = spawned {
+                eprintln!("relay: {peer}: not served, no thread for it: {e}");
+            }
         }
     })?;
     Ok(Listener { port })
 }
 
-fn refuse(mut conn: &TcpStream, why: &str) -> Result<()> {
+fn refuse(mut conn: &TcpStream, why: &str) -> Result<(), RelayError> {
+    // The refusal is a courtesy to the other side; this side's error below is what counts.
     let _ = conn.write_all(&encode_refusal(why));
-    bail!("refused a downstream host: {why}");
+    Err(RelayError::Refused { why: why.to_string() })
 }
 
 fn serve_one(
@@ -129,7 +206,7 @@ fn serve_one(
     payload: &Payload,
     shelf: &Shelf,
     used: &Mutex<HashSet<[u8; 32]>>,
-) -> Result<()> {
+) -> Result<(), RelayError> {
     // A hello that does not arrive promptly is not from a host the operator sent here.
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     conn.set_write_timeout(Some(SILENCE_LIMIT * 4))?;
@@ -159,14 +236,14 @@ fn serve_one(
     let mut buf = Vec::with_capacity(payload.index().chunk_size as usize + 8);
     while !pending.is_empty() {
         let Some(n) = shelf.take(&mut pending, KEEPALIVE_EVERY) else {
-            w.write_all(&KEEPALIVE.to_le_bytes()).with_context(|| format!("{name} went away"))?;
+            w.write_all(&KEEPALIVE.to_le_bytes()).map_err(|source| RelayError::Gone { name: name.clone(), source })?;
             continue;
         };
         let (s, e) = payload.chunk_range(n);
         buf.resize(8 + (e - s) as usize, 0);
         buf[..8].copy_from_slice(&n.to_le_bytes());
-        payload.file().read_exact_at(&mut buf[8..], s).with_context(|| format!("reading chunk {n}"))?;
-        w.write_all(&buf).with_context(|| format!("{name} went away"))?;
+        payload.file().read_exact_at(&mut buf[8..], s).map_err(|source| RelayError::ReadChunk { chunk: n, source })?;
+        w.write_all(&buf).map_err(|source| RelayError::Gone { name: name.clone(), source })?;
     }
     w.write_all(&END.to_le_bytes())?;
     w.flush()?;
@@ -175,28 +252,28 @@ fn serve_one(
 
 /// Connects to `up` and asks for `chunks`; returns the stream of frames once the relay has
 /// accepted, with a read timeout that turns a silent relay into an error.
-pub fn connect(up: &Upstream, chunks: &BTreeSet<u64>) -> Result<BufReader<TcpStream>> {
+pub fn connect(up: &Upstream, chunks: &BTreeSet<u64>) -> Result<BufReader<TcpStream>, RelayError> {
     let addr: SocketAddr = (up.addr.as_str(), up.port)
         .to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
-        .with_context(|| format!("relay address `{}` does not resolve", up.addr))?;
-    let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        .with_context(|| format!("connecting to the relay at {}:{}", up.addr, up.port))?;
+        .ok_or_else(|| RelayError::Unresolved { addr: up.addr.clone() })?;
+    let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|source| RelayError::Connect {
+        addr: up.addr.clone(),
+        port: up.port,
+        source,
+    })?;
     conn.set_read_timeout(Some(SILENCE_LIMIT))?;
     conn.set_write_timeout(Some(SILENCE_LIMIT))?;
     conn.set_nodelay(true)?;
-    let token: [u8; 32] = hex::decode(&up.token)
-        .ok()
-        .and_then(|t| t.try_into().ok())
-        .context("the relay token is not 32 bytes of hex")?;
+    let token: [u8; 32] = hex::decode(&up.token).ok().and_then(|t| t.try_into().ok()).ok_or(RelayError::BadToken)?;
     let hello = encode_request(&up.name, &token, chunks.iter().copied());
-    (&conn).write_all(&hello).context("sending the relay hello")?;
+    (&conn).write_all(&hello).map_err(RelayError::Hello)?;
     // Large reads: a chunk comes off the socket in few calls.
     let mut r = BufReader::with_capacity(256 << 10, conn);
-    match decode_reply(&mut r).context("waiting for the relay to accept")? {
+    match decode_reply(&mut r).map_err(RelayError::Reply)? {
         Reply::Accepted => Ok(r),
-        Reply::Refused(why) => bail!("the relay refused: {why}"),
+        Reply::Refused(why) => Err(RelayError::RelayRefused { why }),
     }
 }
 

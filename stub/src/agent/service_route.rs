@@ -8,16 +8,92 @@
 //! the service subnet on the interface that carries the node's own address, through a oneshot
 //! unit so that it is back after a reboot. Hosts that already route the subnet are left alone.
 
-use anyhow::{Context, Result, bail};
-use std::net::Ipv4Addr;
+use crate::registry::config::ConfigError;
+use std::net::{AddrParseError, Ipv4Addr};
 use std::path::Path;
 use std::process::Command;
 
+/// A program the agent runs that could not be started or did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The program could not be started (not installed, not executable).
+    #[error("running {cmd}")]
+    Spawn {
+        /// The program.
+        cmd: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The program exited unsuccessfully.
+    #[error("{cmd} {args} failed: {tail}")]
+    Failed {
+        /// The program.
+        cmd: String,
+        /// Its arguments, space-separated.
+        args: String,
+        /// The last lines of its stderr.
+        tail: String,
+    },
+}
+
+/// Why the Service subnet cannot be routed on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The subnet has no `/PREFIX`.
+    #[error("`{cidr}` is not a CIDR (ADDRESS/PREFIX)")]
+    NotCidr {
+        /// The subnet as given.
+        cidr: String,
+    },
+    /// The subnet's address is not IPv4.
+    #[error("`{cidr}`: `{addr}` is not an IPv4 address")]
+    Address {
+        /// The subnet as given.
+        cidr: String,
+        /// Its address part.
+        addr: String,
+        /// Why.
+        source: AddrParseError,
+    },
+    /// The prefix is not a number from 0 to 32.
+    #[error("`{cidr}`: bad prefix")]
+    Prefix {
+        /// The subnet as given.
+        cidr: String,
+    },
+    /// `ip addr show` could not be run.
+    #[error("running ip addr show")]
+    AddrShow(#[source] std::io::Error),
+    /// No interface holds the node's address.
+    #[error("no interface of this host holds {node_ip}, the address the cluster knows it by")]
+    NoInterface {
+        /// The node's address.
+        node_ip: String,
+    },
+    /// The unit file cannot be written.
+    #[error(transparent)]
+    Write(#[from] ConfigError),
+    /// systemctl failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The unit ran and the kernel still has no route.
+    #[error("{} ran, but {cidr} is still not routable here", UNIT)]
+    StillUnroutable {
+        /// The subnet.
+        cidr: String,
+    },
+}
+
 /// Runs a program, failing with its last lines of stderr; returns its stdout.
-pub(super) fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+pub(super) fn sh(cmd: &str, args: &[&str]) -> Result<String, CommandError> {
+    let out =
+        Command::new(cmd).args(args).output().map_err(|source| CommandError::Spawn { cmd: cmd.to_string(), source })?;
     if !out.status.success() {
-        bail!("{cmd} {} failed: {}", args.join(" "), crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3));
+        return Err(CommandError::Failed {
+            cmd: cmd.to_string(),
+            args: args.join(" "),
+            tail: crate::ssh::tail_lines(&String::from_utf8_lossy(&out.stderr), 3),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -26,16 +102,21 @@ pub(super) fn sh(cmd: &str, args: &[&str]) -> Result<String> {
 pub const UNIT: &str = "ferry-service-route.service";
 
 /// `(network, prefix)` of an IPv4 CIDR.
-pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8)> {
-    let (addr, prefix) = cidr.split_once('/').with_context(|| format!("`{cidr}` is not a CIDR (ADDRESS/PREFIX)"))?;
-    let addr: Ipv4Addr = addr.parse().with_context(|| format!("`{cidr}`: `{addr}` is not an IPv4 address"))?;
-    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).with_context(|| format!("`{cidr}`: bad prefix"))?;
+pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), RouteError> {
+    let (addr, prefix) = cidr.split_once('/').ok_or_else(|| RouteError::NotCidr { cidr: cidr.to_string() })?;
+    let addr: Ipv4Addr = addr.parse().map_err(|source| RouteError::Address {
+        cidr: cidr.to_string(),
+        addr: addr.to_string(),
+        source,
+    })?;
+    let prefix: u8 =
+        prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| RouteError::Prefix { cidr: cidr.to_string() })?;
     let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
     Ok((Ipv4Addr::from(u32::from(addr) & mask), prefix))
 }
 
 /// The first address of the subnet: the API server's Service address.
-pub fn first_address(cidr: &str) -> Result<Ipv4Addr> {
+pub fn first_address(cidr: &str) -> Result<Ipv4Addr, RouteError> {
     let (net, _) = parse_cidr(cidr)?;
     Ok(Ipv4Addr::from(u32::from(net) + 1))
 }
@@ -77,15 +158,15 @@ fn routable(addr: Ipv4Addr) -> bool {
 }
 
 /// Makes `cidr` routable on this host (see the module docs). Returns what it did, if anything.
-pub fn ensure(units_dir: &Path, cidr: &str, node_ip: &str) -> Result<Option<String>> {
+pub fn ensure(units_dir: &Path, cidr: &str, node_ip: &str) -> Result<Option<String>, RouteError> {
     let unit_path = units_dir.join(UNIT);
     let ours = unit_path.exists();
     if !ours && routable(first_address(cidr)?) {
         return Ok(None);
     }
-    let show = Command::new("ip").args(["-o", "-4", "addr", "show"]).output().context("running ip addr show")?;
+    let show = Command::new("ip").args(["-o", "-4", "addr", "show"]).output().map_err(RouteError::AddrShow)?;
     let dev = interface_of(&String::from_utf8_lossy(&show.stdout), node_ip)
-        .with_context(|| format!("no interface of this host holds {node_ip}, the address the cluster knows it by"))?;
+        .ok_or_else(|| RouteError::NoInterface { node_ip: node_ip.to_string() })?;
     let text = unit_text(cidr, &dev, node_ip);
     let changed = std::fs::read_to_string(&unit_path).ok().as_deref() != Some(text.as_str());
     if changed {
@@ -99,7 +180,7 @@ pub fn ensure(units_dir: &Path, cidr: &str, node_ip: &str) -> Result<Option<Stri
         sh("systemctl", &["start", UNIT])?;
     }
     if !routable(first_address(cidr)?) {
-        bail!("{UNIT} ran, but {cidr} is still not routable here");
+        return Err(RouteError::StillUnroutable { cidr: cidr.to_string() });
     }
     Ok(changed.then(|| format!("{cidr} routed to {dev} ({UNIT}): this host has no default route")))
 }

@@ -27,8 +27,10 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => crate::verify::run(&own_file, &args, &printer),
         Command::Inspect(args) => crate::inspect::run(&own_file, &args, &printer),
         Command::Extract(args) => crate::extract::run(&own_file, &args, &printer),
-        Command::Registry(RegistryCommand::Serve(args)) => crate::registry::serve(&args, &printer),
-        Command::Registry(RegistryCommand::Config(args)) => crate::registry::config(&args, &printer),
+        Command::Registry(RegistryCommand::Serve(args)) => crate::registry::serve(&args, &printer).map_err(Into::into),
+        Command::Registry(RegistryCommand::Config(args)) => {
+            crate::registry::config(&args, &printer).map_err(Into::into)
+        }
         Command::Run(args) => run::run(&args, quiet, no_progress),
         Command::Check(args) => check::run(&args),
         Command::Reset(args) => reset::run(&args, quiet, no_progress),

@@ -19,10 +19,72 @@
 //!
 //! Every file is written atomically (temporary name, fsync, rename).
 
-use anyhow::{Context, Result, bail};
+use ferry_core::fs::WriteError;
+use ferry_core::metadata::PauseError;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+/// Why `registry config` cannot write containerd's files, or a node file cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The bundle's recorded pause image is not an image reference.
+    #[error(transparent)]
+    RecordedPause(#[from] PauseError),
+    /// The bundle's Kubernetes version does not read as v1.MINOR.
+    #[error(
+        "Kubernetes version `{version}` is not of the form v1.MINOR.PATCH; pass --sandbox-image to name the pause image"
+    )]
+    VersionForm {
+        /// The version as the bundle gives it.
+        version: String,
+    },
+    /// A Kubernetes minor version the pause table does not cover.
+    #[error(
+        "ferry does not know which pause image kubeadm v1.{minor} expects (it knows {known}); \
+         pass --sandbox-image registry.k8s.io/pause:<version> as listed by `kubeadm config images list`"
+    )]
+    UnknownMinor {
+        /// The minor version.
+        minor: u32,
+        /// The range the table covers, e.g. `v1.31–v1.37`.
+        known: String,
+    },
+    /// An `--endpoint` without a scheme.
+    #[error("endpoint `{url}` must start with http:// or https://")]
+    EndpointScheme {
+        /// The endpoint as given.
+        url: String,
+    },
+    /// An `--endpoint` with more than a scheme and host.
+    #[error(
+        "endpoint `{url}` must be a scheme and host[:port] only, e.g. http://10.0.0.10:5000 (containerd appends /v2 itself)"
+    )]
+    EndpointForm {
+        /// The endpoint as given.
+        url: String,
+    },
+    /// A registry of the bundle that cannot be a certs.d directory name.
+    #[error("registry `{registry}` in the bundle's image list is not a host name")]
+    HostDir {
+        /// The registry.
+        registry: String,
+    },
+    /// No `--endpoint` at all.
+    #[error("give at least one --endpoint URL of the built-in registry")]
+    NoEndpoints,
+    /// The directory of a file to write cannot be created.
+    #[error("creating directory {}", dir.display())]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file itself cannot be written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
 
 /// The pause image kubeadm expects, by Kubernetes minor version: kubeadm's `PauseVersion` in
 /// `cmd/kubeadm/app/constants/constants.go` (3.10 in 1.31–1.33, 3.10.1 in 1.34–1.35, 3.10.2 in
@@ -41,7 +103,7 @@ pub const CONTROL_PLANE_KEY: &str = ferry_core::metadata::key::CONTROL_PLANE;
 /// The pause image of the bundle: the one recorded in its metadata under [`CONTROL_PLANE_KEY`]
 /// (from the bundle's kubeadm, or the packer's table), else kubeadm's for the bundle's version
 /// from [`kubeadm_pause_image`].
-pub fn bundle_pause_image(meta: &payload_format::BundleMetadata) -> Result<String> {
+pub fn bundle_pause_image(meta: &payload_format::BundleMetadata) -> Result<String, ConfigError> {
     match ferry_core::metadata::recorded_pause(&meta.extra)? {
         Some(p) => Ok(p),
         None => Ok(kubeadm_pause_image(&meta.kubernetes_version)?.to_string()),
@@ -49,7 +111,7 @@ pub fn bundle_pause_image(meta: &payload_format::BundleMetadata) -> Result<Strin
 }
 
 /// The pause image kubeadm uses for Kubernetes `version` (`v1.36.3`, `1.36`, …).
-pub fn kubeadm_pause_image(version: &str) -> Result<&'static str> {
+pub fn kubeadm_pause_image(version: &str) -> Result<&'static str, ConfigError> {
     let v = version.trim().trim_start_matches('v');
     let mut parts = v.split('.');
     let major = parts.next().and_then(|p| p.parse::<u32>().ok());
@@ -61,16 +123,13 @@ pub fn kubeadm_pause_image(version: &str) -> Result<&'static str> {
         PAUSE_BY_MINOR.last().map(|r| r.1).unwrap_or(0)
     );
     let (Some(1), Some(minor)) = (major, minor) else {
-        bail!(
-            "Kubernetes version `{version}` is not of the form v1.MINOR.PATCH; pass --sandbox-image to name the pause image"
-        );
+        return Err(ConfigError::VersionForm { version: version.to_string() });
     };
-    PAUSE_BY_MINOR.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&minor)).map(|r| r.2).ok_or_else(|| {
-        anyhow::anyhow!(
-            "ferry does not know which pause image kubeadm v1.{minor} expects (it knows {known}); \
-             pass --sandbox-image registry.k8s.io/pause:<version> as listed by `kubeadm config images list`"
-        )
-    })
+    PAUSE_BY_MINOR
+        .iter()
+        .find(|(lo, hi, _)| (*lo..=*hi).contains(&minor))
+        .map(|r| r.2)
+        .ok_or(ConfigError::UnknownMinor { minor, known })
 }
 
 /// containerd major line the config.toml is for.
@@ -138,36 +197,34 @@ pub fn host_can_lower_oom_scores() -> bool {
 }
 
 /// Checks an endpoint URL: http or https, a host with optional port, no path, query or userinfo.
-pub fn check_endpoint(url: &str) -> Result<String> {
+pub fn check_endpoint(url: &str) -> Result<String, ConfigError> {
     let url = url.trim().trim_end_matches('/');
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| anyhow::anyhow!("endpoint `{url}` must start with http:// or https://"))?;
+        .ok_or_else(|| ConfigError::EndpointScheme { url: url.to_string() })?;
     if rest.is_empty() || rest.contains(['/', '?', '#', '@', '"', '\\', ' ']) {
-        bail!(
-            "endpoint `{url}` must be a scheme and host[:port] only, e.g. http://10.0.0.10:5000 (containerd appends /v2 itself)"
-        );
+        return Err(ConfigError::EndpointForm { url: url.to_string() });
     }
     Ok(url.to_string())
 }
 
 /// containerd's directory name for a registry host (`host:port` stays as is on Linux).
-fn host_dir(registry: &str) -> Result<&str> {
+fn host_dir(registry: &str) -> Result<&str, ConfigError> {
     if registry.is_empty()
         || registry.starts_with('.')
         || registry.contains(['/', '\\', '\0'])
         || registry == "_default"
     {
-        bail!("registry `{registry}` in the bundle's image list is not a host name");
+        return Err(ConfigError::HostDir { registry: registry.to_string() });
     }
     Ok(registry)
 }
 
 /// Renders every file as (path relative to --out, contents).
-pub fn render(inputs: &Inputs) -> Result<Vec<(PathBuf, String)>> {
+pub fn render(inputs: &Inputs) -> Result<Vec<(PathBuf, String)>, ConfigError> {
     if inputs.endpoints.is_empty() {
-        bail!("give at least one --endpoint URL of the built-in registry");
+        return Err(ConfigError::NoEndpoints);
     }
     let mut files = Vec::new();
     for registry in &inputs.registries {
@@ -282,9 +339,9 @@ fn toml_str(s: &str) -> String {
 /// the same directory, flushed to disk, then renamed over the target, so a reader sees the old
 /// file or the new one, never half), creating the directory first. The node's files are
 /// world-readable, as `File::create` would make them.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|source| ConfigError::CreateDir { dir: dir.to_path_buf(), source })?;
     Ok(ferry_core::fs::write_atomic(path, contents, 0o666)?)
 }
 

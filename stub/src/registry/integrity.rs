@@ -24,6 +24,7 @@
 use bytes::Bytes;
 use payload_format::{Error as FormatError, Payload};
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 
@@ -41,34 +42,89 @@ pub struct VerifiedFile {
     blobs_by_digest: Mutex<HashSet<u64>>,
 }
 
-/// A chunk whose bytes do not match the signed index.
-#[derive(Debug, Clone)]
-pub struct CorruptChunk {
-    /// Chunk number.
-    pub chunk: u64,
-    /// The full message (names the file, the byte range and the entry).
-    pub message: String,
+/// Why bytes of the installer are not served: they do not match the signed index.
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrityError {
+    /// A chunk does not hash to its digest in the index. The message names the file, the byte
+    /// range and the entry the chunk starts in.
+    #[error("{mismatch}")]
+    Chunk {
+        /// Chunk number.
+        chunk: u64,
+        /// The payload's own account of the mismatch.
+        mismatch: FormatError,
+    },
+    /// A blob whose chunk failed and whose bytes do not hash to the digest its signed name gives.
+    #[error(
+        "{}: entry blobs/sha256/{digest} (bytes {offset}..{end}) does not match the signed index \
+         (its bytes no longer hash to its digest; chunk {chunk} fails); the file is corrupted or was modified",
+        path.display()
+    )]
+    Blob {
+        /// The installer.
+        path: PathBuf,
+        /// The digest the signed name gives (64 hex digits).
+        digest: String,
+        /// What the stored bytes hash to now (64 hex digits).
+        actual: String,
+        /// Absolute offset of the blob.
+        offset: u64,
+        /// One past its last byte.
+        end: u64,
+        /// The failed chunk that made the blob's own digest decide.
+        chunk: u64,
+    },
+    /// The check itself did not finish (its thread panicked or was cancelled), so nothing proves
+    /// the bytes intact.
+    #[error("verifying {digest}: the check did not finish: {reason}")]
+    Unfinished {
+        /// The blob (`sha256:<hex>`).
+        digest: String,
+        /// What stopped it.
+        reason: String,
+    },
 }
 
-impl std::fmt::Display for CorruptChunk {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+impl IntegrityError {
+    /// The chunk the failure is about; `u64::MAX` when no chunk was decided.
+    pub fn chunk(&self) -> u64 {
+        match self {
+            IntegrityError::Chunk { chunk, .. } | IntegrityError::Blob { chunk, .. } => *chunk,
+            IntegrityError::Unfinished { .. } => u64::MAX,
+        }
     }
 }
 
-impl std::error::Error for CorruptChunk {}
+/// Why the installer cannot be mapped for serving.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// `mmap` failed.
+    #[error("mapping {} into memory: {cause}", path.display())]
+    Map {
+        /// The installer.
+        path: PathBuf,
+        /// The operating system's reason (part of the message, as the file it concerns is).
+        cause: std::io::Error,
+    },
+    /// The file's length changed between opening and mapping.
+    #[error("{} changed size while being opened", path.display())]
+    Resized {
+        /// The installer.
+        path: PathBuf,
+    },
+}
 
 impl VerifiedFile {
     /// Maps the payload's file. The payload's trailer, index and signature must already have
     /// been checked by the caller; chunk contents are checked here, lazily.
-    pub fn new(payload: Payload) -> anyhow::Result<VerifiedFile> {
+    pub fn new(payload: Payload) -> Result<VerifiedFile, MapError> {
         // SAFETY: the mapping is read-only. If someone truncates or rewrites the installer while
         // it runs, reads may fault or change; every byte served is hashed against the signed
         // index first, so changed content is refused rather than served.
         let map = unsafe { memmap2::Mmap::map(payload.file()) }
-            .map_err(|e| anyhow::anyhow!("mapping {} into memory: {e}", payload.path().display()))?;
+            .map_err(|cause| MapError::Map { path: payload.path().to_path_buf(), cause })?;
         if (map.len() as u64) != payload.file_len() {
-            anyhow::bail!("{} changed size while being opened", payload.path().display());
+            return Err(MapError::Resized { path: payload.path().to_path_buf() });
         }
         let chunks = payload.chunk_count() as usize;
         Ok(VerifiedFile {
@@ -108,7 +164,7 @@ impl VerifiedFile {
 
     /// Checks every chunk under `start..end` against the signed index, hashing those not yet
     /// checked. Blocking (hashes up to the whole range): call it off the async workers.
-    pub fn verify(&self, start: u64, end: u64) -> Result<(), CorruptChunk> {
+    pub fn verify(&self, start: u64, end: u64) -> Result<(), IntegrityError> {
         let range = self.chunks_of(start, end);
         // First pass: hash every chunk whose stripe is free; skip busy ones, another request is
         // hashing them (or a neighbour on the same stripe) right now.
@@ -135,7 +191,7 @@ impl VerifiedFile {
     }
 
     /// Hashes chunk `n` unless already decided. The caller holds the chunk's stripe.
-    fn check_locked(&self, n: u64) -> Result<(), CorruptChunk> {
+    fn check_locked(&self, n: u64) -> Result<(), IntegrityError> {
         if self.verified.get(n) {
             return Ok(());
         }
@@ -152,16 +208,22 @@ impl VerifiedFile {
         }
     }
 
-    fn corrupt(&self, n: u64) -> CorruptChunk {
-        let err: FormatError = self.payload.chunk_error(n);
-        CorruptChunk { chunk: n, message: err.to_string() }
+    fn corrupt(&self, n: u64) -> IntegrityError {
+        IntegrityError::Chunk { chunk: n, mismatch: self.payload.chunk_error(n) }
     }
 
     /// Checks bytes `start..end` of the blob stored at `offset..offset+size` whose signed name
     /// says its SHA-256 is `digest` (64 hex digits). Chunks first; if one fails, the whole blob is
     /// hashed and compared with its digest, which proves it intact even when a neighbour sharing
     /// the chunk is damaged. Blocking.
-    pub fn verify_blob(&self, offset: u64, size: u64, digest: &str, start: u64, end: u64) -> Result<(), CorruptChunk> {
+    pub fn verify_blob(
+        &self,
+        offset: u64,
+        size: u64,
+        digest: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<(), IntegrityError> {
         let err = match self.verify(start, end) {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -177,22 +239,20 @@ impl VerifiedFile {
             Ok(())
         } else {
             // The chunk error names the chunk's first entry; this blob is the one proven bad.
-            Err(CorruptChunk {
-                chunk: err.chunk,
-                message: format!(
-                    "{}: entry blobs/sha256/{digest} (bytes {offset}..{}) does not match the signed index \
-                     (its bytes no longer hash to its digest; chunk {} fails); the file is corrupted or was modified",
-                    self.payload.path().display(),
-                    offset + size,
-                    err.chunk
-                ),
+            Err(IntegrityError::Blob {
+                path: self.payload.path().to_path_buf(),
+                digest: digest.to_string(),
+                actual: hex,
+                offset,
+                end: offset + size,
+                chunk: err.chunk(),
             })
         }
     }
 
     /// Verifies `chunks` (sorted) one by one, skipping any a request is hashing right now, and
     /// returns (verified, bad) counts. Meant for a background thread; see the module docs.
-    pub fn verify_in_background(&self, chunks: &[u64], mut on_bad: impl FnMut(&CorruptChunk)) -> (u64, u64) {
+    pub fn verify_in_background(&self, chunks: &[u64], mut on_bad: impl FnMut(&IntegrityError)) -> (u64, u64) {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; self.payload.index().chunk_size as usize];
         let (mut good, mut bad) = (0, 0);
@@ -296,14 +356,14 @@ mod tests {
         let vf = VerifiedFile::new(Payload::open(&path).unwrap()).unwrap();
         assert!(vf.verify(e.offset, e.offset + 4096).is_ok(), "chunks before the damage still serve");
         let err = vf.verify(e.offset, e.offset + e.size).unwrap_err();
-        assert_eq!(err.chunk, 2);
-        assert!(err.message.contains("blobs/sha256/aa"), "{err}");
+        assert_eq!(err.chunk(), 2);
+        assert!(err.to_string().contains("blobs/sha256/aa"), "{err}");
         // Remembered as bad: still refused, without rehashing.
         assert!(vf.verify(e.offset + 8192, e.offset + 8193).is_err());
         // The blob's own digest does not match either: refused.
         let hex: String = payload_format::sha256(&data).iter().map(|b| format!("{b:02x}")).collect();
         let err = vf.verify_blob(e.offset, e.size, &hex, e.offset, e.offset + e.size).unwrap_err();
-        assert!(err.message.contains(&format!("entry blobs/sha256/{hex}")), "{err}");
+        assert!(err.to_string().contains(&format!("entry blobs/sha256/{hex}")), "{err}");
     }
 
     #[test]
@@ -342,7 +402,7 @@ mod tests {
         let vf = VerifiedFile::new(Payload::open(&path).unwrap()).unwrap();
         let chunks: Vec<u64> = vf.chunk_span(e.offset, e.offset + e.size).collect();
         let mut reported = Vec::new();
-        assert_eq!(vf.verify_in_background(&chunks, |c| reported.push(c.chunk)), (4, 1));
+        assert_eq!(vf.verify_in_background(&chunks, |c| reported.push(c.chunk())), (4, 1));
         assert_eq!(reported, vec![3]);
         assert!(vf.is_verified(e.offset, e.offset + 4096 * 3));
         assert!(vf.verify(e.offset, e.offset + e.size).is_err(), "the bad chunk stays refused");

@@ -23,17 +23,20 @@ use crate::printer::Printer;
 use crate::trust;
 use crate::verify::open_payload;
 use access_log::{LogEntry, ServeBody, note};
-use anyhow::{Context, Result};
+use config::ConfigError;
 use ferry_core::image_ref::normalize_domain;
+use ferry_core::metadata::MetadataError;
+use ferry_core::trust::TrustError;
+use ferry_core::verify::OpenError;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use integrity::VerifiedFile;
+use integrity::{MapError, VerifiedFile};
 use payload_format::{Payload, SignatureStatus, TrustPolicy};
 use routes::Registry;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,9 +46,63 @@ use store::Store;
 /// connection costs a task and hyper's buffers, never a copy of a blob.
 const MAX_CONNECTIONS: usize = 1024;
 
+/// Why `registry serve` or `registry config` stops.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A `--key` (or trusted-key directory) cannot be read.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The installer cannot be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The installer's signature or program bytes do not check out.
+    #[error(transparent)]
+    Payload(#[from] payload_format::Error),
+    /// The installer cannot be mapped for serving.
+    #[error(transparent)]
+    Map(#[from] MapError),
+    /// The bundle's metadata (images, manifests) does not read.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// containerd's files cannot be made or written.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No sandbox image was given and the bundle's cannot be worked out.
+    #[error("choosing containerd's sandbox image for bundle {name} {version}")]
+    SandboxImage {
+        /// The bundle's name.
+        name: String,
+        /// Its version.
+        version: String,
+        /// Why.
+        source: ConfigError,
+    },
+    /// The listening address cannot be bound.
+    #[error("listening on {addr}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A step of setting up the listener or the runtime failed.
+    #[error("{step}")]
+    Setup {
+        /// What was being done, e.g. `starting the async runtime`.
+        step: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Maps an I/O failure of setup step `step` to [`RegistryError::Setup`].
+fn setup(step: &'static str) -> impl FnOnce(std::io::Error) -> RegistryError {
+    move |source| RegistryError::Setup { step, source }
+}
+
 /// Opens the installer and checks what `verify` checks except the full chunk scan: trailer,
 /// index digest, signature against the trust policy, and the installer program's own bytes.
-pub fn open_trusted(path: &Path, trust_args: &TrustArgs, printer: &Printer) -> Result<Payload> {
+pub fn open_trusted(path: &Path, trust_args: &TrustArgs, printer: &Printer) -> Result<Payload, RegistryError> {
     let policy =
         TrustPolicy { trusted: trust::trusted_keys(&trust_args.keys)?, allow_unsigned: trust_args.allow_unsigned };
     let payload = open_payload(path)?;
@@ -67,25 +124,14 @@ pub fn open_trusted(path: &Path, trust_args: &TrustArgs, printer: &Printer) -> R
 }
 
 /// Runs `registry serve` until SIGINT or SIGTERM.
-pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<()> {
+pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<(), RegistryError> {
     let started = Instant::now();
     let payload = open_trusted(&args.file, &args.trust, printer)?;
     let shown = payload.path().display().to_string();
     let file = VerifiedFile::new(payload)?;
     let store = Store::build(&file)?;
-    for w in &store.warnings {
-        printer.warn(w);
-    }
-    for image in crate::verify::missing_images(file.payload())? {
-        printer
-            .warn(format!("the bundle lacks image {image} (built with --allow-missing-images); pulls of it will fail"));
-    }
-    if store.repos.is_empty() {
-        printer.warn(format!("{shown} carries no images; the registry will answer 404 to every pull"));
-    }
-    let listener = std::net::TcpListener::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
-    listener.set_nonblocking(true).context("setting the listening socket non-blocking")?;
-    let addr = listener.local_addr().context("reading the listening address")?;
+    warn_about_contents(&file, &store, &shown, printer)?;
+    let (listener, addr) = listen(args.listen)?;
     let (repos, tags, blobs) = store.summary();
     // Always printed (even with --quiet): scripts and tests read the port from this line.
     println!(
@@ -96,23 +142,60 @@ pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<()> {
     if !args.no_background_verify {
         spawn_background_verify(registry.clone());
     }
-
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all().thread_name("registry");
-    // Chunk hashing runs on blocking threads; cap them (each only reads the mapping).
-    rt.max_blocking_threads(64);
-    if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
-    }
-    let rt = rt.build().context("starting the async runtime")?;
-    let result = rt.block_on(accept_loop(listener, registry.clone()));
-    rt.shutdown_timeout(Duration::from_secs(1));
+    let result = run_until_signal(listener, registry.clone(), args.threads);
     note(&format!(
         "registry stopped: {} requests, {} of {} chunks verified",
         access_log::REQUESTS.load(std::sync::atomic::Ordering::Relaxed),
         registry.file.verified_chunks(),
         registry.file.payload().chunk_count()
     ));
+    result
+}
+
+/// Warns, before serving, about what the store could not take in and what pulls will miss.
+fn warn_about_contents(
+    file: &VerifiedFile,
+    store: &Store,
+    shown: &str,
+    printer: &Printer,
+) -> Result<(), RegistryError> {
+    for w in &store.warnings {
+        printer.warn(w);
+    }
+    for image in crate::verify::missing_images(file.payload())? {
+        printer
+            .warn(format!("the bundle lacks image {image} (built with --allow-missing-images); pulls of it will fail"));
+    }
+    if store.repos.is_empty() {
+        printer.warn(format!("{shown} carries no images; the registry will answer 404 to every pull"));
+    }
+    Ok(())
+}
+
+/// Binds `addr` and returns the listener, ready for the async runtime, with its real address.
+fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RegistryError> {
+    let listener = TcpListener::bind(addr).map_err(|source| RegistryError::Listen { addr, source })?;
+    listener.set_nonblocking(true).map_err(setup("setting the listening socket non-blocking"))?;
+    let addr = listener.local_addr().map_err(setup("reading the listening address"))?;
+    Ok((listener, addr))
+}
+
+/// Serves on a multi-threaded runtime (`threads` workers, else one per core) until a signal.
+fn run_until_signal(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    threads: Option<usize>,
+) -> Result<(), RegistryError> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().thread_name("registry");
+    // Chunk hashing runs on blocking threads; cap them (each only reads the mapping).
+    rt.max_blocking_threads(64);
+    if let Some(n) = threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.build().map_err(setup("starting the async runtime"))?;
+    let result = rt.block_on(accept_loop(listener, registry));
+    rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
@@ -148,11 +231,11 @@ fn spawn_background_verify(registry: Arc<Registry>) {
     }
 }
 
-async fn accept_loop(listener: std::net::TcpListener, registry: Arc<Registry>) -> Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener).context("registering the listener")?;
+async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) -> Result<(), RegistryError> {
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(setup("registering the listener"))?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+        .map_err(setup("installing the SIGTERM handler"))?;
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -172,6 +255,7 @@ async fn accept_loop(listener: std::net::TcpListener, registry: Arc<Registry>) -
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = term.recv() => return Ok(()),
         };
+        // Only latency is at stake: a socket that keeps Nagle still serves every byte.
         let _ = stream.set_nodelay(true);
         let registry = registry.clone();
         tokio::spawn(async move {
@@ -221,36 +305,20 @@ async fn respond(
 }
 
 /// Runs `registry config`.
-pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<()> {
+pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<(), RegistryError> {
     let payload = open_trusted(&args.file, &args.trust, printer)?;
     let meta = &payload.index().metadata;
-    let endpoints = args.endpoints.iter().map(|e| config::check_endpoint(e)).collect::<Result<Vec<_>>>()?;
+    let endpoints = args.endpoints.iter().map(|e| config::check_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
     let images = ferry_core::metadata::images(&meta.extra)?;
     let registries = images.iter().map(|i| normalize_domain(&i.registry)).collect();
-    let sandbox_image = match &args.sandbox_image {
-        Some(s) => s.clone(),
-        None => config::bundle_pause_image(meta).with_context(|| {
-            format!("choosing containerd's sandbox image for bundle {} {}", meta.name, meta.version)
-        })?,
-    };
+    let sandbox_image = sandbox_image(args, meta)?;
     if !images.iter().any(|i| i.reference == sandbox_image) {
         printer.warn(format!(
             "the bundle does not carry {sandbox_image}, the sandbox image containerd will pull for every pod; add it to spec.images"
         ));
     }
-    let restrict_oom_score_adj = match args.restrict_oom_score_adj {
-        config::OomRestriction::Yes => true,
-        config::OomRestriction::No => false,
-        config::OomRestriction::Auto => !config::host_can_lower_oom_scores(),
-    };
-    if restrict_oom_score_adj {
-        printer.warn(
-            "containerd will keep containers' OOM scores at or above its own (restrict_oom_score_adj): \
-             root here cannot lower OOM scores (no CAP_SYS_RESOURCE), so pods lose the kubelet's OOM protection",
-        );
-    }
     let inputs = config::Inputs {
-        restrict_oom_score_adj,
+        restrict_oom_score_adj: restrict_oom_score_adj(args.restrict_oom_score_adj, printer),
         endpoints,
         registries,
         containerd: args.containerd,
@@ -264,4 +332,32 @@ pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<()> {
         printer.out(format!("wrote {}", path.display()));
     }
     Ok(())
+}
+
+/// `--sandbox-image`, else the pause image the bundle records or its Kubernetes version implies.
+fn sandbox_image(args: &RegistryConfigArgs, meta: &payload_format::BundleMetadata) -> Result<String, RegistryError> {
+    match &args.sandbox_image {
+        Some(s) => Ok(s.clone()),
+        None => config::bundle_pause_image(meta).map_err(|source| RegistryError::SandboxImage {
+            name: meta.name.clone(),
+            version: meta.version.clone(),
+            source,
+        }),
+    }
+}
+
+/// Whether containerd is to keep containers' OOM scores at or above its own; warns when it is.
+fn restrict_oom_score_adj(choice: config::OomRestriction, printer: &Printer) -> bool {
+    let restrict = match choice {
+        config::OomRestriction::Yes => true,
+        config::OomRestriction::No => false,
+        config::OomRestriction::Auto => !config::host_can_lower_oom_scores(),
+    };
+    if restrict {
+        printer.warn(
+            "containerd will keep containers' OOM scores at or above its own (restrict_oom_score_adj): \
+             root here cannot lower OOM scores (no CAP_SYS_RESOURCE), so pods lose the kubelet's OOM protection",
+        );
+    }
+    restrict
 }

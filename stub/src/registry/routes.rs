@@ -7,7 +7,7 @@
 //! body. Manifests are served byte-exact with their stored media type.
 
 use super::access_log::{ServeBody, note};
-use super::integrity::{CorruptChunk, VerifiedFile};
+use super::integrity::{IntegrityError, VerifiedFile};
 use super::store::{Blob, BlobId, Repo, Store, is_sha256_digest};
 use bytes::Bytes;
 use ferry_core::image_ref::normalize_domain;
@@ -241,56 +241,22 @@ async fn manifest(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let unknown = |what: String| {
-        error(
-            StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
-            what,
-            Some(serde_json::json!({"name": name, "reference": reference})),
-        )
-    };
-    let id = if reference.contains(':') {
-        if !is_sha256_digest(reference) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "DIGEST_INVALID",
-                format!("`{reference}` is not a sha256 digest"),
-                None,
-            );
-        }
-        match reg.store.blob_id(reference) {
-            Some(id) if reachable(&resolved, id) && reg.store.blob(id).media_type.is_some() => id,
-            _ => return unknown(format!("manifest {reference} is not in repository {name} of this bundle")),
-        }
-    } else {
-        if !valid_tag(reference) {
-            return error(StatusCode::BAD_REQUEST, "TAG_INVALID", format!("`{reference}` is not a valid tag"), None);
-        }
-        match &resolved {
-            Resolved::One(repo) => match repo.tags.get(reference) {
-                Some(&id) => id,
-                None => return unknown(format!("{}/{name}:{reference} is not in this bundle", repo.registry)),
-            },
-            Resolved::Many(repos) => {
-                let ids: Vec<Option<BlobId>> = repos.iter().map(|r| r.tags.get(reference).copied()).collect();
-                match ids.first() {
-                    Some(Some(first)) if ids.iter().all(|i| *i == Some(*first)) => *first,
-                    _ if ids.iter().all(Option::is_none) => {
-                        return unknown(format!("tag {reference} of {name} is not in this bundle"));
-                    }
-                    _ => return ambiguous(name, repos),
-                }
-            }
-        }
+    let id = match manifest_id(reg, &resolved, name, reference) {
+        Ok(id) => id,
+        Err(resp) => return resp,
     };
     let blob = reg.store.blob(id);
     let media_type = blob.media_type.as_deref().unwrap_or(ferry_core::oci::OCI_MANIFEST);
     if !accepts(req.headers, media_type) {
-        return unknown(format!(
-            "manifest {} is stored as {media_type}, which the request's Accept header does not include; \
-             the registry serves manifests exactly as published and never converts them",
-            blob.digest
-        ));
+        return manifest_unknown(
+            name,
+            reference,
+            format!(
+                "manifest {} is stored as {media_type}, which the request's Accept header does not include; \
+                 the registry serves manifests exactly as published and never converts them",
+                blob.digest
+            ),
+        );
     }
     let mut resp = match content(reg, blob, 0, blob.size, head).await {
         Ok(body) => plain(StatusCode::OK, body),
@@ -302,6 +268,63 @@ async fn manifest(
     h.insert("docker-content-digest", value(&blob.digest));
     h.insert(header::ETAG, value(&format!("\"{}\"", blob.digest)));
     resp
+}
+
+/// The manifest or index a reference (a digest or a tag) names in the resolved repositories. The
+/// error is the finished response.
+#[allow(clippy::result_large_err)]
+fn manifest_id(
+    reg: &Registry,
+    resolved: &Resolved<'_>,
+    name: &str,
+    reference: &str,
+) -> Result<BlobId, Response<ServeBody>> {
+    if reference.contains(':') {
+        if !is_sha256_digest(reference) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                format!("`{reference}` is not a sha256 digest"),
+                None,
+            ));
+        }
+        return match reg.store.blob_id(reference) {
+            Some(id) if reachable(resolved, id) && reg.store.blob(id).media_type.is_some() => Ok(id),
+            _ => Err(manifest_unknown(
+                name,
+                reference,
+                format!("manifest {reference} is not in repository {name} of this bundle"),
+            )),
+        };
+    }
+    if !valid_tag(reference) {
+        return Err(error(StatusCode::BAD_REQUEST, "TAG_INVALID", format!("`{reference}` is not a valid tag"), None));
+    }
+    match resolved {
+        Resolved::One(repo) => repo.tags.get(reference).copied().ok_or_else(|| {
+            manifest_unknown(name, reference, format!("{}/{name}:{reference} is not in this bundle", repo.registry))
+        }),
+        Resolved::Many(repos) => {
+            let ids: Vec<Option<BlobId>> = repos.iter().map(|r| r.tags.get(reference).copied()).collect();
+            match ids.first() {
+                Some(Some(first)) if ids.iter().all(|i| *i == Some(*first)) => Ok(*first),
+                _ if ids.iter().all(Option::is_none) => {
+                    Err(manifest_unknown(name, reference, format!("tag {reference} of {name} is not in this bundle")))
+                }
+                _ => Err(ambiguous(name, repos)),
+            }
+        }
+    }
+}
+
+/// MANIFEST_UNKNOWN for `name`:`reference`, saying `what`.
+fn manifest_unknown(name: &str, reference: &str, what: String) -> Response<ServeBody> {
+    error(
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+        what,
+        Some(serde_json::json!({"name": name, "reference": reference})),
+    )
 }
 
 async fn blob(
@@ -385,12 +408,7 @@ async fn content(
             r.file.verify_blob(offset, size, digest.trim_start_matches("sha256:"), a, b)
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(CorruptChunk {
-                chunk: u64::MAX,
-                message: format!("verifying {}: the check did not finish: {e}", blob.digest),
-            })
-        })
+        .unwrap_or_else(|e| Err(IntegrityError::Unfinished { digest: blob.digest.clone(), reason: e.to_string() }))
     };
     match checked {
         Ok(()) => Ok(ServeBody::new(reg.file.slice(a, b))),
@@ -404,7 +422,7 @@ async fn content(
                      Replace the installer; `installer verify` checks a copy",
                     blob.digest
                 ),
-                Some(serde_json::json!({"digest": blob.digest, "chunk": err.chunk})),
+                Some(serde_json::json!({"digest": blob.digest, "chunk": err.chunk()})),
             ))
         }
     }

@@ -13,6 +13,7 @@
 
 use super::integrity::VerifiedFile;
 use ferry_core::image_ref::normalize_domain;
+use ferry_core::metadata::MetadataError;
 use ferry_core::{metadata, oci};
 use payload_format::{Compression, EntryKind};
 use serde::Deserialize;
@@ -93,12 +94,18 @@ struct Descriptor {
 
 impl Store {
     /// Builds the store from the payload's index, reading (and so verifying) every manifest.
-    pub fn build(file: &VerifiedFile) -> anyhow::Result<Store> {
-        let index = file.payload().index();
-        let extra = &index.metadata.extra;
+    pub fn build(file: &VerifiedFile) -> Result<Store, MetadataError> {
+        let extra = &file.payload().index().metadata.extra;
         let mut store = Store::default();
+        store.add_blobs(file);
+        store.add_media_types(&metadata::manifests(extra)?);
+        store.add_images(file, &metadata::images(extra)?);
+        Ok(store)
+    }
 
-        for e in &index.entries {
+    /// Every servable `blobs/sha256/<hex>` entry of the index.
+    fn add_blobs(&mut self, file: &VerifiedFile) {
+        for e in &file.payload().index().entries {
             let Some(hex) = e.path.strip_prefix("blobs/sha256/") else { continue };
             let digest = format!("sha256:{hex}");
             if e.kind != EntryKind::File || !is_sha256_digest(&digest) {
@@ -107,39 +114,42 @@ impl Store {
             if e.compression != Compression::Raw {
                 // The contract stores blobs raw so they are servable slices; a compressed one
                 // would need a decompressing path nobody asked for.
-                store.warnings.push(format!("{}: stored compressed, cannot be served; rebuild the installer", e.path));
+                self.warnings.push(format!("{}: stored compressed, cannot be served; rebuild the installer", e.path));
                 continue;
             }
-            let id = store.blobs.len() as BlobId;
-            store.by_digest.insert(digest.clone(), id);
-            store.blobs.push(Blob { digest, offset: e.offset, size: e.size, media_type: None });
+            let id = self.blobs.len() as BlobId;
+            self.by_digest.insert(digest.clone(), id);
+            self.blobs.push(Blob { digest, offset: e.offset, size: e.size, media_type: None });
         }
+    }
 
-        let manifests = metadata::manifests(extra)?;
-        for (digest, media_type) in &manifests {
-            match store.by_digest.get(digest) {
-                Some(&id) => store.blobs[id as usize].media_type = Some(media_type.clone()),
-                None => store.warnings.push(format!("manifest {digest} is listed in the index but not stored")),
+    /// The media types the metadata records for manifests and indexes (sent as Content-Type).
+    fn add_media_types(&mut self, manifests: &BTreeMap<String, String>) {
+        for (digest, media_type) in manifests {
+            match self.by_digest.get(digest) {
+                Some(&id) => self.blobs[id as usize].media_type = Some(media_type.clone()),
+                None => self.warnings.push(format!("manifest {digest} is listed in the index but not stored")),
             }
         }
+    }
 
-        let images = metadata::images(extra)?;
-
+    /// A repository per image's (registry, repository), with its tags and reachable blobs.
+    fn add_images(&mut self, file: &VerifiedFile, images: &[ImageRecord]) {
         // Parse every manifest reachable from an image once, and remember its children.
         let mut children: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
-        for image in &images {
+        for image in images {
             let registry = normalize_domain(&image.registry);
             let key = (registry.clone(), image.repository.clone());
-            let Some(&top) = store.by_digest.get(&image.digest) else {
-                store.warnings.push(format!(
+            let Some(&top) = self.by_digest.get(&image.digest) else {
+                self.warnings.push(format!(
                     "image {}: its manifest {} is not stored; it cannot be pulled",
                     image.reference, image.digest
                 ));
                 continue;
             };
-            let reachable = store.closure(file, top, &mut children);
-            store.by_name.entry(image.repository.clone()).or_default().insert(registry.clone());
-            let repo = store.repos.entry(key).or_insert_with(|| Repo {
+            let reachable = self.closure(file, top, &mut children);
+            self.by_name.entry(image.repository.clone()).or_default().insert(registry.clone());
+            let repo = self.repos.entry(key).or_insert_with(|| Repo {
                 registry,
                 name: image.repository.clone(),
                 ..Default::default()
@@ -149,7 +159,6 @@ impl Store {
             }
             repo.reachable.extend(reachable);
         }
-        Ok(store)
     }
 
     /// Every blob reachable from manifest `top` (itself included), parsing manifests as needed.

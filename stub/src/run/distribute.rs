@@ -348,7 +348,8 @@ pub(super) mod tests {
         }
         stream.extend_from_slice(&END.to_le_bytes());
         let mut out = Vec::new();
-        let err = receive(&mut &stream[..], &mut out, &opts).unwrap_err();
+        // As the agent reports it: the whole chain, which names the chunk below the top line.
+        let err = anyhow::Error::from(receive(&mut &stream[..], &mut out, &opts).unwrap_err());
         assert!(format!("{err:#}").contains("chunk 1"), "{err:#}");
         assert!(String::from_utf8_lossy(&out).contains("\"ok\":false"));
         assert!(!opts.dest.exists());
