@@ -30,7 +30,7 @@ pub enum LocateError {
         dir: PathBuf,
         /// Why.
         #[source]
-        cause: anyhow::Error,
+        cause: crate::registry::config::ConfigError,
     },
     /// The master answered, but holds no description.
     #[error(
