@@ -55,13 +55,13 @@ pub enum LocateError {
         /// The `--master` address.
         master: String,
     },
-    /// A cluster host cannot be reached.
-    #[error("{ip}: connecting")]
+    /// A cluster host cannot be reached. The cause is part of the message (not a `source`), so
+    /// the warnings that print this error alone still say why.
+    #[error("{ip}: connecting: {cause}")]
     Connect {
         /// The host.
         ip: String,
         /// The SSH client's error.
-        #[source]
         cause: Box<crate::ssh::SshError>,
     },
     /// The bastion cannot be reached: the SSH client's error as it gave it.
@@ -287,5 +287,24 @@ fn only_saved(base: PathBuf) -> Result<PathBuf> {
         1 => Ok(found.remove(0)),
         0 => Err(LocateError::NoneSaved { base }),
         _ => Err(LocateError::SeveralSaved { base }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssh::SshError;
+
+    /// `check` prints this error on its own when a master does not answer: the cause must be in
+    /// the message itself, not only in the source chain.
+    #[test]
+    fn a_host_that_cannot_be_reached_says_why_when_printed_alone() {
+        let cause = SshError::Timeout { what: "unreachable".into(), seconds: 20 };
+        let e = LocateError::Connect { ip: "10.0.0.1".into(), cause: Box::new(cause) };
+        assert_eq!(e.to_string(), "10.0.0.1: connecting: unreachable: no SSH answer within 20 s");
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(e)),
+            "10.0.0.1: connecting: unreachable: no SSH answer within 20 s"
+        );
     }
 }
