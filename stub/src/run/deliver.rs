@@ -70,12 +70,9 @@ pub async fn deliver<H: RemoteHost>(
 /// torn down, in that order, also when another host failed.
 pub async fn reset<H: RemoteHost>(engine: &Engine<H>, going: Going) -> Result<()> {
     let (ctx, going, tally) = (&engine.ctx, Arc::new(going), Tally::default());
-    let phases: Vec<Step<H>> = vec![
-        Arc::new(Leave(going.clone())),
-        Arc::new(Teardown::new(ctx, going.clone(), false, tally.clone())),
-        Arc::new(Teardown::new(ctx, going.clone(), true, tally.clone())),
-        Arc::new(Forget(going.clone())),
-    ];
+    let [workers, masters] = Teardown::workers_then_masters(ctx, going.clone(), tally.clone());
+    let phases: Vec<Step<H>> =
+        vec![Arc::new(Leave(going.clone())), Arc::new(workers), Arc::new(masters), Arc::new(Forget(going.clone()))];
     let result = engine.run(&phases).await;
     ctx.rep.finish();
     let tally = tally.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -131,9 +131,9 @@ pub struct Teardown {
 }
 
 impl Teardown {
-    /// The teardown of the going workers (`masters` false) or masters, removing what `ctx`'s
-    /// installer laid down; each host's result goes to `tally`.
-    pub fn new(ctx: &Ctx, going: Arc<Going>, masters: bool, tally: Tally) -> Teardown {
+    /// The teardown of the going workers, then of the going masters, both removing what `ctx`'s
+    /// installer laid down (listed once, shared); each host's result goes to `tally`.
+    pub fn workers_then_masters(ctx: &Ctx, going: Arc<Going>, tally: Tally) -> [Teardown; 2] {
         let paths: Vec<String> = ctx
             .payload
             .index()
@@ -144,7 +144,14 @@ impl Teardown {
             })
             .collect();
         let containerd_ours = paths.iter().any(|p| p.ends_with("/bin/containerd"));
-        Teardown { going, masters, paths: Arc::new(paths.join("\n")), containerd_ours, tally }
+        let paths = Arc::new(paths.join("\n"));
+        [false, true].map(|masters| Teardown {
+            going: going.clone(),
+            masters,
+            paths: paths.clone(),
+            containerd_ours,
+            tally: tally.clone(),
+        })
     }
 }
 

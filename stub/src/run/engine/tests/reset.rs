@@ -83,8 +83,8 @@ async fn a_host_ferry_never_installed_is_left_alone_with_a_note() {
     let hosts = IPS.iter().map(|ip| Arc::new(FakeHost::new(ip, never.clone()))).collect();
     let engine = Engine::unrecorded(ctx.clone(), hosts, 2);
     let tally = Tally::default();
-    let teardown = Teardown::new(&ctx, Arc::new(going(&[WORKERS[0]])), false, tally.clone());
-    engine.run(&[Arc::new(teardown) as Step<FakeHost>]).await.unwrap();
+    let [workers, _] = Teardown::workers_then_masters(&ctx, Arc::new(going(&[WORKERS[0]])), tally.clone());
+    engine.run(&[Arc::new(workers) as Step<FakeHost>]).await.unwrap();
     let tally = tally.lock().unwrap().clone();
     assert_eq!(tally.into_iter().collect::<Vec<_>>(), [(WORKERS[0].to_string(), Torn::NeverInstalled)]);
     assert_eq!(Torn::NeverInstalled.words(), "nothing to do (note: ferry never installed this host)");
