@@ -4,8 +4,8 @@
 //! output or as a duplex byte stream), the real implementation over russh ([`client`]), an
 //! in-memory fake for unit tests ([`fake`]), a host connected only when first used
 //! ([`on_demand`]), typed agent calls over it ([`agent`]), what can go wrong reaching a host
-//! ([`SshError`]), and the secrets (passwords, passphrases) that authentication needs. Orchestration code only sees the trait, so it is
-//! testable without hosts.
+//! ([`SshError`]), and the secrets (passwords, passphrases) that authentication needs.
+//! Orchestration code only sees the trait, so it is testable without hosts.
 //!
 //! Every command runs as root: directly for root logins, through `sudo` otherwise. A sudo
 //! password travels on the command's stdin (`sudo -S -p ''`), never on a command line.
