@@ -330,15 +330,14 @@ impl SshHost {
         };
         if login.sudo || login.user != "root" {
             host.sudo = SudoMode::NoPassword;
-            let probe = host.raw(&host.wrap("true"), b"").await.map_err(|e| SshError::session("asking sudo", e))?;
+            let probe = host.raw(&host.wrap("true"), b"").await?;
             if !probe.ok() {
                 let msg = probe.tail(2);
                 match opts.secrets.for_sudo() {
                     Some(pw) if msg.contains("password") => {
                         host.sudo = SudoMode::Password;
                         host.sudo_password = Some(pw.clone());
-                        let probe =
-                            host.raw(&host.wrap("true"), b"").await.map_err(|e| SshError::session("asking sudo", e))?;
+                        let probe = host.raw(&host.wrap("true"), b"").await?;
                         if !probe.ok() {
                             let answer =
                                 format!("{} (wrong sudo password, or the user may not use sudo)", probe.tail(2));

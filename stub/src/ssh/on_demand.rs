@@ -29,7 +29,8 @@ impl<H: RemoteHost> OnDemand<H> {
     }
 
     /// Whether a command has reached the host yet.
-    pub fn connected(&self) -> bool {
+    #[cfg(test)]
+    fn connected(&self) -> bool {
         self.session.initialized()
     }
 
