@@ -27,9 +27,8 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd and waits until it answers (panics with its log if it does not).
     pub fn start() -> Containerd {
-        let dir = crate::lasting(
-            tempfile::Builder::new().prefix("ferry-containerd-").tempdir().expect("creating containerd's directory"),
-        );
+        let dir =
+            tempfile::Builder::new().prefix("ferry-containerd-").tempdir().expect("creating containerd's directory");
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let config = format!(

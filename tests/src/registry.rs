@@ -52,7 +52,7 @@ impl Upstream {
         let mut last_log = String::new();
         // The port is free when chosen; retry in the rare case another process takes it first.
         for _ in 0..5 {
-            let dir = crate::lasting(tempfile::Builder::new().prefix("ferry-registry-").tempdir().unwrap());
+            let dir = tempfile::Builder::new().prefix("ferry-registry-").tempdir().unwrap();
             let addr = format!("127.0.0.1:{}", free_port());
             let mut config = format!(
                 "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {addr}}}\n",
