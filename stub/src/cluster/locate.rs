@@ -8,7 +8,7 @@
 //! per-host records are kept), and [`LocateError`]. Takes plain values ([`Where`]), not the
 //! command line.
 
-use crate::cluster::{self, Cluster, ClusterError, Overrides};
+use crate::cluster::{self, Cluster, ClusterError, Host, Overrides};
 use crate::ssh::Secrets;
 use crate::ssh::client::{Jump, Login, SshHost, SshOptions};
 use std::path::{Path, PathBuf};
@@ -161,12 +161,15 @@ impl Found {
             .iter()
             .find(|h| h.ip == ip)
             .ok_or_else(|| LocateError::NotAHost { ip: ip.to_string(), cluster: self.cluster.name.clone() })?;
-        let login = login_for(h);
-        SshHost::connect(&login, &self.opts, self.jump.clone())
-            .await
-            .map(Arc::new)
-            .map_err(|cause| LocateError::Connect { ip: ip.to_string(), cause: Box::new(cause) })
+        connect_host(h, &self.opts, self.jump.clone()).await.map(Arc::new)
     }
+}
+
+/// Logs in to `h` as the cluster says to reach it.
+async fn connect_host(h: &Host, opts: &SshOptions, jump: Option<Arc<Jump>>) -> Result<SshHost> {
+    SshHost::connect(&login_for(h), opts, jump)
+        .await
+        .map_err(|cause| LocateError::Connect { ip: h.ip.clone(), cause: Box::new(cause) })
 }
 
 /// Where a cluster is and how to reach it: the command line's answer, as plain values.
@@ -230,11 +233,12 @@ fn master_probe(w: &Where, master: &str) -> Result<Cluster> {
     let Some(f) = &w.cluster_file else {
         return Ok(cluster::resolve(None, &just_master())?);
     };
-    let listed = cluster::resolve(Some(cluster::load(f)?), &w.overrides(Vec::new()))?;
+    let file = cluster::load(f)?;
+    let listed = cluster::resolve(Some(file.clone()), &w.overrides(Vec::new()))?;
     if listed.hosts.iter().any(|h| h.ip == master) {
         return Ok(listed);
     }
-    Ok(cluster::resolve(Some(cluster::load(f)?), &just_master())?)
+    Ok(cluster::resolve(Some(file), &just_master())?)
 }
 
 /// The description ferry saved on `master`.
@@ -247,10 +251,7 @@ async fn from_master(w: &Where, master: &str) -> Result<cluster::ClusterFile> {
         .iter()
         .find(|h| h.ip == master)
         .ok_or_else(|| LocateError::MasterNotListed { master: master.to_string() })?;
-    let login = login_for(h);
-    let conn = SshHost::connect(&login, &opts, jump)
-        .await
-        .map_err(|cause| LocateError::Connect { ip: master.to_string(), cause: Box::new(cause) })?;
+    let conn = connect_host(h, &opts, jump).await?;
     let out =
         crate::ssh::RemoteHost::run(&conn, &format!("cat {} 2>/dev/null || true", crate::node::CLUSTER_FILE), b"")
             .await

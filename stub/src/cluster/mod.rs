@@ -126,7 +126,7 @@ pub enum ClusterError {
 }
 
 /// The file as written.
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterFile {
     /// Must be `ferry.dev/v1alpha1`.
@@ -140,7 +140,7 @@ pub struct ClusterFile {
 }
 
 /// `metadata`.
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// Cluster name.
@@ -148,7 +148,7 @@ pub struct Metadata {
 }
 
 /// `spec`.
-#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Spec {
     /// SSH defaults for every host.
@@ -190,7 +190,7 @@ pub struct SshSpec {
 }
 
 /// One entry of `spec.hosts`.
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HostGroup {
     /// Addresses of the hosts in this group.
