@@ -358,9 +358,9 @@ pub fn prepare(plan: &Plan) -> Result<Report, PrepareError> {
     swap_off_in_fstab(root, &mut report)?;
     write_hosts(root, &plan.hosts_entries, &mut report)?;
     if !plan.registry_endpoints.is_empty() {
-        let changed = configure_containerd(plan, &payload, &mut report)?;
+        configure_containerd(plan, &payload, &mut report)?;
         if systemd {
-            start_containerd(changed, &report)?;
+            start_containerd(&report)?;
         }
     }
     Ok(report)
@@ -475,9 +475,9 @@ fn write_hosts(root: &Path, entries: &[(String, String)], report: &mut Report) -
     put(&hosts, hosts_block(&text, entries).as_bytes(), report)
 }
 
-/// Step 6a, containerd: config.toml and hosts.toml from the registry module. Returns whether
-/// anything under /etc/containerd changed.
-fn configure_containerd(plan: &Plan, payload: &Payload, report: &mut Report) -> Result<bool, PrepareError> {
+/// Step 6a, containerd: config.toml and hosts.toml from the registry module; /etc/containerd is
+/// listed as changed when anything under it did.
+fn configure_containerd(plan: &Plan, payload: &Payload, report: &mut Report) -> Result<(), PrepareError> {
     let root = &plan.root;
     // No answer (containerd missing or broken) means the 1.7 dialect; a containerd that cannot
     // run is reported when it is (re)started.
@@ -511,19 +511,18 @@ fn configure_containerd(plan: &Plan, payload: &Payload, report: &mut Report) -> 
                 .into(),
         );
     }
-    let changed = snapshot(&out) != before;
-    if changed {
+    if snapshot(&out) != before {
         report.changed.push(out.display().to_string());
     }
-    Ok(changed)
+    Ok(())
 }
 
-/// Step 6b: containerd enabled, and (re)started when its config or binaries changed or it is
-/// not running.
-fn start_containerd(config_changed: bool, report: &Report) -> Result<(), PrepareError> {
+/// Step 6b: containerd enabled, and (re)started when its config or binaries changed (the report
+/// lists a changed path naming containerd) or it is not running.
+fn start_containerd(report: &Report) -> Result<(), PrepareError> {
     sh("systemctl", &["enable", "containerd.service"])?;
     let active = Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();
-    if config_changed || !active || report.changed.iter().any(|c| c.contains("containerd")) {
+    if !active || report.changed.iter().any(|c| c.contains("containerd")) {
         sh("systemctl", &["restart", "containerd.service"])?;
     }
     let active = Command::new("systemctl").args(["is-active", "--quiet", "containerd.service"]).status()?.success();

@@ -65,8 +65,6 @@ pub enum IntegrityError {
         path: PathBuf,
         /// The digest the signed name gives (64 hex digits).
         digest: String,
-        /// What the stored bytes hash to now (64 hex digits).
-        actual: String,
         /// Absolute offset of the blob.
         offset: u64,
         /// One past its last byte.
@@ -242,7 +240,6 @@ impl VerifiedFile {
             Err(IntegrityError::Blob {
                 path: self.payload.path().to_path_buf(),
                 digest: digest.to_string(),
-                actual: hex,
                 offset,
                 end: offset + size,
                 chunk: err.chunk(),
