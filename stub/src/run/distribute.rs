@@ -12,6 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
+/// The operator's own copy failed its check against the signed index while being read for
+/// sending: the chunk was not sent, and no host can be given a good one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this installer is damaged: {0}. Nothing of that chunk was sent; run `./installer verify` to list the damage, and use an intact copy"
+)]
+pub struct DamagedSource(payload_format::Error);
+
 /// Entry prefixes every node gets; the registry host gets every chunk.
 pub const NODE_PREFIXES: &[&str] = &["rootfs/", "bundle/", "files/"];
 
@@ -198,7 +206,7 @@ pub async fn stream_chunks<W: AsyncWrite + Unpin>(
             let buf = match item {
                 Ok(buf) => buf,
                 Err((_, Some(err))) => return Err(anyhow::Error::from(err).context("reading the installer")),
-                Err((n, None)) => return Err(payload.chunk_error(n).into()),
+                Err((n, None)) => return Err(DamagedSource(payload.chunk_error(n)).into()),
             };
             w.write_all(&buf).await.context("sending (connection lost?)")?;
             let len = (buf.len() - 8) as u64;

@@ -81,6 +81,9 @@ pub struct Board {
     ports: Vec<watch::Sender<Port>>,
     /// Sessions that ended, done or failed; a relay keeps serving until all have.
     ended: watch::Sender<usize>,
+    /// Why every session stops now (the operator's own copy is damaged): no host can finish,
+    /// so none waits for a peer that never will.
+    stop: watch::Sender<Option<String>>,
 }
 
 impl Board {
@@ -97,6 +100,7 @@ impl Board {
             secrets,
             ports: (0..n).map(|_| watch::channel(Port::Pending).0).collect(),
             ended: watch::channel(0).0,
+            stop: watch::channel(None).0,
         })
     }
 
@@ -108,6 +112,22 @@ impl Board {
     /// Host `i` has no session this time (already delivered): never a source, and ended.
     pub fn skip(&self, i: usize) {
         drop(Ending { board: self, i, done: false });
+    }
+
+    /// Stops every session of the board, saying `why`.
+    fn stop_all(&self, why: String) {
+        self.stop.send_if_modified(|s| s.is_none() && s.replace(why).is_none());
+    }
+
+    /// Resolves when the board is stopped, with the reason.
+    async fn stopped(&self) -> String {
+        let mut rx = self.stop.subscribe();
+        let why = rx.wait_for(Option::is_some).await.ok().and_then(|w| w.clone());
+        match why {
+            Some(why) => why,
+            // The board outlives its sessions; a dropped sender never happens while one waits.
+            None => std::future::pending().await,
+        }
     }
 
     fn avoid(&self, i: usize) {
@@ -192,11 +212,23 @@ pub async fn session<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, want: &[u64], bo
         board.ports[i].send_replace(answer.relay_port.map(Port::Ready).unwrap_or(Port::Gone));
         feed(ctx, h.addr(), i, board, answer.missing, total, &mut reader, &mut stdin).await
     };
-    let result = tokio::time::timeout(ctx.phase_timeout, active).await.unwrap_or_else(|_| Err(anyhow!("timed out")));
+    let timed =
+        async { tokio::time::timeout(ctx.phase_timeout, active).await.unwrap_or_else(|_| Err(anyhow!("timed out"))) };
+    let result = tokio::select! {
+        r = timed => r.inspect_err(|err| {
+            if let Some(damage) = err.downcast_ref::<distribute::DamagedSource>() {
+                board.stop_all(damage.to_string());
+            }
+        }),
+        why = board.stopped() => Err(anyhow!("stopped: {why}")),
+    };
     let delivered = match result {
         Ok(d) => d,
         Err(err) => {
             drop(ending);
+            // EOF ends the agent, and with it any relay listener it runs, so the hosts pulling
+            // from it learn at once that it is gone instead of waiting for chunks that never land.
+            let _ = tokio::time::timeout(Duration::from_secs(2), stdin.shutdown()).await;
             drop(stdin);
             let (_, stderr) = tokio::time::timeout(Duration::from_secs(2), finished)
                 .await
@@ -528,6 +560,40 @@ mod tests {
         let want = distribute::wanted_chunks(&ctx.payload, &ctx.cluster.hosts[3]);
         assert_eq!(join[3].from_relays, distribute::chunk_bytes(&ctx.payload, &want));
         verified(&ctx, &agents[3], 3);
+    }
+
+    /// The operator's own copy damaged in the middle: the head of the chain stops at the bad
+    /// chunk, before sending it, naming it; the hosts behind it stop at once instead of waiting
+    /// on a relay that will never get the rest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_source_stops_every_host_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path(), &["127.0.0.11", "127.0.0.12", "127.0.0.13"]);
+        let agents = agents(dir.path(), 3);
+        let bad = ctx.payload.chunk_count() / 2;
+        let (s, _) = ctx.payload.chunk_range(bad);
+        let f = std::fs::OpenOptions::new().write(true).open(ctx.payload.path()).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"\xff", s + 100).unwrap();
+        let started = Instant::now();
+        let results = deliver(&ctx, &agents, &[false; 3], 1).await;
+        assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+        let errs: Vec<String> = results.into_iter().map(|r| format!("{:#}", r.unwrap_err())).collect();
+        assert!(
+            errs[0].contains("this installer is damaged") && errs[0].contains(&format!("chunk {bad} ")),
+            "{errs:?}"
+        );
+        for e in &errs[1..] {
+            assert!(e.contains("stopped: this installer is damaged"), "{errs:?}");
+        }
+        // The damaged chunk reached no host.
+        for a in &agents {
+            let part = a.dest.with_extension("part");
+            let Ok(copy) = Payload::open(&part) else { continue };
+            let (s, e) = copy.chunk_range(bad);
+            let mut b = vec![0u8; (e - s) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(copy.file(), &mut b, s).unwrap();
+            assert!(!copy.chunk_matches(bad, &b) && b.iter().all(|&x| x == 0), "{} holds chunk {bad}", a.addr);
+        }
     }
 
     /// A relay that dies mid-stream (here: one that sends part of what it promised, then a
