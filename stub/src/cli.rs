@@ -170,9 +170,14 @@ pub struct RunArgs {
     /// Worker hosts.
     #[arg(long, value_name = "IP,…")]
     pub workers: Vec<String>,
-    /// Cluster name (state goes to .ferry/NAME/ beside the installer).
+    /// Cluster name (its state goes to .ferry/NAME/ beside the installer, or to the user's
+    /// state directory when the installer's directory is read-only).
     #[arg(long)]
     pub name: Option<String>,
+    /// Keep the operator's state (descriptions, records, the cluster's keys) in DIR/NAME/
+    /// instead of beside the installer or in $XDG_STATE_HOME/ferry (~/.local/state/ferry).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// SSH user (default root; any other user works through sudo).
     #[arg(short = 'u', long)]
     pub user: Option<String>,
@@ -251,6 +256,11 @@ pub struct RunArgs {
     /// Accept an unsigned installer.
     #[arg(long)]
     pub allow_unsigned: bool,
+    /// Install a file signed by a key this machine does not trust (none of --trusted-key,
+    /// FERRY_TRUSTED_KEYS, /etc/ferry/trusted-keys/): the signer's fingerprint is printed and
+    /// recorded in the cluster's state.
+    #[arg(long)]
+    pub allow_untrusted_signer: bool,
     /// The installer to deliver (default: this program's own file).
     #[arg(long, value_name = "PATH", default_value = crate::node::SELF_EXE, hide = true)]
     pub installer: PathBuf,

@@ -8,7 +8,7 @@
 //! per-host records are kept), and [`LocateError`]. Takes plain values ([`Where`]), not the
 //! command line.
 
-use crate::cluster::{self, Cluster, ClusterError, Host, Overrides};
+use crate::cluster::{self, Cluster, ClusterError, Host, Overrides, state_dir};
 use crate::ssh::Secrets;
 use crate::ssh::client::{Jump, Login, SshHost, SshOptions};
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ pub enum LocateError {
     /// The description found does not describe a usable cluster.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    /// The description cannot be written beside the installer.
+    /// The description cannot be written into the local state.
     #[error("saving the cluster description in {}", dir.display())]
     Save {
         /// `.ferry/<cluster>/`.
@@ -71,26 +71,27 @@ pub enum LocateError {
     /// it gave it.
     #[error(transparent)]
     ReadDescription(anyhow::Error),
-    /// Nothing is saved beside the installer.
+    /// Nothing is saved in the local state.
     #[error(
-        "no cluster is known here ({} holds no cluster.yaml): give --master IP (the first master of a cluster ferry made)",
-        base.display()
+        "no cluster is known here (no cluster.yaml under {places}): give --master IP (the first master of a cluster ferry made), or --state-dir"
     )]
     NoneSaved {
-        /// `.ferry/` beside the installer.
-        base: PathBuf,
+        /// The places looked in.
+        places: String,
     },
-    /// More than one cluster is saved beside the installer and no `--name` picks one.
-    #[error("several clusters are known in {}: pick one with --name", base.display())]
+    /// More than one cluster is saved and no `--name` picks one.
+    #[error("several clusters are known under {places}: pick one with --name")]
     SeveralSaved {
-        /// `.ferry/` beside the installer.
-        base: PathBuf,
+        /// The places looked in.
+        places: String,
     },
     /// `--name` names a cluster not saved here.
-    #[error("no cluster description at {}: give --master IP", path.display())]
+    #[error("no description of cluster {name} under {places}: give --master IP, or --state-dir")]
     NoDescription {
-        /// Where it would be.
-        path: PathBuf,
+        /// The name asked for.
+        name: String,
+        /// The places looked in.
+        places: String,
     },
 }
 
@@ -106,17 +107,18 @@ pub struct Found {
     pub local_state: PathBuf,
 }
 
-/// `.ferry/<cluster>/` beside the installer: the saved description and each host's records.
-pub fn local_state_dir(installer: &Path, cluster: &str) -> PathBuf {
-    let exe = if installer == Path::new(crate::node::SELF_EXE) {
-        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("installer"))
-    } else {
-        installer.to_path_buf()
-    };
-    exe.parent().unwrap_or(Path::new(".")).join(".ferry").join(cluster)
+/// The local state of an existing cluster (the saved description and each host's records): where
+/// it is found ([`state_dir`]), else where it can be written, else the first place it would go
+/// (reading commands need none; writing ones fail there, naming it).
+pub fn local_state_dir(installer: &Path, given: Option<&Path>, cluster: &str) -> PathBuf {
+    let bases = state_dir::bases(installer, given, &state_dir::process_env);
+    state_dir::find(&bases, cluster)
+        .or_else(|| state_dir::choose_writable(&bases, cluster).ok())
+        .map(|c| c.dir)
+        .unwrap_or_else(|| bases[0].dir.join(cluster))
 }
 
-/// Writes `.ferry/<cluster>/cluster.yaml`.
+/// Writes `cluster.yaml` into a cluster's local state directory.
 pub fn save_local(dir: &Path, text: &str) -> Result<()> {
     crate::registry::config::write_atomic(&dir.join("cluster.yaml"), text.as_bytes())
         .map_err(|cause| LocateError::Save { dir: dir.to_path_buf(), cause })
@@ -181,8 +183,10 @@ pub struct Where {
     pub cluster_file: Option<PathBuf>,
     /// Which of the clusters saved beside the installer (`--name`).
     pub name: Option<String>,
-    /// The installer, beside which the local state is kept.
+    /// The installer, beside which the local state is kept when it can be written.
     pub installer: PathBuf,
+    /// `--state-dir`: the only place the local state is looked for.
+    pub state_dir: Option<PathBuf>,
     /// The flags that describe the cluster and its SSH settings (no hosts).
     pub overrides: Overrides,
     /// Accept unknown host keys.
@@ -221,7 +225,7 @@ pub async fn locate(w: &Where) -> Result<Found> {
     let cluster = cluster::resolve(Some(file), &w.overrides(Vec::new()))?;
     let opts = w.ssh(cluster.known_hosts.clone());
     let jump = jump_for(&cluster, &opts).await?;
-    let local_state = local_state_dir(&w.installer, &cluster.name);
+    let local_state = local_state_dir(&w.installer, w.state_dir.as_deref(), &cluster.name);
     Ok(Found { cluster, opts, jump, local_state })
 }
 
@@ -260,34 +264,22 @@ async fn from_master(w: &Where, master: &str) -> Result<cluster::ClusterFile> {
     Ok(cluster::parse(&out.text(), &format!("{master}:{}", crate::node::CLUSTER_FILE))?)
 }
 
-/// The path of the description saved beside the installer: `--name`'s, or the only one there.
+/// The path of the description saved in the local state: `--name`'s, or the only one there.
 fn saved(w: &Where) -> Result<PathBuf> {
-    let base = local_state_dir(&w.installer, "x");
-    let base = base.parent().map(PathBuf::from).unwrap_or_default();
-    let path = match &w.name {
-        Some(n) => base.join(n).join("cluster.yaml"),
-        None => only_saved(base)?,
-    };
-    if !path.exists() {
-        return Err(LocateError::NoDescription { path });
-    }
-    Ok(path)
-}
-
-/// The one description saved under `base` (`.ferry/*/cluster.yaml`); with none or several,
-/// only `--master` or `--name` can say which cluster is meant.
-fn only_saved(base: PathBuf) -> Result<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&base)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("cluster.yaml"))
-        .filter(|p| p.exists())
-        .collect();
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(LocateError::NoneSaved { base }),
-        _ => Err(LocateError::SeveralSaved { base }),
+    let bases = state_dir::bases(&w.installer, w.state_dir.as_deref(), &state_dir::process_env);
+    let places = bases.iter().map(|b| b.dir.display().to_string()).collect::<Vec<_>>().join(", ");
+    match &w.name {
+        Some(n) => state_dir::find(&bases, n)
+            .map(|c| c.dir.join("cluster.yaml"))
+            .ok_or_else(|| LocateError::NoDescription { name: n.clone(), places }),
+        None => {
+            let mut found = state_dir::saved(&bases);
+            match found.len() {
+                1 => Ok(found.remove(0)),
+                0 => Err(LocateError::NoneSaved { places }),
+                _ => Err(LocateError::SeveralSaved { places }),
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! the others are workers.
 
 pub mod locate;
+pub mod state_dir;
 
 use crate::kube::config::FragmentError;
 use serde::Deserialize;

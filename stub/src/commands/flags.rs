@@ -58,6 +58,7 @@ pub fn where_(args: &ClusterCommandArgs) -> Result<Where> {
         cluster_file: a.cluster_file.clone(),
         name: a.name.clone(),
         installer: a.installer.clone(),
+        state_dir: a.state_dir.clone(),
         overrides: overrides(a, Vec::new()),
         accept_new: a.accept_new_host_keys,
         connect_timeout: Duration::from_secs(a.connect_timeout),

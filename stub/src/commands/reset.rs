@@ -50,6 +50,6 @@ async fn bare_hosts(args: &ClusterCommandArgs, only: &[String]) -> Result<Found>
         secrets: flags::secrets(a)?,
     };
     let jump = locate::jump_for(&cluster, &opts).await?;
-    let local_state = locate::local_state_dir(&a.installer, &cluster.name);
+    let local_state = locate::local_state_dir(&a.installer, a.state_dir.as_deref(), &cluster.name);
     Ok(Found { cluster, opts, jump, local_state })
 }

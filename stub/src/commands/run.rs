@@ -20,6 +20,8 @@ pub fn options(args: &RunArgs, quiet: bool, no_progress: bool) -> Options {
         installer: args.installer.clone(),
         trusted_keys: args.trusted_keys.clone(),
         allow_unsigned: args.allow_unsigned,
+        allow_untrusted_signer: args.allow_untrusted_signer,
+        state_dir: args.state_dir.clone(),
         json: args.json,
         quiet,
         no_progress,

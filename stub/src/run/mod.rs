@@ -194,6 +194,10 @@ pub struct Options {
     pub trusted_keys: Vec<PathBuf>,
     /// Accept an unsigned installer.
     pub allow_unsigned: bool,
+    /// Accept a signature by a key not trusted here.
+    pub allow_untrusted_signer: bool,
+    /// `--state-dir`: where the local state goes instead of the default places.
+    pub state_dir: Option<PathBuf>,
     /// One JSON event per line on stdout.
     pub json: bool,
     /// Print only errors.

@@ -15,6 +15,35 @@ use payload_format::{SignatureStatus, TrustPolicy};
 use std::path::Path;
 use std::sync::Arc;
 
+/// A signature by a key not trusted here, refused without `--allow-untrusted-signer`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the installer is signed by {fingerprint}, a key this machine does not trust, so nothing proves who made it. \
+     Give the vendor's public key (--trusted-key VENDOR.pub, FERRY_TRUSTED_KEYS, or /etc/ferry/trusted-keys/), \
+     or install anyway with --allow-untrusted-signer"
+)]
+pub struct UntrustedSigner {
+    /// The signing key's fingerprint.
+    pub fingerprint: String,
+}
+
+/// Who signed the installer being delivered, and whether this machine trusts the key.
+#[derive(Debug, serde::Serialize)]
+struct Signer {
+    fingerprint: String,
+    trusted: bool,
+}
+
+/// Records the signer in the cluster's local state (`signer.json`), so an install from a key
+/// nobody vouched for stays on record after the terminal is gone.
+fn record_signer(dir: &Path, s: &Signer) -> Result<()> {
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let text = serde_json::json!({"fingerprint": s.fingerprint, "trusted": s.trusted, "recorded_unix": at});
+    let path = dir.join("signer.json");
+    ferry_core::fs::write_atomic(&path, format!("{text:#}\n").as_bytes(), 0o600)
+        .with_context(|| format!("recording the signer in {}", path.display()))
+}
+
 /// Opens and checks the installer, then resolves the cluster (`file`, if given, with
 /// `overrides`): the context every phase shares.
 pub fn open(opts: &Options, file: Option<&Path>, overrides: &Overrides) -> Result<Arc<Ctx>> {
@@ -23,7 +52,23 @@ pub fn open(opts: &Options, file: Option<&Path>, overrides: &Overrides) -> Resul
     let policy =
         TrustPolicy { trusted: crate::trust::trusted_keys(&opts.trusted_keys)?, allow_unsigned: opts.allow_unsigned };
     let signer = match payload.check_signature(&policy)? {
-        SignatureStatus::Trusted(k) | SignatureStatus::ValidUnpinned(k) => Some(k.fingerprint()),
+        SignatureStatus::Trusted(k) => Some(Signer { fingerprint: k.fingerprint(), trusted: true }),
+        SignatureStatus::ValidUnpinned(k) if !opts.allow_untrusted_signer => {
+            return Err(UntrustedSigner { fingerprint: k.fingerprint() }.into());
+        }
+        SignatureStatus::ValidUnpinned(k) => {
+            let fingerprint = k.fingerprint();
+            rep.line(
+                "warning",
+                &format!(
+                    "WARNING: installing a file signed by {fingerprint}, a key this machine does NOT trust \
+                     (accepted because of --allow-untrusted-signer): nothing proves who made it. \
+                     The fingerprint is recorded in the cluster's state."
+                ),
+                serde_json::json!({"signer": fingerprint, "trusted": false}),
+            );
+            Some(Signer { fingerprint, trusted: false })
+        }
         SignatureStatus::Unsigned => {
             rep.line(
                 "warning",
@@ -33,7 +78,7 @@ pub fn open(opts: &Options, file: Option<&Path>, overrides: &Overrides) -> Resul
             None
         }
     };
-    payload.verify_stub()?;
+    payload.verify_stub().context("this installer is damaged; run `./installer verify` and use an intact copy")?;
     let stub_len = payload.trailer().stub_len as usize;
     let mut stub = vec![0u8; stub_len];
     std::os::unix::fs::FileExt::read_exact_at(payload.file(), &mut stub, 0).context("reading the installer program")?;
@@ -46,7 +91,17 @@ pub fn open(opts: &Options, file: Option<&Path>, overrides: &Overrides) -> Resul
     for w in &cluster.warnings {
         rep.line("warning", &format!("warning: {w}"), serde_json::json!({}));
     }
-    let local_state = cluster::locate::local_state_dir(&opts.installer, &cluster.name);
+    let bases = cluster::state_dir::bases(&opts.installer, opts.state_dir.as_deref(), &cluster::state_dir::process_env);
+    let state = cluster::state_dir::choose_writable(&bases, &cluster.name)?;
+    rep.line(
+        "state",
+        &state.describe(),
+        serde_json::json!({"state_dir": state.dir, "origin": format!("{:?}", state.origin)}),
+    );
+    if let Some(s) = &signer {
+        record_signer(&state.dir, s)?;
+    }
+    let local_state = state.dir;
     Ok(Arc::new(Ctx {
         payload,
         id,
@@ -55,7 +110,7 @@ pub fn open(opts: &Options, file: Option<&Path>, overrides: &Overrides) -> Resul
         stub,
         stub_sha,
         allow_unsigned: signer.is_none(),
-        signer,
+        signer: signer.map(|s| s.fingerprint),
         local_state,
         phase_timeout: opts.phase_timeout,
         force: opts.force,
