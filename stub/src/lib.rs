@@ -39,7 +39,10 @@ pub fn finish(result: anyhow::Result<()>, printer: &printer::Printer) -> ExitCod
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             printer.error(err.as_ref());
-            ExitCode::FAILURE
+            match err.downcast_ref::<run::interrupt::Stopped>() {
+                Some(stopped) => ExitCode::from(stopped.signal.exit_status()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

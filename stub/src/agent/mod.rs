@@ -11,6 +11,7 @@
 //! command line into a [`Call`], and [`serve`] checks the operator's protocol version, greets
 //! with this agent's [`Hello`] and runs the call.
 
+pub mod hangup;
 pub mod kernel;
 #[cfg(test)]
 pub mod local;
@@ -383,6 +384,7 @@ pub fn call_of(cmd: &crate::cli::AgentCommand) -> Call {
 /// Entry point for `installer agent …`: stdin and stdout are the session.
 pub fn main(args: &crate::cli::AgentArgs) -> Result<()> {
     let call = call_of(&args.command);
+    hangup::exit_when_operator_leaves();
     if matches!(call, Call::Receive { .. }) {
         // A 1 MiB pipe from sshd instead of 64 KiB: fewer, larger reads and wake-ups while
         // chunks stream in. Not a pipe, or over the limit: stays as it is.

@@ -34,7 +34,10 @@ pub fn run(args: &ClusterCommandArgs, quiet: bool, no_progress: bool) -> Result<
         };
         let payload = crate::verify::open_payload(&args.run.installer)?;
         let opts = crate::reset::Options { json: args.run.json, quiet, no_progress, parallel: args.run.parallel };
-        crate::reset::reset(found, only, known, payload, &opts).await
+        tokio::select! {
+            result = crate::reset::reset(found, only, known, payload, &opts) => result,
+            signal = crate::run::interrupt::signalled() => Err(crate::run::interrupt::Stopped { signal: signal? }.into()),
+        }
     })
 }
 

@@ -60,6 +60,12 @@ async fn deliver(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()> {
     let addrs: Vec<String> = ctx.cluster.hosts.iter().map(|h| h.ip.clone()).collect();
     ctx.rep.hosts(&addrs);
     let connecting = Instant::now();
-    let (connected, problems) = run::setup::connect(&ctx, &ssh, args.parallel).await?;
-    run::deliver::deliver(ctx, &opts, connected, problems, started, connecting).await
+    let delivery = async {
+        let (connected, problems) = run::setup::connect(&ctx, &ssh, args.parallel).await?;
+        run::deliver::deliver(ctx.clone(), &opts, connected, problems, started, connecting).await
+    };
+    tokio::select! {
+        result = delivery => result,
+        signal = run::interrupt::signalled() => Err(run::interrupt::stopped(&ctx, signal?).into()),
+    }
 }
