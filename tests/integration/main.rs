@@ -2,6 +2,7 @@
 mod build_kubernetes_script;
 mod build_verify;
 mod fetch_script;
+mod hardening;
 mod images;
 mod kubeadm_real;
 mod lab;
