@@ -614,6 +614,13 @@ fn lab_down_is_clean_and_up_comes_back() {
             text(&route)
         );
     }
+    // And the helpers refuse to try one at all.
+    let tried = std::panic::catch_unwind(|| lab.ssh(1, "true")).unwrap_err();
+    let why = tried.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(why.contains("refusing to connect to 10.88.0.11") && why.contains("not up"), "{why}");
+    let tried =
+        std::panic::catch_unwind(|| ferry_tests::lab::refuse_lab_addresses_unless_up(["--hosts", "10.88.0.12"]));
+    assert!(tried.is_err(), "an installer would have been started at a lab address with no lab");
     // down twice is fine
     let again = x.down();
 

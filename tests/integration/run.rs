@@ -41,6 +41,7 @@ pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 /// environment without ssh-agent or passwords.
 pub(crate) fn run_installer(installer: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let b = bundle();
+    ferry_tests::lab::refuse_lab_addresses_unless_up(args.iter().copied());
     let mut cmd = Command::new(installer);
     cmd.arg("--no-progress")
         .arg("run")

@@ -44,6 +44,31 @@ pub const BASTION_IP: &str = "10.88.1.10";
 /// The bastion's address on the nodes' network.
 pub const BASTION_INNER_IP: &str = "10.88.0.10";
 
+/// How `scripts/testhosts` names a host's network namespace: this prefix and the host's name.
+pub const NS_PREFIX: &str = "ferrylab-";
+
+/// Whether `h` is up: its network namespace exists.
+pub fn is_up(h: Host) -> bool {
+    Path::new("/run/netns").join(format!("{NS_PREFIX}{}", h.name())).exists()
+}
+
+/// Panics before any connection to `h` while it is not up: a lab address must never be tried
+/// while no lab is there to answer (the machine refuses the range, but a helper must not rely on
+/// that alone).
+pub fn refuse_unless_up(h: Host) {
+    assert!(is_up(h), "refusing to connect to {} ({}): the lab is not up", h.ip(), h.name());
+}
+
+/// Panics when any of `args` names a lab address (`10.88.…`) while no lab host is up: commands
+/// the tests start (an installer given `--hosts`, a cluster file's path aside) must not try the
+/// lab's range with no lab there.
+pub fn refuse_lab_addresses_unless_up<'a>(args: impl IntoIterator<Item = &'a str>) {
+    let any_up = is_up(Host::Node(1)) || is_up(Host::Bastion);
+    for a in args {
+        assert!(any_up || !a.contains("10.88."), "refusing to run with lab address {a}: the lab is not up");
+    }
+}
+
 /// One host of the lab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Host {
@@ -356,6 +381,7 @@ impl Lab {
     }
 
     fn check(&self, h: Host) {
+        refuse_unless_up(h);
         match h {
             Host::Node(i) => assert!(i >= 1 && i <= self.hosts, "the lab has node1..node{}, not node{i}", self.hosts),
             Host::Bastion => assert!(self.bastion, "this lab has no bastion"),
