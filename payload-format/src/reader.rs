@@ -163,14 +163,24 @@ impl Payload {
         self.index.chunks.get(n as usize).is_some_and(|d| *d == sha256(bytes))
     }
 
-    /// The error for a chunk that failed its check, naming the entry it belongs to.
+    /// The error for a chunk that failed its check, naming the entries whose bytes it holds
+    /// (a chunk may span several small ones; the damage may be in any of them).
     pub fn chunk_error(&self, n: u64) -> Error {
+        const NAMED: usize = 4;
         let (start, end) = self.chunk_range(n);
-        let entry = self
-            .entry_at(start)
-            .or_else(|| self.entry_at(end.saturating_sub(1)))
-            .map(|e| format!(", in entry {}", e.path))
-            .unwrap_or_default();
+        let within: Vec<&str> = self
+            .index
+            .entries
+            .iter()
+            .filter(|e| e.stored_len > 0 && e.offset < end && start < e.offset + e.stored_len)
+            .map(|e| e.path.as_str())
+            .collect();
+        let entry = match within.as_slice() {
+            [] => String::new(),
+            [one] => format!(", in entry {one}"),
+            many if many.len() <= NAMED => format!(", in entries {}", many.join(", ")),
+            many => format!(", in entries {} and {} more", many[..NAMED].join(", "), many.len() - NAMED),
+        };
         Error::ChunkMismatch { path: self.path.clone(), chunk: n, start, end, entry }
     }
 

@@ -33,6 +33,9 @@ pub async fn deliver<H: RemoteHost>(
 ) -> Result<()> {
     let stage = Stage::new();
     let passed = preflight::gate(&ctx, connected, problems, opts.parallel, &stage).await?;
+    // Kept from the moment hosts change, so `check`, `join` and `reset` find a cluster that
+    // stopped half-way, or one of prepared nodes only.
+    crate::cluster::locate::save_local(&ctx.local_state, &crate::cluster::to_file(&ctx.cluster))?;
     let engine = Engine::new(ctx.clone(), passed.hosts, passed.states, opts.parallel);
     engine.add_time("preflight", connecting.elapsed());
     let distribute = Arc::new(Distribute::new(opts.relay_chains));

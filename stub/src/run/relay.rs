@@ -63,6 +63,11 @@ pub fn plan(wants: &[Vec<u64>], holders: &[bool], chains: usize) -> Vec<Option<u
     parent
 }
 
+/// A session stopped because another found the installer damaged.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped: {0}")]
+struct Stopped(String);
+
 /// A relay listener's state, as its host's session learns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Port {
@@ -216,11 +221,11 @@ pub async fn session<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, want: &[u64], bo
         async { tokio::time::timeout(ctx.phase_timeout, active).await.unwrap_or_else(|_| Err(anyhow!("timed out"))) };
     let result = tokio::select! {
         r = timed => r.inspect_err(|err| {
-            if let Some(damage) = err.downcast_ref::<distribute::DamagedSource>() {
-                board.stop_all(damage.to_string());
+            if err.downcast_ref::<distribute::DamagedSource>().is_some() {
+                board.stop_all(format!("this installer is damaged (found while sending to {}); run `./installer verify`", h.addr()));
             }
         }),
-        why = board.stopped() => Err(anyhow!("stopped: {why}")),
+        why = board.stopped() => Err(Stopped(why).into()),
     };
     let delivered = match result {
         Ok(d) => d,
@@ -235,8 +240,12 @@ pub async fn session<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, want: &[u64], bo
                 .ok()
                 .and_then(|r| r.ok())
                 .unwrap_or_default();
+            // The agent's last words matter when it failed; after this side stopped it, they only
+            // say that its stream was cut.
+            let ours =
+                err.downcast_ref::<distribute::DamagedSource>().is_some() || err.downcast_ref::<Stopped>().is_some();
             let tail = crate::ssh::agent::stderr_tail(&stderr);
-            return if tail.is_empty() { Err(err) } else { Err(err.context(format!("last output: {tail}"))) };
+            return if tail.is_empty() || ours { Err(err) } else { Err(err.context(format!("last output: {tail}"))) };
         }
     };
     // Done: serve downstream hosts until every session has ended.
