@@ -118,6 +118,7 @@ impl World {
             },
             Call::RegistryService { .. } | Call::CheckPull { .. } => agent_answer::<()>(None),
             Call::Receive { .. } => agent_failed("this test world streams no installer"),
+            Call::Lock { .. } => agent_answer(Some(&crate::protocol::lock::LockAnswer::Acquired)),
         }
     }
 
