@@ -17,6 +17,7 @@
 pub mod deliver;
 pub mod distribute;
 pub mod engine;
+pub mod lock;
 pub mod phases;
 pub mod preflight;
 pub mod progress;

@@ -70,7 +70,10 @@ impl FakeHost {
             if let Some(out) = &early {
                 let _ = out_w.write_all(&out.stdout).await;
             }
-            let _ = stdin_r.read_to_end(&mut input).await;
+            // A session that failed ends at once; one that answered lasts until its stdin ends.
+            if early.as_ref().is_none_or(Output::ok) {
+                let _ = stdin_r.read_to_end(&mut input).await;
+            }
             sent.fetch_add(input.len() as u64, Ordering::Relaxed);
             let out = match (early, answer) {
                 (Some(out), _) => Output { stdout: Vec::new(), ..out },
@@ -108,9 +111,13 @@ impl RemoteHost for FakeHost {
 
     async fn call(&self, program: &str, call: &Call) -> Result<Exec> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(call.clone());
-        let Some(agent) = self.agent.clone() else { return self.open(&call.command_line(program)).await };
-        self.commands.lock().unwrap_or_else(|e| e.into_inner()).push(call.command_line(program));
-        let (call, session) = (call.clone(), matches!(call, Call::Lock { .. }));
+        let (line, session) = (call.command_line(program), matches!(call, Call::Lock { .. }));
+        self.commands.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
+        let Some(agent) = self.agent.clone() else {
+            let responder = self.responder.clone();
+            return Ok(self.start_as(session, move |input| responder(&line, input)));
+        };
+        let call = call.clone();
         Ok(self.start_as(session, move |input| agent(&call, input)))
     }
 
