@@ -64,7 +64,7 @@ pub async fn reset(found: Found, only: Vec<String>, known: bool, payload: Payloa
 
 /// Locks the hosts a reset of `going` changes. Stops on a host another operation holds; a host
 /// that cannot be locked otherwise is a warning.
-async fn lock_hosts<H: RemoteHost>(engine: &Engine<H>, going: &Going, opts: &Options) -> Result<Locks> {
+pub async fn lock_hosts<H: RemoteHost>(engine: &Engine<H>, going: &Going, opts: &Options) -> Result<Locks> {
     let ctx = &engine.ctx;
     let keeper = keeper(ctx, going);
     let changed: Vec<Arc<H>> = (ctx.cluster.hosts.iter().enumerate())
