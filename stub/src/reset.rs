@@ -12,17 +12,17 @@
 //! one of a build from before the lock) is reset without its lock, with a warning: a teardown
 //! must work on half-made and half-reset hosts.
 
+use crate::agent::AGENT_PATH;
 use crate::cluster::locate::Found;
+use crate::protocol::lock::Operation;
 use crate::run::Ctx;
 use crate::run::deliver;
 use crate::run::engine::Engine;
-use crate::agent::AGENT_PATH;
-use crate::protocol::lock::Operation;
 use crate::run::lock::{self, LockRequest, Locks, Refused};
 use crate::run::phases::reset::{Going, keeper};
 use crate::run::progress::Reporter;
-use crate::ssh::client::SshHost;
 use crate::ssh::RemoteHost;
+use crate::ssh::client::SshHost;
 use crate::ssh::on_demand::{Connector, OnDemand};
 use anyhow::{Result, anyhow, bail};
 use payload_format::Payload;

@@ -40,11 +40,12 @@ fn inventory(dir: &Path, nodes: usize) -> PathBuf {
 fn command(args: &[&str]) -> Command {
     let b = bundle();
     let mut cmd = Command::new(&b.installer);
-    cmd.arg("--no-progress")
-        .args(args)
-        .arg("--trusted-key")
-        .arg(&b.public_key)
-        .args(["--keepalive", "2", "--connect-timeout", "15"]);
+    cmd.arg("--no-progress").args(args).arg("--trusted-key").arg(&b.public_key).args([
+        "--keepalive",
+        "2",
+        "--connect-timeout",
+        "15",
+    ]);
     cmd.env_remove("SSH_AUTH_SOCK").env_remove("FERRY_SSH_PASSWORD").env_remove("FERRY_SUDO_PASSWORD");
     cmd.stdin(Stdio::null());
     cmd
@@ -139,7 +140,10 @@ fn a_run_while_a_reset_runs_is_refused_naming_the_reset() {
     assert!(run.status.success(), "{}", text(&run));
     // A kubeadm that takes its time holds the reset (and its lock) in node1's teardown.
     let _undo = Undo(lab, 1, "rm -f /usr/local/bin/kubeadm");
-    lab.ssh_ok(Host::Node(1), "printf '#!/bin/sh\\nsleep 20\\n' > /usr/local/bin/kubeadm && chmod 0755 /usr/local/bin/kubeadm");
+    lab.ssh_ok(
+        Host::Node(1),
+        "printf '#!/bin/sh\\nsleep 20\\n' > /usr/local/bin/kubeadm && chmod 0755 /usr/local/bin/kubeadm",
+    );
     let reset = start(&["reset", "-f", inv]);
     wait_held(lab, 1, "reset");
     let t0 = Instant::now();
@@ -191,10 +195,7 @@ fn a_run_killed_with_its_agent_leaves_a_lock_the_next_run_takes_over() {
     // session died with it): node1 keeps the record with nobody holding the lock.
     first.kill().unwrap();
     first.wait().unwrap();
-    lab.ssh_ok(
-        Host::Node(1),
-        "kill -9 $(sed -n 's/.*\"agent_pid\":\\([0-9]*\\).*/\\1/p' /run/ferry/holder.json)",
-    );
+    lab.ssh_ok(Host::Node(1), "kill -9 $(sed -n 's/.*\"agent_pid\":\\([0-9]*\\).*/\\1/p' /run/ferry/holder.json)");
     ex.unshape(Host::Node(2));
     // node2's agent saw its session close and let go by itself.
     wait_free(lab, 2);
@@ -222,7 +223,8 @@ fn a_hung_run_goes_stale_and_is_taken_over_with_its_agent_ended() {
     let mut hung = start(&["run", "-f", inv]);
     wait_held(lab, 1, "run");
     wait_held(lab, 2, "run");
-    let signal = |sig: &str| assert!(Command::new("kill").args([sig, &hung.id().to_string()]).status().unwrap().success());
+    let signal =
+        |sig: &str| assert!(Command::new("kill").args([sig, &hung.id().to_string()]).status().unwrap().success());
     signal("-STOP");
     ex.unshape(Host::Node(2));
     // Silent, but not yet for long: refused.

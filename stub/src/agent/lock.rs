@@ -45,7 +45,11 @@ pub struct LockRules {
 impl LockRules {
     /// The rules on a real node.
     pub fn here() -> LockRules {
-        LockRules { dir: PathBuf::from(crate::node::LOCK_DIR), stale_after: STALE_AFTER, settle: Duration::from_secs(5) }
+        LockRules {
+            dir: PathBuf::from(crate::node::LOCK_DIR),
+            stale_after: STALE_AFTER,
+            settle: Duration::from_secs(5),
+        }
     }
 
     fn lock_path(&self) -> PathBuf {

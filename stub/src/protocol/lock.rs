@@ -159,7 +159,10 @@ pub(crate) mod tests {
 
     #[test]
     fn a_holder_reads_for_the_operator() {
-        assert_eq!(holder().to_string(), "`run` of cluster lab, started 2026-12-06 12:03:01 UTC by root@build1 pid 4242");
+        assert_eq!(
+            holder().to_string(),
+            "`run` of cluster lab, started 2026-12-06 12:03:01 UTC by root@build1 pid 4242"
+        );
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! the engine that runs them in [`super::engine`].
 
 use super::engine::{Engine, Step};
+use super::lock::LockRequest;
 use super::phases::control::{Init, Join, Kubeadm, Lb, SaveState};
 use super::phases::distribute::Distribute;
 use super::phases::launch::{Healthy, Launch};
-use super::lock::LockRequest;
 use super::phases::preflight::{self, Passed, Settle, Stage};
 use super::phases::reset::{Forget, Going, Leave, Tally, Teardown};
 use super::phases::{prepare::Prepare, registry};

@@ -12,8 +12,8 @@
 //! which ends the agents too. A cut-off or hung operator stops beating, so the next operation
 //! finds its lock stale and takes it over.
 
-use super::{Ctx, parallel};
 use super::progress::Reporter;
+use super::{Ctx, parallel};
 use crate::protocol::lock::{BEAT, BEAT_INTERVAL, Holder, LockAnswer, Operation, RELEASE, Takeover};
 use crate::protocol::{Call, decode};
 use crate::ssh::agent::{read_hello, stderr_tail};

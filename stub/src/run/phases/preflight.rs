@@ -12,8 +12,8 @@
 
 use crate::agent::{AGENT_PATH, FERRY_DIR, Facts};
 use crate::run::engine::{BoxFuture, Decision, Outcome, Phase};
-use crate::run::preflight::{self, Problem, Severity};
 use crate::run::lock::{HostLock, LockRequest, Locks, Refused};
+use crate::run::preflight::{self, Problem, Severity};
 use crate::run::records::{self, State};
 use crate::run::{Ctx, checked, host_plan, parallel};
 use crate::ssh::RemoteHost;
