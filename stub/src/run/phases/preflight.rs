@@ -134,26 +134,18 @@ pub async fn survey<H: RemoteHost>(
         let dir = stage_agent(ctx, h, stage).await?;
         (format!("{dir}/agent"), Some(dir))
     };
-    let locked = crate::run::lock::take(h, &agent, lock, &ctx.rep).await;
-    let surveyed = match locked {
-        Ok(lock) => facts_and_state(ctx, h, &agent, tools).await.map(|(facts, skew_ms, state)| Surveyed {
-            facts,
-            skew_ms,
-            state,
-            staged: staged.clone(),
-            lock: Some(lock),
-        }),
-        Err(e) => Err(e),
-    };
-    match surveyed {
-        Ok(s) => Ok(s),
-        Err(e) => {
-            if staged.is_some() {
-                let _ = h.run(&stage.cleanup_cmd(), b"").await;
-            }
-            Err(e)
-        }
+    // The lock before anything else the agent does: facts read while another operation changes
+    // the host would be judged on what is about to be untrue.
+    let surveyed: Result<Surveyed> = async {
+        let lock = crate::run::lock::take(h, &agent, lock, &ctx.rep).await?;
+        let (facts, skew_ms, state) = facts_and_state(ctx, h, &agent, tools).await?;
+        Ok(Surveyed { facts, skew_ms, state, staged: staged.clone(), lock: Some(lock) })
     }
+    .await;
+    if surveyed.is_err() && staged.is_some() {
+        let _ = h.run(&stage.cleanup_cmd(), b"").await;
+    }
+    surveyed
 }
 
 /// Puts this build's agent in a private directory of `stage`; returns the directory.
