@@ -173,14 +173,12 @@ fn acquire(holder: &Holder, force: bool, rules: &LockRules) -> Result<(Option<He
     let file = open_lock(rules)?;
     let ours = LockRecord { holder: holder.clone(), agent_pid: std::process::id(), beat_ms: boot_ms() };
     if try_flock(&file, rules)? {
-        let answer = match read_record(rules) {
-            None => LockAnswer::Acquired,
-            Some(Ok(before)) => LockAnswer::TookOver { from: Some(before.holder), why: Takeover::Gone },
-            Some(Err(cause)) => LockAnswer::TookOver { from: None, why: Takeover::Unreadable { cause } },
-        };
-        return Ok((Some(hold(file, rules, ours)?), answer));
+        return take_free(file, rules, ours);
     }
-    let before = settled_record(rules);
+    let before = match settled_record(&file, rules)? {
+        Settled::Freed => return take_free(file, rules, ours),
+        Settled::Held(before) => before,
+    };
     let why = match &before {
         _ if force => Takeover::Forced,
         Some(Ok(r)) => {
@@ -200,6 +198,16 @@ fn acquire(holder: &Holder, force: bool, rules: &LockRules) -> Result<(Option<He
     end_holder(&file, pid, rules)?;
     let from = before.and_then(Result::ok).map(|r| r.holder);
     Ok((Some(hold(file, rules, ours)?), LockAnswer::TookOver { from, why }))
+}
+
+/// The lock, just taken with nobody holding it: a record left there names who died holding it.
+fn take_free(file: File, rules: &LockRules, ours: LockRecord) -> Result<(Option<Held>, LockAnswer), LockError> {
+    let answer = match read_record(rules) {
+        None => LockAnswer::Acquired,
+        Some(Ok(before)) => LockAnswer::TookOver { from: Some(before.holder), why: Takeover::Gone },
+        Some(Err(cause)) => LockAnswer::TookOver { from: None, why: Takeover::Unreadable { cause } },
+    };
+    Ok((Some(hold(file, rules, ours)?), answer))
 }
 
 /// The lock held with `record` written.
@@ -251,16 +259,27 @@ fn read_record(rules: &LockRules) -> Option<Result<LockRecord, String>> {
     Some(decode::<LockRecord>("the lock's record", &bytes).map_err(|e| e.to_string()))
 }
 
-/// The record of a held lock, given its holder a moment to write one (it takes the `flock`
-/// first, then writes the record).
-fn settled_record(rules: &LockRules) -> Option<Result<LockRecord, String>> {
+/// A held lock's record, once it reads, or the lock freed meanwhile.
+enum Settled {
+    /// Still held: its record, none, or why it does not read.
+    Held(Option<Result<LockRecord, String>>),
+    /// The holder let go while its record was missing (and `file` now holds the lock).
+    Freed,
+}
+
+/// The record of a held lock, given its holder a moment: one that just took the `flock` has yet
+/// to write its record, and one releasing removes its record just before the `flock`.
+fn settled_record(file: &File, rules: &LockRules) -> Result<Settled, LockError> {
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         let r = read_record(rules);
         if matches!(r, Some(Ok(_))) || Instant::now() >= deadline {
-            return r;
+            return Ok(Settled::Held(r));
         }
         std::thread::sleep(Duration::from_millis(50));
+        if try_flock(file, rules)? {
+            return Ok(Settled::Freed);
+        }
     }
 }
 
