@@ -58,7 +58,7 @@ pub async fn reset(found: Found, only: Vec<String>, known: bool, payload: Payloa
     let engine = Engine::unrecorded(Arc::new(ctx), hosts, opts.parallel);
     let locks = lock_hosts(&engine, &going, opts).await?;
     let result = deliver::reset(&engine, going).await;
-    locks.release().await;
+    locks.release(&engine.ctx.rep).await;
     result
 }
 
@@ -75,7 +75,7 @@ pub async fn lock_hosts<H: RemoteHost>(engine: &Engine<H>, going: &Going, opts: 
     let (locks, failed) = lock::take_each(ctx, &changed, AGENT_PATH, &req, opts.parallel).await;
     let (refused, other): (Vec<_>, Vec<_>) = failed.into_iter().partition(|(_, e)| e.is::<Refused>());
     if !refused.is_empty() {
-        locks.release().await;
+        locks.release(&ctx.rep).await;
         let why: Vec<String> = refused.iter().map(|(_, e)| e.to_string()).collect();
         bail!("{}; nothing was reset", why.join("; "));
     }

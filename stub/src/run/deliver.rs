@@ -37,8 +37,8 @@ pub async fn deliver<H: RemoteHost>(
     let lock = LockRequest::here(opts.operation, &ctx.cluster.name, opts.force_unlock);
     let mut passed = preflight::gate(&ctx, connected, problems, opts.parallel, &stage, &lock).await?;
     let locks = std::mem::take(&mut passed.locks);
-    let result = phases(ctx, opts, passed, stage, started, connecting).await;
-    locks.release().await;
+    let result = phases(ctx.clone(), opts, passed, stage, started, connecting).await;
+    locks.release(&ctx.rep).await;
     result
 }
 

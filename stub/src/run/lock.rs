@@ -96,7 +96,17 @@ pub fn takeover_warning(host: &str, from: Option<&Holder>, why: &Takeover) -> St
 pub struct HostLock {
     addr: String,
     release: Option<tokio::sync::oneshot::Sender<()>>,
-    session: Option<tokio::task::JoinHandle<()>>,
+    session: Option<tokio::task::JoinHandle<Held>>,
+}
+
+/// How a lock session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// Held to the end and given back.
+    ToTheEnd,
+    /// The agent went before it was told to release: ended by another operation's takeover
+    /// (`--force-unlock`), or its session broke.
+    Lost,
 }
 
 impl HostLock {
@@ -105,11 +115,13 @@ impl HostLock {
         &self.addr
     }
 
-    /// Gives the lock back and waits (a bounded time) for the agent to let go.
-    pub async fn release(mut self) {
+    /// Gives the lock back and waits (a bounded time) for the agent to let go; false when the
+    /// lock had been lost before.
+    pub async fn release(mut self) -> bool {
         self.release.take();
-        if let Some(session) = self.session.take() {
-            let _ = tokio::time::timeout(RELEASE_TIMEOUT, session).await;
+        match self.session.take() {
+            Some(session) => !matches!(tokio::time::timeout(RELEASE_TIMEOUT, session).await, Ok(Ok(Held::Lost))),
+            None => true,
         }
     }
 }
@@ -167,22 +179,23 @@ async fn read_answer<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, host: &str) 
 }
 
 /// Beats on the session until told to release (or dropped), then says so, closes the agent's
-/// stdin and waits for it to exit.
+/// stdin and waits for it to exit. An agent that exits first, or a session that breaks, is the
+/// lock lost: there is nothing left to release.
 async fn hold(
     mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
     stdout: impl Send + 'static,
-    finished: tokio::sync::oneshot::Receiver<(u32, Vec<u8>)>,
+    mut finished: tokio::sync::oneshot::Receiver<(u32, Vec<u8>)>,
     mut release: tokio::sync::oneshot::Receiver<()>,
-) {
+) -> Held {
     let mut beats = tokio::time::interval(BEAT_INTERVAL);
     beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut release => break,
+            _ = &mut finished => return Held::Lost,
             _ = beats.tick() => {
-                // A session that broke has lost its agent; there is nothing left to release.
                 if stdin.write_all(format!("{BEAT}\n").as_bytes()).await.is_err() {
-                    return;
+                    return Held::Lost;
                 }
             }
         }
@@ -191,6 +204,7 @@ async fn hold(
     let _ = stdin.shutdown().await;
     drop(stdout);
     let _ = finished.await;
+    Held::ToTheEnd
 }
 
 /// Every lock one operation holds.
@@ -208,13 +222,28 @@ impl Locks {
         self.0.iter().map(HostLock::addr).collect()
     }
 
-    /// Gives every lock back, waiting for each agent to let go.
-    pub async fn release(self) {
+    /// Gives every lock back, waiting for each agent to let go; warns on `rep` of each lock that
+    /// was lost while the operation worked.
+    pub async fn release(self, rep: &Reporter) {
         let mut set = tokio::task::JoinSet::new();
         for lock in self.0 {
-            set.spawn(lock.release());
+            let addr = lock.addr.clone();
+            set.spawn(async move { (addr, lock.release().await) });
         }
-        while set.join_next().await.is_some() {}
+        let mut lost = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Ok((addr, false)) = r {
+                lost.push(addr);
+            }
+        }
+        lost.sort();
+        for addr in lost {
+            rep.line(
+                "warning",
+                &format!("warning: {addr}: this operation's lock was lost before it ended (another operation took it over with --force-unlock, or the session to the host broke)"),
+                serde_json::json!({"host": addr, "lock": "lost"}),
+            );
+        }
     }
 }
 

@@ -42,7 +42,7 @@ async fn a_lock_is_held_for_the_operation_and_given_back_at_its_end() {
     let lock = take(&host(d.path()), "/agent", &request(Operation::Run, 4242), &quiet()).await.unwrap();
     assert_eq!(lock.addr(), "10.0.0.1");
     assert_eq!(record(d.path()).unwrap().holder, holder());
-    Locks::from_iter([lock]).release().await;
+    Locks::from_iter([lock]).release(&quiet()).await;
     assert!(record(d.path()).is_none(), "released once release returns");
     // A lock dropped (an operation that failed on its way out) is given back too.
     let lock = take(&host(d.path()), "/agent", &request(Operation::Run, 4242), &quiet()).await.unwrap();
@@ -118,4 +118,19 @@ async fn an_agent_that_cannot_lock_says_why() {
     );
     let err = take(&h, "/var/lib/ferry/agent", &request(Operation::Reset, 1), &quiet()).await.err().unwrap();
     assert_eq!(err.to_string(), "agent lock exited with status 127: sh: /var/lib/ferry/agent: not found");
+}
+
+/// An agent that goes while the operation works (ended by another's `--force-unlock`) is the
+/// lock lost, and releasing says so.
+#[tokio::test]
+async fn a_lock_whose_agent_went_is_reported_lost() {
+    let h = FakeHost::new("10.0.0.3", Arc::new(|_: &str, _: &[u8]| Output::default())).with_agent(Arc::new(
+        |_: &Call, _: &[u8]| Output { status: 137, ..crate::ssh::fake::agent_answer(Some(&LockAnswer::Acquired)) },
+    ));
+    let lock = take(&h, "/agent", &request(Operation::Run, 1), &quiet()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!lock.release().await, "lost");
+    let d = tempfile::tempdir().unwrap();
+    let held = take(&host(d.path()), "/agent", &request(Operation::Run, 1), &quiet()).await.unwrap();
+    assert!(held.release().await, "held to the end");
 }

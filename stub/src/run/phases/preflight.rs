@@ -233,7 +233,7 @@ pub async fn gate<H: RemoteHost>(
         .collect();
     problems.retain(|p| !(p.check == "ports" && installed.contains(&p.host)));
     if problems.iter().any(|p| p.severity == Severity::Error) {
-        locks.release().await;
+        locks.release(&ctx.rep).await;
         // Preflight changes nothing: remove the agents it staged (on every host, so a survey that
         // timed out is cleaned up too).
         let _ = parallel(connected.len(), limit, |i| {

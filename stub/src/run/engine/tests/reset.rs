@@ -123,7 +123,7 @@ async fn a_reset_locks_the_hosts_it_changes_and_stops_on_one_held() {
     let engine = unrecorded(&ctx, &world);
     let locks = crate::reset::lock_hosts(&engine, &going(&[WORKERS[1]]), &reset_options()).await.unwrap();
     assert_eq!(locks.hosts(), [MASTER, WORKERS[1]]);
-    locks.release().await;
+    locks.release(&ctx.rep).await;
     let locked = |ip| world.calls(ip).iter().filter(|(c, _, _)| matches!(c, Call::Lock { .. })).count();
     assert_eq!((locked(MASTER), locked(WORKERS[0]), locked(WORKERS[1])), (1, 0, 1));
 
@@ -147,5 +147,5 @@ async fn a_host_that_cannot_be_locked_is_reset_without_its_lock() {
     let engine = unrecorded(&ctx, &world);
     let locks = crate::reset::lock_hosts(&engine, &going(&IPS), &reset_options()).await.unwrap();
     assert_eq!(locks.hosts(), [MASTER, WORKERS[1]]);
-    locks.release().await;
+    locks.release(&ctx.rep).await;
 }
