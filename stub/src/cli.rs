@@ -222,6 +222,13 @@ pub struct RunArgs {
     /// Print the plan per host and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// End the operation that holds the hosts' lock and take it. Only for a holder that is
+    /// gone (its machine died, its process was killed): a live one is cut off mid-change.
+    #[arg(long)]
+    pub force_unlock: bool,
+    /// Set by `join`, not a flag: the operation the hosts' lock names.
+    #[arg(skip)]
+    pub operation: crate::protocol::lock::Operation,
     /// Set by `join`, not a flag: adding nodes does not run the bundle's launch steps again.
     #[arg(skip)]
     pub skip_launch: bool,
@@ -360,4 +367,18 @@ pub enum AgentCommand {
         #[arg(long)]
         cluster: String,
     },
+    /// Take this host's lock for the calling operation and hold it until stdin ends.
+    Lock {
+        /// Who asks, as JSON.
+        #[arg(long = "holder-json", value_name = "JSON", value_parser = holder_json)]
+        holder: crate::protocol::lock::Holder,
+        /// End whoever holds the lock and take it.
+        #[arg(long)]
+        force_unlock: bool,
+    },
+}
+
+/// `--holder-json`, read as the protocol's holder.
+fn holder_json(s: &str) -> Result<crate::protocol::lock::Holder, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a lock holder: {e}"))
 }

@@ -40,6 +40,10 @@ pub const INSTALLER_PATH: &str = "/var/lib/ferry/installer";
 /// Per-phase records.
 pub const STATE_DIR: &str = "/var/lib/ferry/state";
 
+/// Where a host's lock and its holder's record live: root's tmpfs, so a reboot (which ends every
+/// operation on the host) clears them.
+pub const LOCK_DIR: &str = "/run/ferry";
+
 /// Hex SHA-256 of the last 128 bytes of a file: identifies an installer build.
 pub fn trailer_id(p: &std::path::Path) -> Option<String> {
     use payload_format::TRAILER_LEN;

@@ -7,6 +7,7 @@ mod images;
 mod kubeadm_real;
 mod lab;
 mod lb;
+mod lock;
 mod real_bundle;
 mod real_cluster;
 mod real_kubelet;

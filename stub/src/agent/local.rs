@@ -29,7 +29,11 @@ impl LocalAgent {
         LocalAgent {
             addr: addr.into(),
             dest: dir.join("installer"),
-            node: Node { state_dir: dir.join("state"), self_exe: stub },
+            node: Node {
+                state_dir: dir.join("state"),
+                self_exe: stub,
+                lock: super::lock::LockRules { dir: dir.join("run"), ..super::lock::LockRules::here() },
+            },
             operator: (Some(PROTOCOL_VERSION), Some(BUILD.into())),
         }
     }

@@ -4,7 +4,8 @@
 //! (verified, resumable distribution, see [`receive`]), `prepare` (rootfs, containerd config,
 //! sysctls, modules, swap, /etc/hosts, units), `registry-service` (the systemd unit running
 //! `installer registry serve`), `check-pull` (containerd resolves and pulls a bundled image
-//! through the mirror) and `record`/`state` (per-phase records under /var/lib/ferry/state/).
+//! through the mirror), `record`/`state` (per-phase records under /var/lib/ferry/state/) and
+//! `lock` (the host's lock, held for the length of one operation, see [`lock`]).
 //! The operator side only sends data and small JSON plans; no long shell strings.
 //!
 //! Every call, what it reads and what it answers are `protocol` types: [`main`] turns the
@@ -15,6 +16,7 @@ pub mod hangup;
 pub mod kernel;
 #[cfg(test)]
 pub mod local;
+pub mod lock;
 pub mod prepare;
 pub mod receive;
 pub mod relay;
@@ -354,12 +356,18 @@ pub struct Node {
     pub state_dir: PathBuf,
     /// This agent's own program, placed at the start of a received copy.
     pub self_exe: PathBuf,
+    /// The host's lock (`lock`).
+    pub lock: lock::LockRules,
 }
 
 impl Node {
     /// The places on a real node.
     pub fn here() -> Node {
-        Node { state_dir: PathBuf::from(STATE_DIR), self_exe: PathBuf::from(crate::SELF_EXE) }
+        Node {
+            state_dir: PathBuf::from(STATE_DIR),
+            self_exe: PathBuf::from(crate::SELF_EXE),
+            lock: lock::LockRules::here(),
+        }
     }
 }
 
@@ -378,6 +386,7 @@ pub fn call_of(cmd: &crate::cli::AgentCommand) -> Call {
         C::CheckPull { image, timeout, endpoints } => Call::CheckPull { image, endpoints, timeout },
         C::Record { cluster, phase, installer } => Call::Record { cluster, phase, installer },
         C::State { cluster } => Call::State { cluster },
+        C::Lock { holder, force_unlock } => Call::Lock { holder, force_unlock },
     }
 }
 
@@ -452,6 +461,7 @@ pub fn serve(
             Ok(record(&node.state_dir, &rec)?)
         }
         Call::State { cluster } => answer(output, &state(&node.state_dir, cluster)?),
+        Call::Lock { holder, force_unlock } => Ok(lock::lock(holder, *force_unlock, &node.lock, input, output)?),
     }
 }
 
@@ -523,7 +533,7 @@ mod tests {
     fn an_agent_refuses_an_operator_of_another_version() {
         use crate::protocol::{BUILD, PROTOCOL_VERSION};
         let d = tempfile::tempdir().unwrap();
-        let node = Node { state_dir: d.path().into(), self_exe: crate::SELF_EXE.into() };
+        let node = Node { state_dir: d.path().into(), ..local(d.path()).node };
         let call = Call::State { cluster: "lab".into() };
         for (theirs, build) in [(Some(PROTOCOL_VERSION + 1), Some("9.0.0")), (Some(0), Some("0.0.1")), (None, None)] {
             let mut out = Vec::new();
@@ -581,7 +591,7 @@ mod tests {
     #[test]
     fn a_record_detail_that_is_not_json_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        let node = Node { state_dir: d.path().into(), self_exe: crate::SELF_EXE.into() };
+        let node = Node { state_dir: d.path().into(), ..local(d.path()).node };
         let call = Call::Record { cluster: "lab".into(), phase: "prepare".into(), installer: "ab".into() };
         let v = Some(crate::protocol::PROTOCOL_VERSION);
         let err = serve(v, None, &call, &mut &b"{oops"[..], &mut Vec::new(), &node).unwrap_err().to_string();

@@ -38,6 +38,7 @@ pub fn run(mut args: ClusterCommandArgs, quiet: bool, no_progress: bool) -> Resu
     args.run.cluster_file = Some(found.local_state.join("cluster.yaml"));
     args.run.name = None;
     args.run.skip_launch = true;
+    args.run.operation = crate::protocol::lock::Operation::Join;
     super::run::run(&args.run, quiet, no_progress)
 }
 

@@ -33,7 +33,13 @@ pub fn run(args: &ClusterCommandArgs, quiet: bool, no_progress: bool) -> Result<
             None => bare_hosts(args, &only).await?,
         };
         let payload = crate::verify::open_payload(&args.run.installer)?;
-        let opts = crate::reset::Options { json: args.run.json, quiet, no_progress, parallel: args.run.parallel };
+        let opts = crate::reset::Options {
+            json: args.run.json,
+            quiet,
+            no_progress,
+            parallel: args.run.parallel,
+            force_unlock: args.run.force_unlock,
+        };
         tokio::select! {
             result = crate::reset::reset(found, only, known, payload, &opts) => result,
             signal = crate::run::interrupt::signalled() => Err(crate::run::interrupt::Stopped { signal: signal? }.into()),

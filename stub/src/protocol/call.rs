@@ -5,6 +5,7 @@
 //! quoting it uses. The agent reads the command line back with clap (`cli::AgentArgs`) and turns
 //! it into the same [`Call`]; in-process test doubles take the [`Call`] itself.
 
+use super::lock::Holder;
 use super::version::{BUILD, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -66,6 +67,15 @@ pub enum Call {
         /// Cluster.
         cluster: String,
     },
+    /// Takes the host's lock for `holder` and keeps it for the session. Answer: one
+    /// [`super::lock::LockAnswer`] line. Stdin, once acquired: [`super::lock::BEAT`] lines while
+    /// the operator lives; [`super::lock::RELEASE`] or the end of stdin gives the lock back.
+    Lock {
+        /// Who asks.
+        holder: Holder,
+        /// End whoever holds the lock and take it (`--force-unlock`).
+        force_unlock: bool,
+    },
 }
 
 impl Call {
@@ -79,6 +89,7 @@ impl Call {
             Call::CheckPull { .. } => "check-pull",
             Call::Record { .. } => "record",
             Call::State { .. } => "state",
+            Call::Lock { .. } => "lock",
         }
     }
 
@@ -130,6 +141,12 @@ impl Call {
                 flag("installer", installer);
             }
             Call::State { cluster } => flag("cluster", cluster),
+            Call::Lock { holder, force_unlock } => {
+                flag("holder-json", &serde_json::to_string(holder).unwrap_or_default());
+                if *force_unlock {
+                    words.push("--force-unlock".into());
+                }
+            }
         }
         words.join(" ")
     }
@@ -174,6 +191,14 @@ pub(crate) mod tests {
             },
             Call::Record { cluster: "lab".into(), phase: "prepare".into(), installer: "ab12".into() },
             Call::State { cluster: "my lab".into() },
+            Call::Lock { holder: crate::protocol::lock::tests::holder(), force_unlock: false },
+            Call::Lock {
+                holder: crate::protocol::lock::Holder {
+                    user: "it's me".into(),
+                    ..crate::protocol::lock::tests::holder()
+                },
+                force_unlock: true,
+            },
         ]
     }
 

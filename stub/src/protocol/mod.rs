@@ -4,10 +4,11 @@
 //! (which agent subcommand with which arguments, and the one function that renders a call as a
 //! command line: [`Call::command_line`]), what a call carries on stdin (the prepare plan, a
 //! record's detail), the distribution stream (header, frames, the pull request) and its answer
-//! lines, the relay wire between agents, and the reports (facts, state records, the prepare
-//! report). Serde types and small pure encoders and decoders only: no files, sockets or
-//! processes; the operator side (`run/`, `ssh::agent`) and the agent side (`agent/`) both build
-//! and read messages only through these types.
+//! lines, the relay wire between agents, the reports (facts, state records, the prepare
+//! report), and the host lock's holder, answer and record ([`lock`]). Serde types and small pure
+//! encoders and decoders only: no files, sockets or processes; the operator side (`run/`,
+//! `ssh::agent`) and the agent side (`agent/`) both build and read messages only through these
+//! types.
 //!
 //! # Versions
 //! Every agent session starts the same way: the operator's call carries its protocol version
@@ -23,6 +24,7 @@
 
 pub mod call;
 pub mod codec;
+pub mod lock;
 pub mod receive;
 pub mod relay;
 pub mod report;

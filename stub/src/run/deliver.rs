@@ -5,10 +5,11 @@
 //! the engine that runs them in [`super::engine`].
 
 use super::engine::{Engine, Step};
+use super::lock::LockRequest;
 use super::phases::control::{Init, Join, Kubeadm, Lb, SaveState};
 use super::phases::distribute::Distribute;
 use super::phases::launch::{Healthy, Launch};
-use super::phases::preflight::{self, Settle, Stage};
+use super::phases::preflight::{self, Passed, Settle, Stage};
 use super::phases::reset::{Forget, Going, Leave, Tally, Teardown};
 use super::phases::{prepare::Prepare, registry};
 use super::preflight::Problem;
@@ -22,7 +23,8 @@ use std::time::{Duration, Instant};
 
 /// Delivers the installer to the cluster's hosts: `connected[i]` is host `i`'s session (`None`
 /// when it could not be reached, with its problem in `problems`). `started` is when the run
-/// began, `connecting` when connecting did (preflight's clock starts there).
+/// began, `connecting` when connecting did (preflight's clock starts there). Every host is
+/// locked for this operation from preflight on, and given back at the end, whatever the end.
 pub async fn deliver<H: RemoteHost>(
     ctx: Arc<Ctx>,
     opts: &Options,
@@ -32,10 +34,26 @@ pub async fn deliver<H: RemoteHost>(
     connecting: Instant,
 ) -> Result<()> {
     let stage = Stage::new();
-    let passed = preflight::gate(&ctx, connected, problems, opts.parallel, &stage).await?;
+    let lock = LockRequest::here(opts.operation, &ctx.cluster.name, opts.force_unlock);
+    let mut passed = preflight::gate(&ctx, connected, problems, opts.parallel, &stage, &lock).await?;
     // Kept from the moment hosts change, so `check`, `join` and `reset` find a cluster that
     // stopped half-way, or one of prepared nodes only.
     crate::cluster::locate::save_local(&ctx.local_state, &crate::cluster::to_file(&ctx.cluster))?;
+    let locks = std::mem::take(&mut passed.locks);
+    let result = phases(ctx.clone(), opts, passed, stage, started, connecting).await;
+    locks.release(&ctx.rep).await;
+    result
+}
+
+/// The phases after a passed preflight, then the wait for `check`.
+async fn phases<H: RemoteHost>(
+    ctx: Arc<Ctx>,
+    opts: &Options,
+    passed: Passed<H>,
+    stage: Stage,
+    started: Instant,
+    connecting: Instant,
+) -> Result<()> {
     let engine = Engine::new(ctx.clone(), passed.hosts, passed.states, opts.parallel);
     engine.add_time("preflight", connecting.elapsed());
     let distribute = Arc::new(Distribute::new(opts.relay_chains));

@@ -9,7 +9,8 @@
 //!
 //! Each completed phase is recorded on the host (/var/lib/ferry/state/<cluster>/) and beside the
 //! installer (.ferry/<cluster>/<host>.json), see [`records`]; a re-run skips what is recorded for
-//! this installer. Errors name the host, the phase and the last lines of output.
+//! this installer. Errors name the host, the phase and the last lines of output. Every host is
+//! locked for the operation from preflight to the end ([`lock`]), so a second one is refused.
 //!
 //! This module holds what every phase shares ([`Ctx`], the remote-command helpers, the
 //! per-host plans); it depends on no phase, so phases, `launch` and `check` may use it.
@@ -18,6 +19,7 @@ pub mod deliver;
 pub mod distribute;
 pub mod engine;
 pub mod interrupt;
+pub mod lock;
 pub mod phases;
 pub mod preflight;
 pub mod progress;
@@ -219,4 +221,8 @@ pub struct Options {
     pub skip_launch: bool,
     /// How long to wait for the new cluster to pass `check`.
     pub wait: Duration,
+    /// The operation the hosts' locks name (`run`, or `join`).
+    pub operation: crate::protocol::lock::Operation,
+    /// End the operations holding the hosts and take their locks.
+    pub force_unlock: bool,
 }

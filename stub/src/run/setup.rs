@@ -175,7 +175,7 @@ pub fn print_plan(ctx: &Ctx, relay_chains: usize) {
         };
         let (want, bytes, rootfs) = host_plan(&ctx.payload, h);
         s.push_str(&format!(
-            "  {} [{}] as {}@{}:{}{}\n    preflight: facts (agent staged under /run, moved to {AGENT_PATH} once every host passes)\n    distribute: {} chunks ({}) to {INSTALLER_PATH}{}{}\n    prepare: rootfs ({}), containerd via {}, sysctls, swap off, /etc/hosts\n{}",
+            "  {} [{}] as {}@{}:{}{}\n    preflight: the host locked for this run, facts (agent staged under /run, moved to {AGENT_PATH} once every host passes)\n    distribute: {} chunks ({}) to {INSTALLER_PATH}{}{}\n    prepare: rootfs ({}), containerd via {}, sysctls, swap off, /etc/hosts\n{}",
             h.ip,
             h.role_names(),
             h.ssh.user,

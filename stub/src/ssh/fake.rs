@@ -4,7 +4,8 @@
 //! Agent calls reach the fake typed: [`FakeHost::calls`] records them, and a host made
 //! [`FakeHost::with_agent`] answers them with a closure that matches on the [`Call`] (use
 //! [`agent_answer`] to prefix the hello a real agent prints). Without one, the call's command
-//! line goes to the command closure like any other command.
+//! line goes to the command closure like any other command. A lock call is a session: its
+//! answer is sent at once (the closure sees no stdin) and it lasts until its stdin ends.
 
 use super::{Exec, Output, RemoteHost};
 use crate::protocol::{Call, Hello, encode_line};
@@ -50,16 +51,35 @@ impl FakeHost {
         self
     }
 
+    /// Runs `answer` on the command's whole stdin, then sends its output.
     fn start(&self, answer: impl FnOnce(&[u8]) -> Output + Send + 'static) -> Exec {
+        self.start_as(false, answer)
+    }
+
+    /// As [`FakeHost::start`]; `answers_first`: the answer (given no stdin) is sent at once
+    /// and the command then runs until its stdin ends, as a session like `agent lock` does.
+    fn start_as(&self, answers_first: bool, answer: impl FnOnce(&[u8]) -> Output + Send + 'static) -> Exec {
         let (stdin_w, mut stdin_r) = tokio::io::duplex(1 << 16);
         let (mut out_w, out_r) = tokio::io::duplex(1 << 16);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sent = self.sent.clone();
         tokio::spawn(async move {
             let mut input = Vec::new();
-            let _ = stdin_r.read_to_end(&mut input).await;
+            let mut answer = Some(answer);
+            let early = answers_first.then(|| answer.take().map(|a| a(&[]))).flatten();
+            if let Some(out) = &early {
+                let _ = out_w.write_all(&out.stdout).await;
+            }
+            // A session that failed ends at once; one that answered lasts until its stdin ends.
+            if early.as_ref().is_none_or(Output::ok) {
+                let _ = stdin_r.read_to_end(&mut input).await;
+            }
             sent.fetch_add(input.len() as u64, Ordering::Relaxed);
-            let out = answer(&input);
+            let out = match (early, answer) {
+                (Some(out), _) => Output { stdout: Vec::new(), ..out },
+                (None, Some(answer)) => answer(&input),
+                (None, None) => Output::default(),
+            };
             let _ = out_w.write_all(&out.stdout).await;
             let _ = out_w.shutdown().await;
             let _ = tx.send((out.status, out.stderr));
@@ -91,10 +111,14 @@ impl RemoteHost for FakeHost {
 
     async fn call(&self, program: &str, call: &Call) -> Result<Exec> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(call.clone());
-        let Some(agent) = self.agent.clone() else { return self.open(&call.command_line(program)).await };
-        self.commands.lock().unwrap_or_else(|e| e.into_inner()).push(call.command_line(program));
+        let (line, session) = (call.command_line(program), matches!(call, Call::Lock { .. }));
+        self.commands.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
+        let Some(agent) = self.agent.clone() else {
+            let responder = self.responder.clone();
+            return Ok(self.start_as(session, move |input| responder(&line, input)));
+        };
         let call = call.clone();
-        Ok(self.start(move |input| agent(&call, input)))
+        Ok(self.start_as(session, move |input| agent(&call, input)))
     }
 
     fn bytes_sent(&self) -> u64 {

@@ -42,6 +42,8 @@ struct World {
     failures: Mutex<Vec<(String, Target, String)>>,
     /// What `agent prepare` answers.
     prepare_report: Mutex<PrepareReport>,
+    /// Hosts another operation holds, and who.
+    held_by: Mutex<BTreeMap<String, crate::protocol::lock::Holder>>,
 }
 
 impl World {
@@ -118,6 +120,10 @@ impl World {
             },
             Call::RegistryService { .. } | Call::CheckPull { .. } => agent_answer::<()>(None),
             Call::Receive { .. } => agent_failed("this test world streams no installer"),
+            Call::Lock { .. } => agent_answer(Some(&match self.held_by.lock().unwrap().get(ip) {
+                Some(holder) => crate::protocol::lock::LockAnswer::Refused { holder: holder.clone() },
+                None => crate::protocol::lock::LockAnswer::Acquired,
+            })),
         }
     }
 
@@ -516,6 +522,8 @@ mod kubeadm {
 mod preflight {
     use super::*;
     use crate::agent::Facts;
+    use crate::protocol::lock::{Holder, Operation, tests::holder};
+    use crate::run::lock::LockRequest;
     use crate::run::phases::preflight::{Stage, gate};
     use crate::run::preflight::{Problem, Severity};
 
@@ -559,6 +567,10 @@ mod preflight {
         }
     }
 
+    fn lock_request() -> LockRequest {
+        LockRequest { holder: Holder { operation: Operation::Join, pid: 5151, ..holder() }, force: false }
+    }
+
     fn with_stub(dir: &Path) -> Arc<Ctx> {
         let mut c = Arc::try_unwrap(ctx(dir)).ok().unwrap();
         c.stub_sha = "0123abcd".into();
@@ -571,7 +583,7 @@ mod preflight {
         let (ctx, world) = (with_stub(dir.path()), Arc::new(World::default()));
         let hosts: Vec<Option<Arc<FakeHost>>> =
             IPS.iter().map(|ip| Some(surveyed(&world, ip, &ctx.stub_sha, healthy(ip)))).collect();
-        let passed = gate(&ctx, hosts, Vec::new(), 2, &Stage::new()).await.unwrap();
+        let passed = gate(&ctx, hosts, Vec::new(), 2, &Stage::new(), &lock_request()).await.unwrap();
         assert_eq!(passed.hosts.len(), 3);
         assert!(passed.staged.iter().all(Option::is_none), "the agent of this build was there already");
         assert!(passed.cgroup_v1_hosts.is_empty());
@@ -598,7 +610,7 @@ mod preflight {
             message: "connection refused".into(),
         };
         let stage = Stage::new();
-        let err = gate(&ctx, hosts, vec![unreachable], 2, &stage).await.err().unwrap().to_string();
+        let err = gate(&ctx, hosts, vec![unreachable], 2, &stage, &lock_request()).await.err().unwrap().to_string();
         assert_eq!(
             err,
             "preflight found 2 problem(s) on 10.0.0.1, 10.0.0.3: nothing was installed; fix them and run again"
@@ -616,6 +628,31 @@ mod preflight {
         assert_eq!(local(&ctx, IPS[0])["phases"]["preflight"]["status"], "failed");
         assert_eq!(local(&ctx, IPS[1])["phases"]["preflight"]["status"], "ok");
         assert_eq!(local(&ctx, IPS[2])["phases"]["preflight"]["status"], "failed");
+    }
+
+    /// A host another operation holds stops preflight before its facts are even gathered,
+    /// naming host and holder; the hosts that were locked are given back.
+    #[tokio::test]
+    async fn a_host_another_operation_holds_stops_preflight_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, world) = (with_stub(dir.path()), Arc::new(World::default()));
+        world.held_by.lock().unwrap().insert(IPS[1].into(), holder());
+        let hosts = IPS.iter().map(|ip| Some(surveyed(&world, ip, &ctx.stub_sha, healthy(ip)))).collect();
+        let err = gate(&ctx, hosts, Vec::new(), 2, &Stage::new(), &lock_request()).await.err().unwrap();
+        assert_eq!(
+            format!("{err:#}"),
+            "10.0.0.2 is locked by `run` of cluster lab, started 2026-12-06 12:03:01 UTC by root@build1 pid 4242; \
+             wait for it, or if it is gone use --force-unlock: \
+             preflight found 1 problem(s) on 10.0.0.2: nothing was installed; fix them and run again"
+        );
+        let facts = |ip| world.calls(ip).iter().filter(|(c, _, _)| matches!(c, Call::Facts { .. })).count();
+        assert_eq!(facts(IPS[1]), 0, "nothing ran on the held host after the lock");
+        let problems = &local(&ctx, IPS[1])["phases"]["preflight"]["detail"]["problems"];
+        assert_eq!(problems[0]["check"], "lock", "{problems}");
+        for ip in [IPS[0], IPS[2]] {
+            let Call::Lock { holder, force_unlock } = &world.calls(ip)[0].0 else { panic!("{ip}: locked first") };
+            assert_eq!((holder, *force_unlock), (&lock_request().holder, false));
+        }
     }
 }
 

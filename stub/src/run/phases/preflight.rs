@@ -1,14 +1,18 @@
 //! Preflight, the gate before any phase changes a host, and the settling of the agent it staged.
 //!
-//! Owns: the survey of one host (arch probe, ferry's agent staged if missing, see [`Stage`],
-//! facts, recorded state), the judgement of every host together ([`crate::run::preflight`]'s
+//! Owns: the survey of one host (arch probe, ferry's agent staged if missing, see [`Stage`], the
+//! host's lock taken with it before anything else runs there, facts, recorded state), the
+//! judgement of every host together ([`crate::run::preflight`]'s
 //! rules), the one table of every problem on every host (unreachable ones included), and the
-//! stop on any error, removing what it staged: a failed preflight changes nothing on any host.
+//! stop on any error, removing what it staged and giving the locks back: a failed preflight
+//! changes nothing on any host. A host another operation holds is a `lock` row of the table, and
+//! the error names its holder.
 //! When it passes, each host's cgroup version is reported and recorded, and [`Settle`] moves the
 //! staged agents to /var/lib/ferry/agent.
 
 use crate::agent::{AGENT_PATH, FERRY_DIR, Facts};
 use crate::run::engine::{BoxFuture, Decision, Outcome, Phase};
+use crate::run::lock::{HostLock, LockRequest, Locks, Refused};
 use crate::run::preflight::{self, Problem, Severity};
 use crate::run::records::{self, State};
 use crate::run::{Ctx, checked, host_plan, parallel};
@@ -35,6 +39,8 @@ pub struct Surveyed {
     /// The private directory holding the agent preflight ran, when the host had no agent of
     /// this build yet (one of [`Stage`]'s directories).
     pub staged: Option<String>,
+    /// The host's lock, held by that agent (none where it cannot run).
+    pub lock: Option<HostLock>,
 }
 
 /// Where preflight puts ferry's agent on a host that lacks it: a private directory named for
@@ -95,9 +101,16 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Preflight on one host: arch probe, the agent (staged if missing, see [`Stage`]), facts, state.
-/// Changes nothing on the host but the staged directory.
-pub async fn survey<H: RemoteHost>(ctx: &Ctx, h: &H, tools: &[String], stage: &Stage) -> Result<Surveyed> {
+/// Preflight on one host: arch probe, the agent (staged if missing, see [`Stage`]), the host's
+/// lock for `lock`, facts, state. Changes nothing on the host but the staged directory and the
+/// lock.
+pub async fn survey<H: RemoteHost>(
+    ctx: &Ctx,
+    h: &H,
+    tools: &[String],
+    stage: &Stage,
+    lock: &LockRequest,
+) -> Result<Surveyed> {
     let probe = checked(
         h,
         &format!("uname -m; (sha256sum {AGENT_PATH} 2>/dev/null || echo none) | cut -d' ' -f1"),
@@ -113,7 +126,7 @@ pub async fn survey<H: RemoteHost>(ctx: &Ctx, h: &H, tools: &[String], stage: &S
         // The agent could not run there; report as a fact and let judge() word it.
         let facts =
             Facts { arch, systemd: true, cpus: 64, mem_bytes: u64::MAX, disk_free: u64::MAX, ..Default::default() };
-        return Ok(Surveyed { facts, skew_ms: 0, state: BTreeMap::new(), staged: None });
+        return Ok(Surveyed { facts, skew_ms: 0, state: BTreeMap::new(), staged: None, lock: None });
     }
     let (agent, staged) = if agent_sha == ctx.stub_sha {
         (AGENT_PATH.to_string(), None)
@@ -121,15 +134,18 @@ pub async fn survey<H: RemoteHost>(ctx: &Ctx, h: &H, tools: &[String], stage: &S
         let dir = stage_agent(ctx, h, stage).await?;
         (format!("{dir}/agent"), Some(dir))
     };
-    match facts_and_state(ctx, h, &agent, tools).await {
-        Ok((facts, skew_ms, state)) => Ok(Surveyed { facts, skew_ms, state, staged }),
-        Err(e) => {
-            if staged.is_some() {
-                let _ = h.run(&stage.cleanup_cmd(), b"").await;
-            }
-            Err(e)
-        }
+    // The lock before anything else the agent does: facts read while another operation changes
+    // the host would be judged on what is about to be untrue.
+    let surveyed: Result<Surveyed> = async {
+        let lock = crate::run::lock::take(h, &agent, lock, &ctx.rep).await?;
+        let (facts, skew_ms, state) = facts_and_state(ctx, h, &agent, tools).await?;
+        Ok(Surveyed { facts, skew_ms, state, staged: staged.clone(), lock: Some(lock) })
     }
+    .await;
+    if surveyed.is_err() && staged.is_some() {
+        let _ = h.run(&stage.cleanup_cmd(), b"").await;
+    }
+    surveyed
 }
 
 /// Puts this build's agent in a private directory of `stage`; returns the directory.
@@ -176,6 +192,8 @@ pub struct Passed<H> {
     pub staged: Vec<Option<String>>,
     /// The hosts found on cgroup v1.
     pub cgroup_v1_hosts: Vec<String>,
+    /// Every host's lock, held until the operation ends.
+    pub locks: Locks,
 }
 
 /// The kubelet's tools the bundle's rootfs does not bring: the hosts must have them.
@@ -191,16 +209,19 @@ fn tools_needed(ctx: &Ctx) -> Vec<String> {
         .collect()
 }
 
-/// Preflight over every host: `connected[i]` is host `i`'s session, or `None` when it could not
-/// be reached (its problem is in `problems` already). Stops, having changed nothing, on any error.
+/// Preflight over every host, each locked for `lock`: `connected[i]` is host `i`'s session, or
+/// `None` when it could not be reached (its problem is in `problems` already). Stops, having
+/// changed nothing and given every lock back, on any error.
 pub async fn gate<H: RemoteHost>(
     ctx: &Arc<Ctx>,
     connected: Vec<Option<Arc<H>>>,
     mut problems: Vec<Problem>,
     limit: usize,
     stage: &Stage,
+    lock: &LockRequest,
 ) -> Result<Passed<H>> {
-    let surveyed = survey_all(ctx, &connected, &mut problems, limit, stage).await;
+    let mut surveyed = survey_all(ctx, &connected, &mut problems, limit, stage, lock).await;
+    let locks: Locks = surveyed.iter_mut().filter_map(|s| s.as_mut()?.lock.take()).collect();
     problems.extend(judge_all(ctx, &surveyed)?);
     // On a node ferry already made part of this cluster, the Kubernetes ports are taken by its
     // own apiserver, kubelet and LB: expected on a re-run or a `join`, not a problem.
@@ -212,6 +233,7 @@ pub async fn gate<H: RemoteHost>(
         .collect();
     problems.retain(|p| !(p.check == "ports" && installed.contains(&p.host)));
     if problems.iter().any(|p| p.severity == Severity::Error) {
+        locks.release(&ctx.rep).await;
         // Preflight changes nothing: remove the agents it staged (on every host, so a survey that
         // timed out is cleaned up too).
         let _ = parallel(connected.len(), limit, |i| {
@@ -223,14 +245,20 @@ pub async fn gate<H: RemoteHost>(
             }
         })
         .await;
-        return Err(stop_with(ctx, problems, "preflight"));
+        let refused: Vec<String> =
+            problems.iter().filter(|p| p.check == LOCK_CHECK).map(|p| p.message.clone()).collect();
+        let err = stop_with(ctx, problems, "preflight");
+        return Err(if refused.is_empty() { err } else { err.context(refused.join("; ")) });
     }
     let hosts: Vec<Arc<H>> = connected.into_iter().flatten().collect();
     if !problems.is_empty() {
         ctx.rep.line("problems", &preflight::table(&problems), serde_json::json!({"problems": problems}));
     }
-    passed(ctx, hosts, surveyed)
+    passed(ctx, hosts, surveyed, locks)
 }
+
+/// The preflight table's check for a host another operation holds.
+const LOCK_CHECK: &str = "lock";
 
 /// Surveys every connected host; a survey that fails is a problem of its host.
 async fn survey_all<H: RemoteHost>(
@@ -239,15 +267,17 @@ async fn survey_all<H: RemoteHost>(
     problems: &mut Vec<Problem>,
     limit: usize,
     stage: &Stage,
+    lock: &LockRequest,
 ) -> Vec<Option<Surveyed>> {
     let tools = tools_needed(ctx);
     let surveys = parallel(connected.len(), limit, |i| {
-        let (ctx, h, tools, stage) = (ctx.clone(), connected[i].clone(), tools.clone(), stage.clone());
+        let (ctx, h, tools) = (ctx.clone(), connected[i].clone(), tools.clone());
+        let (stage, lock) = (stage.clone(), lock.clone());
         async move {
             let h = h?;
             ctx.rep.event(h.addr(), "preflight", "start", "checking", serde_json::json!({}));
             Some(
-                tokio::time::timeout(ctx.phase_timeout, survey(&ctx, h.as_ref(), &tools, &stage))
+                tokio::time::timeout(ctx.phase_timeout, survey(&ctx, h.as_ref(), &tools, &stage, &lock))
                     .await
                     .unwrap_or_else(|_| Err(anyhow!("timed out"))),
             )
@@ -260,10 +290,11 @@ async fn survey_all<H: RemoteHost>(
             None => surveyed.push(None),
             Some(Ok(s)) => surveyed.push(Some(s)),
             Some(Err(e)) => {
+                let check = if e.downcast_ref::<Refused>().is_some() { LOCK_CHECK } else { "agent" };
                 problems.push(Problem {
                     host: ctx.cluster.hosts[i].ip.clone(),
                     severity: Severity::Error,
-                    check: "agent".into(),
+                    check: check.into(),
                     message: format!("{e:#}"),
                 });
                 surveyed.push(None);
@@ -300,7 +331,7 @@ fn judge_all(ctx: &Ctx, surveyed: &[Option<Surveyed>]) -> Result<Vec<Problem>> {
 }
 
 /// Reports and records each host's pass (with its cgroup version).
-fn passed<H>(ctx: &Ctx, hosts: Vec<Arc<H>>, surveyed: Vec<Option<Surveyed>>) -> Result<Passed<H>> {
+fn passed<H>(ctx: &Ctx, hosts: Vec<Arc<H>>, surveyed: Vec<Option<Surveyed>>, locks: Locks) -> Result<Passed<H>> {
     let cgroups: Vec<String> =
         surveyed.iter().map(|s| s.as_ref().map(|s| s.facts.cgroup.clone()).unwrap_or_default()).collect();
     for (h, cgroup) in ctx.cluster.hosts.iter().zip(&cgroups) {
@@ -318,7 +349,7 @@ fn passed<H>(ctx: &Ctx, hosts: Vec<Arc<H>>, surveyed: Vec<Option<Surveyed>>) -> 
         ctx.cluster.hosts.iter().zip(&cgroups).filter(|(_, c)| *c == "v1").map(|(h, _)| h.ip.clone()).collect();
     let staged = surveyed.iter().map(|s| s.as_ref().and_then(|s| s.staged.clone())).collect();
     let states = surveyed.into_iter().map(|s| s.map(|s| s.state).unwrap_or_default()).collect();
-    Ok(Passed { hosts, states, staged, cgroup_v1_hosts })
+    Ok(Passed { hosts, states, staged, cgroup_v1_hosts, locks })
 }
 
 /// Prints the table of `problems`, records each host's result, and the error to stop with.

@@ -115,7 +115,7 @@ impl<H: RemoteHost> Phase<H> for Leave {
 }
 
 /// The first master that is not going: the cluster's voice while the others leave.
-fn keeper(ctx: &Ctx, going: &Going) -> Option<usize> {
+pub fn keeper(ctx: &Ctx, going: &Going) -> Option<usize> {
     ctx.cluster.hosts.iter().position(|h| h.is(Role::Master) && !going.hosts.contains(&h.ip))
 }
 

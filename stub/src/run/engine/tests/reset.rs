@@ -108,3 +108,44 @@ async fn the_teardown_is_given_what_the_installer_laid_down() {
     assert!(!expected.is_empty(), "the test installer has a rootfs");
     assert_eq!(script.stdin.lines().collect::<Vec<_>>(), expected);
 }
+
+fn reset_options() -> crate::reset::Options {
+    crate::reset::Options { json: false, quiet: true, no_progress: true, parallel: 2, force_unlock: false }
+}
+
+/// The locks of a reset: the hosts going and the master that speaks for the cluster, nobody
+/// else; a host another operation holds stops it before anything changes.
+#[tokio::test]
+async fn a_reset_locks_the_hosts_it_changes_and_stops_on_one_held() {
+    use crate::protocol::lock::tests::holder;
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    let engine = unrecorded(&ctx, &world);
+    let locks = crate::reset::lock_hosts(&engine, &going(&[WORKERS[1]]), &reset_options()).await.unwrap();
+    assert_eq!(locks.hosts(), [MASTER, WORKERS[1]]);
+    locks.release(&ctx.rep).await;
+    let locked = |ip| world.calls(ip).iter().filter(|(c, _, _)| matches!(c, Call::Lock { .. })).count();
+    assert_eq!((locked(MASTER), locked(WORKERS[0]), locked(WORKERS[1])), (1, 0, 1));
+
+    world.held_by.lock().unwrap().insert(MASTER.into(), holder());
+    let err = crate::reset::lock_hosts(&engine, &going(&[WORKERS[1]]), &reset_options()).await.err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "10.0.0.1 is locked by `run` of cluster lab, started 2026-12-06 12:03:01 UTC by root@build1 pid 4242; \
+         wait for it, or if it is gone use --force-unlock; nothing was reset"
+    );
+    assert!(!torn_down(&world, WORKERS[1]));
+}
+
+/// A host whose agent cannot lock (none installed, or one from before the lock) is reset
+/// anyway: a teardown must work on half-made hosts.
+#[tokio::test]
+async fn a_host_that_cannot_be_locked_is_reset_without_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    world.fail_call(WORKERS[0], "lock", "sh: /var/lib/ferry/agent: not found");
+    let engine = unrecorded(&ctx, &world);
+    let locks = crate::reset::lock_hosts(&engine, &going(&IPS), &reset_options()).await.unwrap();
+    assert_eq!(locks.hosts(), [MASTER, WORKERS[1]]);
+    locks.release(&ctx.rep).await;
+}
