@@ -393,7 +393,11 @@ pub fn call_of(cmd: &crate::cli::AgentCommand) -> Call {
 /// Entry point for `installer agent …`: stdin and stdout are the session.
 pub fn main(args: &crate::cli::AgentArgs) -> Result<()> {
     let call = call_of(&args.command);
-    hangup::exit_when_operator_leaves();
+    // The lock's session ends on its own when its stdin does, and must give the lock back
+    // first rather than be cut short.
+    if !matches!(call, Call::Lock { .. }) {
+        hangup::exit_when_operator_leaves();
+    }
     if matches!(call, Call::Receive { .. }) {
         // A 1 MiB pipe from sshd instead of 64 KiB: fewer, larger reads and wake-ups while
         // chunks stream in. Not a pipe, or over the limit: stays as it is.
