@@ -191,11 +191,12 @@ fn a_run_killed_with_its_agent_leaves_a_lock_the_next_run_takes_over() {
     wait_held(lab, 1, "run");
     wait_held(lab, 2, "run");
     let pid = first.id();
-    // The operator dies without a word, and so does node1's lock agent (as on a host whose
-    // session died with it): node1 keeps the record with nobody holding the lock.
+    // node1's lock agent dies without a word (as on a host whose session died with it), then
+    // the operator does: node1 keeps the record with nobody holding the lock. (Killed the other
+    // way round, the agent sees its session close and gives the lock back cleanly first.)
+    lab.ssh_ok(Host::Node(1), "kill -9 $(sed -n 's/.*\"agent_pid\":\\([0-9]*\\).*/\\1/p' /run/ferry/holder.json)");
     first.kill().unwrap();
     first.wait().unwrap();
-    lab.ssh_ok(Host::Node(1), "kill -9 $(sed -n 's/.*\"agent_pid\":\\([0-9]*\\).*/\\1/p' /run/ferry/holder.json)");
     ex.unshape(Host::Node(2));
     // node2's agent saw its session close and let go by itself.
     wait_free(lab, 2);
