@@ -3,7 +3,7 @@
 //! Owns: the protocol version ([`PROTOCOL_VERSION`]) and the hello that checks it, the calls
 //! (which agent subcommand with which arguments, and the one function that renders a call as a
 //! command line: [`Call::command_line`]), what a call carries on stdin (the prepare plan, a
-//! record's detail), the distribution stream (header, frames, the pull request) and its answer
+//! record's detail, the registry's access and serving material), the distribution stream (header, frames, the pull request) and its answer
 //! lines, the relay wire between agents, and the reports (facts, state records, the prepare
 //! report). Serde types and small pure encoders and decoders only: no files, sockets or
 //! processes; the operator side (`run/`, `ssh::agent`) and the agent side (`agent/`) both build
@@ -21,6 +21,7 @@
 //! may say more than the operator reads. A change an older peer would misread (a renamed or
 //! retyped field, a new frame word, a new required field) bumps [`PROTOCOL_VERSION`].
 
+pub mod access;
 pub mod call;
 pub mod codec;
 pub mod receive;

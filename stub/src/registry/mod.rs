@@ -10,13 +10,17 @@
 //! * [`routes`] owns the HTTP API: parsing, resolution, headers, errors;
 //! * [`access_log`] owns response bodies and the one-line-per-request log;
 //! * [`config`] owns the containerd files `registry config` writes;
+//! * [`pki`] owns the cluster's registry CA, pull credential and serving certificate (operator
+//!   side), and [`tls`] the TLS and credential check both ends use;
 //! * this module owns startup (trust checks, listener, runtime) and shutdown.
 
 pub mod access_log;
 pub mod config;
 pub mod integrity;
 pub mod routes;
+pub mod pki;
 pub mod store;
+pub mod tls;
 
 use crate::cli::{RegistryConfigArgs, RegistryServeArgs, TrustArgs};
 use crate::printer::Printer;
