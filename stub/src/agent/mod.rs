@@ -22,6 +22,7 @@ pub mod service_route;
 pub use crate::protocol::{Facts, Record};
 
 use crate::protocol::{Call, DecodeError, Hello, PreparePlan, check_operator, encode_line};
+use crate::protocol::access::{PullAccess, ServingMaterial};
 use crate::registry::config::ConfigError;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -427,8 +428,14 @@ pub fn serve(
             let plan: PreparePlan = crate::protocol::decode("the prepare plan", &read_all(input)?)?;
             answer(output, &prepare::prepare(&plan)?)
         }
-        Call::RegistryService { port, allow_unsigned } => Ok(prepare::registry_service(*port, *allow_unsigned)?),
-        Call::CheckPull { image, endpoints, timeout } => Ok(prepare::check_pull(image, endpoints, *timeout)?),
+        Call::RegistryService { port, allow_unsigned } => {
+            let material: ServingMaterial = crate::protocol::decode("the registry's serving material", &read_all(input)?)?;
+            Ok(prepare::registry_service(*port, *allow_unsigned, &material)?)
+        }
+        Call::CheckPull { image, endpoints, timeout } => {
+            let access: PullAccess = crate::protocol::decode("the registry's pull access", &read_all(input)?)?;
+            Ok(prepare::check_pull(image, endpoints, *timeout, &access)?)
+        }
         Call::Record { cluster, phase, installer } => {
             let detail = read_all(input)?;
             // No detail at all is a record without one; a detail that is not JSON is refused,

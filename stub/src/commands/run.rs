@@ -30,6 +30,7 @@ pub fn options(args: &RunArgs, quiet: bool, no_progress: bool) -> Options {
         relay_chains: args.relay_chains,
         skip_launch: args.skip_launch,
         wait: Duration::from_secs(args.wait.unwrap_or(DEFAULT_WAIT_SECS)),
+        dry_run: args.dry_run,
     }
 }
 

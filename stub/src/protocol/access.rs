@@ -86,6 +86,8 @@ pub struct ServingMaterial {
     pub key_pem: Secret,
     /// Hex SHA-256 of the credential's `user:password` ([`Credential::digest`]).
     pub credential_sha256: String,
+    /// The cluster CA's certificate, for the host's own readiness probe.
+    pub ca_pem: String,
 }
 
 #[cfg(test)]
@@ -100,7 +102,12 @@ mod tests {
     fn debug_output_never_shows_a_secret() {
         let access = PullAccess { ca_pem: "CA".into(), credential: credential() };
         let serving =
-            ServingMaterial { cert_pem: "C".into(), key_pem: Secret::new("PRIVATE KEY"), credential_sha256: "d".into() };
+            ServingMaterial {
+            cert_pem: "C".into(),
+            key_pem: Secret::new("PRIVATE KEY"),
+            credential_sha256: "d".into(),
+            ca_pem: "CA".into(),
+        };
         let shown = format!("{access:?} {access:#?} {serving:?} {:?}", credential().basic_header());
         assert!(!shown.contains("s3cr3t") && !shown.contains("PRIVATE KEY"), "{shown}");
         assert!(!shown.contains("ZmVycnk6czNjcjN0LXBhNTU"), "the encoded header is a secret too: {shown}");

@@ -246,6 +246,7 @@ impl ClusterCa {
             cert_pem: format!("{}{}", cert_pem, self.cert_pem),
             key_pem: Secret::new(key_pem),
             credential_sha256: self.credential.digest(),
+            ca_pem: self.cert_pem.clone(),
         }
     }
 }

@@ -429,6 +429,7 @@ mod tests {
             phase_timeout: Duration::from_secs(60),
             force: false,
             stall: Duration::from_secs(20),
+            registry_ca: None,
         }
     }
 

@@ -47,7 +47,9 @@ pub fn open(opts: &Options, file: Option<&Path>, overrides: &Overrides) -> Resul
         rep.line("warning", &format!("warning: {w}"), serde_json::json!({}));
     }
     let local_state = cluster::locate::local_state_dir(&opts.installer, &cluster.name);
+    let registry_ca = if opts.dry_run { None } else { Some(super::registry_ca(&local_state)?) };
     Ok(Arc::new(Ctx {
+        registry_ca,
         payload,
         id,
         cluster,

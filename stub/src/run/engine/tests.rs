@@ -197,6 +197,8 @@ fn ctx(dir: &Path) -> Arc<Ctx> {
         phase_timeout: Duration::from_secs(60),
         force: false,
         stall: Duration::from_secs(20),
+        // Beside the state directory, whose files the tests count.
+        registry_ca: Some(crate::run::registry_ca(&dir.join("pki")).unwrap()),
     })
 }
 
