@@ -448,3 +448,6 @@ fn restrict_oom_score_adj(choice: config::OomRestriction, printer: &Printer) -> 
     }
     restrict
 }
+
+#[cfg(test)]
+mod tests;
