@@ -425,15 +425,15 @@ pub fn serve(
             Ok(())
         }
         Call::Prepare => {
-            let plan: PreparePlan = crate::protocol::decode("the prepare plan", &read_all(input)?)?;
+            let plan: PreparePlan = crate::protocol::decode_secret("the prepare plan", &read_all(input)?)?;
             answer(output, &prepare::prepare(&plan)?)
         }
         Call::RegistryService { port, allow_unsigned } => {
-            let material: ServingMaterial = crate::protocol::decode("the registry's serving material", &read_all(input)?)?;
+            let material: ServingMaterial = crate::protocol::decode_secret("the registry's serving material", &read_all(input)?)?;
             Ok(prepare::registry_service(*port, *allow_unsigned, &material)?)
         }
         Call::CheckPull { image, endpoints, timeout } => {
-            let access: PullAccess = crate::protocol::decode("the registry's pull access", &read_all(input)?)?;
+            let access: PullAccess = crate::protocol::decode_secret("the registry's pull access", &read_all(input)?)?;
             Ok(prepare::check_pull(image, endpoints, *timeout, &access)?)
         }
         Call::Record { cluster, phase, installer } => {

@@ -121,6 +121,14 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_secret_message_is_not_quoted_back() {
+        let bad = br#"{"ca_pem":"CA","credential":{"username":"ferry","password":17},"leak":"s3cr3t-pa55"}"#;
+        let err = super::super::decode_secret::<PullAccess>("the pull access", bad).unwrap_err().to_string();
+        assert!(err.contains("the pull access") && err.contains("line 1"), "{err}");
+        assert!(!err.contains("s3cr3t") && !err.contains("17"), "{err}");
+    }
+
+    #[test]
     fn secrets_travel_as_plain_strings() {
         let json = serde_json::to_string(&credential()).unwrap();
         assert_eq!(json, r#"{"username":"ferry","password":"s3cr3t-pa55"}"#);

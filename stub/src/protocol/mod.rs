@@ -30,6 +30,6 @@ pub mod report;
 pub mod version;
 
 pub use call::{Call, quote};
-pub use codec::{DecodeError, decode, encode_line, split_first_line};
+pub use codec::{DecodeError, decode, decode_secret, encode_line, split_first_line};
 pub use report::{Facts, KernelSupport, PreparePlan, PrepareReport, Record};
 pub use version::{BUILD, Hello, PROTOCOL_VERSION, VersionError, check_agent, check_operator};
