@@ -114,6 +114,14 @@ fn over_tls_only_the_credential_pulls() {
     let served = over_tls(addr, ca.cert_pem(), &get(manifest_path, Some(&right))).unwrap();
     assert_eq!(status(&served), "200", "{served}");
     assert!(served.ends_with(std::str::from_utf8(&manifest).unwrap()), "the manifest, byte-exact: {served}");
+
+    // The stub's own client (check-pull, the readiness wait) gets the same answers.
+    let client = tls::client_config(ca.cert_pem()).unwrap();
+    let (at, host) = (addr.to_string(), tls::host_of(&addr.to_string()).to_string());
+    let line = tls::status_line(&at, &host, client.clone(), &get(manifest_path, Some(&right))).unwrap();
+    assert_eq!(status(&line), "200", "{line}");
+    let line = tls::status_line(&at, &host, client, &get("/v2/", None)).unwrap();
+    assert_eq!(status(&line), "401", "{line}");
 }
 
 #[test]
