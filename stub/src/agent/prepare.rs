@@ -193,7 +193,7 @@ pub enum ReplicaError {
     },
     /// The cluster CA given to this node does not load.
     #[error(transparent)]
-    Tls(#[from] crate::registry::tls::TlsError),
+    Tls(Box<crate::registry::tls::TlsError>),
     /// Connecting, the TLS handshake (the certificate checked against the cluster CA), sending or
     /// reading failed.
     #[error("asking {addr} over TLS")]
@@ -610,7 +610,7 @@ pub fn check_pull(image: &str, endpoints: &[String], timeout: u64, access: &Pull
         source,
     };
     let config = tls::client_config(&access.ca_pem)
-        .map_err(|source| replica_error(&endpoints.join(", "), ReplicaError::Tls(source)))?;
+        .map_err(|source| replica_error(&endpoints.join(", "), ReplicaError::Tls(Box::new(source))))?;
     for e in endpoints {
         manifest_served(e, image, config.clone(), access).map_err(|source| replica_error(e, source))?;
     }
