@@ -3,7 +3,8 @@
 //!
 //! Owns: [`Secret`] (a string that never prints), [`PullAccess`] (every node: CA certificate and
 //! credential, for containerd's hosts.toml and `agent check-pull`) and [`ServingMaterial`]
-//! (registry hosts only: certificate, key, and the credential's digest). These travel on an
+//! (registry hosts only: certificate, key, and the credential's digest), and [`RelayIdentity`]
+//! (a relaying host's certificate and key for one distribution). These travel on an
 //! agent's stdin, never on a command line, and their `Debug` output redacts every secret. The
 //! CA's private key has no type here: it never leaves the operator's machine.
 
@@ -74,6 +75,16 @@ pub struct PullAccess {
     pub ca_pem: String,
     /// The pull credential.
     pub credential: Credential,
+}
+
+/// A relay listener's TLS identity for one distribution session: a certificate for the host's
+/// address, signed by the cluster CA, and its key. Made per session and never saved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayIdentity {
+    /// The certificate (PEM), then the CA's.
+    pub cert_pem: String,
+    /// Its private key (PKCS#8 PEM).
+    pub key_pem: Secret,
 }
 
 /// What a registry host needs to serve: written under `/etc/ferry/registry/` by

@@ -18,7 +18,7 @@
 //! A pure module: files and crypto only, its own error type, nothing of the crate above
 //! `protocol`. Every error names the file; none carries a key or a password.
 
-use crate::protocol::access::{Credential, PullAccess, Secret, ServingMaterial};
+use crate::protocol::access::{Credential, PullAccess, RelayIdentity, Secret, ServingMaterial};
 use ferry_core::fs::WriteError;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -56,6 +56,8 @@ const USERNAME: &str = "ferry";
 /// and an expired registry certificate stops every pull; a day back for clocks running behind.
 const CA_YEARS: u64 = 30;
 const SERVING_YEARS: u64 = 10;
+/// A relay identity lives one distribution; a week covers the longest one with room to spare.
+const RELAY_DAYS: u64 = 7;
 
 /// Why the registry's CA, credential or certificate cannot be loaded, made or written.
 #[derive(Debug, thiserror::Error)]
@@ -216,15 +218,23 @@ impl ClusterCa {
         {
             return Ok(self.material(cert_pem, key_pem));
         }
-        let (cert_pem, key_pem) = self.issue(&names)?;
+        let (cert_pem, key_pem) = self.issue(&names, DAY * 365 * SERVING_YEARS as u32)?;
         write(&key_path, key_pem.as_bytes(), 0o600, "serving key")?;
         write(&cert_path, cert_pem.as_bytes(), 0o644, "serving certificate")?;
         write(&names_path, listed.as_bytes(), 0o644, "serving certificate's names")?;
         Ok(self.material(cert_pem, key_pem))
     }
 
-    /// A new serving certificate (PEM) and key (PKCS#8 PEM) for `names`, signed by the CA.
-    fn issue(&self, names: &[String]) -> Result<(String, String), PkiError> {
+    /// A relay listener's identity for one distribution: a certificate for `name` (the address
+    /// downstream hosts reach it by), signed by the CA, then the CA's, and its key. Never saved.
+    pub fn relay_identity(&self, name: &str) -> Result<RelayIdentity, PkiError> {
+        let (cert_pem, key_pem) = self.issue(&[name.to_string()], DAY * RELAY_DAYS as u32)?;
+        Ok(RelayIdentity { cert_pem: format!("{cert_pem}{}", self.cert_pem), key_pem: Secret::new(key_pem) })
+    }
+
+    /// A new serving certificate (PEM), valid for `lasting`, and key (PKCS#8 PEM) for `names`,
+    /// signed by the CA.
+    fn issue(&self, names: &[String], lasting: Duration) -> Result<(String, String), PkiError> {
         let what = "serving certificate";
         let mut params = CertificateParams::new(names.to_vec()).map_err(|source| PkiError::Generate { what, source })?;
         params.distinguished_name = DistinguishedName::new();
@@ -233,7 +243,7 @@ impl ClusterCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        (params.not_before, params.not_after) = validity(SERVING_YEARS);
+        (params.not_before, params.not_after) = validity(lasting);
         let key = new_key("serving key")?;
         let issuer = Issuer::new(ca_params(), &self.key);
         let cert = params.signed_by(&key, &issuer).map_err(|source| PkiError::Generate { what, source })?;
@@ -266,15 +276,16 @@ fn ca_params() -> CertificateParams {
     params.distinguished_name.push(DnType::CommonName, CA_NAME);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    (params.not_before, params.not_after) = validity(CA_YEARS);
+    (params.not_before, params.not_after) = validity(DAY * 365 * CA_YEARS as u32);
     params
 }
 
-/// From a day ago to `years` from now.
-fn validity(years: u64) -> (time::OffsetDateTime, time::OffsetDateTime) {
-    const DAY: Duration = Duration::from_secs(86_400);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// From a day ago (for clocks running behind) to `lasting` from now.
+fn validity(lasting: Duration) -> (time::OffsetDateTime, time::OffsetDateTime) {
     let now = SystemTime::now();
-    ((now - DAY).into(), (now + DAY * 365 * years as u32).into())
+    ((now - DAY).into(), (now + lasting).into())
 }
 
 fn new_key(what: &'static str) -> Result<KeyPair, PkiError> {

@@ -54,27 +54,51 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn load_tls_dir(dir: &Path) -> Result<(Arc<ServerConfig>, CredentialCheck), TlsError> {
     let (cert_path, key_path, digest_path) = (dir.join(TLS_CERT), dir.join(TLS_KEY), dir.join(TLS_CREDENTIAL_DIGEST));
     let chain = read(&cert_path)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain)
-        .collect::<Result<_, _>>()
-        .ok()
-        .filter(|c: &Vec<_>| !c.is_empty())
-        .ok_or(TlsError::Malformed { path: cert_path, what: "a PEM certificate chain" })?;
-    let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
-        .map_err(|_| TlsError::Malformed { path: key_path, what: "a PEM private key" })?;
+    let key = read(&key_path)?;
     let digest = String::from_utf8(read(&digest_path)?).ok().and_then(|d| hex::decode(d.trim()).ok());
     let digest: [u8; 32] = digest
         .and_then(|d| d.try_into().ok())
         .ok_or(TlsError::Malformed { path: digest_path, what: "a hex SHA-256 digest" })?;
-    let config = ServerConfig::builder_with_provider(provider())
+    let what = || format!("the certificate and key in {}", dir.display());
+    let config = server_config(&chain, &key, b"http/1.1", &what).map_err(|e| match e {
+        ServerConfigError::Chain => TlsError::Malformed { path: cert_path.clone(), what: "a PEM certificate chain" },
+        ServerConfigError::Key => TlsError::Malformed { path: key_path.clone(), what: "a PEM private key" },
+        ServerConfigError::Tls(e) => e,
+    })?;
+    Ok((config, CredentialCheck { digest }))
+}
+
+/// Why [`server_config`] failed.
+#[derive(Debug)]
+pub enum ServerConfigError {
+    /// The chain holds no PEM certificate.
+    Chain,
+    /// The key is not a PEM private key.
+    Key,
+    /// rustls refused them.
+    Tls(TlsError),
+}
+
+/// A server configuration with `chain_pem` (the certificate, then its CA) and `key_pem`,
+/// offering ALPN `protocol`; `what` names them in rustls's refusal.
+pub fn server_config(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    protocol: &[u8],
+    what: &dyn Fn() -> String,
+) -> Result<Arc<ServerConfig>, ServerConfigError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|c: &Vec<_>| !c.is_empty())
+        .ok_or(ServerConfigError::Chain)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| ServerConfigError::Key)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
-        .map_err(|source| TlsError::Config {
-            what: format!("the certificate and key in {}", dir.display()),
-            source,
-        })?;
-    let mut config = config;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((Arc::new(config), CredentialCheck { digest }))
+        .map_err(|source| ServerConfigError::Tls(TlsError::Config { what: what(), source }))?;
+    config.alpn_protocols = vec![protocol.to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A client configuration trusting only the CA certificate(s) in `ca_pem`.
