@@ -240,7 +240,8 @@ impl Serve {
                 return Err(format!("registry serve exited ({status}) before listening:\n{}", serve.log()));
             }
             let listening = line.strip_prefix("registry listening on ");
-            if let Some(rest) = listening.and_then(|l| l.strip_prefix("http://").or_else(|| l.strip_prefix("https://"))) {
+            if let Some(rest) = listening.and_then(|l| l.strip_prefix("http://").or_else(|| l.strip_prefix("https://")))
+            {
                 serve.addr = rest.split_whitespace().next().unwrap().to_string();
                 return Ok(serve);
             }
@@ -800,12 +801,16 @@ fn over_tls_skopeo_pulls_only_with_the_credential_and_the_cluster_ca() {
     std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
     let creds = std::fs::read_to_string(&credential).unwrap();
     let image = format!("docker://{}/library/busybox:1.36", s.addr);
-    let inspect = |extra: &[&str]| {
-        run(skopeo().args(["inspect", "--cert-dir", certs.to_str().unwrap()]).args(extra).arg(&image))
-    };
+    let inspect =
+        |extra: &[&str]| run(skopeo().args(["inspect", "--cert-dir", certs.to_str().unwrap()]).args(extra).arg(&image));
     let ok = inspect(&["--creds", creds.trim()]);
-    assert!(ok.status.success(), "{}
-{}", text(&ok), s.log());
+    assert!(
+        ok.status.success(),
+        "{}
+{}",
+        text(&ok),
+        s.log()
+    );
     let anonymous = inspect(&[]);
     assert!(!anonymous.status.success(), "pulled without the credential:\n{}", text(&anonymous));
     let wrong = inspect(&["--creds", "ferry:guess"]);

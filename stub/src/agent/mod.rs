@@ -21,8 +21,8 @@ pub mod service_route;
 
 pub use crate::protocol::{Facts, Record};
 
-use crate::protocol::{Call, DecodeError, Hello, PreparePlan, check_operator, encode_line};
 use crate::protocol::access::{PullAccess, ServingMaterial};
+use crate::protocol::{Call, DecodeError, Hello, PreparePlan, check_operator, encode_line};
 use crate::registry::config::ConfigError;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -429,7 +429,8 @@ pub fn serve(
             answer(output, &prepare::prepare(&plan)?)
         }
         Call::RegistryService { port, allow_unsigned } => {
-            let material: ServingMaterial = crate::protocol::decode_secret("the registry's serving material", &read_all(input)?)?;
+            let material: ServingMaterial =
+                crate::protocol::decode_secret("the registry's serving material", &read_all(input)?)?;
             Ok(prepare::registry_service(*port, *allow_unsigned, &material)?)
         }
         Call::CheckPull { image, endpoints, timeout } => {

@@ -7,11 +7,11 @@ pub use crate::protocol::{PreparePlan as Plan, PrepareReport as Report};
 use super::kernel::module_present;
 use super::service_route::{CommandError, RouteError, sh};
 use crate::node::{FERRY_DIR, INSTALLER_PATH, REGISTRY_TLS_DIR};
-use crate::protocol::access::{Credential, PullAccess, ServingMaterial};
-use crate::registry::{pki, tls};
 use crate::printer::error_chain;
+use crate::protocol::access::{Credential, PullAccess, ServingMaterial};
 use crate::registry::RegistryError;
 use crate::registry::config::{ConfigError, Containerd, OomRestriction, write_atomic};
+use crate::registry::{pki, tls};
 use ferry_core::verify::OpenError;
 use payload_format::Payload;
 use std::io;
@@ -561,7 +561,8 @@ pub fn registry_service(port: u16, allow_unsigned: bool, material: &ServingMater
     let path = Path::new("/etc/systemd/system/ferry-registry.service");
     let mut report = Report::default();
     put(path, unit.as_bytes(), &mut report)?;
-    let tls_error = |source: Box<dyn std::error::Error + Send + Sync>| PrepareError::RegistryTls { dir: REGISTRY_TLS_DIR, source };
+    let tls_error =
+        |source: Box<dyn std::error::Error + Send + Sync>| PrepareError::RegistryTls { dir: REGISTRY_TLS_DIR, source };
     let tls_changed = pki::write_tls_dir(Path::new(REGISTRY_TLS_DIR), material).map_err(|e| tls_error(e.into()))?;
     let probe = tls::client_config(&material.ca_pem).map_err(|e| tls_error(e.into()))?;
     // The unit also changes meaning when the installer file under it was replaced. An installer
@@ -604,11 +605,8 @@ fn wait_for_registry(port: u16, probe: std::sync::Arc<rustls::ClientConfig>) -> 
 /// to each over TLS with the credential, as containerd would send it), then pulls it through
 /// containerd with the node's hosts.toml.
 pub fn check_pull(image: &str, endpoints: &[String], timeout: u64, access: &PullAccess) -> Result<(), PullCheckError> {
-    let replica_error = |e: &String, source| PullCheckError::Replica {
-        endpoint: e.clone(),
-        image: image.to_string(),
-        source,
-    };
+    let replica_error =
+        |e: &String, source| PullCheckError::Replica { endpoint: e.clone(), image: image.to_string(), source };
     let config = tls::client_config(&access.ca_pem)
         .map_err(|source| replica_error(&endpoints.join(", "), ReplicaError::Tls(Box::new(source))))?;
     for e in endpoints {

@@ -18,12 +18,12 @@
 //! whole exchange, token included, is inside TLS, so the site network sees no installer bytes.
 
 use crate::printer::error_chain;
+use crate::protocol::access::RelayIdentity;
 use crate::protocol::codec::{FrameError, read_u64};
 use crate::protocol::receive::{END, KEEPALIVE};
 use crate::protocol::relay::{
     ACCEPTED, Reply, Secret, Upstream, decode_reply, decode_request_head, encode_refusal, encode_request, token,
 };
-use crate::protocol::access::RelayIdentity;
 use crate::registry::tls::{self, ServerConfigError};
 use payload_format::Payload;
 use rustls::pki_types::ServerName;

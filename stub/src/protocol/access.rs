@@ -112,8 +112,7 @@ mod tests {
     #[test]
     fn debug_output_never_shows_a_secret() {
         let access = PullAccess { ca_pem: "CA".into(), credential: credential() };
-        let serving =
-            ServingMaterial {
+        let serving = ServingMaterial {
             cert_pem: "C".into(),
             key_pem: Secret::new("PRIVATE KEY"),
             credential_sha256: "d".into(),

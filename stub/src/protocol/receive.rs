@@ -314,7 +314,8 @@ mod tests {
         assert!(Header::decode(&mut &bad[..], 128).unwrap_err().to_string().contains("bad tail length 200"));
         let err = Header::decode(&mut &b"FERRY-RECV1\n"[..], 128).unwrap_err().to_string();
         assert!(err.contains("not a ferry distribution stream"), "{err}");
-        let mut cut = Header { file_len: 1000, tail: vec![1; 200], want: vec![1], secret: None, identity: None }.encode();
+        let mut cut =
+            Header { file_len: 1000, tail: vec![1; 200], want: vec![1], secret: None, identity: None }.encode();
         cut.truncate(cut.len() - 3);
         assert!(Header::decode(&mut &cut[..], 128).unwrap_err().to_string().contains("ended early"));
     }

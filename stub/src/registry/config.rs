@@ -292,7 +292,8 @@ fn hosts_toml(inputs: &Inputs, what: &str, ca: &str) -> String {
     let _ = writeln!(s, "# `server` is the built-in registry too, so a miss fails fast on an air-gapped node.");
     let access = inputs.access.as_ref().map(|a| (toml_str(ca), toml_str(a.credential.basic_header().expose())));
     if access.is_some() {
-        let _ = writeln!(s, "# Its certificate is trusted only through the cluster CA; the header is the pull credential.");
+        let _ =
+            writeln!(s, "# Its certificate is trusted only through the cluster CA; the header is the pull credential.");
     }
     let _ = writeln!(s, "server = {}", toml_str(&inputs.endpoints[0]));
     if let Some((ca, auth)) = &access {
@@ -420,12 +421,18 @@ pub fn read_access(ca_file: &Path, credential_file: &Path) -> Result<PullAccess,
     };
     let ca_pem = read(ca_file)?;
     if !ca_pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(ConfigError::AccessFile { path: ca_file.to_path_buf(), problem: "holds no PEM certificate".into() });
+        return Err(ConfigError::AccessFile {
+            path: ca_file.to_path_buf(),
+            problem: "holds no PEM certificate".into(),
+        });
     }
     let text = read(credential_file)?;
     let (username, password) =
         text.trim_end().split_once(':').filter(|(u, p)| !u.is_empty() && !p.is_empty()).ok_or_else(|| {
-            ConfigError::AccessFile { path: credential_file.to_path_buf(), problem: "is not of the form user:password".into() }
+            ConfigError::AccessFile {
+                path: credential_file.to_path_buf(),
+                problem: "is not of the form user:password".into(),
+            }
         })?;
     let credential = crate::protocol::access::Credential {
         username: username.to_string(),
@@ -533,7 +540,11 @@ mod tests {
         );
         assert_eq!(files[0].text, access().ca_pem);
         let hosts = &files[1].text;
-        assert_eq!(hosts.matches("authorization = \"Basic ZmVycnk6cHc=\"").count(), 3, "server and both hosts:\n{hosts}");
+        assert_eq!(
+            hosts.matches("authorization = \"Basic ZmVycnk6cHc=\"").count(),
+            3,
+            "server and both hosts:\n{hosts}"
+        );
         assert_eq!(hosts.matches("ca = \"/etc/containerd/certs.d/docker.io/ca.crt\"").count(), 3, "{hosts}");
         snapshot_all("v2_tls", &i);
         // Never a credential over plain HTTP.

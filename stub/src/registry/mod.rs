@@ -17,17 +17,17 @@
 pub mod access_log;
 pub mod config;
 pub mod integrity;
-pub mod routes;
 pub mod pki;
+pub mod routes;
 pub mod store;
 pub mod tls;
 
 use crate::cli::{RegistryConfigArgs, RegistryPkiArgs, RegistryServeArgs, TrustArgs};
 use crate::printer::Printer;
+use crate::protocol::access::PullAccess;
 use crate::trust;
 use crate::verify::open_payload;
 use access_log::{LogEntry, ServeBody, note};
-use crate::protocol::access::PullAccess;
 use config::ConfigError;
 use ferry_core::image_ref::normalize_domain;
 use ferry_core::metadata::MetadataError;

@@ -149,8 +149,8 @@ fn load_or_create_ca(dir: &Path) -> Result<(String, KeyPair), PkiError> {
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {
             let key_pem = read(&key_path)?;
-            let key =
-                KeyPair::from_pem(&key_pem).map_err(|_| PkiError::Malformed { path: key_path, what: "a PEM private key" })?;
+            let key = KeyPair::from_pem(&key_pem)
+                .map_err(|_| PkiError::Malformed { path: key_path, what: "a PEM private key" })?;
             let cert_pem = read(&cert_path)?;
             if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
                 return Err(PkiError::Malformed { path: cert_path, what: "a PEM certificate" });
@@ -214,7 +214,8 @@ impl ClusterCa {
         let (cert_path, key_path, names_path) =
             (self.dir.join(SERVING_CERT), self.dir.join(SERVING_KEY), self.dir.join(SERVING_NAMES));
         if std::fs::read_to_string(&names_path).ok().as_deref() == Some(listed.as_str())
-            && let (Ok(cert_pem), Ok(key_pem)) = (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path))
+            && let (Ok(cert_pem), Ok(key_pem)) =
+                (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path))
         {
             return Ok(self.material(cert_pem, key_pem));
         }
@@ -236,7 +237,8 @@ impl ClusterCa {
     /// signed by the CA.
     fn issue(&self, names: &[String], lasting: Duration) -> Result<(String, String), PkiError> {
         let what = "serving certificate";
-        let mut params = CertificateParams::new(names.to_vec()).map_err(|source| PkiError::Generate { what, source })?;
+        let mut params =
+            CertificateParams::new(names.to_vec()).map_err(|source| PkiError::Generate { what, source })?;
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, "ferry registry");
         params.is_ca = IsCa::ExplicitNoCa;

@@ -106,7 +106,8 @@ pub fn client_config(ca_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
     let what = || "the cluster's registry CA".to_string();
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let cert = cert.map_err(|_| TlsError::Config { what: what(), source: rustls::Error::NoCertificatesPresented })?;
+        let cert =
+            cert.map_err(|_| TlsError::Config { what: what(), source: rustls::Error::NoCertificatesPresented })?;
         roots.add(cert).map_err(|source| TlsError::Config { what: what(), source })?;
     }
     if roots.is_empty() {

@@ -2,8 +2,8 @@
 //! `agent receive` on the host (the stream and its answers are `protocol::receive`).
 
 use crate::cluster::{Host, Role};
-use crate::protocol::receive::{END, Event, Header, Opening, Outcome, Received};
 use crate::protocol::access::RelayIdentity;
+use crate::protocol::receive::{END, Event, Header, Opening, Outcome, Received};
 use crate::protocol::relay::Secret;
 use anyhow::{Context, Result, bail};
 use payload_format::Payload;

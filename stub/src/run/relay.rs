@@ -12,9 +12,9 @@ use super::distribute::{self, read_answer, read_line};
 use super::{AGENT_PATH, Ctx, INSTALLER_PATH};
 use crate::protocol::Call;
 use crate::protocol::access::RelayIdentity;
-use crate::registry::pki::ClusterCa;
 use crate::protocol::receive::{END, Event, encode_pull};
 use crate::protocol::relay::{Secret, Upstream, token};
+use crate::registry::pki::ClusterCa;
 use crate::ssh::RemoteHost;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
@@ -103,7 +103,9 @@ impl Board {
         if let Some(ca) = ca {
             for j in parent.iter().flatten() {
                 if identities[*j].is_none() {
-                    let id = ca.relay_identity(&addrs[*j]).with_context(|| format!("issuing {}'s relay certificate", addrs[*j]))?;
+                    let id = ca
+                        .relay_identity(&addrs[*j])
+                        .with_context(|| format!("issuing {}'s relay certificate", addrs[*j]))?;
                     identities[*j] = Some(id);
                 }
             }
@@ -462,7 +464,8 @@ mod tests {
             ctx.cluster.hosts.iter().map(|h| distribute::wanted_chunks(&ctx.payload, h)).collect();
         let parents = plan(&wants, holders, chains);
         let serves: Vec<bool> = (0..agents.len()).map(|i| !holders[i] || parents.contains(&Some(i))).collect();
-        let board = Board::new(agents.iter().map(|a| a.addr.clone()).collect(), parents, ctx.registry_ca.as_deref()).unwrap();
+        let board =
+            Board::new(agents.iter().map(|a| a.addr.clone()).collect(), parents, ctx.registry_ca.as_deref()).unwrap();
         // Every relay gets a certificate: the chains below run in TLS.
         assert!(board.parent.iter().flatten().all(|&j| board.identities[j].is_some()));
         let runs = agents.iter().enumerate().map(|(i, a)| {

@@ -13,10 +13,10 @@
 
 use crate::cluster::Role;
 use crate::protocol::Call;
+use crate::protocol::access::{PullAccess, ServingMaterial};
 use crate::protocol::call::CHECK_PULL_TIMEOUT;
 use crate::run::engine::{BoxFuture, Decision, Engine, Outcome, Phase};
 use crate::run::records::State;
-use crate::protocol::access::{PullAccess, ServingMaterial};
 use crate::run::{Ctx, INSTALLER_PATH, probe_image, registry_endpoints, registry_names};
 use crate::ssh::RemoteHost;
 use anyhow::{Context, Result};
