@@ -15,6 +15,10 @@
 //!   certificate, reused while the names it covers stay the same, so a re-run does not restart
 //!   every registry for a new certificate.
 //!
+//! * relay identities ([`ClusterCa::relay_identity`]): a certificate for one relaying host's
+//!   address, for one distribution, never saved (relays are the same cluster's hosts, so the
+//!   same CA vouches for them).
+//!
 //! A pure module: files and crypto only, its own error type, nothing of the crate above
 //! `protocol`. Every error names the file; none carries a key or a password.
 
