@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The registry benchmark: `installer registry serve` against Debian's `docker-registry` (distribution)
 # serving the same images, side by side in one run. Prints one `registry.NAME: value` line each.
+# Both serve HTTPS with one certificate from `installer registry pki` (the cluster CA a `run` makes),
+# and clients trust that CA alone; the installer also requires the pull credential, as on a cluster
+# (docker-registry runs without auth: its htpasswd needs bcrypt tooling this machine does not carry).
+# The credential reaches skopeo and curl through files, never a command line.
 #
 #   scripts/bench-registry.sh            (scripts/bench.sh registry calls it)
 #
@@ -85,16 +89,26 @@ echo "registry.images_bytes: $(du -sb "$dir/layout/blobs" | cut -f1)"
 "$ferry" build "$dir/bundle.yaml" -o "$dir/installer" --key "$dir/key.key" --offline --allow-missing-images \
   >"$dir/build.log" 2>&1 || { cat "$dir/build.log" >&2; exit 1; }
 
+# --- TLS and the credential --------------------------------------------------------------------
+pki="$dir/pki"
+"$dir/installer" registry pki --dir "$pki" --name 127.0.0.1 >/dev/null
+mkdir -p "$dir/certs" && cp "$pki/registry-ca.crt" "$dir/certs/ca.crt"   # skopeo: the CA alone
+basic=$(base64 -w0 < <(tr -d '\n' < "$pki/registry-credential"))
+(umask 077; printf 'Authorization: Basic %s\n' "$basic" > "$dir/auth-header")
+# skopeo's auth file names the registry by address, known once a server listens.
+auth_for() { (umask 077; printf '{"auths": {"%s": {"auth": "%s"}}}\n' "$1" "$basic" > "$dir/auth-$1.json"); }
+
 # --- servers ----------------------------------------------------------------------------------
 # Starts the installer's registry; sets $ferry_pid and $ferry_addr.
 start_ferry() {
   rm -f "$dir/ferry.out"
-  "$dir/installer" registry serve --listen 127.0.0.1:0 --key "$dir/key.pub" -q >"$dir/ferry.out" 2>"$dir/ferry-$1.log" &
+  "$dir/installer" registry serve --listen 127.0.0.1:0 --key "$dir/key.pub" --tls-dir "$pki" -q \
+    >"$dir/ferry.out" 2>"$dir/ferry-$1.log" &
   ferry_pid=$!; started_pids+=("$ferry_pid")
   local i
   for i in $(seq 1 2000); do
-    ferry_addr=$(sed -n 's|^registry listening on http://\([^ ]*\).*|\1|p' "$dir/ferry.out" 2>/dev/null || true)
-    [[ -z "$ferry_addr" ]] || return 0
+    ferry_addr=$(sed -n 's|^registry listening on https://\([^ ]*\).*|\1|p' "$dir/ferry.out" 2>/dev/null || true)
+    [[ -z "$ferry_addr" ]] || { auth_for "$ferry_addr"; return 0; }
     kill -0 "$ferry_pid" 2>/dev/null || { cat "$dir/ferry-$1.log" >&2; exit 1; }
     sleep 0.005
   done
@@ -106,13 +120,14 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 start_docker_registry() {
   dr_addr="127.0.0.1:$(free_port)"
   mkdir -p "$dir/dr-data"
-  printf 'version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: %s}\n' \
-    "$dir/dr-data" "$dr_addr" > "$dir/dr-config.yml"
+  printf 'version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: %s, tls: {certificate: %s, key: %s}}\n' \
+    "$dir/dr-data" "$dr_addr" "$pki/registry.crt" "$pki/registry.key" > "$dir/dr-config.yml"
+  auth_for "$dr_addr"
   docker-registry serve "$dir/dr-config.yml" >"$dir/dr-$1.log" 2>&1 &
   dr_pid=$!; started_pids+=("$dr_pid")
   local i
   for i in $(seq 1 2000); do
-    curl -fs "http://$dr_addr/v2/" >/dev/null 2>&1 && return 0
+    curl -fs --cacert "$pki/registry-ca.crt" "https://$dr_addr/v2/" >/dev/null 2>&1 && return 0
     kill -0 "$dr_pid" 2>/dev/null || { cat "$dir/dr-$1.log" >&2; exit 1; }
     sleep 0.005
   done
@@ -120,7 +135,8 @@ start_docker_registry() {
 }
 
 manifest_ok() {
-  curl -fs -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$1/v2/bench/img1/manifests/1"
+  curl -fs -o /dev/null --cacert "$pki/registry-ca.crt" -H @"$dir/auth-header" \
+    -H 'Accept: application/vnd.oci.image.manifest.v1+json' "https://$1/v2/bench/img1/manifests/1"
 }
 
 # --- time to first manifest ---------------------------------------------------------------------
@@ -135,7 +151,7 @@ t0=$(now)
 start_docker_registry load
 t_up=$(now)
 for i in $(seq 1 "$n_images"); do
-  skopeo_ copy -q --dest-tls-verify=false "oci:$dir/layout:img$i" "docker://$dr_addr/bench/img$i:1" >/dev/null
+  skopeo_ copy -q --dest-cert-dir "$dir/certs" "oci:$dir/layout:img$i" "docker://$dr_addr/bench/img$i:1" >/dev/null
 done
 t_loaded=$(now)
 until manifest_ok "$dr_addr"; do sleep 0.002; done
@@ -153,7 +169,8 @@ pull_all() {  # addr pid -> "seconds server_cpu_seconds"
   local addr=$1 pid=$2 i t0 t1 c0 c1
   c0=$(cpu_cs "$pid"); t0=$(now)
   for i in $(seq 1 "$n_images"); do
-    skopeo_ copy -q --src-tls-verify=false "docker://$addr/bench/img$i:1" "dir:$pulls/img$i" >/dev/null
+    skopeo_ copy -q --src-cert-dir "$dir/certs" --src-authfile "$dir/auth-$addr.json" \
+      "docker://$addr/bench/img$i:1" "dir:$pulls/img$i" >/dev/null
     rm -rf "$pulls/img$i"
   done
   t1=$(now); c1=$(cpu_cs "$pid")
@@ -212,7 +229,8 @@ PY
   c0=$(cpu_cs "$pid"); t0=$(now)
   local pulls=()
   for i in $(seq 1 32); do
-    skopeo_ copy -q --src-tls-verify=false "docker://$addr/bench/img1:1" "dir:$conc/p$i" >/dev/null 2>>"$dir/concurrent-$name.err" &
+    skopeo_ copy -q --src-cert-dir "$dir/certs" --src-authfile "$dir/auth-$addr.json" \
+      "docker://$addr/bench/img1:1" "dir:$conc/p$i" >/dev/null 2>>"$dir/concurrent-$name.err" &
     pulls+=($!)
   done
   for p in "${pulls[@]}"; do wait "$p" || failed=$((failed + 1)); done

@@ -5,7 +5,7 @@
 #   scripts/bench.sh [format|registry|run|relay|cluster|all]...   (default: all; `relay` takes ~25 min)
 #
 #   format    the file format: build/verify/extract against tar+zstd and sha256sum
-#   registry  the built-in registry
+#   registry  the built-in registry (HTTPS with the pull credential) against docker-registry
 #   run       delivery only (preflight → distribute → prepare → registry) on 3 lab hosts,
 #             against scp; its bundle carries no Kubernetes, so `run` stops before kubeadm
 #   relay     relays: delivery to 1, 4 and 8 lab hosts on 100 Mbit/s links, relay vs scp

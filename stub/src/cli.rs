@@ -87,6 +87,9 @@ pub enum RegistryCommand {
     Serve(RegistryServeArgs),
     /// Write containerd's certs.d/*/hosts.toml and config.toml pointing at the built-in registry.
     Config(RegistryConfigArgs),
+    /// Make (or reuse) a CA, a pull credential and a serving certificate in a directory, for
+    /// running `registry serve --tls-dir` and `registry config --ca-file --credential-file` by hand.
+    Pki(RegistryPkiArgs),
 }
 
 /// Arguments of `registry serve`.
@@ -105,15 +108,37 @@ pub struct RegistryServeArgs {
     /// only when a request first needs it (either way, no unverified byte is ever served).
     #[arg(long)]
     pub no_background_verify: bool,
+    /// Serve HTTPS with the certificate chain, key and credential digest in DIR (registry.crt,
+    /// registry.key, credential.sha256, as `run` installs them in /etc/ferry/registry or
+    /// `registry pki` makes them), and answer only requests carrying the credential.
+    #[arg(long, value_name = "DIR", required_unless_present = "insecure_plain_http")]
+    pub tls_dir: Option<PathBuf>,
+    /// Serve plain HTTP and ask for no credential: anyone who reaches the port can pull every
+    /// image. For local use only (a laptop, a test).
+    #[arg(long, conflicts_with = "tls_dir")]
+    pub insecure_plain_http: bool,
     /// Trust options.
     #[command(flatten)]
     pub trust: TrustArgs,
 }
 
+/// Arguments of `registry pki`.
+#[derive(Debug, Args)]
+pub struct RegistryPkiArgs {
+    /// Directory for the CA (registry-ca.crt, registry-ca.key), the credential
+    /// (registry-credential) and what `registry serve --tls-dir DIR` reads; existing ones are reused.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// An address or DNS name clients reach the registry by (repeat; 127.0.0.1 and localhost
+    /// are always included).
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
 /// Arguments of `registry config`.
 #[derive(Debug, Args)]
 pub struct RegistryConfigArgs {
-    /// URL of the built-in registry as nodes reach it, e.g. http://10.0.0.10:5000. Repeat for
+    /// URL of the built-in registry as nodes reach it, e.g. https://10.0.0.10:5050. Repeat for
     /// replicas: containerd tries them in the order given; the first is also `server`.
     #[arg(long = "endpoint", value_name = "URL", required = true)]
     pub endpoints: Vec<String>,
@@ -129,6 +154,14 @@ pub struct RegistryConfigArgs {
     /// Pin this sandbox (pause) image instead of the one kubeadm expects for the bundle's version.
     #[arg(long, value_name = "IMAGE")]
     pub sandbox_image: Option<String>,
+    /// The registry's CA certificate (PEM): copied beside each hosts.toml as `ca.crt` and named
+    /// by its `ca`, so containerd trusts the registry's certificate.
+    #[arg(long, value_name = "PATH", requires = "credential_file")]
+    pub ca_file: Option<PathBuf>,
+    /// A file holding the pull credential as `user:password` (mode 0600 recommended): sent by
+    /// containerd as HTTP Basic; the hosts.toml files are then written 0600. Needs https endpoints.
+    #[arg(long, value_name = "PATH", requires = "ca_file")]
+    pub credential_file: Option<PathBuf>,
     /// Keep containers' OOM scores at or above containerd's own (`restrict_oom_score_adj`):
     /// `auto` does so when this machine's root cannot lower OOM scores (no CAP_SYS_RESOURCE).
     #[arg(long, value_name = "auto|yes|no", default_value = "auto")]

@@ -25,6 +25,10 @@ pub const LB_UNIT: &str = "ferry-lb.service";
 /// Where ferry's kubeadm configs go on the nodes.
 pub const KUBEADM_DIR: &str = "/etc/ferry/kubeadm";
 
+/// On registry hosts: the registry's serving certificate, key and credential digest (the
+/// `--tls-dir` of ferry-registry.service).
+pub const REGISTRY_TLS_DIR: &str = "/etc/ferry/registry";
+
 /// The saved cluster description on master0.
 pub const CLUSTER_FILE: &str = "/etc/ferry/cluster.yaml";
 

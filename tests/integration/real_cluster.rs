@@ -292,7 +292,7 @@ fn cluster_is_whole(lab: &Lab, b: &RealInstaller, nodes: &[usize]) {
         }
         // …and containerd pulled them through the built-in registry, named in its hosts.toml.
         let hosts = lab.ssh_ok(Host::Node(*n), "cat /etc/containerd/certs.d/registry.k8s.io/hosts.toml");
-        assert!(hosts.contains(&format!("http://{}:", lab.ip(Host::Node(1)))), "node{n}: {hosts}");
+        assert!(hosts.contains(&format!("https://{}:", lab.ip(Host::Node(1)))), "node{n}: {hosts}");
     }
     let log = lab.ssh_ok(Host::Node(1), "journalctl -u ferry-registry --no-pager -o cat");
     for n in nodes {

@@ -118,13 +118,16 @@ fn lab_real_kubelet_runs_a_static_pod_from_the_builtin_registry() {
     let key = std::fs::read(&real.public_key).unwrap();
     ssh_stdin(lab, &format!("cat > {DIR}/vendor.pub"), |s| s.write_all(&key).unwrap());
 
-    // The built-in registry, read-only, out of the installer file, and containerd pointed at it.
+    // The built-in registry, read-only, out of the installer file, over TLS with a credential
+    // (`registry pki` makes them as `run` does), and containerd pointed at it.
     lab.ssh_ok(
         NODE,
         &format!(
-            "systemd-run --quiet --unit=ferry-test-registry {DIR}/installer registry serve \
-               --listen 127.0.0.1:5000 --file {DIR}/installer --key {DIR}/vendor.pub && \
-             {DIR}/installer registry config --endpoint http://127.0.0.1:5000 --out /etc/containerd \
+            "{DIR}/installer registry pki --dir {DIR}/pki --name 127.0.0.1 && \
+             systemd-run --quiet --unit=ferry-test-registry {DIR}/installer registry serve \
+               --listen 127.0.0.1:5000 --file {DIR}/installer --key {DIR}/vendor.pub --tls-dir {DIR}/pki && \
+             {DIR}/installer registry config --endpoint https://127.0.0.1:5000 --out /etc/containerd \
+               --ca-file {DIR}/pki/registry-ca.crt --credential-file {DIR}/pki/registry-credential \
                --file {DIR}/installer --key {DIR}/vendor.pub && \
              systemctl daemon-reload && systemctl start containerd"
         ),

@@ -217,8 +217,11 @@ impl Serve {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = installer.with_file_name(format!("serve-{}-{n}.log", std::process::id()));
+        // Plain HTTP unless the test serves TLS: most tests look at the API, not the transport.
+        let plain: &[&str] = if args.contains(&"--tls-dir") { &[] } else { &["--insecure-plain-http"] };
         let mut child = Command::new(installer)
             .args(["registry", "serve", "--listen", "127.0.0.1:0"])
+            .args(plain)
             .args(args)
             .env_remove("FERRY_TRUSTED_KEYS")
             .stdin(Stdio::null())
@@ -236,7 +239,9 @@ impl Serve {
                 let status = serve.child.wait().unwrap();
                 return Err(format!("registry serve exited ({status}) before listening:\n{}", serve.log()));
             }
-            if let Some(rest) = line.strip_prefix("registry listening on http://") {
+            let listening = line.strip_prefix("registry listening on ");
+            if let Some(rest) = listening.and_then(|l| l.strip_prefix("http://").or_else(|| l.strip_prefix("https://")))
+            {
                 serve.addr = rest.split_whitespace().next().unwrap().to_string();
                 return Ok(serve);
             }
@@ -771,10 +776,56 @@ fn config_writes_hosts_toml_for_every_registry_and_a_loadable_config_toml() {
     assert!(!bad.status.success() && text(&bad).contains("must start with http:// or https://"), "{}", text(&bad));
 }
 
+/// `registry pki` into `dir` for 127.0.0.1: the CA, the credential and the serving files.
+fn pki(installer: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    sh(Command::new(installer).args(["registry", "pki", "--dir", dir.to_str().unwrap(), "--name", "127.0.0.1"]));
+    (dir.join("registry-ca.crt"), dir.join("registry-credential"))
+}
+
+/// The registry over TLS with the credential, as nodes reach it.
+fn serve_fixture_tls(pki_dir: &Path) -> Serve {
+    let f = fixture();
+    Serve::start(&f.installer, &["--key", f.public_key.to_str().unwrap(), "--tls-dir", pki_dir.to_str().unwrap()])
+}
+
+#[test]
+fn over_tls_skopeo_pulls_only_with_the_credential_and_the_cluster_ca() {
+    let f = fixture();
+    let dir = f.dir.join("pki-skopeo");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ca, credential) = pki(&f.installer, &dir);
+    let s = serve_fixture_tls(&dir);
+    // skopeo reads every *.crt of a cert dir as a CA: give it the cluster CA alone.
+    let certs = f.dir.join("pki-skopeo-certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    let creds = std::fs::read_to_string(&credential).unwrap();
+    let image = format!("docker://{}/library/busybox:1.36", s.addr);
+    let inspect =
+        |extra: &[&str]| run(skopeo().args(["inspect", "--cert-dir", certs.to_str().unwrap()]).args(extra).arg(&image));
+    let ok = inspect(&["--creds", creds.trim()]);
+    assert!(
+        ok.status.success(),
+        "{}
+{}",
+        text(&ok),
+        s.log()
+    );
+    let anonymous = inspect(&[]);
+    assert!(!anonymous.status.success(), "pulled without the credential:\n{}", text(&anonymous));
+    let wrong = inspect(&["--creds", "ferry:guess"]);
+    assert!(!wrong.status.success(), "pulled with a wrong credential:\n{}", text(&wrong));
+    assert!(!s.log().contains(creds.trim().split(':').nth(1).unwrap()), "the log never shows the password");
+    assert!(s.log().contains("\" 401"), "refusals are logged as 401:\n{}", s.log());
+}
+
 #[test]
 fn containerd_pulls_each_registry_through_hosts_toml_and_runs_it() {
     let f = fixture();
-    let s = serve_fixture();
+    let dir = f.dir.join("pki-containerd");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ca, credential) = pki(&f.installer, &dir);
+    let s = serve_fixture_tls(&dir);
     let out = f.dir.join("containerd-config");
     let _ = std::fs::remove_dir_all(&out);
     sh(Command::new(&f.installer).args([
@@ -787,10 +838,19 @@ fn containerd_pulls_each_registry_through_hosts_toml_and_runs_it() {
         "--containerd",
         "1.7",
         "--endpoint",
-        &format!("http://{}", s.addr),
+        &format!("https://{}", s.addr),
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--credential-file",
+        credential.to_str().unwrap(),
+        "--config-path",
+        out.join("certs.d").to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ]));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("certs.d/docker.io/hosts.toml")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "hosts.toml holds the credential");
     let hosts = out.join("certs.d");
     let c = Containerd::start();
     for (image, marker) in [("docker.io/library/app:1", "from docker.io"), ("quay.io/library/app:1", "from quay.io")] {

@@ -293,8 +293,8 @@ fn registry_replicas_survive_a_stopped_replica() {
     let tables = host_tables(&toml);
     assert_eq!(tables.len(), 2, "{toml}");
     assert!(
-        tables[0].starts_with(&format!("http://{}:", lab.ip(1)))
-            && tables[1].starts_with(&format!("http://{}:", lab.ip(2))),
+        tables[0].starts_with(&format!("https://{}:", lab.ip(1)))
+            && tables[1].starts_with(&format!("https://{}:", lab.ip(2))),
         "{toml}"
     );
     assert!(toml.contains(&format!("server = \"{}\"", tables[0])), "{toml}");

@@ -24,6 +24,7 @@ pub mod service_route;
 
 pub use crate::protocol::{Facts, Record};
 
+use crate::protocol::access::{PullAccess, ServingMaterial};
 use crate::protocol::{Call, DecodeError, Hello, PreparePlan, check_operator, encode_line};
 use crate::registry::config::ConfigError;
 use anyhow::{Context, Result};
@@ -439,11 +440,18 @@ pub fn serve(
             Ok(())
         }
         Call::Prepare => {
-            let plan: PreparePlan = crate::protocol::decode("the prepare plan", &read_all(input)?)?;
+            let plan: PreparePlan = crate::protocol::decode_secret("the prepare plan", &read_all(input)?)?;
             answer(output, &prepare::prepare(&plan)?)
         }
-        Call::RegistryService { port, allow_unsigned } => Ok(prepare::registry_service(*port, *allow_unsigned)?),
-        Call::CheckPull { image, endpoints, timeout } => Ok(prepare::check_pull(image, endpoints, *timeout)?),
+        Call::RegistryService { port, allow_unsigned } => {
+            let material: ServingMaterial =
+                crate::protocol::decode_secret("the registry's serving material", &read_all(input)?)?;
+            Ok(prepare::registry_service(*port, *allow_unsigned, &material)?)
+        }
+        Call::CheckPull { image, endpoints, timeout } => {
+            let access: PullAccess = crate::protocol::decode_secret("the registry's pull access", &read_all(input)?)?;
+            Ok(prepare::check_pull(image, endpoints, *timeout, &access)?)
+        }
         Call::Record { cluster, phase, installer } => {
             let detail = read_all(input)?;
             // No detail at all is a record without one; a detail that is not JSON is refused,

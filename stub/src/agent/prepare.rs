@@ -6,10 +6,12 @@ pub use crate::protocol::{PreparePlan as Plan, PrepareReport as Report};
 
 use super::kernel::module_present;
 use super::service_route::{CommandError, RouteError, sh};
-use crate::node::{FERRY_DIR, INSTALLER_PATH};
+use crate::node::{FERRY_DIR, INSTALLER_PATH, REGISTRY_TLS_DIR};
 use crate::printer::error_chain;
+use crate::protocol::access::{Credential, PullAccess, ServingMaterial};
 use crate::registry::RegistryError;
 use crate::registry::config::{ConfigError, Containerd, OomRestriction, write_atomic};
+use crate::registry::{pki, tls};
 use ferry_core::verify::OpenError;
 use payload_format::Payload;
 use std::io;
@@ -122,11 +124,21 @@ pub enum PrepareError {
         /// The last lines of its journal.
         journal: String,
     },
+    /// The registry's certificate, key or credential digest cannot be written, or its CA loaded.
+    #[error("installing the registry's TLS files in {dir}")]
+    RegistryTls {
+        /// The directory.
+        dir: &'static str,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The registry service did not answer in time.
-    #[error("the registry did not answer on port {port} within 30 s: {journal}")]
+    #[error("the registry did not answer on port {port} over TLS within 30 s (last: {last}): {journal}")]
     RegistryDown {
         /// Its port.
         port: u16,
+        /// The last probe's answer or failure.
+        last: String,
         /// The last lines of its journal.
         journal: String,
     },
@@ -161,9 +173,9 @@ pub enum PullCheckError {
 /// Why a replica did not serve an image's manifest.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
-    /// Only plain HTTP is spoken here.
-    #[error("only http:// replicas can be checked directly, not {endpoint}")]
-    NotHttp {
+    /// The built-in registry is asked over TLS only.
+    #[error("only https:// replicas can be checked directly, not {endpoint}")]
+    NotHttps {
         /// The replica.
         endpoint: String,
     },
@@ -179,39 +191,18 @@ pub enum ReplicaError {
         /// The image.
         image: String,
     },
-    /// The replica's host does not resolve.
-    #[error("resolving {addr}")]
-    Resolve {
-        /// `host:port`.
-        addr: String,
-        /// Why.
-        source: io::Error,
-    },
-    /// It resolves to nothing.
-    #[error("{addr} has no address")]
-    NoAddress {
-        /// `host:port`.
-        addr: String,
-    },
-    /// It cannot be connected to.
-    #[error("connecting to {addr}")]
-    Connect {
-        /// `host:port`.
-        addr: String,
-        /// Why.
-        source: io::Error,
-    },
-    /// Its answer cannot be read.
-    #[error("reading the answer of {addr}")]
-    Read {
-        /// `host:port`.
-        addr: String,
-        /// Why.
-        source: io::Error,
-    },
-    /// Setting a timeout on the connection or sending the request failed.
+    /// The cluster CA given to this node does not load.
     #[error(transparent)]
-    Io(#[from] io::Error),
+    Tls(Box<crate::registry::tls::TlsError>),
+    /// Connecting, the TLS handshake (the certificate checked against the cluster CA), sending or
+    /// reading failed.
+    #[error("asking {addr} over TLS")]
+    Request {
+        /// `host:port`.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
     /// It answered, but not 200.
     #[error("it answered `{status}`")]
     Answered {
@@ -502,8 +493,12 @@ fn configure_containerd(plan: &Plan, payload: &Payload, report: &mut Report) -> 
         restrict_oom_score_adj: if restrict_oom { OomRestriction::Yes } else { OomRestriction::No },
         file: PathBuf::from(crate::SELF_EXE),
         trust: crate::cli::TrustArgs { keys: Vec::new(), allow_unsigned: plan.allow_unsigned },
+        // The CA and credential come from the plan, not from files.
+        ca_file: None,
+        credential_file: None,
     };
-    crate::registry::config(&args, &crate::printer::Printer::new(true, true))?;
+    let printer = crate::printer::Printer::new(true, true);
+    crate::registry::config_with(&args, plan.registry_access.clone(), &printer)?;
     if restrict_oom {
         report.warnings.push(
             "root cannot lower OOM scores here (no CAP_SYS_RESOURCE): containerd keeps containers' OOM scores \
@@ -553,18 +548,23 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-/// Installs and starts `ferry-registry.service` serving this node's installer.
-pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<(), PrepareError> {
+/// Installs and starts `ferry-registry.service` serving this node's installer over TLS with
+/// `material` (written to [`REGISTRY_TLS_DIR`], key and digest 0600; never on a command line).
+pub fn registry_service(port: u16, allow_unsigned: bool, material: &ServingMaterial) -> Result<(), PrepareError> {
     let unit = format!(
-        "# Written by ferry: the built-in registry, served straight from the installer file.\n\
+        "# Written by ferry: the built-in registry, served straight from the installer file over TLS.\n\
          [Unit]\nDescription=ferry built-in image registry\nAfter=network-online.target\n\n\
-         [Service]\nExecStart={INSTALLER_PATH} --no-progress registry serve --listen 0.0.0.0:{port} --file {INSTALLER_PATH}{}\n\
+         [Service]\nExecStart={INSTALLER_PATH} --no-progress registry serve --listen 0.0.0.0:{port} --file {INSTALLER_PATH} --tls-dir {REGISTRY_TLS_DIR}{}\n\
          Restart=always\nRestartSec=2\nNoNewPrivileges=yes\n\n[Install]\nWantedBy=multi-user.target\n",
         if allow_unsigned { " --allow-unsigned" } else { "" }
     );
     let path = Path::new("/etc/systemd/system/ferry-registry.service");
     let mut report = Report::default();
     put(path, unit.as_bytes(), &mut report)?;
+    let tls_error =
+        |source: Box<dyn std::error::Error + Send + Sync>| PrepareError::RegistryTls { dir: REGISTRY_TLS_DIR, source };
+    let tls_changed = pki::write_tls_dir(Path::new(REGISTRY_TLS_DIR), material).map_err(|e| tls_error(e.into()))?;
+    let probe = tls::client_config(&material.ca_pem).map_err(|e| tls_error(e.into()))?;
     // The unit also changes meaning when the installer file under it was replaced. An installer
     // without a readable trailer has no id: the marker never matches it, so the service restarts.
     let id = crate::node::trailer_id(Path::new(INSTALLER_PATH)).unwrap_or_default();
@@ -573,45 +573,44 @@ pub fn registry_service(port: u16, allow_unsigned: bool) -> Result<(), PrepareEr
     sh("systemctl", &["daemon-reload"])?;
     sh("systemctl", &["enable", "ferry-registry.service"])?;
     let active = Command::new("systemctl").args(["is-active", "--quiet", "ferry-registry.service"]).status()?.success();
-    if !report.changed.is_empty() || stale || !active {
+    if !report.changed.is_empty() || tls_changed || stale || !active {
         sh("systemctl", &["restart", "ferry-registry.service"])?;
     }
     write_atomic(&marker, id.as_bytes()).map_err(FileError::from)?;
-    wait_for_registry(port)
+    wait_for_registry(port, probe)
 }
 
-/// Waits up to 30 s for the registry on `port` to answer `GET /v2/` with 200.
-fn wait_for_registry(port: u16) -> Result<(), PrepareError> {
+/// Waits up to 30 s for the registry on `port` to answer `GET /v2/` over TLS, its certificate
+/// checked against the cluster CA, with 401: serving, and refusing a request without the
+/// credential (this host keeps only the credential's digest, so it cannot ask with it).
+fn wait_for_registry(port: u16, probe: std::sync::Arc<rustls::ClientConfig>) -> Result<(), PrepareError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let addr = format!("127.0.0.1:{port}");
+    let request = format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            // A probe: whatever fails here fails the read below, and the loop asks again.
-            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
-            let mut b = [0u8; 64];
-            if s.read(&mut b).map(|n| b[..n].windows(3).any(|w| w == b"200")).unwrap_or(false) {
-                return Ok(());
-            }
-        }
+        let last = match tls::status_line(&addr, "127.0.0.1", probe.clone(), &request) {
+            Ok(status) if status.split_whitespace().nth(1) == Some("401") => return Ok(()),
+            Ok(status) => format!("it answered `{status}`"),
+            Err(e) => e.to_string(),
+        };
         if std::time::Instant::now() > deadline {
             let journal = sh("journalctl", &["-u", "ferry-registry", "-n", "5", "--no-pager"]).unwrap_or_default();
-            return Err(PrepareError::RegistryDown { port, journal });
+            return Err(PrepareError::RegistryDown { port, last, journal });
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
 /// Proves this node resolves `image` through every replica in `endpoints` (a manifest request
-/// to each, as containerd would send it), then pulls it through containerd with the node's
-/// hosts.toml.
-pub fn check_pull(image: &str, endpoints: &[String], timeout: u64) -> Result<(), PullCheckError> {
+/// to each over TLS with the credential, as containerd would send it), then pulls it through
+/// containerd with the node's hosts.toml.
+pub fn check_pull(image: &str, endpoints: &[String], timeout: u64, access: &PullAccess) -> Result<(), PullCheckError> {
+    let replica_error =
+        |e: &String, source| PullCheckError::Replica { endpoint: e.clone(), image: image.to_string(), source };
+    let config = tls::client_config(&access.ca_pem)
+        .map_err(|source| replica_error(&endpoints.join(", "), ReplicaError::Tls(Box::new(source))))?;
     for e in endpoints {
-        manifest_served(e, image).map_err(|source| PullCheckError::Replica {
-            endpoint: e.clone(),
-            image: image.to_string(),
-            source,
-        })?;
+        manifest_served(e, image, config.clone(), access).map_err(|source| replica_error(e, source))?;
     }
     let out = Command::new("timeout")
         .args([
@@ -636,11 +635,12 @@ pub fn check_pull(image: &str, endpoints: &[String], timeout: u64) -> Result<(),
     Ok(())
 }
 
-/// The manifest request containerd sends a mirror for `image`:
-/// `HEAD /v2/<name>/manifests/<ref>?ns=<registry>`.
-fn manifest_request(endpoint: &str, image: &str) -> Result<(String, String), ReplicaError> {
-    let Some(addr) = endpoint.strip_prefix("http://") else {
-        return Err(ReplicaError::NotHttp { endpoint: endpoint.to_string() });
+/// The manifest request containerd sends a mirror for `image`, with the credential:
+/// `HEAD /v2/<name>/manifests/<ref>?ns=<registry>`. Returns the replica's `host:port` and the
+/// request, which holds the credential and so is never shown.
+fn manifest_request(endpoint: &str, image: &str, credential: &Credential) -> Result<(String, String), ReplicaError> {
+    let Some(addr) = endpoint.strip_prefix("https://") else {
+        return Err(ReplicaError::NotHttps { endpoint: endpoint.to_string() });
     };
     let full = ferry_core::image_ref::ImageRef::normalized_or_raw(image);
     let (registry, rest) =
@@ -652,36 +652,23 @@ fn manifest_request(endpoint: &str, image: &str) -> Result<(String, String), Rep
     let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
                   application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
     let req = format!(
-        "HEAD /v2/{name}/manifests/{reference}?ns={registry} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n"
+        "HEAD /v2/{name}/manifests/{reference}?ns={registry} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\nAuthorization: {}\r\n\r\n",
+        credential.basic_header().expose()
     );
     Ok((addr.to_string(), req))
 }
 
-fn manifest_served(endpoint: &str, image: &str) -> Result<(), ReplicaError> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    let (addr, req) = manifest_request(endpoint, image)?;
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(|source| ReplicaError::Resolve { addr: addr.clone(), source })?
-        .next()
-        .ok_or_else(|| ReplicaError::NoAddress { addr: addr.clone() })?;
-    let mut s = std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(10))
-        .map_err(|source| ReplicaError::Connect { addr: addr.clone(), source })?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    s.write_all(req.as_bytes())?;
-    let mut head = Vec::new();
-    let mut b = [0u8; 512];
-    while !head.windows(2).any(|w| w == b"\r\n") {
-        let n = s.read(&mut b).map_err(|source| ReplicaError::Read { addr: addr.clone(), source })?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&b[..n]);
-    }
-    let status = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+fn manifest_served(
+    endpoint: &str,
+    image: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    access: &PullAccess,
+) -> Result<(), ReplicaError> {
+    let (addr, req) = manifest_request(endpoint, image, &access.credential)?;
+    let status = tls::status_line(&addr, tls::host_of(&addr), config, &req)
+        .map_err(|source| ReplicaError::Request { addr: addr.clone(), source })?;
     if status.split_whitespace().nth(1) != Some("200") {
-        return Err(ReplicaError::Answered { status: status.trim().to_string() });
+        return Err(ReplicaError::Answered { status });
     }
     Ok(())
 }
@@ -700,15 +687,18 @@ mod tests {
 
     #[test]
     fn manifest_request_as_containerd_sends_it() {
-        let (addr, req) = manifest_request("http://10.0.0.1:5050", "app:1").unwrap();
+        let c = Credential { username: "ferry".into(), password: crate::protocol::access::Secret::new("pw") };
+        let (addr, req) = manifest_request("https://10.0.0.1:5050", "app:1", &c).unwrap();
         assert_eq!(addr, "10.0.0.1:5050");
         assert!(
             req.starts_with("HEAD /v2/library/app/manifests/1?ns=docker.io HTTP/1.0\r\nHost: 10.0.0.1:5050\r\n"),
             "{req}"
         );
-        let (_, req) = manifest_request("http://r:1", "quay.io/a/b@sha256:00").unwrap();
+        assert!(req.ends_with("Authorization: Basic ZmVycnk6cHc=\r\n\r\n"), "{req}");
+        let (_, req) = manifest_request("https://r:1", "quay.io/a/b@sha256:00", &c).unwrap();
         assert!(req.starts_with("HEAD /v2/a/b/manifests/sha256:00?ns=quay.io "), "{req}");
-        assert!(manifest_request("https://r:1", "app:1").is_err());
+        let err = manifest_request("http://r:1", "app:1", &c).unwrap_err().to_string();
+        assert!(err.contains("https://"), "never the credential in the clear: {err}");
     }
 
     #[test]

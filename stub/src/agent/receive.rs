@@ -392,7 +392,8 @@ fn offer(
     let shelf = Arc::new(Shelf::new(payload.chunk_count(), want, need));
     let mut offer = Offer { missing: need.to_vec(), have: (want.len() - need.len()) as u64, relay: None };
     if let (Some(secret), Some(bind)) = (incoming.header.secret, opts.relay_listen) {
-        let l = relay::serve(bind, secret, payload.clone(), shelf.clone())?;
+        let tls = incoming.header.identity.as_ref().map(relay::server_tls).transpose()?;
+        let l = relay::serve(bind, secret, tls, payload.clone(), shelf.clone())?;
         offer.relay = Some(RelayPort { port: l.port });
         *relaying = true;
     }

@@ -12,17 +12,24 @@
 //! its own name (`protocol::relay::token`), over its own SSH session. A token opens one
 //! connection once; without one, the listener closes the connection before sending a byte. The
 //! listener lives only as long as the operator's session to its host.
+//!
+//! Privacy: when the operator gives the listener a TLS identity (a certificate for its address,
+//! signed by the cluster CA, made for this distribution only) and the downstream the CA, the
+//! whole exchange, token included, is inside TLS, so the site network sees no installer bytes.
 
 use crate::printer::error_chain;
+use crate::protocol::access::RelayIdentity;
 use crate::protocol::codec::{FrameError, read_u64};
 use crate::protocol::receive::{END, KEEPALIVE};
 use crate::protocol::relay::{
     ACCEPTED, Reply, Secret, Upstream, decode_reply, decode_request_head, encode_refusal, encode_request, token,
 };
+use crate::registry::tls::{self, ServerConfigError};
 use payload_format::Payload;
+use rustls::pki_types::ServerName;
 use std::collections::{BTreeSet, HashSet};
 use std::io;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
@@ -95,6 +102,12 @@ pub enum RelayError {
     /// The stream's framing is wrong.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The TLS identity the operator gave this host does not load.
+    #[error("the relay identity the operator sent is unusable: {0}")]
+    Identity(&'static str),
+    /// TLS could not be set up, or the relay's certificate does not check out against the CA.
+    #[error("setting up TLS with the relay")]
+    Tls(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A socket option, a write or a thread could not be had.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -160,10 +173,27 @@ pub struct Listener {
     pub port: u16,
 }
 
+/// The listener's TLS configuration from the identity the operator gave it.
+pub fn server_tls(identity: &RelayIdentity) -> Result<Arc<rustls::ServerConfig>, RelayError> {
+    let what = || "this host's relay certificate".to_string();
+    tls::server_config(identity.cert_pem.as_bytes(), identity.key_pem.expose().as_bytes(), b"ferry-relay", &what)
+        .map_err(|e| match e {
+            ServerConfigError::Chain => RelayError::Identity("its certificate is not PEM"),
+            ServerConfigError::Key => RelayError::Identity("its key is not PEM"),
+            ServerConfigError::Tls(e) => RelayError::Tls(Box::new(e)),
+        })
+}
+
 /// Starts the relay listener on `bind` (port chosen by the kernel) and serves, from `payload`'s
-/// file, the chunks on `shelf` to downstream hosts that present a token made from `secret`. Runs
-/// on background threads until the process exits.
-pub fn serve(bind: IpAddr, secret: Secret, payload: Arc<Payload>, shelf: Arc<Shelf>) -> Result<Listener, RelayError> {
+/// file, the chunks on `shelf` to downstream hosts that present a token made from `secret`,
+/// inside TLS with `tls` when given. Runs on background threads until the process exits.
+pub fn serve(
+    bind: IpAddr,
+    secret: Secret,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    payload: Arc<Payload>,
+    shelf: Arc<Shelf>,
+) -> Result<Listener, RelayError> {
     // Bind to the address the operator reaches this host by; a host reached through NAT lacks
     // it, and then any address will do: the tokens guard the port either way.
     let listener = TcpListener::bind((bind, 0))
@@ -174,12 +204,12 @@ pub fn serve(bind: IpAddr, secret: Secret, payload: Arc<Payload>, shelf: Arc<She
     std::thread::Builder::new().name("relay-accept".into()).spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let (payload, shelf, used) = (payload.clone(), shelf.clone(), used.clone());
+            let (payload, shelf, used, tls) = (payload.clone(), shelf.clone(), used.clone(), tls.clone());
             let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let spawned = std::thread::Builder::new().name("relay-serve".into()).spawn({
                 let peer = peer.clone();
                 move || {
-                    if let Err(e) = serve_one(conn, &secret, &payload, &shelf, &used) {
+                    if let Err(e) = serve_one(conn, tls, &secret, &payload, &shelf, &used) {
                         eprintln!("relay: {peer}: {}", error_chain(&e));
                     }
                 }
@@ -194,14 +224,16 @@ pub fn serve(bind: IpAddr, secret: Secret, payload: Arc<Payload>, shelf: Arc<She
     Ok(Listener { port })
 }
 
-fn refuse(mut conn: &TcpStream, why: &str) -> Result<(), RelayError> {
+fn refuse(conn: &mut impl Write, why: &str) -> Result<(), RelayError> {
     // The refusal is a courtesy to the other side; this side's error below is what counts.
     let _ = conn.write_all(&encode_refusal(why));
+    let _ = conn.flush();
     Err(RelayError::Refused { why: why.to_string() })
 }
 
 fn serve_one(
     conn: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
     secret: &Secret,
     payload: &Payload,
     shelf: &Shelf,
@@ -211,32 +243,67 @@ fn serve_one(
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     conn.set_write_timeout(Some(SILENCE_LIMIT * 4))?;
     conn.set_nodelay(true)?;
-    let mut r = BufReader::new(&conn);
-    let (name, presented) = decode_request_head(&mut r)?;
+    let Some(config) = tls else { return serve_stream(conn, secret, payload, shelf, used) };
+    // The handshake happens on the first read; a client that does not speak TLS fails it there.
+    let server = rustls::ServerConnection::new(config).map_err(|e| RelayError::Tls(Box::new(e)))?;
+    serve_stream(rustls::StreamOwned::new(server, conn), secret, payload, shelf, used)
+}
+
+/// What a downstream's request asks for, or why it is refused.
+enum Request {
+    Chunks { name: String, pending: BTreeSet<u64> },
+    Refused(String),
+}
+
+fn read_request(
+    r: &mut impl Read,
+    secret: &Secret,
+    payload: &Payload,
+    shelf: &Shelf,
+    used: &Mutex<HashSet<[u8; 32]>>,
+) -> Result<Request, RelayError> {
+    let (name, presented) = decode_request_head(r)?;
     if !same(&presented, &token(secret, &name)) {
-        return refuse(&conn, "wrong token");
+        return Ok(Request::Refused("wrong token".into()));
     }
     if !used.lock().unwrap_or_else(|e| e.into_inner()).insert(presented) {
-        return refuse(&conn, "token already used");
+        return Ok(Request::Refused("token already used".into()));
     }
-    let count = read_u64(&mut r)?;
+    let count = read_u64(r)?;
     if count > payload.chunk_count() {
-        return refuse(&conn, "more chunks asked for than the installer has");
+        return Ok(Request::Refused("more chunks asked for than the installer has".into()));
     }
     let mut pending = BTreeSet::new();
     for _ in 0..count {
-        let n = read_u64(&mut r)?;
+        let n = read_u64(r)?;
         if !shelf.wanted.get(n as usize).copied().unwrap_or(false) {
-            return refuse(&conn, &format!("chunk {n} is not one this host relays"));
+            return Ok(Request::Refused(format!("chunk {n} is not one this host relays")));
         }
         pending.insert(n);
     }
-    let mut w = &conn;
+    Ok(Request::Chunks { name, pending })
+}
+
+fn serve_stream(
+    mut conn: impl Read + Write,
+    secret: &Secret,
+    payload: &Payload,
+    shelf: &Shelf,
+    used: &Mutex<HashSet<[u8; 32]>>,
+) -> Result<(), RelayError> {
+    // The downstream sends its whole request, then waits for the answer: nothing is read ahead.
+    let request = read_request(&mut BufReader::new(&mut conn), secret, payload, shelf, used)?;
+    let (name, mut pending) = match request {
+        Request::Chunks { name, pending } => (name, pending),
+        Request::Refused(why) => return refuse(&mut conn, &why),
+    };
+    let w = &mut conn;
     w.write_all(&ACCEPTED.to_le_bytes())?;
     let mut buf = Vec::with_capacity(payload.index().chunk_size as usize + 8);
     while !pending.is_empty() {
         let Some(n) = shelf.take(&mut pending, KEEPALIVE_EVERY) else {
             w.write_all(&KEEPALIVE.to_le_bytes()).map_err(|source| RelayError::Gone { name: name.clone(), source })?;
+            w.flush().map_err(|source| RelayError::Gone { name: name.clone(), source })?;
             continue;
         };
         let (s, e) = payload.chunk_range(n);
@@ -250,9 +317,50 @@ fn serve_one(
     Ok(())
 }
 
+/// A connection to a relay: TLS when the operator named the cluster CA, else plain TCP.
+pub enum RelayStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS, the relay's certificate checked against the cluster CA for its address.
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl std::fmt::Debug for RelayStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RelayStream::Plain(_) => "RelayStream::Plain",
+            RelayStream::Tls(_) => "RelayStream::Tls",
+        })
+    }
+}
+
+impl Read for RelayStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            RelayStream::Plain(s) => s.read(buf),
+            RelayStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for RelayStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            RelayStream::Plain(s) => s.write(buf),
+            RelayStream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            RelayStream::Plain(s) => s.flush(),
+            RelayStream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// Connects to `up` and asks for `chunks`; returns the stream of frames once the relay has
 /// accepted, with a read timeout that turns a silent relay into an error.
-pub fn connect(up: &Upstream, chunks: &BTreeSet<u64>) -> Result<BufReader<TcpStream>, RelayError> {
+pub fn connect(up: &Upstream, chunks: &BTreeSet<u64>) -> Result<BufReader<RelayStream>, RelayError> {
     let addr: SocketAddr = (up.addr.as_str(), up.port)
         .to_socket_addrs()
         .ok()
@@ -267,10 +375,19 @@ pub fn connect(up: &Upstream, chunks: &BTreeSet<u64>) -> Result<BufReader<TcpStr
     conn.set_write_timeout(Some(SILENCE_LIMIT))?;
     conn.set_nodelay(true)?;
     let token: [u8; 32] = hex::decode(&up.token).ok().and_then(|t| t.try_into().ok()).ok_or(RelayError::BadToken)?;
+    let mut stream = match &up.ca_pem {
+        None => RelayStream::Plain(conn),
+        Some(ca) => {
+            let config = tls::client_config(ca).map_err(|e| RelayError::Tls(Box::new(e)))?;
+            let name = ServerName::try_from(up.addr.clone()).map_err(|e| RelayError::Tls(Box::new(e)))?;
+            let client = rustls::ClientConnection::new(config, name).map_err(|e| RelayError::Tls(Box::new(e)))?;
+            RelayStream::Tls(Box::new(rustls::StreamOwned::new(client, conn)))
+        }
+    };
     let hello = encode_request(&up.name, &token, chunks.iter().copied());
-    (&conn).write_all(&hello).map_err(RelayError::Hello)?;
+    stream.write_all(&hello).and_then(|()| stream.flush()).map_err(RelayError::Hello)?;
     // Large reads: a chunk comes off the socket in few calls.
-    let mut r = BufReader::with_capacity(256 << 10, conn);
+    let mut r = BufReader::with_capacity(256 << 10, stream);
     match decode_reply(&mut r).map_err(RelayError::Reply)? {
         Reply::Accepted => Ok(r),
         Reply::Refused(why) => Err(RelayError::RelayRefused { why }),

@@ -31,6 +31,7 @@ pub fn main() -> ExitCode {
         Command::Registry(RegistryCommand::Config(args)) => {
             crate::registry::config(&args, &printer).map_err(Into::into)
         }
+        Command::Registry(RegistryCommand::Pki(args)) => crate::registry::pki(&args, &printer).map_err(Into::into),
         Command::Run(args) => run::run(&args, quiet, no_progress),
         Command::Check(args) => check::run(&args),
         Command::Reset(args) => reset::run(&args, quiet, no_progress),

@@ -34,6 +34,7 @@ pub fn options(args: &RunArgs, quiet: bool, no_progress: bool) -> Options {
         wait: Duration::from_secs(args.wait.unwrap_or(DEFAULT_WAIT_SECS)),
         operation: args.operation,
         force_unlock: args.force_unlock,
+        dry_run: args.dry_run,
     }
 }
 

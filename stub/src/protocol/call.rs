@@ -37,18 +37,20 @@ pub enum Call {
     },
     /// Prepares the node. Stdin: a [`super::PreparePlan`]. Answer: a [`super::PrepareReport`].
     Prepare,
-    /// Installs and starts ferry-registry.service. Stdin and answer: nothing.
+    /// Installs and starts ferry-registry.service. Stdin: its [`super::access::ServingMaterial`]
+    /// (certificate, key, credential digest). Answer: nothing.
     RegistryService {
         /// Port.
         port: u16,
         /// Accept an unsigned installer.
         allow_unsigned: bool,
     },
-    /// Pulls an image through containerd and the mirror. Stdin and answer: nothing.
+    /// Pulls an image through containerd and the mirror. Stdin: the [`super::access::PullAccess`]
+    /// for asking each replica directly. Answer: nothing.
     CheckPull {
         /// Image reference.
         image: String,
-        /// Registry replicas (`http://IP:PORT`) that must each serve the image's manifest.
+        /// Registry replicas (`https://IP:PORT`) that must each serve the image's manifest.
         endpoints: Vec<String>,
         /// Seconds.
         timeout: u64,
@@ -186,7 +188,7 @@ pub(crate) mod tests {
             Call::RegistryService { port: 5001, allow_unsigned: false },
             Call::CheckPull {
                 image: "registry.k8s.io/pause:3.10".into(),
-                endpoints: vec!["http://10.0.0.1:5000".into(), "http://10.0.0.2:5000".into()],
+                endpoints: vec!["https://10.0.0.1:5000".into(), "https://10.0.0.2:5000".into()],
                 timeout: CHECK_PULL_TIMEOUT,
             },
             Call::Record { cluster: "lab".into(), phase: "prepare".into(), installer: "ab12".into() },

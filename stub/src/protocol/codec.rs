@@ -1,7 +1,7 @@
 //! Small pure encoders and decoders shared by the protocol's messages: JSON lines, the
 //! little-endian words of the binary streams, and their errors.
 //!
-//! Owns: [`DecodeError`], [`FrameError`], [`encode_line`], [`decode`], [`read_u64`],
+//! Owns: [`DecodeError`], [`FrameError`], [`encode_line`], [`decode`], [`decode_secret`], [`read_u64`],
 //! [`split_first_line`].
 
 use serde::Serialize;
@@ -43,6 +43,17 @@ pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, text: &[u8]) -
         what,
         cause: e.to_string(),
         text: clip(String::from_utf8_lossy(text).trim()),
+    })
+}
+
+/// Like [`decode`], for a message that holds secrets (a key, the credential): the error says
+/// where the message stopped reading, never what it held, not even in serde's own words (which
+/// quote values).
+pub fn decode_secret<T: serde::de::DeserializeOwned>(what: &'static str, text: &[u8]) -> Result<T, DecodeError> {
+    serde_json::from_slice(text).map_err(|e| DecodeError {
+        what,
+        cause: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
+        text: "withheld: it holds secrets".into(),
     })
 }
 

@@ -22,6 +22,7 @@
 //! may say more than the operator reads. A change an older peer would misread (a renamed or
 //! retyped field, a new frame word, a new required field) bumps [`PROTOCOL_VERSION`].
 
+pub mod access;
 pub mod call;
 pub mod codec;
 pub mod lock;
@@ -31,6 +32,6 @@ pub mod report;
 pub mod version;
 
 pub use call::{Call, quote};
-pub use codec::{DecodeError, decode, encode_line, split_first_line};
+pub use codec::{DecodeError, decode, decode_secret, encode_line, split_first_line};
 pub use report::{Facts, KernelSupport, PreparePlan, PrepareReport, Record};
 pub use version::{BUILD, Hello, PROTOCOL_VERSION, VersionError, check_agent, check_operator};

@@ -4,7 +4,7 @@
 //! ```text
 //! <- hello line (see the module above)
 //! -> Header: "FERRY-RECV2\n" file_len tail_len tail(index_offset..file_len) want_count want[…]
-//!    secret_len(0 or 32) secret
+//!    secret_len(0 or 32) secret identity_len(0, or ≤ MAX_IDENTITY) identity(JSON RelayIdentity)
 //! <- Opening: {"missing":[chunk,…],"have":N,"relay":{"port":P}}\n   ("relay" only when listening)
 //!    or a failed Outcome
 //! -> frames: (chunk_no bytes(chunk))… then END, or PULL json_len json(Upstream)
@@ -19,13 +19,14 @@
 //! Owns: the frame words, [`Header`], the pull frame, and the answer lines ([`Opening`],
 //! [`Event`], [`Outcome`]).
 
-use super::codec::{DecodeError, FrameError, decode, encode_line, read_u64};
+use super::access::RelayIdentity;
+use super::codec::{DecodeError, FrameError, decode, decode_secret, encode_line, read_u64};
 use super::relay::{SECRET_LEN, Secret, Upstream};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 
 /// First bytes of the stream.
-pub const MAGIC: &[u8] = b"FERRY-RECV2\n";
+pub const MAGIC: &[u8] = b"FERRY-RECV3\n";
 /// Ends a chunk stream.
 pub const END: u64 = u64::MAX;
 /// Tells the agent to pull from a relay: a length-prefixed JSON [`Upstream`] follows.
@@ -38,6 +39,8 @@ pub const MAX_TAIL: u64 = 300 << 20;
 pub const MAX_WANT: u64 = 1 << 32;
 /// The largest pull request.
 pub const MAX_PULL: u64 = 64 << 10;
+/// The largest relay identity (a certificate chain and a key).
+pub const MAX_IDENTITY: u64 = 64 << 10;
 
 /// What a frame word says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +78,8 @@ pub struct Header {
     pub want: Vec<u64>,
     /// The relay secret, when the host is to listen for downstream hosts.
     pub secret: Option<Secret>,
+    /// The listener's TLS identity; `None` listens in plain TCP.
+    pub identity: Option<RelayIdentity>,
 }
 
 impl Header {
@@ -96,6 +101,9 @@ impl Header {
             }
             None => head.extend_from_slice(&0u64.to_le_bytes()),
         }
+        let identity = self.identity.as_ref().map(|i| serde_json::to_vec(i).unwrap_or_default()).unwrap_or_default();
+        head.extend_from_slice(&(identity.len() as u64).to_le_bytes());
+        head.extend_from_slice(&identity);
         head
     }
 
@@ -129,7 +137,17 @@ impl Header {
             }
             n => return Err(FrameError::Bad(format!("bad relay secret length {n}"))),
         };
-        Ok(Header { file_len, tail, want, secret })
+        let identity = match read_u64(r)? {
+            0 => None,
+            n if n <= MAX_IDENTITY => {
+                let mut json = vec![0u8; n as usize];
+                r.read_exact(&mut json).map_err(FrameError::io("reading the relay identity"))?;
+                let id = decode_secret("the relay identity", &json).map_err(|e| FrameError::Bad(e.to_string()))?;
+                Some(id)
+            }
+            n => return Err(FrameError::Bad(format!("bad relay identity length {n}"))),
+        };
+        Ok(Header { file_len, tail, want, secret, identity })
     }
 }
 
@@ -287,22 +305,30 @@ mod tests {
 
     #[test]
     fn headers_round_trip() {
-        for secret in [None, Some([7u8; 32])] {
-            let h = Header { file_len: 1000, tail: vec![1; 200], want: vec![0, 3, 9], secret };
+        let identity = RelayIdentity { cert_pem: "C".into(), key_pem: super::super::access::Secret::new("K") };
+        for (secret, identity) in [(None, None), (Some([7u8; 32]), None), (Some([7u8; 32]), Some(identity))] {
+            let h = Header { file_len: 1000, tail: vec![1; 200], want: vec![0, 3, 9], secret, identity };
             assert_eq!(Header::decode(&mut &h.encode()[..], 128).unwrap(), h);
         }
-        let bad = Header { file_len: 10, tail: vec![1; 200], want: vec![], secret: None }.encode();
+        let bad = Header { file_len: 10, tail: vec![1; 200], want: vec![], secret: None, identity: None }.encode();
         assert!(Header::decode(&mut &bad[..], 128).unwrap_err().to_string().contains("bad tail length 200"));
         let err = Header::decode(&mut &b"FERRY-RECV1\n"[..], 128).unwrap_err().to_string();
         assert!(err.contains("not a ferry distribution stream"), "{err}");
-        let mut cut = Header { file_len: 1000, tail: vec![1; 200], want: vec![1], secret: None }.encode();
+        let mut cut =
+            Header { file_len: 1000, tail: vec![1; 200], want: vec![1], secret: None, identity: None }.encode();
         cut.truncate(cut.len() - 3);
         assert!(Header::decode(&mut &cut[..], 128).unwrap_err().to_string().contains("ended early"));
     }
 
     #[test]
     fn pulls_and_words_round_trip() {
-        let up = Upstream { addr: "10.0.0.1".into(), port: 4000, name: "10.0.0.2".into(), token: "ab".into() };
+        let up = Upstream {
+            addr: "10.0.0.1".into(),
+            port: 4000,
+            name: "10.0.0.2".into(),
+            token: "ab".into(),
+            ca_pem: Some("CA".into()),
+        };
         let frame = encode_pull(&up);
         let mut r = &frame[..];
         assert_eq!(Word::of(read_u64(&mut r).unwrap()), Word::Pull);

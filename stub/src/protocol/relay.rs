@@ -1,6 +1,7 @@
 //! The relay wire between agents: a downstream agent asks an upstream one (a relay) for chunks.
 //!
 //! ```text
+//! (inside TLS when the operator gave the relay an identity: see [`Upstream::ca_pem`])
 //! downstream -> "FERRY-RELAY1\n" name_len name token[32] count chunk[count]     (u64 little-endian)
 //! upstream   <- ACCEPTED, then frames (chunk_no bytes(chunk) | KEEPALIVE)… END (see [`super::receive`])
 //!            <- or REFUSED msg_len msg
@@ -53,6 +54,10 @@ pub struct Upstream {
     pub name: String,
     /// The token, hex.
     pub token: String,
+    /// The cluster CA (PEM) the relay's certificate must chain to: the connection is TLS. `None`
+    /// speaks plain TCP (a relay the operator gave no identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 /// A downstream's request: who it is, its token, and the chunks it wants.
@@ -146,7 +151,9 @@ mod tests {
         );
         let err = decode_reply(&mut &7u64.to_le_bytes()[..]).unwrap_err().to_string();
         assert!(err.contains("not a ferry relay"), "{err}");
-        let up = Upstream { addr: "a".into(), port: 1, name: "n".into(), token: "t".into() };
+        let mut up = Upstream { addr: "a".into(), port: 1, name: "n".into(), token: "t".into(), ca_pem: None };
+        assert_eq!(serde_json::from_slice::<Upstream>(&serde_json::to_vec(&up).unwrap()).unwrap(), up);
+        up.ca_pem = Some("CA".into());
         assert_eq!(serde_json::from_slice::<Upstream>(&serde_json::to_vec(&up).unwrap()).unwrap(), up);
     }
 }

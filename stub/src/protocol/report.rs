@@ -94,8 +94,11 @@ pub struct Record {
 /// What the operator asks a node to do.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreparePlan {
-    /// Built-in registry URLs (`http://IP:PORT`), in preference order.
+    /// Built-in registry URLs (`https://IP:PORT`), in preference order.
     pub registry_endpoints: Vec<String>,
+    /// The cluster CA and pull credential containerd uses for them (`None`: plain HTTP).
+    #[serde(default)]
+    pub registry_access: Option<super::access::PullAccess>,
     /// `/etc/hosts` entries (address, name).
     pub hosts_entries: Vec<(String, String)>,
     /// Accept an unsigned installer (the operator accepted it).
@@ -155,7 +158,14 @@ mod tests {
         let state: State = [("prepare".to_string(), rec)].into();
         round_trip(&state);
         round_trip(&PreparePlan {
-            registry_endpoints: vec!["http://10.0.0.1:5000".into()],
+            registry_endpoints: vec!["https://10.0.0.1:5000".into()],
+            registry_access: Some(super::super::access::PullAccess {
+                ca_pem: "CA".into(),
+                credential: super::super::access::Credential {
+                    username: "ferry".into(),
+                    password: super::super::access::Secret::new("pw"),
+                },
+            }),
             hosts_entries: vec![("10.0.0.1".into(), "m1".into())],
             allow_unsigned: true,
             root: "/".into(),

@@ -7,7 +7,7 @@ use super::codec::{clip, encode_line};
 use serde::{Deserialize, Serialize};
 
 /// The version of this protocol. Operator and agent must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// This build of ferry, as the hello names it.
 pub const BUILD: &str = env!("CARGO_PKG_VERSION");

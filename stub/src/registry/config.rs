@@ -7,6 +7,10 @@
 //!   `[host."URL"]` table with pull and resolve capabilities; containerd tries them in file order,
 //!   then `server`. Per-registry copies exist because `_default` is only read when no
 //!   registry-specific directory exists (and containerd before 1.6.17 has no `_default`).
+//!   With the cluster's [`PullAccess`] (how `run` configures nodes), endpoints are https: each
+//!   directory gets the cluster CA as `ca.crt`, named by `ca` for `server` and every `[host]`
+//!   (it is the only root containerd trusts for them), and an `authorization` header carrying
+//!   the pull credential; such hosts.toml files are written 0600, as they hold the credential.
 //! * `config.toml` for containerd 1.7 (config version 2) or 2.x (version 3) with `config_path`,
 //!   `SystemdCgroup = true` (kubeadm's kubelets use the systemd cgroup driver) and the sandbox
 //!   image pinned to the pause image kubeadm expects for the bundle's Kubernetes version (the
@@ -19,6 +23,7 @@
 //!
 //! Every file is written atomically (temporary name, fsync, rename).
 
+use crate::protocol::access::PullAccess;
 use ferry_core::fs::WriteError;
 use ferry_core::metadata::PauseError;
 use std::collections::BTreeSet;
@@ -69,6 +74,22 @@ pub enum ConfigError {
     HostDir {
         /// The registry.
         registry: String,
+    },
+    /// A CA or credential for an endpoint that would carry it in the clear.
+    #[error(
+        "endpoint `{url}` is plain HTTP: the registry's CA and credential need https:// endpoints (the credential would cross the network in the clear)"
+    )]
+    CredentialInClear {
+        /// The endpoint as given.
+        url: String,
+    },
+    /// `--ca-file` or `--credential-file` cannot be read or does not hold what it should.
+    #[error("{}: {problem}", path.display())]
+    AccessFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never its content).
+        problem: String,
     },
     /// No `--endpoint` at all.
     #[error("give at least one --endpoint URL of the built-in registry")]
@@ -169,6 +190,19 @@ pub struct Inputs {
     pub bundle: String,
     /// Keep containers' OOM scores at or above containerd's own (see [`host_can_lower_oom_scores`]).
     pub restrict_oom_score_adj: bool,
+    /// The cluster CA and pull credential; `None` for a plain-HTTP registry.
+    pub access: Option<PullAccess>,
+}
+
+/// One file `registry config` writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFile {
+    /// Relative to `--out`.
+    pub path: PathBuf,
+    /// Contents.
+    pub text: String,
+    /// Its mode before the umask: 0600 where it holds the credential, else world-readable.
+    pub mode: u32,
 }
 
 /// Whether `restrict_oom_score_adj` is set: `auto` asks this machine.
@@ -221,32 +255,60 @@ fn host_dir(registry: &str) -> Result<&str, ConfigError> {
     Ok(registry)
 }
 
-/// Renders every file as (path relative to --out, contents).
-pub fn render(inputs: &Inputs) -> Result<Vec<(PathBuf, String)>, ConfigError> {
+/// Renders every file, paths relative to `--out`.
+pub fn render(inputs: &Inputs) -> Result<Vec<NodeFile>, ConfigError> {
     if inputs.endpoints.is_empty() {
         return Err(ConfigError::NoEndpoints);
     }
-    let mut files = Vec::new();
-    for registry in &inputs.registries {
-        let dir = host_dir(registry)?;
-        let what = format!("{registry} images");
-        files.push((Path::new("certs.d").join(dir).join("hosts.toml"), hosts_toml(inputs, &what)));
+    if inputs.access.is_some()
+        && let Some(url) = inputs.endpoints.iter().find(|e| !e.starts_with("https://"))
+    {
+        return Err(ConfigError::CredentialInClear { url: url.clone() });
     }
-    files.push((PathBuf::from("certs.d/_default/hosts.toml"), hosts_toml(inputs, "images of every other registry")));
-    files.push((PathBuf::from("config.toml"), config_toml(inputs)));
+    let mut dirs: Vec<(&str, String)> = Vec::new();
+    for registry in &inputs.registries {
+        dirs.push((host_dir(registry)?, format!("{registry} images")));
+    }
+    dirs.push(("_default", "images of every other registry".into()));
+    let hosts_mode = if inputs.access.is_some() { 0o600 } else { 0o666 };
+    let mut files = Vec::new();
+    for (dir, what) in dirs {
+        let at = Path::new("certs.d").join(dir);
+        if let Some(access) = &inputs.access {
+            files.push(NodeFile { path: at.join("ca.crt"), text: access.ca_pem.clone(), mode: 0o666 });
+        }
+        let ca = format!("{}/{dir}/ca.crt", inputs.config_path.trim_end_matches('/'));
+        files.push(NodeFile { path: at.join("hosts.toml"), text: hosts_toml(inputs, &what, &ca), mode: hosts_mode });
+    }
+    files.push(NodeFile { path: PathBuf::from("config.toml"), text: config_toml(inputs), mode: 0o666 });
     Ok(files)
 }
 
-fn hosts_toml(inputs: &Inputs, what: &str) -> String {
+/// One namespace's hosts.toml; `ca` is where that namespace's copy of the CA lands on the node.
+fn hosts_toml(inputs: &Inputs, what: &str, ca: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Written by `installer registry config` for bundle {}.", inputs.bundle);
     let _ = writeln!(s, "# Pulls of {what} go to the installer's built-in registry, never upstream:");
     let _ = writeln!(s, "# `server` is the built-in registry too, so a miss fails fast on an air-gapped node.");
+    let access = inputs.access.as_ref().map(|a| (toml_str(ca), toml_str(a.credential.basic_header().expose())));
+    if access.is_some() {
+        let _ =
+            writeln!(s, "# Its certificate is trusted only through the cluster CA; the header is the pull credential.");
+    }
     let _ = writeln!(s, "server = {}", toml_str(&inputs.endpoints[0]));
+    if let Some((ca, auth)) = &access {
+        let _ = writeln!(s, "ca = {ca}");
+        let _ = writeln!(s, "\n[header]\n  authorization = {auth}");
+    }
     for e in &inputs.endpoints {
+        let host = toml_str(e);
         let _ = writeln!(s);
-        let _ = writeln!(s, "[host.{}]", toml_str(e));
+        let _ = writeln!(s, "[host.{host}]");
         let _ = writeln!(s, "  capabilities = [\"pull\", \"resolve\"]");
+        if let Some((ca, auth)) = &access {
+            let _ = writeln!(s, "  ca = {ca}");
+            let _ = writeln!(s, "  [host.{host}.header]\n    authorization = {auth}");
+        }
     }
     s
 }
@@ -340,9 +402,43 @@ fn toml_str(s: &str) -> String {
 /// file or the new one, never half), creating the directory first. The node's files are
 /// world-readable, as `File::create` would make them.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
+    write_atomic_mode(path, contents, 0o666)
+}
+
+/// [`write_atomic`] with `mode` (0600 for a file holding the credential).
+pub fn write_atomic_mode(path: &Path, contents: &[u8], mode: u32) -> Result<(), ConfigError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|source| ConfigError::CreateDir { dir: dir.to_path_buf(), source })?;
-    Ok(ferry_core::fs::write_atomic(path, contents, 0o666)?)
+    Ok(ferry_core::fs::write_atomic(path, contents, mode)?)
+}
+
+/// Reads `--ca-file` and `--credential-file` (`user:password`) into the access nodes need.
+/// Errors name the file and what is wrong with it, never what it holds.
+pub fn read_access(ca_file: &Path, credential_file: &Path) -> Result<PullAccess, ConfigError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::AccessFile { path: path.to_path_buf(), problem: format!("cannot be read: {e}") })
+    };
+    let ca_pem = read(ca_file)?;
+    if !ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ConfigError::AccessFile {
+            path: ca_file.to_path_buf(),
+            problem: "holds no PEM certificate".into(),
+        });
+    }
+    let text = read(credential_file)?;
+    let (username, password) =
+        text.trim_end().split_once(':').filter(|(u, p)| !u.is_empty() && !p.is_empty()).ok_or_else(|| {
+            ConfigError::AccessFile {
+                path: credential_file.to_path_buf(),
+                problem: "is not of the form user:password".into(),
+            }
+        })?;
+    let credential = crate::protocol::access::Credential {
+        username: username.to_string(),
+        password: crate::protocol::access::Secret::new(password),
+    };
+    Ok(PullAccess { ca_pem, credential })
 }
 
 #[cfg(test)]
@@ -361,13 +457,23 @@ mod tests {
             sandbox_image: kubeadm_pause_image("v1.33.4").unwrap().into(),
             restrict_oom_score_adj: false,
             bundle: "demo 1.0.0 (Kubernetes v1.33.4)".into(),
+            access: None,
+        }
+    }
+
+    fn access() -> PullAccess {
+        use crate::protocol::access::{Credential, Secret};
+        PullAccess {
+            ca_pem: "-----BEGIN CERTIFICATE-----\nTESTCA\n-----END CERTIFICATE-----\n".into(),
+            credential: Credential { username: "ferry".into(), password: Secret::new("pw") },
         }
     }
 
     fn snapshot_all(name: &str, inputs: &Inputs) {
-        for (path, text) in render(inputs).unwrap() {
-            let snap = format!("{name}__{}", path.display().to_string().replace(['/', ':'], "_"));
-            insta::assert_snapshot!(snap, text);
+        // The CA copies are the input itself; the test that makes them compares them.
+        for file in render(inputs).unwrap().into_iter().filter(|f| !f.path.ends_with("ca.crt")) {
+            let snap = format!("{name}__{}", file.path.display().to_string().replace(['/', ':'], "_"));
+            insta::assert_snapshot!(snap, file.text);
         }
     }
 
@@ -392,7 +498,7 @@ mod tests {
     #[test]
     fn containerd_1_7_single_endpoint() {
         let i = inputs(Containerd::V1_7, &["http://10.0.0.10:5000"]);
-        let files: Vec<String> = render(&i).unwrap().iter().map(|(p, _)| p.display().to_string()).collect();
+        let files: Vec<String> = render(&i).unwrap().iter().map(|f| f.path.display().to_string()).collect();
         assert_eq!(
             files,
             [
@@ -413,6 +519,52 @@ mod tests {
         i.sandbox_image = kubeadm_pause_image("v1.34.1").unwrap().into();
         i.registries = ["docker.io".to_string()].into_iter().collect();
         snapshot_all("v2_replicas", &i);
+    }
+
+    #[test]
+    fn tls_with_the_credential() {
+        let mut i = inputs(Containerd::V2, &["https://10.0.0.10:5050", "https://10.0.0.11:5050"]);
+        i.registries = ["docker.io".to_string()].into_iter().collect();
+        i.access = Some(access());
+        let files = render(&i).unwrap();
+        let modes: Vec<(String, u32)> = files.iter().map(|f| (f.path.display().to_string(), f.mode)).collect();
+        assert_eq!(
+            modes,
+            [
+                ("certs.d/docker.io/ca.crt".to_string(), 0o666),
+                ("certs.d/docker.io/hosts.toml".to_string(), 0o600),
+                ("certs.d/_default/ca.crt".to_string(), 0o666),
+                ("certs.d/_default/hosts.toml".to_string(), 0o600),
+                ("config.toml".to_string(), 0o666),
+            ]
+        );
+        assert_eq!(files[0].text, access().ca_pem);
+        let hosts = &files[1].text;
+        assert_eq!(
+            hosts.matches("authorization = \"Basic ZmVycnk6cHc=\"").count(),
+            3,
+            "server and both hosts:\n{hosts}"
+        );
+        assert_eq!(hosts.matches("ca = \"/etc/containerd/certs.d/docker.io/ca.crt\"").count(), 3, "{hosts}");
+        snapshot_all("v2_tls", &i);
+        // Never a credential over plain HTTP.
+        i.endpoints.push("http://10.0.0.12:5050".into());
+        let err = render(&i).unwrap_err().to_string();
+        assert!(err.contains("http://10.0.0.12:5050") && !err.contains("ZmVycnk6cHc"), "{err}");
+    }
+
+    #[test]
+    fn access_files_are_checked_without_showing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cred) = (dir.path().join("ca.crt"), dir.path().join("credential"));
+        std::fs::write(&ca, access().ca_pem).unwrap();
+        std::fs::write(&cred, "ferry:pw\n").unwrap();
+        assert_eq!(read_access(&ca, &cred).unwrap(), access());
+        std::fs::write(&cred, "secret-without-user").unwrap();
+        let err = read_access(&ca, &cred).unwrap_err().to_string();
+        assert!(err.contains("user:password") && !err.contains("secret-without-user"), "{err}");
+        std::fs::write(&ca, "nope").unwrap();
+        assert!(read_access(&ca, &cred).unwrap_err().to_string().contains("no PEM certificate"));
     }
 
     #[test]
@@ -467,7 +619,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a/b/f.toml");
         write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
+        write_atomic_mode(&p, b"two", 0o600).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1, "no temporary file left behind");
     }

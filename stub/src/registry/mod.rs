@@ -10,16 +10,21 @@
 //! * [`routes`] owns the HTTP API: parsing, resolution, headers, errors;
 //! * [`access_log`] owns response bodies and the one-line-per-request log;
 //! * [`config`] owns the containerd files `registry config` writes;
+//! * [`pki`] owns the cluster's registry CA, pull credential and serving certificate (operator
+//!   side), and [`tls`] the TLS and credential check both ends use;
 //! * this module owns startup (trust checks, listener, runtime) and shutdown.
 
 pub mod access_log;
 pub mod config;
 pub mod integrity;
+pub mod pki;
 pub mod routes;
 pub mod store;
+pub mod tls;
 
-use crate::cli::{RegistryConfigArgs, RegistryServeArgs, TrustArgs};
+use crate::cli::{RegistryConfigArgs, RegistryPkiArgs, RegistryServeArgs, TrustArgs};
 use crate::printer::Printer;
+use crate::protocol::access::PullAccess;
 use crate::trust;
 use crate::verify::open_payload;
 use access_log::{LogEntry, ServeBody, note};
@@ -41,6 +46,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::Store;
+use tokio_rustls::TlsAcceptor;
 
 /// Connections served at once; more wait in the kernel's accept queue. Bounds memory: each
 /// connection costs a task and hyper's buffers, never a copy of a blob.
@@ -64,6 +70,12 @@ pub enum RegistryError {
     /// The bundle's metadata (images, manifests) does not read.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    /// The registry's CA, credential or certificate cannot be made or read.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// The serving certificate, key or credential digest of `--tls-dir` does not load.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// containerd's files cannot be made or written.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -126,6 +138,16 @@ pub fn open_trusted(path: &Path, trust_args: &TrustArgs, printer: &Printer) -> R
 /// Runs `registry serve` until SIGINT or SIGTERM.
 pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<(), RegistryError> {
     let started = Instant::now();
+    let (acceptor, credential) = match &args.tls_dir {
+        Some(dir) => {
+            let (config, check) = tls::load_tls_dir(dir)?;
+            (Some(TlsAcceptor::from(config)), Some(check))
+        }
+        None => {
+            printer.warn("serving plain HTTP with no credential (--insecure-plain-http): anyone who reaches the port can pull every image");
+            (None, None)
+        }
+    };
     let payload = open_trusted(&args.file, &args.trust, printer)?;
     let shown = payload.path().display().to_string();
     let file = VerifiedFile::new(payload)?;
@@ -133,16 +155,17 @@ pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<(), Registry
     warn_about_contents(&file, &store, &shown, printer)?;
     let (listener, addr) = listen(args.listen)?;
     let (repos, tags, blobs) = store.summary();
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     // Always printed (even with --quiet): scripts and tests read the port from this line.
     println!(
-        "registry listening on http://{addr} ({repos} repositories, {tags} tags, {blobs} blobs from {shown}; ready in {:.0} ms)",
+        "registry listening on {scheme}://{addr} ({repos} repositories, {tags} tags, {blobs} blobs from {shown}; ready in {:.0} ms)",
         started.elapsed().as_secs_f64() * 1000.0
     );
-    let registry = Arc::new(Registry { file, store });
+    let registry = Arc::new(Registry { file, store, credential });
     if !args.no_background_verify {
         spawn_background_verify(registry.clone());
     }
-    let result = run_until_signal(listener, registry.clone(), args.threads);
+    let result = run_until_signal(listener, registry.clone(), acceptor, args.threads);
     note(&format!(
         "registry stopped: {} requests, {} of {} chunks verified",
         access_log::REQUESTS.load(std::sync::atomic::Ordering::Relaxed),
@@ -150,6 +173,21 @@ pub fn serve(args: &RegistryServeArgs, printer: &Printer) -> Result<(), Registry
         registry.file.payload().chunk_count()
     ));
     result
+}
+
+/// Runs `registry pki`: the CA and credential in `--dir` (made once), and a serving
+/// certificate for `--name`s beside them, as `registry serve --tls-dir` reads it.
+pub fn pki(args: &RegistryPkiArgs, printer: &Printer) -> Result<(), RegistryError> {
+    let ca = pki::load_or_create(&args.dir)?;
+    pki::write_tls_dir(&args.dir, &ca.serving(&args.names)?)?;
+    let d = args.dir.display();
+    printer.out(format!(
+        "{d}: CA {ca_cert}, credential {cred} (user:password, 0600); serve with --tls-dir {d}, \
+         configure nodes with --ca-file {d}/{ca_cert} --credential-file {d}/{cred}",
+        ca_cert = pki::CA_CERT,
+        cred = pki::CREDENTIAL
+    ));
+    Ok(())
 }
 
 /// Warns, before serving, about what the store could not take in and what pulls will miss.
@@ -184,6 +222,7 @@ fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RegistryError> 
 fn run_until_signal(
     listener: TcpListener,
     registry: Arc<Registry>,
+    acceptor: Option<TlsAcceptor>,
     threads: Option<usize>,
 ) -> Result<(), RegistryError> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -194,7 +233,19 @@ fn run_until_signal(
         rt.worker_threads(n.max(1));
     }
     let rt = rt.build().map_err(setup("starting the async runtime"))?;
-    let result = rt.block_on(accept_loop(listener, registry));
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(setup("registering the listener"))?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(setup("installing the SIGTERM handler"))?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        serve_on(listener, registry, acceptor, stop).await;
+        Ok(())
+    });
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
@@ -231,16 +282,20 @@ fn spawn_background_verify(registry: Arc<Registry>) {
     }
 }
 
-async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) -> Result<(), RegistryError> {
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(setup("registering the listener"))?;
+/// Accepts connections on `listener` until `stop` completes, each served over TLS when
+/// `acceptor` is given (a client that does not complete a handshake gets no HTTP at all).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    acceptor: Option<TlsAcceptor>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(setup("installing the SIGTERM handler"))?;
+    tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
+            _ = &mut stop => return,
         };
         let (stream, client) = tokio::select! {
             a = listener.accept() => match a {
@@ -252,26 +307,43 @@ async fn accept_loop(listener: TcpListener, registry: Arc<Registry>) -> Result<(
                     continue;
                 }
             },
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
+            _ = &mut stop => return,
         };
         // Only latency is at stake: a socket that keeps Nagle still serves every byte.
         let _ = stream.set_nodelay(true);
-        let registry = registry.clone();
+        let (registry, acceptor) = (registry.clone(), acceptor.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| respond(registry.clone(), client, req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                // A client that never finishes its headers does not hold a slot forever.
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await
-                && !e.is_incomplete_message()
-            {
-                note(&format!("connection from {client}: {e}"));
+            match acceptor {
+                None => serve_connection(TokioIo::new(stream), registry, client).await,
+                // The same bound as for headers: a silent client does not hold a slot forever.
+                Some(a) => match tokio::time::timeout(HEADER_TIMEOUT, a.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(TokioIo::new(tls), registry, client).await,
+                    Ok(Err(e)) => note(&format!("connection from {client}: TLS handshake failed: {e}")),
+                    Err(_) => note(&format!("connection from {client}: no TLS handshake within {HEADER_TIMEOUT:?}")),
+                },
             }
             drop(permit);
         });
+    }
+}
+
+/// How long a client may take to send its request headers (or its TLS handshake).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves HTTP/1 requests on one connection until it closes.
+async fn serve_connection<I>(io: I, registry: Arc<Registry>, client: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| respond(registry.clone(), client, req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(io, service);
+    if let Err(e) = conn.await
+        && !e.is_incomplete_message()
+    {
+        note(&format!("connection from {client}: {e}"));
     }
 }
 
@@ -306,6 +378,20 @@ async fn respond(
 
 /// Runs `registry config`.
 pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<(), RegistryError> {
+    let access = match (&args.ca_file, &args.credential_file) {
+        (Some(ca), Some(credential)) => Some(config::read_access(ca, credential)?),
+        _ => None,
+    };
+    config_with(args, access, printer)
+}
+
+/// `registry config` with the cluster's CA and credential given directly (the prepare agent has
+/// them from its plan, not from files).
+pub fn config_with(
+    args: &RegistryConfigArgs,
+    access: Option<PullAccess>,
+    printer: &Printer,
+) -> Result<(), RegistryError> {
     let payload = open_trusted(&args.file, &args.trust, printer)?;
     let meta = &payload.index().metadata;
     let endpoints = args.endpoints.iter().map(|e| config::check_endpoint(e)).collect::<Result<Vec<_>, _>>()?;
@@ -325,10 +411,11 @@ pub fn config(args: &RegistryConfigArgs, printer: &Printer) -> Result<(), Regist
         config_path: args.config_path.clone(),
         sandbox_image,
         bundle: format!("{} {} (Kubernetes {})", meta.name, meta.version, meta.kubernetes_version),
+        access,
     };
-    for (rel, text) in config::render(&inputs)? {
-        let path = args.out.join(&rel);
-        config::write_atomic(&path, text.as_bytes())?;
+    for file in config::render(&inputs)? {
+        let path = args.out.join(&file.path);
+        config::write_atomic_mode(&path, file.text.as_bytes(), file.mode)?;
         printer.out(format!("wrote {}", path.display()));
     }
     Ok(())
@@ -361,3 +448,6 @@ fn restrict_oom_score_adj(choice: config::OomRestriction, printer: &Printer) -> 
     }
     restrict
 }
+
+#[cfg(test)]
+mod tests;

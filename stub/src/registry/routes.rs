@@ -1,6 +1,10 @@
 //! The pull-only OCI distribution API: request parsing, repository resolution (`?ns=`),
 //! headers, Range, and spec error bodies.
 //!
+//! When the registry has a credential (it serves TLS), every request without it gets 401 and
+//! `WWW-Authenticate: Basic realm="ferry"`, before anything is routed: not even which
+//! repositories exist is told to a stranger.
+//!
 //! Routing works on the last `/manifests/`, `/blobs/` or `/tags/list` segment because repository
 //! names contain `/`. Every response carries `Docker-Distribution-API-Version: registry/2.0`.
 //! HEAD answers carry exactly GET's headers (containerd builds descriptors from them) and no
@@ -9,6 +13,7 @@
 use super::access_log::{ServeBody, note};
 use super::integrity::{IntegrityError, VerifiedFile};
 use super::store::{Blob, BlobId, Repo, Store, is_sha256_digest};
+use super::tls::CredentialCheck;
 use bytes::Bytes;
 use ferry_core::image_ref::normalize_domain;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -21,6 +26,8 @@ pub struct Registry {
     pub file: VerifiedFile,
     /// What it serves.
     pub store: Store,
+    /// The credential every request must carry; `None` serves anyone (`--insecure-plain-http`).
+    pub credential: Option<CredentialCheck>,
 }
 
 /// Distribution's API-version header; old Docker clients check it.
@@ -42,7 +49,8 @@ pub struct Req<'a> {
 /// Handles one request.
 pub async fn handle(reg: Arc<Registry>, req: Req<'_>) -> Response<ServeBody> {
     let query = Query::parse(req.query);
-    let mut resp = route(&reg, &req, &query).await;
+    let allowed = reg.credential.as_ref().is_none_or(|c| c.allows(req.headers.get(header::AUTHORIZATION)));
+    let mut resp = if allowed { route(&reg, &req, &query).await } else { unauthorized() };
     if req.method == Method::HEAD {
         // Error documents too: HEAD gets their headers (Content-Length included), no body.
         resp = resp.map(|_| ServeBody::empty());
@@ -644,6 +652,18 @@ pub fn error(
     }
     let body = serde_json::to_vec(&serde_json::json!({"errors": [e]})).expect("plain JSON");
     json(status, Bytes::from(body), false)
+}
+
+/// 401 with the challenge clients answer with the credential.
+fn unauthorized() -> Response<ServeBody> {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+        "this registry serves only its cluster's nodes: send the cluster's pull credential".into(),
+        None,
+    );
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ferry\""));
+    r
 }
 
 fn not_found(path: &str) -> Response<ServeBody> {

@@ -61,8 +61,8 @@ async fn phases<H: RemoteHost>(
         Arc::new(Settle { staged: passed.staged, stage }),
         distribute.clone(),
         Arc::new(Prepare),
-        Arc::new(registry::Service),
-        Arc::new(registry::Pull::new(&ctx)),
+        Arc::new(registry::Service::new(&ctx)?),
+        Arc::new(registry::Pull::new(&ctx)?),
     ];
     engine.run(&nodes).await?;
     // A bundle without kubeadm in its rootfs (a runtime-only bundle) stops at prepared nodes:

@@ -2,6 +2,7 @@
 //! `agent receive` on the host (the stream and its answers are `protocol::receive`).
 
 use crate::cluster::{Host, Role};
+use crate::protocol::access::RelayIdentity;
 use crate::protocol::receive::{END, Event, Header, Opening, Outcome, Received};
 use crate::protocol::relay::Secret;
 use anyhow::{Context, Result, bail};
@@ -70,13 +71,19 @@ fn checked_chunks(payload: &Payload) -> Result<Arc<Vec<AtomicBool>>> {
 }
 
 /// The session header: the installer's tail (index, signature, trailer), the chunks wanted, and
-/// the relay secret when the host is to listen for downstream hosts.
-pub fn header(payload: &Payload, want: &[u64], secret: Option<&Secret>) -> Result<Vec<u8>> {
+/// the relay secret (and the listener's TLS identity) when the host is to listen for downstream
+/// hosts.
+pub fn header(
+    payload: &Payload,
+    want: &[u64],
+    secret: Option<&Secret>,
+    identity: Option<&RelayIdentity>,
+) -> Result<Vec<u8>> {
     let t = payload.trailer();
     let file_len = payload.file_len();
     let mut tail = vec![0u8; (file_len - t.index_offset) as usize];
     payload.file().read_exact_at(&mut tail, t.index_offset).context("reading the index")?;
-    Ok(Header { file_len, tail, want: want.to_vec(), secret: secret.copied() }.encode())
+    Ok(Header { file_len, tail, want: want.to_vec(), secret: secret.copied(), identity: identity.cloned() }.encode())
 }
 
 /// The agent's first answer.
@@ -144,7 +151,7 @@ where
     W: AsyncWrite + Unpin,
 {
     crate::ssh::agent::read_hello(r, host).await?;
-    w.write_all(&header(payload, want, None)?).await?;
+    w.write_all(&header(payload, want, None, None)?).await?;
     w.flush().await?;
     let answer = read_answer(r, want).await?;
     let sent = stream_chunks(payload, &answer.missing, w, progress).await?;
@@ -343,6 +350,8 @@ pub(super) mod tests {
         for n in want {
             stream.extend_from_slice(&n.to_le_bytes());
         }
+        // No relay secret, no relay identity.
+        stream.extend_from_slice(&0u64.to_le_bytes());
         stream.extend_from_slice(&0u64.to_le_bytes());
         for n in want {
             let (s, e) = payload.chunk_range(n);

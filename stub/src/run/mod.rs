@@ -29,6 +29,7 @@ pub mod setup;
 
 use crate::agent::{AGENT_PATH, INSTALLER_PATH};
 use crate::cluster::{Cluster, Host};
+use crate::registry::pki::ClusterCa;
 use crate::ssh::{RemoteHost, quote};
 use anyhow::{Context, Result, bail};
 use payload_format::Payload;
@@ -64,6 +65,9 @@ pub struct Ctx {
     pub force: bool,
     /// A stream that moves nothing for this long has lost its host.
     pub stall: Duration,
+    /// The cluster's registry CA and pull credential, from `local_state` ([`registry_ca`]);
+    /// `None` where nothing is delivered (a dry run, a teardown).
+    pub registry_ca: Option<Arc<ClusterCa>>,
 }
 
 impl Ctx {
@@ -83,8 +87,23 @@ impl Ctx {
             phase_timeout: Duration::from_secs(600),
             force: false,
             stall: Duration::from_secs(60),
+            registry_ca: None,
         }
     }
+
+    /// The registry CA, which every run that delivers loads ([`registry_ca`]).
+    pub fn registry_ca(&self) -> Result<&ClusterCa> {
+        self.registry_ca.as_deref().context("the cluster's registry CA was not loaded (a dry run delivers nothing)")
+    }
+}
+
+/// Loads the cluster's registry CA and pull credential from the local state directory, making
+/// them on the first run; every later `run`, `join` and upgrade reuses them, so nodes keep
+/// trusting the registry.
+pub fn registry_ca(local_state: &std::path::Path) -> Result<Arc<ClusterCa>> {
+    let ca = crate::registry::pki::load_or_create(local_state)
+        .with_context(|| format!("loading the cluster's registry CA from {}", local_state.display()))?;
+    Ok(Arc::new(ca))
 }
 
 /// Seconds `run` and `join` wait for the new cluster to pass `check` unless `--wait` says.
@@ -146,9 +165,24 @@ pub async fn put_file<H: RemoteHost>(h: &H, path: &str, mode: &str, bytes: &[u8]
     checked(h, &cmd, bytes, &format!("writing {path}")).await.map(|_| ())
 }
 
-/// The registry replicas' URLs (`http://IP:PORT`), in cluster order.
+/// The registry replicas' URLs (`https://IP:PORT`), in cluster order.
 pub fn registry_endpoints(c: &Cluster) -> Vec<String> {
-    c.registry_hosts().iter().map(|h| format!("http://{}:{}", h.ip, c.registry_port)).collect()
+    c.registry_hosts().iter().map(|h| registry_endpoint(c, h)).collect()
+}
+
+fn registry_endpoint(c: &Cluster, h: &Host) -> String {
+    format!("https://{}:{}", h.ip, c.registry_port)
+}
+
+/// The name every node reaches the first registry replica by (its /etc/hosts entry).
+pub const REGISTRY_NAME: &str = "ferry-registry";
+
+/// The names the registry's serving certificate covers: every replica's address, and
+/// [`REGISTRY_NAME`].
+pub fn registry_names(c: &Cluster) -> Vec<String> {
+    let mut names: Vec<String> = c.registry_hosts().iter().map(|h| h.ip.clone()).collect();
+    names.push(REGISTRY_NAME.to_string());
+    names
 }
 
 /// The prepare plan for one host. Every replica is listed in its hosts.toml, in cluster order,
@@ -161,12 +195,13 @@ pub fn prepare_plan(ctx: &Ctx, host: &Host) -> crate::agent::prepare::Plan {
         registries.insert(0, own);
     }
     crate::agent::prepare::Plan {
-        registry_endpoints: registries.iter().map(|h| format!("http://{}:{}", h.ip, c.registry_port)).collect(),
+        registry_endpoints: registries.iter().map(|h| registry_endpoint(c, h)).collect(),
+        registry_access: ctx.registry_ca.as_ref().map(|ca| ca.access()),
         // The API endpoint name is the node-local LB (ferry-lb.service on 127.0.0.1:LB_PORT),
         // which is why it is in the apiserver certificate's SANs.
         hosts_entries: vec![
             ("127.0.0.1".into(), c.api_endpoint.clone()),
-            (registries[0].ip.clone(), "ferry-registry".into()),
+            (registries[0].ip.clone(), REGISTRY_NAME.into()),
         ],
         allow_unsigned: ctx.allow_unsigned,
         root: PathBuf::from("/"),
@@ -225,4 +260,6 @@ pub struct Options {
     pub operation: crate::protocol::lock::Operation,
     /// End the operations holding the hosts and take their locks.
     pub force_unlock: bool,
+    /// Only print the plan: nothing is made, not even the registry CA.
+    pub dry_run: bool,
 }

@@ -11,8 +11,10 @@
 use super::distribute::{self, read_answer, read_line};
 use super::{AGENT_PATH, Ctx, INSTALLER_PATH};
 use crate::protocol::Call;
+use crate::protocol::access::RelayIdentity;
 use crate::protocol::receive::{END, Event, encode_pull};
 use crate::protocol::relay::{Secret, Upstream, token};
+use crate::registry::pki::ClusterCa;
 use crate::ssh::RemoteHost;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
@@ -81,6 +83,10 @@ pub struct Board {
     parent: Vec<Option<usize>>,
     addrs: Vec<String>,
     secrets: Vec<Secret>,
+    /// Each relaying host's TLS identity, and the CA downstream hosts check it against; `None`
+    /// relays in plain TCP (no CA given).
+    identities: Vec<Option<RelayIdentity>>,
+    ca_pem: Option<String>,
     /// Each host's listener; `Gone` also for one no longer used as a source (its session
     /// failed, or a host pulling from it lost it).
     ports: Vec<watch::Sender<Port>>,
@@ -92,17 +98,32 @@ pub struct Board {
 }
 
 impl Board {
-    /// A board for hosts at `addrs` (the addresses hosts reach each other by) and the plan.
-    pub fn new(addrs: Vec<String>, parent: Vec<Option<usize>>) -> Result<Board> {
+    /// A board for hosts at `addrs` (the addresses hosts reach each other by) and the plan; with
+    /// the cluster CA, every host some other pulls from gets a certificate for its address for
+    /// this distribution, and relays speak TLS.
+    pub fn new(addrs: Vec<String>, parent: Vec<Option<usize>>, ca: Option<&ClusterCa>) -> Result<Board> {
         let n = addrs.len();
         let mut secrets = vec![[0u8; 32]; n];
         for s in &mut secrets {
             getrandom::fill(s).map_err(|e| anyhow!("reading the OS's randomness: {e}"))?;
         }
+        let mut identities = vec![None; n];
+        if let Some(ca) = ca {
+            for j in parent.iter().flatten() {
+                if identities[*j].is_none() {
+                    let id = ca
+                        .relay_identity(&addrs[*j])
+                        .with_context(|| format!("issuing {}'s relay certificate", addrs[*j]))?;
+                    identities[*j] = Some(id);
+                }
+            }
+        }
         Ok(Board {
             parent,
             addrs,
             secrets,
+            identities,
+            ca_pem: ca.map(|ca| ca.cert_pem().to_string()),
             ports: (0..n).map(|_| watch::channel(Port::Pending).0).collect(),
             ended: watch::channel(0).0,
             stop: watch::channel(None).0,
@@ -154,6 +175,7 @@ impl Board {
                     port,
                     name: self.addrs[i].clone(),
                     token: hex::encode(token(&self.secrets[j], &self.addrs[i])),
+                    ca_pem: self.identities[j].as_ref().and(self.ca_pem.clone()),
                 };
                 return Some((j, up));
             }
@@ -211,7 +233,8 @@ pub async fn session<H: RemoteHost>(ctx: &Ctx, h: &H, i: usize, want: &[u64], bo
         // The agent greets first; one of another protocol version is not sent a byte.
         crate::ssh::agent::read_hello(&mut reader, h.addr()).await?;
         let secret = relaying.then_some(&board.secrets[i]);
-        stdin.write_all(&distribute::header(&ctx.payload, want, secret)?).await?;
+        let identity = board.identities[i].as_ref().filter(|_| relaying);
+        stdin.write_all(&distribute::header(&ctx.payload, want, secret, identity)?).await?;
         stdin.flush().await?;
         let answer = read_answer(&mut reader, want).await?;
         board.ports[i].send_replace(answer.relay_port.map(Port::Ready).unwrap_or(Port::Gone));
@@ -470,6 +493,8 @@ mod tests {
             phase_timeout: Duration::from_secs(60),
             force: false,
             stall: Duration::from_secs(20),
+            // Relays speak TLS with certificates from this CA, as on a real run.
+            registry_ca: Some(crate::run::registry_ca(&dir.join("pki")).unwrap()),
         }
     }
 
@@ -480,7 +505,10 @@ mod tests {
             ctx.cluster.hosts.iter().map(|h| distribute::wanted_chunks(&ctx.payload, h)).collect();
         let parents = plan(&wants, holders, chains);
         let serves: Vec<bool> = (0..agents.len()).map(|i| !holders[i] || parents.contains(&Some(i))).collect();
-        let board = Board::new(agents.iter().map(|a| a.addr.clone()).collect(), parents).unwrap();
+        let board =
+            Board::new(agents.iter().map(|a| a.addr.clone()).collect(), parents, ctx.registry_ca.as_deref()).unwrap();
+        // Every relay gets a certificate: the chains below run in TLS.
+        assert!(board.parent.iter().flatten().all(|&j| board.identities[j].is_some()));
         let runs = agents.iter().enumerate().map(|(i, a)| {
             let (board, wants, serves) = (&board, &wants, serves[i]);
             async move {
@@ -660,11 +688,12 @@ mod tests {
         use std::io::{BufRead, Write};
         let mut op = b.try_clone().unwrap();
         let mut lines = std::io::BufReader::new(b);
-        op.write_all(&distribute::header(&payload, &want, Some(&[7u8; 32])).unwrap()).unwrap();
+        op.write_all(&distribute::header(&payload, &want, Some(&[7u8; 32]), None).unwrap()).unwrap();
         let mut line = String::new();
         lines.read_line(&mut line).unwrap();
         assert!(matches!(Opening::decode(line.as_bytes()).unwrap(), Opening::Offer(_)), "{line}");
-        let up = Upstream { addr: "127.0.0.1".into(), port, name: "n".into(), token: hex::encode([0u8; 32]) };
+        let up =
+            Upstream { addr: "127.0.0.1".into(), port, name: "n".into(), token: hex::encode([0u8; 32]), ca_pem: None };
         let json = serde_json::to_vec(&up).unwrap();
         op.write_all(&PULL.to_le_bytes()).unwrap();
         op.write_all(&(json.len() as u64).to_le_bytes()).unwrap();
@@ -703,26 +732,71 @@ mod tests {
         copy.verify_chunks(&|_| {}).unwrap();
     }
 
-    /// A listener refuses a wrong token and a reused one before sending any chunk.
-    #[test]
-    fn the_relay_listener_wants_a_fresh_token() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = build(dir.path());
+    /// A relay listener on 127.0.0.1 over every chunk of a test installer, in TLS with a
+    /// certificate from `ca` when given; its port.
+    fn listener(dir: &Path, secret: [u8; 32], ca: Option<&ClusterCa>) -> u16 {
+        let path = build(dir);
         let payload = Arc::new(Payload::open(&path).unwrap());
         let want: Vec<u64> = (0..payload.chunk_count()).collect();
         let shelf = Arc::new(crate::agent::relay::Shelf::new(payload.chunk_count(), &want, &[]));
-        let secret = [9u8; 32];
-        let l = crate::agent::relay::serve("127.0.0.1".parse().unwrap(), secret, payload.clone(), shelf).unwrap();
-        let asked: std::collections::BTreeSet<u64> = [0, 1].into();
-        let up = |token: [u8; 32]| Upstream {
+        let tls = ca.map(|ca| crate::agent::relay::server_tls(&ca.relay_identity("127.0.0.1").unwrap()).unwrap());
+        crate::agent::relay::serve("127.0.0.1".parse().unwrap(), secret, tls, payload, shelf).unwrap().port
+    }
+
+    /// A listener refuses a wrong token and a reused one before sending any chunk, in plain TCP
+    /// and in TLS alike.
+    #[test]
+    fn the_relay_listener_wants_a_fresh_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::registry::pki::load_or_create(&dir.path().join("pki")).unwrap();
+        for tls in [None, Some(&ca)] {
+            let secret = [9u8; 32];
+            let port = listener(dir.path(), secret, tls);
+            let up = |token: [u8; 32]| Upstream {
+                addr: "127.0.0.1".into(),
+                port,
+                name: "n".into(),
+                token: hex::encode(token),
+                ca_pem: tls.map(|ca| ca.cert_pem().to_string()),
+            };
+            fresh_tokens_only(&up, &secret);
+        }
+    }
+
+    /// A TLS relay speaks to nobody without TLS, nor to a host that trusts another CA.
+    #[test]
+    fn a_tls_relay_refuses_plain_tcp_and_strangers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::registry::pki::load_or_create(&dir.path().join("pki")).unwrap();
+        let stranger = crate::registry::pki::load_or_create(&dir.path().join("other")).unwrap();
+        let secret = [5u8; 32];
+        let port = listener(dir.path(), secret, Some(&ca));
+        let asked: std::collections::BTreeSet<u64> = [0].into();
+        let up = |ca_pem: Option<String>| Upstream {
             addr: "127.0.0.1".into(),
-            port: l.port,
+            port,
             name: "n".into(),
-            token: hex::encode(token),
+            token: hex::encode(token(&secret, "n")),
+            ca_pem,
         };
+        let plain = crate::agent::relay::connect(&up(None), &asked).unwrap_err();
+        use crate::agent::relay::RelayError;
+        assert!(matches!(plain, RelayError::Reply(_) | RelayError::Hello(_)), "{plain:?}");
+        let err = crate::agent::relay::connect(&up(Some(stranger.cert_pem().into())), &asked).unwrap_err();
+        let err = crate::printer::error_chain(&err);
+        assert!(err.contains("certificate"), "{err}");
+        // Neither used the token up: a host with the CA still gets its chunks.
+        let mut s = crate::agent::relay::connect(&up(Some(ca.cert_pem().into())), &asked).unwrap();
+        let mut first = [0u8; 8];
+        std::io::Read::read_exact(&mut s, &mut first).unwrap();
+        assert_eq!(u64::from_le_bytes(first), 0);
+    }
+
+    fn fresh_tokens_only(up: &dyn Fn([u8; 32]) -> Upstream, secret: &[u8; 32]) {
+        let asked: std::collections::BTreeSet<u64> = [0, 1].into();
         let err = crate::agent::relay::connect(&up([1u8; 32]), &asked).unwrap_err();
         assert!(format!("{err:#}").contains("wrong token"), "{err:#}");
-        let good = token(&secret, "n");
+        let good = token(secret, "n");
         let mut s = crate::agent::relay::connect(&up(good), &asked).unwrap();
         let mut first = [0u8; 8];
         std::io::Read::read_exact(&mut s, &mut first).unwrap();

@@ -102,7 +102,9 @@ pub fn open(opts: &Options, file: Option<&Path>, overrides: &Overrides) -> Resul
         record_signer(&state.dir, s)?;
     }
     let local_state = state.dir;
+    let registry_ca = if opts.dry_run { None } else { Some(super::registry_ca(&local_state)?) };
     Ok(Arc::new(Ctx {
+        registry_ca,
         payload,
         id,
         cluster,

@@ -94,9 +94,12 @@ pub async fn record<H: RemoteHost>(
     call(h, program, &c, detail.to_string().as_bytes()).await.map(|_| ())
 }
 
-/// Runs a call that answers nothing but its exit status (registry-service, check-pull).
-pub async fn run<H: RemoteHost>(h: &H, program: &str, call: &Call) -> Result<()> {
-    self::call(h, program, call, b"").await.map(|_| ())
+/// Runs a call that answers nothing but its exit status (registry-service, check-pull), with
+/// `input` as its stdin: the registry's serving material or pull access, secrets that travel
+/// only this way, never on the command line.
+pub async fn run<H: RemoteHost, T: serde::Serialize>(h: &H, program: &str, call: &Call, input: &T) -> Result<()> {
+    let stdin = serde_json::to_vec(input).with_context(|| format!("writing the input of {}", what(call)))?;
+    self::call(h, program, call, &stdin).await.map(|_| ())
 }
 
 /// Reads the hello that starts a streamed session (`agent receive`) from the agent on `host`.

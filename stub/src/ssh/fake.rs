@@ -149,7 +149,7 @@ mod tests {
         let r = crate::ssh::agent::prepare(&h, "/i", &plan).await.unwrap();
         assert_eq!(r.changed, ["e"]);
         let call = Call::RegistryService { port: 5000, allow_unsigned: false };
-        crate::ssh::agent::run(&h, "/i", &call).await.unwrap();
+        crate::ssh::agent::run(&h, "/i", &call, &()).await.unwrap();
         let calls = h.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 3);
         assert_eq!(calls[2], call);

@@ -203,6 +203,8 @@ fn ctx(dir: &Path) -> Arc<Ctx> {
         phase_timeout: Duration::from_secs(60),
         force: false,
         stall: Duration::from_secs(20),
+        // Beside the state directory, whose files the tests count.
+        registry_ca: Some(crate::run::registry_ca(&dir.join("pki")).unwrap()),
     })
 }
 
@@ -417,6 +419,46 @@ async fn prepare_sends_the_plan_records_the_report_and_is_skipped_once_done() {
     moved[1].get_mut("prepare").unwrap().detail["registry_endpoints"] = serde_json::json!(["http://10.9.9.9:5000"]);
     engine(&ctx, &world, moved).run(&[prepare]).await.unwrap();
     assert_eq!(world.calls("10.0.0.2").iter().filter(|(c, _, _)| *c == Call::Prepare).count(), 2);
+}
+
+#[tokio::test]
+async fn the_registry_secrets_travel_on_stdin_only_and_no_record_keeps_them() {
+    use crate::protocol::access::ServingMaterial;
+    use crate::run::phases::registry::Service;
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, world) = (ctx(dir.path()), Arc::new(World::default()));
+    let ca = ctx.registry_ca().unwrap();
+    let password = ca.credential().password.expose().to_string();
+    let ca_key = std::fs::read_to_string(dir.path().join("pki").join(crate::registry::pki::CA_KEY)).unwrap();
+    let steps: Vec<Step<FakeHost>> = vec![Arc::new(Prepare), Arc::new(Service::new(&ctx).unwrap())];
+    engine(&ctx, &world, vec![State::new(); 3]).run(&steps).await.unwrap();
+
+    let calls = world.calls("10.0.0.1");
+    let (_, plan, _) = calls.iter().find(|(c, _, _)| *c == Call::Prepare).unwrap();
+    let plan: PreparePlan = decode("the plan", plan.as_bytes()).unwrap();
+    assert!(plan.registry_endpoints.iter().all(|e| e.starts_with("https://")), "{:?}", plan.registry_endpoints);
+    let access = plan.registry_access.expect("every node gets the CA and the credential");
+    assert_eq!((access.ca_pem.as_str(), access.credential.password.expose()), (ca.cert_pem(), password.as_str()));
+    let (call, material, _) = calls.iter().find(|(c, _, _)| c.name() == "registry-service").unwrap();
+    let material: ServingMaterial = decode("the material", material.as_bytes()).unwrap();
+    assert_eq!(material.credential_sha256, ca.credential().digest());
+    assert!(!serde_json::to_string(&material).unwrap().contains(&password), "registry hosts get only the digest");
+    assert!(!serde_json::to_string(&material).unwrap().contains(ca_key.lines().nth(1).unwrap()), "nor the CA key");
+    let line = call.command_line("/var/lib/ferry/installer");
+    assert!(!line.contains(&password) && !line.contains("PRIVATE KEY"), "{line}");
+
+    // Neither the host's records nor the operator's keep a secret.
+    for ip in IPS {
+        let kept = format!("{} {}", serde_json::to_string(&world.state(ip)).unwrap(), local(&ctx, ip));
+        assert!(!kept.contains(&password) && !kept.contains("PRIVATE KEY"), "{ip}: {kept}");
+    }
+    // Another CA (the state directory lost): every node is prepared again for it.
+    let states: Vec<State> = IPS.iter().map(|ip| world.state(ip)).collect();
+    let mut other = Arc::into_inner(ctx).unwrap();
+    other.registry_ca = Some(crate::run::registry_ca(&dir.path().join("pki-2")).unwrap());
+    let other = Arc::new(other);
+    engine(&other, &world, states).run(&[Arc::new(Prepare) as Step<FakeHost>]).await.unwrap();
+    assert_eq!(world.calls("10.0.0.1").iter().filter(|(c, _, _)| *c == Call::Prepare).count(), 2);
 }
 
 mod kubeadm {

@@ -58,7 +58,11 @@ impl Distribute {
         let holders: Vec<bool> = if skip.iter().all(|&s| s) { vec![false; n] } else { skip.clone() };
         let parents = relay::plan(&wants, &holders, self.relay_chains);
         let serves: Vec<bool> = (0..n).map(|i| holders[i] && parents.contains(&Some(i))).collect();
-        let board = relay::Board::new(ctx.cluster.hosts.iter().map(|h| h.ip.clone()).collect(), parents)?;
+        let board = relay::Board::new(
+            ctx.cluster.hosts.iter().map(|h| h.ip.clone()).collect(),
+            parents,
+            ctx.registry_ca.as_deref(),
+        )?;
         Ok(self.chains.get_or_init(|| Chains { wants, board, serves }))
     }
 }
