@@ -1,7 +1,8 @@
 //! Hardening of `installer run` on the real lab: a damaged installer stops at once naming the
 //! damage; no install without a trusted signer; the state goes where it can be written when the
 //! installer sits on a read-only mount; Ctrl-C in any phase stops with what is recorded, leaves
-//! no ferry process on any host, and the same command continues.
+//! no ferry process on any host, and the same command continues; the built-in registry answers
+//! the cluster only, and its secrets stay where they belong.
 
 use super::run::{NODES, bundle, inventory, lab, run, run_installer, text, wipe};
 use ferry_tests::lab::{Host, Lab};
@@ -286,4 +287,105 @@ fn ctrl_c_in_any_phase_stops_cleanly_and_the_same_command_continues() {
     let out = run(&["-f", inv], &[]);
     assert!(out.status.success(), "{}", text(&out));
     no_agents_left(lab, "after the run");
+}
+
+/// `base64` of `text`, as an HTTP Basic header carries it.
+fn base64(text: &str) -> String {
+    let mut c = Command::new("base64");
+    c.arg("-w0").stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+/// A local port forwarded through `via` to `target` (`ssh -L`), so connections to it come from
+/// that lab host; closed when dropped.
+struct Forward(std::process::Child, u16);
+
+impl Forward {
+    fn through(lab: &Lab, via: Host, target: &str) -> Forward {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let spec = format!("127.0.0.1:{port}:{target}");
+        let child = lab
+            .ssh_command("root", via, &["-N", "-o", "ExitOnForwardFailure=yes", "-L", &spec])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let f = Forward(child, port);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "the forward through {} never opened", via.name());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        f
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The HTTP status `curl` gets for `url` with `args`, or `000` when no HTTP answer came.
+fn status(url: &str, args: &[&str]) -> String {
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]).args(args).arg(url).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The built-in registry answers the cluster only: from node4, outside the cluster, it speaks no
+/// plain HTTP and answers 401 without the pull credential or with a wrong one (the cluster CA
+/// verifies its certificate); the credential works. The credential travels in no output and
+/// lands on the nodes only in their 0600 hosts.toml files; the CA key is on no node.
+#[test]
+fn the_registry_answers_only_the_cluster_and_its_secrets_stay_put() {
+    let lab = lab();
+    let _ex = lab.exclusive();
+    let work = tempfile::tempdir().unwrap();
+    let inv = inventory(work.path(), &lab.inventory(NODES));
+    let out = run(&["-f", inv.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let state = bundle().installer.parent().unwrap().join(".ferry/lab");
+    let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
+    assert_eq!(mode(&state.join("registry-ca.key")), 0o600);
+    assert_eq!(mode(&state.join("registry-credential")), 0o600);
+    let credential = std::fs::read_to_string(state.join("registry-credential")).unwrap().trim().to_string();
+    let (user, password) = credential.split_once(':').unwrap();
+    let basic = base64(&credential);
+    assert!(!text(&out).contains(password) && !text(&out).contains(&basic), "the credential is in the run's output");
+    let key_line = std::fs::read_to_string(state.join("registry-ca.key")).unwrap().lines().nth(1).unwrap().to_string();
+
+    for i in 1..=NODES {
+        let h = Host::Node(i);
+        let holders = lab.ssh_ok(
+            h,
+            &format!("grep -rlsF -D skip -e {password} -e {basic} /etc /run /var/log /root /var/lib/ferry/state 2>/dev/null; true"),
+        );
+        for f in holders.lines() {
+            assert!(f.ends_with("/hosts.toml"), "node{i}: the credential is in {f}");
+            assert_eq!(lab.ssh_ok(h, &format!("stat -c %a {f}")), "600", "node{i}: {f}");
+        }
+        assert!(!holders.is_empty(), "node{i} has no hosts.toml with the credential");
+        let journal = lab.ssh_ok(h, &format!("journalctl --no-pager 2>/dev/null | grep -cF -e {password} -e {basic}; true"));
+        assert_eq!(journal.lines().next().unwrap_or("0"), "0", "node{i}: the credential is in the journal");
+        let key = lab.ssh_ok(h, &format!("grep -rlsF -D skip -e '{key_line}' /etc /run /var/lib/ferry /root 2>/dev/null; true"));
+        assert!(key.is_empty(), "node{i}: the CA key is in {key}");
+    }
+
+    let node1 = lab.ip(Host::Node(1));
+    let fwd = Forward::through(lab, Host::Node(4), &format!("{node1}:5050"));
+    let ca = state.join("registry-ca.crt");
+    let ca = ca.to_str().unwrap();
+    // The certificate names 127.0.0.1 too, so the forwarded connection verifies against the CA.
+    let https = format!("https://127.0.0.1:{}/v2/", fwd.1);
+    assert_eq!(status(&https, &["--cacert", ca]), "401", "no credential");
+    assert_eq!(status(&https, &["--cacert", ca, "-u", &format!("{user}:not-the-password")]), "401", "a wrong credential");
+    assert_eq!(status(&https, &["--cacert", ca, "-u", &credential]), "200", "the credential");
+    let plain = status(&format!("http://127.0.0.1:{}/v2/", fwd.1), &[]);
+    assert!(plain == "000" || plain.starts_with('4'), "plain HTTP got {plain}");
+    assert_ne!(plain, "401", "plain HTTP reached the registry's routes");
+    // A client that does not trust the cluster CA cannot verify it.
+    assert_eq!(status(&https, &["-u", &credential]), "000", "verified without the cluster CA");
 }

@@ -8,11 +8,11 @@
 //! distributing the test installer's padding takes tens of seconds; a `reset` is held up by a
 //! `kubeadm` on node1 that sleeps (the teardown runs `kubeadm reset -f` when one is on PATH).
 
-use ferry_tests::bundles::{RunBundle, run_bundle, wipe_run};
+use super::run::{bundle, lab, text};
+use ferry_tests::bundles::wipe_run;
 use ferry_tests::lab::{Host, Lab};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The nodes the first operation uses; node3 is the one `join` adds.
@@ -20,16 +20,6 @@ const NODES: usize = 2;
 
 /// A refusal must come within this (connect, stage the agent, ask for the lock).
 const REFUSED_WITHIN: Duration = Duration::from_secs(30);
-
-fn lab() -> &'static Lab {
-    Lab::shared(ferry_tests::lab::LAB_NODES, true)
-}
-
-/// The test installer, with padding so distribution to a shaped link takes a while.
-fn bundle() -> &'static RunBundle {
-    static B: OnceLock<RunBundle> = OnceLock::new();
-    B.get_or_init(|| run_bundle("lock-test", 100))
-}
 
 fn inventory(dir: &Path, nodes: usize) -> PathBuf {
     let p = dir.join("cluster.yaml");
@@ -59,10 +49,6 @@ fn installer(args: &[&str]) -> Output {
 /// Starts the installer, its output collected for `wait_with_output`.
 fn start(args: &[&str]) -> Child {
     command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// The lock's record on `node`, empty when nobody holds it.
