@@ -331,7 +331,12 @@ impl Drop for Forward {
 
 /// The HTTP status `curl` gets for `url` with `args`, or `000` when no HTTP answer came.
 fn status(url: &str, args: &[&str]) -> String {
-    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]).args(args).arg(url).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -368,9 +373,11 @@ fn the_registry_answers_only_the_cluster_and_its_secrets_stay_put() {
             assert_eq!(lab.ssh_ok(h, &format!("stat -c %a {f}")), "600", "node{i}: {f}");
         }
         assert!(!holders.is_empty(), "node{i} has no hosts.toml with the credential");
-        let journal = lab.ssh_ok(h, &format!("journalctl --no-pager 2>/dev/null | grep -cF -e {password} -e {basic}; true"));
+        let journal =
+            lab.ssh_ok(h, &format!("journalctl --no-pager 2>/dev/null | grep -cF -e {password} -e {basic}; true"));
         assert_eq!(journal.lines().next().unwrap_or("0"), "0", "node{i}: the credential is in the journal");
-        let key = lab.ssh_ok(h, &format!("grep -rlsF -D skip -e '{key_line}' /etc /run /var/lib/ferry /root 2>/dev/null; true"));
+        let key = lab
+            .ssh_ok(h, &format!("grep -rlsF -D skip -e '{key_line}' /etc /run /var/lib/ferry /root 2>/dev/null; true"));
         assert!(key.is_empty(), "node{i}: the CA key is in {key}");
     }
 
@@ -381,7 +388,11 @@ fn the_registry_answers_only_the_cluster_and_its_secrets_stay_put() {
     // The certificate names 127.0.0.1 too, so the forwarded connection verifies against the CA.
     let https = format!("https://127.0.0.1:{}/v2/", fwd.1);
     assert_eq!(status(&https, &["--cacert", ca]), "401", "no credential");
-    assert_eq!(status(&https, &["--cacert", ca, "-u", &format!("{user}:not-the-password")]), "401", "a wrong credential");
+    assert_eq!(
+        status(&https, &["--cacert", ca, "-u", &format!("{user}:not-the-password")]),
+        "401",
+        "a wrong credential"
+    );
     assert_eq!(status(&https, &["--cacert", ca, "-u", &credential]), "200", "the credential");
     let plain = status(&format!("http://127.0.0.1:{}/v2/", fwd.1), &[]);
     assert!(plain == "000" || plain.starts_with('4'), "plain HTTP got {plain}");

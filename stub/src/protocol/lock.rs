@@ -62,6 +62,10 @@ impl std::fmt::Display for Operation {
 pub struct Holder {
     /// The operator machine's host name.
     pub host: String,
+    /// The operator machine's id (`/etc/machine-id`; empty when it has none): a later
+    /// operation from the same machine can tell that this one's process has ended.
+    #[serde(default)]
+    pub machine: String,
     /// The user running the installer there.
     pub user: String,
     /// The installer's process id there.
@@ -149,6 +153,7 @@ pub(crate) mod tests {
     pub(crate) fn holder() -> Holder {
         Holder {
             host: "build1".into(),
+            machine: "0123456789abcdef0123456789abcdef".into(),
             user: "root".into(),
             pid: 4242,
             operation: Operation::Run,

@@ -48,10 +48,36 @@ impl LockRequest {
             .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }));
         let started =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let holder =
-            Holder { host: host_name(), user, pid: std::process::id(), operation, cluster: cluster.into(), started };
+        let holder = Holder {
+            host: host_name(),
+            machine: machine_id(),
+            user,
+            pid: std::process::id(),
+            operation,
+            cluster: cluster.into(),
+            started,
+        };
         LockRequest { holder, force }
     }
+}
+
+/// This machine's id (`/etc/machine-id`); empty when it has none.
+fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Whether `holder` is an operation started on this machine whose process is gone: its lock
+/// agent may not know yet (a link cut mid-run leaves the agent waiting for beats), but nothing
+/// will ever beat again. A process that still exists, whatever it now is, counts as alive.
+fn ended_here(holder: &Holder) -> bool {
+    let here = machine_id();
+    if here.is_empty() || holder.machine != here || holder.pid == std::process::id() {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(holder.pid as libc::pid_t, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    !exists
 }
 
 /// This machine's host name; empty when it has none.
@@ -134,8 +160,26 @@ impl Drop for HostLock {
 }
 
 /// Takes `h`'s lock for `req` with the agent at `program`. A refusal is a [`Refused`] error; a
-/// takeover is reported on `rep` as a warning.
+/// takeover is reported on `rep` as a warning. A lock held for an operation of this machine
+/// whose process has ended is taken over at once, with a warning.
 pub async fn take<H: RemoteHost>(h: &H, program: &str, req: &LockRequest, rep: &Reporter) -> Result<HostLock> {
+    match take_once(h, program, req, rep).await {
+        Err(e) if !req.force && e.downcast_ref::<Refused>().is_some_and(|r| ended_here(&r.holder)) => {
+            let holder = &e.downcast_ref::<Refused>().map(|r| r.holder.clone());
+            if let Some(holder) = holder {
+                let text = format!(
+                    "warning: {}: the lock is held for {holder}, whose process has ended on this machine: taking it over",
+                    h.addr()
+                );
+                rep.line("warning", &text, serde_json::json!({"host": h.addr(), "lock": "ended-here", "from": holder}));
+            }
+            take_once(h, program, &LockRequest { force: true, ..req.clone() }, rep).await
+        }
+        other => other,
+    }
+}
+
+async fn take_once<H: RemoteHost>(h: &H, program: &str, req: &LockRequest, rep: &Reporter) -> Result<HostLock> {
     let call = Call::Lock { holder: req.holder.clone(), force_unlock: req.force };
     let Exec { stdin, stdout, finished } = h.call(program, &call).await.context("starting agent lock")?;
     let mut reader = BufReader::new(stdout);

@@ -134,3 +134,20 @@ async fn a_lock_whose_agent_went_is_reported_lost() {
     let held = take(&host(d.path()), "/agent", &request(Operation::Run, 1), &quiet()).await.unwrap();
     assert!(held.release().await, "held to the end");
 }
+
+/// A holder from this machine whose process has ended is known dead at once; one from another
+/// machine, one still running, or one from a machine without an id never is.
+#[test]
+fn a_holder_of_this_machine_whose_process_ended_is_gone() {
+    let here = machine_id();
+    assert!(!here.is_empty(), "this machine has no /etc/machine-id");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let ours = |pid: u32| Holder { machine: here.clone(), pid, ..holder() };
+    assert!(ended_here(&ours(dead)));
+    assert!(!ended_here(&ours(std::process::id())), "this very process");
+    assert!(!ended_here(&ours(1)), "a live process");
+    assert!(!ended_here(&Holder { machine: "another".into(), pid: dead, ..holder() }));
+    assert!(!ended_here(&Holder { machine: String::new(), pid: dead, ..holder() }));
+}
