@@ -79,8 +79,9 @@ pub fn stopped(ctx: &Ctx, signal: Signal) -> Stopped {
 fn recorded_phases(ctx: &Ctx) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
     for host in &ctx.cluster.hosts {
-        let path = ctx.local_state.join(format!("{}.json", host.ip.replace([':', '/'], "_")));
-        let Some(v) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        let Some(v) = std::fs::read(super::records::local_path(ctx, host))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         else {
             continue;
         };

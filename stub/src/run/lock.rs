@@ -163,20 +163,20 @@ impl Drop for HostLock {
 /// takeover is reported on `rep` as a warning. A lock held for an operation of this machine
 /// whose process has ended is taken over at once, with a warning.
 pub async fn take<H: RemoteHost>(h: &H, program: &str, req: &LockRequest, rep: &Reporter) -> Result<HostLock> {
-    match take_once(h, program, req, rep).await {
-        Err(e) if !req.force && e.downcast_ref::<Refused>().is_some_and(|r| ended_here(&r.holder)) => {
-            let holder = &e.downcast_ref::<Refused>().map(|r| r.holder.clone());
-            if let Some(holder) = holder {
-                let text = format!(
-                    "warning: {}: the lock is held for {holder}, whose process has ended on this machine: taking it over",
-                    h.addr()
-                );
-                rep.line("warning", &text, serde_json::json!({"host": h.addr(), "lock": "ended-here", "from": holder}));
-            }
-            take_once(h, program, &LockRequest { force: true, ..req.clone() }, rep).await
-        }
-        other => other,
-    }
+    let err = match take_once(h, program, req, rep).await {
+        Ok(lock) => return Ok(lock),
+        Err(err) => err,
+    };
+    let holder = match err.downcast_ref::<Refused>() {
+        Some(refused) if !req.force && ended_here(&refused.holder) => refused.holder.clone(),
+        _ => return Err(err),
+    };
+    let text = format!(
+        "warning: {}: the lock is held for {holder}, whose process has ended on this machine: taking it over",
+        h.addr()
+    );
+    rep.line("warning", &text, serde_json::json!({"host": h.addr(), "lock": "ended-here", "from": holder}));
+    take_once(h, program, &LockRequest { force: true, ..req.clone() }, rep).await
 }
 
 async fn take_once<H: RemoteHost>(h: &H, program: &str, req: &LockRequest, rep: &Reporter) -> Result<HostLock> {

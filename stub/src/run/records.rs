@@ -25,9 +25,14 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Where the local record of `host` is kept (`<local state>/<host>.json`).
+pub fn local_path(ctx: &Ctx, host: &Host) -> std::path::PathBuf {
+    ctx.local_state.join(format!("{}.json", host.ip.replace([':', '/'], "_")))
+}
+
 /// Merges a phase into the local record of a host (`.ferry/<cluster>/<host>.json`).
 pub fn write_local(ctx: &Ctx, host: &Host, phase: &str, status: &str, detail: serde_json::Value) -> Result<()> {
-    let path = ctx.local_state.join(format!("{}.json", host.ip.replace([':', '/'], "_")));
+    let path = local_path(ctx, host);
     let mut v: serde_json::Value = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
