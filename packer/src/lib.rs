@@ -9,6 +9,7 @@ pub mod keygen;
 pub mod launch;
 pub mod paths;
 pub mod spec;
+pub mod tools;
 pub mod tree;
 
 use clap::Parser;

@@ -24,11 +24,10 @@ use crate::spec::{Bundle, parse_kubernetes_version};
 use ferry_core::image_ref::ImageRef;
 use ferry_core::metadata::ControlPlaneRecord;
 use serde_json::Value;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use crate::tools::{self, Ran};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::Duration;
 
 /// The registry and repository prefix kubeadm uses by default.
 pub const IMAGE_REPOSITORY: &str = "registry.k8s.io";
@@ -246,7 +245,7 @@ pub fn resolve(bundle: &Bundle, warnings: &mut Vec<String>) -> Result<ControlPla
         warnings
             .push(format!("Kubernetes {version}: v1.{minor} is past its upstream end of life and gets no more fixes"));
     }
-    let reason = match find_kubeadm(bundle) {
+    let reason = match tools::in_rootfs(bundle, &KUBEADM_PATHS) {
         None => format!("the bundle's rootfs has no {}", KUBEADM_PATHS.join(" or ")),
         Some((file, real)) => match ask_kubeadm(&file, &real, &version)? {
             Asked::Listed { version: kubeadm_version, images } => {
@@ -287,60 +286,9 @@ pub fn resolve(bundle: &Bundle, warnings: &mut Vec<String>) -> Result<ControlPla
     })
 }
 
-/// The bundle's kubeadm: (as the spec reaches it, real path on this machine). Symlinks are
-/// followed as a node would follow them, inside the rootfs trees.
-fn find_kubeadm(bundle: &Bundle) -> Option<(String, PathBuf)> {
-    let trees: Vec<(String, PathBuf)> = bundle
-        .spec
-        .spec
-        .rootfs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, item)| {
-            let real = bundle.resolve(&format!("spec.rootfs[{i}].path"), &item.path).ok()?;
-            real.is_dir().then(|| (item.path.trim_end_matches('/').to_string(), real))
-        })
-        .collect();
-    let roots: Vec<PathBuf> = trees.iter().map(|(_, r)| r.clone()).collect();
-    for rel in KUBEADM_PATHS {
-        for (shown, root) in &trees {
-            if std::fs::symlink_metadata(root.join(rel)).is_ok() {
-                let real = follow(&roots, Path::new(rel)).unwrap_or_else(|| root.join(rel));
-                return Some((format!("{shown}/{rel}"), real));
-            }
-        }
-    }
-    None
-}
-
-/// Resolves `rel` across the rootfs `roots` (laid onto the same `/`), following symlinks the way
-/// the node will: absolute targets from the rootfs root. `None` when it leads nowhere.
-fn follow(roots: &[PathBuf], rel: &Path) -> Option<PathBuf> {
-    let mut rel = rel.to_path_buf();
-    for _ in 0..16 {
-        let (root, meta) =
-            roots.iter().find_map(|r| std::fs::symlink_metadata(r.join(&rel)).ok().map(|m| (r.clone(), m)))?;
-        let here = root.join(&rel);
-        if !meta.file_type().is_symlink() {
-            return Some(here);
-        }
-        let target = std::fs::read_link(&here).ok()?;
-        let base = if target.is_absolute() { PathBuf::new() } else { rel.parent()?.to_path_buf() };
-        let mut next = PathBuf::new();
-        for c in base.join(&target).components() {
-            match c {
-                Component::Normal(n) => next.push(n),
-                Component::ParentDir => {
-                    if !next.pop() {
-                        return None;
-                    }
-                }
-                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-            }
-        }
-        rel = next;
-    }
-    None
+/// Arguments as the OS strings [`tools::run`] takes.
+fn args<'a>(a: &'a [&'a str]) -> Vec<&'a OsStr> {
+    a.iter().map(OsStr::new).collect()
 }
 
 /// What asking the bundle's kubeadm gave.
@@ -356,26 +304,10 @@ enum Asked {
 fn ask_kubeadm(file: &str, real: &Path, version: &str) -> Result<Asked, ControlPlaneError> {
     let fail =
         |command: &str, problem| ControlPlaneError::Kubeadm { file: file.into(), command: command.into(), problem };
-    let meta = match std::fs::metadata(real) {
-        Ok(m) => m,
-        Err(e) => return Ok(Asked::NotRunnable(format!("{file} cannot be read: {e}"))),
-    };
-    if !meta.is_file() {
-        return Ok(Asked::NotRunnable(format!("{file} is not a file")));
+    if let Err(why) = tools::runnable_here(file, real) {
+        return Ok(Asked::NotRunnable(why));
     }
-    let mode = meta.permissions().mode();
-    if mode & 0o111 == 0 {
-        return Ok(Asked::NotRunnable(format!("{file} is not executable (mode {:04o})", mode & 0o7777)));
-    }
-    if let Some(machine) = elf_machine(real)
-        && machine != std::env::consts::ARCH
-    {
-        return Ok(Asked::NotRunnable(format!(
-            "{file} is a {machine} program and this machine is {}",
-            std::env::consts::ARCH
-        )));
-    }
-    let kubeadm_version = match run(real, &["version", "-o", "short"]) {
+    let kubeadm_version = match tools::run(real, &args(&["version", "-o", "short"]), None, KUBEADM_TIMEOUT) {
         Ran::NotRunnable(e) => return Ok(Asked::NotRunnable(format!("{file} cannot be run here: {e}"))),
         Ran::Failed(why) => return Err(fail("kubeadm version -o short", KubeadmProblem::Failed(why))),
         Ran::Ok(out) => out.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string(),
@@ -384,7 +316,7 @@ fn ask_kubeadm(file: &str, real: &Path, version: &str) -> Result<Asked, ControlP
         return Err(fail("kubeadm version -o short", KubeadmProblem::Nothing));
     }
     let what = format!("kubeadm config images list --kubernetes-version {version}");
-    let out = match run(real, &["config", "images", "list", "--kubernetes-version", version]) {
+    let out = match tools::run(real, &args(&["config", "images", "list", "--kubernetes-version", version]), None, KUBEADM_TIMEOUT) {
         Ran::Ok(out) => out,
         Ran::NotRunnable(e) => return Err(fail(&what, KubeadmProblem::NotStarted(e))),
         Ran::Failed(why) => return Err(fail(&what, KubeadmProblem::Failed(why))),
@@ -401,99 +333,10 @@ fn ask_kubeadm(file: &str, real: &Path, version: &str) -> Result<Asked, ControlP
     Ok(Asked::Listed { version: kubeadm_version, images })
 }
 
-/// The `uname -m` name of an ELF file's machine, when it is an ELF file of a known machine.
-fn elf_machine(path: &Path) -> Option<&'static str> {
-    let mut head = [0u8; 20];
-    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
-    if &head[..4] != b"\x7fELF" {
-        return None;
-    }
-    let machine = match head[5] {
-        1 => u16::from_le_bytes([head[18], head[19]]),
-        2 => u16::from_be_bytes([head[18], head[19]]),
-        _ => return None,
-    };
-    Some(match machine {
-        3 => "x86",
-        40 => "arm",
-        62 => "x86_64",
-        183 => "aarch64",
-        21 => "powerpc64",
-        22 => "s390x",
-        243 => "riscv64",
-        258 => "loongarch64",
-        _ => return None,
-    })
-}
-
-/// The outcome of one kubeadm command.
-enum Ran {
-    /// Exit status 0, with stdout.
-    Ok(String),
-    /// The program could not be started here (exec format, missing interpreter, permission).
-    NotRunnable(std::io::Error),
-    /// It ran and failed or hung: what happened, with the end of its stderr.
-    Failed(String),
-}
-
-/// Runs `program args…` with no stdin, for at most [`KUBEADM_TIMEOUT`].
-fn run(program: &Path, args: &[&str]) -> Ran {
-    let spawn =
-        || Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
-    // A program written moments ago can still be open for writing in a child another thread is
-    // forking (until that child execs): exec then fails with ETXTBSY for a few milliseconds.
-    let mut tries = 0;
-    let mut child = loop {
-        match spawn() {
-            Ok(c) => break c,
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Ran::NotRunnable(e),
-        }
-    };
-    // Read both pipes while waiting, so a chatty child cannot block on a full pipe.
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let stdout = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let stderr = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if started.elapsed() < KUBEADM_TIMEOUT => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let out = stdout.join().unwrap_or_default();
-    let err = stderr.join().unwrap_or_default();
-    let tail = || {
-        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(6)..].join("\n  ");
-        if tail.is_empty() { "(no stderr)".to_string() } else { format!("stderr:\n  {tail}") }
-    };
-    match status {
-        None => Ran::Failed(format!("did not finish within {} s; {}", KUBEADM_TIMEOUT.as_secs(), tail())),
-        Some(s) if s.success() => Ran::Ok(out),
-        Some(s) => Ran::Failed(format!("failed ({s}); {}", tail())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn rows_are_kubeadms_constants() {
@@ -547,26 +390,6 @@ mod tests {
         assert!(e.contains("v1.32.0") && e.contains("v1.34.x") && e.contains("v1.37.x"), "{e}");
         assert!(row("v2.36.0").is_err());
         assert!(row("1.36").is_err());
-    }
-
-    #[test]
-    fn elf_machines() {
-        let d = tempfile::tempdir().unwrap();
-        let elf = |class_data: u8, machine: [u8; 2]| {
-            let mut h = vec![0x7f, b'E', b'L', b'F', 2, class_data];
-            h.resize(18, 0);
-            h.extend(machine);
-            h.resize(64, 0);
-            h
-        };
-        let p = d.path().join("x");
-        std::fs::write(&p, elf(1, 183u16.to_le_bytes())).unwrap();
-        assert_eq!(elf_machine(&p), Some("aarch64"));
-        std::fs::write(&p, elf(2, 22u16.to_be_bytes())).unwrap();
-        assert_eq!(elf_machine(&p), Some("s390x"));
-        std::fs::write(&p, "#!/bin/sh\n").unwrap();
-        assert_eq!(elf_machine(&p), None);
-        assert_eq!(elf_machine(Path::new("/proc/self/exe")), Some(std::env::consts::ARCH));
     }
 
     /// A bundle in a temp dir whose rootfs holds `kubeadm` (at `rel`) with `script` as its text.
