@@ -25,6 +25,8 @@ pub enum LaunchStep {
         values: Option<String>,
         /// Namespace of the release.
         namespace: Option<String>,
+        /// The release name; by default [`LaunchStep::release_name`] of the path.
+        release: Option<String>,
     },
     /// A shell command.
     Run {
@@ -50,6 +52,9 @@ pub struct LaunchStepFields {
     /// Namespace for the chart or the manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The chart's release name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
     /// A shell command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
@@ -67,6 +72,14 @@ pub enum StepError {
     /// `namespace` on a `run` step.
     #[error("`namespace` belongs to a `manifests` or `chart` step (a `run` step sets its own)")]
     NamespaceOnRun,
+    /// `release` without `chart`.
+    #[error("`release` belongs to a `chart` step")]
+    ReleaseWithoutChart,
+    /// A release name helm refuses.
+    #[error(
+        "release `{0}` must be 1-53 lowercase letters, digits or `-`, starting and ending with a letter or digit"
+    )]
+    Release(String),
 }
 
 impl LaunchStepFields {
@@ -94,9 +107,19 @@ impl TryFrom<LaunchStepFields> for LaunchStep {
         if f.namespace.is_some() && f.run.is_some() {
             return Err(StepError::NamespaceOnRun);
         }
+        if let Some(r) = &f.release {
+            if f.chart.is_none() {
+                return Err(StepError::ReleaseWithoutChart);
+            }
+            if !valid_release(r) {
+                return Err(StepError::Release(r.clone()));
+            }
+        }
         Ok(match (f.manifests, f.chart, f.run) {
             (Some(path), _, _) => LaunchStep::Manifests { path, namespace: f.namespace },
-            (_, Some(path), _) => LaunchStep::Chart { path, values: f.values, namespace: f.namespace },
+            (_, Some(path), _) => {
+                LaunchStep::Chart { path, values: f.values, namespace: f.namespace, release: f.release }
+            }
             (_, _, command) => LaunchStep::Run { command: command.unwrap_or_default() },
         })
     }
@@ -108,8 +131,8 @@ impl From<LaunchStep> for LaunchStepFields {
             LaunchStep::Manifests { path, namespace } => {
                 LaunchStepFields { manifests: Some(path), namespace, ..Default::default() }
             }
-            LaunchStep::Chart { path, values, namespace } => {
-                LaunchStepFields { chart: Some(path), values, namespace, ..Default::default() }
+            LaunchStep::Chart { path, values, namespace, release } => {
+                LaunchStepFields { chart: Some(path), values, namespace, release, ..Default::default() }
             }
             LaunchStep::Run { command } => LaunchStepFields { run: Some(command), ..Default::default() },
         }
@@ -141,7 +164,7 @@ impl LaunchStep {
         let ns = |n: &Option<String>| n.as_deref().map(|n| format!(" in namespace {n}")).unwrap_or_default();
         match self {
             LaunchStep::Manifests { path, namespace } => format!("manifests {path}{}", ns(namespace)),
-            LaunchStep::Chart { path, values, namespace } => {
+            LaunchStep::Chart { path, values, namespace, .. } => {
                 let values = values.as_deref().map(|v| format!(" with values {v}")).unwrap_or_default();
                 format!("chart {path}{values}{}", ns(namespace))
             }
@@ -149,7 +172,18 @@ impl LaunchStep {
         }
     }
 
-    /// The Helm release name for a chart step: the chart directory's name, or a packaged
+    /// The release a chart step installs: its `release`, else [`LaunchStep::release_name`] of its
+    /// path; `None` for other steps.
+    pub fn release(&self) -> Option<String> {
+        match self {
+            LaunchStep::Chart { path, release, .. } => {
+                Some(release.clone().unwrap_or_else(|| LaunchStep::release_name(path)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The default Helm release name for a chart: the chart directory's name, or a packaged
     /// chart's name without `.tgz` and its `-VERSION` (helm package writes `NAME-VERSION.tgz`),
     /// made a valid release name (lowercase letters, digits, `-`, at most 53 characters).
     pub fn release_name(chart: &str) -> String {
@@ -171,6 +205,15 @@ impl LaunchStep {
         let out = out.trim_matches('-').to_string();
         if out.is_empty() { "app".into() } else { out }
     }
+}
+
+/// Whether helm accepts `name` as a release name (a DNS label of at most 53 characters).
+fn valid_release(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=53).contains(&name.len())
+        && name.chars().all(|c| ok(c) || c == '-')
+        && name.starts_with(ok)
+        && name.ends_with(ok)
 }
 
 #[cfg(test)]
@@ -212,6 +255,20 @@ mod tests {
         assert!(e.contains("it has none"), "{e}");
         assert!(step(json!({"manifests": "a", "values": "v"})).unwrap_err().contains("`values` belongs to"));
         assert!(step(json!({"run": "x", "namespace": "n"})).unwrap_err().contains("`namespace` belongs to"));
+        assert!(step(json!({"run": "x", "release": "r"})).unwrap_err().contains("`release` belongs to"));
+        for bad in ["", "Web", "-web", "web-", "a_b", &"a".repeat(54)] {
+            let e = step(json!({"chart": "c", "release": bad})).unwrap_err();
+            assert!(e.contains("must be 1-53 lowercase"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_chart_step_names_its_release() {
+        let named = step(json!({"chart": "bundle/charts/app-1.0.0.tgz", "release": "shop"})).unwrap();
+        assert_eq!(named.release().as_deref(), Some("shop"));
+        let derived = step(json!({"chart": "bundle/charts/app-1.0.0.tgz"})).unwrap();
+        assert_eq!(derived.release().as_deref(), Some("app"));
+        assert_eq!(step(json!({"run": "x"})).unwrap().release(), None);
     }
 
     #[test]
@@ -226,6 +283,7 @@ mod tests {
             json!({"run": "echo one >> /tmp/order"}),
             json!({"chart": "bundle/charts/app", "values": "bundle/charts/values.yaml", "namespace": "apps"}),
             json!({"manifests": "bundle/manifests/sub", "namespace": "web"}),
+            json!({"chart": "bundle/charts/app", "release": "shop"}),
         ] {
             let s = step(v.clone()).unwrap();
             assert_eq!(serde_json::to_value(&s).unwrap(), v);

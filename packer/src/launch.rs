@@ -1,6 +1,6 @@
 //! `spec.launch`: the bundle's launch steps, the apps applied once the control plane is up. Each
 //! step is exactly one of `{manifests: PATH, namespace: NS}`, `{chart: PATH, values: PATH,
-//! namespace: NS}` or `{run: COMMAND}`. Paths are relative to the spec's directory and must lie
+//! namespace: NS, release: NAME}` or `{run: COMMAND}`. Paths are relative to the spec's directory and must lie
 //! inside what the bundle carries (manifests inside `spec.manifests`, charts inside `spec.charts`,
 //! values files inside either). [`resolve`] checks all that and maps every path onto the payload
 //! entry path the builder gives it (`bundle/<path>`), which is what the installer's runner
@@ -140,6 +140,7 @@ pub fn resolve(bundle: &impl SpecPaths) -> Result<Vec<LaunchStep>, LaunchError> 
                 .map(|p| map("values", p, &both, "spec.manifests or spec.charts"))
                 .transpose()?,
             namespace: s.namespace.clone(),
+            release: s.release.clone(),
             run: s.run.clone(),
         };
         let file = bundle.file().to_path_buf();

@@ -61,6 +61,10 @@ pub struct Spec {
     /// Images carried besides those discovered in manifests, charts and the control plane.
     #[serde(default)]
     pub images: Vec<ImageItem>,
+    /// Discovered images the bundle must not carry (references, normalised before comparing):
+    /// an image an operator pulls itself at run time from a registry the site has, say.
+    #[serde(default)]
+    pub image_exclude: Vec<String>,
     /// Where the build machine pulls each registry's images from, instead of the registry
     /// itself: `docker.io: http://127.0.0.1:5000`, or a list tried in order.
     #[serde(default)]
@@ -69,7 +73,7 @@ pub struct Spec {
     #[serde(default)]
     pub insecure_registries: Vec<String>,
     /// Launch steps run in order on master0 after the control plane is up: `{manifests: PATH}`,
-    /// `{chart: PATH, values: PATH, namespace: NS}` or `{run: COMMAND}` (checked and mapped onto
+    /// `{chart: PATH, values: PATH, namespace: NS, release: NAME}` or `{run: COMMAND}` (checked and mapped onto
     /// payload paths by [`crate::launch`]).
     #[serde(default)]
     pub launch: Vec<ferry_core::launch::LaunchStepFields>,

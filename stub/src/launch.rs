@@ -29,7 +29,7 @@ impl Command for Step {
                 format!("cd {LAUNCH_DIR} && kubectl --kubeconfig {kc} apply{ns} -f {} 2>&1", quote(path))
             }
             Step::Chart { path, values, .. } => {
-                let name = Self::release_name(path);
+                let name = self.release().unwrap_or_else(|| Self::release_name(path));
                 let values = values.as_deref().map(|v| format!(" -f {}", quote(v))).unwrap_or_default();
                 format!(
                     "cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install {} {}{ns} --create-namespace{values} 2>&1",
