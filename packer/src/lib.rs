@@ -8,6 +8,7 @@ pub mod images;
 pub mod keygen;
 pub mod launch;
 pub mod paths;
+pub mod render;
 pub mod spec;
 pub mod tools;
 pub mod tree;

@@ -1,0 +1,3 @@
+//! Turns inputs that are not plain manifests into what the cluster will see, at build time.
+
+pub mod kustomize;
