@@ -76,9 +76,7 @@ pub enum StepError {
     #[error("`release` belongs to a `chart` step")]
     ReleaseWithoutChart,
     /// A release name helm refuses.
-    #[error(
-        "release `{0}` must be 1-53 lowercase letters, digits or `-`, starting and ending with a letter or digit"
-    )]
+    #[error("release `{0}` must be 1-53 lowercase letters, digits or `-`, starting and ending with a letter or digit")]
     Release(String),
 }
 

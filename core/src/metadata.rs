@@ -70,9 +70,16 @@ pub struct ImageRecord {
     /// Where it came from: `registry`, `oci` or `docker-archive`.
     #[serde(default)]
     pub source: String,
-    /// The files of the bundle that name it.
+    /// The places of the bundle that name it, in words.
     #[serde(default)]
     pub found_in: Vec<String>,
+    /// Only guessed from chart values, without helm.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guessed: bool,
+    /// Named only outside pod specs (an argument, a variable, a custom resource field, a chart
+    /// annotation): what pulls it is a program, not kubelet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outside_pod_spec: bool,
 }
 
 /// Where the control-plane image list came from, and the list (`controlPlaneImages`). Every
@@ -235,6 +242,8 @@ mod tests {
                 media_type: "application/vnd.oci.image.index.v1+json".into(),
                 source: "registry".into(),
                 found_in: vec!["manifests/a.yaml".into()],
+                guessed: false,
+                outside_pod_spec: false,
             }],
             manifests: [("sha256:00".to_string(), "application/vnd.oci.image.index.v1+json".to_string())].into(),
             platforms: vec!["linux/amd64".into()],

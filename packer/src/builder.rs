@@ -6,6 +6,7 @@ use crate::cli::BuildArgs;
 use crate::images::ImagesError;
 use crate::launch::LaunchError;
 use crate::paths::PathError;
+use crate::render::kustomize;
 use crate::spec::{Bundle, SpecError};
 use crate::tree::{self, ItemKind, TreeError, TreeItem};
 use ferry_core::metadata::{ImagesContract, key};
@@ -70,6 +71,16 @@ pub enum BuildError {
     /// Reading the key or writing the payload failed.
     #[error(transparent)]
     Payload(#[from] payload_format::Error),
+    /// A rendered kustomization cannot be staged for the payload.
+    #[error("cannot stage the rendered kustomization {key} in {}: {source}", dir.display())]
+    Rendered {
+        /// Its payload path.
+        key: String,
+        /// The staging directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The output's directory does not exist.
     #[error("cannot write the output: {} is not a directory", dir.display())]
     OutputDir {
@@ -251,11 +262,13 @@ fn build(args: &BuildArgs, printer: &Printer) -> Result<(), BuildError> {
         offline: args.offline,
         registry_auth: args.registry_auth.clone(),
         jobs: args.jobs,
+        discovery: args.charts.options(),
     };
     // The store lives until the installer is written: the plan points into it.
-    let crate::images::Collected { store, blobs, contract } =
+    let crate::images::Collected { store, blobs, contract, kustomized } =
         crate::images::collect(&bundle, &image_opts, output_dir, printer)?;
     add_blobs(&mut plan, &blobs)?;
+    let rendered = add_kustomized(&mut plan, &kustomized, output_dir)?;
     let stub = read_stub(args.stub.as_deref())?;
     let mut metadata = bundle_metadata(&bundle, &contract)?;
     if !launch.is_empty() {
@@ -267,6 +280,7 @@ fn build(args: &BuildArgs, printer: &Printer) -> Result<(), BuildError> {
     progress.finish();
     let summary = summary?;
     drop(store);
+    drop(rendered);
     report(args, key.as_ref(), &summary, &contract, started.elapsed().as_secs_f64(), printer);
     Ok(())
 }
@@ -378,6 +392,10 @@ pub fn plan(bundle: &Bundle) -> Result<Plan, BuildError> {
             let real = bundle.resolve(&field, &item.path)?;
             let rel =
                 real.strip_prefix(&bundle.dir).expect("resolve keeps paths inside").to_string_lossy().into_owned();
+            // A kustomization is carried rendered (`add_kustomized`), not as its sources.
+            if field.starts_with("spec.manifests") && real.is_dir() && kustomize::kustomization_file(&real).is_some() {
+                continue;
+            }
             add_path(&mut plan, &format!("bundle/{rel}"), &real, &field)?;
         }
     }
@@ -388,6 +406,40 @@ pub fn plan(bundle: &Bundle) -> Result<Plan, BuildError> {
         add_path(&mut plan, &format!("files/{dest}"), &real, &field)?;
     }
     Ok(plan)
+}
+
+/// The file a rendered kustomization is carried as, inside its directory's payload path: a launch
+/// step's `kubectl apply -f DIR` then applies exactly the rendered objects.
+pub const KUSTOMIZED_FILE: &str = "kustomized.yaml";
+
+/// Adds each rendered kustomization as `<dir>/kustomized.yaml`, staged in a temporary directory
+/// beside the output that must live until the installer is written.
+fn add_kustomized(
+    plan: &mut Plan,
+    kustomized: &[crate::images::discovery::Kustomized],
+    output_dir: &Path,
+) -> Result<Option<tempfile::TempDir>, BuildError> {
+    if kustomized.is_empty() {
+        return Ok(None);
+    }
+    let staging = |key: &str, source| BuildError::Rendered { key: key.into(), dir: output_dir.into(), source };
+    let tmp =
+        tempfile::Builder::new().prefix(".ferry-kustomized-").tempdir_in(output_dir).map_err(|e| staging("", e))?;
+    for (i, k) in kustomized.iter().enumerate() {
+        let file = tmp.path().join(format!("{i}.yaml"));
+        std::fs::write(&file, &k.text).map_err(|e| staging(&k.key, e))?;
+        let dir = TreeItem { rel: String::new(), source: tmp.path().into(), kind: ItemKind::Dir, mode: 0o755, size: 0 };
+        merge(plan, k.key.clone(), dir, "a rendered kustomization")?;
+        let item = TreeItem {
+            rel: KUSTOMIZED_FILE.into(),
+            source: file,
+            kind: ItemKind::File,
+            mode: 0o644,
+            size: k.text.len() as u64,
+        };
+        add(plan, format!("{}/{KUSTOMIZED_FILE}", k.key), item, "a rendered kustomization")?;
+    }
+    Ok(Some(tmp))
 }
 
 /// Merges the tree at `rel` (spec field `field`) onto `rootfs/`.

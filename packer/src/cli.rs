@@ -82,6 +82,22 @@ pub struct BuildArgs {
     /// Parallel image downloads.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub jobs: usize,
+    /// How charts are read.
+    #[command(flatten)]
+    pub charts: ChartArgs,
+}
+
+/// How charts are turned into images.
+#[derive(Debug, Args)]
+pub struct ChartArgs {
+    /// The helm that renders charts (`none`: no helm). Default: the bundle rootfs's own helm
+    /// when it runs here, else `helm` on PATH.
+    #[arg(long, env = "FERRY_HELM", value_name = "PATH")]
+    pub helm: Option<PathBuf>,
+    /// Without helm, guess chart images from values.yaml instead of failing; every image found
+    /// so is marked guessed.
+    #[arg(long)]
+    pub chart_images_from_values: bool,
 }
 
 /// Arguments of `images`.
@@ -96,6 +112,9 @@ pub struct ImagesArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// How charts are read.
+    #[command(flatten)]
+    pub charts: ChartArgs,
 }
 
 impl ImagesArgs {
@@ -130,4 +149,14 @@ pub struct InspectFileArgs {
     /// Inspection options (the same as `./installer inspect`'s).
     #[command(flatten)]
     pub inspect: InspectArgs,
+}
+
+impl ChartArgs {
+    /// The discovery options these flags give.
+    pub fn options(&self) -> crate::images::discovery::Options {
+        crate::images::discovery::Options {
+            helm: crate::render::helm::HelmChoice::from_flag(self.helm.as_deref()),
+            chart_images_from_values: self.chart_images_from_values,
+        }
+    }
 }

@@ -24,7 +24,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Keygen(args) => keygen::run(&args, &printer),
         cli::Command::Build(args) => builder::run(&args, &printer),
-        cli::Command::Images(args) => images::run_list(args.spec_path(), args.json, &printer),
+        cli::Command::Images(args) => images::run_list(args.spec_path(), &args.charts.options(), args.json, &printer),
         cli::Command::Verify(args) => {
             ferry_core::verify::run(&args.file, &args.verify.options(), &printer).map_err(Into::into)
         }

@@ -21,10 +21,10 @@
 //! installer takes the pause image (containerd's sandbox image) from.
 
 use crate::spec::{Bundle, parse_kubernetes_version};
+use crate::tools::{self, Ran};
 use ferry_core::image_ref::ImageRef;
 use ferry_core::metadata::ControlPlaneRecord;
 use serde_json::Value;
-use crate::tools::{self, Ran};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
@@ -316,7 +316,12 @@ fn ask_kubeadm(file: &str, real: &Path, version: &str) -> Result<Asked, ControlP
         return Err(fail("kubeadm version -o short", KubeadmProblem::Nothing));
     }
     let what = format!("kubeadm config images list --kubernetes-version {version}");
-    let out = match tools::run(real, &args(&["config", "images", "list", "--kubernetes-version", version]), None, KUBEADM_TIMEOUT) {
+    let out = match tools::run(
+        real,
+        &args(&["config", "images", "list", "--kubernetes-version", version]),
+        None,
+        KUBEADM_TIMEOUT,
+    ) {
         Ran::Ok(out) => out,
         Ran::NotRunnable(e) => return Err(fail(&what, KubeadmProblem::NotStarted(e))),
         Ran::Failed(why) => return Err(fail(&what, KubeadmProblem::Failed(why))),

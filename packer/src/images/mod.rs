@@ -11,7 +11,7 @@
 //! | index key | value |
 //! |---|---|
 //! | entries `blobs/sha256/<hex>` | every manifest, index, config and layer, byte-exact, raw, deduplicated |
-//! | `images` | `[{ref, registry, repository, tag, digest, mediaType, source, foundIn}]`, sorted by `ref` |
+//! | `images` | `[{ref, registry, repository, tag, digest, mediaType, source, foundIn, guessed?, outsidePodSpec?}]`, sorted by `ref` |
 //! | `manifests` | `{"sha256:…": mediaType}` for every stored manifest and index |
 //! | `platforms` | `["linux/amd64", …]` |
 //! | `missingImages` | references left out with `--allow-missing-images` |
@@ -25,18 +25,18 @@ pub mod controlplane;
 pub mod credentials;
 pub mod discovery;
 pub mod docker_archive;
+pub mod listing;
 pub mod oci;
 pub mod oci_layout;
 pub mod registry_client;
 pub mod store;
 
 use crate::spec::Bundle;
-use discovery::{ChartMode, Discovery, DiscoveryError};
+use discovery::{Discovery, DiscoveryError};
 use ferry_core::metadata::{ImageRecord, ImagesContract};
 use ferry_core::printer::Printer;
 use ferry_core::units;
 use oci::Platform;
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,6 +53,8 @@ pub struct Options {
     pub registry_auth: Vec<String>,
     /// Parallel downloads.
     pub jobs: usize,
+    /// How charts are read.
+    pub discovery: discovery::Options,
 }
 
 /// What the build adds to the installer.
@@ -64,6 +66,8 @@ pub struct Collected {
     /// The index keys of the contract (`images`, `manifests`, `platforms`, `missingImages`,
     /// `controlPlaneImages`).
     pub contract: ImagesContract,
+    /// Kustomizations rendered, which the installer carries instead of their sources.
+    pub kustomized: Vec<discovery::Kustomized>,
 }
 
 /// Why the bundle's images cannot be gathered.
@@ -125,9 +129,9 @@ pub fn platforms(bundle: &Bundle) -> Result<Vec<Platform>, ImagesError> {
 }
 
 /// Discovers every image of the bundle, printing discovery warnings.
-pub fn discover(bundle: &Bundle, printer: &Printer) -> Result<Discovery, DiscoveryError> {
+pub fn discover(bundle: &Bundle, opts: &discovery::Options, printer: &Printer) -> Result<Discovery, DiscoveryError> {
     let mut warnings = Vec::new();
-    let found = discovery::discover(bundle, &ChartMode::detect(), &mut warnings);
+    let found = discovery::discover(bundle, opts, &mut warnings);
     for w in warnings {
         printer.warn(w);
     }
@@ -149,8 +153,11 @@ pub fn collect(
     printer: &Printer,
 ) -> Result<Collected, ImagesError> {
     let started = Instant::now();
-    let found = discover(bundle, printer)?;
+    let found = discover(bundle, &opts.discovery, printer)?;
     printer.out(control_plane_line(&found));
+    if let Some(how) = &found.charts {
+        printer.out(how.clone());
+    }
     let images = found.images;
     let platforms = platforms(bundle)?;
     let spec = &bundle.spec.spec;
@@ -177,7 +184,7 @@ pub fn collect(
         let lines: Vec<String> = outcome
             .failed
             .iter()
-            .map(|(d, why)| format!("  - {} (from {}): {why}", d.image, d.found_in.join(", ")))
+            .map(|(d, why)| format!("  - {} (from {}): {why}", d.image, d.found_in().join("; ")))
             .collect();
         if !opts.allow_missing {
             return Err(ImagesError::Unresolved { total: images.len(), lines });
@@ -197,7 +204,7 @@ pub fn collect(
         started.elapsed().as_secs_f64()
     ));
     let contract = metadata(&outcome, &platforms, &found.control_plane);
-    Ok(Collected { store, blobs: outcome.blobs, contract })
+    Ok(Collected { store, blobs: outcome.blobs, contract, kustomized: found.kustomized })
 }
 
 /// The payload contract.
@@ -219,7 +226,9 @@ fn metadata(
                 digest: r.digest.clone(),
                 media_type: r.media_type.clone(),
                 source: r.discovered.source.kind().into(),
-                found_in: r.discovered.found_in.clone(),
+                found_in: r.discovered.found_in(),
+                guessed: r.discovered.guessed(),
+                outside_pod_spec: r.discovered.section() == discovery::origin::Section::OutsidePodSpec,
             }
         })
         .collect();
@@ -236,43 +245,13 @@ fn metadata(
 }
 
 /// `ferry images`: the discovered list, where each image comes from and where it was found.
-pub fn run_list(spec: &Path, as_json: bool, printer: &Printer) -> anyhow::Result<()> {
+pub fn run_list(spec: &Path, opts: &discovery::Options, as_json: bool, printer: &Printer) -> anyhow::Result<()> {
     let bundle = Bundle::load(spec)?;
-    let found = discover(&bundle, printer)?;
-    let images = &found.images;
+    let found = discover(&bundle, opts, printer)?;
     if as_json {
-        // stdout is the JSON document; where the control plane came from goes with the diagnostics.
-        eprintln!("{}", control_plane_line(&found));
-        let list: Vec<Value> = images
-            .iter()
-            .map(|d| {
-                json!({
-                    "ref": d.image.to_string(),
-                    "registry": d.image.registry,
-                    "repository": d.image.repository,
-                    "tag": d.image.served_tag(),
-                    "digest": d.image.digest,
-                    "source": d.source.kind(),
-                    "sourcePath": match &d.source { discovery::Source::Registry => None, s => Some(s.describe()) },
-                    "foundIn": d.found_in,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
+        println!("{}", serde_json::to_string_pretty(&listing::json(&found))?);
+    } else {
+        listing::print(&found, printer);
     }
-    let width = images.iter().map(|d| d.image.to_string().len()).max().unwrap_or(3).max(3);
-    let swidth = images.iter().map(|d| d.source.describe().len()).max().unwrap_or(6).max(6);
-    printer.out(format!("{:<width$}  {:<swidth$}  FOUND IN", "REF", "SOURCE"));
-    for d in images {
-        printer.out(format!(
-            "{:<width$}  {:<swidth$}  {}",
-            d.image.to_string(),
-            d.source.describe(),
-            d.found_in.join(", ")
-        ));
-    }
-    printer.out(format!("{} images", images.len()));
-    printer.out(control_plane_line(&found));
     Ok(())
 }

@@ -35,6 +35,11 @@ pub fn kustomization_file(dir: &Path) -> Option<PathBuf> {
     KUSTOMIZATION_FILES.iter().map(|name| dir.join(name)).find(|p| p.is_file())
 }
 
+/// Whether `file` is named like a kustomization file.
+pub fn is_kustomization_name(file: &Path) -> bool {
+    file.file_name().and_then(|n| n.to_str()).is_some_and(|n| KUSTOMIZATION_FILES.contains(&n))
+}
+
 /// The program that renders kustomizations.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Renderer {
