@@ -98,7 +98,9 @@ fn summary(payload: &Payload, printer: &Printer) -> Result<(), InspectError> {
     printer.out(format!("images:       {}", images.len()));
     for image in &images {
         let source = if image.source.is_empty() { "-" } else { &image.source };
-        printer.out(format!("  {} {} ({source})", image.reference, image.digest));
+        let marks = [(image.guessed, ", guessed from chart values"), (image.outside_pod_spec, ", outside a pod spec")];
+        let marks: String = marks.iter().filter(|(on, _)| *on).map(|(_, m)| *m).collect();
+        printer.out(format!("  {} {} ({source}{marks})", image.reference, image.digest));
     }
     for image in missing_images(payload)? {
         printer.out(format!("  MISSING image: {image}"));

@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const K8S: &str = "v1.36.3";
+pub(crate) const K8S: &str = "v1.36.3";
 
 /// What `kubeadm config images list --kubernetes-version v1.36.3` names (the packer's table
 /// must agree; this list is written out independently on purpose).
@@ -28,7 +28,7 @@ const CONTROL_PLANE: &[&str] = &[
 ];
 
 /// `ferry`, isolated from the caller's Docker logins and test-suite defaults.
-fn ferry_cmd(home: &Path) -> Command {
+pub(crate) fn ferry_cmd(home: &Path) -> Command {
     let mut c = Command::new(release_bin("ferry"));
     c.env_remove("FERRY_OFFLINE")
         .env_remove("FERRY_ALLOW_MISSING_IMAGES")
@@ -41,21 +41,21 @@ fn ferry_cmd(home: &Path) -> Command {
 
 /// The JSON document a command that must succeed prints on stdout (its stderr carries
 /// diagnostics, such as where the control-plane list came from).
-fn json_stdout(cmd: &mut Command) -> Value {
+pub(crate) fn json_stdout(cmd: &mut Command) -> Value {
     let out = run(cmd);
     assert!(out.status.success(), "{cmd:?} failed ({}):\n{}", out.status, text(&out));
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{cmd:?} printed no JSON on stdout ({e}):\n{}", text(&out)))
 }
 
-fn build_cmd(spec: &Path, out: &Path) -> Command {
+pub(crate) fn build_cmd(spec: &Path, out: &Path) -> Command {
     let mut c = ferry_cmd(spec.parent().unwrap());
     c.arg("build").arg(spec).arg("-o").arg(out).arg("--unsigned");
     c
 }
 
 /// A scratch bundle directory with `bundle.yaml` = header + `spec_body` (indented under spec:).
-fn write_spec(dir: &Path, spec_body: &str) -> PathBuf {
+pub(crate) fn write_spec(dir: &Path, spec_body: &str) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
     let text = format!(
         "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: images-test, version: 0.1.0}}\nspec:\n  kubernetes: {{version: {K8S}}}\n{spec_body}"
@@ -67,14 +67,14 @@ fn write_spec(dir: &Path, spec_body: &str) -> PathBuf {
 
 /// Pushes a small stand-in under every control-plane name, so builds resolve them from `up`
 /// (configured as the mirror of registry.k8s.io) instead of the internet.
-fn push_control_plane(up: &Upstream, layout: &Layout) {
+pub(crate) fn push_control_plane(up: &Upstream, layout: &Layout) {
     layout.image("cp", &[("bin/busybox", None), ("etc/role", Some(b"control-plane stand-in"))], "amd64");
     for name in CONTROL_PLANE {
         up.push(&layout.src("cp"), name);
     }
 }
 
-fn mirrors(lines: &[(&str, &Upstream)]) -> String {
+pub(crate) fn mirrors(lines: &[(&str, &Upstream)]) -> String {
     let mut s = "  registryMirrors:\n".to_string();
     for (registry, up) in lines {
         s.push_str(&format!("    {registry}: {}\n", up.url()));
@@ -82,11 +82,11 @@ fn mirrors(lines: &[(&str, &Upstream)]) -> String {
     s
 }
 
-fn metadata(installer: &Path) -> serde_json::Map<String, Value> {
+pub(crate) fn metadata(installer: &Path) -> serde_json::Map<String, Value> {
     Payload::open(installer).unwrap().index().metadata.extra.clone()
 }
 
-fn image<'a>(meta: &'a serde_json::Map<String, Value>, r: &str) -> &'a Value {
+pub(crate) fn image<'a>(meta: &'a serde_json::Map<String, Value>, r: &str) -> &'a Value {
     meta["images"]
         .as_array()
         .unwrap()

@@ -1,6 +1,7 @@
 //! One integration-test binary; each module covers one area.
 mod build_kubernetes_script;
 mod build_verify;
+mod charts;
 mod fetch_script;
 mod hardening;
 mod images;

@@ -32,12 +32,7 @@ pub fn print(found: &Discovery, printer: &Printer) {
         }
     }
     let cp = &found.control_plane;
-    printer.out(format!(
-        "Control plane of Kubernetes {} ({}), {}:",
-        cp.kubernetes_version,
-        cp.images.len(),
-        cp.describe()
-    ));
+    printer.out(format!("{}:", super::control_plane_line(found)));
     for i in &cp.images {
         printer.out(format!("  {i}"));
     }

@@ -249,6 +249,8 @@ pub fn run_list(spec: &Path, opts: &discovery::Options, as_json: bool, printer: 
     let bundle = Bundle::load(spec)?;
     let found = discover(&bundle, opts, printer)?;
     if as_json {
+        // stdout is the JSON document; where the control plane came from goes with the diagnostics.
+        eprintln!("{}", control_plane_line(&found));
         println!("{}", serde_json::to_string_pretty(&listing::json(&found))?);
     } else {
         listing::print(&found, printer);

@@ -252,6 +252,10 @@ fn scan_value(v: &Value, out: &mut Vec<Found>) -> Result<(), DocumentError> {
     Ok(())
 }
 
+/// A container's name and image, and the container itself when its type has arguments and
+/// environment (ephemeral containers' do too, but they are started by hand, not by a program).
+type ContainerView<'a> = (&'a String, &'a Option<String>, Option<&'a Container>);
+
 /// The images of a typed pod spec at `at`: each container's image, and references in its
 /// arguments and environment.
 fn pod_spec_images(
@@ -260,7 +264,7 @@ fn pod_spec_images(
     what: &str,
     push: &mut impl FnMut(String, How),
 ) -> Result<(), DocumentError> {
-    let lists: [(&str, Vec<(&String, &Option<String>, Option<&Container>)>); 3] = [
+    let lists: [(&str, Vec<ContainerView<'_>>); 3] = [
         ("containers", spec.containers.iter().map(|c| (&c.name, &c.image, Some(c))).collect()),
         ("initContainers", spec.init_containers.iter().flatten().map(|c| (&c.name, &c.image, Some(c))).collect()),
         (
@@ -360,11 +364,12 @@ fn walk_generic(v: &Value, path: &str, custom: bool, push: &mut impl FnMut(Strin
                     }
                     continue;
                 }
-                if custom && (k == "image" || k.ends_with("Image")) {
-                    if let Some(r) = field_reference(child) {
-                        push(r, How::OutsidePodSpec { field: here });
-                        continue;
-                    }
+                if custom
+                    && (k == "image" || k.ends_with("Image"))
+                    && let Some(r) = field_reference(child)
+                {
+                    push(r, How::OutsidePodSpec { field: here });
+                    continue;
                 }
                 walk_generic(child, &here, custom, push);
             }
