@@ -205,8 +205,8 @@ fn pulls_through_mirrors_byte_exact_deduplicated_and_keyed_by_registry() {
         (Some("docker.io"), Some("library/app"), Some("1"))
     );
     assert_eq!(hub_app["source"], "registry");
-    assert_eq!(hub_app["foundIn"], serde_json::json!(["spec.images", "bundle/manifests/web.yaml#2"]));
-    assert_eq!(quay_app["foundIn"], serde_json::json!(["bundle/manifests/web.yaml#2"]));
+    assert_eq!(hub_app["foundIn"], serde_json::json!(["spec.images", "bundle/manifests/web.yaml:14 (Deployment web)"]));
+    assert_eq!(quay_app["foundIn"], serde_json::json!(["bundle/manifests/web.yaml:13 (Deployment web)"]));
     let cp = image(&meta, "registry.k8s.io/coredns/coredns:v1.14.2");
     assert_eq!(cp["foundIn"], serde_json::json!([format!("kubernetes {K8S} control plane")]));
 
@@ -484,13 +484,16 @@ fn local_source_and_discovery_errors_name_the_image_or_file() {
     fs::write(b.join("chart/Chart.yaml"), "apiVersion: v2\nname: broken\nversion: 1.0.0\n").unwrap();
     fs::write(b.join("chart/values.yaml"), "image: {repository: [unclosed\n").unwrap();
     let spec = write_spec(&b, "  charts: [{path: chart}]\n");
-    let err = fails(&mut build_cmd(&spec, &out));
+    let err = fails(build_cmd(&spec, &out).arg("--chart-images-from-values"));
     assert!(err.contains("chart broken does not render"), "{err}");
     // With helm on the build machine, a failing `helm template` names the chart too.
     let helm = dir.path().join("helm");
     write_program(&helm, b"#!/bin/sh\necho 'Error: template: broken/templates/x.yaml:3: nil pointer' >&2\nexit 1\n");
     let err = fails(build_cmd(&spec, &out).env("FERRY_HELM", &helm));
-    assert!(err.contains("chart chart does not render") && err.contains("nil pointer"), "{err}");
+    assert!(
+        err.contains("chart chart does not render (release chart in namespace default") && err.contains("nil pointer"),
+        "{err}"
+    );
 
     let spec = write_spec(&b, "");
     fs::write(&spec, fs::read_to_string(&spec).unwrap().replace(K8S, "v1.29.0")).unwrap();
@@ -542,30 +545,57 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
         "  manifests: [{path: manifests}]\n  charts: [{path: chart}]\n  images: ['registry.k8s.io/pause:3.10.2']\n",
     );
 
-    let json = json_stdout(ferry_cmd(dir.path()).arg("images").arg("--json").arg(&spec));
-    let list = json.as_array().unwrap();
+    // No helm: refused, unless the operator accepts a guess from the values.
+    let err = fails(ferry_cmd(dir.path()).arg("images").arg(&spec));
+    assert!(err.contains("no helm to render 1 chart (chart)"), "{err}");
+    let json =
+        json_stdout(ferry_cmd(dir.path()).arg("images").arg("--json").arg("--chart-images-from-values").arg(&spec));
+    let list = json["images"].as_array().unwrap();
     let get = |r: &str| list.iter().find(|i| i["ref"] == r).unwrap_or_else(|| panic!("{r} missing from {json:#}"));
     assert_eq!(
         get("docker.io/library/nginx:1.27")["foundIn"],
-        serde_json::json!(["bundle/manifests/all.yaml#1", "chart:web"])
+        serde_json::json!([
+            "bundle/manifests/all.yaml:4 (Pod p)",
+            "chart web values.yaml sidecar.image, guessed without helm"
+        ])
     );
-    assert_eq!(get("ghcr.io/example/rollout:3")["foundIn"], serde_json::json!(["bundle/manifests/all.yaml#2"]));
+    assert_eq!(get("docker.io/library/nginx:1.27")["guessed"], false, "a manifest names it too");
+    assert_eq!(
+        get("ghcr.io/example/rollout:3")["foundIn"],
+        serde_json::json!(["bundle/manifests/all.yaml:9 (Rollout r)"])
+    );
     assert_eq!(
         get("quay.io/example/web:2.4")["foundIn"],
-        serde_json::json!(["chart:web"]),
+        serde_json::json!(["chart web values.yaml image.repository, guessed without helm"]),
         "appVersion is the default tag"
     );
-    assert_eq!(get("quay.io/example/proxy:9")["foundIn"], serde_json::json!(["chart:web"]));
-    assert_eq!(get("docker.io/bitnami/redis:7.2")["foundIn"], serde_json::json!(["chart:web/sub"]));
+    assert_eq!(get("quay.io/example/web:2.4")["guessed"], true);
+    assert_eq!(
+        get("quay.io/example/proxy:9")["foundIn"],
+        serde_json::json!(["chart web Chart.yaml at annotations.artifacthub.io/images, outside a pod spec"])
+    );
+    assert_eq!(get("quay.io/example/proxy:9")["section"], "outsidePodSpec");
+    assert_eq!(
+        get("docker.io/bitnami/redis:7.2")["foundIn"],
+        serde_json::json!(["chart web/sub values.yaml image.repository, guessed without helm"])
+    );
     assert_eq!(
         get("registry.k8s.io/pause:3.10.2")["foundIn"],
         serde_json::json!(["spec.images", format!("kubernetes {K8S} control plane")])
     );
     assert_eq!(list.len(), 5 + 7, "{json:#}");
+    assert_eq!(
+        json["totals"],
+        serde_json::json!({"images": 12, "apps": 5, "outsidePodSpec": 1, "controlPlane": 7, "guessed": 2})
+    );
 
-    let text = ok(ferry_cmd(dir.path()).arg("images").arg(&spec));
-    assert!(text.lines().next().unwrap().starts_with("REF"), "{text}");
-    assert!(text.contains("12 images"), "{text}");
+    let text = ok(ferry_cmd(dir.path()).arg("images").arg("--chart-images-from-values").arg(&spec));
+    assert!(text.contains("Images the apps run (5):"), "{text}");
+    assert!(text.contains("quay.io/example/web:2.4 (guessed)"), "{text}");
+    assert!(
+        text.contains("12 images: 5 the apps run (2 guessed), 1 referenced outside a pod spec, 7 of the control plane"),
+        "{text}"
+    );
     assert!(
         text.contains(&format!(
             "control plane of Kubernetes {K8S}: 7 images from ferry's built-in table (values of kubeadm v1.36.3; \
@@ -574,14 +604,15 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
         "{text}"
     );
 
-    // With helm available its rendering replaces the values.yaml scan.
+    // With helm available its rendering replaces the values.yaml scan (a STAND-IN helm here that
+    // prints one object; the real helm is used in charts.rs).
     let helm = dir.path().join("helm");
     write_program(
         &helm,
         b"#!/bin/sh\n[ \"$1\" = template ] || exit 2\ncat <<'EOF'\n---\n# Source: web/templates/deploy.yaml\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {}\n  template: {spec: {containers: [{name: w, image: 'quay.io/example/rendered:2.4'}]}}\nEOF\n",
     );
     let json = json_stdout(ferry_cmd(dir.path()).env("FERRY_HELM", &helm).arg("images").arg("--json").arg(&spec));
-    let refs: Vec<&str> = json.as_array().unwrap().iter().map(|i| i["ref"].as_str().unwrap()).collect();
+    let refs: Vec<&str> = json["images"].as_array().unwrap().iter().map(|i| i["ref"].as_str().unwrap()).collect();
     assert!(refs.contains(&"quay.io/example/rendered:2.4") && !refs.contains(&"quay.io/example/web:2.4"), "{refs:?}");
 }
 
@@ -659,7 +690,10 @@ fn the_bundles_kubeadm_names_the_control_plane_and_a_failing_one_stops_discovery
     assert!(listed.contains("ferry's built-in table differs from rootfs/usr/bin/kubeadm"), "{listed}");
     // --json keeps stdout a JSON document; the source goes to stderr.
     let out = run(ferry_cmd(dir.path()).arg("images").arg("--json").arg(&spec));
-    assert_eq!(json_stdout(ferry_cmd(dir.path()).arg("images").arg("--json").arg(&spec)).as_array().unwrap().len(), 7);
+    assert_eq!(
+        json_stdout(ferry_cmd(dir.path()).arg("images").arg("--json").arg(&spec))["images"].as_array().unwrap().len(),
+        7
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("from the bundle's kubeadm v1.36.3"), "{}", text(&out));
 
     // Runs, but fails: the build stops naming the file and what kubeadm said.
@@ -675,7 +709,7 @@ fn the_bundles_kubeadm_names_the_control_plane_and_a_failing_one_stops_discovery
     write_program(&kubeadm, STANDIN_KUBEADM.as_bytes());
     ok(Command::new("chmod").arg("-x").arg(&kubeadm));
     let listed = ok(ferry_cmd(dir.path()).arg("images").arg(&spec));
-    assert!(listed.contains("registry.k8s.io/etcd:3.6.8-0 "), "{listed}");
+    assert!(listed.lines().any(|l| l.trim() == "registry.k8s.io/etcd:3.6.8-0"), "{listed}");
     assert!(
         listed.contains(
             "from ferry's built-in table (values of kubeadm v1.36.3; kubeadm not runnable here: rootfs/usr/bin/kubeadm is not executable (mode 0"

@@ -293,11 +293,16 @@ pub fn attribute(image: &ImageRef, raw: &str, leaves: &Leaves) -> Vec<String> {
         && let Some((chart, _)) =
             leaves.app_versions.iter().find(|(_, a)| tag == a || tag.strip_prefix('v') == Some(a.as_str()))
     {
-        let how = if tag.starts_with('v') && !chart.is_empty() { " (with a `v` prefix)" } else { "" };
-        out.push(format!("{chart} Chart.yaml appVersion{how}"));
+        let v = if tag.starts_with('v') && !a_is(tag, &leaves.app_versions) { "\"v\" + " } else { "" };
+        out.push(format!("{v}appVersion of chart {chart}"));
     }
     out.dedup();
     out
+}
+
+/// Whether `tag` is itself one of the appVersions (so no `v` was added).
+fn a_is(tag: &str, app_versions: &[(String, String)]) -> bool {
+    app_versions.iter().any(|(_, a)| a == tag)
 }
 
 #[cfg(test)]
@@ -360,18 +365,13 @@ metrics: {enabled: false, image: {repository: example/exporter, tag: "1"}}
         let r = ImageRef::parse(&raw).unwrap();
         assert_eq!(
             attribute(&r, &raw, &l),
-            [
-                "global.image.registry",
-                "image.digest",
-                "image.repository",
-                "web Chart.yaml appVersion (with a `v` prefix)"
-            ]
+            ["global.image.registry", "image.digest", "image.repository", "\"v\" + appVersion of chart web"]
         );
         let l = leaves("img: {registry: quay.io, namespace: acme, name: agent}\n", "2.3");
         let r = ImageRef::parse("quay.io/acme/agent:2.3").unwrap();
         assert_eq!(
             attribute(&r, "quay.io/acme/agent:2.3", &l),
-            ["img.name", "img.namespace", "img.registry", "web Chart.yaml appVersion"]
+            ["img.name", "img.namespace", "img.registry", "appVersion of chart web"]
         );
         let l = leaves("whole: 'quay.io/acme/agent:2.3'\n", "1");
         assert_eq!(attribute(&r, "quay.io/acme/agent:2.3", &l), ["whole"]);

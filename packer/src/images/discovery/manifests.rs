@@ -160,7 +160,18 @@ pub fn scan_stream(text: &str, label: &str) -> (Vec<Hit>, Vec<String>) {
 /// The stream line on which `image` is first written in `doc`.
 fn line_of(doc: &Document<'_>, image: &str) -> usize {
     let first = doc.line - doc.text[..].lines().take_while(|l| !has_content(l)).count();
-    doc.text.lines().position(|l| l.contains(image)).map(|i| first + i).unwrap_or(doc.line)
+    doc.text.lines().position(|l| holds_whole(l, image)).map(|i| first + i).unwrap_or(doc.line)
+}
+
+/// Whether `line` holds `word` not as part of a longer reference (`app:1` is not in
+/// `quay.io/library/app:1`).
+fn holds_whole(line: &str, word: &str) -> bool {
+    let part_of_ref = |c: char| c.is_ascii_alphanumeric() || "./_-:@".contains(c);
+    line.match_indices(word).any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + word.len()..].chars().next();
+        !before.is_some_and(part_of_ref) && !after.is_some_and(part_of_ref)
+    })
 }
 
 fn has_content(l: &str) -> bool {
