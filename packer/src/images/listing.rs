@@ -32,11 +32,17 @@ pub fn print(found: &Discovery, printer: &Printer) {
         }
     }
     let cp = &found.control_plane;
-    printer.out(format!("{}:", super::control_plane_line(found)));
+    printer.out(format!("{}:", control_plane_line(found)));
     for i in &cp.images {
         printer.out(format!("  {i}"));
     }
     printer.out(totals_line(found));
+}
+
+/// The line saying where the control-plane list came from.
+pub fn control_plane_line(d: &Discovery) -> String {
+    let cp = &d.control_plane;
+    format!("control plane of Kubernetes {}: {} images {}", cp.kubernetes_version, cp.images.len(), cp.describe())
 }
 
 /// The reference, with `(guessed)` when only a guess found it.

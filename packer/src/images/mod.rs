@@ -138,12 +138,6 @@ pub fn discover(bundle: &Bundle, opts: &discovery::Options, printer: &Printer) -
     found
 }
 
-/// The line saying where the control-plane list came from.
-fn control_plane_line(d: &Discovery) -> String {
-    let cp = &d.control_plane;
-    format!("control plane of Kubernetes {}: {} images {}", cp.kubernetes_version, cp.images.len(), cp.describe())
-}
-
 /// Discovers and resolves every image; fails listing every unresolved image unless
 /// `allow_missing`. `temp_parent` holds the temporary blob store (next to the output).
 pub fn collect(
@@ -154,7 +148,7 @@ pub fn collect(
 ) -> Result<Collected, ImagesError> {
     let started = Instant::now();
     let found = discover(bundle, &opts.discovery, printer)?;
-    printer.out(control_plane_line(&found));
+    printer.out(listing::control_plane_line(&found));
     if let Some(how) = &found.charts {
         printer.out(how.clone());
     }
@@ -250,7 +244,7 @@ pub fn run_list(spec: &Path, opts: &discovery::Options, as_json: bool, printer: 
     let found = discover(&bundle, opts, printer)?;
     if as_json {
         // stdout is the JSON document; where the control plane came from goes with the diagnostics.
-        eprintln!("{}", control_plane_line(&found));
+        eprintln!("{}", listing::control_plane_line(&found));
         println!("{}", serde_json::to_string_pretty(&listing::json(&found))?);
     } else {
         listing::print(&found, printer);

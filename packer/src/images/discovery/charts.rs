@@ -6,7 +6,7 @@ use super::chart_values::{self, Leaves};
 use super::manifests;
 use super::origin::{How, Origin, Place};
 use crate::render::chart::ChartFiles;
-use crate::render::helm::{self, Helm, Release};
+use crate::render::helm::{self, Helm, HelmChoice, Release};
 use crate::spec::Bundle;
 use ferry_core::image_ref::ImageRef;
 use serde_json::Value;
@@ -23,7 +23,7 @@ pub struct ChartImages {
 }
 
 /// Finds the images of every chart of `bundle`.
-pub fn discover(bundle: &Bundle, opts: &super::Options, warnings: &mut Vec<String>) -> ChartImages {
+pub fn discover(bundle: &Bundle, helm: &HelmChoice, allow_guess: bool, warnings: &mut Vec<String>) -> ChartImages {
     let mut out = ChartImages::default();
     let (charts, errors) = helm::charts(bundle);
     out.errors.extend(errors);
@@ -33,7 +33,7 @@ pub fn discover(bundle: &Bundle, opts: &super::Options, warnings: &mut Vec<Strin
     let (releases, errors) = helm::releases(bundle, &charts);
     out.errors.extend(errors);
     let mut notes = Vec::new();
-    match Helm::find(bundle, &opts.helm, &mut notes) {
+    match Helm::find(bundle, helm, &mut notes) {
         Some(h) => {
             out.how = Some(format!("charts rendered by helm ({})", h.shown));
             warnings.extend(notes);
@@ -41,7 +41,7 @@ pub fn discover(bundle: &Bundle, opts: &super::Options, warnings: &mut Vec<Strin
                 rendered(&h, r, &bundle.spec.spec.kubernetes.version, &mut out);
             }
         }
-        None if opts.chart_images_from_values => {
+        None if allow_guess => {
             out.how = Some("chart images guessed from values.yaml without helm (--chart-images-from-values)".into());
             warnings.push(format!(
                 "no helm: the images of {} are guessed from their values and marked guessed; check them with \

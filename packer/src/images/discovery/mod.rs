@@ -210,7 +210,7 @@ pub fn discover(bundle: &Bundle, opts: &Options, warnings: &mut Vec<String>) -> 
     let spec = &bundle.spec.spec;
     spec_images(bundle, &mut found);
     let kustomized = spec_manifests(bundle, &mut found, warnings);
-    let charts = charts::discover(bundle, opts, warnings);
+    let charts = charts::discover(bundle, &opts.helm, opts.chart_images_from_values, warnings);
     found.errors.extend(charts.errors);
     for (raw, origin) in charts.images {
         found.add(&raw, origin, Source::Registry);
