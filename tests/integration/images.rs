@@ -586,14 +586,14 @@ fn ferry_images_lists_every_discovered_image_and_where_it_was_found() {
     assert_eq!(list.len(), 5 + 7, "{json:#}");
     assert_eq!(
         json["totals"],
-        serde_json::json!({"images": 12, "apps": 5, "outsidePodSpec": 1, "controlPlane": 7, "guessed": 2})
+        serde_json::json!({"images": 12, "apps": 4, "outsidePodSpec": 1, "controlPlane": 7, "guessed": 2})
     );
 
     let text = ok(ferry_cmd(dir.path()).arg("images").arg("--chart-images-from-values").arg(&spec));
-    assert!(text.contains("Images the apps run (5):"), "{text}");
+    assert!(text.contains("Images the apps run (4):"), "{text}");
     assert!(text.contains("quay.io/example/web:2.4 (guessed)"), "{text}");
     assert!(
-        text.contains("12 images: 5 the apps run (2 guessed), 1 referenced outside a pod spec, 7 of the control plane"),
+        text.contains("12 images: 4 the apps run (2 guessed), 1 referenced outside a pod spec, 7 of the control plane"),
         "{text}"
     );
     assert!(

@@ -34,7 +34,11 @@ pub fn print(found: &Discovery, printer: &Printer) {
     let cp = &found.control_plane;
     printer.out(format!("{}:", control_plane_line(found)));
     for i in &cp.images {
-        printer.out(format!("  {i}"));
+        let source = found.images.iter().find(|d| d.image.to_string() == *i).map(|d| d.source.describe());
+        match source {
+            Some(s) if s != "registry" => printer.out(format!("  {i:<ref_width$}  {s}")),
+            _ => printer.out(format!("  {i}")),
+        }
     }
     printer.out(totals_line(found));
 }

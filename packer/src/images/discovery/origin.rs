@@ -171,9 +171,14 @@ pub enum Section {
 }
 
 impl Section {
-    /// Of an image with these origins.
+    /// Of an image with these origins. A control-plane image that `spec.images` also lists (to
+    /// give it a local source, say) stays the control plane's.
     pub fn of(origins: &[Origin]) -> Section {
-        let apps: Vec<&Origin> = origins.iter().filter(|o| !o.is_control_plane()).collect();
+        let control_plane = origins.iter().any(Origin::is_control_plane);
+        let apps: Vec<&Origin> = origins
+            .iter()
+            .filter(|o| !o.is_control_plane() && !(control_plane && o.place == Place::SpecImages))
+            .collect();
         if apps.is_empty() {
             Section::ControlPlane
         } else if apps.iter().all(|o| matches!(o.how, How::OutsidePodSpec { .. })) {
@@ -215,6 +220,8 @@ mod tests {
         assert_eq!(Section::of(std::slice::from_ref(&cp)), Section::ControlPlane);
         assert_eq!(Section::of(&[cp.clone(), outside.clone()]), Section::OutsidePodSpec);
         assert_eq!(Section::of(&[outside.clone(), guess.clone()]), Section::Apps);
+        assert_eq!(Section::of(&[Origin::spec_images(), cp.clone()]), Section::ControlPlane);
+        assert_eq!(Section::of(&[Origin::spec_images()]), Section::Apps);
         assert!(all_guessed(&[cp.clone(), guess.clone()]));
         assert!(!all_guessed(&[guess.clone(), Origin::spec_images()]));
         assert!(!all_guessed(&[cp]));
