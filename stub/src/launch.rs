@@ -138,6 +138,14 @@ mod tests {
                 "cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install my-app bundle/charts/my_App/ --create-namespace 2>&1"
             )
         );
+        let named = step(serde_json::json!({"chart": "bundle/charts/web", "release": "shop", "namespace": "store"}));
+        assert_eq!(
+            named.command(),
+            format!(
+                "cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install shop bundle/charts/web --namespace store --create-namespace 2>&1"
+            ),
+            "the release the packer rendered the chart as"
+        );
         let r = step(serde_json::json!({"run": "echo it's > out"}));
         assert_eq!(r.command(), format!("cd {LAUNCH_DIR} && KUBECONFIG={kc} sh -c 'echo it'\\''s > out' 2>&1"));
     }

@@ -245,6 +245,16 @@ fn charts_rendered_by_the_real_helm_give_exact_references() {
     let cp = write_spec(&b, &format!("{WEB_SPEC}  imageExclude: ['registry.k8s.io/pause:3.10.2']\n"));
     let err = fails(ferry_cmd(dir.path()).arg("images").arg("--helm").arg(helm()).arg(&cp));
     assert!(err.contains("spec.imageExclude[0] `registry.k8s.io/pause:3.10.2` is a control-plane image"), "{err}");
+
+    // The same chart packaged (`helm package`) renders the same.
+    ok(Command::new(helm()).arg("package").arg(b.join("charts/web")).arg("-d").arg(b.join("packaged")));
+    let packaged = write_spec(
+        &b,
+        "  charts: [{path: packaged}, {path: charts/values-site.yaml}]\n  launch:\n    - {chart: packaged/web-0.3.0.tgz, values: charts/values-site.yaml, namespace: store}\n",
+    );
+    let json = json_stdout(ferry_cmd(dir.path()).arg("images").arg("--json").arg("--helm").arg(helm()).arg(&packaged));
+    assert_eq!(sections(&json).0, want, "{json:#}");
+    assert_eq!(entry(&json, "quay.io/acme/agent:1.4.2")["origins"][0]["release"], "web");
 }
 
 #[test]

@@ -128,7 +128,14 @@ pub fn charts(bundle: &Bundle) -> (Vec<Chart>, Vec<String>) {
             }
         };
         let shown = item.path.trim_end_matches('/').to_string();
-        if !real.is_dir() || real.join("Chart.yaml").is_file() {
+        if !real.is_dir() {
+            // A packaged chart; any other file (a values file carried beside the charts) is no chart.
+            if is_packaged(&real) {
+                out.push(Chart { real, shown });
+            }
+            continue;
+        }
+        if real.join("Chart.yaml").is_file() {
             out.push(Chart { real, shown });
             continue;
         }
@@ -136,7 +143,7 @@ pub fn charts(bundle: &Bundle) -> (Vec<Chart>, Vec<String>) {
             Ok(rd) => rd
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.join("Chart.yaml").is_file() || p.extension().is_some_and(|e| e == "tgz"))
+                .filter(|p| p.join("Chart.yaml").is_file() || (p.is_file() && is_packaged(p)))
                 .map(|p| {
                     let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
                     Chart { shown: format!("{shown}/{name}"), real: p }
@@ -155,6 +162,12 @@ pub fn charts(bundle: &Bundle) -> (Vec<Chart>, Vec<String>) {
         out.extend(inner);
     }
     (out, errors)
+}
+
+/// Whether `path` is named like a packaged chart.
+fn is_packaged(path: &Path) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    name.ends_with(".tgz") || name.ends_with(".tar.gz")
 }
 
 /// The releases the installer will install: one per chart launch step, with its name, namespace

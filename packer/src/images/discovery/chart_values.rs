@@ -296,7 +296,8 @@ pub fn attribute(image: &ImageRef, raw: &str, leaves: &Leaves) -> Vec<String> {
         let v = if tag.starts_with('v') && !a_is(tag, &leaves.app_versions) { "\"v\" + " } else { "" };
         out.push(format!("{v}appVersion of chart {chart}"));
     }
-    out.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|p| seen.insert(p.clone()));
     out
 }
 
