@@ -177,7 +177,7 @@ impl Section {
         let control_plane = origins.iter().any(Origin::is_control_plane);
         let apps: Vec<&Origin> = origins
             .iter()
-            .filter(|o| !o.is_control_plane() && !(control_plane && o.place == Place::SpecImages))
+            .filter(|o| !(o.is_control_plane() || (control_plane && o.place == Place::SpecImages)))
             .collect();
         if apps.is_empty() {
             Section::ControlPlane
