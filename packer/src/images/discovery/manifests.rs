@@ -319,15 +319,16 @@ fn container_references<'a>(
                     _ => continue,
                 },
             };
-            if flag.starts_with('-') && flag.to_ascii_lowercase().contains("image") && looks_like_reference(value) {
+            let named = flag.to_ascii_lowercase().contains("image");
+            if flag.starts_with('-') && looks_like_reference(value) && (named || names_its_registry(value)) {
                 push(value.to_string(), How::OutsidePodSpec { field: format!("{base}.{field}[{at}]") });
             }
         }
     }
     for (i, (name, value)) in env.enumerate() {
         if let Some(value) = value
-            && name.to_ascii_uppercase().contains("IMAGE")
             && looks_like_reference(value)
+            && (name.to_ascii_uppercase().contains("IMAGE") || names_its_registry(value))
         {
             push(value.to_string(), How::OutsidePodSpec { field: format!("{base}.env[{i}] {name}") });
         }
@@ -346,6 +347,16 @@ pub fn looks_like_reference(s: &str) -> bool {
         && !s.starts_with(['-', '/', '.', '$'])
         && (s.contains('@') || last.contains(':'))
         && ImageRef::parse(s).is_ok()
+}
+
+/// A reference that names its registry (`quay.io/…`, `registry.local:5000/…`): certain enough
+/// to be an image even where the flag or variable does not say so
+/// (`--prometheus-config-reloader=quay.io/prometheus-operator/prometheus-config-reloader:v0.80.0`).
+fn names_its_registry(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        None => false,
+    }
 }
 
 /// Whether `apiVersion` belongs to a custom resource rather than a built-in kind: built-in groups
@@ -656,6 +667,8 @@ spec:
             - --sidecar-image
             - ghcr.io/acme/sidecar@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
             - --log-level=info
+            - --prometheus-config-reloader=quay.io/acme/config-reloader:0.80
+            - --server=example.com:443
           env:
             - {name: WORKER_IMAGE, value: "docker.io/acme/worker:2"}
             - {name: IMAGE_PULL_SECRET, value: regcred}
@@ -695,12 +708,13 @@ data: {image: "docker.io/acme/in-configmap:1"}
                 ("quay.io/acme/operator:1.4", "pod spec".to_string(), 11),
                 ("quay.io/acme/reloader:0.9", "spec.template.spec.containers[0].args[0]".to_string(), 13),
                 (digest, "spec.template.spec.containers[0].args[3]".to_string(), 16),
-                ("docker.io/acme/worker:2", "spec.template.spec.containers[0].env[0] WORKER_IMAGE".to_string(), 19),
+                ("quay.io/acme/config-reloader:0.80", "spec.template.spec.containers[0].args[5]".to_string(), 18),
+                ("docker.io/acme/worker:2", "spec.template.spec.containers[0].env[0] WORKER_IMAGE".to_string(), 21),
                 // Assembled from several fields, so not written anywhere: the document's line.
-                ("quay.io/acme/backup:3", "spec.backup.baseImage".to_string(), 22),
-                ("docker.io/acme/in-cr:1", "pod spec".to_string(), 29),
-                ("docker.io/acme/helper:1", "spec.containers[0].args[0]".to_string(), 29),
-                ("docker.io/acme/db:15.2", "spec.image".to_string(), 26),
+                ("quay.io/acme/backup:3", "spec.backup.baseImage".to_string(), 24),
+                ("docker.io/acme/in-cr:1", "pod spec".to_string(), 31),
+                ("docker.io/acme/helper:1", "spec.containers[0].args[0]".to_string(), 31),
+                ("docker.io/acme/db:15.2", "spec.image".to_string(), 28),
             ]
         );
         assert!(hits.iter().all(|h| h.object == "Deployment operator" || h.object == "Cluster db"));
