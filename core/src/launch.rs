@@ -21,8 +21,8 @@ pub enum LaunchStep {
     Chart {
         /// Payload path of the chart (directory or `.tgz`).
         path: String,
-        /// Values file (payload path).
-        values: Option<String>,
+        /// Values files (payload paths), in the order helm lays them over the chart's.
+        values: Vec<String>,
         /// Namespace of the release.
         namespace: Option<String>,
         /// The release name; by default [`LaunchStep::release_name`] of the path.
@@ -46,9 +46,9 @@ pub struct LaunchStepFields {
     /// A chart for `helm upgrade --install`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chart: Option<String>,
-    /// Values file for the chart.
+    /// Values file, or files in order, for the chart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub values: Option<String>,
+    pub values: Option<ValuesFiles>,
     /// Namespace for the chart or the manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -58,6 +58,36 @@ pub struct LaunchStepFields {
     /// A shell command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+}
+
+/// A chart step's values: one file, or several laid over the chart's values in order (as
+/// repeated `helm -f`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ValuesFiles {
+    /// `values: site.yaml`.
+    One(String),
+    /// `values: [base.yaml, site.yaml]`.
+    Many(Vec<String>),
+}
+
+impl ValuesFiles {
+    /// The files, in order.
+    pub fn files(&self) -> Vec<&str> {
+        match self {
+            ValuesFiles::One(f) => vec![f.as_str()],
+            ValuesFiles::Many(fs) => fs.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// As written for `files`: one file as a string (what older installers read), more as a list.
+    pub fn from_files(mut files: Vec<String>) -> Option<ValuesFiles> {
+        match files.len() {
+            0 => None,
+            1 => files.pop().map(ValuesFiles::One),
+            _ => Some(ValuesFiles::Many(files)),
+        }
+    }
 }
 
 /// Why fields are not one step.
@@ -116,7 +146,8 @@ impl TryFrom<LaunchStepFields> for LaunchStep {
         Ok(match (f.manifests, f.chart, f.run) {
             (Some(path), _, _) => LaunchStep::Manifests { path, namespace: f.namespace },
             (_, Some(path), _) => {
-                LaunchStep::Chart { path, values: f.values, namespace: f.namespace, release: f.release }
+                let values = f.values.map(|v| v.files().into_iter().map(String::from).collect()).unwrap_or_default();
+                LaunchStep::Chart { path, values, namespace: f.namespace, release: f.release }
             }
             (_, _, command) => LaunchStep::Run { command: command.unwrap_or_default() },
         })
@@ -129,9 +160,13 @@ impl From<LaunchStep> for LaunchStepFields {
             LaunchStep::Manifests { path, namespace } => {
                 LaunchStepFields { manifests: Some(path), namespace, ..Default::default() }
             }
-            LaunchStep::Chart { path, values, namespace, release } => {
-                LaunchStepFields { chart: Some(path), values, namespace, release, ..Default::default() }
-            }
+            LaunchStep::Chart { path, values, namespace, release } => LaunchStepFields {
+                chart: Some(path),
+                values: ValuesFiles::from_files(values),
+                namespace,
+                release,
+                ..Default::default()
+            },
             LaunchStep::Run { command } => LaunchStepFields { run: Some(command), ..Default::default() },
         }
     }
@@ -151,7 +186,7 @@ impl LaunchStep {
         match self {
             LaunchStep::Manifests { path, .. } => vec![path],
             LaunchStep::Chart { path, values, .. } => {
-                [Some(path.as_str()), values.as_deref()].into_iter().flatten().collect()
+                std::iter::once(path.as_str()).chain(values.iter().map(String::as_str)).collect()
             }
             LaunchStep::Run { .. } => Vec::new(),
         }
@@ -163,7 +198,8 @@ impl LaunchStep {
         match self {
             LaunchStep::Manifests { path, namespace } => format!("manifests {path}{}", ns(namespace)),
             LaunchStep::Chart { path, values, namespace, .. } => {
-                let values = values.as_deref().map(|v| format!(" with values {v}")).unwrap_or_default();
+                let values =
+                    if values.is_empty() { String::new() } else { format!(" with values {}", values.join(", ")) };
                 format!("chart {path}{values}{}", ns(namespace))
             }
             LaunchStep::Run { command } => format!("run {command}"),
@@ -282,6 +318,7 @@ mod tests {
             json!({"chart": "bundle/charts/app", "values": "bundle/charts/values.yaml", "namespace": "apps"}),
             json!({"manifests": "bundle/manifests/sub", "namespace": "web"}),
             json!({"chart": "bundle/charts/app", "release": "shop"}),
+            json!({"chart": "bundle/charts/app", "values": ["bundle/base.yaml", "bundle/site.yaml"]}),
         ] {
             let s = step(v.clone()).unwrap();
             assert_eq!(serde_json::to_value(&s).unwrap(), v);

@@ -1,6 +1,6 @@
 //! `spec.launch`: the bundle's launch steps, the apps applied once the control plane is up. Each
-//! step is exactly one of `{manifests: PATH, namespace: NS}`, `{chart: PATH, values: PATH,
-//! namespace: NS, release: NAME}` or `{run: COMMAND}`. Paths are relative to the spec's directory and must lie
+//! step is exactly one of `{manifests: PATH, namespace: NS}`, `{chart: PATH, values: PATH or
+//! [PATH, …], namespace: NS, release: NAME}` or `{run: COMMAND}`. Paths are relative to the spec's directory and must lie
 //! inside what the bundle carries (manifests inside `spec.manifests`, charts inside `spec.charts`,
 //! values files inside either). [`resolve`] checks all that and maps every path onto the payload
 //! entry path the builder gives it (`bundle/<path>`), which is what the installer's runner
@@ -11,7 +11,7 @@
 //! check its launch steps when it loads without this module depending on it.
 
 use crate::paths::PathError;
-use ferry_core::launch::{LaunchStep, LaunchStepFields, StepError};
+use ferry_core::launch::{LaunchStep, LaunchStepFields, StepError, ValuesFiles};
 use std::path::{Path, PathBuf};
 
 /// What resolving the steps needs from the loaded spec.
@@ -134,11 +134,15 @@ pub fn resolve(bundle: &impl SpecPaths) -> Result<Vec<LaunchStep>, LaunchError> 
         let mapped = LaunchStepFields {
             manifests: s.manifests.as_deref().map(|p| map("manifests", p, &manifests, "spec.manifests")).transpose()?,
             chart: s.chart.as_deref().map(|p| map("chart", p, &charts, "spec.charts")).transpose()?,
-            values: s
-                .values
-                .as_deref()
-                .map(|p| map("values", p, &both, "spec.manifests or spec.charts"))
-                .transpose()?,
+            values: match &s.values {
+                Some(v) => ValuesFiles::from_files(
+                    v.files()
+                        .into_iter()
+                        .map(|p| map("values", p, &both, "spec.manifests or spec.charts"))
+                        .collect::<Result<_, _>>()?,
+                ),
+                None => None,
+            },
             namespace: s.namespace.clone(),
             release: s.release.clone(),
             run: s.run.clone(),
@@ -307,6 +311,15 @@ mod tests {
         );
         let e = err("    - chart: manifests/sub\n");
         assert!(e.contains("spec.launch[0].chart `manifests/sub` is not carried") && e.contains("spec.charts"), "{e}");
+        let (_d, b) =
+            load("    - {chart: charts/app, values: [charts/values.yaml, manifests/a.yaml], release: app-1}\n");
+        let steps = resolve(&b.unwrap()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&steps[0]).unwrap(),
+            serde_json::json!({"chart": "bundle/charts/app", "values": ["bundle/charts/values.yaml", "bundle/manifests/a.yaml"], "release": "app-1"})
+        );
+        let e = err("    - {chart: charts/app, values: [charts/values.yaml, other/c.yaml]}\n");
+        assert!(e.contains("spec.launch[0].values `other/c.yaml` is not carried"), "{e}");
         let e = err("    - {chart: charts/app, values: other/c.yaml}\n");
         assert!(e.contains("spec.launch[0].values `other/c.yaml` is not carried"), "{e}");
         let e = err("    - manifests: ../outside.yaml\n");

@@ -30,7 +30,7 @@ impl Command for Step {
             }
             Step::Chart { path, values, .. } => {
                 let name = self.release().unwrap_or_else(|| Self::release_name(path));
-                let values = values.as_deref().map(|v| format!(" -f {}", quote(v))).unwrap_or_default();
+                let values: String = values.iter().map(|v| format!(" -f {}", quote(v))).collect();
                 format!(
                     "cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install {} {}{ns} --create-namespace{values} 2>&1",
                     quote(&name),
@@ -138,11 +138,13 @@ mod tests {
                 "cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install my-app bundle/charts/my_App/ --create-namespace 2>&1"
             )
         );
-        let named = step(serde_json::json!({"chart": "bundle/charts/web", "release": "shop", "namespace": "store"}));
+        let named = step(
+            serde_json::json!({"chart": "bundle/charts/web", "release": "shop", "namespace": "store", "values": ["bundle/a.yaml", "bundle/b.yaml"]}),
+        );
         assert_eq!(
             named.command(),
             format!(
-                "cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install shop bundle/charts/web --namespace store --create-namespace 2>&1"
+                "cd {LAUNCH_DIR} && helm --kubeconfig {kc} upgrade --install shop bundle/charts/web --namespace store --create-namespace -f bundle/a.yaml -f bundle/b.yaml 2>&1"
             ),
             "the release the packer rendered the chart as"
         );

@@ -248,12 +248,17 @@ fn charts_rendered_by_the_real_helm_give_exact_references() {
 
     // The same chart packaged (`helm package`) renders the same.
     ok(Command::new(helm()).arg("package").arg(b.join("charts/web")).arg("-d").arg(b.join("packaged")));
+    // Several values files are laid over each other in order, as repeated `helm -f`.
+    write(&b, &[("charts/values-cache.yaml", "cache: {image: {tag: \"7.6\"}}\n")]);
     let packaged = write_spec(
         &b,
-        "  charts: [{path: packaged}, {path: charts/values-site.yaml}]\n  launch:\n    - {chart: packaged/web-0.3.0.tgz, values: charts/values-site.yaml, namespace: store}\n",
+        "  charts: [{path: packaged}, {path: charts/values-site.yaml}, {path: charts/values-cache.yaml}]\n  launch:\n    - {chart: packaged/web-0.3.0.tgz, values: [charts/values-site.yaml, charts/values-cache.yaml], namespace: store}\n",
     );
     let json = json_stdout(ferry_cmd(dir.path()).arg("images").arg("--json").arg("--helm").arg(helm()).arg(&packaged));
-    assert_eq!(sections(&json).0, want, "{json:#}");
+    let mut want_packaged = want.clone();
+    want_packaged.remove("docker.io/library/redis:7.4");
+    want_packaged.insert("docker.io/library/redis:7.6".to_string());
+    assert_eq!(sections(&json).0, want_packaged, "{json:#}");
     assert_eq!(entry(&json, "quay.io/acme/agent:1.4.2")["origins"][0]["release"], "web");
 }
 
@@ -396,6 +401,7 @@ fn the_installer_carries_rendered_charts_images_and_kustomized_manifests() {
     let src = layout.src("app");
     for name in [
         "acme/web:v1.4.2",
+        "acme/web:1.4.2",
         "acme/proxy:pinned",
         "acme/agent:1.4.2",
         "library/redis:7.4",
@@ -451,4 +457,16 @@ fn the_installer_carries_rendered_charts_images_and_kustomized_manifests() {
     );
     let inspected = ok(Command::new(release_bin("ferry")).arg("inspect").arg(&out));
     assert!(inspected.contains("docker.io/acme/worker:2.0") && inspected.contains("outside a pod spec"), "{inspected}");
+
+    // Built without helm on request, the installer says which images were only guessed.
+    let guessed = dir.path().join("guessed");
+    ok(build_cmd(&spec, &guessed).arg("--chart-images-from-values").env("FERRY_KUBECTL", kubectl()));
+    let meta = metadata(&guessed);
+    let web = meta["images"].as_array().unwrap().iter().find(|i| i["ref"] == "docker.io/acme/web:1.4.2").unwrap();
+    assert_eq!(web["guessed"], true, "{web:#}");
+    let inspected = ok(Command::new(release_bin("ferry")).arg("inspect").arg(&guessed));
+    assert!(
+        inspected.lines().any(|l| l.contains("docker.io/acme/web:1.4.2") && l.contains("guessed from chart values")),
+        "{inspected}"
+    );
 }

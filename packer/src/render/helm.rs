@@ -93,8 +93,8 @@ pub struct Release {
     pub name: String,
     /// The namespace.
     pub namespace: String,
-    /// The values file, on this machine and as the spec names it.
-    pub values: Option<(PathBuf, String)>,
+    /// The values files in order, on this machine and as the spec names them.
+    pub values: Vec<(PathBuf, String)>,
     /// The launch step that installs it (`spec.launch[2]`); `None` for a chart carried but
     /// installed by no step, rendered with its defaults.
     pub step: Option<String>,
@@ -108,7 +108,11 @@ impl Release {
             .as_deref()
             .map(|s| format!(" ({s})"))
             .unwrap_or_else(|| " (no launch step installs it; defaults)".into());
-        let values = self.values.as_ref().map(|(_, v)| format!(" with values {v}")).unwrap_or_default();
+        let values = if self.values.is_empty() {
+            String::new()
+        } else {
+            format!(" with values {}", self.values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(", "))
+        };
         format!("release {} in namespace {}{values}{step}", self.name, self.namespace)
     }
 }
@@ -186,16 +190,13 @@ pub fn releases(bundle: &Bundle, charts: &[Chart]) -> (Vec<Release>, Vec<String>
                 continue;
             }
         };
-        let values = match &step.values {
-            Some(v) => match bundle.resolve(&format!("{at}.values"), v) {
-                Ok(r) => Some((r, v.clone())),
-                Err(e) => {
-                    errors.push(ferry_core::printer::error_chain(&e));
-                    continue;
-                }
-            },
-            None => None,
-        };
+        let mut values = Vec::new();
+        for v in step.values.as_ref().map(|v| v.files()).unwrap_or_default() {
+            match bundle.resolve(&format!("{at}.values"), v) {
+                Ok(r) => values.push((r, v.to_string())),
+                Err(e) => errors.push(ferry_core::printer::error_chain(&e)),
+            }
+        }
         if let Some(k) = charts.iter().position(|c| c.real == real) {
             installed[k] = true;
         }
@@ -214,7 +215,7 @@ pub fn releases(bundle: &Bundle, charts: &[Chart]) -> (Vec<Release>, Vec<String>
                 chart: chart.clone(),
                 name: LaunchStep::release_name(&chart.shown),
                 namespace: "default".into(),
-                values: None,
+                values: Vec::new(),
                 step: None,
             });
         }
@@ -296,7 +297,7 @@ pub fn template(helm: &Helm, release: &Release, kube_version: &str) -> Result<St
         OsStr::new(kube_version),
         OsStr::new("--skip-tests"),
     ];
-    if let Some((real, _)) = &release.values {
+    for (real, _) in &release.values {
         args.push(OsStr::new("--values"));
         args.push(real.as_os_str());
     }

@@ -73,15 +73,21 @@ fn names(releases: &[Release]) -> String {
     format!("{} chart{} ({})", n, if n == 1 { "" } else { "s" }, charts.join(", "))
 }
 
-/// The operator's values file of a release, parsed.
+/// The operator's values files of a release, parsed and laid over each other in order.
 fn overrides(r: &Release) -> Result<Option<Value>, String> {
-    let Some((real, shown)) = &r.values else { return Ok(None) };
-    let text = std::fs::read_to_string(real).map_err(|e| format!("{shown}: cannot be read: {e}"))?;
-    match serde_saphyr::from_str::<Value>(&text) {
-        Ok(Value::Null) => Ok(None),
-        Ok(v) => Ok(Some(v)),
-        Err(e) => Err(format!("{shown}: not valid YAML: {e}")),
+    let mut merged: Option<Value> = None;
+    for (real, shown) in &r.values {
+        let text = std::fs::read_to_string(real).map_err(|e| format!("{shown}: cannot be read: {e}"))?;
+        match serde_saphyr::from_str::<Value>(&text) {
+            Ok(Value::Null) => {}
+            Ok(v) => match &mut merged {
+                Some(m) => chart_values::merge(m, &v),
+                None => merged = Some(v),
+            },
+            Err(e) => return Err(format!("{shown}: not valid YAML: {e}")),
+        }
     }
+    Ok(merged)
 }
 
 /// Renders `r` with helm and reads its images.
