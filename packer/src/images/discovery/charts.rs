@@ -90,18 +90,20 @@ fn overrides(r: &Release) -> Result<Option<Value>, String> {
     Ok(merged)
 }
 
+/// The chart of `r` and its operator's values.
+fn chart_and_values(r: &Release) -> Result<(ChartFiles, Option<Value>), String> {
+    let files = ChartFiles::load(&r.chart.real).map_err(|e| format!("chart {} cannot be read: {e}", r.chart.shown))?;
+    Ok((files, overrides(r)?))
+}
+
 /// Renders `r` with helm and reads its images.
 fn rendered(h: &Helm, r: &Release, kube_version: &str, out: &mut ChartImages) {
     let text = match helm::template(h, r, kube_version) {
         Ok(t) => t,
         Err(e) => return out.errors.push(e.to_string()),
     };
-    let files = match ChartFiles::load(&r.chart.real) {
-        Ok(f) => f,
-        Err(e) => return out.errors.push(format!("chart {} cannot be read: {e}", r.chart.shown)),
-    };
-    let values = match overrides(r) {
-        Ok(v) => v,
+    let (files, values) = match chart_and_values(r) {
+        Ok(both) => both,
         Err(e) => return out.errors.push(e),
     };
     let leaves = Leaves::of(&files, values.as_ref());
@@ -169,12 +171,8 @@ fn annotations(files: &ChartFiles, top: &str, used_subcharts: &[String], out: &m
 
 /// Guesses the images of `r` from its values.
 fn guessed(r: &Release, out: &mut ChartImages, warnings: &mut Vec<String>) {
-    let files = match ChartFiles::load(&r.chart.real) {
-        Ok(f) => f,
-        Err(e) => return out.errors.push(format!("chart {} cannot be read: {e}", r.chart.shown)),
-    };
-    let values = match overrides(r) {
-        Ok(v) => v,
+    let (files, values) = match chart_and_values(r) {
+        Ok(both) => both,
         Err(e) => return out.errors.push(e),
     };
     let g = chart_values::guess(&files, &r.chart.shown, values.as_ref());
