@@ -175,6 +175,22 @@ pub enum BuildError {
         /// Why.
         source: std::io::Error,
     },
+    /// A launch step names a file inside a kustomization, which is carried only rendered.
+    #[error(
+        "{}: {at} names {path}, inside the kustomization {dir}, which the installer carries rendered \
+         (as {dir}/{KUSTOMIZED_FILE}); name the kustomization's directory instead",
+        file.display()
+    )]
+    InsideKustomization {
+        /// The spec file.
+        file: PathBuf,
+        /// `spec.launch[N]`.
+        at: String,
+        /// The payload path the step names.
+        path: String,
+        /// The kustomization's payload path.
+        dir: String,
+    },
     /// Two sources for one payload path.
     #[error("{key} is provided twice: by {first} and by {second}")]
     Twice {
@@ -255,6 +271,7 @@ fn build(args: &BuildArgs, printer: &Printer) -> Result<(), BuildError> {
     let bundle = Bundle::load(args.spec_path())?;
     let launch = crate::launch::resolve(&bundle)?;
     let key = args.key.as_deref().map(|path| load_secret_key(path, printer)).transpose()?;
+    check_launch_paths(&bundle, &launch)?;
     let mut plan = plan(&bundle)?;
     let output_dir = output_dir(&args.output)?;
     let image_opts = crate::images::Options {
@@ -406,6 +423,38 @@ pub fn plan(bundle: &Bundle) -> Result<Plan, BuildError> {
         add_path(&mut plan, &format!("files/{dest}"), &real, &field)?;
     }
     Ok(plan)
+}
+
+/// The payload paths of the `spec.manifests` directories that are kustomizations.
+fn kustomization_dirs(bundle: &Bundle) -> Result<Vec<String>, BuildError> {
+    let mut out = Vec::new();
+    for (i, item) in bundle.spec.spec.manifests.iter().enumerate() {
+        let real = bundle.resolve(&format!("spec.manifests[{i}].path"), &item.path)?;
+        if real.is_dir() && kustomize::kustomization_file(&real).is_some() {
+            let rel = real.strip_prefix(&bundle.dir).unwrap_or(&real).to_string_lossy().into_owned();
+            out.push(if rel.is_empty() { "bundle".to_string() } else { format!("bundle/{rel}") });
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses launch steps that name a file inside a kustomization (only its rendering is carried),
+/// before any image is downloaded.
+fn check_launch_paths(bundle: &Bundle, launch: &[ferry_core::launch::LaunchStep]) -> Result<(), BuildError> {
+    let dirs = kustomization_dirs(bundle)?;
+    for (i, step) in launch.iter().enumerate() {
+        for path in step.paths() {
+            if let Some(dir) = dirs.iter().find(|d| path.starts_with(&format!("{d}/"))) {
+                return Err(BuildError::InsideKustomization {
+                    file: bundle.file.clone(),
+                    at: format!("spec.launch[{i}]"),
+                    path: path.to_string(),
+                    dir: dir.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The file a rendered kustomization is carried as, inside its directory's payload path: a launch

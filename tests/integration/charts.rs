@@ -382,6 +382,17 @@ fn kustomize_overlays_are_rendered_and_remote_bases_refused() {
     assert!(err.contains("https://github.com/acme/deploy//base?ref=v1"), "{err}");
     assert!(err.contains("kustomize/overlays/remote/kustomization.yaml"), "{err}");
 
+    // A launch step cannot name a file of a kustomization: only its rendering is carried.
+    let inside = write_spec(
+        &b,
+        "  manifests: [{path: kustomize/overlays/prod}]\n  launch: [{manifests: kustomize/overlays/prod/kustomization.yaml}]\n",
+    );
+    let err = fails(build_cmd(&inside, &dir.path().join("installer")).env("FERRY_KUBECTL", kubectl()));
+    assert!(
+        err.contains("spec.launch[0] names bundle/kustomize/overlays/prod/kustomization.yaml, inside the kustomization bundle/kustomize/overlays/prod"),
+        "{err}"
+    );
+
     // A kustomization inside a plain manifests directory is not applied as a manifest.
     let nested = write_spec(&b, "  manifests: [{path: kustomize}]\n");
     let err = fails(ferry_cmd(dir.path()).env("FERRY_KUBECTL", kubectl()).arg("images").arg(&nested));
