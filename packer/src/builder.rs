@@ -354,6 +354,7 @@ fn report(
                 "signer": key.map(|k| k.public().fingerprint()),
                 "images": contract.images.len(),
                 "missingImages": contract.missing_images,
+                "guessedImages": contract.images.iter().filter(|i| i.guessed).map(|i| &i.reference).collect::<Vec<_>>(),
                 "seconds": secs,
             })
         );
@@ -366,6 +367,15 @@ fn report(
         summary.entries,
         units::bytes(summary.size)
     ));
+    let guessed: Vec<&str> = contract.images.iter().filter(|i| i.guessed).map(|i| i.reference.as_str()).collect();
+    if !guessed.is_empty() {
+        printer.warn(format!(
+            "{} image{} guessed from chart values, not rendered: {}",
+            guessed.len(),
+            if guessed.len() == 1 { " was" } else { "s were" },
+            guessed.join(", ")
+        ));
+    }
     match key {
         Some(k) => printer.out(format!("signed by {}", k.public().fingerprint())),
         None => printer.warn(format!("{} is UNSIGNED; `verify` will say so loudly", args.output.display())),
