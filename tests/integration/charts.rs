@@ -471,7 +471,8 @@ fn the_installer_carries_rendered_charts_images_and_kustomized_manifests() {
 
     // Built without helm on request, the installer says which images were only guessed.
     let guessed = dir.path().join("guessed");
-    ok(build_cmd(&spec, &guessed).arg("--chart-images-from-values").env("FERRY_KUBECTL", kubectl()));
+    let log = ok(build_cmd(&spec, &guessed).arg("--chart-images-from-values").env("FERRY_KUBECTL", kubectl()));
+    assert!(log.contains("4 images were guessed from chart values, not rendered: docker.io/acme/proxy@"), "{log}");
     let meta = metadata(&guessed);
     let web = meta["images"].as_array().unwrap().iter().find(|i| i["ref"] == "docker.io/acme/web:1.4.2").unwrap();
     assert_eq!(web["guessed"], true, "{web:#}");
