@@ -482,3 +482,40 @@ fn the_installer_carries_rendered_charts_images_and_kustomized_manifests() {
         "{inspected}"
     );
 }
+
+/// Compares `text` with `tests/golden/images/NAME`; `FERRY_UPDATE_GOLDEN=1` rewrites the file.
+fn golden(name: &str, text: &str) {
+    let path = workspace_root().join("tests/golden/images").join(name);
+    if std::env::var_os("FERRY_UPDATE_GOLDEN").is_some() {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, text).unwrap();
+    }
+    let want = fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (FERRY_UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(text, want, "{} differs; review, then FERRY_UPDATE_GOLDEN=1", path.display());
+}
+
+#[test]
+fn the_listing_reads_the_same_as_its_golden_files() {
+    let dir = scratch();
+    let b = dir.path().join("bundle");
+    write_web_chart(&b, PINNED);
+    write(
+        &b,
+        &[(
+            "manifests/op.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: op}\nspec:\n  selector: {matchLabels: {app: op}}\n  template:\n    metadata: {labels: {app: op}}\n    spec:\n      containers:\n        - name: op\n          image: quay.io/acme/operator:1.4\n          args: [--config-reloader-image=quay.io/acme/reloader:0.9]\n",
+        )],
+    );
+    let spec = write_spec(&b, &format!("  manifests: [{{path: manifests}}]\n{WEB_SPEC}"));
+    let stdout = |c: &mut Command| {
+        let out = run(c);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let helm_path = helm().display().to_string();
+    let rendered = stdout(ferry_cmd(dir.path()).arg("images").arg("--helm").arg(helm()).arg(&spec));
+    golden("rendered.txt", &rendered.replace(&helm_path, "HELM"));
+    let guessed = stdout(ferry_cmd(dir.path()).arg("images").arg("--chart-images-from-values").arg(&spec));
+    golden("guessed.txt", &guessed);
+}
