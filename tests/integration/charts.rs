@@ -269,7 +269,7 @@ fn the_bundles_own_helm_renders_and_a_missing_dependency_names_helm_dependency_b
     write_web_chart(&b, PINNED);
     // The bundle's rootfs carries the helm the installer will run: it renders, with no --helm.
     fs::create_dir_all(b.join("rootfs/usr/bin")).unwrap();
-    fs::copy(helm(), b.join("rootfs/usr/bin/helm")).unwrap();
+    copy_program(&helm(), &b.join("rootfs/usr/bin/helm"));
     let spec = write_spec(&b, &format!("  rootfs: [{{path: rootfs}}]\n{WEB_SPEC}"));
     let mut cmd = ferry_cmd(dir.path());
     cmd.env_remove("FERRY_HELM").env("PATH", "/usr/bin:/bin");
