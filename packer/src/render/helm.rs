@@ -239,14 +239,6 @@ pub enum RenderError {
         /// `name (from REPOSITORY)`.
         missing: Vec<String>,
     },
-    /// The chart cannot be read.
-    #[error("chart {chart} cannot be read: {cause}")]
-    Unreadable {
-        /// The chart.
-        chart: String,
-        /// Why.
-        cause: String,
-    },
     /// helm failed.
     #[error("chart {chart} does not render ({release}): `helm template` {why}")]
     Helm {
@@ -269,13 +261,11 @@ pub enum RenderError {
     },
 }
 
-/// Renders `release` with `helm template`, after checking that the chart carries every
+/// Renders `release` (whose chart's files are `files`) with `helm template`, after checking that the chart carries every
 /// dependency it declares (helm would otherwise fail, or a later `helm dependency build`
 /// would reach for the network on the site).
-pub fn template(helm: &Helm, release: &Release, kube_version: &str) -> Result<String, RenderError> {
+pub fn template(helm: &Helm, release: &Release, files: &ChartFiles, kube_version: &str) -> Result<String, RenderError> {
     let chart = release.chart.shown.clone();
-    let files = ChartFiles::load(&release.chart.real)
-        .map_err(|e| RenderError::Unreadable { chart: chart.clone(), cause: e.to_string() })?;
     let missing: Vec<String> = files
         .missing_dependencies()
         .into_iter()

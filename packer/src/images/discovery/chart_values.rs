@@ -221,9 +221,11 @@ impl Leaves {
         let mut leaves = Vec::new();
         collect_leaves(&values, "", &mut leaves);
         let mut app_versions = Vec::new();
-        let name = files.meta().ok().and_then(|m| m.get("name").and_then(Value::as_str).map(String::from));
-        if let Some(a) = files.meta().ok().and_then(|m| m.get("appVersion").and_then(scalar_string)) {
-            app_versions.push((name.unwrap_or_default(), a));
+        if let Ok(meta) = files.meta()
+            && let Some(a) = meta.get("appVersion").and_then(scalar_string)
+        {
+            let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+            app_versions.push((name.to_string(), a));
         }
         for (sub, f) in files.subcharts() {
             if let Ok(f) = f {

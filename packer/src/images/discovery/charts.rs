@@ -98,13 +98,13 @@ fn chart_and_values(r: &Release) -> Result<(ChartFiles, Option<Value>), String> 
 
 /// Renders `r` with helm and reads its images.
 fn rendered(h: &Helm, r: &Release, kube_version: &str, out: &mut ChartImages) {
-    let text = match helm::template(h, r, kube_version) {
-        Ok(t) => t,
-        Err(e) => return out.errors.push(e.to_string()),
-    };
     let (files, values) = match chart_and_values(r) {
         Ok(both) => both,
         Err(e) => return out.errors.push(e),
+    };
+    let text = match helm::template(h, r, &files, kube_version) {
+        Ok(t) => t,
+        Err(e) => return out.errors.push(e.to_string()),
     };
     let leaves = Leaves::of(&files, values.as_ref());
     let top = files.name().unwrap_or_else(|| r.chart.shown.clone());
