@@ -54,6 +54,11 @@ pub enum Command {
     /// Add nodes to a running cluster: --workers IP,… and/or --masters IP,… (the existing
     /// cluster is found with --master IP or the local state).
     Join(Box<ClusterCommandArgs>),
+    /// Upgrade the cluster to this installer's release, node by node with the apps kept
+    /// serving: preflight (versions, health, images), the installer staged on every node, an
+    /// etcd snapshot, masters one at a time, workers in batches (cordon, drain, kubeadm upgrade,
+    /// kubelet, Ready, uncordon). Run it again after any failure to continue.
+    Upgrade(Box<UpgradeArgs>),
     /// Node-side commands `run` starts on each host over SSH (not for direct use).
     #[command(hide = true)]
     Agent(AgentArgs),
@@ -316,6 +321,25 @@ pub struct ClusterCommandArgs {
     /// Connection and output options, as for `run`.
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// Arguments of `upgrade`: where the cluster is, `run`'s connection options, and the pace.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Where the cluster is and how to reach it, as for `check`.
+    #[command(flatten)]
+    pub cluster: ClusterCommandArgs,
+    /// Workers upgraded at once (masters always go one at a time).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_unavailable: u64,
+    /// Seconds one node's drain may take before the upgrade stops (PodDisruptionBudgets are
+    /// respected, so a budget that allows no eviction holds the drain).
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    pub drain_timeout: u64,
+    /// Put a node whose upgrade did not finish back as it was (its old programs, kubelet
+    /// configuration and static pods), then stop.
+    #[arg(long, value_name = "HOST")]
+    pub revert_node: Option<String>,
 }
 
 /// `agent`: the node side of `run`, started by it over SSH. Every call first prints a hello

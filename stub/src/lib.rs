@@ -5,7 +5,7 @@
 //!
 //! Dependencies point one way (see docs/architecture.md): the binary's `main` → [`commands`]
 //! (the only place the whole command line is dispatched) → the work ([`run`], [`check`],
-//! [`reset`], [`agent`], [`registry`], [`lb`]) → what they share ([`cluster`], [`kube`], [`ssh`])
+//! [`reset`], [`upgrade`], [`agent`], [`registry`], [`lb`]) → what they share ([`cluster`], [`kube`], [`ssh`])
 //! → [`node`] and [`protocol`] → `ferry_core`. This file declares the modules and re-exports, so
 //! any module may name what it re-exports.
 #![deny(missing_docs)]
@@ -26,6 +26,7 @@ pub mod registry;
 pub mod reset;
 pub mod run;
 pub mod ssh;
+pub mod upgrade;
 pub mod verify;
 
 use std::process::ExitCode;

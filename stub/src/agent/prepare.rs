@@ -332,6 +332,12 @@ pub fn prepare(plan: &Plan) -> Result<Report, PrepareError> {
     let mut report = Report::default();
     let root = &plan.root;
     let payload = crate::verify::open_payload(Path::new(crate::SELF_EXE))?;
+    if plan.containerd_only {
+        // containerd reads hosts.toml on each pull; config.toml waits for the node's own
+        // restart, so running containers are not disturbed here.
+        configure_containerd(plan, &payload, &mut report)?;
+        return Ok(report);
+    }
     install_bundle_trees(&payload, root, &mut report)?;
     let systemd = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
     if systemd {

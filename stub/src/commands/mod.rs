@@ -10,6 +10,7 @@ pub mod flags;
 pub mod join;
 pub mod reset;
 pub mod run;
+pub mod upgrade;
 
 use crate::cli::{self, Command, RegistryCommand};
 use crate::printer::Printer;
@@ -36,6 +37,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Reset(args) => reset::run(&args, quiet, no_progress),
         Command::Join(args) => join::run(*args, quiet, no_progress),
+        Command::Upgrade(args) => upgrade::run(*args, quiet, no_progress),
         Command::Agent(cmd) => crate::agent::main(&cmd),
         Command::Lb(args) => lb(&args),
     };

@@ -112,6 +112,10 @@ pub struct PreparePlan {
     /// The address the cluster knows this host by.
     #[serde(default)]
     pub node_ip: Option<String>,
+    /// Only containerd's registry configuration (hosts.toml, config.toml), nothing else and no
+    /// restart: an upgrade re-points the mirrors of nodes it has not reached yet.
+    #[serde(default)]
+    pub containerd_only: bool,
 }
 
 fn slash() -> PathBuf {
@@ -171,6 +175,7 @@ mod tests {
             root: "/".into(),
             service_subnet: Some("10.96.0.0/12".into()),
             node_ip: None,
+            containerd_only: true,
         });
         round_trip(&PrepareReport { changed: vec!["/etc/hosts".into()], warnings: vec!["w".into()] });
     }

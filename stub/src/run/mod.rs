@@ -212,6 +212,7 @@ pub fn prepare_plan(ctx: &Ctx, host: &Host) -> crate::agent::prepare::Plan {
                 .unwrap_or_else(|| crate::kube::config::DEFAULT_SERVICE_SUBNET.to_string()),
         ),
         node_ip: Some(host.ip.clone()),
+        containerd_only: false,
     }
 }
 

@@ -238,7 +238,7 @@ if [ -z "$(ls -A /var/lib/ferry 2>/dev/null)" ] && [ ! -e /etc/ferry ] && [ ! -e
 fi
 paths=$(cat)
 if command -v kubeadm >/dev/null 2>&1; then kubeadm reset -f >/tmp/ferry-reset.log 2>&1 || {{ echo "kubeadm reset -f failed:"; tail -n 5 /tmp/ferry-reset.log; exit 1; }}; fi
-for u in kubelet ferry-lb ferry-registry ferry-service-route{ctd}; do systemctl disable --now $u.service >/dev/null 2>&1; done
+for u in kubelet ferry-lb ferry-registry ferry-registry-previous ferry-service-route{ctd}; do systemctl disable --now $u.service >/dev/null 2>&1; done
 rm -rf /etc/cni/net.d /var/lib/cni /run/flannel
 if command -v iptables >/dev/null 2>&1; then for t in filter nat mangle raw; do iptables -t $t -F 2>/dev/null; iptables -t $t -X 2>/dev/null; done; fi
 command -v ipvsadm >/dev/null 2>&1 && ipvsadm --clear
@@ -246,7 +246,7 @@ for ip in $(ip -o link show 2>/dev/null | awk -F': ' '/ (cni0|flannel\.1|kube-ip
 echo "$paths" | while IFS= read -r f; do [ -n "$f" ] && rm -f "$f"; done
 # Unit drop-in directories the rootfs brought (kubelet.service.d) go once empty.
 echo "$paths" | while IFS= read -r f; do case "$f" in /etc/systemd/system/*.d/*) rmdir "${{f%/*}}" 2>/dev/null;; esac; done
-rm -f /etc/systemd/system/ferry-lb.service /etc/systemd/system/ferry-registry.service /etc/systemd/system/ferry-service-route.service /etc/modules-load.d/ferry.conf /etc/sysctl.d/99-ferry.conf
+rm -f /etc/systemd/system/ferry-lb.service /etc/systemd/system/ferry-registry.service /etc/systemd/system/ferry-registry-previous.service /etc/systemd/system/ferry-service-route.service /etc/modules-load.d/ferry.conf /etc/sysctl.d/99-ferry.conf
 rm -rf /etc/kubernetes /var/lib/kubelet /var/lib/etcd /root/.kube /etc/ferry /var/lib/ferry{ctd_dirs}
 if grep -q '^# BEGIN ferry$' /etc/hosts; then sed '/^# BEGIN ferry$/,/^# END ferry$/d' /etc/hosts > /tmp/ferry-hosts && cat /tmp/ferry-hosts > /etc/hosts; rm -f /tmp/ferry-hosts; fi
 systemctl daemon-reload
