@@ -18,6 +18,7 @@ const HASH: &str = "sha256:97fe9c8fcc81715b896710d2ce0d1fc3f3cfb64faec80d70240bf
 /// A cluster file's `spec.kubeadm` with a fragment for every document kind, as a site would write.
 const FRAGMENTS: &str = "clusterConfiguration:\n  apiServer:\n    certSANs: [api.site.example]\n    extraArgs:\n      - {name: audit-log-maxage, value: \"30\"}\n  controllerManager:\n    extraArgs: [{name: bind-address, value: 0.0.0.0}]\n  etcd:\n    local:\n      extraArgs: [{name: quota-backend-bytes, value: \"8589934592\"}]\n\
 kubeletConfiguration:\n  maxPods: 200\n  cgroupDriver: systemd\n  serializeImagePulls: false\n\
+kubeProxyConfiguration:\n  mode: iptables\n  conntrack: {maxPerCore: 0}\n\
 initConfiguration:\n  nodeRegistration:\n    kubeletExtraArgs: [{name: node-ip, value: 192.168.9.9}, {name: v, value: \"2\"}]\n    taints: []\n\
 joinConfiguration:\n  nodeRegistration:\n    ignorePreflightErrors: [Swap]\n";
 

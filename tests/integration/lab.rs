@@ -522,7 +522,9 @@ spec:
   kubeadm:
     kubeletConfiguration:
       evictionHard: {{nodefs.available: '0%', nodefs.inodesFree: '0%', imagefs.available: '0%'}}
-      imageGCHighThresholdPercent: 100",
+      imageGCHighThresholdPercent: 100
+    kubeProxyConfiguration:
+      conntrack: {{maxPerCore: 0}}",
             workers = (2..=NODES).map(|i| Host::Node(i).ip()).collect::<Vec<_>>().join(", ")
         )
     );

@@ -41,12 +41,13 @@
 //!     initConfiguration: {...}      # merged over InitConfiguration
 //!     clusterConfiguration: {...}   # merged over ClusterConfiguration
 //!     kubeletConfiguration: {...}   # merged over KubeletConfiguration
+//!     kubeProxyConfiguration: {...} # a KubeProxyConfiguration for kubeadm init (kube-proxy's defaults otherwise)
 //!     joinConfiguration: {...}      # merged over both JoinConfiguration variants
 //! ```
 //!
 //! Each fragment is checked against the v1beta4 fields (nested all the way for the kubeadm
-//! kinds; top-level field names for the KubeletConfiguration, whose nested structures are
-//! passed through). Fields ferry owns are refused with the reason (`kubernetesVersion`,
+//! kinds; top-level field names for the KubeletConfiguration and the KubeProxyConfiguration, whose
+//! nested structures are passed through). Fields ferry owns are refused with the reason (`kubernetesVersion`,
 //! `controlPlaneEndpoint`, `networking.podSubnet/serviceSubnet` — set in `spec.network`,
 //! `bootstrapTokens`, `certificateKey`, `localAPIEndpoint`, `discovery`, `controlPlane`,
 //! `apiVersion`, `kind`). Merge rules: maps merge key by key; lists of `{name: …}` items
@@ -114,9 +115,13 @@ pub enum FragmentError {
         /// `apiVersion` or `kind`.
         key: &'static str,
     },
-    /// A top-level field the KubeletConfiguration does not have.
-    #[error("spec.kubeadm.{name}.{key}: unknown KubeletConfiguration field ({KUBELET_API})")]
-    UnknownKubeletField {
+    /// A top-level field the KubeletConfiguration or KubeProxyConfiguration does not have.
+    #[error("spec.kubeadm.{name}.{key}: unknown {kind} field ({api})")]
+    UnknownComponentField {
+        /// The component's kind.
+        kind: &'static str,
+        /// Its API version.
+        api: &'static str,
         /// The fragment.
         name: &'static str,
         /// The field as written.
@@ -181,6 +186,8 @@ pub enum FragmentsParseError {
 pub const KUBEADM_API: &str = "kubeadm.k8s.io/v1beta4";
 /// The kubelet's config API group/version.
 pub const KUBELET_API: &str = "kubelet.config.k8s.io/v1beta1";
+/// The KubeProxyConfiguration API version kubeadm reads.
+pub const KUBE_PROXY_API: &str = "kubeproxy.config.k8s.io/v1alpha1";
 /// containerd's CRI socket.
 pub const CRI_SOCKET: &str = "unix:///run/containerd/containerd.sock";
 /// The apiserver's port on each master (kubeadm's default `bindPort`).
@@ -207,6 +214,10 @@ pub struct Fragments {
     /// Merged over the KubeletConfiguration.
     #[serde(default)]
     pub kubelet_configuration: Option<Value>,
+    /// kube-proxy's configuration, written for `kubeadm init` (kubeadm keeps it in the
+    /// kube-proxy ConfigMap, and upgrades keep it).
+    #[serde(default)]
+    pub kube_proxy_configuration: Option<Value>,
     /// Merged over both JoinConfiguration variants.
     #[serde(default)]
     pub join_configuration: Option<Value>,
@@ -436,7 +447,13 @@ pub fn init_config(c: &ClusterInputs, node: &Node, token: &str, certificate_key:
     merge_opt(&mut init, &c.fragments.init_configuration);
     merge_opt(&mut cluster, &c.fragments.cluster_configuration);
     merge_opt(&mut kubelet, &c.fragments.kubelet_configuration);
-    Ok(header(c, &format!("kubeadm init on {}", node.ip)) + &yaml::documents(&[init, cluster, kubelet]))
+    let mut docs = vec![init, cluster, kubelet];
+    if c.fragments.kube_proxy_configuration.is_some() {
+        let mut proxy = json!({"apiVersion": KUBE_PROXY_API, "kind": "KubeProxyConfiguration"});
+        merge_opt(&mut proxy, &c.fragments.kube_proxy_configuration);
+        docs.push(proxy);
+    }
+    Ok(header(c, &format!("kubeadm init on {}", node.ip)) + &yaml::documents(&docs))
 }
 
 /// The file for `kubeadm join --config FILE` on a worker or an additional master.
@@ -757,13 +774,57 @@ const OWNED: &[(&str, &str)] = &[
     ("joinConfiguration.controlPlane", "ferry sets it for masters from their address and the certificate key"),
 ];
 
+/// How a fragment is checked: all the way down, or its top-level field names only.
+enum Check {
+    Shape(&'static Shape),
+    TopLevel(&'static str, &'static str, &'static [&'static str]),
+}
+
+/// KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) top-level fields.
+const KUBE_PROXY_FIELDS: &[&str] = &[
+    "bindAddress",
+    "bindAddressHardFail",
+    "clientConnection",
+    "clusterCIDR",
+    "configSyncPeriod",
+    "conntrack",
+    "detectLocal",
+    "detectLocalMode",
+    "enableProfiling",
+    "featureGates",
+    "healthzBindAddress",
+    "hostnameOverride",
+    "iptables",
+    "ipvs",
+    "linux",
+    "logging",
+    "metricsBindAddress",
+    "mode",
+    "nftables",
+    "nodePortAddresses",
+    "oomScoreAdj",
+    "portRange",
+    "showHiddenMetricsForVersion",
+    "windows",
+    "winkernel",
+];
+
 /// Checks `spec.kubeadm` against the v1beta4 fields; the error names the full path.
 pub fn validate(f: &Fragments) -> Result<(), FragmentError> {
-    let parts: [(&str, &Option<Value>, Option<&Shape>); 4] = [
-        ("initConfiguration", &f.init_configuration, Some(&INIT)),
-        ("clusterConfiguration", &f.cluster_configuration, Some(&CLUSTER)),
-        ("kubeletConfiguration", &f.kubelet_configuration, None),
-        ("joinConfiguration", &f.join_configuration, Some(&JOIN)),
+    let parts: [(&str, &Option<Value>, Check); 5] = [
+        ("initConfiguration", &f.init_configuration, Check::Shape(&INIT)),
+        ("clusterConfiguration", &f.cluster_configuration, Check::Shape(&CLUSTER)),
+        (
+            "kubeletConfiguration",
+            &f.kubelet_configuration,
+            Check::TopLevel("KubeletConfiguration", KUBELET_API, KUBELET_FIELDS),
+        ),
+        (
+            "kubeProxyConfiguration",
+            &f.kube_proxy_configuration,
+            Check::TopLevel("KubeProxyConfiguration", KUBE_PROXY_API, KUBE_PROXY_FIELDS),
+        ),
+        ("joinConfiguration", &f.join_configuration, Check::Shape(&JOIN)),
     ];
     for (name, frag, shape) in parts {
         let Some(v) = frag else { continue };
@@ -776,11 +837,11 @@ pub fn validate(f: &Fragments) -> Result<(), FragmentError> {
             }
         }
         match shape {
-            Some(s) => walk(v, s, name)?,
-            None => {
+            Check::Shape(s) => walk(v, s, name)?,
+            Check::TopLevel(kind, api, fields) => {
                 for k in m.keys() {
-                    if !KUBELET_FIELDS.contains(&k.as_str()) {
-                        return Err(FragmentError::UnknownKubeletField { name, key: k.clone() });
+                    if !fields.contains(&k.as_str()) {
+                        return Err(FragmentError::UnknownComponentField { kind, api, name, key: k.clone() });
                     }
                 }
             }
@@ -927,6 +988,21 @@ mod tests {
         assert_eq!((d[2]["apiVersion"].as_str(), d[2]["cgroupDriver"].as_str()), (Some(KUBELET_API), Some("systemd")));
         assert!(d[2].get("failCgroupV1").is_none() && d[0]["nodeRegistration"].get("ignorePreflightErrors").is_none());
         assert!(text.contains("registry.k8s.io/pause:3.10.2\n"), "the pause image in the header:\n{text}");
+    }
+
+    #[test]
+    fn kube_proxy_configuration_is_a_fourth_document_when_given() {
+        let f = parse_fragments("kubeProxyConfiguration:\n  conntrack: {maxPerCore: 0}\n", "cluster.yaml").unwrap();
+        let text = init_config(&inputs("v1.36.3", f), &node("10.0.0.11"), TOKEN, KEY).unwrap();
+        let d = docs(&text);
+        assert_eq!(d.len(), 4);
+        assert_eq!(
+            (d[3]["apiVersion"].as_str(), d[3]["kind"].as_str()),
+            (Some(KUBE_PROXY_API), Some("KubeProxyConfiguration"))
+        );
+        assert_eq!(d[3]["conntrack"]["maxPerCore"], 0);
+        let e = parse_fragments("kubeProxyConfiguration:\n  conntrak: {}\n", "cluster.yaml").unwrap_err().to_string();
+        assert!(e.contains("spec.kubeadm.kubeProxyConfiguration.conntrak") && e.contains(KUBE_PROXY_API), "{e}");
     }
 
     #[test]

@@ -121,7 +121,15 @@ pub async fn upgrade<H: RemoteHost>(
         .enumerate()
         .filter_map(|(i, h)| facts.node_by_ip(&h.ip).map(|n| (i, n.clone())))
         .collect();
-    let plan = Plan { m0, from, target, nodes, staged: passed.staged.clone(), stage: stage_names };
+    let plan = Plan {
+        m0,
+        from,
+        target,
+        nodes,
+        staged: passed.staged.clone(),
+        stage: stage_names,
+        cgroup_v1_hosts: passed.cgroup_v1_hosts.clone(),
+    };
     let engine = Engine::new(ctx.clone(), passed.hosts, passed.states, opts.parallel);
     engine.add_time("preflight", connecting.elapsed());
     let result = phases(&engine, opts, up, plan, started).await;
@@ -137,6 +145,7 @@ struct Plan {
     nodes: BTreeMap<usize, survey::NodeFacts>,
     staged: Vec<Option<String>>,
     stage: Stage,
+    cgroup_v1_hosts: Vec<String>,
 }
 
 async fn phases<H: RemoteHost>(
@@ -164,6 +173,7 @@ async fn phases<H: RemoteHost>(
         m0: plan.m0,
         max_unavailable: up.max_unavailable,
         drain_timeout: up.drain_timeout,
+        cgroup_v1_hosts: plan.cgroup_v1_hosts,
         speaker: OnceLock::new(),
         seconds: Mutex::default(),
     });

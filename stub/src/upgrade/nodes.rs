@@ -38,6 +38,9 @@ pub struct Nodes<H> {
     pub drain_timeout: Duration,
     /// The session kubectl runs on (master0's).
     pub speaker: OnceLock<Arc<H>>,
+    /// The hosts preflight found on cgroup v1: kubeadm's SystemVerification refuses them unless
+    /// told otherwise, as `run` tells it.
+    pub cgroup_v1_hosts: Vec<String>,
     /// Seconds each node took.
     pub seconds: std::sync::Mutex<BTreeMap<String, f64>>,
 }
@@ -106,16 +109,20 @@ impl<H: RemoteHost> Phase<H> for Nodes<H> {
             for w in &report.warnings {
                 ctx.rep.event(&steps.ip, "upgrade", "warning", w, serde_json::json!({}));
             }
-            let kubeadm = if i == self.m0 {
-                format!("kubeadm upgrade apply {} --yes 2>&1", quote(&self.target))
+            let mut kubeadm = if i == self.m0 {
+                format!("kubeadm upgrade apply {} --yes", quote(&self.target))
             } else {
-                "kubeadm upgrade node 2>&1".to_string()
+                "kubeadm upgrade node".to_string()
             };
-            let fut = checked(h.as_ref(), &kubeadm, b"", "kubeadm upgrade");
+            if self.cgroup_v1_hosts.contains(&steps.ip) {
+                kubeadm.push_str(" --ignore-preflight-errors=SystemVerification");
+            }
+            let detached_cmd = detached(&kubeadm);
+            let fut = checked(h.as_ref(), &detached_cmd, b"", "kubeadm upgrade");
             let timed = async {
                 tokio::time::timeout(ctx.phase_timeout, fut).await.unwrap_or_else(|_| Err(anyhow!("timed out")))
             };
-            steps.run("kubeadm", &kubeadm.replace(" 2>&1", ""), timed).await?;
+            steps.run("kubeadm", &kubeadm, timed).await?;
             let restart = checked(
                 h.as_ref(),
                 "systemctl daemon-reload && systemctl restart kubelet.service",
@@ -184,10 +191,12 @@ async fn backup<H: RemoteHost>(ctx: &Ctx, h: &H) -> Result<()> {
 B={PREVIOUS_DIR}
 if [ "$(cat $B/for 2>/dev/null)" = "{id}" ]; then echo kept; exit 0; fi
 rm -rf $B.tmp; mkdir -p -m 700 $B.tmp/root
+# cp --parents keeps the path below the working directory: relative paths from /.
+cd /
 while IFS= read -r f; do
-  if [ -f "/$f" ] || [ -L "/$f" ]; then cp -a --parents "/$f" $B.tmp/root/; fi
+  if [ -f "$f" ] || [ -L "$f" ]; then cp -a --parents "$f" $B.tmp/root/; fi
 done
-for f in /etc/kubernetes/manifests /var/lib/kubelet/config.yaml /var/lib/kubelet/kubeadm-flags.env /etc/containerd /etc/systemd/system/kubelet.service.d; do
+for f in etc/kubernetes/manifests var/lib/kubelet/config.yaml var/lib/kubelet/kubeadm-flags.env etc/containerd etc/systemd/system/kubelet.service.d; do
   if [ -e "$f" ]; then cp -a --parents "$f" $B.tmp/root/; fi
 done
 echo "{id}" > $B.tmp/for
@@ -200,6 +209,17 @@ echo saved
     crate::run::put_file(h, &path, "0600", list.as_bytes()).await?;
     checked(h, &format!("bash -c {} < {path}", quote(&script)), b"", "keeping the old programs").await?;
     Ok(())
+}
+
+/// `cmd` run so that it finishes even when the operator's session ends half-way (its output goes
+/// to a log on the node, not to the session), and never twice at once: a resumed upgrade waits
+/// for a kubeadm a cut-off session left running, then runs it again, which kubeadm allows.
+fn detached(cmd: &str) -> String {
+    let log = format!("{FERRY_DIR}/kubeadm-upgrade.log");
+    format!(
+        "mkdir -p /run/ferry && exec 9>/run/ferry/kubeadm-upgrade.lock && flock -w 3600 9 && \
+         {{ {cmd} > {log} 2>&1; s=$?; tail -n 20 {log}; exit $s; }}"
+    )
 }
 
 /// Waits until Node `name` is Ready with its kubelet at `version`.

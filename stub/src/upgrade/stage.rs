@@ -53,13 +53,15 @@ fn keep_previous_script(ctx: &Ctx, new: &str) -> String {
         r#"set -e
 I={INSTALLER_PATH}; P={p}; U=/etc/systemd/system/{PREVIOUS_UNIT}
 if [ -f "$I" ] && [ "$(tail -c 128 "$I" | sha256sum | cut -d' ' -f1)" != "{new}" ]; then
-  ln -f "$I" "$P.tmp" && mv -f "$P.tmp" "$P"
+  if [ ! "$I" -ef "$P" ]; then rm -f "$P.tmp"; ln "$I" "$P.tmp"; mv -f "$P.tmp" "$P"; fi
 fi
 if [ ! -f "$P" ]; then echo none; exit 0; fi
 sed -e "s#^ExecStart=$I #ExecStart=$P #" -e "s# --file $I # --file $P #" -e "s#0.0.0.0:{port} #0.0.0.0:{pport} #" \
     -e 's#^Description=.*#Description=ferry built-in image registry: the previous release, during an upgrade#' \
     /etc/systemd/system/ferry-registry.service > "$U.tmp"
-grep -q "^ExecStart=$P .*--file $P .*0.0.0.0:{pport} " "$U.tmp" || {{ echo "the registry unit is not one ferry wrote" >&2; exit 1; }}
+for want in "^ExecStart=$P " " --file $P " " 0.0.0.0:{pport} "; do
+  grep -q -- "$want" "$U.tmp" || {{ echo "ferry-registry.service is not as ferry wrote it (no '$want' after the rewrite)" >&2; exit 1; }}
+done
 mv -f "$U.tmp" "$U"
 systemctl daemon-reload
 systemctl enable {PREVIOUS_UNIT} >/dev/null 2>&1
@@ -250,6 +252,14 @@ impl<H: RemoteHost> Phase<H> for Finish {
             let mut plan = prepare_plan(&ctx, host);
             plan.containerd_only = true;
             let report = crate::ssh::agent::prepare(h.as_ref(), INSTALLER_PATH, &plan).await?;
+            // Every node is on the new release: the kept programs can no longer be put back.
+            checked(
+                h.as_ref(),
+                &format!("rm -rf {} {FERRY_DIR}/backup-list", super::nodes::PREVIOUS_DIR),
+                b"",
+                "removing the kept programs",
+            )
+            .await?;
             if host.is(crate::cluster::Role::Registry) {
                 let cmd = format!(
                     "systemctl disable --now {PREVIOUS_UNIT} >/dev/null 2>&1; rm -f /etc/systemd/system/{PREVIOUS_UNIT} {p} {p}.tmp; systemctl daemon-reload",
