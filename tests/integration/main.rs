@@ -12,6 +12,7 @@ mod lock;
 mod real_bundle;
 mod real_cluster;
 mod real_kubelet;
+mod real_upgrade;
 mod registry;
 mod relay;
 mod run;

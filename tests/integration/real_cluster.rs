@@ -15,11 +15,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn lab() -> &'static Lab {
+pub(crate) fn lab() -> &'static Lab {
     Lab::shared(ferry_tests::lab::LAB_NODES, true)
 }
 
-const KUBECTL: &str = "kubectl --kubeconfig /etc/kubernetes/admin.conf";
+pub(crate) const KUBECTL: &str = "kubectl --kubeconfig /etc/kubernetes/admin.conf";
 
 fn installer(b: &RealInstaller, args: &[&str]) -> Output {
     let mut cmd = Command::new(&b.installer);
@@ -27,13 +27,13 @@ fn installer(b: &RealInstaller, args: &[&str]) -> Output {
     cmd.env_remove("SSH_AUTH_SOCK").stdin(Stdio::null()).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     ferry_tests::text(o)
 }
 
 /// A cluster file for the lab with `masters` and `workers` (node numbers); the first master is
 /// also the registry.
-fn cluster_file(lab: &Lab, dir: &Path, masters: &[usize], workers: &[usize]) -> String {
+pub(crate) fn cluster_file(lab: &Lab, dir: &Path, masters: &[usize], workers: &[usize]) -> String {
     let ip = |i: &usize| lab.ip(Host::Node(*i));
     let list = |v: &[usize]| v.iter().map(ip).collect::<Vec<_>>().join(", ");
     let mut hosts = format!("  hosts:\n    - {{ips: [{}], roles: [master]}}\n", list(masters));
@@ -62,7 +62,7 @@ fn cluster_file(lab: &Lab, dir: &Path, masters: &[usize], workers: &[usize]) -> 
 
 /// Leaves every lab node bare within a test (between two clusters): no cluster, no ferry, no
 /// Kubernetes programs, and none of their processes, mounts, links or rules.
-fn wipe(lab: &Lab) {
+pub(crate) fn wipe(lab: &Lab) {
     for i in 1..=lab.hosts() {
         lab.ssh_ok(
             Host::Node(i),
@@ -87,12 +87,12 @@ fn wipe(lab: &Lab) {
 /// The lab, exclusively ours, with fresh hosts now and again when dropped (passed or failed). A
 /// real cluster leaves processes, cgroups and mounts behind that no wipe removes reliably, and the
 /// other lab tests expect bare hosts; a fresh lab takes seconds.
-struct FreshLab {
+pub(crate) struct FreshLab {
     ex: Exclusive<'static>,
 }
 
 impl FreshLab {
-    fn take() -> FreshLab {
+    pub(crate) fn take() -> FreshLab {
         let ex = lab().exclusive();
         ex.down();
         ex.up();
@@ -120,18 +120,18 @@ impl Drop for FreshLab {
     }
 }
 
-fn kubectl(lab: &Lab, node: usize, args: &str) -> String {
+pub(crate) fn kubectl(lab: &Lab, node: usize, args: &str) -> String {
     lab.ssh_ok(Host::Node(node), &format!("{KUBECTL} {args}"))
 }
 
-fn json(s: &str) -> serde_json::Value {
+pub(crate) fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}):\n{s}"))
 }
 
 /// Polls `f` every 2 s until it returns `Some` or `limit` passes (then panics with `what` and the
 /// last thing `f` said). For states a cluster reaches in its own time (a node going NotReady takes
 /// the node controller's grace period), never for speed.
-fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+pub(crate) fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
     let t = Instant::now();
     loop {
         match f() {
@@ -143,7 +143,7 @@ fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T, S
 }
 
 /// Node name → Ready, from master `m`.
-fn nodes_ready(lab: &Lab, m: usize) -> Vec<(String, bool)> {
+pub(crate) fn nodes_ready(lab: &Lab, m: usize) -> Vec<(String, bool)> {
     let v = json(&kubectl(lab, m, "get nodes -o json"));
     v["items"]
         .as_array()

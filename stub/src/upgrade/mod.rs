@@ -66,7 +66,7 @@ pub async fn upgrade<H: RemoteHost>(
         problems.push(Problem { host: host.into(), severity: Severity::Error, check: check.into(), message })
     };
     let facts = match &connected[m0] {
-        Some(h) => match survey::read(h.as_ref()).await {
+        Some(h) => match survey::read(h.as_ref(), Duration::from_secs(120)).await {
             Ok(f) => Some(f),
             Err(e) => {
                 row(&m0_ip, "cluster", format!("cannot read the cluster through master0: {e:#}"));

@@ -96,7 +96,7 @@ impl<H: RemoteHost> Phase<H> for Nodes<H> {
                 self.drain_timeout.as_secs(),
                 n = quote(&node.name)
             );
-            steps.run("drain", "cordon and drain", checked(speaker.as_ref(), &drain, b"", "kubectl drain")).await.with_context(|| {
+            steps.run("drain", "cordon and drain", drained(speaker.as_ref(), &drain, &node.name)).await.with_context(|| {
                 format!("the node stays cordoned; once what blocks the drain is resolved, run the same command again, or put it back with --revert-node {}", ctx.cluster.hosts[i].ip)
             })?;
             steps.run("backup", "keeping the old programs", backup(&ctx, h.as_ref())).await?;
@@ -171,6 +171,29 @@ impl Steps<'_> {
         self.times.insert(step, (t.elapsed().as_secs_f64() * 100.0).round() / 100.0);
         r
     }
+}
+
+/// Runs the drain; a failure says what held it (the pods a PodDisruptionBudget protects, once
+/// each) before kubectl's last words.
+async fn drained<H: RemoteHost>(speaker: &H, cmd: &str, node: &str) -> Result<()> {
+    let out = speaker.run(cmd, b"").await?;
+    if out.ok() {
+        return Ok(());
+    }
+    let text = out.text();
+    let mut held: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("disruption budget"))
+        .filter_map(|l| l.split_once("evicting ").map(|(_, pod)| pod.split(" (").next().unwrap_or(pod)))
+        .collect();
+    held.sort_unstable();
+    held.dedup();
+    let why = if held.is_empty() {
+        String::new()
+    } else {
+        format!("a pod disruption budget allows no eviction of {}; ", held.join(", "))
+    };
+    bail!("kubectl drain {node} did not finish: {why}{}", out.tail(2))
 }
 
 /// Keeps what the new release replaces under [`PREVIOUS_DIR`], once per upgrade (marked with the

@@ -36,6 +36,8 @@ pub async fn revert<H: RemoteHost>(h: &H, speaker: &H, target: &Target<'_>) -> R
         r#"set -e
 B={PREVIOUS_DIR}
 [ -d $B/root ] || {{ echo "nothing was kept on this node: its upgrade had not begun changing it" >&2; exit 3; }}
+# A kubeadm that a cut-off upgrade left running finishes first.
+mkdir -p /run/ferry; exec 9>/run/ferry/kubeadm-upgrade.lock; flock -w 3600 9
 cp -a $B/root/. /
 systemctl daemon-reload
 systemctl restart containerd.service

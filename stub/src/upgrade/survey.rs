@@ -44,8 +44,20 @@ impl ClusterFacts {
     }
 }
 
-/// Reads the cluster through `master`.
-pub async fn read<H: RemoteHost>(master: &H) -> Result<ClusterFacts> {
+/// Reads the cluster through `master`, waiting up to `patience` for an API that is restarting
+/// (a resumed upgrade may find master0's apiserver being replaced).
+pub async fn read<H: RemoteHost>(master: &H, patience: std::time::Duration) -> Result<ClusterFacts> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match read_once(master).await {
+            Ok(f) => return Ok(f),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_secs(3)).await,
+        }
+    }
+}
+
+async fn read_once<H: RemoteHost>(master: &H) -> Result<ClusterFacts> {
     let config =
         kubectl(master, "-n kube-system get configmap kubeadm-config -o jsonpath={.data.ClusterConfiguration}")
             .await
