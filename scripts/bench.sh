@@ -2,7 +2,7 @@
 # Benchmarks, each a ratio measured side by side in one run against the baseline its issue names.
 # Prints one `name: value` line per figure. Absolute times on a shared VM are noise; ratios are not.
 #
-#   scripts/bench.sh [format|registry|run|relay|cluster|all]...   (default: all; `relay` takes ~25 min)
+#   scripts/bench.sh [format|registry|run|relay|cluster|upgrade|all]...   (default: all; `relay` takes ~25 min)
 #
 #   format    the file format: build/verify/extract against tar+zstd and sha256sum
 #   registry  the built-in registry (HTTPS with the pull credential) against docker-registry
@@ -12,6 +12,8 @@
 #   cluster   real Kubernetes (examples/cluster, built from Go modules) from `run` to a passing
 #             `check` on the lab, per phase: 1 master + 2 workers, `join` of a worker, 3 masters
 #             + 1 worker, and each node's peak memory, against the issue's goals (~5 min)
+#   upgrade   `installer upgrade` of real Kubernetes (v1.36.3 → v1.37.2) on 1 master + 2 workers:
+#             total, per phase and per node (~8 min)
 #
 # Scratch data goes to $FERRY_BENCH_DIR (default /var/tmp/ferry-bench), removed at the end.
 set -euo pipefail
@@ -91,13 +93,16 @@ case "$what" in
   relay) scripts/bench-relay.sh ;;
   # Real Kubernetes on 3-4 lab hosts, from `run` to a passing `check` (session lock as above).
   cluster) scripts/bench-cluster.sh ;;
+  # `installer upgrade` of real Kubernetes, 1 master + 2 workers, per phase and per node.
+  upgrade) scripts/bench-upgrade.sh ;;
   all)
     bench_format
     [[ ! -x scripts/bench-registry.sh ]] || scripts/bench-registry.sh
     [[ ! -x scripts/bench-run.sh ]] || scripts/bench-run.sh
     [[ ! -x scripts/bench-relay.sh ]] || scripts/bench-relay.sh
     [[ ! -x scripts/bench-cluster.sh ]] || scripts/bench-cluster.sh
+    [[ ! -x scripts/bench-upgrade.sh ]] || scripts/bench-upgrade.sh
     ;;
-  *) echo "usage: scripts/bench.sh [format|registry|run|relay|cluster|all]..." >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [format|registry|run|relay|cluster|upgrade|all]..." >&2; exit 2 ;;
 esac
 done

@@ -35,6 +35,9 @@ pub const CLUSTER_FILE: &str = "/etc/ferry/cluster.yaml";
 /// kubeadm's admin kubeconfig on masters.
 pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 
+/// kubectl as ferry runs it on a master: the admin kubeconfig, through the node-local LB.
+pub const ADMIN_KUBECTL: &str = "kubectl --kubeconfig /etc/kubernetes/admin.conf";
+
 /// ferry's directory on every node.
 pub const FERRY_DIR: &str = "/var/lib/ferry";
 /// The bootstrap agent (the bare program, no payload).

@@ -63,7 +63,7 @@ async fn revert_node(found: &Found, host: &str, args: &UpgradeArgs) -> Result<()
     let nodes = crate::upgrade::survey::parse_nodes(
         &crate::run::checked(
             speaker.as_ref(),
-            &format!("{} get nodes -o json", crate::upgrade::KUBECTL),
+            &format!("{} get nodes -o json", crate::node::ADMIN_KUBECTL),
             b"",
             "kubectl get nodes",
         )

@@ -232,7 +232,7 @@ pub async fn stream_chunks<W: AsyncWrite + Unpin>(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::agent::receive::{ReceiveOptions, receive};
     use crate::protocol::receive::MAGIC;
@@ -246,7 +246,7 @@ pub(super) mod tests {
 
     /// A test installer in `dir` (with its pretend program as `dir/stub`, 4 KiB chunks): a
     /// rootfs file of `tool_words` little-endian u32s and an image blob of its first `blob_bytes`.
-    pub(in crate::run) fn build_sized(dir: &Path, tool_words: u32, blob_bytes: usize) -> std::path::PathBuf {
+    pub(crate) fn build_sized(dir: &Path, tool_words: u32, blob_bytes: usize) -> std::path::PathBuf {
         let stub_bytes = b"\x7fELF pretend stub".to_vec();
         std::fs::write(dir.join("stub"), &stub_bytes).unwrap();
         let path = dir.join("installer");

@@ -19,6 +19,9 @@ pub mod stage;
 pub mod survey;
 pub mod versions;
 
+#[cfg(test)]
+mod tests;
+
 use crate::cluster::Role;
 use crate::node::INSTALLER_PATH;
 use crate::run::engine::{Engine, Step};
@@ -35,9 +38,6 @@ use anyhow::Result;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-/// kubectl as masters run it: the admin kubeconfig, through the node-local load balancer.
-pub const KUBECTL: &str = "kubectl --kubeconfig /etc/kubernetes/admin.conf";
 
 /// The upgrade's own choices, beside `run`'s.
 #[derive(Clone, Debug)]

@@ -9,8 +9,10 @@
 //! restarted when it changed), kubeadm, the kubelet restarted, the node Ready on the new version,
 //! uncordoned. Every step is idempotent, so a node cut off part-way is simply done again.
 
-use super::{KUBECTL, survey::NodeFacts};
+use super::stage::PREVIOUS_DIR;
+use super::survey::NodeFacts;
 use crate::cluster::Role;
+use crate::node::ADMIN_KUBECTL as KUBECTL;
 use crate::node::{FERRY_DIR, INSTALLER_PATH};
 use crate::run::engine::{BoxFuture, Decision, Engine, Outcome, Phase};
 use crate::run::records::{self, State};
@@ -20,9 +22,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-
-/// Where a node's previous programs and configuration are kept during an upgrade.
-pub const PREVIOUS_DIR: &str = "/var/lib/ferry/previous";
 
 /// How the nodes are upgraded.
 pub struct Nodes<H> {

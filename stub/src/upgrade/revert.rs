@@ -2,12 +2,12 @@
 //! was before the upgrade touched it.
 //!
 //! Owns the reversal of one node: the programs and configuration kept under
-//! [`super::nodes::PREVIOUS_DIR`] copied back, containerd and the kubelet restarted on them, the
+//! [`PREVIOUS_DIR`] copied back, containerd and the kubelet restarted on them, the
 //! node Ready and uncordoned. A node whose upgrade finished is refused: the cluster's control
 //! plane may already rely on it, and the way back from a finished upgrade is the etcd snapshot.
 
-use super::KUBECTL;
-use super::nodes::PREVIOUS_DIR;
+use super::stage::PREVIOUS_DIR;
+use crate::node::ADMIN_KUBECTL as KUBECTL;
 use crate::run::checked;
 use crate::ssh::{RemoteHost, quote};
 use anyhow::{Result, bail};

@@ -14,6 +14,9 @@ use crate::ssh::RemoteHost;
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 
+/// Where a node's previous programs and configuration are kept during an upgrade.
+pub const PREVIOUS_DIR: &str = "/var/lib/ferry/previous";
+
 /// The previous release's registry unit, on registry hosts during an upgrade.
 pub const PREVIOUS_UNIT: &str = "ferry-registry-previous.service";
 
@@ -255,7 +258,7 @@ impl<H: RemoteHost> Phase<H> for Finish {
             // Every node is on the new release: the kept programs can no longer be put back.
             checked(
                 h.as_ref(),
-                &format!("rm -rf {} {FERRY_DIR}/backup-list", super::nodes::PREVIOUS_DIR),
+                &format!("rm -rf {} {FERRY_DIR}/backup-list", PREVIOUS_DIR),
                 b"",
                 "removing the kept programs",
             )

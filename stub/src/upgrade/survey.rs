@@ -5,8 +5,8 @@
 //! file on a registry host) and turning them into preflight problems. The parsing is pure and
 //! unit-tested; nothing here changes the cluster.
 
-use super::KUBECTL;
 use super::versions::{self, Release, Step, Version};
+use crate::node::ADMIN_KUBECTL as KUBECTL;
 use crate::run::preflight::{Problem, Severity};
 use crate::ssh::RemoteHost;
 use anyhow::{Context, Result, anyhow};
