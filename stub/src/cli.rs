@@ -393,6 +393,15 @@ pub enum AgentCommand {
         #[arg(long)]
         allow_unsigned: bool,
     },
+    /// Wait until the Kubernetes API answers through this node's load balancer.
+    ApiReady {
+        /// The load balancer's port.
+        #[arg(long)]
+        port: u16,
+        /// Seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Pull an image through containerd and the mirror.
     CheckPull {
         /// Image reference.

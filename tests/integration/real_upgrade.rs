@@ -128,17 +128,33 @@ spec:
     );
     lab.ssh_ok(Host::Node(1), &format!("{KUBECTL} apply -f - <<'EOF'\n{manifest}EOF"));
     eventually(Duration::from_secs(180), "the client calls the web app", || {
-        let (ok, _) = client_counts(lab).ok_or("no count yet")?;
+        let (ok, _) = client_counts(lab)?;
         if ok >= 10 { Ok(()) } else { Err(format!("{ok} calls so far")) }
     });
 }
 
-/// The client's (successful, failed) calls so far.
-fn client_counts(lab: &Lab) -> Option<(u64, u64)> {
-    let out = lab.ssh(Host::Node(1), &format!("{KUBECTL} -n demo exec ds/client -- cat /tmp/count"));
+/// The client's (successful, failed) calls so far, or what kubectl said instead.
+fn client_counts(lab: &Lab) -> Result<(u64, u64), String> {
+    let out = lab.ssh(
+        Host::Node(1),
+        &format!(
+            "{KUBECTL} -n demo exec $({KUBECTL} -n demo get pods -l app=client -o name | head -n1) -- cat /tmp/count"
+        ),
+    );
     let t = String::from_utf8_lossy(&out.stdout).to_string();
     let mut it = t.split_whitespace().map(|n| n.parse::<u64>().ok());
-    Some((it.next()??, it.next()??))
+    match (it.next().flatten(), it.next().flatten()) {
+        (Some(ok), Some(failed)) => Ok((ok, failed)),
+        _ => {
+            let pods = lab.ssh(
+                Host::Node(1),
+                &format!(
+                    "{KUBECTL} -n demo get pods -o wide; {KUBECTL} -n demo describe pods -l app=client | tail -n 15"
+                ),
+            );
+            Err(format!("{}\n{}", text(&out), text(&pods)))
+        }
+    }
 }
 
 #[test]
@@ -193,7 +209,7 @@ fn upgrade_keeps_apps_serving_resumes_and_refuses() {
     assert_eq!(cluster_version(lab, 1), to);
     let out = installer(&r.new, &r.public_key, &["check", "-f", &file]);
     assert!(out.status.success(), "check:\n{}", text(&out));
-    let (ok, failed) = client_counts(lab).expect("the client's count");
+    let (ok, failed) = client_counts(lab).unwrap_or_else(|e| panic!("the client's count: {e}"));
     let log = lab.ssh(Host::Node(1), &format!("{KUBECTL} -n demo logs ds/client"));
     eprintln!(
         "upgrade: the client's calls to the web Service during the upgrade: {ok} answered, {failed} failed\n{}",

@@ -12,6 +12,7 @@
 //! command line into a [`Call`], and [`serve`] checks the operator's protocol version, greets
 //! with this agent's [`Hello`] and runs the call.
 
+pub mod api;
 pub mod hangup;
 pub mod kernel;
 #[cfg(test)]
@@ -388,6 +389,7 @@ pub fn call_of(cmd: &crate::cli::AgentCommand) -> Call {
         C::Record { cluster, phase, installer } => Call::Record { cluster, phase, installer },
         C::State { cluster } => Call::State { cluster },
         C::Lock { holder, force_unlock } => Call::Lock { holder, force_unlock },
+        C::ApiReady { port, timeout } => Call::ApiReady { port, timeout },
     }
 }
 
@@ -473,6 +475,7 @@ pub fn serve(
             Ok(record(&node.state_dir, &rec)?)
         }
         Call::State { cluster } => answer(output, &state(&node.state_dir, cluster)?),
+        Call::ApiReady { port, timeout } => Ok(api::ready(*port, *timeout)?),
         Call::Lock { holder, force_unlock } => Ok(lock::lock(holder, *force_unlock, &node.lock, input, output)?),
     }
 }

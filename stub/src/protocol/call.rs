@@ -78,6 +78,15 @@ pub enum Call {
         /// End whoever holds the lock and take it (`--force-unlock`).
         force_unlock: bool,
     },
+    /// Waits until the Kubernetes API answers `GET /readyz` through this node's load balancer
+    /// (`127.0.0.1:port`, the apiserver's certificate checked against the cluster CA in
+    /// `/etc/kubernetes/pki/ca.crt`), for at most `timeout` seconds. No answer line.
+    ApiReady {
+        /// The load balancer's port.
+        port: u16,
+        /// Seconds.
+        timeout: u64,
+    },
 }
 
 impl Call {
@@ -92,6 +101,7 @@ impl Call {
             Call::Record { .. } => "record",
             Call::State { .. } => "state",
             Call::Lock { .. } => "lock",
+            Call::ApiReady { .. } => "api-ready",
         }
     }
 
@@ -143,6 +153,10 @@ impl Call {
                 flag("installer", installer);
             }
             Call::State { cluster } => flag("cluster", cluster),
+            Call::ApiReady { port, timeout } => {
+                flag("port", &port.to_string());
+                flag("timeout", &timeout.to_string());
+            }
             Call::Lock { holder, force_unlock } => {
                 flag("holder-json", &serde_json::to_string(holder).unwrap_or_default());
                 if *force_unlock {
@@ -194,6 +208,7 @@ pub(crate) mod tests {
             Call::Record { cluster: "lab".into(), phase: "prepare".into(), installer: "ab12".into() },
             Call::State { cluster: "my lab".into() },
             Call::Lock { holder: crate::protocol::lock::tests::holder(), force_unlock: false },
+            Call::ApiReady { port: 6444, timeout: 120 },
             Call::Lock {
                 holder: crate::protocol::lock::Holder {
                     user: "it's me".into(),

@@ -74,6 +74,11 @@ pub async fn state<H: RemoteHost>(h: &H, program: &str, cluster: &str) -> Result
     ask(h, program, &Call::State { cluster: cluster.to_string() }, b"", "the agent's state").await
 }
 
+/// Waits until the API answers ready through the host's own load balancer on `port`.
+pub async fn api_ready<H: RemoteHost>(h: &H, program: &str, port: u16, timeout: u64) -> Result<()> {
+    call(h, program, &Call::ApiReady { port, timeout }, b"").await.map(|_| ())
+}
+
 /// Prepares the host by `plan` (`agent prepare`); its report.
 pub async fn prepare<H: RemoteHost>(h: &H, program: &str, plan: &PreparePlan) -> Result<PrepareReport> {
     let plan = serde_json::to_vec(plan).context("writing the prepare plan")?;

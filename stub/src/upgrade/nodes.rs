@@ -13,7 +13,7 @@ use super::stage::PREVIOUS_DIR;
 use super::survey::NodeFacts;
 use crate::cluster::Role;
 use crate::node::ADMIN_KUBECTL as KUBECTL;
-use crate::node::{FERRY_DIR, INSTALLER_PATH};
+use crate::node::{AGENT_PATH, FERRY_DIR, INSTALLER_PATH, LB_PORT};
 use crate::run::engine::{BoxFuture, Decision, Engine, Outcome, Phase};
 use crate::run::records::{self, State};
 use crate::run::{Ctx, checked};
@@ -73,7 +73,10 @@ impl<H: RemoteHost> Phase<H> for Nodes<H> {
             let mut masters: Vec<usize> = run.iter().copied().filter(|&i| hosts[i].is(Role::Master)).collect();
             // master0 applies the new version to the cluster before any other master follows.
             masters.sort_by_key(|&i| i != self.m0);
-            engine.one_by_one(self.clone(), masters).await?;
+            for m in masters {
+                engine.one_by_one(self.clone(), vec![m]).await?;
+                api_through_every_lb(engine).await?;
+            }
             let workers: Vec<usize> = run.into_iter().filter(|&i| !hosts[i].is(Role::Master)).collect();
             for batch in workers.chunks(self.max_unavailable.max(1)) {
                 engine.each(self.clone(), batch.to_vec(), batch.len()).await?;
@@ -134,9 +137,6 @@ impl<H: RemoteHost> Phase<H> for Nodes<H> {
             steps.run("ready", "waiting for the node to be Ready", ready).await?;
             let uncordon = format!("{KUBECTL} uncordon {} 2>&1", quote(&node.name));
             steps.run("uncordon", "uncordon", checked(speaker.as_ref(), &uncordon, b"", "kubectl uncordon")).await?;
-            if ctx.cluster.hosts[i].is(Role::Master) {
-                steps.run("api", "the API answers", api_answers(speaker.as_ref())).await?;
-            }
             let secs = started.elapsed().as_secs_f64();
             self.seconds.lock().unwrap_or_else(|e| e.into_inner()).insert(steps.ip.clone(), secs);
             Ok(Outcome::Done {
@@ -268,17 +268,14 @@ async fn wait_ready<H: RemoteHost>(speaker: &H, name: &str, version: &str, limit
     }
 }
 
-/// The API answers `/readyz` through the node-local load balancer of the speaking master.
-async fn api_answers<H: RemoteHost>(speaker: &H) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let out = speaker.run(&format!("{KUBECTL} get --raw /readyz 2>&1"), b"").await?;
-        if out.ok() && out.text().trim() == "ok" {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the API did not answer ready within 120 s: {}", out.tail(3));
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+/// After a master: the API answers `/readyz` through every node's own load balancer (each
+/// asked by its agent, the apiserver's certificate checked), so the next master goes down only
+/// while every node still reaches a live one.
+async fn api_through_every_lb<H: RemoteHost>(engine: &Engine<H>) -> Result<()> {
+    let results = crate::run::parallel(engine.hosts.len(), engine.parallel, |i| {
+        let h = engine.hosts[i].clone();
+        async move { crate::ssh::agent::api_ready(h.as_ref(), AGENT_PATH, LB_PORT, 120).await }
+    })
+    .await;
+    engine.check("upgrade", results)
 }

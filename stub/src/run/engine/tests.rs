@@ -118,7 +118,7 @@ impl World {
                 Ok(_) => agent_answer::<()>(None),
                 Err(e) => agent_failed(&format!("{e:#}")),
             },
-            Call::RegistryService { .. } | Call::CheckPull { .. } => agent_answer::<()>(None),
+            Call::RegistryService { .. } | Call::CheckPull { .. } | Call::ApiReady { .. } => agent_answer::<()>(None),
             Call::Receive { .. } => agent_failed("this test world streams no installer"),
             Call::Lock { .. } => agent_answer(Some(&match self.held_by.lock().unwrap().get(ip) {
                 Some(holder) => crate::protocol::lock::LockAnswer::Refused { holder: holder.clone() },
