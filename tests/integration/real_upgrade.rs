@@ -96,7 +96,8 @@ fn old_cluster(r: &Releases, file: &str) {
 }
 
 /// A PodDisruptionBudget over the web app (2 replicas) and a client DaemonSet on node1 (a
-/// master; drains leave DaemonSet pods alone) calling the web Service every 100 ms and counting.
+/// master; drains leave DaemonSet pods alone) calling the web Service every 100 ms and counting
+/// (`timeout`, not `wget -T`, which crashes the busybox built here).
 fn client_and_budget(lab: &Lab) {
     let ip = kubectl(lab, 1, "-n demo get service web -o jsonpath={.spec.clusterIP}");
     let manifest = format!(
@@ -123,7 +124,9 @@ spec:
           command:
             - sh
             - -c
-            - 'ok=0; fail=0; while :; do if wget -q -T 2 -O /dev/null http://{ip}/; then ok=$((ok+1)); else fail=$((fail+1)); echo "failed at $(date +%T)"; fi; echo "$ok $fail" > /tmp/count; sleep 0.1; done'
+            - 'ok=0; fail=0; while :; do if timeout 2 wget -q -O /dev/null http://{ip}/; then ok=$((ok+1)); else fail=$((fail+1)); echo "failed at $(date +%T)"; fi; echo "$ok $fail" > /tmp/count; sleep 0.1; done'
+          volumeMounts: [{{name: tmp, mountPath: /tmp}}]
+      volumes: [{{name: tmp, emptyDir: {{}}}}]
 "#
     );
     lab.ssh_ok(Host::Node(1), &format!("{KUBECTL} apply -f - <<'EOF'\n{manifest}EOF"));
