@@ -201,7 +201,13 @@ fn run_to_green_check_then_red_reset_and_run_again() {
     let init = lab.ssh_ok(Host::Node(1), "cat /etc/ferry/kubeadm/init.yaml");
     let docs = yaml_docs(&init);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap_or("")).collect();
-    assert_eq!(kinds, ["InitConfiguration", "ClusterConfiguration", "KubeletConfiguration"], "{init}");
+    // The lab's inventory gives kube-proxy its configuration (conntrack left alone).
+    assert_eq!(
+        kinds,
+        ["InitConfiguration", "ClusterConfiguration", "KubeletConfiguration", "KubeProxyConfiguration"],
+        "{init}"
+    );
+    assert_eq!(docs[3]["conntrack"]["maxPerCore"], 0, "{init}");
     let (ic, cc, kc) = (&docs[0], &docs[1], &docs[2]);
     assert_eq!(ic["apiVersion"], "kubeadm.k8s.io/v1beta4", "{init}");
     assert_eq!(cc["apiVersion"], "kubeadm.k8s.io/v1beta4", "{init}");

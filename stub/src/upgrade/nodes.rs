@@ -136,7 +136,7 @@ impl<H: RemoteHost> Phase<H> for Nodes<H> {
                 wait_ready(speaker.as_ref(), &node.name, &self.target, ctx.phase_timeout.min(Duration::from_secs(600)));
             steps.run("ready", "waiting for the node to be Ready", ready).await?;
             let uncordon = format!("{KUBECTL} uncordon {} 2>&1", quote(&node.name));
-            steps.run("uncordon", "uncordon", checked(speaker.as_ref(), &uncordon, b"", "kubectl uncordon")).await?;
+            steps.run("uncordon", "uncordon", patiently(speaker.as_ref(), &uncordon, "kubectl uncordon")).await?;
             let secs = started.elapsed().as_secs_f64();
             self.seconds.lock().unwrap_or_else(|e| e.into_inner()).insert(steps.ip.clone(), secs);
             Ok(Outcome::Done {
@@ -175,10 +175,19 @@ impl Steps<'_> {
 /// Runs the drain; a failure says what held it (the pods a PodDisruptionBudget protects, once
 /// each) before kubectl's last words.
 async fn drained<H: RemoteHost>(speaker: &H, cmd: &str, node: &str) -> Result<()> {
-    let out = speaker.run(cmd, b"").await?;
-    if out.ok() {
-        return Ok(());
-    }
+    // Right after a master's upgrade its apiserver may answer before its authorizer has caught
+    // up (403 for the admin) or not at all: such answers are waited out, a real refusal is not.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let out = loop {
+        let out = speaker.run(cmd, b"").await?;
+        if out.ok() {
+            return Ok(());
+        }
+        if !transient(&out.text()) || Instant::now() >= deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    };
     let text = out.text();
     let mut held: Vec<&str> = text
         .lines()
@@ -193,6 +202,29 @@ async fn drained<H: RemoteHost>(speaker: &H, cmd: &str, node: &str) -> Result<()
         format!("a pod disruption budget allows no eviction of {}; ", held.join(", "))
     };
     bail!("kubectl drain {node} did not finish: {why}{}", out.tail(2))
+}
+
+/// Whether kubectl's answer is one an apiserver gives while it (re)starts.
+fn transient(text: &str) -> bool {
+    ["Forbidden", "connection refused", "Unable to connect", "TLS handshake timeout", "the server is currently unable"]
+        .iter()
+        .any(|w| text.contains(w))
+        && !text.contains("disruption budget")
+}
+
+/// Runs `cmd` (kubectl on the speaking master), waiting out an apiserver that is (re)starting.
+async fn patiently<H: RemoteHost>(speaker: &H, cmd: &str, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = speaker.run(cmd, b"").await?;
+        if out.ok() {
+            return Ok(());
+        }
+        if !transient(&out.text()) || Instant::now() >= deadline {
+            bail!("{what} exited with status {}: {}", out.status, out.tail(4));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
 }
 
 /// Keeps what the new release replaces under [`PREVIOUS_DIR`], once per upgrade (marked with the
