@@ -245,7 +245,7 @@ fn upgrade_keeps_apps_serving_resumes_and_refuses() {
 
     // A node joined after the upgrade runs the new version.
     let ip4 = lab.ip(Host::Node(4));
-    let out = installer(&r.new, &r.public_key, &["join", "--master", &ip1, "--workers", &ip4]);
+    let out = installer(&r.new, &r.public_key, &["join", "-f", &file, "--workers", &ip4]);
     assert!(out.status.success(), "join after the upgrade:\n{}", text(&out));
     let joined = kubelets(lab, 1);
     assert!(joined.iter().any(|(n, v)| n == "node4" && *v == to), "{joined:?}");
