@@ -282,14 +282,11 @@ async fn wait_ready<H: RemoteHost>(speaker: &H, name: &str, version: &str, limit
     let cmd = format!("{KUBECTL} get node {} -o json", quote(name));
     loop {
         let last = match speaker.run(&cmd, b"").await {
-            Ok(out) if out.ok() => {
-                let wrapped = format!("{{\"items\":[{}]}}", out.text());
-                match super::survey::parse_nodes(&wrapped).ok().and_then(|n| n.into_iter().next()) {
-                    Some(n) if n.ready && n.kubelet == version => return Ok(()),
-                    Some(n) => format!("Ready={}, kubelet {}", n.ready, n.kubelet),
-                    None => "no Node".into(),
-                }
-            }
+            Ok(out) if out.ok() => match super::survey::parse_node(&out.text()) {
+                Some(n) if n.ready && n.kubelet == version => return Ok(()),
+                Some(n) => format!("Ready={}, kubelet {}", n.ready, n.kubelet),
+                None => "no Node".into(),
+            },
             Ok(out) => out.tail(2),
             Err(e) => format!("{e:#}"),
         };

@@ -56,9 +56,7 @@ cat $B/for
     let get = format!("{KUBECTL} get node {} -o json", quote(target.node));
     loop {
         let o = speaker.run(&get, b"").await?;
-        let wrapped = format!("{{\"items\":[{}]}}", o.text());
-        let ready = o.ok()
-            && super::survey::parse_nodes(&wrapped).ok().and_then(|n| n.into_iter().next()).is_some_and(|n| n.ready);
+        let ready = o.ok() && super::survey::parse_node(&o.text()).is_some_and(|n| n.ready);
         if ready {
             break;
         }
@@ -69,11 +67,6 @@ cat $B/for
     }
     checked(speaker, &format!("{KUBECTL} uncordon {} 2>&1", quote(target.node)), b"", "kubectl uncordon").await?;
     let version = speaker.run(&get, b"").await?;
-    let wrapped = format!("{{\"items\":[{}]}}", version.text());
-    let kubelet = super::survey::parse_nodes(&wrapped)
-        .ok()
-        .and_then(|n| n.into_iter().next())
-        .map(|n| n.kubelet)
-        .unwrap_or_default();
+    let kubelet = super::survey::parse_node(&version.text()).map(|n| n.kubelet).unwrap_or_default();
     Ok(kubelet)
 }

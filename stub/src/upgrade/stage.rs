@@ -270,7 +270,7 @@ impl<H: RemoteHost> Phase<H> for Finish {
                 );
                 checked(h.as_ref(), &cmd, b"", "stopping the previous release's registry").await?;
             }
-            let ca = ctx.registry_ca.as_ref().map(|ca| crate::protocol::access::digest_of(ca.cert_pem().as_bytes()));
+            let ca = crate::run::phases::prepare::ca_fingerprint(&ctx);
             let detail = serde_json::json!({"changed": report.changed, "warnings": report.warnings,
                 "registry_endpoints": plan.registry_endpoints, "registry_ca": ca});
             records::record_on(&ctx, h.as_ref(), host, "prepare", detail).await?;

@@ -112,6 +112,11 @@ pub fn parse_nodes(json: &str) -> Result<Vec<NodeFacts>> {
         .collect())
 }
 
+/// The Node of `kubectl get node NAME -o json`.
+pub fn parse_node(json: &str) -> Option<NodeFacts> {
+    parse_nodes(&format!("{{\"items\":[{json}]}}")).ok()?.into_iter().next()
+}
+
 /// The release an installer's `inspect --json` describes.
 pub fn parse_release(json: &str, id: &str) -> Option<Release> {
     let doc: serde_json::Value = serde_json::from_str(json).ok()?;

@@ -62,6 +62,6 @@ impl<H: RemoteHost> Phase<H> for Prepare {
 }
 
 /// Hex SHA-256 of the registry CA's certificate, as the prepare record keeps it.
-fn ca_fingerprint(ctx: &Ctx) -> Option<String> {
+pub fn ca_fingerprint(ctx: &Ctx) -> Option<String> {
     ctx.registry_ca.as_ref().map(|ca| crate::protocol::access::digest_of(ca.cert_pem().as_bytes()))
 }
