@@ -33,12 +33,21 @@ pub async fn revert<H: RemoteHost>(h: &H, speaker: &H, target: &Target<'_>) -> R
         );
     }
     let script = format!(
-        r#"set -e
+        r#"set -eo pipefail
 B={PREVIOUS_DIR}
 [ -d $B/root ] || {{ echo "nothing was kept on this node: its upgrade had not begun changing it" >&2; exit 3; }}
 # A kubeadm that a cut-off upgrade left running finishes first.
 mkdir -p /run/ferry; exec 9>/run/ferry/kubeadm-upgrade.lock; flock -w 3600 9
-cp -a $B/root/. /
+# Each file is copied beside its place and renamed over it: a running program (containerd) cannot
+# be overwritten in place, and a half-copied file is never seen. The copy's name starts with a
+# dot so that the kubelet, which reads every other file in its manifest directory, ignores it.
+cd $B/root
+find . ! -type d -print0 | while IFS= read -r -d '' f; do
+  d=/${{f#./}}; t=$(dirname "$d")/.$(basename "$d").ferry-revert
+  mkdir -p "$(dirname "$d")"
+  cp -a "$f" "$t" || exit 1
+  mv -f "$t" "$d" || exit 1
+done
 systemctl daemon-reload
 systemctl restart containerd.service
 systemctl restart kubelet.service
