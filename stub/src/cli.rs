@@ -83,6 +83,10 @@ pub struct LbArgs {
     /// Health-check interval, e.g. `2s` or `500ms` (overrides the file).
     #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
+    /// Check each apiserver with `GET /readyz` over TLS, its certificate checked against this CA
+    /// (the cluster's), not a TCP connect alone. Until the file exists the check is TCP only.
+    #[arg(long, value_name = "FILE")]
+    pub readyz_ca: Option<PathBuf>,
 }
 
 /// `registry` subcommands.

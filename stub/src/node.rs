@@ -34,6 +34,8 @@ pub const CLUSTER_FILE: &str = "/etc/ferry/cluster.yaml";
 
 /// kubeadm's admin kubeconfig on masters.
 pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+/// Where kubeadm leaves the cluster CA's certificate on every node.
+pub const CLUSTER_CA: &str = "/etc/kubernetes/pki/ca.crt";
 
 /// kubectl as ferry runs it on a master: the admin kubeconfig, through the node-local LB.
 pub const ADMIN_KUBECTL: &str = "kubectl --kubeconfig /etc/kubernetes/admin.conf";

@@ -5,11 +5,9 @@
 //! health endpoints are public in kubeadm's RBAC). An upgrade asks every node after each master,
 //! so a load balancer that lost its way is found before the next master goes down.
 
+use crate::node::CLUSTER_CA;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Where kubeadm leaves the cluster CA's certificate on every node.
-pub const CLUSTER_CA: &str = "/etc/kubernetes/pki/ca.crt";
 
 /// Why the API did not answer ready.
 #[derive(Debug, thiserror::Error)]

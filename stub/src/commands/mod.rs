@@ -51,5 +51,6 @@ fn lb(args: &cli::LbArgs) -> anyhow::Result<()> {
         listen: args.listen,
         backends: args.backends.clone(),
         interval: args.interval.clone(),
+        readyz_ca: args.readyz_ca.clone(),
     })
 }

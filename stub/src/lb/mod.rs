@@ -14,14 +14,17 @@
 //! Why port 6444 and not 6443: on masters the apiserver binds `0.0.0.0:6443` (kubeadm's default
 //! `bindPort`), so a loopback listener on 6443 would collide with it there.
 //!
-//! Health: every `interval` (default 2 s) each backend gets a TCP connect with a timeout of at
-//! most the interval. One failure takes it out, one success puts it back, so a dead master is out
-//! within one interval (plus the connect timeout when packets are dropped rather than refused).
-//! The check is TCP only: an HTTP `GET /readyz` needs TLS and a client the apiserver trusts,
-//! which the LB does not hold. A connection a client opens while a backend has just died but is
+//! Health ([`health`]): every `interval` (default 2 s) each backend gets a TCP connect with a
+//! timeout of at most the interval and, with `--readyz-ca` (as ferry's unit runs it), an
+//! anonymous `GET /readyz` over TLS checked against the cluster CA. One failure takes it out, one
+//! success puts it back, so a dead master is out within one interval (plus the connect timeout
+//! when packets are dropped rather than refused), and an apiserver that is starting or shutting
+//! down gets no new connections. A connection a client opens while a backend has just died but is
 //! not yet marked is not lost either: a failed connect marks the backend down at once and the
 //! next healthy backend is tried. New connections are spread round-robin over healthy backends;
 //! when none is healthy every backend is tried in turn (the checks may simply be behind).
+
+pub mod health;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -48,6 +51,8 @@ pub struct Options {
     pub backends: Vec<String>,
     /// Health-check interval, e.g. `2s` (overrides the file).
     pub interval: Option<String>,
+    /// The cluster CA: when given, health is `/readyz` over TLS, not a TCP connect alone.
+    pub readyz_ca: Option<PathBuf>,
 }
 
 /// `lb.yaml` as written by ferry (unknown fields are errors).
@@ -102,9 +107,11 @@ impl LbConfig {
     }
 }
 
-/// The text of `/etc/systemd/system/ferry-lb.service` running `installer` with `config`.
+/// The text of `/etc/systemd/system/ferry-lb.service` running `installer` with `config`, its
+/// health check `/readyz` trusting the cluster CA kubeadm leaves on every node.
 /// `Before=kubelet.service`: the kubelet's kubeconfig names the endpoint the LB serves.
 pub fn systemd_unit(installer: &str, config: &str) -> String {
+    let ca = crate::node::CLUSTER_CA;
     format!(
         "# Written by ferry: the node-local Kubernetes API load balancer.\n\
          [Unit]\n\
@@ -114,7 +121,7 @@ pub fn systemd_unit(installer: &str, config: &str) -> String {
          Before=kubelet.service\n\
          \n\
          [Service]\n\
-         ExecStart={installer} --no-progress lb --config {config}\n\
+         ExecStart={installer} --no-progress lb --config {config} --readyz-ca {ca}\n\
          ExecReload=/bin/kill -HUP $MAINPID\n\
          Restart=always\n\
          RestartSec=1\n\
@@ -204,6 +211,7 @@ struct Pool {
     backends: RwLock<Vec<Arc<Backend>>>,
     next: AtomicUsize,
     interval: Duration,
+    readyz: Option<health::Readyz>,
 }
 
 impl Pool {
@@ -241,16 +249,9 @@ fn mark(b: &Backend, healthy: bool, why: &str) {
     }
 }
 
-async fn probe(addr: &str, timeout: Duration) -> std::result::Result<(), String> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer to a TCP connect within {} ms", timeout.as_millis())),
-    }
-}
-
 /// Checks one backend every interval until it is removed.
-async fn checker(b: Arc<Backend>, interval: Duration) {
+async fn checker(pool: Arc<Pool>, b: Arc<Backend>) {
+    let interval = pool.interval;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -258,7 +259,7 @@ async fn checker(b: Arc<Backend>, interval: Duration) {
         if b.removed.load(Ordering::Relaxed) {
             return;
         }
-        match probe(&b.addr, connect_timeout(interval)).await {
+        match health::probe(&b.addr, connect_timeout(interval), pool.readyz.as_ref()).await {
             Ok(()) => mark(&b, true, ""),
             Err(e) => mark(&b, false, &e),
         }
@@ -292,10 +293,9 @@ async fn apply(pool: &Arc<Pool>, addrs: &[String]) {
     }
     // First verdict before the new ones are published, so no client waits on a dead one.
     let checks = fresh.iter().map(|b| {
-        let b = b.clone();
-        let t = connect_timeout(pool.interval);
+        let (b, pool) = (b.clone(), pool.clone());
         async move {
-            match probe(&b.addr, t).await {
+            match health::probe(&b.addr, connect_timeout(pool.interval), pool.readyz.as_ref()).await {
                 Ok(()) => mark(&b, true, ""),
                 Err(e) => eprintln!("ferry-lb: backend {} is down: {e}", b.addr),
             }
@@ -314,7 +314,7 @@ async fn apply(pool: &Arc<Pool>, addrs: &[String]) {
     }
     *pool.backends.write().unwrap_or_else(std::sync::PoisonError::into_inner) = next;
     for b in fresh {
-        tokio::spawn(checker(b, pool.interval));
+        tokio::spawn(checker(pool.clone(), b));
     }
 }
 
@@ -357,11 +357,16 @@ pub fn run(args: &Options) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the LB's runtime")?;
     rt.block_on(async move {
         let listener = TcpListener::bind(s.listen).await.with_context(|| format!("listening on {}", s.listen))?;
-        let pool = Arc::new(Pool { backends: RwLock::new(Vec::new()), next: AtomicUsize::new(0), interval: s.interval });
+        let readyz = args.readyz_ca.clone().map(health::Readyz::new);
+        let check = match &args.readyz_ca {
+            Some(ca) => format!("TCP connect and GET /readyz trusting {}", ca.display()),
+            None => "TCP connect".to_string(),
+        };
+        let pool = Arc::new(Pool { backends: RwLock::new(Vec::new()), next: AtomicUsize::new(0), interval: s.interval, readyz });
         apply(&pool, &s.backends).await;
         // Printed after the first checks, so a caller that waits for this line sees real state.
         eprintln!(
-            "ferry-lb: listening on {} for {} (health check: TCP connect every {} ms)",
+            "ferry-lb: listening on {} for {} (health check: {check} every {} ms)",
             listener.local_addr()?,
             s.backends.join(", "),
             s.interval.as_millis()
@@ -436,7 +441,7 @@ mod tests {
     #[test]
     fn unit_runs_the_installer_and_reloads_with_hup() {
         let u = systemd_unit("/var/lib/ferry/installer", DEFAULT_CONFIG);
-        assert!(u.contains("ExecStart=/var/lib/ferry/installer --no-progress lb --config /etc/ferry/lb.yaml\n"));
+        assert!(u.contains("ExecStart=/var/lib/ferry/installer --no-progress lb --config /etc/ferry/lb.yaml --readyz-ca /etc/kubernetes/pki/ca.crt\n"));
         assert!(u.contains("ExecReload=/bin/kill -HUP $MAINPID"));
         assert!(u.contains("Before=kubelet.service"));
     }
@@ -447,6 +452,7 @@ mod tests {
             backends: RwLock::new(vec![new_backend("a:1"), new_backend("b:1"), new_backend("c:1")]),
             next: AtomicUsize::new(0),
             interval: DEFAULT_INTERVAL,
+            readyz: None,
         };
         for b in pool.snapshot() {
             b.healthy.store(b.addr != "b:1", Ordering::Relaxed);
