@@ -164,6 +164,9 @@ async fn phases<H: RemoteHost>(
         Arc::new(stage::Mirrors),
         Arc::new(registry::Service::new(ctx)?),
         Arc::new(registry::Pull::new(ctx)?),
+        // The load balancers on the new agent before any master goes down: their health check
+        // (`/readyz`) keeps traffic off an apiserver that is restarting.
+        Arc::new(Lb),
         Arc::new(stage::Snapshot { m0: plan.m0, from: plan.from.clone() }),
     ];
     engine.run(&stage).await?;
