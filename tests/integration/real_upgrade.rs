@@ -7,6 +7,9 @@
 //!   operator killed during master0's `kubeadm upgrade apply` and the same command run again,
 //!   every node on the new version and `check` green, the client's failures counted; refusals
 //!   after (downgrade, an older build); `join` after the upgrade on the new version.
+//! - 3 masters + 1 worker: the API polled through every node's load balancer during the whole
+//!   upgrade; a drain held by a PodDisruptionBudget stops it with its cause; a worker cut off
+//!   part-way is put back with `--revert-node`; the same command then completes.
 
 use super::real_cluster::{FreshLab, KUBECTL, cluster_file, eventually, json, kubectl, lab, text};
 use ferry_tests::lab::{Host, Lab};
@@ -249,4 +252,112 @@ fn upgrade_keeps_apps_serving_resumes_and_refuses() {
     assert!(out.status.success(), "join after the upgrade:\n{}", text(&out));
     let joined = kubelets(lab, 1);
     assert!(joined.iter().any(|(n, v)| n == "node4" && *v == to), "{joined:?}");
+}
+
+/// Starts, on every node in `nodes`, a loop asking the API `/readyz` through the node's own load
+/// balancer every 0.5 s (with a copy of the admin kubeconfig, whose server is the LB).
+fn start_api_pollers(lab: &Lab, nodes: &[usize]) {
+    let conf = lab.ssh_ok(Host::Node(1), "cat /etc/kubernetes/admin.conf");
+    for &n in nodes {
+        lab.ssh_ok(Host::Node(n), &format!("umask 077; cat > /root/poll.conf <<'EOF'\n{conf}\nEOF"));
+        lab.ssh_ok(
+            Host::Node(n),
+            "nohup sh -c ': ferry-api-poll; while :; do if timeout 3 kubectl --kubeconfig /root/poll.conf get --raw /readyz >/dev/null 2>&1; then r=ok; else r=fail; fi; echo \"$(date +%s.%N) $r\"; sleep 0.5; done' >/root/api-poll.log 2>&1 </dev/null &",
+        );
+    }
+}
+
+/// Stops the pollers; per node: (answered, failed, longest run of failures in seconds).
+fn stop_api_pollers(lab: &Lab, nodes: &[usize]) -> Vec<(usize, u64, u64, f64)> {
+    nodes
+        .iter()
+        .map(|&n| {
+            // The bracket keeps the pattern from matching this command's own shell.
+            lab.ssh_ok(Host::Node(n), "pkill -f 'ferry-api-pol[l]'; true");
+            let log = lab.ssh_ok(Host::Node(n), "cat /root/api-poll.log");
+            let (mut ok, mut failed, mut longest, mut since) = (0, 0, 0.0f64, None::<f64>);
+            for l in log.lines() {
+                let mut w = l.split_whitespace();
+                let (Some(t), Some(r)) = (w.next().and_then(|t| t.parse::<f64>().ok()), w.next()) else { continue };
+                if r == "ok" {
+                    ok += 1;
+                    if let Some(s) = since.take() {
+                        longest = longest.max(t - s);
+                    }
+                } else {
+                    failed += 1;
+                    since.get_or_insert(t);
+                }
+            }
+            (n, ok, failed, longest)
+        })
+        .collect()
+}
+
+#[test]
+fn upgrade_of_three_masters_keeps_the_api_and_reverts_a_node() {
+    let lab = lab();
+    let ex = FreshLab::take();
+    let r = releases();
+    let (from, to) = (r.from.version.clone(), r.to.version.clone());
+    let work = tempfile::tempdir().unwrap();
+    let file = named_cluster_file(lab, work.path(), "upgrade-ha", &[1, 2, 3], &[4]);
+    old_cluster(r, &file);
+    let all = [1, 2, 3, 4];
+    start_api_pollers(lab, &all);
+
+    // A budget that allows no eviction holds node4's drain: the upgrade stops there, naming it.
+    lab.ssh_ok(
+        Host::Node(1),
+        &format!(
+            "{KUBECTL} -n demo create deployment stuck --image=docker.io/library/busybox:1.36 -- sleep 100000 >/dev/null && \
+             {KUBECTL} -n demo create poddisruptionbudget stuck --selector=app=stuck --min-available=1 >/dev/null && \
+             {KUBECTL} -n demo rollout status deployment/stuck --timeout=180s >/dev/null"
+        ),
+    );
+    let ip4 = lab.ip(Host::Node(4));
+    let out = installer(&r.new, &r.public_key, &["upgrade", "-f", &file, "--drain-timeout", "20"]);
+    let o = text(&out);
+    assert!(!out.status.success(), "the upgrade passed a drain the budget forbids:\n{o}");
+    let error = o.lines().skip_while(|l| !l.starts_with("error")).collect::<Vec<_>>().join("\n");
+    assert!(error.contains(&ip4) && error.contains("drain") && error.contains("disruption budget"), "{o}");
+    let versions = kubelets(lab, 1);
+    for (node, v) in &versions {
+        let want = if node == "node4" { &from } else { &to };
+        assert_eq!(v, want, "{node}: {versions:?}");
+    }
+
+    // With the budget gone, the operator is cut off while node4 runs kubeadm; node4 is put back
+    // as it was, then the same command completes.
+    lab.ssh_ok(Host::Node(1), &format!("{KUBECTL} -n demo delete poddisruptionbudget stuck >/dev/null"));
+    killed_at(&r.new, &r.public_key, &["upgrade", "-f", &file], &[&ip4, "kubeadm upgrade node"]);
+    let out = installer(&r.new, &r.public_key, &["upgrade", "-f", &file, "--revert-node", &ip4]);
+    let o = text(&out);
+    assert!(out.status.success() && o.contains(&from), "revert-node:\n{o}");
+    let versions = kubelets(lab, 1);
+    assert!(versions.iter().any(|(n, v)| n == "node4" && *v == from), "{versions:?}");
+    let schedulable = kubectl(lab, 1, "get node node4 -o jsonpath={.spec.unschedulable}");
+    assert_eq!(schedulable, "", "node4 is still cordoned");
+    let out = installer(&r.new, &r.public_key, &["upgrade", "-f", &file]);
+    let o = text(&out);
+    assert!(out.status.success(), "the upgrade after the revert:\n{o}");
+    for (node, v) in kubelets(lab, 1) {
+        assert_eq!(v, to, "{node}");
+    }
+
+    let polls = stop_api_pollers(lab, &all);
+    for (n, ok, failed, longest) in &polls {
+        eprintln!(
+            "upgrade-ha: node{n}: the API through its load balancer answered {ok} times, failed {failed}, longest outage {longest:.1} s"
+        );
+    }
+    for (n, ok, failed, longest) in polls {
+        assert!(ok > 100, "node{n}'s poller hardly ran");
+        // The load balancers send no new request to an apiserver that is not ready; what fails
+        // is what was already on its way when one stopped.
+        assert!(failed * 20 <= ok + failed, "node{n}: {failed} of {} polls failed", ok + failed);
+        // A request in flight when an apiserver stops can fail; the API as a whole must not.
+        assert!(longest < 10.0, "node{n}: the API was unreachable for {longest:.1} s through its load balancer");
+    }
+    drop(ex);
 }
