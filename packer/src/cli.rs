@@ -33,6 +33,65 @@ pub enum Command {
     Verify(VerifyFileArgs),
     /// Show an installer's contents from its index.
     Inspect(InspectFileArgs),
+    /// Push an installer to an OCI registry as one artifact; its image blobs keep their digests,
+    /// so the registry skips those it has.
+    Push(PushArgs),
+    /// Fetch an installer from an OCI registry, byte for byte, checked against its sha256.
+    Pull(PullArgs),
+}
+
+/// How to reach an OCI registry.
+#[derive(Debug, Args)]
+pub struct RegistryAccessArgs {
+    /// Registry login as HOST=USER:PASSWORD (repeatable); overrides ~/.docker/config.json.
+    #[arg(long, value_name = "HOST=USER:PASSWORD")]
+    pub registry_auth: Vec<String>,
+    /// Trust this CA certificate (PEM) for the registry's TLS instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (only for a registry without TLS).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Layers transferred at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The installer to push.
+    #[arg(value_name = "INSTALLER")]
+    pub file: PathBuf,
+    /// Where: oci://HOST[:PORT]/REPO:TAG.
+    #[arg(value_name = "oci://REGISTRY/REPO:TAG")]
+    pub reference: String,
+    /// MiB per upload request: what a broken connection costs at worst.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub chunk_mib: u64,
+    /// Do not remember upload sessions for a resumed push (kept in ~/.cache/ferry/push).
+    #[arg(long)]
+    pub no_resume: bool,
+    /// How to reach the registry.
+    #[command(flatten)]
+    pub access: RegistryAccessArgs,
+}
+
+/// Arguments of `pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// What: oci://HOST[:PORT]/REPO:TAG or oci://HOST/REPO@sha256:DIGEST.
+    #[arg(value_name = "oci://REGISTRY/REPO:TAG")]
+    pub reference: String,
+    /// The file to write (replaced only once the whole file is checked).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// How to reach the registry.
+    #[command(flatten)]
+    pub access: RegistryAccessArgs,
 }
 
 /// Arguments of `keygen`.

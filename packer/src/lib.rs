@@ -4,10 +4,12 @@
 
 pub mod builder;
 pub mod cli;
+mod commands;
 pub mod images;
 pub mod keygen;
 pub mod launch;
 pub mod paths;
+pub mod publish;
 pub mod render;
 pub mod spec;
 pub mod tools;
@@ -31,6 +33,8 @@ pub fn main() -> ExitCode {
         cli::Command::Inspect(args) => {
             ferry_core::inspect::run(&args.file, &args.inspect.options(), &printer).map_err(Into::into)
         }
+        cli::Command::Push(args) => commands::push(&args, &printer),
+        cli::Command::Pull(args) => commands::pull(&args, &printer),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

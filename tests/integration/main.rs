@@ -9,6 +9,7 @@ mod kubeadm_real;
 mod lab;
 mod lb;
 mod lock;
+mod publish;
 mod real_bundle;
 mod real_cluster;
 mod real_kubelet;

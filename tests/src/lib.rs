@@ -4,6 +4,7 @@
 
 pub mod bundles;
 pub mod containerd;
+pub mod cut_link;
 pub mod real_k8s;
 pub mod registry;
 

@@ -43,9 +43,36 @@ impl Upstream {
         Upstream::start_inner(Some((user.to_string(), password.to_string())), false)
     }
 
-    /// A registry serving https with a self-signed certificate for 127.0.0.1 (made with openssl).
+    /// A registry serving https with a certificate for 127.0.0.1 from a CA of its own (made with
+    /// openssl, see [`Upstream::ca_cert`]).
     pub fn start_tls() -> Upstream {
         Upstream::start_inner(None, true)
+    }
+
+    /// A registry serving https (self-signed, see [`Upstream::ca_cert`]) that requires
+    /// `user`/`password`.
+    pub fn start_tls_with_login(user: &str, password: &str) -> Upstream {
+        Upstream::start_inner(Some((user.to_string(), password.to_string())), true)
+    }
+
+    /// The CA that signed a TLS registry's certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// The digests of every blob the registry stores, whole (uploads in progress are elsewhere).
+    pub fn stored_blobs(&self) -> Vec<String> {
+        let root = self.dir.path().join("data/docker/registry/v2/blobs/sha256");
+        let mut out = Vec::new();
+        for prefix in fs::read_dir(&root).into_iter().flatten().flatten() {
+            for blob in fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
+                if blob.path().join("data").exists() {
+                    out.push(format!("sha256:{}", blob.file_name().to_string_lossy()));
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     fn start_inner(login: Option<(String, String)>, tls: bool) -> Upstream {
@@ -68,22 +95,38 @@ impl Upstream {
             }
             if tls {
                 let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+                let (ca, ca_key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+                // A CA and a server certificate it signs: verifiers refuse a CA certificate
+                // used as the server's own.
                 ok(Command::new("openssl")
-                    .args([
-                        "req",
-                        "-x509",
-                        "-newkey",
-                        "rsa:2048",
-                        "-nodes",
-                        "-days",
-                        "2",
-                        "-subj",
-                        "/CN=127.0.0.1",
-                        "-addext",
-                        "subjectAltName=IP:127.0.0.1",
-                    ])
+                    .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ferry test CA"])
+                    .arg("-keyout")
+                    .arg(&ca_key)
+                    .arg("-out")
+                    .arg(&ca));
+                let csr = dir.path().join("tls.csr");
+                ok(Command::new("openssl")
+                    .args(["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"])
                     .arg("-keyout")
                     .arg(&key)
+                    .arg("-out")
+                    .arg(&csr));
+                let ext = dir.path().join("tls.ext");
+                fs::write(
+                    &ext,
+                    "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+                )
+                .unwrap();
+                ok(Command::new("openssl")
+                    .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+                    .arg("-in")
+                    .arg(&csr)
+                    .arg("-CA")
+                    .arg(&ca)
+                    .arg("-CAkey")
+                    .arg(&ca_key)
+                    .arg("-extfile")
+                    .arg(&ext)
                     .arg("-out")
                     .arg(&crt));
                 config = config.replace(

@@ -287,7 +287,7 @@ pub fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
     (scheme.to_ascii_lowercase(), params)
 }
 
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -300,7 +300,7 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// The `code: message` pairs of a distribution error body, or a short excerpt of the body.
-fn describe_body(body: &[u8]) -> String {
+pub(crate) fn describe_body(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Errors {
         errors: Vec<ErrorItem>,
@@ -322,7 +322,7 @@ fn describe_body(body: &[u8]) -> String {
     if text.is_empty() { "empty body".into() } else { text }
 }
 
-fn read_limited(resp: ureq::http::Response<ureq::Body>, limit: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_limited(resp: ureq::http::Response<ureq::Body>, limit: u64) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     resp.into_body().into_reader().take(limit + 1).read_to_end(&mut out)?;
     Ok(out)

@@ -1,0 +1,57 @@
+//! The `push` and `pull` commands: flags to options, the summary printed.
+
+use crate::cli::{PullArgs, PushArgs, RegistryAccessArgs};
+use crate::images::credentials::Credentials;
+use crate::publish::{pull, push, remote};
+use anyhow::{Context, Result};
+use ferry_core::printer::Printer;
+
+fn access(args: &RegistryAccessArgs) -> Result<remote::Access> {
+    Ok(remote::Access {
+        plain_http: args.plain_http,
+        ca_file: args.ca_file.clone(),
+        credentials: Credentials::load(&args.registry_auth)?,
+    })
+}
+
+/// `ferry push INSTALLER oci://…`.
+pub fn push(args: &PushArgs, printer: &Printer) -> Result<()> {
+    let reference = remote::parse_reference(&args.reference, None)?;
+    let opts = push::PushOptions {
+        jobs: args.access.jobs,
+        chunk: args.chunk_mib.clamp(1, 1024) << 20,
+        resume_dir: if args.no_resume { None } else { remote::default_resume_dir() },
+    };
+    let s = push::push(&args.file, &reference, &access(&args.access)?, &opts, printer)
+        .with_context(|| format!("ferry push {}", args.file.display()))?;
+    if args.access.json {
+        ferry_core::printer::stdout_line(&serde_json::to_string(&s)?);
+    } else {
+        printer.out(format!(
+            "pushed {} to {} ({}): {} layers, {} already there; {} MiB sent, {} MiB skipped",
+            args.file.display(),
+            s.reference,
+            s.digest,
+            s.layers,
+            s.layers_present,
+            s.bytes_sent >> 20,
+            s.bytes_present >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// `ferry pull oci://… -o FILE`.
+pub fn pull(args: &PullArgs, printer: &Printer) -> Result<()> {
+    let reference = remote::parse_reference(&args.reference, None)?;
+    let s = pull::pull(&reference, &access(&args.access)?, &args.output, args.access.jobs, printer)?;
+    if args.access.json {
+        ferry_core::printer::stdout_line(&serde_json::to_string(&s)?);
+    } else {
+        printer.out(format!(
+            "pulled {} into {}: {} {} ({} bytes, sha256 {})",
+            s.reference, s.file, s.name, s.version, s.size, s.sha256
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! `ferry pull oci://REGISTRY/REPO:TAG -o FILE`.
+//!
+//! Owns the download of one installer: the manifest checked to be a ferry installer (and
+//! against the digest when the reference names one), the config checked against its digest and
+//! the layers, every layer fetched by a few workers at once into a temporary file beside the
+//! destination and checked against its digest, then the whole file against the config's sha256
+//! before it is renamed into place. A failure leaves nothing at the destination.
+
+use super::layout::{ARTIFACT_TYPE, ArtifactConfig, CONFIG_MEDIA_TYPE, LayoutError};
+use super::remote::{Access, Reference, Remote, RemoteError};
+use super::{MANIFEST_MEDIA_TYPE, Manifest};
+use ferry_core::printer::Printer;
+use sha2::Digest as _;
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The largest manifest read (distribution's own limit).
+const MAX_MANIFEST: u64 = 4 << 20;
+/// The largest config read.
+const MAX_CONFIG: u64 = 64 << 20;
+
+/// What a pull did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PullSummary {
+    /// The reference read.
+    pub reference: String,
+    /// The file written.
+    pub file: String,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// The bundle's name and version.
+    pub name: String,
+    /// The bundle's version.
+    pub version: String,
+}
+
+/// Why a pull failed. Nothing is left at the destination.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The registry failed or refused.
+    #[error("pulling {reference}: {cause}")]
+    Remote {
+        /// The reference.
+        reference: String,
+        /// Why.
+        cause: RemoteError,
+    },
+    /// What arrived is not a ferry installer, or not the one named.
+    #[error("pulling {reference}: {why}")]
+    NotInstaller {
+        /// The reference.
+        reference: String,
+        /// Why.
+        why: String,
+    },
+    /// The config does not describe a file.
+    #[error("pulling {reference}: {cause}")]
+    Layout {
+        /// The reference.
+        reference: String,
+        /// Why.
+        cause: Box<LayoutError>,
+    },
+    /// Writing the file failed.
+    #[error("writing {path}: {cause}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        cause: std::io::Error,
+    },
+}
+
+/// Pulls `reference` into `output`.
+pub fn pull(
+    reference: &Reference,
+    access: &Access,
+    output: &Path,
+    jobs: usize,
+    printer: &Printer,
+) -> Result<PullSummary, PullError> {
+    let at = reference.to_string();
+    let remote_err = |cause| PullError::Remote { reference: at.clone(), cause };
+    let not = |why: String| PullError::NotInstaller { reference: at.clone(), why };
+    let write_err = |cause| PullError::Write { path: output.display().to_string(), cause };
+    let remote = Remote::open(reference, access, false).map_err(remote_err)?;
+    let (bytes, _) = remote.get_manifest(MANIFEST_MEDIA_TYPE, MAX_MANIFEST).map_err(remote_err)?;
+    if let Some(want) = reference.reference.strip_prefix("sha256:") {
+        let got = hex::encode(sha2::Sha256::digest(&bytes));
+        if got != want {
+            return Err(not(format!("the manifest's digest is sha256:{got}")));
+        }
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| not(format!("the manifest is not an OCI image manifest: {e}")))?;
+    if manifest.artifact_type != ARTIFACT_TYPE || manifest.config.media_type != CONFIG_MEDIA_TYPE {
+        return Err(not(format!(
+            "it is not a ferry installer (artifactType `{}`, config `{}`)",
+            manifest.artifact_type, manifest.config.media_type
+        )));
+    }
+    if manifest.config.size > MAX_CONFIG {
+        return Err(not(format!("its config is {} bytes", manifest.config.size)));
+    }
+    let config_bytes = fetch_small(&remote, &manifest.config.digest, manifest.config.size).map_err(remote_err)?;
+    let config: ArtifactConfig = serde_json::from_slice(&config_bytes).map_err(|e| PullError::Layout {
+        reference: at.clone(),
+        cause: Box::new(LayoutError::BadConfig(e.to_string())),
+    })?;
+    let sizes: HashMap<String, u64> = manifest.layers.iter().map(|l| (l.digest.clone(), l.size)).collect();
+    config.check(&sizes).map_err(|cause| PullError::Layout { reference: at.clone(), cause: Box::new(cause) })?;
+
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "installer".into());
+    let tmp =
+        tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".part").tempfile_in(dir).map_err(write_err)?;
+    tmp.as_file().set_len(config.size).map_err(write_err)?;
+    let mut offsets: HashMap<&str, Vec<u64>> = HashMap::new();
+    for s in &config.segments {
+        if let Some(d) = &s.digest {
+            offsets.entry(d.as_str()).or_default().push(s.offset);
+        }
+    }
+    let layers: Vec<(&str, u64, Vec<u64>)> = manifest
+        .layers
+        .iter()
+        .filter_map(|l| offsets.remove(l.digest.as_str()).map(|o| (l.digest.as_str(), l.size, o)))
+        .collect();
+    let total: u64 = layers.iter().map(|(_, size, _)| size).sum();
+    let progress = printer.progress(total, "pull");
+    let next = AtomicUsize::new(0);
+    let failures: std::sync::Mutex<Vec<PullError>> = std::sync::Mutex::default();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, 16) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((digest, size, at)) = layers.get(i) else { return };
+                    let fetched = fetch_into(&remote, digest, *size, at, tmp.as_file(), &|n| progress.inc(n));
+                    if let Err(e) = fetched {
+                        let e = match e {
+                            Fetch::Remote(r) => remote_err(r),
+                            Fetch::Corrupt(why) => not(why),
+                            Fetch::Write(w) => write_err(w),
+                        };
+                        failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(e);
+                        next.store(usize::MAX / 2, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    progress.finish();
+    if let Some(e) = failures.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).into_iter().next() {
+        return Err(e);
+    }
+    let checking = printer.progress(config.size, "check");
+    let got =
+        super::layout::sha256_hex(ProgressRead { inner: tmp.as_file(), progress: &checking }).map_err(write_err)?;
+    checking.finish();
+    if got != config.sha256 {
+        return Err(not(format!(
+            "the file put together has sha256 {got}, not the {} its config records",
+            config.sha256
+        )));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o755)).map_err(write_err)?;
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(output).map_err(|e| write_err(e.error))?;
+    Ok(PullSummary {
+        reference: at.clone(),
+        file: output.display().to_string(),
+        size: config.size,
+        sha256: config.sha256,
+        name: config.name,
+        version: config.version,
+    })
+}
+
+/// Why one layer could not be fetched.
+enum Fetch {
+    Remote(RemoteError),
+    Corrupt(String),
+    Write(std::io::Error),
+}
+
+/// A small blob, whole, checked against its digest.
+fn fetch_small(remote: &Remote, digest: &str, size: u64) -> Result<Vec<u8>, RemoteError> {
+    let mut out = Vec::new();
+    remote.get_blob(digest, 0)?.take(size + 1).read_to_end(&mut out).map_err(|e| RemoteError::Unreachable {
+        url: format!("{} blob {digest}", remote.registry()),
+        why: e.to_string(),
+    })?;
+    let got = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&out)));
+    if out.len() as u64 != size || got != digest {
+        return Err(RemoteError::Protocol {
+            registry: remote.registry().to_string(),
+            what: format!("blob {digest} arrived as {} bytes with digest {got}", out.len()),
+        });
+    }
+    Ok(out)
+}
+
+/// Fetches layer `digest` into `file` at each of `offsets`, checking it; a broken transfer is
+/// tried again from its start, up to four times.
+fn fetch_into(
+    remote: &Remote,
+    digest: &str,
+    size: u64,
+    offsets: &[u64],
+    file: &std::fs::File,
+    progress: &dyn Fn(u64),
+) -> Result<(), Fetch> {
+    let mut attempt = 0;
+    loop {
+        match fetch_once(remote, digest, size, offsets, file, progress) {
+            Err(Fetch::Remote(e)) if e.is_transient() && attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_secs(1 << attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn fetch_once(
+    remote: &Remote,
+    digest: &str,
+    size: u64,
+    offsets: &[u64],
+    file: &std::fs::File,
+    progress: &dyn Fn(u64),
+) -> Result<(), Fetch> {
+    let mut r = remote.get_blob(digest, 0).map_err(Fetch::Remote)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = r.read(&mut buf).map_err(|e| {
+            Fetch::Remote(RemoteError::Unreachable {
+                url: format!("{} blob {digest}", remote.registry()),
+                why: e.to_string(),
+            })
+        })?;
+        if n == 0 {
+            break;
+        }
+        if at + n as u64 > size {
+            return Err(Fetch::Corrupt(format!("layer {digest} is longer than the {size} bytes its manifest says")));
+        }
+        h.update(&buf[..n]);
+        for o in offsets {
+            file.write_all_at(&buf[..n], o + at).map_err(Fetch::Write)?;
+        }
+        at += n as u64;
+        progress(n as u64);
+    }
+    let got = format!("sha256:{}", hex::encode(h.finalize()));
+    if at != size || got != digest {
+        return Err(Fetch::Corrupt(format!("layer {digest} arrived as {at} bytes with digest {got}")));
+    }
+    Ok(())
+}
+
+/// A reader that reports what it reads.
+struct ProgressRead<'a> {
+    inner: &'a std::fs::File,
+    progress: &'a ferry_core::printer::Progress,
+}
+
+impl Read for ProgressRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+}
