@@ -61,7 +61,8 @@ print(f"upgrade.1m2w.total_s: {wall:.1f}")
 for k, v in s["seconds"].items():
     if k != "total":
         print(f"upgrade.1m2w.{k}_s: {v:.1f}")
-print(f"upgrade.1m2w.settle_s: {wall - s[\"seconds\"][\"total\"]:.1f}")
+settle = wall - s["seconds"]["total"]
+print(f"upgrade.1m2w.settle_s: {settle:.1f}")
 for ip, secs in sorted(s["per_node"].items()):
     print(f"upgrade.1m2w.node.{ip}_s: {secs:.1f}")
 ' "$wall"
