@@ -25,11 +25,13 @@ pub mod controlplane;
 pub mod credentials;
 pub mod discovery;
 pub mod docker_archive;
+pub mod http;
 pub mod listing;
 pub mod oci;
 pub mod oci_layout;
 pub mod registry_client;
 pub mod store;
+pub mod token;
 
 use crate::spec::Bundle;
 use discovery::{Discovery, DiscoveryError};

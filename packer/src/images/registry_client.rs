@@ -9,7 +9,9 @@
 //! mirror to fall back to it.
 
 use super::credentials::Credentials;
+use super::http::{describe_body, read_limited};
 use super::oci::{MANIFEST_ACCEPT, MAX_MANIFEST_LEN};
+use super::token::TokenError;
 use crate::spec::Mirrors;
 use sha2::Digest as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -287,47 +289,6 @@ pub fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
     (scheme.to_ascii_lowercase(), params)
 }
 
-pub(crate) fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The `code: message` pairs of a distribution error body, or a short excerpt of the body.
-pub(crate) fn describe_body(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Errors {
-        errors: Vec<ErrorItem>,
-    }
-    #[derive(serde::Deserialize)]
-    struct ErrorItem {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    if let Ok(e) = serde_json::from_slice::<Errors>(body) {
-        let parts: Vec<String> = e.errors.iter().map(|i| format!("{}: {}", i.code, i.message)).collect();
-        if !parts.is_empty() {
-            return parts.join("; ");
-        }
-    }
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().replace('\n', " ");
-    if text.is_empty() { "empty body".into() } else { text }
-}
-
-pub(crate) fn read_limited(resp: ureq::http::Response<ureq::Body>, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    resp.into_body().into_reader().take(limit + 1).read_to_end(&mut out)?;
-    Ok(out)
-}
-
 impl RegistryClient {
     /// A client for `net` with `creds`.
     pub fn new(net: Network, creds: Credentials) -> RegistryClient {
@@ -448,41 +409,15 @@ impl RegistryClient {
             )));
         }
         let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{repo}:pull"));
-        let mut url = format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, percent_encode(&scope));
-        if let Some(service) = params.get("service") {
-            url.push_str(&format!("&service={}", percent_encode(service)));
-        }
         let agent = if ep.skip_verify { &self.unverified } else { &self.verified };
-        let mut req = agent.get(&url);
-        if let Some(l) = self.creds.get(&ep.host) {
-            req = req.header("Authorization", l.basic_header());
-        }
-        let resp = req.call().map_err(|e| FetchError::Unreachable(format!("token service {realm} of {ep}: {e}")))?;
-        let status = resp.status().as_u16();
-        let body = read_limited(resp, 1 << 20)
-            .map_err(|e| FetchError::Unreachable(format!("token service {realm} of {ep}: {e}")))?;
-        if status != 200 {
-            let hint = self.refusal_hint(ep);
-            return Err(FetchError::Auth(format!(
-                "token service {realm} answered {status} ({}); {hint}",
-                describe_body(&body)
-            )));
-        }
-        #[derive(serde::Deserialize)]
-        struct Token {
-            #[serde(default)]
-            token: Option<String>,
-            #[serde(default)]
-            access_token: Option<String>,
-        }
-        let t: Token = serde_json::from_slice(&body)
-            .map_err(|_| FetchError::Auth(format!("token service {realm} answered something that is not a token")))?;
-        let token = t
-            .token
-            .or(t.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| FetchError::Auth(format!("token service {realm} answered without a token")))?;
-        Ok(format!("Bearer {token}"))
+        let service = params.get("service").map(String::as_str);
+        super::token::bearer(agent, realm, &scope, service, self.creds.get(&ep.host)).map_err(|e| match e {
+            TokenError::Unreachable(why) => FetchError::Unreachable(format!("token service {realm} of {ep}: {why}")),
+            TokenError::Refused { status, body } => {
+                FetchError::Auth(format!("token service {realm} answered {status} ({body}); {}", self.refusal_hint(ep)))
+            }
+            TokenError::NoToken(what) => FetchError::Auth(format!("token service {realm} {what}")),
+        })
     }
 
     /// A manifest or index by tag or digest from one endpoint.
@@ -659,6 +594,7 @@ fn inner(e: &FetchError) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::http::percent_encode;
 
     #[test]
     fn challenges() {

@@ -223,7 +223,11 @@ fn fetch_into(
 ) -> Result<(), Fetch> {
     let mut attempt = 0;
     loop {
-        match fetch_once(remote, digest, size, offsets, file, progress) {
+        match fetch_once(remote, digest, size, &mut |at, bytes| {
+            offsets.iter().try_for_each(|o| file.write_all_at(bytes, o + at))?;
+            progress(bytes.len() as u64);
+            Ok(())
+        }) {
             Err(Fetch::Remote(e)) if e.is_transient() && attempt < 3 => {
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_secs(1 << attempt));
@@ -233,13 +237,12 @@ fn fetch_into(
     }
 }
 
+/// One download of layer `digest`, each piece handed to `put` with its offset in the layer.
 fn fetch_once(
     remote: &Remote,
     digest: &str,
     size: u64,
-    offsets: &[u64],
-    file: &std::fs::File,
-    progress: &dyn Fn(u64),
+    put: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
 ) -> Result<(), Fetch> {
     let mut r = remote.get_blob(digest, 0).map_err(Fetch::Remote)?;
     let mut h = sha2::Sha256::new();
@@ -259,11 +262,8 @@ fn fetch_once(
             return Err(Fetch::Corrupt(format!("layer {digest} is longer than the {size} bytes its manifest says")));
         }
         h.update(&buf[..n]);
-        for o in offsets {
-            file.write_all_at(&buf[..n], o + at).map_err(Fetch::Write)?;
-        }
+        put(at, &buf[..n]).map_err(Fetch::Write)?;
         at += n as u64;
-        progress(n as u64);
     }
     let got = format!("sha256:{}", hex::encode(h.finalize()));
     if at != size || got != digest {

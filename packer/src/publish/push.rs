@@ -87,6 +87,7 @@ pub fn push(
     let sending = printer.progress(total, "push");
     let counters = Counters::default();
     let resume = opts.resume_dir.as_deref();
+    let sender = Sender { remote: &remote, chunk: opts.chunk, counters: &counters, progress: &sending };
     let next = AtomicUsize::new(0);
     let failures: std::sync::Mutex<Vec<RemoteError>> = std::sync::Mutex::default();
     std::thread::scope(|s| {
@@ -96,7 +97,7 @@ pub fn push(
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(layer) = plan.layers.get(i) else { return };
                     let body = FileSlice { file: source.clone(), offset: layer.offset };
-                    if let Err(e) = send_blob(&remote, layer, &body, opts.chunk, resume, &counters, &sending) {
+                    if let Err(e) = send_blob(&sender, layer, &body, resume) {
                         failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(e);
                         // The others stop after their current layer: the push has failed.
                         next.store(usize::MAX / 2, Ordering::Relaxed);
@@ -112,16 +113,8 @@ pub fn push(
     }
     let (manifest, config_layer, config) = manifest(&plan, file)?;
     let config_body = MemoryBlob(Arc::new(config));
-    send_blob(
-        &remote,
-        &config_layer,
-        &config_body,
-        opts.chunk,
-        None,
-        &Counters::default(),
-        &printer.progress(0, "config"),
-    )
-    .map_err(remote_err)?;
+    let quiet = Sender { counters: &Counters::default(), progress: &printer.progress(0, "config"), ..sender };
+    send_blob(&quiet, &config_layer, &config_body, None).map_err(remote_err)?;
     with_retries(|| remote.put_manifest(&manifest, MANIFEST_MEDIA_TYPE)).map_err(remote_err)?;
     Ok(PushSummary {
         reference: reference.to_string(),
@@ -281,17 +274,24 @@ fn with_retries<T>(mut f: impl FnMut() -> Result<T, RemoteError>) -> Result<T, R
     f()
 }
 
+/// What every layer's upload shares.
+struct Sender<'a> {
+    remote: &'a Remote,
+    /// Bytes per PATCH.
+    chunk: u64,
+    counters: &'a Counters,
+    progress: &'a ferry_core::printer::Progress,
+}
+
 /// Sends one layer unless the repository has it, resuming a remembered session; transient
 /// failures are retried from the last acknowledged chunk.
 fn send_blob(
-    remote: &Remote,
+    to: &Sender<'_>,
     layer: &Layer,
     source: &dyn BlobSource,
-    chunk: u64,
     resume: Option<&Path>,
-    counters: &Counters,
-    progress: &ferry_core::printer::Progress,
 ) -> Result<(), RemoteError> {
+    let Sender { remote, counters, progress, .. } = *to;
     if with_retries(|| remote.has_blob(&layer.digest, layer.size))? {
         counters.present.fetch_add(1, Ordering::Relaxed);
         counters.present_bytes.fetch_add(layer.size, Ordering::Relaxed);
@@ -302,7 +302,7 @@ fn send_blob(
     let mut fresh_start_left = 1;
     let mut attempt = 0;
     loop {
-        match upload(remote, layer, source, chunk, path.as_deref(), counters, progress) {
+        match upload(to, layer, source, path.as_deref()) {
             Ok(()) => {
                 if let Some(p) = &path {
                     let _ = std::fs::remove_file(p);
@@ -331,15 +331,8 @@ fn send_blob(
 
 /// One try at sending a layer: from the remembered session when the registry still holds it,
 /// else from a new one.
-fn upload(
-    remote: &Remote,
-    layer: &Layer,
-    source: &dyn BlobSource,
-    chunk: u64,
-    path: Option<&Path>,
-    counters: &Counters,
-    progress: &ferry_core::printer::Progress,
-) -> Result<(), RemoteError> {
+fn upload(to: &Sender<'_>, layer: &Layer, source: &dyn BlobSource, path: Option<&Path>) -> Result<(), RemoteError> {
+    let Sender { remote, chunk, counters, progress } = *to;
     let remembered = path.and_then(load_session);
     let resumed = match &remembered {
         Some(s) => match remote.upload_status(&s.location)? {

@@ -8,7 +8,9 @@
 //! host: an upload `Location` elsewhere is refused.
 
 use crate::images::credentials::{Credentials, Login};
-use crate::images::registry_client::{describe_body, parse_challenge, percent_encode, read_limited};
+use crate::images::http::{describe_body, percent_encode, read_limited};
+use crate::images::registry_client::parse_challenge;
+use crate::images::token::{TokenError, bearer};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -286,38 +288,14 @@ impl Remote {
         }
         let actions = if self.push { "pull,push" } else { "pull" };
         let scope = format!("repository:{}:{actions}", self.reference.repo);
-        let mut url = format!("{realm}{}scope={}", if realm.contains('?') { '&' } else { '?' }, percent_encode(&scope));
-        if let Some(service) = params.get("service") {
-            url.push_str(&format!("&service={}", percent_encode(service)));
-        }
-        let mut req = self.agent.get(&url);
-        if let Some(l) = &self.login {
-            req = req.header("Authorization", l.basic_header());
-        }
-        let resp = req.call().map_err(|e| RemoteError::Unreachable { url: realm.clone(), why: e.to_string() })?;
-        let status = resp.status().as_u16();
-        let body = read_limited(resp, 1 << 20)
-            .map_err(|e| RemoteError::Unreachable { url: realm.clone(), why: e.to_string() })?;
-        if status != 200 {
-            return Err(
-                self.auth_error(format!("its token service {realm} answered {status} ({})", describe_body(&body)))
-            );
-        }
-        #[derive(serde::Deserialize)]
-        struct Token {
-            #[serde(default)]
-            token: Option<String>,
-            #[serde(default)]
-            access_token: Option<String>,
-        }
-        let t: Token = serde_json::from_slice(&body)
-            .map_err(|_| self.auth_error(format!("its token service {realm} answered no token")))?;
-        let token = t
-            .token
-            .or(t.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| self.auth_error(format!("its token service {realm} answered no token")))?;
-        Ok(format!("Bearer {token}"))
+        let service = params.get("service").map(String::as_str);
+        bearer(&self.agent, realm, &scope, service, self.login.as_ref()).map_err(|e| match e {
+            TokenError::Unreachable(why) => RemoteError::Unreachable { url: realm.clone(), why },
+            TokenError::Refused { status, body } => {
+                self.auth_error(format!("its token service {realm} answered {status} ({body})"))
+            }
+            TokenError::NoToken(what) => self.auth_error(format!("its token service {realm} {what}")),
+        })
     }
 
     /// `url` made absolute against the registry; a URL on another host is refused, since it
