@@ -2,7 +2,7 @@
 # Benchmarks, each a ratio measured side by side in one run against the baseline its issue names.
 # Prints one `name: value` line per figure. Absolute times on a shared VM are noise; ratios are not.
 #
-#   scripts/bench.sh [format|registry|run|relay|cluster|upgrade|all]...   (default: all; `relay` takes ~25 min)
+#   scripts/bench.sh [format|registry|run|relay|cluster|upgrade|publish|all]...   (default: all; `relay` takes ~25 min)
 #
 #   format    the file format: build/verify/extract against tar+zstd and sha256sum
 #   registry  the built-in registry (HTTPS with the pull credential) against docker-registry
@@ -14,6 +14,8 @@
 #             + 1 worker, and each node's peak memory, against the issue's goals (~5 min)
 #   upgrade   `installer upgrade` of real Kubernetes (v1.36.3 → v1.37.2) on 1 master + 2 workers:
 #             total, per phase and per node (~8 min)
+#   publish   `ferry push` / `ferry pull` of a ~2 GiB installer against `oras` on docker-registry,
+#             and a second release that changes one image of eight
 #
 # Scratch data goes to $FERRY_BENCH_DIR (default /var/tmp/ferry-bench), removed at the end.
 set -euo pipefail
@@ -95,6 +97,7 @@ case "$what" in
   cluster) scripts/bench-cluster.sh ;;
   # `installer upgrade` of real Kubernetes, 1 master + 2 workers, per phase and per node.
   upgrade) scripts/bench-upgrade.sh ;;
+  publish) scripts/bench-publish.sh ;;
   all)
     bench_format
     [[ ! -x scripts/bench-registry.sh ]] || scripts/bench-registry.sh
@@ -102,7 +105,8 @@ case "$what" in
     [[ ! -x scripts/bench-relay.sh ]] || scripts/bench-relay.sh
     [[ ! -x scripts/bench-cluster.sh ]] || scripts/bench-cluster.sh
     [[ ! -x scripts/bench-upgrade.sh ]] || scripts/bench-upgrade.sh
+    [[ ! -x scripts/bench-publish.sh ]] || scripts/bench-publish.sh
     ;;
-  *) echo "usage: scripts/bench.sh [format|registry|run|relay|cluster|upgrade|all]..." >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [format|registry|run|relay|cluster|upgrade|publish|all]..." >&2; exit 2 ;;
 esac
 done

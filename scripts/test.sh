@@ -8,6 +8,7 @@
 #   FERRY_TEST_K8S_VERSIONS  the Kubernetes versions the real-Kubernetes tests use
 #                            (default "v1.36.3 v1.37.2"; the newest also runs on the lab)
 #   FERRY_K8S_CACHE          build-kubernetes.sh's cache (default /var/cache/ferry/kubernetes)
+#   FERRY_GO_TOOLS_CACHE     build-go-tools.sh's cache (default /var/cache/ferry/go-tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
@@ -27,6 +28,10 @@ for v in ${FERRY_TEST_K8S_VERSIONS:-v1.36.3 v1.37.2}; do
 done
 FERRY_REAL_K8S=$(IFS=:; echo "${real[*]}")
 export FERRY_REAL_K8S
+# A second registry implementation for the push/pull tests (distribution v3, from Go modules,
+# cached like Kubernetes).
+scripts/build-go-tools.sh target/go-tools registry
+export FERRY_REGISTRY_V3=$PWD/target/go-tools/registry
 t_k8s=$(date +%s)
 
 tests/fixtures/standin-bundle/make-images.sh

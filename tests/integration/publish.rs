@@ -1,5 +1,6 @@
-//! `ferry push` and `ferry pull` against a real registry: Debian's `docker-registry`
-//! (distribution 2.8) serving TLS with its own certificate and htpasswd logins, on loopback.
+//! `ferry push` and `ferry pull` against real registries serving TLS with a CA of their own and
+//! htpasswd logins, on loopback: Debian's `docker-registry` (distribution 2.8) and distribution
+//! v3's `registry` (built from Go modules by `scripts/build-go-tools.sh`).
 //! A release is pushed through a link that dies half-way and the same command finishes it,
 //! sending only the layers the registry lacks; a second release that shares the first one's
 //! images sends none of them; a pull gives back the very file, which `verify` accepts; refusals
@@ -76,7 +77,17 @@ fn push(home: &Path, up: &Upstream, addr: &str, file: &Path, reference: &str) ->
 }
 
 #[test]
-fn push_resumes_skips_what_the_registry_has_and_pull_gives_the_same_file() {
+fn push_resumes_skips_what_the_registry_has_and_pull_gives_the_same_file_on_distribution_2_8() {
+    scenario(Upstream::start_tls_with_login(USER, PASSWORD));
+}
+
+#[test]
+fn push_resumes_skips_what_the_registry_has_and_pull_gives_the_same_file_on_distribution_3() {
+    scenario(Upstream::start_v3_tls_with_login(USER, PASSWORD));
+}
+
+/// The whole story against `site`, a registry serving TLS with a login of [`USER`].
+fn scenario(site: Upstream) {
     let dir = scratch();
     let home = dir.path();
     let hub = Upstream::start();
@@ -84,7 +95,6 @@ fn push_resumes_skips_what_the_registry_has_and_pull_gives_the_same_file() {
     let key = keygen(home, "vendor");
     let first = release(home, &hub, &key, "r1", &[1, 2, 3, 4], "1700000000");
     let second = release(home, &hub, &key, "r2", &[1, 2, 3, 4, 5], "1700086400");
-    let site = Upstream::start_tls_with_login(USER, PASSWORD);
 
     // Refusals first: no login, a wrong one, and TLS without the registry's CA.
     let reference = format!("oci://{}/vendor/platform:1.0.0", site.addr);

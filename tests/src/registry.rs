@@ -28,6 +28,33 @@ pub struct Upstream {
     pub tls: bool,
 }
 
+/// Which registry program runs.
+#[derive(Clone, Copy)]
+enum Program {
+    /// Debian's `docker-registry` (distribution 2.8).
+    Debian,
+    /// distribution v3's `registry`.
+    DistributionV3,
+}
+
+impl Program {
+    fn path(self) -> PathBuf {
+        match self {
+            Program::Debian => PathBuf::from("docker-registry"),
+            Program::DistributionV3 => std::env::var_os("FERRY_REGISTRY_V3")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| crate::workspace_root().join("target/go-tools/registry")),
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Program::Debian => "apt-get install docker-registry",
+            Program::DistributionV3 => "scripts/build-go-tools.sh target/go-tools registry builds it",
+        }
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("binding a loopback port").local_addr().unwrap().port()
 }
@@ -35,24 +62,31 @@ fn free_port() -> u16 {
 impl Upstream {
     /// A registry without authentication.
     pub fn start() -> Upstream {
-        Upstream::start_inner(None, false)
+        Upstream::start_inner(Program::Debian, None, false)
     }
 
     /// A registry that requires `user`/`password` (htpasswd, bcrypt).
     pub fn start_with_login(user: &str, password: &str) -> Upstream {
-        Upstream::start_inner(Some((user.to_string(), password.to_string())), false)
+        Upstream::start_inner(Program::Debian, Some((user.to_string(), password.to_string())), false)
     }
 
     /// A registry serving https with a certificate for 127.0.0.1 from a CA of its own (made with
     /// openssl, see [`Upstream::ca_cert`]).
     pub fn start_tls() -> Upstream {
-        Upstream::start_inner(None, true)
+        Upstream::start_inner(Program::Debian, None, true)
     }
 
     /// A registry serving https (self-signed, see [`Upstream::ca_cert`]) that requires
     /// `user`/`password`.
     pub fn start_tls_with_login(user: &str, password: &str) -> Upstream {
-        Upstream::start_inner(Some((user.to_string(), password.to_string())), true)
+        Upstream::start_inner(Program::Debian, Some((user.to_string(), password.to_string())), true)
+    }
+
+    /// Like [`Upstream::start_tls_with_login`], run by distribution v3's `registry` (a second
+    /// implementation, built from Go modules by `scripts/build-go-tools.sh`; its path in
+    /// `FERRY_REGISTRY_V3`).
+    pub fn start_v3_tls_with_login(user: &str, password: &str) -> Upstream {
+        Upstream::start_inner(Program::DistributionV3, Some((user.to_string(), password.to_string())), true)
     }
 
     /// The CA that signed a TLS registry's certificate.
@@ -75,7 +109,7 @@ impl Upstream {
         out
     }
 
-    fn start_inner(login: Option<(String, String)>, tls: bool) -> Upstream {
+    fn start_inner(program: Program, login: Option<(String, String)>, tls: bool) -> Upstream {
         let mut last_log = String::new();
         // The port is free when chosen; retry in the rare case another process takes it first.
         for _ in 0..5 {
@@ -137,13 +171,13 @@ impl Upstream {
             let cfg = dir.path().join("config.yml");
             fs::write(&cfg, config).unwrap();
             let log = fs::File::create(dir.path().join("registry.log")).unwrap();
-            let child = Command::new("docker-registry")
+            let child = Command::new(program.path())
                 .arg("serve")
                 .arg(&cfg)
                 .stdout(Stdio::from(log.try_clone().unwrap()))
                 .stderr(Stdio::from(log))
                 .spawn()
-                .expect("starting docker-registry (apt-get install docker-registry)");
+                .unwrap_or_else(|e| panic!("starting {}: {e} ({})", program.path().display(), program.hint()));
             let mut up = Upstream { child, dir, addr, login: login.clone(), tls };
             if up.wait_ready() {
                 return up;
