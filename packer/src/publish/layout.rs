@@ -79,8 +79,8 @@ pub struct Plan {
 /// Why a file cannot be laid out, or a config does not describe a file.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    /// The file is not a readable installer.
-    #[error("{path}: {cause}")]
+    /// The file is not a readable installer (the cause names the file).
+    #[error("{cause}")]
     Payload {
         /// The file.
         path: String,
