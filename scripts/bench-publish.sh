@@ -4,7 +4,8 @@
 # registry (Debian's docker-registry, plain http on loopback, an empty storage for each run).
 #
 #   publish.push_ratio     ferry push / oras push of the whole file (goal <= 1.0)
-#   publish.pull_ratio     ferry pull (the file put back and its sha256 checked) / oras pull
+#   publish.pull_ratio     ferry pull (the file put back, its sha256 checked, fsynced, renamed) /
+#                          oras pull followed by a sync of its file (the same durability)
 #   publish.second_*       a second release that changes one image of eight, pushed after the
 #                          first: bytes and time against oras pushing that file whole
 #
@@ -17,6 +18,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
 trap cleanup EXIT
 [ -x "$FERRY" ] || (cd "$ROOT" && cargo build --release --locked >&2)
+free=$(df -Pk "$W" | awk 'NR==2 {print $4}')
+(( free > 12 * 1024 * 1024 )) || { echo "bench-publish: needs 12 GiB free in $W (two releases, a registry's copy, a pulled file)" >&2; exit 1; }
 "$ROOT/scripts/build-go-tools.sh" "$W/bin" oras
 ORAS=$W/bin/oras
 IMAGES=${FERRY_BENCH_PUBLISH_IMAGES:-8}
@@ -52,7 +55,8 @@ for rel in ("r1", "r2"):
     refs = []
     for i in range(n):
         seed = f"{rel}-{i}" if (rel == "r2" and i == 0) else f"r1-{i}"
-        payload = random.Random(seed).randbytes(mib << 20)
+        r = random.Random(seed)
+        payload = b"".join(r.randbytes(1 << 20) for _ in range(mib))
         refs.append(image(layout, f"a{i}", payload))
     with open(f"{layout}/index.json", "w") as f:
         json.dump({"schemaVersion": 2, "manifests": refs}, f)
@@ -82,21 +86,24 @@ start_registry() {
 now() { date +%s.%N; }
 secs() { python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.2f}')" "$2" "$1"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
-sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+# Every timed command starts with the files out of the page cache, as on a machine that did not
+# just write them.
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 
 start_registry ferry
-t=$(now); "$FERRY" --no-progress push "$W/r1.installer" "oci://$reg/bench/platform:1" --plain-http --no-resume --json > "$W/push1.json"; ferry_push=$(secs "$t" "$(now)")
-t=$(now); "$FERRY" --no-progress push "$W/r2.installer" "oci://$reg/bench/platform:2" --plain-http --no-resume --json > "$W/push2.json"; ferry_push2=$(secs "$t" "$(now)")
-t=$(now); "$FERRY" --no-progress pull "oci://$reg/bench/platform:1" -o "$W/pulled-ferry" --plain-http --json > /dev/null; ferry_pull=$(secs "$t" "$(now)")
+cold; t=$(now); "$FERRY" --no-progress push "$W/r1.installer" "oci://$reg/bench/platform:1" --plain-http --no-resume --json > "$W/push1.json"; ferry_push=$(secs "$t" "$(now)")
+cold; t=$(now); "$FERRY" --no-progress push "$W/r2.installer" "oci://$reg/bench/platform:2" --plain-http --no-resume --json > "$W/push2.json"; ferry_push2=$(secs "$t" "$(now)")
+cold; t=$(now); "$FERRY" --no-progress pull "oci://$reg/bench/platform:1" -o "$W/pulled-ferry" --plain-http --json > /dev/null; ferry_pull=$(secs "$t" "$(now)")
 cmp -s "$W/pulled-ferry" "$W/r1.installer" || { echo "bench-publish: ferry pull is not byte-identical" >&2; exit 1; }
 rm -f "$W/pulled-ferry"
+kill "${pids[-1]}" 2>/dev/null || true; rm -rf "$W/data-ferry"
 
 start_registry oras
 cd "$W"
-t=$(now); "$ORAS" push --plain-http "$reg/bench/platform:1" r1.installer:application/octet-stream >/dev/null; oras_push=$(secs "$t" "$(now)")
-t=$(now); "$ORAS" push --plain-http "$reg/bench/platform:2" r2.installer:application/octet-stream >/dev/null; oras_push2=$(secs "$t" "$(now)")
+cold; t=$(now); "$ORAS" push --plain-http "$reg/bench/platform:1" r1.installer:application/octet-stream >/dev/null; oras_push=$(secs "$t" "$(now)")
+cold; t=$(now); "$ORAS" push --plain-http "$reg/bench/platform:2" r2.installer:application/octet-stream >/dev/null; oras_push2=$(secs "$t" "$(now)")
 mkdir -p "$W/oras-out"
-t=$(now); "$ORAS" pull --plain-http "$reg/bench/platform:1" -o "$W/oras-out" >/dev/null; oras_pull=$(secs "$t" "$(now)")
+cold; t=$(now); "$ORAS" pull --plain-http "$reg/bench/platform:1" -o "$W/oras-out" >/dev/null && sync "$W/oras-out/r1.installer"; oras_pull=$(secs "$t" "$(now)")
 cmp -s "$W/oras-out/r1.installer" "$W/r1.installer" || { echo "bench-publish: oras pull is not byte-identical" >&2; exit 1; }
 
 sent2=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_sent"])' "$W/push2.json")

@@ -95,16 +95,6 @@ pub enum LayoutError {
         /// Why.
         cause: std::io::Error,
     },
-    /// An image blob inside the file does not hash to its name.
-    #[error(
-        "{path}: the image blob {entry} does not match its digest (the file is damaged; `ferry verify` says where)"
-    )]
-    BlobMismatch {
-        /// The file.
-        path: String,
-        /// The entry.
-        entry: String,
-    },
     /// A config that does not describe a file.
     #[error("the artifact's config is not valid: {0}")]
     BadConfig(String),
@@ -116,8 +106,7 @@ enum Span {
     Other,
 }
 
-/// Lays out the installer at `path`: reads it once, hashing the whole file and every segment,
-/// and checks every image blob against its name.
+/// Lays out the installer at `path`: reads it once, hashing the whole file and every part.
 pub fn plan(path: &Path, progress: &dyn Fn(u64)) -> Result<Plan, LayoutError> {
     let shown = path.display().to_string();
     let payload =
@@ -131,34 +120,35 @@ pub fn plan(path: &Path, progress: &dyn Fn(u64)) -> Result<Plan, LayoutError> {
     let mut buf = vec![0u8; 8 << 20];
     let mut segments = Vec::new();
     let mut layers: Vec<Layer> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut done = 0u64;
     for (offset, length, span) in spans {
-        let mut part = sha2::Sha256::new();
+        // A blob's digest is its name: hashing it again here would double the work, and the
+        // registry checks every blob it receives against that digest.
+        let mut part = matches!(span, Span::Other).then(sha2::Sha256::new);
         let mut zero = true;
         let mut at = offset;
         while at < offset + length {
             let n = (buf.len() as u64).min(offset + length - at) as usize;
             file.read_exact_at(&mut buf[..n], at).map_err(|cause| LayoutError::Read { path: shown.clone(), cause })?;
             whole.update(&buf[..n]);
-            part.update(&buf[..n]);
-            zero = zero && buf[..n].iter().all(|&b| b == 0);
+            if let Some(p) = part.as_mut() {
+                p.update(&buf[..n]);
+                zero = zero && buf[..n].iter().all(|&b| b == 0);
+            }
             at += n as u64;
             done += n as u64;
             progress(done);
         }
-        let hex = hex::encode(part.finalize());
-        let (digest, media_type) = match span {
-            Span::Blob { hex: name } if name == hex => (format!("sha256:{hex}"), BLOB_MEDIA_TYPE),
-            Span::Blob { hex: name } => {
-                return Err(LayoutError::BlobMismatch { path: shown, entry: format!("blobs/sha256/{name}") });
-            }
-            Span::Other if zero => {
+        let (digest, media_type) = match (span, part) {
+            (Span::Blob { hex }, _) => (format!("sha256:{hex}"), BLOB_MEDIA_TYPE),
+            (Span::Other, _) if zero => {
                 segments.push(Segment { offset, length, digest: None });
                 continue;
             }
-            Span::Other => (format!("sha256:{hex}"), PART_MEDIA_TYPE),
+            (Span::Other, p) => (format!("sha256:{}", hex::encode(p.unwrap_or_default().finalize())), PART_MEDIA_TYPE),
         };
-        if !layers.iter().any(|l| l.digest == digest) {
+        if seen.insert(digest.clone()) {
             layers.push(Layer { digest: digest.clone(), size: length, media_type, offset });
         }
         segments.push(Segment { offset, length, digest: Some(digest) });
@@ -176,7 +166,8 @@ fn spans(payload: &payload_format::Payload, size: u64) -> Vec<(u64, u64, Span)> 
         .filter(|e| e.compression == payload_format::Compression::Raw && e.stored_len > 0)
         .filter_map(|e| {
             let hex = e.path.strip_prefix("blobs/sha256/")?;
-            Some((e.offset, e.stored_len, hex.to_string()))
+            let digest_like = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            digest_like.then(|| (e.offset, e.stored_len, hex.to_string()))
         })
         .collect();
     cut(blobs, size, MAX_PART)
