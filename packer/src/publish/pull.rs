@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The largest manifest read (distribution's own limit).
 const MAX_MANIFEST: u64 = 4 << 20;
+/// Every manifest media type a registry may hold.
+const ANY_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 /// The largest config read.
 const MAX_CONFIG: u64 = 64 << 20;
 
@@ -89,7 +91,9 @@ pub fn pull(
     let not = |why: String| PullError::NotInstaller { reference: at.clone(), why };
     let write_err = |cause| PullError::Write { path: output.display().to_string(), cause };
     let remote = Remote::open(reference, access, false).map_err(remote_err)?;
-    let (bytes, _) = remote.get_manifest(MANIFEST_MEDIA_TYPE, MAX_MANIFEST).map_err(remote_err)?;
+    // Every kind of manifest is accepted, so that an image or an index under the name is
+    // reported as what it is rather than as missing.
+    let (bytes, content_type) = remote.get_manifest(ANY_MANIFEST, MAX_MANIFEST).map_err(remote_err)?;
     if let Some(want) = reference.reference.strip_prefix("sha256:") {
         let got = hex::encode(sha2::Sha256::digest(&bytes));
         if got != want {
@@ -97,8 +101,11 @@ pub fn pull(
         }
     }
     let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| not(format!("the manifest is not an OCI image manifest: {e}")))?;
-    if manifest.artifact_type != ARTIFACT_TYPE || manifest.config.media_type != CONFIG_MEDIA_TYPE {
+        serde_json::from_slice(&bytes).map_err(|_| not(format!("it is not a ferry installer (a `{content_type}`)")))?;
+    if manifest.media_type != MANIFEST_MEDIA_TYPE
+        || manifest.artifact_type != ARTIFACT_TYPE
+        || manifest.config.media_type != CONFIG_MEDIA_TYPE
+    {
         return Err(not(format!(
             "it is not a ferry installer (artifactType `{}`, config `{}`)",
             manifest.artifact_type, manifest.config.media_type
