@@ -96,84 +96,11 @@ fn scenario(site: Upstream) {
     let first = release(home, &hub, &key, "r1", &[1, 2, 3, 4], "1700000000");
     let second = release(home, &hub, &key, "r2", &[1, 2, 3, 4, 5], "1700086400");
 
-    // Refusals first: no login, a wrong one, and TLS without the registry's CA.
     let reference = format!("oci://{}/vendor/platform:1.0.0", site.addr);
-    let err = fails(ferry_cmd(home).arg("push").arg(&first).arg(&reference).arg("--ca-file").arg(site.ca_cert()));
-    assert!(err.contains(&site.addr) && err.contains("--registry-auth"), "{err}");
-    let err = fails(
-        ferry_cmd(home)
-            .arg("push")
-            .arg(&first)
-            .arg(&reference)
-            .arg("--ca-file")
-            .arg(site.ca_cert())
-            .arg("--registry-auth")
-            .arg(format!("{}={USER}:wrong-pw", site.addr)),
-    );
-    assert!(err.contains("refused") && !err.contains("wrong-pw"), "{err}");
-    let err = fails(
-        ferry_cmd(home)
-            .arg("push")
-            .arg(&first)
-            .arg(&reference)
-            .arg("--registry-auth")
-            .arg(format!("{}={USER}:{PASSWORD}", site.addr)),
-    );
-    assert!(err.contains(&format!("https://{}", site.addr)) && err.to_lowercase().contains("certificate"), "{err}");
-    assert!(site.stored_blobs().is_empty(), "a refused push stored something");
-
-    // The first release through a link that dies after about 60% of its bytes: the operator
-    // kills the stuck push, and the same command, run again, sends only what is missing.
-    let link = CutLink::start(&site.addr);
-    let through = format!("oci://{}/vendor/platform:1.0.0", link.addr);
-    let total = fs::metadata(&first).unwrap().len();
-    link.hold_after(total * 6 / 10);
-    let mut cmd = ferry_cmd(home);
-    cmd.env("XDG_CACHE_HOME", home.join("cache"))
-        .args(["push", "--jobs", "1", "--chunk-mib", "1"])
-        .arg(&first)
-        .arg(&through)
-        .args(access(&site, &link.addr))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut cut = cmd.spawn().unwrap();
-    let started = Instant::now();
-    while !link.holding() {
-        assert!(started.elapsed() < Duration::from_secs(120), "the push never used up the link's allowance");
-        assert!(cut.try_wait().unwrap().is_none(), "the push ended before the link died");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cut.kill().unwrap();
-    cut.wait().unwrap();
-    let passed = link.passed();
-    let blobs = image_blobs(&first);
-    let held = site.stored_blobs();
-    let held_bytes: u64 = held.iter().filter_map(|d| blobs.get(d)).sum();
-    assert!(held.len() >= 2, "the cut came before any layer was whole: {held:?}");
-    link.open();
-    let resumed = push(home, &site, &link.addr, &first, &through);
-    let layer_bytes = resumed["bytes_sent"].as_u64().unwrap() + resumed["bytes_present"].as_u64().unwrap();
-    let sent = resumed["bytes_sent"].as_u64().unwrap();
-    eprintln!(
-        "push: {total} bytes, cut after {passed} client bytes, {} layers whole by then; the rerun sent {sent} of {layer_bytes} layer bytes",
-        held.len()
-    );
-    assert!(resumed["layers_present"].as_u64().unwrap() >= held.len() as u64 - 1, "{resumed}");
-    assert!(held_bytes > 0 && sent <= layer_bytes - held_bytes, "the rerun sent {sent}: {resumed}");
-    assert!(sent > 0, "{resumed}");
-
-    // The second release shares the first one's images: none of them is sent again.
     let reference2 = format!("oci://{}/vendor/platform:1.1.0", site.addr);
-    let pushed = push(home, &site, &site.addr, &second, &reference2);
-    let blobs2 = image_blobs(&second);
-    let shared: u64 = blobs2.iter().filter(|(d, _)| blobs.contains_key(*d)).map(|(_, n)| n).sum();
-    let new: u64 = blobs2.iter().filter(|(d, _)| !blobs.contains_key(*d)).map(|(_, n)| n).sum();
-    let rest = fs::metadata(&second).unwrap().len() - blobs2.values().sum::<u64>();
-    let sent2 = pushed["bytes_sent"].as_u64().unwrap();
-    eprintln!("push of the second release: {sent2} bytes sent; {shared} bytes of shared images skipped, {new} new");
-    assert!(pushed["bytes_present"].as_u64().unwrap() >= shared, "{pushed}");
-    assert!(sent2 <= new + rest, "{pushed}");
-
+    push_refusals(home, &site, &first, &reference);
+    push_through_a_link_cut_part_way(home, &site, &first);
+    push_second_release(home, &site, &first, &second, &reference2);
     // Pull gives back the very files; the installer's own verify accepts them.
     for (file, reference) in [(&first, &reference), (&second, &reference2)] {
         let out = home.join("pulled/installer");
@@ -187,12 +114,100 @@ fn scenario(site: Upstream) {
         assert!(verified.contains("OK:") && verified.contains("(trusted)"), "{verified}");
     }
 
-    // Refusals on pull leave nothing behind: a digest that is not the manifest's, something
-    // that is not an installer, and a layer the registry serves damaged.
+    pull_refusals(home, &site, &first, &second, &reference2);
+}
+
+/// Refusals first: no login, a wrong one, and TLS without the registry's CA.
+fn push_refusals(home: &Path, site: &Upstream, first: &Path, reference: &str) {
+    let err = fails(ferry_cmd(home).arg("push").arg(first).arg(reference).arg("--ca-file").arg(site.ca_cert()));
+    assert!(err.contains(&site.addr) && err.contains("--registry-auth"), "{err}");
+    let err = fails(
+        ferry_cmd(home)
+            .arg("push")
+            .arg(first)
+            .arg(reference)
+            .arg("--ca-file")
+            .arg(site.ca_cert())
+            .arg("--registry-auth")
+            .arg(format!("{}={USER}:wrong-pw", site.addr)),
+    );
+    assert!(err.contains("refused") && !err.contains("wrong-pw"), "{err}");
+    let err = fails(
+        ferry_cmd(home)
+            .arg("push")
+            .arg(first)
+            .arg(reference)
+            .arg("--registry-auth")
+            .arg(format!("{}={USER}:{PASSWORD}", site.addr)),
+    );
+    assert!(err.contains(&format!("https://{}", site.addr)) && err.to_lowercase().contains("certificate"), "{err}");
+    assert!(site.stored_blobs().is_empty(), "a refused push stored something");
+}
+
+/// The first release through a link that dies after about 60% of its bytes: the operator kills
+/// the stuck push, and the same command, run again, sends only what is missing.
+fn push_through_a_link_cut_part_way(home: &Path, site: &Upstream, first: &Path) {
+    let link = CutLink::start(&site.addr);
+    let through = format!("oci://{}/vendor/platform:1.0.0", link.addr);
+    let total = fs::metadata(first).unwrap().len();
+    link.hold_after(total * 6 / 10);
+    let mut cmd = ferry_cmd(home);
+    cmd.env("XDG_CACHE_HOME", home.join("cache"))
+        .args(["push", "--jobs", "1", "--chunk-mib", "1"])
+        .arg(first)
+        .arg(&through)
+        .args(access(site, &link.addr))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut cut = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while !link.holding() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the push never used up the link's allowance");
+        assert!(cut.try_wait().unwrap().is_none(), "the push ended before the link died");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cut.kill().unwrap();
+    cut.wait().unwrap();
+    let passed = link.passed();
+    let blobs = image_blobs(first);
+    let held = site.stored_blobs();
+    let held_bytes: u64 = held.iter().filter_map(|d| blobs.get(d)).sum();
+    assert!(held.len() >= 2, "the cut came before any layer was whole: {held:?}");
+    link.open();
+    let resumed = push(home, site, &link.addr, first, &through);
+    let layer_bytes = resumed["bytes_sent"].as_u64().unwrap() + resumed["bytes_present"].as_u64().unwrap();
+    let sent = resumed["bytes_sent"].as_u64().unwrap();
+    eprintln!(
+        "push: {total} bytes, cut after {passed} client bytes, {} layers whole by then; the rerun sent {sent} of {layer_bytes} layer bytes",
+        held.len()
+    );
+    assert!(resumed["layers_present"].as_u64().unwrap() >= held.len() as u64 - 1, "{resumed}");
+    assert!(held_bytes > 0 && sent <= layer_bytes - held_bytes, "the rerun sent {sent}: {resumed}");
+    assert!(sent > 0, "{resumed}");
+}
+
+/// The second release shares the first one's images: none of them is sent again.
+fn push_second_release(home: &Path, site: &Upstream, first: &Path, second: &Path, reference2: &str) {
+    let blobs = image_blobs(first);
+    let pushed = push(home, site, &site.addr, second, reference2);
+    let blobs2 = image_blobs(second);
+    let shared: u64 = blobs2.iter().filter(|(d, _)| blobs.contains_key(*d)).map(|(_, n)| n).sum();
+    let new: u64 = blobs2.iter().filter(|(d, _)| !blobs.contains_key(*d)).map(|(_, n)| n).sum();
+    let rest = fs::metadata(second).unwrap().len() - blobs2.values().sum::<u64>();
+    let sent2 = pushed["bytes_sent"].as_u64().unwrap();
+    eprintln!("push of the second release: {sent2} bytes sent; {shared} bytes of shared images skipped, {new} new");
+    assert!(pushed["bytes_present"].as_u64().unwrap() >= shared, "{pushed}");
+    assert!(sent2 <= new + rest, "{pushed}");
+}
+
+/// Refusals on pull leave nothing behind: a digest that is not the manifest's, something that is
+/// not an installer, and a layer the registry serves damaged.
+fn pull_refusals(home: &Path, site: &Upstream, first: &Path, second: &Path, reference2: &str) {
+    let (blobs, blobs2) = (image_blobs(first), image_blobs(second));
     let out = home.join("refused/installer");
     fs::create_dir_all(out.parent().unwrap()).unwrap();
     let pull_fails = |reference: &str| {
-        fails(ferry_cmd(home).arg("pull").arg(reference).arg("-o").arg(&out).args(access(&site, &site.addr)))
+        fails(ferry_cmd(home).arg("pull").arg(reference).arg("-o").arg(&out).args(access(site, &site.addr)))
     };
     let wrong = format!("oci://{}/vendor/platform@sha256:{}", site.addr, "0".repeat(64));
     let err = pull_fails(&wrong);
@@ -207,7 +222,7 @@ fn scenario(site: Upstream) {
     let mut bytes = fs::read(&stored).unwrap();
     bytes[100] ^= 0xff;
     fs::write(&stored, bytes).unwrap();
-    let err = pull_fails(&reference2);
+    let err = pull_fails(reference2);
     assert!(err.contains(new_blob.as_str()), "{err}");
     let left: Vec<String> =
         fs::read_dir(out.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
