@@ -1,10 +1,11 @@
 //! The `push` and `pull` commands: flags to options, the summary printed.
 
 use crate::cli::{PullArgs, PushArgs, RegistryAccessArgs};
-use crate::images::credentials::Credentials;
-use crate::publish::{pull, push, remote};
+use crate::publish::{pull, push};
 use anyhow::{Context, Result};
 use ferry_core::printer::Printer;
+use ferry_distribution::credentials::Credentials;
+use ferry_distribution::remote;
 
 fn access(args: &RegistryAccessArgs) -> Result<remote::Access> {
     Ok(remote::Access {

@@ -4,7 +4,7 @@
 //! * [`discovery`] finds the images of manifests, charts, the control plane ([`controlplane`])
 //!   and `spec.images`;
 //! * [`collect`] resolves them to verified blobs from registries ([`registry_client`],
-//!   [`credentials`]), OCI layouts ([`oci_layout`]) and docker archives ([`docker_archive`]),
+//!   logins from `ferry_distribution::credentials`), OCI layouts ([`oci_layout`]) and docker archives ([`docker_archive`]),
 //!   keeping them in a temporary [`store`];
 //! * this module turns the outcome into the payload contract the installer's registry reads:
 //!
@@ -22,16 +22,13 @@
 
 pub mod collect;
 pub mod controlplane;
-pub mod credentials;
 pub mod discovery;
 pub mod docker_archive;
-pub mod http;
 pub mod listing;
 pub mod oci;
 pub mod oci_layout;
 pub mod registry_client;
 pub mod store;
-pub mod token;
 
 use crate::spec::Bundle;
 use discovery::{Discovery, DiscoveryError};
@@ -96,7 +93,7 @@ pub enum ImagesError {
     },
     /// Registry logins cannot be read.
     #[error(transparent)]
-    Credentials(#[from] credentials::CredentialsError),
+    Credentials(#[from] ferry_distribution::credentials::CredentialsError),
     /// The temporary blob store cannot be created.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -159,7 +156,7 @@ pub fn collect(
     let spec = &bundle.spec.spec;
     let net = registry_client::Network::new(&spec.registry_mirrors, &spec.insecure_registries, opts.offline)
         .map_err(|cause| ImagesError::Network { file: bundle.file.clone(), cause })?;
-    let creds = credentials::Credentials::load(&opts.registry_auth)?;
+    let creds = ferry_distribution::credentials::Credentials::load(&opts.registry_auth)?;
     let client = registry_client::RegistryClient::new(net, creds);
     let store = Store::new_in(temp_parent)?;
     let from_registries = images.iter().filter(|d| d.source == discovery::Source::Registry).count();

@@ -8,11 +8,11 @@
 //! so a build machine behind a mirror never tries the internet; list the upstream as the last
 //! mirror to fall back to it.
 
-use super::credentials::Credentials;
-use super::http::{describe_body, read_limited};
 use super::oci::{MANIFEST_ACCEPT, MAX_MANIFEST_LEN};
-use super::token::TokenError;
 use crate::spec::Mirrors;
+use ferry_distribution::credentials::Credentials;
+use ferry_distribution::http::{describe_body, parse_challenge, read_limited};
+use ferry_distribution::token::TokenError;
 use sha2::Digest as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -142,7 +142,7 @@ impl Network {
     ) -> Result<Network, MirrorError> {
         let mut net = Network {
             mirrors: BTreeMap::new(),
-            insecure: insecure.iter().map(|h| super::credentials::host_key(h)).collect(),
+            insecure: insecure.iter().map(|h| ferry_distribution::credentials::host_key(h)).collect(),
             offline,
         };
         for (registry, urls) in mirrors {
@@ -248,45 +248,6 @@ fn agent(skip_verify: bool) -> ureq::Agent {
         .max_redirects(5)
         .build()
         .into()
-}
-
-/// `Bearer realm="…",service="…"` → ("bearer", {realm: …, service: …}).
-pub fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
-    let h = h.trim();
-    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
-    let mut params = HashMap::new();
-    let mut s = rest.trim();
-    while !s.is_empty() {
-        let Some((k, after)) = s.split_once('=') else { break };
-        let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
-        let after = after.trim_start();
-        let (v, remaining) = if let Some(q) = after.strip_prefix('"') {
-            let mut out = String::new();
-            let mut chars = q.char_indices();
-            let mut end = q.len();
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, n)) = chars.next() {
-                            out.push(n);
-                        }
-                    }
-                    '"' => {
-                        end = i + 1;
-                        break;
-                    }
-                    c => out.push(c),
-                }
-            }
-            (out, &q[end.min(q.len())..])
-        } else {
-            let end = after.find(',').unwrap_or(after.len());
-            (after[..end].trim().to_string(), &after[end..])
-        };
-        params.insert(k, v);
-        s = remaining.trim_start().trim_start_matches(',').trim_start();
-    }
-    (scheme.to_ascii_lowercase(), params)
 }
 
 impl RegistryClient {
@@ -411,13 +372,18 @@ impl RegistryClient {
         let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{repo}:pull"));
         let agent = if ep.skip_verify { &self.unverified } else { &self.verified };
         let service = params.get("service").map(String::as_str);
-        super::token::bearer(agent, realm, &scope, service, self.creds.get(&ep.host)).map_err(|e| match e {
-            TokenError::Unreachable(why) => FetchError::Unreachable(format!("token service {realm} of {ep}: {why}")),
-            TokenError::Refused { status, body } => {
-                FetchError::Auth(format!("token service {realm} answered {status} ({body}); {}", self.refusal_hint(ep)))
-            }
-            TokenError::NoToken(what) => FetchError::Auth(format!("token service {realm} {what}")),
-        })
+        ferry_distribution::token::bearer(agent, realm, &scope, service, self.creds.get(&ep.host)).map_err(
+            |e| match e {
+                TokenError::Unreachable(why) => {
+                    FetchError::Unreachable(format!("token service {realm} of {ep}: {why}"))
+                }
+                TokenError::Refused { status, body } => FetchError::Auth(format!(
+                    "token service {realm} answered {status} ({body}); {}",
+                    self.refusal_hint(ep)
+                )),
+                TokenError::NoToken(what) => FetchError::Auth(format!("token service {realm} {what}")),
+            },
+        )
     }
 
     /// A manifest or index by tag or digest from one endpoint.
@@ -594,23 +560,6 @@ fn inner(e: &FetchError) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::images::http::percent_encode;
-
-    #[test]
-    fn challenges() {
-        let (s, p) = parse_challenge(
-            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#,
-        );
-        assert_eq!(s, "bearer");
-        assert_eq!(p["realm"], "https://auth.docker.io/token");
-        assert_eq!(p["service"], "registry.docker.io");
-        assert_eq!(p["scope"], "repository:library/nginx:pull");
-        let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
-        assert_eq!((s.as_str(), p["realm"].as_str()), ("basic", "Registry Realm"));
-        let (_, p) = parse_challenge(r#"Bearer realm=http://x/t, service=svc"#);
-        assert_eq!((p["realm"].as_str(), p["service"].as_str()), ("http://x/t", "svc"));
-        assert_eq!(percent_encode("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
-    }
 
     #[test]
     fn transport_rules() {

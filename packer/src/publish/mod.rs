@@ -1,15 +1,14 @@
 //! `ferry push` and `ferry pull`: an installer kept in an OCI registry (Harbor, distribution,
 //! zot…) as one artifact, and fetched back byte for byte.
 //!
-//! [`layout`] owns how the file maps onto the artifact, [`remote`] one repository over the
-//! distribution API, [`push`] and [`pull`] the two directions. The image blobs an installer
+//! [`layout`] owns how the file maps onto the artifact, [`push`] and [`pull`] the two
+//! directions (one repository over the distribution API is `ferry_distribution::remote`). The image blobs an installer
 //! carries are pushed as those very blobs (same digests), so a registry stores each once across
 //! releases and skips what it has; everything else goes in parts of at most 1 GiB.
 
 pub mod layout;
 pub mod pull;
 pub mod push;
-pub mod remote;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

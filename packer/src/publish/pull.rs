@@ -7,9 +7,9 @@
 //! before it is renamed into place. A failure leaves nothing at the destination.
 
 use super::layout::{ARTIFACT_TYPE, ArtifactConfig, CONFIG_MEDIA_TYPE, LayoutError};
-use super::remote::{Access, Reference, Remote, RemoteError};
 use super::{MANIFEST_MEDIA_TYPE, Manifest};
 use ferry_core::printer::Printer;
+use ferry_distribution::remote::{Access, Reference, Remote, RemoteError};
 use sha2::Digest as _;
 use std::collections::HashMap;
 use std::io::Read;

@@ -2,8 +2,8 @@
 //! pushes alike: the URL with its scope and service, the login sent as Basic when there is one,
 //! and the token read from `token` or `access_token`.
 
-use super::credentials::Login;
-use super::http::{describe_body, percent_encode, read_limited};
+use crate::credentials::Login;
+use crate::http::{describe_body, percent_encode, read_limited};
 
 /// Why no token came.
 #[derive(Debug)]

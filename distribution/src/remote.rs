@@ -7,10 +7,9 @@
 //! acknowledged chunk, manifests, and blob downloads. Credentials go only to the registry's own
 //! host: an upload `Location` elsewhere is refused.
 
-use crate::images::credentials::{Credentials, Login};
-use crate::images::http::{describe_body, percent_encode, read_limited};
-use crate::images::registry_client::parse_challenge;
-use crate::images::token::{TokenError, bearer};
+use crate::credentials::{Credentials, Login};
+use crate::http::{describe_body, parse_challenge, percent_encode, read_limited};
+use crate::token::{TokenError, bearer};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -449,16 +448,52 @@ impl Remote {
         let _ = self.send(Method::DELETE, location, &[], None, false);
     }
 
-    /// Stores `manifest` (an OCI image manifest) under the reference's tag; its digest.
+    /// Asks the registry to link blob `digest`, which repository `from` of the same registry
+    /// holds, into this one; whether it did (else the blob must be sent).
+    pub fn mount_blob(&self, digest: &str, from: &str) -> Result<bool, RemoteError> {
+        let url =
+            self.repo_url(&format!("blobs/uploads/?mount={}&from={}", percent_encode(digest), percent_encode(from)));
+        let resp = self.send(Method::POST, &url, &[("Content-Length", "0".into())], None, true)?;
+        match resp.status().as_u16() {
+            201 => Ok(true),
+            // The registry started an ordinary upload instead: not wanted here.
+            202 => {
+                if let Ok(location) = self.location(&resp, "mounting a blob") {
+                    self.cancel_upload(&location);
+                }
+                Ok(false)
+            }
+            // Some registries refuse mounts outright (or the token does not cover `from`).
+            401 | 403 | 404 | 405 => Ok(false),
+            status => Err(self.refused(&format!("mounting blob {digest} from {from}"), resp, status)),
+        }
+    }
+
+    /// Stores `manifest` under the reference's tag or digest.
     pub fn put_manifest(&self, manifest: &[u8], media_type: &str) -> Result<(), RemoteError> {
-        let url = self.repo_url(&format!("manifests/{}", self.reference.reference));
+        self.put_manifest_at(&self.reference.reference.clone(), manifest, media_type)
+    }
+
+    /// Stores `manifest`, byte for byte, under `reference` (a tag, or its own digest) of this
+    /// repository.
+    pub fn put_manifest_at(&self, reference: &str, manifest: &[u8], media_type: &str) -> Result<(), RemoteError> {
+        let url = self.repo_url(&format!("manifests/{reference}"));
         let bytes = manifest.to_vec();
         let mut body = || Ok(SendBody::from_owned_reader(std::io::Cursor::new(bytes.clone())));
         let headers = [("Content-Type", media_type.to_string()), ("Content-Length", manifest.len().to_string())];
         let resp = self.send(Method::PUT, &url, &headers, Some(&mut body), true)?;
         match resp.status().as_u16() {
             201 | 200 | 204 => Ok(()),
-            status => Err(self.refused(&format!("storing the manifest {}", self.reference), resp, status)),
+            status => Err(self.refused(
+                &format!(
+                    "storing the manifest {}/{}{}{reference}",
+                    self.reference.host,
+                    self.reference.repo,
+                    if reference.contains(':') { '@' } else { ':' }
+                ),
+                resp,
+                status,
+            )),
         }
     }
 
