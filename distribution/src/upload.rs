@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The request body type [`BlobSource`] makes (so callers need not name the HTTP crate).
+pub use ureq::SendBody;
+
 /// One blob to send.
 #[derive(Clone, Debug)]
 pub struct BlobToSend {
@@ -40,7 +43,7 @@ pub struct Counters {
 pub trait BlobSource: Sync {
     /// A body of `len` bytes from `from` (relative to the blob), telling `counter` what it
     /// yields.
-    fn body(&self, from: u64, len: u64, counter: Arc<dyn Fn(u64) + Send + Sync>) -> ureq::SendBody<'static>;
+    fn body(&self, from: u64, len: u64, counter: Arc<dyn Fn(u64) + Send + Sync>) -> SendBody<'static>;
 }
 
 /// A blob that is a slice of a file, read with `pread` as it is sent.
@@ -52,9 +55,9 @@ pub struct FileSlice {
 }
 
 impl BlobSource for FileSlice {
-    fn body(&self, from: u64, len: u64, counter: Arc<dyn Fn(u64) + Send + Sync>) -> ureq::SendBody<'static> {
+    fn body(&self, from: u64, len: u64, counter: Arc<dyn Fn(u64) + Send + Sync>) -> SendBody<'static> {
         let at = self.offset + from;
-        ureq::SendBody::from_owned_reader(Counting { file: self.file.clone(), at, end: at + len, counter })
+        SendBody::from_owned_reader(Counting { file: self.file.clone(), at, end: at + len, counter })
     }
 }
 
@@ -62,10 +65,10 @@ impl BlobSource for FileSlice {
 pub struct MemoryBlob(pub Arc<[u8]>);
 
 impl BlobSource for MemoryBlob {
-    fn body(&self, from: u64, len: u64, counter: Arc<dyn Fn(u64) + Send + Sync>) -> ureq::SendBody<'static> {
+    fn body(&self, from: u64, len: u64, counter: Arc<dyn Fn(u64) + Send + Sync>) -> SendBody<'static> {
         let slice = self.0[from as usize..(from + len) as usize].to_vec();
         counter(len);
-        ureq::SendBody::from_owned_reader(std::io::Cursor::new(slice))
+        SendBody::from_owned_reader(std::io::Cursor::new(slice))
     }
 }
 

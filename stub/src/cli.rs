@@ -99,6 +99,52 @@ pub enum RegistryCommand {
     /// Make (or reuse) a CA, a pull credential and a serving certificate in a directory, for
     /// running `registry serve --tls-dir` and `registry config --ca-file --credential-file` by hand.
     Pki(RegistryPkiArgs),
+    /// Copy every image the installer carries into the site's own registry: digests, manifests
+    /// and multi-platform indexes unchanged, repository paths kept (under PREFIX if given),
+    /// blobs the registry has skipped, resumable. Then `registry config --endpoint
+    /// https://REGISTRY[/PREFIX]` points containerd at it.
+    Push(RegistryPushArgs),
+}
+
+/// Arguments of `registry push`.
+#[derive(Debug, Args)]
+pub struct RegistryPushArgs {
+    /// The site registry and where to put the repositories: HOST[:PORT][/PREFIX]. Image
+    /// docker.io/library/nginx:1.27 goes to HOST/PREFIX/library/nginx:1.27.
+    #[arg(long = "to", value_name = "REGISTRY[/PREFIX]")]
+    pub to: String,
+    /// A file holding the registry login as `user:password` (mode 0600 recommended), the same
+    /// file `registry config --credential-file` takes. Else `--registry-auth`, else Docker's
+    /// config.json.
+    #[arg(long, value_name = "PATH")]
+    pub credential_file: Option<PathBuf>,
+    /// Registry login as HOST=USER:PASSWORD (repeatable); overrides Docker's config.json.
+    #[arg(long, value_name = "HOST=USER:PASSWORD")]
+    pub registry_auth: Vec<String>,
+    /// Trust this CA certificate (PEM) for the registry's TLS instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (only for a registry without TLS).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Blobs sent at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+    /// MiB per upload request: what a broken connection costs at worst.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub chunk_mib: u64,
+    /// Do not remember upload sessions for a resumed push (kept in ~/.cache/ferry/push).
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The installer file to read (default: this program's own file).
+    #[arg(long, value_name = "PATH", default_value = crate::node::SELF_EXE)]
+    pub file: PathBuf,
+    /// Trust options.
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 /// Arguments of `registry serve`.

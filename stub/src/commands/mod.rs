@@ -33,6 +33,9 @@ pub fn main() -> ExitCode {
             crate::registry::config(&args, &printer).map_err(Into::into)
         }
         Command::Registry(RegistryCommand::Pki(args)) => crate::registry::pki(&args, &printer).map_err(Into::into),
+        Command::Registry(RegistryCommand::Push(args)) => {
+            crate::registry::site_push::run(&args, &printer).map_err(Into::into)
+        }
         Command::Run(args) => run::run(&args, quiet, no_progress),
         Command::Check(args) => check::run(&args),
         Command::Reset(args) => reset::run(&args, quiet, no_progress),

@@ -63,7 +63,8 @@ pub enum ConfigError {
     },
     /// An `--endpoint` with more than a scheme and host.
     #[error(
-        "endpoint `{url}` must be a scheme and host[:port] only, e.g. http://10.0.0.10:5000 (containerd appends /v2 itself)"
+        "endpoint `{url}` must be a scheme, host[:port] and optionally the prefix images were pushed under, e.g. \
+         http://10.0.0.10:5000 or https://registry.site:5000/platform (lowercase path components; containerd adds /v2 itself)"
     )]
     EndpointForm {
         /// The endpoint as given.
@@ -230,17 +231,39 @@ pub fn host_can_lower_oom_scores() -> bool {
         .is_none_or(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
-/// Checks an endpoint URL: http or https, a host with optional port, no path, query or userinfo.
+/// Checks an endpoint URL: http or https, a host with optional port, and optionally the path
+/// prefix the images were pushed under (`registry push --to HOST/PREFIX`); no query or userinfo.
 pub fn check_endpoint(url: &str) -> Result<String, ConfigError> {
     let url = url.trim().trim_end_matches('/');
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| ConfigError::EndpointScheme { url: url.to_string() })?;
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@', '"', '\\', ' ']) {
+    let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    if host.is_empty()
+        || host.contains(['?', '#', '@', '"', '\\', ' '])
+        || (!prefix.is_empty() && (prefix == "v2" || prefix.starts_with("v2/") || !prefix.split('/').all(component_ok)))
+    {
         return Err(ConfigError::EndpointForm { url: url.to_string() });
     }
     Ok(url.to_string())
+}
+
+/// How containerd is to reach an endpoint: the URL for `hosts.toml` and whether it carries the
+/// API root itself (`override_path`). A prefixed endpoint `https://reg/PREFIX` serves image
+/// `library/app` at `/v2/PREFIX/library/app`, which containerd reaches only with the path
+/// given whole (without `override_path` it would ask `/PREFIX/v2/library/app`).
+fn containerd_host(endpoint: &str) -> (String, bool) {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("https", endpoint));
+    match rest.split_once('/') {
+        Some((host, prefix)) => (format!("{scheme}://{host}/v2/{prefix}"), true),
+        None => (endpoint.to_string(), false),
+    }
 }
 
 /// containerd's directory name for a registry host (`host:port` stays as is on Linux).
@@ -288,23 +311,32 @@ pub fn render(inputs: &Inputs) -> Result<Vec<NodeFile>, ConfigError> {
 fn hosts_toml(inputs: &Inputs, what: &str, ca: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Written by `installer registry config` for bundle {}.", inputs.bundle);
-    let _ = writeln!(s, "# Pulls of {what} go to the installer's built-in registry, never upstream:");
-    let _ = writeln!(s, "# `server` is the built-in registry too, so a miss fails fast on an air-gapped node.");
+    let _ =
+        writeln!(s, "# Pulls of {what} go to the registries below (the installer's or the site's), never upstream:");
+    let _ = writeln!(s, "# `server` is the first of them too, so a miss fails fast on an air-gapped node.");
     let access = inputs.access.as_ref().map(|a| (toml_str(ca), toml_str(a.credential.basic_header().expose())));
     if access.is_some() {
         let _ =
-            writeln!(s, "# Its certificate is trusted only through the cluster CA; the header is the pull credential.");
+            writeln!(s, "# Its certificate is trusted only through the given CA; the header is the pull credential.");
     }
-    let _ = writeln!(s, "server = {}", toml_str(&inputs.endpoints[0]));
+    let (server, server_override) = containerd_host(&inputs.endpoints[0]);
+    let _ = writeln!(s, "server = {}", toml_str(&server));
+    if server_override {
+        let _ = writeln!(s, "override_path = true");
+    }
     if let Some((ca, auth)) = &access {
         let _ = writeln!(s, "ca = {ca}");
         let _ = writeln!(s, "\n[header]\n  authorization = {auth}");
     }
     for e in &inputs.endpoints {
-        let host = toml_str(e);
+        let (url, override_path) = containerd_host(e);
+        let host = toml_str(&url);
         let _ = writeln!(s);
         let _ = writeln!(s, "[host.{host}]");
         let _ = writeln!(s, "  capabilities = [\"pull\", \"resolve\"]");
+        if override_path {
+            let _ = writeln!(s, "  override_path = true");
+        }
         if let Some((ca, auth)) = &access {
             let _ = writeln!(s, "  ca = {ca}");
             let _ = writeln!(s, "  [host.{host}.header]\n    authorization = {auth}");
@@ -496,6 +528,17 @@ mod tests {
     }
 
     #[test]
+    fn a_site_registry_with_a_prefix_is_reached_through_its_whole_path() {
+        let i = inputs(Containerd::V2, &["https://reg.site:5000/platform"]);
+        snapshot_all("v2_site_prefix", &i);
+        let text = hosts_toml(&i, "docker.io images", "/etc/containerd/certs.d/docker.io/ca.crt");
+        assert!(text.contains("server = \"https://reg.site:5000/v2/platform\"\noverride_path = true\n"), "{text}");
+        assert!(text.contains("[host.\"https://reg.site:5000/v2/platform\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"), "{text}");
+        let plain = hosts_toml(&inputs(Containerd::V2, &["https://reg.site:5000"]), "x", "ca");
+        assert!(!plain.contains("override_path"), "{plain}");
+    }
+
+    #[test]
     fn containerd_1_7_single_endpoint() {
         let i = inputs(Containerd::V1_7, &["http://10.0.0.10:5000"]);
         let files: Vec<String> = render(&i).unwrap().iter().map(|f| f.path.display().to_string()).collect();
@@ -605,6 +648,10 @@ mod tests {
         assert_eq!(check_endpoint("http://10.0.0.10:5000/").unwrap(), "http://10.0.0.10:5000");
         assert!(check_endpoint("10.0.0.10:5000").is_err());
         assert!(check_endpoint("http://10.0.0.10:5000/v2").is_err());
+        assert_eq!(check_endpoint("https://reg.site:5000/platform/v1/").unwrap(), "https://reg.site:5000/platform/v1");
+        assert!(check_endpoint("https://reg.site/Platform").is_err());
+        assert!(check_endpoint("https://reg.site/a//b").is_err());
+        assert!(check_endpoint("https://user@reg.site").is_err());
         assert!(check_endpoint("http://").is_err());
         assert!(render(&inputs(Containerd::V2, &[])).is_err());
     }

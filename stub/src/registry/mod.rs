@@ -10,6 +10,7 @@
 //! * [`routes`] owns the HTTP API: parsing, resolution, headers, errors;
 //! * [`access_log`] owns response bodies and the one-line-per-request log;
 //! * [`config`] owns the containerd files `registry config` writes;
+//! * [`site_push`] owns `registry push`: the images copied into a site's own registry;
 //! * [`pki`] owns the cluster's registry CA, pull credential and serving certificate (operator
 //!   side), and [`tls`] the TLS and credential check both ends use;
 //! * this module owns startup (trust checks, listener, runtime) and shutdown.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod integrity;
 pub mod pki;
 pub mod routes;
+pub mod site_push;
 pub mod store;
 pub mod tls;
 

@@ -50,6 +50,9 @@ pub struct Repo {
     pub tags: BTreeMap<String, BlobId>,
     /// Every blob (manifests, configs, layers) reachable from this repository's images.
     pub reachable: HashSet<BlobId>,
+    /// The top-level manifest or index of every image of this repository, tagged or pinned by
+    /// digest.
+    pub images: BTreeSet<BlobId>,
 }
 
 /// Everything the registry serves.
@@ -62,6 +65,8 @@ pub struct Store {
     pub repos: BTreeMap<(String, String), Repo>,
     /// Repository name → registries that carry it.
     by_name: HashMap<String, BTreeSet<String>>,
+    /// Manifest or index → the stored blobs it references (children, config, layers).
+    children: HashMap<BlobId, Vec<BlobId>>,
     /// Problems found while building (missing blobs, corrupt manifests); printed at startup.
     pub warnings: Vec<String>,
 }
@@ -136,7 +141,7 @@ impl Store {
     /// A repository per image's (registry, repository), with its tags and reachable blobs.
     fn add_images(&mut self, file: &VerifiedFile, images: &[ImageRecord]) {
         // Parse every manifest reachable from an image once, and remember its children.
-        let mut children: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
+        let mut children = std::mem::take(&mut self.children);
         for image in images {
             let registry = normalize_domain(&image.registry);
             let key = (registry.clone(), image.repository.clone());
@@ -157,8 +162,10 @@ impl Store {
             if let Some(tag) = &image.tag {
                 repo.tags.insert(tag.clone(), top);
             }
+            repo.images.insert(top);
             repo.reachable.extend(reachable);
         }
+        self.children = children;
     }
 
     /// Every blob reachable from manifest `top` (itself included), parsing manifests as needed.
@@ -245,6 +252,17 @@ impl Store {
     /// The blob with this digest, if stored.
     pub fn blob_id(&self, digest: &str) -> Option<BlobId> {
         self.by_digest.get(digest).copied()
+    }
+
+    /// The stored blobs manifest or index `id` references, in document order (an index's
+    /// children the bundle does not carry are absent); empty for a config or layer.
+    pub fn children(&self, id: BlobId) -> &[BlobId] {
+        self.children.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether blob `id` is a manifest or an index (it has a media type to be served with).
+    pub fn is_manifest(&self, id: BlobId) -> bool {
+        self.blobs[id as usize].media_type.is_some()
     }
 
     /// The blob with this id.
