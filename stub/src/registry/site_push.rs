@@ -74,7 +74,7 @@ pub enum SitePushError {
         /// The site repository.
         to: String,
         /// Why.
-        cause: RemoteError,
+        cause: Box<RemoteError>,
     },
     /// The registry refused an index whose platforms the installer carries only in part.
     #[error(
@@ -91,7 +91,7 @@ pub enum SitePushError {
         /// The platforms (or digests) missing.
         missing: String,
         /// The registry's answer.
-        cause: RemoteError,
+        cause: Box<RemoteError>,
     },
 }
 
@@ -347,7 +347,7 @@ struct Pusher<'a> {
 impl Pusher<'_> {
     fn remote_err(&self, what: String, rp: &RepoPlan) -> impl FnOnce(RemoteError) -> SitePushError {
         let to = format!("{}/{}", self.target.host, rp.target);
-        move |cause| SitePushError::Remote { what, to, cause }
+        move |cause| SitePushError::Remote { what, to, cause: Box::new(cause) }
     }
 
     /// Fills one site repository: blobs, then manifests, then tags.
@@ -438,10 +438,15 @@ impl Pusher<'_> {
         if oci::is_index_type(&media_type) {
             let missing = self.missing_children(&bytes);
             if !missing.is_empty() {
-                return Err(SitePushError::PartialIndex { image, to, missing: missing.join(", "), cause });
+                return Err(SitePushError::PartialIndex {
+                    image,
+                    to,
+                    missing: missing.join(", "),
+                    cause: Box::new(cause),
+                });
             }
         }
-        Err(SitePushError::Remote { what: image, to, cause })
+        Err(SitePushError::Remote { what: image, to, cause: Box::new(cause) })
     }
 
     /// The platforms (or digests) an index names that the installer does not carry.
