@@ -18,6 +18,8 @@ fn main() {
         "stub/Cargo.toml",
         "core/src",
         "core/Cargo.toml",
+        "distribution/src",
+        "distribution/Cargo.toml",
         "payload-format/src",
         "payload-format/Cargo.toml",
         "Cargo.lock",

@@ -17,4 +17,5 @@ mod real_upgrade;
 mod registry;
 mod relay;
 mod run;
+mod site_registry;
 mod standin_cluster;

@@ -128,41 +128,7 @@ impl Upstream {
                 ));
             }
             if tls {
-                let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-                let (ca, ca_key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
-                // A CA and a server certificate it signs: verifiers refuse a CA certificate
-                // used as the server's own.
-                ok(Command::new("openssl")
-                    .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ferry test CA"])
-                    .arg("-keyout")
-                    .arg(&ca_key)
-                    .arg("-out")
-                    .arg(&ca));
-                let csr = dir.path().join("tls.csr");
-                ok(Command::new("openssl")
-                    .args(["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"])
-                    .arg("-keyout")
-                    .arg(&key)
-                    .arg("-out")
-                    .arg(&csr));
-                let ext = dir.path().join("tls.ext");
-                fs::write(
-                    &ext,
-                    "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-                )
-                .unwrap();
-                ok(Command::new("openssl")
-                    .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-                    .arg("-in")
-                    .arg(&csr)
-                    .arg("-CA")
-                    .arg(&ca)
-                    .arg("-CAkey")
-                    .arg(&ca_key)
-                    .arg("-extfile")
-                    .arg(&ext)
-                    .arg("-out")
-                    .arg(&crt));
+                let (crt, key) = server_certificate(dir.path(), &["127.0.0.1"]);
                 config = config.replace(
                     &format!("http: {{addr: {addr}}}"),
                     &format!("http: {{addr: {addr}, tls: {{certificate: {}, key: {}}}}}", crt.display(), key.display()),
@@ -255,6 +221,48 @@ impl Drop for Upstream {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CA (`ca.crt`, `ca.key`) and a server certificate it signs for the IP addresses `ips`
+/// (`tls.crt`, `tls.key`), made with openssl in `dir`; returns the certificate and key paths.
+/// Verifiers refuse a CA certificate used as the server's own, hence the two.
+pub fn server_certificate(dir: &Path, ips: &[&str]) -> (PathBuf, PathBuf) {
+    let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let (ca, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    ok(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ferry test CA"])
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca));
+    let csr = dir.join("tls.csr");
+    ok(Command::new("openssl")
+        .args(["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj"])
+        .arg(format!("/CN={}", ips[0]))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    let ext = dir.join("tls.ext");
+    let sans: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
+    fs::write(
+        &ext,
+        format!("basicConstraints=CA:FALSE\nsubjectAltName={}\nextendedKeyUsage=serverAuth\n", sans.join(",")),
+    )
+    .unwrap();
+    ok(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&crt));
+    (crt, key)
 }
 
 /// An OCI image layout on disk, built with umoci.

@@ -257,6 +257,9 @@ pub struct SitePushSummary {
 
 /// Runs `registry push`.
 pub fn run(args: &RegistryPushArgs, printer: &Printer) -> Result<(), SitePushError> {
+    // With --json, stdout carries the summary alone (warnings still go to stderr).
+    let quiet = Printer::new(true, true);
+    let printer = if args.json { &quiet } else { printer };
     let target = parse_target(&args.to)?;
     let access = access(args, &target)?;
     let payload = open_trusted(&args.file, &args.trust, printer)?;
@@ -428,7 +431,9 @@ impl Pusher<'_> {
         let blob = self.store.blob(id);
         let bytes = self.checked(id)?;
         let media_type = blob.media_type.clone().unwrap_or_else(|| oci::OCI_MANIFEST.into());
-        let image = match rp.tag_sources.get(reference) {
+        // Named as the bundle names it: by a tag pointing at it where there is one.
+        let tagged = rp.tags.iter().find(|&(tag, &top)| top == id && (tag == reference || reference.contains(':')));
+        let image = match tagged.and_then(|(tag, _)| rp.tag_sources.get(tag)) {
             Some(source) => source.clone(),
             None => format!("{}@{}", rp.sources.join(", "), blob.digest),
         };
