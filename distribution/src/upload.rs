@@ -192,8 +192,11 @@ impl Uploader<'_> {
         let path = self.resume_dir.map(|d| session_path(d, remote, &blob.digest));
         let mut fresh_start_left = 1;
         let mut attempt = 0;
+        // The furthest byte of this blob told to `progress`: a retry from an earlier offset is
+        // not counted twice.
+        let mut reported = 0;
         loop {
-            match self.upload(blob, source, path.as_deref()) {
+            match self.upload(blob, source, path.as_deref(), &mut reported) {
                 Ok(()) => {
                     if let Some(p) = &path {
                         let _ = std::fs::remove_file(p);
@@ -222,8 +225,20 @@ impl Uploader<'_> {
 
     /// One try at sending a blob: from the remembered session when the registry still holds it,
     /// else from a new one.
-    fn upload(&self, blob: &BlobToSend, source: &dyn BlobSource, path: Option<&Path>) -> Result<(), RemoteError> {
+    fn upload(
+        &self,
+        blob: &BlobToSend,
+        source: &dyn BlobSource,
+        path: Option<&Path>,
+        reported: &mut u64,
+    ) -> Result<(), RemoteError> {
         let Uploader { remote, chunk, counters, progress, .. } = *self;
+        let mut report = |to: u64| {
+            if to > *reported {
+                progress(to - *reported);
+                *reported = to;
+            }
+        };
         let remembered = path.and_then(load_session);
         let resumed = match &remembered {
             Some(s) => match remote.upload_status(&s.location)? {
@@ -243,7 +258,7 @@ impl Uploader<'_> {
         if let Some(p) = path {
             save_session(p, &Session { location: location.clone(), offset });
         }
-        progress(offset);
+        report(offset);
         while offset < blob.size {
             let n = chunk.max(1).min(blob.size - offset);
             let sent = Arc::new(AtomicU64::new(0));
@@ -258,7 +273,7 @@ impl Uploader<'_> {
             counters.sent.fetch_add(sent.load(Ordering::Relaxed), Ordering::Relaxed);
             location = result?;
             offset += n;
-            progress(n);
+            report(offset);
             if let Some(p) = path {
                 save_session(p, &Session { location: location.clone(), offset });
             }

@@ -193,8 +193,9 @@ pub struct RegistryPkiArgs {
 /// Arguments of `registry config`.
 #[derive(Debug, Args)]
 pub struct RegistryConfigArgs {
-    /// URL of the built-in registry as nodes reach it, e.g. https://10.0.0.10:5050. Repeat for
-    /// replicas: containerd tries them in the order given; the first is also `server`.
+    /// URL of the registry as nodes reach it: the built-in one (https://10.0.0.10:5050) or the
+    /// site's own, with the prefix `registry push --to` used (https://registry.site:5000/platform).
+    /// Repeat for replicas: containerd tries them in the order given; the first is also `server`.
     #[arg(long = "endpoint", value_name = "URL", required = true)]
     pub endpoints: Vec<String>,
     /// Directory to write `certs.d/` and `config.toml` into.

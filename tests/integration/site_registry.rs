@@ -294,7 +294,11 @@ fn through_a_link_cut_part_way(home: &Path, site: &Upstream, installer: &Path, c
     eprintln!("registry push: cut after {} client bytes; the rerun sent {sent} of {total} blob bytes", link.passed());
     // At most the 40% the link did not pass, plus the 1 MiB chunk it cut.
     let log = fs::read_to_string(home.join("cut-push.log")).unwrap_or_default();
-    assert!(sent > 0 && sent < total * 7 / 10, "the rerun sent {sent} of {total}: {resumed}\nthe cut push said:\n{log}\nthe rerun said:\n{}", String::from_utf8_lossy(&rerun.stderr));
+    assert!(
+        sent > 0 && sent < total * 7 / 10,
+        "the rerun sent {sent} of {total}: {resumed}\nthe cut push said:\n{log}\nthe rerun said:\n{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
     let raw = raw_manifest(site, "cut/library/app:1");
     assert_eq!(digest(&raw), images(installer)["docker.io/library/app:1"].2);
 }
