@@ -49,8 +49,12 @@ pub fn pull(args: &PullArgs, printer: &Printer) -> Result<()> {
     if args.access.json {
         ferry_core::printer::stdout_line(&serde_json::to_string(&s)?);
     } else {
+        let reused = match s.bytes_reused {
+            0 => String::new(),
+            n => format!("; {} MiB were already there from an interrupted pull", n >> 20),
+        };
         printer.out(format!(
-            "pulled {} into {}: {} {} ({} bytes, sha256 {})",
+            "pulled {} into {}: {} {} ({} bytes, sha256 {}){reused}",
             s.reference, s.file, s.name, s.version, s.size, s.sha256
         ));
     }

@@ -114,7 +114,53 @@ fn scenario(site: Upstream) {
         assert!(verified.contains("OK:") && verified.contains("(trusted)"), "{verified}");
     }
 
+    pull_through_a_link_cut_part_way(home, &site, &second);
     pull_refusals(home, &site, &first, &second, &reference2);
+}
+
+/// A pull through a link that dies part-way: the operator kills the stuck pull, nothing is at
+/// the destination, and the same command run again fetches only the layers that had not
+/// arrived, then leaves the very file and nothing else.
+fn pull_through_a_link_cut_part_way(home: &Path, site: &Upstream, file: &Path) {
+    let link = CutLink::start(&site.addr);
+    let through = format!("oci://{}/vendor/platform:1.1.0", link.addr);
+    let pull = |out: &Path| {
+        let mut cmd = ferry_cmd(home);
+        cmd.args(["pull", "--jobs", "1"]).arg(&through).arg("-o").arg(out).args(access(site, &link.addr));
+        cmd
+    };
+    // The client's bytes of a whole pull (its requests): the cut comes after 60% of them.
+    let measured = home.join("measured/installer");
+    fs::create_dir_all(measured.parent().unwrap()).unwrap();
+    ok(&mut pull(&measured));
+    let requests = link.passed();
+    let out = home.join("resumed/installer");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    link.hold_after(requests * 6 / 10);
+    let mut cut = pull(&out).arg("--json").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while !link.holding() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the pull never used up the link's allowance");
+        assert!(cut.try_wait().unwrap().is_none(), "the pull ended before the link died");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What was on its way arrives before the operator gives up.
+    std::thread::sleep(Duration::from_millis(500));
+    cut.kill().unwrap();
+    cut.wait().unwrap();
+    assert!(!out.exists(), "an interrupted pull left a file at the destination");
+    link.open();
+    let resumed = json_stdout(pull(&out).arg("--json"));
+    let (fetched, reused) = (resumed["bytes_fetched"].as_u64().unwrap(), resumed["bytes_reused"].as_u64().unwrap());
+    eprintln!(
+        "pull: cut after {} of {requests} request bytes; the rerun fetched {fetched} and reused {reused} layer bytes",
+        requests * 6 / 10
+    );
+    assert!(reused > 0 && fetched > 0, "{resumed}");
+    assert_eq!(fs::read(&out).unwrap(), fs::read(file).unwrap());
+    let left: Vec<String> =
+        fs::read_dir(out.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert_eq!(left, ["installer"], "the partial file is gone once the pull is whole");
 }
 
 /// Refusals first: no login, a wrong one, and TLS without the registry's CA.

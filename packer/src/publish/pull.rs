@@ -2,9 +2,11 @@
 //!
 //! Owns the download of one installer: the manifest checked to be a ferry installer (and
 //! against the digest when the reference names one), the config checked against its digest and
-//! the layers, every layer fetched by a few workers at once into a temporary file beside the
-//! destination and checked against its digest, then the whole file against the config's sha256
-//! before it is renamed into place. A failure leaves nothing at the destination.
+//! the layers, every layer fetched by a few workers at once into a partial file beside the
+//! destination (`.NAME.<sha256 prefix>.part`, 0600), then the whole file checked against the
+//! config's sha256 before it is renamed into place. A failure leaves nothing at the destination;
+//! an interrupted pull keeps the partial file, and the same command run again fetches only the
+//! layers whose bytes there do not already match their digests. Damaged content is never kept.
 
 use super::layout::{ARTIFACT_TYPE, ArtifactConfig, CONFIG_MEDIA_TYPE, LayoutError};
 use super::{MANIFEST_MEDIA_TYPE, Manifest};
@@ -39,6 +41,10 @@ pub struct PullSummary {
     pub name: String,
     /// The bundle's version.
     pub version: String,
+    /// Layer bytes downloaded by this run.
+    pub bytes_fetched: u64,
+    /// Layer bytes an interrupted earlier pull had already put in place, checked and kept.
+    pub bytes_reused: u64,
 }
 
 /// Why a pull failed. Nothing is left at the destination.
@@ -67,6 +73,19 @@ pub enum PullError {
         reference: String,
         /// Why.
         cause: Box<LayoutError>,
+    },
+    /// The transfer stopped; what arrived is kept for the next try.
+    #[error(
+        "pulling {reference}: {cause}; what arrived is kept in {}: the same command continues from there",
+        part.display()
+    )]
+    Interrupted {
+        /// The reference.
+        reference: String,
+        /// The partial file kept.
+        part: std::path::PathBuf,
+        /// Why.
+        cause: Box<RemoteError>,
     },
     /// Writing the file failed.
     #[error("writing {path}: {cause}")]
@@ -127,20 +146,30 @@ pub fn pull(
         _ => Path::new("."),
     };
     let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "installer".into());
-    let tmp =
-        tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".part").tempfile_in(dir).map_err(write_err)?;
-    tmp.as_file().set_len(config.size).map_err(write_err)?;
+    let part = Part::open(dir, &name, &config.sha256[..16.min(config.sha256.len())]).map_err(write_err)?;
+    let part_write_err = |cause| PullError::Write { path: part.path.display().to_string(), cause };
+    part.file.set_len(config.size).map_err(part_write_err)?;
     let mut offsets: HashMap<&str, Vec<u64>> = HashMap::new();
     for s in &config.segments {
         if let Some(d) = &s.digest {
             offsets.entry(d.as_str()).or_default().push(s.offset);
         }
     }
-    let layers: Vec<(&str, u64, Vec<u64>)> = manifest
+    let all: Vec<(&str, u64, Vec<u64>)> = manifest
         .layers
         .iter()
         .filter_map(|l| offsets.remove(l.digest.as_str()).map(|o| (l.digest.as_str(), l.size, o)))
         .collect();
+    // Layers an interrupted pull already wrote whole are checked, not fetched again.
+    let mut layers = Vec::new();
+    let mut bytes_reused = 0;
+    for layer in all {
+        if part.resumed && layer_in_place(&part.file, layer.0, layer.1, &layer.2).map_err(part_write_err)? {
+            bytes_reused += layer.1;
+        } else {
+            layers.push(layer);
+        }
+    }
     let total: u64 = layers.iter().map(|(_, size, _)| size).sum();
     let progress = printer.progress(total, "pull");
     let next = AtomicUsize::new(0);
@@ -150,13 +179,17 @@ pub fn pull(
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((digest, size, at)) = layers.get(i) else { return };
-                    let fetched = fetch_into(&remote, digest, *size, at, tmp.as_file(), &|n| progress.inc(n));
+                    let Some((digest, size, offsets)) = layers.get(i) else { return };
+                    let fetched = fetch_into(&remote, digest, *size, offsets, &part.file, &|n| progress.inc(n));
                     if let Err(e) = fetched {
                         let e = match e {
-                            Fetch::Remote(r) => remote_err(r),
+                            Fetch::Remote(cause) => PullError::Interrupted {
+                                reference: at.clone(),
+                                part: part.path.clone(),
+                                cause: Box::new(cause),
+                            },
                             Fetch::Corrupt(why) => not(why),
-                            Fetch::Write(w) => write_err(w),
+                            Fetch::Write(w) => part_write_err(w),
                         };
                         failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(e);
                         next.store(usize::MAX / 2, Ordering::Relaxed);
@@ -168,23 +201,25 @@ pub fn pull(
     });
     progress.finish();
     if let Some(e) = failures.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).into_iter().next() {
+        // Only an interrupted transfer is worth keeping; anything else starts afresh.
+        if !matches!(e, PullError::Interrupted { .. }) {
+            part.remove();
+        }
         return Err(e);
     }
     let checking = printer.progress(config.size, "check");
-    let got =
-        super::layout::sha256_hex(ProgressRead { inner: tmp.as_file(), progress: &checking }).map_err(write_err)?;
+    let got = super::layout::sha256_hex(ProgressRead { inner: &part.file, at: 0, progress: &checking })
+        .map_err(part_write_err)?;
     checking.finish();
     if got != config.sha256 {
-        let damaged = damaged_layers(tmp.as_file(), &config).map_err(write_err)?;
+        let damaged = damaged_layers(&part.file, &config).map_err(part_write_err)?;
+        part.remove();
         return Err(not(match damaged.is_empty() {
             false => format!("the registry served damaged layers: {}", damaged.join(", ")),
             true => format!("the file put together has sha256 {got}, not the {} its config records", config.sha256),
         }));
     }
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o755)).map_err(write_err)?;
-    tmp.as_file().sync_all().map_err(write_err)?;
-    tmp.persist(output).map_err(|e| write_err(e.error))?;
+    part.finish(output).map_err(write_err)?;
     Ok(PullSummary {
         reference: at.clone(),
         file: output.display().to_string(),
@@ -192,7 +227,66 @@ pub fn pull(
         sha256: config.sha256,
         name: config.name,
         version: config.version,
+        bytes_fetched: total,
+        bytes_reused,
     })
+}
+
+/// The partial file a pull writes into, beside the destination: one name per file content, so
+/// an interrupted pull of the same installer finds it again and another installer never does.
+struct Part {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    /// It was there before this run.
+    resumed: bool,
+}
+
+impl Part {
+    fn open(dir: &Path, name: &str, key: &str) -> std::io::Result<Part> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(format!(".{name}.{key}.part"));
+        let resumed = path.is_file();
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+        Ok(Part { path, file, resumed })
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Makes the checked file the destination: executable, on disk, renamed into place.
+    fn finish(self, output: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        self.file.sync_all()?;
+        std::fs::rename(&self.path, output)?;
+        if let Some(dir) = output.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Whether every copy of layer `digest` (`size` bytes at `offsets`) in `file` already holds it.
+fn layer_in_place(file: &std::fs::File, digest: &str, size: u64, offsets: &[u64]) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    for &offset in offsets {
+        let mut h = sha2::Sha256::new();
+        let mut at = 0;
+        while at < size {
+            let n = (buf.len() as u64).min(size - at) as usize;
+            file.read_exact_at(&mut buf[..n], offset + at)?;
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        if format!("sha256:{}", hex::encode(h.finalize())) != digest {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The layers whose bytes in `file` do not match their digests, each with what it hashed to.
@@ -301,15 +395,17 @@ fn fetch_once(
     Ok(())
 }
 
-/// A reader that reports what it reads.
+/// A reader of a file from `at` on, by positioned reads, reporting what it reads.
 struct ProgressRead<'a> {
     inner: &'a std::fs::File,
+    at: u64,
     progress: &'a ferry_core::printer::Progress,
 }
 
 impl Read for ProgressRead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read_at(buf, self.at)?;
+        self.at += n as u64;
         self.progress.inc(n as u64);
         Ok(n)
     }
