@@ -75,6 +75,12 @@ fn summary(payload: &Payload, printer: &Printer) -> Result<(), InspectError> {
     printer.out(format!("file:         {}", payload.path().display()));
     printer.out(format!("bundle:       {} {}", meta.name, meta.version));
     printer.out(format!("kubernetes:   {}", meta.kubernetes_version));
+    if let Some(base) = metadata::base(&meta.extra)? {
+        printer.out(format!(
+            "built on:     {} {} (index {}, signature verified with {})",
+            base.name, base.version, base.digest, base.signer
+        ));
+    }
     if let Some(cp) = metadata::control_plane(&meta.extra)? {
         // Where the control-plane list came from (the bundle's kubeadm, or ferry's table).
         let detail = cp.detail.as_deref().unwrap_or("source not recorded");

@@ -12,6 +12,7 @@
 //! | `missingImages` | references left out with `--allow-missing-images` |
 //! | `controlPlaneImages` | [`ControlPlaneRecord`] |
 //! | `launch` | [`LaunchStep`]s, in order |
+//! | `base` | [`BaseRecord`]: the installer this one was built on (`spec.base`), if any |
 
 use payload_format::Payload;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,29 @@ pub mod key {
     pub const CONTROL_PLANE: &str = "controlPlaneImages";
     /// [`super::LaunchStep`]s.
     pub const LAUNCH: &str = "launch";
+    /// [`super::BaseRecord`].
+    pub const BASE: &str = "base";
+}
+
+/// The installer a bundle was built on (`spec.base`): what it was, proven by whom.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseRecord {
+    /// The base's bundle name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Its Kubernetes version.
+    pub kubernetes_version: String,
+    /// `sha256:` of its signed index: what its signature covers, so it names the base exactly.
+    pub digest: String,
+    /// Fingerprint of the key its signature was verified with.
+    pub signer: String,
+}
+
+/// `base` (none when the bundle was not built on another).
+pub fn base(extra: &Map<String, Value>) -> Result<Option<BaseRecord>, MetadataError> {
+    read(extra, key::BASE, "a base installer record")
 }
 
 /// A key whose value is not what the packer writes.

@@ -2,6 +2,7 @@
 //! under a temporary name, renaming it into place only when everything, signature included,
 //! has been written and flushed.
 
+use crate::base::{Base, BaseError};
 use crate::cli::BuildArgs;
 use crate::images::ImagesError;
 use crate::launch::LaunchError;
@@ -68,6 +69,9 @@ pub enum BuildError {
     /// The images cannot be gathered.
     #[error(transparent)]
     Images(#[from] ImagesError),
+    /// `spec.base` cannot be used.
+    #[error(transparent)]
+    Base(#[from] BaseError),
     /// Reading the key or writing the payload failed.
     #[error(transparent)]
     Payload(#[from] payload_format::Error),
@@ -268,18 +272,26 @@ pub fn run(args: &BuildArgs, printer: &Printer) -> anyhow::Result<()> {
 
 fn build(args: &BuildArgs, printer: &Printer) -> Result<(), BuildError> {
     let started = Instant::now();
-    let bundle = Bundle::load(args.spec_path())?;
+    let mut bundle = Bundle::load(args.spec_path())?;
+    let output_dir = output_dir(&args.output)?;
+    let base = match bundle.spec.spec.base.clone() {
+        Some(spec) => Some(Base::load(&bundle, &spec, output_dir, &args.registry_auth, printer)?),
+        None => None,
+    };
+    if let Some(base) = &base {
+        bundle.spec.spec.platforms = base.platforms_for(&bundle)?;
+    }
     let launch = crate::launch::resolve(&bundle)?;
     let key = args.key.as_deref().map(|path| load_secret_key(path, printer)).transpose()?;
     check_launch_paths(&bundle, &launch)?;
     let mut plan = plan(&bundle)?;
-    let output_dir = output_dir(&args.output)?;
     let image_opts = crate::images::Options {
         allow_missing: args.allow_missing_images,
         offline: args.offline,
         registry_auth: args.registry_auth.clone(),
         jobs: args.jobs,
         discovery: args.charts.options(),
+        carried: base.as_ref().map(Base::image_refs).unwrap_or_default(),
     };
     // The store lives until the installer is written: the plan points into it.
     let crate::images::Collected { store, blobs, contract, kustomized } =
@@ -287,9 +299,20 @@ fn build(args: &BuildArgs, printer: &Printer) -> Result<(), BuildError> {
     add_blobs(&mut plan, &blobs)?;
     let rendered = add_kustomized(&mut plan, &kustomized, output_dir)?;
     let stub = read_stub(args.stub.as_deref())?;
+    let (contract, launch) = match &base {
+        Some(base) => {
+            add_base(&mut plan, base, &bundle)?;
+            let steps: Vec<_> = base.launch.iter().cloned().chain(launch).collect();
+            (base.merge_contract(contract), steps)
+        }
+        None => (contract, launch),
+    };
     let mut metadata = bundle_metadata(&bundle, &contract)?;
     if !launch.is_empty() {
         metadata.extra.insert(key::LAUNCH.into(), ferry_core::metadata::launch_value(&launch));
+    }
+    if let Some(base) = &base {
+        metadata.extra.insert(key::BASE.into(), serde_json::to_value(&base.record).unwrap_or_default());
     }
     let total: u64 = plan.values().map(|p| p.item.size).sum();
     let progress = printer.progress(total, "build");
@@ -298,6 +321,7 @@ fn build(args: &BuildArgs, printer: &Printer) -> Result<(), BuildError> {
     let summary = summary?;
     drop(store);
     drop(rendered);
+    drop(base);
     report(args, key.as_ref(), &summary, &contract, started.elapsed().as_secs_f64(), printer);
     Ok(())
 }
@@ -571,6 +595,38 @@ pub fn add_blobs(plan: &mut Plan, blobs: &BTreeMap<String, crate::images::store:
                 blob: Some(BlobSource { offset: slice.offset, digest: digest.clone() }),
             },
         );
+    }
+    Ok(())
+}
+
+/// Lays the base installer's entries under this spec's: directories merge, an image blob both
+/// hold is written once, this spec's own file replaces the base's, and any other path both
+/// provide is refused naming the two.
+fn add_base(plan: &mut Plan, base: &Base, bundle: &Bundle) -> Result<(), BuildError> {
+    let spec_key = format!(
+        "bundle/{}",
+        bundle.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle.yaml".into())
+    );
+    let origin = format!("the base installer {} {}", base.record.name, base.record.version);
+    for e in &base.entries {
+        let kind = match e.kind {
+            payload_format::EntryKind::File => ItemKind::File,
+            payload_format::EntryKind::Dir => ItemKind::Dir,
+            payload_format::EntryKind::Symlink => ItemKind::Symlink(e.link_target.clone()),
+        };
+        let item = TreeItem { rel: e.path.clone(), source: e.staged.clone(), kind, mode: e.mode, size: e.size };
+        let blob =
+            e.path.strip_prefix("blobs/sha256/").map(|hex| BlobSource { offset: 0, digest: format!("sha256:{hex}") });
+        match plan.get(&e.path) {
+            Some(_) if blob.is_some() || e.path == spec_key => continue,
+            Some(prev) if prev.item.kind == ItemKind::Dir && item.kind == ItemKind::Dir => continue,
+            Some(prev) => {
+                return Err(BuildError::Twice { key: e.path.clone(), first: origin, second: prev.origin.clone() });
+            }
+            None => {
+                plan.insert(e.path.clone(), Planned { item, origin: origin.clone(), blob });
+            }
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! static, self-verifying `installer`.
 #![deny(missing_docs)]
 
+pub mod base;
 pub mod builder;
 pub mod cli;
 mod commands;

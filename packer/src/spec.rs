@@ -77,6 +77,24 @@ pub struct Spec {
     /// payload paths by [`crate::launch`]).
     #[serde(default)]
     pub launch: Vec<ferry_core::launch::LaunchStepFields>,
+    /// An installer this bundle is built on: its signature checked with `key` before anything
+    /// is read, its whole content carried, its launch steps run before this spec's.
+    #[serde(default)]
+    pub base: Option<BaseSpec>,
+}
+
+/// `spec.base`: `{installer: PATH, key: PUB}` or `{oci: oci://REGISTRY/REPO:TAG, key: PUB}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSpec {
+    /// The base installer's file, relative to the spec.
+    #[serde(default)]
+    pub installer: Option<String>,
+    /// Or where `ferry pull` would fetch it from.
+    #[serde(default)]
+    pub oci: Option<String>,
+    /// The public key the base must be signed with, relative to the spec.
+    pub key: String,
 }
 
 /// One `spec.images` item: a reference, or a reference with a local source.

@@ -1,4 +1,5 @@
 //! One integration-test binary; each module covers one area.
+mod base_bundle;
 mod build_kubernetes_script;
 mod build_verify;
 mod charts;

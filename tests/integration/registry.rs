@@ -200,16 +200,16 @@ spec:
 }
 
 /// A running `installer registry serve`, killed on drop.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     /// `127.0.0.1:PORT`.
-    addr: String,
+    pub(crate) addr: String,
     log: PathBuf,
     _stdout: BufReader<ChildStdout>,
 }
 
 impl Serve {
-    fn start(installer: &Path, args: &[&str]) -> Serve {
+    pub(crate) fn start(installer: &Path, args: &[&str]) -> Serve {
         Serve::try_start(installer, args).unwrap_or_else(|e| panic!("{e}"))
     }
 

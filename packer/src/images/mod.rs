@@ -54,6 +54,8 @@ pub struct Options {
     pub jobs: usize,
     /// How charts are read.
     pub discovery: discovery::Options,
+    /// References a base installer already carries (`spec.base`): not resolved again.
+    pub carried: std::collections::BTreeSet<String>,
 }
 
 /// What the build adds to the installer.
@@ -151,7 +153,11 @@ pub fn collect(
     if let Some(how) = &found.charts {
         printer.out(how.clone());
     }
-    let images = found.images;
+    let carried_before = found.images.len();
+    let images: Vec<_> = found.images.into_iter().filter(|d| !opts.carried.contains(&d.image.to_string())).collect();
+    if images.len() < carried_before {
+        printer.out(format!("images: {} already in the base installer", carried_before - images.len()));
+    }
     let platforms = platforms(bundle)?;
     let spec = &bundle.spec.spec;
     let net = registry_client::Network::new(&spec.registry_mirrors, &spec.insecure_registries, opts.offline)
