@@ -21,19 +21,6 @@ use std::time::{Duration, Instant};
 const USER: &str = "vendor";
 const PASSWORD: &str = "pu5h-s3cret";
 
-/// Bytes that do not compress: an image layer made of them is as large in the installer.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A signed installer whose apps are `images` (each one layer of 4 MiB of noise), built with
 /// `epoch` as its creation time.
 fn release(dir: &Path, hub: &Upstream, key: &Path, name: &str, images: &[u64], epoch: &str) -> PathBuf {

@@ -23,19 +23,6 @@ use std::time::{Duration, Instant};
 const USER: &str = "site";
 const PASSWORD: &str = "s1te-pa55";
 
-/// Bytes that do not compress.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// The hub the bundles are built from: the control plane, `library/app:1` (two layers of
 /// noise), `mirror/app:1` (the same image), `team/multi:1` (an amd64 + arm64 index) and
 /// `team/multi:2` (its amd64 child alone).

@@ -156,3 +156,17 @@ pub fn standin_bundle() -> PathBuf {
     workspace_root().join("tests/fixtures/standin-bundle/bundle.yaml")
 }
 pub mod lab;
+
+/// `len` bytes that do not compress (xorshift from `seed`): an image layer made of them is as
+/// large in the installer as on the wire.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
