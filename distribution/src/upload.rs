@@ -183,7 +183,9 @@ impl Uploader<'_> {
             present(false);
             return Ok(());
         }
-        for from in mount_from.iter().filter(|r| **r != remote.reference.repo) {
+        // One holder is enough to ask: a registry that refuses that mount refuses the others
+        // too, and asking each of hundreds of repositories would cost a request apiece.
+        for from in mount_from.iter().filter(|r| **r != remote.reference.repo).take(1) {
             if with_retries(|| remote.mount_blob(&blob.digest, from))? {
                 present(true);
                 return Ok(());
