@@ -110,36 +110,7 @@ pub fn pull(
     let not = |why: String| PullError::NotInstaller { reference: at.clone(), why };
     let write_err = |cause| PullError::Write { path: output.display().to_string(), cause };
     let remote = Remote::open(reference, access, false).map_err(remote_err)?;
-    // Every kind of manifest is accepted, so that an image or an index under the name is
-    // reported as what it is rather than as missing.
-    let (bytes, content_type) = remote.get_manifest(ANY_MANIFEST, MAX_MANIFEST).map_err(remote_err)?;
-    if let Some(want) = reference.reference.strip_prefix("sha256:") {
-        let got = hex::encode(sha2::Sha256::digest(&bytes));
-        if got != want {
-            return Err(not(format!("the manifest's digest is sha256:{got}")));
-        }
-    }
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|_| not(format!("it is not a ferry installer (a `{content_type}`)")))?;
-    if manifest.media_type != MANIFEST_MEDIA_TYPE
-        || manifest.artifact_type != ARTIFACT_TYPE
-        || manifest.config.media_type != CONFIG_MEDIA_TYPE
-    {
-        return Err(not(format!(
-            "it is not a ferry installer (artifactType `{}`, config `{}`)",
-            manifest.artifact_type, manifest.config.media_type
-        )));
-    }
-    if manifest.config.size > MAX_CONFIG {
-        return Err(not(format!("its config is {} bytes", manifest.config.size)));
-    }
-    let config_bytes = fetch_small(&remote, &manifest.config.digest, manifest.config.size).map_err(remote_err)?;
-    let config: ArtifactConfig = serde_json::from_slice(&config_bytes).map_err(|e| PullError::Layout {
-        reference: at.clone(),
-        cause: Box::new(LayoutError::BadConfig(e.to_string())),
-    })?;
-    let sizes: HashMap<String, u64> = manifest.layers.iter().map(|l| (l.digest.clone(), l.size)).collect();
-    config.check(&sizes).map_err(|cause| PullError::Layout { reference: at.clone(), cause: Box::new(cause) })?;
+    let (manifest, config) = read_artifact(&remote, reference)?;
 
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -232,6 +203,45 @@ pub fn pull(
     })
 }
 
+/// The manifest `reference` names, checked to be a ferry installer's (and the one named, for a
+/// digest), and its config, checked against the manifest's layers.
+fn read_artifact(remote: &Remote, reference: &Reference) -> Result<(Manifest, ArtifactConfig), PullError> {
+    let at = reference.to_string();
+    let remote_err = |cause| PullError::Remote { reference: at.clone(), cause };
+    let not = |why: String| PullError::NotInstaller { reference: at.clone(), why };
+    // Every kind of manifest is accepted, so that an image or an index under the name is
+    // reported as what it is rather than as missing.
+    let (bytes, content_type) = remote.get_manifest(ANY_MANIFEST, MAX_MANIFEST).map_err(remote_err)?;
+    if let Some(want) = reference.reference.strip_prefix("sha256:") {
+        let got = hex::encode(sha2::Sha256::digest(&bytes));
+        if got != want {
+            return Err(not(format!("the manifest's digest is sha256:{got}")));
+        }
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|_| not(format!("it is not a ferry installer (a `{content_type}`)")))?;
+    if manifest.media_type != MANIFEST_MEDIA_TYPE
+        || manifest.artifact_type != ARTIFACT_TYPE
+        || manifest.config.media_type != CONFIG_MEDIA_TYPE
+    {
+        return Err(not(format!(
+            "it is not a ferry installer (artifactType `{}`, config `{}`)",
+            manifest.artifact_type, manifest.config.media_type
+        )));
+    }
+    if manifest.config.size > MAX_CONFIG {
+        return Err(not(format!("its config is {} bytes", manifest.config.size)));
+    }
+    let config_bytes = fetch_small(remote, &manifest.config.digest, manifest.config.size).map_err(remote_err)?;
+    let config: ArtifactConfig = serde_json::from_slice(&config_bytes).map_err(|e| PullError::Layout {
+        reference: at.clone(),
+        cause: Box::new(LayoutError::BadConfig(e.to_string())),
+    })?;
+    let sizes: HashMap<String, u64> = manifest.layers.iter().map(|l| (l.digest.clone(), l.size)).collect();
+    config.check(&sizes).map_err(|cause| PullError::Layout { reference: at.clone(), cause: Box::new(cause) })?;
+    Ok((manifest, config))
+}
+
 /// The partial file a pull writes into, beside the destination: one name per file content, so
 /// an interrupted pull of the same installer finds it again and another installer never does.
 struct Part {
@@ -272,21 +282,26 @@ impl Part {
 
 /// Whether every copy of layer `digest` (`size` bytes at `offsets`) in `file` already holds it.
 fn layer_in_place(file: &std::fs::File, digest: &str, size: u64, offsets: &[u64]) -> std::io::Result<bool> {
-    let mut buf = vec![0u8; 1 << 20];
     for &offset in offsets {
-        let mut h = sha2::Sha256::new();
-        let mut at = 0;
-        while at < size {
-            let n = (buf.len() as u64).min(size - at) as usize;
-            file.read_exact_at(&mut buf[..n], offset + at)?;
-            h.update(&buf[..n]);
-            at += n as u64;
-        }
-        if format!("sha256:{}", hex::encode(h.finalize())) != digest {
+        if region_digest(file, offset, size)? != digest {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// `sha256:` of `len` bytes of `file` from `offset`.
+fn region_digest(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<String> {
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    let mut at = 0;
+    while at < len {
+        let n = (buf.len() as u64).min(len - at) as usize;
+        file.read_exact_at(&mut buf[..n], offset + at)?;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
 /// The layers whose bytes in `file` do not match their digests, each with what it hashed to.
@@ -295,16 +310,7 @@ fn damaged_layers(file: &std::fs::File, config: &ArtifactConfig) -> std::io::Res
     let mut checked = std::collections::HashSet::new();
     for s in &config.segments {
         let Some(digest) = s.digest.as_deref().filter(|d| checked.insert(*d)) else { continue };
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = s.offset;
-        while at < s.offset + s.length {
-            let n = (buf.len() as u64).min(s.offset + s.length - at) as usize;
-            file.read_exact_at(&mut buf[..n], at)?;
-            h.update(&buf[..n]);
-            at += n as u64;
-        }
-        let got = format!("sha256:{}", hex::encode(h.finalize()));
+        let got = region_digest(file, s.offset, s.length)?;
         if got != digest {
             out.push(format!("{digest} (its content has {got})"));
         }
