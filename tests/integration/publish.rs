@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const USER: &str = "vendor";
 const PASSWORD: &str = "pu5h-s3cret";
@@ -125,12 +125,7 @@ fn pull_through_a_link_cut_part_way(home: &Path, site: &Upstream, file: &Path) {
     fs::create_dir_all(out.parent().unwrap()).unwrap();
     link.hold_after(requests * 6 / 10);
     let mut cut = pull(&out).arg("--json").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let started = Instant::now();
-    while !link.holding() {
-        assert!(started.elapsed() < Duration::from_secs(120), "the pull never used up the link's allowance");
-        assert!(cut.try_wait().unwrap().is_none(), "the pull ended before the link died");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    link.wait_until_holding(&mut cut, "pull");
     // What was on its way arrives before the operator gives up.
     std::thread::sleep(Duration::from_millis(500));
     cut.kill().unwrap();
@@ -193,12 +188,7 @@ fn push_through_a_link_cut_part_way(home: &Path, site: &Upstream, first: &Path) 
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut cut = cmd.spawn().unwrap();
-    let started = Instant::now();
-    while !link.holding() {
-        assert!(started.elapsed() < Duration::from_secs(120), "the push never used up the link's allowance");
-        assert!(cut.try_wait().unwrap().is_none(), "the push ended before the link died");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    link.wait_until_holding(&mut cut, "push");
     cut.kill().unwrap();
     cut.wait().unwrap();
     let passed = link.passed();

@@ -18,7 +18,6 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 const USER: &str = "site";
 const PASSWORD: &str = "s1te-pa55";
@@ -266,12 +265,7 @@ fn through_a_link_cut_part_way(home: &Path, site: &Upstream, installer: &Path, c
         .stdout(Stdio::null())
         .stderr(fs::File::create(home.join("cut-push.log")).unwrap());
     let mut cut = cmd.spawn().unwrap();
-    let started = Instant::now();
-    while !link.holding() {
-        assert!(started.elapsed() < Duration::from_secs(120), "the push never used up the link's allowance");
-        assert!(cut.try_wait().unwrap().is_none(), "the push ended before the link died");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    link.wait_until_holding(&mut cut, "push");
     cut.kill().unwrap();
     cut.wait().unwrap();
     link.open();

@@ -56,6 +56,20 @@ impl CutLink {
         *self.state.0.lock().unwrap() == 0
     }
 
+    /// Waits until the link holds `client` (a transfer through it, called `what` in messages),
+    /// failing if that takes two minutes or the client ends first.
+    pub fn wait_until_holding(&self, client: &mut std::process::Child, what: &str) {
+        let started = std::time::Instant::now();
+        while !self.holding() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "the {what} never used up the link's allowance"
+            );
+            assert!(client.try_wait().unwrap().is_none(), "the {what} ended before the link died");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Client bytes passed so far.
     pub fn passed(&self) -> u64 {
         self.passed.load(Ordering::Relaxed)
