@@ -137,6 +137,38 @@ pub enum Error {
     /// An extraction would overwrite, escape, or not fit.
     #[error("{0}")]
     Extract(String),
+    /// The file given as a differential installer's base is not the one it completes.
+    #[error(
+        "{path} is not the base this differential installer was built on: it needs {expected_name} {expected_version} \
+         ({expected}), and {path} is {found_name} {found_version} ({found}){missing}"
+    )]
+    WrongBase {
+        /// The file given as the base.
+        path: PathBuf,
+        /// `sha256:` of the index of the base the delta names.
+        expected: String,
+        /// Name of the base the delta names.
+        expected_name: String,
+        /// Version of the base the delta names.
+        expected_version: String,
+        /// `sha256:` of the given file's index.
+        found: String,
+        /// Name of the given file's bundle.
+        found_name: String,
+        /// Version of the given file's bundle.
+        found_version: String,
+        /// What the given file lacks of what the delta takes from its base, in words (may be empty).
+        missing: String,
+    },
+    /// A differential installer's records do not hold together, or a file is used as one when
+    /// it is not.
+    #[error("{path}: {detail}")]
+    Delta {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong, in words.
+        detail: String,
+    },
     /// An entry given to the writer is invalid.
     #[error("entry {path}: {detail}")]
     InvalidEntry {

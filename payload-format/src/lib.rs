@@ -20,6 +20,7 @@
 //! writes files and never prints.
 #![deny(missing_docs)]
 
+mod delta;
 mod error;
 mod extract;
 mod index;
@@ -30,6 +31,10 @@ mod reader;
 mod trailer;
 mod writer;
 
+pub use delta::{
+    CompleteSummary, DeltaRecord, DeltaSummary, InstallerRef, METADATA_KEY as DELTA_METADATA_KEY, TAIL_ENTRY as DELTA_TAIL_ENTRY,
+    check_base, complete, index_digest, write_delta,
+};
 pub use error::{Error, Result};
 pub use extract::{ExtractOptions, ExtractSummary};
 pub use index::{BundleMetadata, Compression, Entry, EntryKind, Index};

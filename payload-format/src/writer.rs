@@ -264,36 +264,53 @@ impl PayloadWriter {
             chunks: placed.chunks,
             entries: placed.entries,
         };
-        let index_bytes = index.encode();
-        file.write_all(&index_bytes).map_err(Error::io("writing", &self.path))?;
-        let index_len = index_bytes.len() as u64;
-        let trailer = Trailer {
-            version: crate::FORMAT_VERSION,
-            flags: if key.is_some() { FLAG_SIGNED } else { 0 },
-            stub_len: self.stub_len,
-            data_offset: self.data_offset,
-            index_offset,
-            index_len,
-            signature_offset: index_offset + index_len,
-            signature_len: if key.is_some() { SIGNATURE_BLOCK_LEN } else { 0 },
-            index_sha256: sha256(&index_bytes),
-        };
-        let trailer_bytes = trailer.encode();
-        if let Some(key) = key {
-            let sig = key.sign(&signed_message(&trailer_bytes));
-            file.write_all(&key.public().to_bytes()).map_err(Error::io("writing", &self.path))?;
-            file.write_all(&sig).map_err(Error::io("writing", &self.path))?;
-        }
-        file.write_all(&trailer_bytes).map_err(Error::io("writing", &self.path))?;
-        file.sync_all().map_err(Error::io("flushing", &self.path))?;
+        let (trailer, file_len) =
+            write_index_and_trailer(&mut file, &self.path, &index, (self.stub_len, self.data_offset, index_offset), key)?;
         Ok(WriteSummary {
-            file_len: trailer.signature_offset + trailer.signature_len + crate::TRAILER_LEN as u64,
+            file_len,
             entries: index.entries.len(),
             size: index.total_size(),
             stored: index.total_stored(),
             index_sha256: trailer.index_sha256,
         })
     }
+}
+
+/// Writes `index`, the signature (when `key` is given) and the trailer at the file's current
+/// position, which is `index_offset`, then flushes the file to disk. `regions` is
+/// `(stub_len, data_offset, index_offset)`. Returns the trailer and the file's length.
+pub(crate) fn write_index_and_trailer(
+    file: &mut File,
+    path: &Path,
+    index: &Index,
+    regions: (u64, u64, u64),
+    key: Option<&SecretKey>,
+) -> Result<(Trailer, u64)> {
+    let (stub_len, data_offset, index_offset) = regions;
+    let index_bytes = index.encode();
+    file.write_all(&index_bytes).map_err(Error::io("writing", path))?;
+    let index_len = index_bytes.len() as u64;
+    let trailer = Trailer {
+        version: crate::FORMAT_VERSION,
+        flags: if key.is_some() { FLAG_SIGNED } else { 0 },
+        stub_len,
+        data_offset,
+        index_offset,
+        index_len,
+        signature_offset: index_offset + index_len,
+        signature_len: if key.is_some() { SIGNATURE_BLOCK_LEN } else { 0 },
+        index_sha256: sha256(&index_bytes),
+    };
+    let trailer_bytes = trailer.encode();
+    if let Some(key) = key {
+        let sig = key.sign(&signed_message(&trailer_bytes));
+        file.write_all(&key.public().to_bytes()).map_err(Error::io("writing", path))?;
+        file.write_all(&sig).map_err(Error::io("writing", path))?;
+    }
+    file.write_all(&trailer_bytes).map_err(Error::io("writing", path))?;
+    file.sync_all().map_err(Error::io("flushing", path))?;
+    let file_len = trailer.signature_offset + trailer.signature_len + crate::TRAILER_LEN as u64;
+    Ok((trailer, file_len))
 }
 
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
