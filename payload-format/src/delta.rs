@@ -491,7 +491,7 @@ fn sources<'a>(delta: &'a Payload, record: &DeltaRecord, tail: &'a CompleteTail,
                 if n > NAMED { format!(" and {} more", n - NAMED) } else { String::new() }
             ),
         };
-        return Err(Error::WrongBase {
+        return Err(Error::WrongBase(Box::new(crate::error::WrongBase {
             path: base.path().into(),
             expected: record.base.digest.clone(),
             expected_name: record.base.name.clone(),
@@ -500,7 +500,7 @@ fn sources<'a>(delta: &'a Payload, record: &DeltaRecord, tail: &'a CompleteTail,
             found_name: meta.name.clone(),
             found_version: meta.version.clone(),
             missing,
-        });
+        })));
     }
     if !missing.is_empty() {
         return Err(delta_error(

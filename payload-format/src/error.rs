@@ -138,28 +138,8 @@ pub enum Error {
     #[error("{0}")]
     Extract(String),
     /// The file given as a differential installer's base is not the one it completes.
-    #[error(
-        "{path} is not the base this differential installer was built on: it needs {expected_name} {expected_version} \
-         ({expected}), and {path} is {found_name} {found_version} ({found}){missing}"
-    )]
-    WrongBase {
-        /// The file given as the base.
-        path: PathBuf,
-        /// `sha256:` of the index of the base the delta names.
-        expected: String,
-        /// Name of the base the delta names.
-        expected_name: String,
-        /// Version of the base the delta names.
-        expected_version: String,
-        /// `sha256:` of the given file's index.
-        found: String,
-        /// Name of the given file's bundle.
-        found_name: String,
-        /// Version of the given file's bundle.
-        found_version: String,
-        /// What the given file lacks of what the delta takes from its base, in words (may be empty).
-        missing: String,
-    },
+    #[error("{0}")]
+    WrongBase(Box<WrongBase>),
     /// A differential installer's records do not hold together, or a file is used as one when
     /// it is not.
     #[error("{path}: {detail}")]
@@ -177,6 +157,31 @@ pub enum Error {
         /// Why it was refused.
         detail: String,
     },
+}
+
+/// The file given as a differential installer's base, and the one the delta names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} is not the base this differential installer was built on: it needs {expected_name} {expected_version} \
+     ({expected}), and {path} is {found_name} {found_version} ({found}){missing}"
+)]
+pub struct WrongBase {
+    /// The file given as the base.
+    pub path: PathBuf,
+    /// `sha256:` of the index of the base the delta names.
+    pub expected: String,
+    /// Name of the base the delta names.
+    pub expected_name: String,
+    /// Version of the base the delta names.
+    pub expected_version: String,
+    /// `sha256:` of the given file's index.
+    pub found: String,
+    /// Name of the given file's bundle.
+    pub found_name: String,
+    /// Version of the given file's bundle.
+    pub found_version: String,
+    /// What the given file lacks of what the delta takes from its base, in words (may be empty).
+    pub missing: String,
 }
 
 impl Error {

@@ -35,7 +35,7 @@ pub use delta::{
     CompleteSummary, DeltaRecord, DeltaSummary, InstallerRef, METADATA_KEY as DELTA_METADATA_KEY, TAIL_ENTRY as DELTA_TAIL_ENTRY,
     check_base, complete, index_digest, write_delta,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, WrongBase};
 pub use extract::{ExtractOptions, ExtractSummary};
 pub use index::{BundleMetadata, Compression, Entry, EntryKind, Index};
 pub use keys::{PublicKey, SecretKey, SignatureStatus, TrustPolicy};
