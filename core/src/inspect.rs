@@ -27,6 +27,9 @@ pub enum InspectError {
     /// The launch steps cannot be read.
     #[error(transparent)]
     Launch(#[from] UnreadableSteps),
+    /// The differential installer's record cannot be read.
+    #[error(transparent)]
+    Delta(#[from] payload_format::Error),
 }
 
 /// Runs `inspect`.
@@ -63,6 +66,7 @@ fn json_document(payload: &Payload) -> Result<serde_json::Value, InspectError> {
         "chunkSize": index.chunk_size,
         "chunks": index.chunks.len(),
         "missingImages": missing_images(payload)?,
+        "delta": payload.delta_record()?,
         "entries": index.entries,
     }))
 }
@@ -79,6 +83,22 @@ fn summary(payload: &Payload, printer: &Printer) -> Result<(), InspectError> {
         printer.out(format!(
             "built on:     {} {} (index {}, signature verified with {})",
             base.name, base.version, base.digest, base.signer
+        ));
+    }
+    if let Some(d) = payload.delta_record()? {
+        printer.out(format!(
+            "differential: carries what {} {} lacks (index {}); run with --base naming that file",
+            d.base.name, d.base.version, d.base.digest
+        ));
+        printer.out(format!(
+            "  completes to: {} {} (index {}, {}): {} entries, {} of them ({}) from the base",
+            d.complete.name,
+            d.complete.version,
+            d.complete.digest,
+            units::bytes(d.complete.size),
+            d.entries,
+            d.from_base,
+            units::bytes(d.bytes_from_base)
         ));
     }
     if let Some(cp) = metadata::control_plane(&meta.extra)? {

@@ -26,6 +26,14 @@ impl Printer {
         }
     }
 
+    /// A line about work under way, on stderr, so stdout keeps only results (and `--json`
+    /// output stays one document); not printed when quiet.
+    pub fn note(&self, line: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", line.as_ref());
+        }
+    }
+
     /// A warning on stderr (printed even when quiet: warnings matter).
     pub fn warn(&self, line: impl AsRef<str>) {
         eprintln!("warning: {}", line.as_ref());

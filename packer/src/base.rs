@@ -251,7 +251,7 @@ impl Base {
             digest: format!("sha256:{}", hex::encode(payload.trailer().index_sha256)),
             signer: key.fingerprint(),
         };
-        printer.out(format!(
+        printer.note(format!(
             "base: {} {} (index {}), signed by {}: {} entries, {} images",
             record.name,
             record.version,

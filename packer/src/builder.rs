@@ -75,6 +75,16 @@ pub enum BuildError {
     /// Reading the key or writing the payload failed.
     #[error(transparent)]
     Payload(#[from] payload_format::Error),
+    /// `--base` names a differential installer.
+    #[error(
+        "{}: --base must be a complete installer, and this one is itself differential; complete it first \
+         (`./FILE complete --base …`) and build on that",
+        path.display()
+    )]
+    DeltaBase {
+        /// The file given.
+        path: PathBuf,
+    },
     /// A rendered kustomization cannot be staged for the payload.
     #[error("cannot stage the rendered kustomization {key} in {}: {source}", dir.display())]
     Rendered {
@@ -274,6 +284,7 @@ fn build(args: &BuildArgs, printer: &Printer) -> Result<(), BuildError> {
     let started = Instant::now();
     let mut bundle = Bundle::load(args.spec_path())?;
     let output_dir = output_dir(&args.output)?;
+    let delta_base = args.base.as_deref().map(crate::delta::open_base).transpose()?;
     let base = match bundle.spec.spec.base.clone() {
         Some(spec) => Some(Base::load(&bundle, &spec, output_dir, &args.registry_auth, printer)?),
         None => None,
@@ -316,13 +327,22 @@ fn build(args: &BuildArgs, printer: &Printer) -> Result<(), BuildError> {
     }
     let total: u64 = plan.values().map(|p| p.item.size).sum();
     let progress = printer.progress(total, "build");
-    let summary = write_installer(&args.output, &stub, &plan, metadata, key.as_ref(), &|n| progress.inc(n));
+    let (complete, _temporary) = match &delta_base {
+        Some(_) => crate::delta::complete_path(&args.output, args.complete_output.as_deref())?,
+        None => (args.output.clone(), None),
+    };
+    let summary = write_installer(&complete, &stub, &plan, metadata, key.as_ref(), &|n| progress.inc(n));
     progress.finish();
     let summary = summary?;
     drop(store);
     drop(rendered);
     drop(base);
-    report(args, key.as_ref(), &summary, &contract, started.elapsed().as_secs_f64(), printer);
+    let delta = match &delta_base {
+        Some(old) => Some(crate::delta::write(&args.output, &complete, old, key.as_ref())?),
+        None => None,
+    };
+    let built = Built { summary: &summary, delta: delta.as_ref(), contract: &contract };
+    report(args, key.as_ref(), &built, started.elapsed().as_secs_f64(), printer);
     Ok(())
 }
 
@@ -358,22 +378,34 @@ fn bundle_metadata(bundle: &Bundle, contract: &ImagesContract) -> Result<BundleM
     })
 }
 
+/// What a build wrote.
+struct Built<'a> {
+    /// The complete installer (the output, unless a delta was asked for).
+    summary: &'a WriteSummary,
+    /// The differential installer written to the output, with `--base`.
+    delta: Option<&'a payload_format::DeltaSummary>,
+    contract: &'a ImagesContract,
+}
+
 /// Prints what was built: one JSON object with `--json`, otherwise a line and the signer.
-fn report(
-    args: &BuildArgs,
-    key: Option<&SecretKey>,
-    summary: &WriteSummary,
-    contract: &ImagesContract,
-    secs: f64,
-    printer: &Printer,
-) {
+fn report(args: &BuildArgs, key: Option<&SecretKey>, built: &Built<'_>, secs: f64, printer: &Printer) {
+    let (summary, contract) = (built.summary, built.contract);
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "output": args.output.display().to_string(),
-                "bytes": summary.file_len,
+                "bytes": built.delta.map_or(summary.file_len, |d| d.file_len),
                 "entries": summary.entries,
+                "delta": built.delta.map(|d| serde_json::json!({
+                    "base": d.record.base,
+                    "complete": d.record.complete,
+                    "completeOutput": args.complete_output.as_ref().map(|p| p.display().to_string()),
+                    "entriesCarried": d.carried,
+                    "bytesCarried": d.bytes_carried,
+                    "entriesFromBase": d.record.from_base,
+                    "bytesFromBase": d.record.bytes_from_base,
+                })),
                 "signed": key.is_some(),
                 "signer": key.map(|k| k.public().fingerprint()),
                 "images": contract.images.len(),
@@ -384,13 +416,30 @@ fn report(
         );
         return;
     }
-    printer.out(format!(
-        "built {} ({}, {} entries, {} of content) in {secs:.1} s",
-        args.output.display(),
-        units::bytes(summary.file_len),
-        summary.entries,
-        units::bytes(summary.size)
-    ));
+    match built.delta {
+        None => printer.out(format!(
+            "built {} ({}, {} entries, {} of content) in {secs:.1} s",
+            args.output.display(),
+            units::bytes(summary.file_len),
+            summary.entries,
+            units::bytes(summary.size)
+        )),
+        Some(d) => printer.out(format!(
+            "built {} ({}, differential: carries {} of {} entries; the other {} ({}) come from {} {} ({}); \
+             completes to {} of {}) in {secs:.1} s",
+            args.output.display(),
+            units::bytes(d.file_len),
+            d.carried,
+            d.record.entries,
+            d.record.from_base,
+            units::bytes(d.record.bytes_from_base),
+            d.record.base.name,
+            d.record.base.version,
+            d.record.base.digest,
+            d.record.complete.digest,
+            units::bytes(d.record.complete.size),
+        )),
+    }
     let guessed: Vec<&str> = contract.images.iter().filter(|i| i.guessed).map(|i| i.reference.as_str()).collect();
     if !guessed.is_empty() {
         printer.warn(format!(
@@ -643,9 +692,9 @@ fn merge(plan: &mut Plan, key: String, item: TreeItem, origin: &str) -> Result<(
 }
 
 /// Deletes the temporary output unless the build completed.
-struct TempOutput {
-    path: PathBuf,
-    keep: bool,
+pub(crate) struct TempOutput {
+    pub(crate) path: PathBuf,
+    pub(crate) keep: bool,
 }
 
 impl Drop for TempOutput {
@@ -665,7 +714,7 @@ pub fn write_installer(
     key: Option<&SecretKey>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<WriteSummary, BuildError> {
-    let tmp_path = temp_path(output)?;
+    let tmp_path = temp_path(output, "build")?;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -692,14 +741,14 @@ pub fn write_installer(
     Ok(summary)
 }
 
-/// The temporary name `output` is written under, next to it.
-fn temp_path(output: &Path) -> Result<PathBuf, BuildError> {
+/// A temporary name next to `output`, for what `purpose` writes there.
+pub(crate) fn temp_path(output: &Path, purpose: &str) -> Result<PathBuf, BuildError> {
     let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = output.file_name().ok_or_else(|| BuildError::OutputName { output: output.into() })?;
     if output.is_dir() {
         return Err(BuildError::OutputIsDir { output: output.into() });
     }
-    Ok(dir.join(format!(".{}.ferry-build-{}", name.to_string_lossy(), std::process::id())))
+    Ok(dir.join(format!(".{}.ferry-{purpose}-{}", name.to_string_lossy(), std::process::id())))
 }
 
 fn write_entry(

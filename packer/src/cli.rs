@@ -123,6 +123,13 @@ pub struct BuildArgs {
     /// Build without a signature; `verify` will report the file loudly as unsigned.
     #[arg(long)]
     pub unsigned: bool,
+    /// Write a differential installer: only what this installer (an earlier release) lacks,
+    /// compared by digest. On site it runs with `--base` naming that file.
+    #[arg(long, value_name = "OLD_INSTALLER")]
+    pub base: Option<PathBuf>,
+    /// With --base: also keep the complete installer here (what the delta completes to).
+    #[arg(long, value_name = "PATH", requires = "base")]
+    pub complete_output: Option<PathBuf>,
     /// Use this stub instead of the one built into ferry.
     #[arg(long, value_name = "PATH")]
     pub stub: Option<PathBuf>,

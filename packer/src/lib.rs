@@ -6,6 +6,7 @@ pub mod base;
 pub mod builder;
 pub mod cli;
 mod commands;
+mod delta;
 pub mod images;
 pub mod keygen;
 pub mod launch;

@@ -370,9 +370,20 @@ pub fn write_delta(
     };
     let mut metadata = complete.index().metadata.clone();
     metadata.extra.insert(METADATA_KEY.into(), serde_json::to_value(&record).expect("plain JSON"));
-    let index = Index { chunk_size: complete.index().chunk_size, stub_sha256: complete.index().stub_sha256, metadata, chunks, entries };
-    let (_, file_len) =
-        write_index_and_trailer(&mut out, out_path, &index, (trailer.stub_len, trailer.data_offset, index_offset), key)?;
+    let index = Index {
+        chunk_size: complete.index().chunk_size,
+        stub_sha256: complete.index().stub_sha256,
+        metadata,
+        chunks,
+        entries,
+    };
+    let (_, file_len) = write_index_and_trailer(
+        &mut out,
+        out_path,
+        &index,
+        (trailer.stub_len, trailer.data_offset, index_offset),
+        key,
+    )?;
     Ok(DeltaSummary { file_len, carried, bytes_carried, record })
 }
 
@@ -433,7 +444,10 @@ impl CompleteTail {
         let index_bytes = &bytes[..trailer.index_len as usize];
         let digest = sha256(index_bytes);
         if digest != trailer.index_sha256 || format!("sha256:{}", hex::encode(digest)) != record.complete.digest {
-            return Err(delta_error(path, "the complete installer's index it carries does not match the digest it names"));
+            return Err(delta_error(
+                path,
+                "the complete installer's index it carries does not match the digest it names",
+            ));
         }
         let index = Index::decode(index_bytes, (trailer.data_offset, trailer.index_offset), path)?;
         Ok(CompleteTail { trailer, index, bytes })
@@ -449,15 +463,20 @@ struct Sources<'a> {
 /// Checks that `base` is the installer `delta` was built on, before anything is written:
 /// refused by digest, naming every entry the given file lacks.
 pub fn check_base(delta: &Payload, base: &Payload) -> Result<DeltaRecord> {
-    let record = delta
-        .delta_record()?
-        .ok_or_else(|| delta_error(delta.path(), "it is a complete installer, not a differential one: it needs no base"))?;
+    let record = delta.delta_record()?.ok_or_else(|| {
+        delta_error(delta.path(), "it is a complete installer, not a differential one: it needs no base")
+    })?;
     let tail = CompleteTail::read(delta, &record)?;
     sources(delta, &record, &tail, base)?;
     Ok(record)
 }
 
-fn sources<'a>(delta: &'a Payload, record: &DeltaRecord, tail: &'a CompleteTail, base: &'a Payload) -> Result<Sources<'a>> {
+fn sources<'a>(
+    delta: &'a Payload,
+    record: &DeltaRecord,
+    tail: &'a CompleteTail,
+    base: &'a Payload,
+) -> Result<Sources<'a>> {
     let carried = by_path(delta.index());
     let base_entries = by_path(base.index());
     let mut from_delta = HashMap::new();
@@ -526,11 +545,23 @@ pub fn complete(
     out_path: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<CompleteSummary> {
-    let record = delta
-        .delta_record()?
-        .ok_or_else(|| delta_error(delta.path(), "it is a complete installer, not a differential one: it needs no base"))?;
+    let record = delta.delta_record()?.ok_or_else(|| {
+        delta_error(delta.path(), "it is a complete installer, not a differential one: it needs no base")
+    })?;
     let tail = CompleteTail::read(delta, &record)?;
     let sources = sources(delta, &record, &tail, base)?;
+    let dir = out_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let free = crate::extract::free_space(dir)?;
+    if free < record.complete.size {
+        return Err(delta_error(
+            out_path,
+            format!(
+                "the complete installer needs {} bytes and {} has {free} free; free some space or complete it elsewhere",
+                record.complete.size,
+                dir.display()
+            ),
+        ));
+    }
     let t = &tail.trailer;
     if delta.trailer().stub_len != t.stub_len || delta.trailer().data_offset != t.data_offset {
         return Err(delta_error(delta.path(), "its program differs from the complete installer's"));
@@ -551,7 +582,10 @@ pub fn complete(
     let (mut bytes_from_base, mut bytes_from_delta) = (0, 0);
     for entry in tail.index.entries.iter().filter(|e| e.stored_len > 0) {
         if entry.offset < data.pos {
-            return Err(delta_error(delta.path(), format!("the complete installer's entries overlap at {}", entry.path)));
+            return Err(delta_error(
+                delta.path(),
+                format!("the complete installer's entries overlap at {}", entry.path),
+            ));
         }
         data.zeros_to(entry.offset)?;
         let (from, source) = match sources.from_delta.get(entry.path.as_str()) {

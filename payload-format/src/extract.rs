@@ -264,7 +264,7 @@ fn ensure_no_symlink_parent(dest: &Path, entry: &str) -> Result<()> {
     Ok(())
 }
 
-fn free_space(dir: &Path) -> Result<u64> {
+pub(crate) fn free_space(dir: &Path) -> Result<u64> {
     use std::ffi::CString;
     let c = CString::new(dir.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::Extract(format!("{} contains a NUL byte", dir.display())))?;

@@ -32,8 +32,8 @@ mod trailer;
 mod writer;
 
 pub use delta::{
-    CompleteSummary, DeltaRecord, DeltaSummary, InstallerRef, METADATA_KEY as DELTA_METADATA_KEY, TAIL_ENTRY as DELTA_TAIL_ENTRY,
-    check_base, complete, index_digest, write_delta,
+    CompleteSummary, DeltaRecord, DeltaSummary, InstallerRef, METADATA_KEY as DELTA_METADATA_KEY,
+    TAIL_ENTRY as DELTA_TAIL_ENTRY, check_base, complete, index_digest, write_delta,
 };
 pub use error::{Error, Result, WrongBase};
 pub use extract::{ExtractOptions, ExtractSummary};

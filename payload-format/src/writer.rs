@@ -264,8 +264,13 @@ impl PayloadWriter {
             chunks: placed.chunks,
             entries: placed.entries,
         };
-        let (trailer, file_len) =
-            write_index_and_trailer(&mut file, &self.path, &index, (self.stub_len, self.data_offset, index_offset), key)?;
+        let (trailer, file_len) = write_index_and_trailer(
+            &mut file,
+            &self.path,
+            &index,
+            (self.stub_len, self.data_offset, index_offset),
+            key,
+        )?;
         Ok(WriteSummary {
             file_len,
             entries: index.entries.len(),

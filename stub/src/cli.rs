@@ -38,6 +38,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Extract entries, verifying each byte, writing each file atomically.
     Extract(ExtractArgs),
+    /// Put the complete installer together from this differential one and its base (the
+    /// earlier release it names), each byte checked against the complete installer's signature.
+    Complete(CompleteArgs),
     /// The built-in image registry: serve the bundle's images, or write containerd's config for it.
     #[command(subcommand)]
     Registry(RegistryCommand),
@@ -230,6 +233,26 @@ pub struct RegistryConfigArgs {
     pub trust: TrustArgs,
 }
 
+/// Arguments of `complete`.
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// The installer this one was built on (`inspect` names it and its digest).
+    #[arg(long, value_name = "OLD_INSTALLER")]
+    pub base: PathBuf,
+    /// Where to write the complete installer.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The differential installer (default: this program's own file).
+    #[arg(long, value_name = "PATH", default_value = crate::node::SELF_EXE)]
+    pub file: PathBuf,
+    /// Trust options.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
 /// Arguments of `extract`.
 #[derive(Debug, Args)]
 pub struct ExtractArgs {
@@ -360,6 +383,22 @@ pub struct RunArgs {
     /// The installer to deliver (default: this program's own file).
     #[arg(long, value_name = "PATH", default_value = crate::node::SELF_EXE, hide = true)]
     pub installer: PathBuf,
+    /// For a differential installer: the earlier release it was built on. The complete
+    /// installer is put together (and kept in the state directory's .complete/) before any
+    /// host is touched.
+    #[arg(long, value_name = "OLD_INSTALLER")]
+    pub base: Option<PathBuf>,
+    /// Set from --base, not a flag: the complete installer delivered in place of `installer`
+    /// (whose directory still holds the state).
+    #[arg(skip)]
+    pub completed: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The file whose content is delivered: the completed installer, else `installer`.
+    pub fn payload_file(&self) -> &std::path::Path {
+        self.completed.as_deref().unwrap_or(&self.installer)
+    }
 }
 
 /// Arguments of `check`, `reset` and `join`: where the cluster is, plus `run`'s connection

@@ -15,6 +15,7 @@ pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod delta;
 pub mod extract;
 pub mod inspect;
 pub mod kube;

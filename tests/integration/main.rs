@@ -3,6 +3,7 @@ mod base_bundle;
 mod build_kubernetes_script;
 mod build_verify;
 mod charts;
+mod delta;
 mod fetch_script;
 mod hardening;
 mod images;

@@ -18,6 +18,49 @@ pub struct RunBundle {
     /// The padding's bytes' SHA-256, hex (the file is `/opt/ferry-test/pad.bin` on the nodes,
     /// `files/opt/ferry-test/pad.bin` in the installer).
     pub pad_sha256: String,
+    /// The bundle's name.
+    pub name: String,
+}
+
+/// The bundle's spec: release `version`, `docker.io/library/app:1` from the layout's image `tag`.
+fn spec_text(name: &str, version: &str, tag: &str) -> String {
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: {name}, version: {version}}}\nspec:\n  kubernetes: {{version: v1.36.3}}\n  platforms: [linux/amd64]\n  rootfs: [{{path: rootfs}}]\n  files: [{{path: pad.bin, dest: /opt/ferry-test/pad.bin}}]\n  images:\n    - {{ref: docker.io/library/app:1, source: \"oci:layout:{tag}\"}}\n"
+    )
+}
+
+/// `ferry build SPEC -o OUT` signed with the bundle's key, offline, with `extra` flags.
+fn build(d: &Path, spec: &Path, out: &Path, extra: &[&std::ffi::OsStr]) {
+    crate::ok(
+        Command::new(crate::release_bin("ferry"))
+            .arg("build")
+            .arg(spec)
+            .arg("-o")
+            .arg(out)
+            .arg("--key")
+            .arg(d.join("vendor.key"))
+            .args(["--offline", "--allow-missing-images"])
+            .args(extra),
+    );
+}
+
+/// The next release of a [`run_bundle`] installer as a differential installer built on it:
+/// `library/app:1` gets `hello` as its `/hello` (a new layer, config and manifest), the version
+/// becomes 2.0.0, everything else stays. Returns the delta and the complete installer.
+pub fn next_release(b: &RunBundle, hello: &[u8]) -> (PathBuf, PathBuf) {
+    let d = b.dir.path();
+    let layout = Layout::open(&d.join("layout"));
+    layout.image("2", &[("/bin/busybox", None), ("/hello", Some(hello))], "amd64");
+    let spec = d.join("bundle-2.yaml");
+    std::fs::write(&spec, spec_text(&b.name, "2.0.0", "2")).unwrap();
+    let (delta, complete) = (d.join("release-2.delta"), d.join("release-2.complete"));
+    build(
+        d,
+        &spec,
+        &delta,
+        &["--base".as_ref(), b.installer.as_os_str(), "--complete-output".as_ref(), complete.as_os_str()],
+    );
+    (delta, complete)
 }
 
 fn copy(from: &str, to: &Path) {
@@ -55,27 +98,11 @@ pub fn run_bundle(name: &str, pad_mib: usize) -> RunBundle {
         hex::encode(sha2::Sha256::digest(&pad))
     };
     drop(pad);
-    std::fs::write(
-        d.join("bundle.yaml"),
-        format!(
-            "apiVersion: ferry.dev/v1alpha1\nkind: Bundle\nmetadata: {{name: {name}, version: 1.0.0}}\nspec:\n  kubernetes: {{version: v1.36.3}}\n  platforms: [linux/amd64]\n  rootfs: [{{path: rootfs}}]\n  files: [{{path: pad.bin, dest: /opt/ferry-test/pad.bin}}]\n  images:\n    - {{ref: docker.io/library/app:1, source: \"oci:layout:1\"}}\n"
-        ),
-    )
-    .unwrap();
-    let ferry = crate::release_bin("ferry");
-    crate::ok(Command::new(&ferry).arg("keygen").arg("-o").arg(d.join("vendor")));
+    std::fs::write(d.join("bundle.yaml"), spec_text(name, "1.0.0", "1")).unwrap();
+    crate::ok(Command::new(crate::release_bin("ferry")).arg("keygen").arg("-o").arg(d.join("vendor")));
     let installer = d.join("installer");
-    crate::ok(
-        Command::new(&ferry)
-            .arg("build")
-            .arg(d.join("bundle.yaml"))
-            .arg("-o")
-            .arg(&installer)
-            .arg("--key")
-            .arg(d.join("vendor.key"))
-            .args(["--offline", "--allow-missing-images"]),
-    );
-    RunBundle { public_key: d.join("vendor.pub"), installer, pad_sha256, dir }
+    build(d, &d.join("bundle.yaml"), &installer, &[]);
+    RunBundle { public_key: d.join("vendor.pub"), installer, pad_sha256, dir, name: name.into() }
 }
 
 /// Takes back from lab nodes `1..=nodes` everything a run of a [`run_bundle`] installer put

@@ -278,6 +278,12 @@ impl Layout {
         Layout { path: path.to_path_buf() }
     }
 
+    /// The layout [`Layout::init`] made at `path` earlier.
+    pub fn open(path: &Path) -> Layout {
+        assert!(path.join("index.json").is_file(), "{} is not an OCI layout", path.display());
+        Layout { path: path.to_path_buf() }
+    }
+
     /// Adds image `tag` with one layer holding `files` (path in the image → content; `None`
     /// copies the host's `/bin/busybox`), for `arch`, running `cmd`.
     pub fn image(&self, tag: &str, files: &[(&str, Option<&[u8]>)], arch: &str) -> &Layout {

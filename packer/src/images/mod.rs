@@ -149,14 +149,14 @@ pub fn collect(
 ) -> Result<Collected, ImagesError> {
     let started = Instant::now();
     let found = discover(bundle, &opts.discovery, printer)?;
-    printer.out(listing::control_plane_line(&found));
+    printer.note(listing::control_plane_line(&found));
     if let Some(how) = &found.charts {
-        printer.out(how.clone());
+        printer.note(how.clone());
     }
     let carried_before = found.images.len();
     let images: Vec<_> = found.images.into_iter().filter(|d| !opts.carried.contains(&d.image.to_string())).collect();
     if images.len() < carried_before {
-        printer.out(format!("images: {} already in the base installer", carried_before - images.len()));
+        printer.note(format!("images: {} already in the base installer", carried_before - images.len()));
     }
     let platforms = platforms(bundle)?;
     let spec = &bundle.spec.spec;
@@ -166,7 +166,7 @@ pub fn collect(
     let client = registry_client::RegistryClient::new(net, creds);
     let store = Store::new_in(temp_parent)?;
     let from_registries = images.iter().filter(|d| d.source == discovery::Source::Registry).count();
-    printer.out(format!(
+    printer.note(format!(
         "images: resolving {} ({} from registries, {} from local files) for {}",
         images.len(),
         from_registries,
@@ -193,7 +193,7 @@ pub fn collect(
         }
     }
     let stored: u64 = outcome.blobs.values().map(|s| s.size).sum();
-    printer.out(format!(
+    printer.note(format!(
         "images: {} resolved, {} missing; {} blobs, {} ({} pulled) in {:.1} s",
         outcome.resolved.len(),
         outcome.failed.len(),

@@ -20,14 +20,18 @@ use std::process::ExitCode;
 /// Entry point of `./installer`.
 pub fn main() -> ExitCode {
     use clap::Parser;
-    let cli = cli::Cli::parse();
+    let mut cli = cli::Cli::parse();
     let printer = Printer::new(cli.global.quiet, cli.global.no_progress);
     let own_file = PathBuf::from(crate::node::SELF_EXE);
     let (quiet, no_progress) = (cli.global.quiet, cli.global.no_progress);
+    if let Err(e) = complete_first(&mut cli.command, &printer) {
+        return crate::finish(Err(e), &printer);
+    }
     let result = match cli.command {
         Command::Verify(args) => crate::verify::run(&own_file, &args, &printer),
         Command::Inspect(args) => crate::inspect::run(&own_file, &args, &printer),
         Command::Extract(args) => crate::extract::run(&own_file, &args, &printer),
+        Command::Complete(args) => crate::delta::run(&args.file, &args, &printer),
         Command::Registry(RegistryCommand::Serve(args)) => crate::registry::serve(&args, &printer).map_err(Into::into),
         Command::Registry(RegistryCommand::Config(args)) => {
             crate::registry::config(&args, &printer).map_err(Into::into)
@@ -45,6 +49,21 @@ pub fn main() -> ExitCode {
         Command::Lb(args) => lb(&args),
     };
     crate::finish(result, &printer)
+}
+
+/// A differential installer's content is only used with its base: `run`, `join` and `upgrade`
+/// put the complete installer together from `--base` first; the other commands that read the
+/// content refuse a delta, naming its base.
+fn complete_first(command: &mut Command, printer: &Printer) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => crate::delta::prepare_run(args, printer),
+        Command::Join(args) => crate::delta::prepare_run(&mut args.run, printer),
+        Command::Upgrade(args) => crate::delta::prepare_run(&mut args.cluster.run, printer),
+        Command::Extract(_) => crate::delta::refuse_alone(std::path::Path::new(crate::node::SELF_EXE)),
+        Command::Registry(RegistryCommand::Serve(args)) => crate::delta::refuse_alone(&args.file),
+        Command::Registry(RegistryCommand::Push(args)) => crate::delta::refuse_alone(&args.file),
+        _ => Ok(()),
+    }
 }
 
 /// `installer lb`.

@@ -18,6 +18,7 @@ pub fn run(args: &RunArgs, quiet: bool, no_progress: bool) -> Result<()> {
 pub fn options(args: &RunArgs, quiet: bool, no_progress: bool) -> Options {
     Options {
         installer: args.installer.clone(),
+        payload: args.payload_file().to_path_buf(),
         trusted_keys: args.trusted_keys.clone(),
         allow_unsigned: args.allow_unsigned,
         allow_untrusted_signer: args.allow_untrusted_signer,

@@ -94,7 +94,7 @@ async fn revert_locked(
         .find(|n| n.ip == host)
         .ok_or_else(|| anyhow!("no Node of cluster {} has the address {host}", cluster.name))?;
     let state_out = crate::ssh::agent::state(h, crate::node::AGENT_PATH, &cluster.name).await.unwrap_or_default();
-    let id = crate::node::trailer_id(&args.cluster.run.installer).unwrap_or_default();
+    let id = crate::node::trailer_id(args.cluster.run.payload_file()).unwrap_or_default();
     let finished = records::done(&state_out, "upgrade", &id);
     let kubelet = revert::revert(h, speaker.as_ref(), &revert::Target { ip: host, node: &node.name, finished }).await?;
     println!("{host} ({}) is back on its previous programs: kubelet {kubelet}, uncordoned", node.name);

@@ -227,8 +227,11 @@ pub fn probe_image(payload: &Payload) -> Option<String> {
 /// How a run was asked to go (the command line's choices, as plain values).
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The installer to deliver.
+    /// The installer the operator ran: its directory holds the state.
     pub installer: PathBuf,
+    /// The file whose content is delivered: `installer`, or the complete installer put together
+    /// from a differential one and its base.
+    pub payload: PathBuf,
     /// Trusted public keys given on the command line.
     pub trusted_keys: Vec<PathBuf>,
     /// Accept an unsigned installer.

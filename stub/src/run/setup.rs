@@ -48,7 +48,7 @@ fn record_signer(dir: &Path, s: &Signer) -> Result<()> {
 /// `overrides`): the context every phase shares.
 pub fn open(opts: &Options, file: Option<&Path>, overrides: &Overrides) -> Result<Arc<Ctx>> {
     let rep = Reporter::new(opts.json, opts.quiet, opts.no_progress);
-    let payload = crate::verify::open_payload(&opts.installer)?;
+    let payload = crate::verify::open_payload(&opts.payload)?;
     let policy =
         TrustPolicy { trusted: crate::trust::trusted_keys(&opts.trusted_keys)?, allow_unsigned: opts.allow_unsigned };
     let signer = match payload.check_signature(&policy)? {
@@ -84,7 +84,7 @@ pub fn open(opts: &Options, file: Option<&Path>, overrides: &Overrides) -> Resul
     std::os::unix::fs::FileExt::read_exact_at(payload.file(), &mut stub, 0).context("reading the installer program")?;
     let stub_sha = hex::encode(payload_format::sha256(&stub));
     let id = crate::agent::trailer_id(payload.path())
-        .or_else(|| crate::agent::trailer_id(&opts.installer))
+        .or_else(|| crate::agent::trailer_id(&opts.payload))
         .ok_or_else(|| anyhow!("cannot read the installer's trailer"))?;
     let file = file.map(cluster::load).transpose()?;
     let cluster = cluster::resolve(file, overrides)?;
