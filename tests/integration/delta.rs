@@ -242,3 +242,57 @@ fn run_dry(home: &Path, delta: &Path, v1: &Path, plain: &Path, key: &str) {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("using the complete installer put together earlier"), "{}", text(&out));
 }
+
+#[test]
+fn a_delta_runs_on_bare_lab_hosts_with_its_base_and_the_nodes_pull_the_new_image() {
+    use super::run::{NODES, bundle, inventory, lab, run_installer, wipe};
+    use ferry_tests::bundles::next_release;
+    use ferry_tests::lab::Host;
+    let lab = lab();
+    let _ex = lab.exclusive();
+    wipe(lab);
+    let b = bundle();
+    let (delta, complete) = next_release(b, b"hello from release 2\n");
+    let work = scratch();
+    let usb = work.path().join("usb");
+    fs::create_dir(&usb).unwrap();
+    let here = usb.join("installer");
+    fs::copy(&delta, &here).unwrap();
+    let inv = inventory(work.path(), &lab.inventory(NODES));
+    let inv = inv.to_str().unwrap();
+
+    // Without its base the delta touches no host.
+    let out = run_installer(&here, &["-f", inv], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is a differential installer"), "{}", text(&out));
+    assert_eq!(lab.ssh_ok(Host::Node(1), "ls /var/lib/ferry 2>/dev/null | wc -l").trim(), "0");
+
+    let out = run_installer(&here, &["--json", "-f", inv, "--base", b.installer.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let kept: Vec<PathBuf> = fs::read_dir(usb.join(".ferry/.complete")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(fs::read(&kept[0]).unwrap(), fs::read(&complete).unwrap());
+    let state: Vec<PathBuf> = fs::read_dir(usb.join(".ferry")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(
+        state.iter().any(|d| d.join("cluster.yaml").is_file()),
+        "the cluster's state is beside the delta: {state:?}"
+    );
+
+    // The registry host holds the complete release and serves its new image by the same name.
+    let held = lab.ssh_ok(Host::Node(1), "sha256sum /var/lib/ferry/installer | cut -d' ' -f1");
+    let want = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(fs::read(&complete).unwrap()))
+    };
+    assert_eq!(held.trim(), want);
+    lab.ssh_ok(Host::Node(3), "ctr -n k8s.io images rm --sync docker.io/library/app:1 >/dev/null 2>&1; true");
+    let pull = lab.ssh(
+        Host::Node(3),
+        "timeout 60 ctr -n k8s.io images pull --hosts-dir /etc/containerd/certs.d docker.io/library/app:1",
+    );
+    assert!(pull.status.success(), "{}", text(&pull));
+    let said =
+        lab.ssh_ok(Host::Node(3), "ctr -n k8s.io run --rm docker.io/library/app:1 delta$$ /bin/busybox cat /hello");
+    assert_eq!(said.trim(), "hello from release 2");
+    wipe(lab);
+}
