@@ -2,7 +2,7 @@
 # Benchmarks, each a ratio measured side by side in one run against the baseline its issue names.
 # Prints one `name: value` line per figure. Absolute times on a shared VM are noise; ratios are not.
 #
-#   scripts/bench.sh [format|registry|run|relay|cluster|upgrade|publish|all]...   (default: all; `relay` takes ~25 min)
+#   scripts/bench.sh [format|registry|run|relay|cluster|upgrade|publish|delta|all]...   (default: all; `relay` takes ~25 min)
 #
 #   format    the file format: build/verify/extract against tar+zstd and sha256sum
 #   registry  the built-in registry (HTTPS with the pull credential) against docker-registry
@@ -16,6 +16,8 @@
 #             total, per phase and per node (~8 min)
 #   publish   `ferry push` / `ferry pull` of a ~2 GiB installer against `oras` on docker-registry,
 #             and a second release that changes one image of eight
+#   delta     a release that changes one image of twenty as a differential installer: its size
+#             against the changed blobs + 1%, and `complete` on site against copying the file
 #
 # Scratch data goes to $FERRY_BENCH_DIR (default /var/tmp/ferry-bench), removed at the end.
 set -euo pipefail
@@ -98,6 +100,7 @@ case "$what" in
   # `installer upgrade` of real Kubernetes, 1 master + 2 workers, per phase and per node.
   upgrade) scripts/bench-upgrade.sh ;;
   publish) scripts/bench-publish.sh ;;
+  delta) scripts/bench-delta.sh ;;
   all)
     bench_format
     [[ ! -x scripts/bench-registry.sh ]] || scripts/bench-registry.sh
@@ -106,7 +109,8 @@ case "$what" in
     [[ ! -x scripts/bench-cluster.sh ]] || scripts/bench-cluster.sh
     [[ ! -x scripts/bench-upgrade.sh ]] || scripts/bench-upgrade.sh
     [[ ! -x scripts/bench-publish.sh ]] || scripts/bench-publish.sh
+    [[ ! -x scripts/bench-delta.sh ]] || scripts/bench-delta.sh
     ;;
-  *) echo "usage: scripts/bench.sh [format|registry|run|relay|cluster|upgrade|publish|all]..." >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [format|registry|run|relay|cluster|upgrade|publish|delta|all]..." >&2; exit 2 ;;
 esac
 done

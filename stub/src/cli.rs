@@ -383,9 +383,10 @@ pub struct RunArgs {
     /// The installer to deliver (default: this program's own file).
     #[arg(long, value_name = "PATH", default_value = crate::node::SELF_EXE, hide = true)]
     pub installer: PathBuf,
-    /// For a differential installer: the earlier release it was built on. The complete
-    /// installer is put together (and kept in the state directory's .complete/) before any
-    /// host is touched.
+    /// For a differential installer: the earlier release it was built on (default: that
+    /// release found beside this file or among the complete installers earlier runs kept). The
+    /// complete installer is put together, and kept in the state directory's .complete/,
+    /// before any host is touched.
     #[arg(long, value_name = "OLD_INSTALLER")]
     pub base: Option<PathBuf>,
     /// Set from --base, not a flag: the complete installer delivered in place of `installer`

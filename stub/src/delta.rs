@@ -169,10 +169,23 @@ pub fn prepare_run(args: &mut RunArgs, printer: &Printer) -> Result<()> {
             base.display(),
             invoked_as(&args.installer)
         ),
-        (Some(record), None) => bail!(needs_base(&args.installer, &record)),
+        (Some(record), None) => match find_base(&args.installer, args.state_dir.as_deref(), &record) {
+            Some(found) => {
+                printer.warn(format!(
+                    "using {} as the base: it is {} {}, the installer this one was built on (index {})",
+                    found.display(),
+                    record.base.name,
+                    record.base.version,
+                    record.base.digest
+                ));
+                args.base = Some(found);
+                record
+            }
+            None => bail!(needs_base(&args.installer, &record)),
+        },
         (Some(record), Some(_)) => record,
     };
-    let base = args.base.clone().expect("matched above");
+    let base = args.base.clone().expect("given or found above");
     let out = kept_complete(&args.installer, args.state_dir.as_deref(), &record)?;
     let reusable = Payload::open(&out).is_ok_and(|p| index_digest(&p) == record.complete.digest);
     if reusable {
@@ -192,6 +205,32 @@ pub fn prepare_run(args: &mut RunArgs, printer: &Printer) -> Result<()> {
     }
     args.completed = Some(out);
     Ok(())
+}
+
+/// The base, when this machine holds it where an earlier run left it or the operator keeps
+/// releases: a file whose index digest is the one the delta names, among the complete
+/// installers kept in the state directories (`.complete/`) and the files beside the delta.
+/// Only each file's trailer and index are read.
+fn find_base(installer: &Path, state_dir: Option<&Path>, record: &DeltaRecord) -> Option<PathBuf> {
+    let beside =
+        if installer == Path::new(crate::SELF_EXE) { std::env::current_exe().ok() } else { Some(installer.into()) };
+    let mut dirs: Vec<PathBuf> =
+        crate::cluster::state_dir::bases(installer, state_dir, &crate::cluster::state_dir::process_env)
+            .into_iter()
+            .map(|b| b.dir.join(COMPLETE_DIR))
+            .collect();
+    dirs.extend(
+        beside
+            .as_deref()
+            .and_then(Path::parent)
+            .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+            .map(Path::to_path_buf),
+    );
+    dirs.iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .find(|p| Payload::open(p).is_ok_and(|c| index_digest(&c) == record.base.digest))
 }
 
 /// Where the complete installer a delta describes is kept: `.complete/NAME-VERSION-DIGEST` in the

@@ -199,7 +199,11 @@ fn refusals(home: &Path, delta: &Path, v1: &Path, plain: &Path, key: &str) {
     assert!(text(&out).contains(&format!("{} (from the base", layer.path)), "{}", text(&out));
     assert!(names(&site).is_empty(), "{:?}", names(&site));
 
-    // A delta alone: its content is never used without the base.
+    // A delta alone (no base beside it): its content is never used.
+    let alone = home.join("alone");
+    fs::create_dir(&alone).unwrap();
+    let delta = &alone.join("installer");
+    fs::copy(home.join("platform-2.delta"), delta).unwrap();
     for args in [
         vec!["extract", "--to", site.to_str().unwrap()],
         vec!["registry", "serve", "--insecure-plain-http", "--listen", "127.0.0.1:0"],
@@ -224,20 +228,23 @@ fn refusals(home: &Path, delta: &Path, v1: &Path, plain: &Path, key: &str) {
     assert!(names(&site).is_empty(), "{:?}", names(&site));
 }
 
-/// `run --base` puts the complete installer together in the state beside the delta before
-/// anything else, and reuses it the next time.
+/// `run` puts the complete installer together in the state beside the delta before anything
+/// else, from the base found beside it (or named by --base), and reuses it the next time.
 fn run_dry(home: &Path, delta: &Path, v1: &Path, plain: &Path, key: &str) {
     let site = home.join("usb");
     fs::create_dir(&site).unwrap();
     let here = site.join("installer");
     fs::copy(delta, &here).unwrap();
-    let args = ["run", "--hosts", "10.88.0.11", "--dry-run", "--trusted-key", key, "--base", v1.to_str().unwrap()];
-    let out = installer(&here, &args);
+    fs::copy(v1, site.join("platform-1.0.0")).unwrap();
+    let out = installer(&here, &["run", "--hosts", "10.88.0.11", "--dry-run", "--trusted-key", key]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("put together the complete installer platform 2.0.0"), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains(&format!("using {} as the base", site.join("platform-1.0.0").display())), "{said}");
+    assert!(said.contains("put together the complete installer platform 2.0.0"), "{said}");
     let kept: Vec<PathBuf> = fs::read_dir(site.join(".ferry/.complete")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(fs::read(&kept[0]).unwrap(), fs::read(plain).unwrap());
+    let args = ["run", "--hosts", "10.88.0.11", "--dry-run", "--trusted-key", key, "--base", v1.to_str().unwrap()];
     let out = installer(&here, &args);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("using the complete installer put together earlier"), "{}", text(&out));
