@@ -6,6 +6,7 @@ use crate::base::{Base, BaseError};
 use crate::cli::BuildArgs;
 use crate::images::ImagesError;
 use crate::launch::LaunchError;
+use crate::output::{OutputError, TempOutput};
 use crate::paths::PathError;
 use crate::render::kustomize;
 use crate::spec::{Bundle, SpecError};
@@ -75,16 +76,6 @@ pub enum BuildError {
     /// Reading the key or writing the payload failed.
     #[error(transparent)]
     Payload(#[from] payload_format::Error),
-    /// `--base` names a differential installer.
-    #[error(
-        "{}: --base must be a complete installer, and this one is itself differential; complete it first \
-         (`./FILE complete --base …`) and build on that",
-        path.display()
-    )]
-    DeltaBase {
-        /// The file given.
-        path: PathBuf,
-    },
     /// A rendered kustomization cannot be staged for the payload.
     #[error("cannot stage the rendered kustomization {key} in {}: {source}", dir.display())]
     Rendered {
@@ -101,44 +92,12 @@ pub enum BuildError {
         /// The directory.
         dir: PathBuf,
     },
-    /// The output has no file name.
-    #[error("{} is not a file name", output.display())]
-    OutputName {
-        /// The output path.
-        output: PathBuf,
-    },
-    /// The output is a directory.
-    #[error("output {} is a directory", output.display())]
-    OutputIsDir {
-        /// The output path.
-        output: PathBuf,
-    },
-    /// The temporary output cannot be created.
-    #[error("cannot write the output: creating {}", path.display())]
-    Create {
-        /// The temporary output.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The temporary output cannot be made executable.
-    #[error("setting mode of {}", path.display())]
-    Chmod {
-        /// The temporary output.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The temporary output cannot be renamed into place.
-    #[error("renaming {} to {}", from.display(), to.display())]
-    Rename {
-        /// The temporary output.
-        from: PathBuf,
-        /// The output.
-        to: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The output cannot be written in place.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// The differential installer cannot be made.
+    #[error(transparent)]
+    Delta(#[from] crate::delta::DeltaError),
     /// `--stub` cannot be read.
     #[error("reading stub {}", path.display())]
     StubRead {
@@ -691,20 +650,6 @@ fn merge(plan: &mut Plan, key: String, item: TreeItem, origin: &str) -> Result<(
     add(plan, key, item, origin)
 }
 
-/// Deletes the temporary output unless the build completed.
-pub(crate) struct TempOutput {
-    pub(crate) path: PathBuf,
-    pub(crate) keep: bool,
-}
-
-impl Drop for TempOutput {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Writes `plan` to `output` atomically.
 pub fn write_installer(
     output: &Path,
@@ -714,14 +659,8 @@ pub fn write_installer(
     key: Option<&SecretKey>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<WriteSummary, BuildError> {
-    let tmp_path = temp_path(output, "build")?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp_path)
-        .map_err(|source| BuildError::Create { path: tmp_path.clone(), source })?;
-    let mut guard = TempOutput { path: tmp_path.clone(), keep: false };
+    let (file, guard) = TempOutput::create(output, "build")?;
+    let tmp_path = guard.path.clone();
     let mut writer = PayloadWriter::new(file, &tmp_path, &mut Cursor::new(stub), WriterOptions::default())?;
     // One sniffing context for the whole build: this thread feeds the compression workers, and
     // creating a context per file cost about as much as sniffing a small file.
@@ -730,25 +669,8 @@ pub fn write_installer(
         write_entry(&mut writer, path, planned, &mut sniffer, progress)?;
     }
     let summary = writer.finish(metadata, key)?;
-    std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(0o755))
-        .map_err(|source| BuildError::Chmod { path: tmp_path.clone(), source })?;
-    std::fs::rename(&tmp_path, output).map_err(|source| BuildError::Rename {
-        from: tmp_path.clone(),
-        to: output.into(),
-        source,
-    })?;
-    guard.keep = true;
+    guard.finish(output)?;
     Ok(summary)
-}
-
-/// A temporary name next to `output`, for what `purpose` writes there.
-pub(crate) fn temp_path(output: &Path, purpose: &str) -> Result<PathBuf, BuildError> {
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = output.file_name().ok_or_else(|| BuildError::OutputName { output: output.into() })?;
-    if output.is_dir() {
-        return Err(BuildError::OutputIsDir { output: output.into() });
-    }
-    Ok(dir.join(format!(".{}.ferry-{purpose}-{}", name.to_string_lossy(), std::process::id())))
 }
 
 fn write_entry(

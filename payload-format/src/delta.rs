@@ -16,7 +16,7 @@
 
 use crate::trailer::{TRAILER_LEN, Trailer};
 use crate::writer::write_index_and_trailer;
-use crate::{Digest, Entry, EntryKind, Error, Index, Payload, Result, SecretKey, align_up, sha256};
+use crate::{Compression, Digest, Entry, EntryKind, Error, Index, Payload, Result, SecretKey, align_up, sha256};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -350,7 +350,7 @@ pub fn write_delta(
         path: TAIL_ENTRY.into(),
         kind: EntryKind::File,
         mode: 0o644,
-        compression: crate::Compression::Raw,
+        compression: Compression::Raw,
         offset: data.pos,
         stored_len: tail.len() as u64,
         size: tail.len() as u64,
