@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -164,32 +164,36 @@ fn step_end(payload: &Payload, at: u64, end: u64) -> u64 {
     payload.chunk_range(last).1.min(end)
 }
 
-/// The data region being written front to back, hashed chunk by chunk; when completing, each
-/// chunk is compared with the signed digest as soon as it is whole.
+/// Chunks hashed together, on all cores, before they are written.
+const BATCH_CHUNKS: usize = 32;
+
+/// The data region being written front to back, hashed chunk by chunk (a batch of chunks at a
+/// time, on all cores); when completing, each chunk is compared with the signed digest before
+/// it is written.
 struct DataOut<'a> {
-    out: BufWriter<&'a File>,
+    out: &'a File,
     path: &'a Path,
-    chunk_size: u64,
+    chunk_size: usize,
     data_offset: u64,
+    /// The next byte's absolute offset.
     pos: u64,
-    hasher: sha2::Sha256,
-    in_chunk: u64,
+    /// Bytes not yet hashed and written, starting at a chunk boundary.
+    pending: Vec<u8>,
     chunks: Vec<Digest>,
     expect: Option<&'a Index>,
-    /// Paths of the entries taken from the base, for naming the source of a bad chunk.
+    /// The entries taken from the base and its path, for naming the source of a bad chunk.
     from_base: Option<(&'a Path, &'a HashMap<&'a str, &'a Entry>)>,
 }
 
 impl<'a> DataOut<'a> {
     fn new(out: &'a File, path: &'a Path, data_offset: u64, chunk_size: u32) -> DataOut<'a> {
         DataOut {
-            out: BufWriter::with_capacity(4 << 20, out),
+            out,
             path,
-            chunk_size: chunk_size as u64,
+            chunk_size: chunk_size as usize,
             data_offset,
             pos: data_offset,
-            hasher: sha2::Sha256::new(),
-            in_chunk: 0,
+            pending: Vec::with_capacity(BATCH_CHUNKS * chunk_size as usize),
             chunks: Vec::new(),
             expect: None,
             from_base: None,
@@ -197,15 +201,14 @@ impl<'a> DataOut<'a> {
     }
 
     fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
-        self.out.write_all(bytes).map_err(Error::io("writing", self.path))?;
-        self.pos += bytes.len() as u64;
+        let batch = BATCH_CHUNKS * self.chunk_size;
         while !bytes.is_empty() {
-            let take = ((self.chunk_size - self.in_chunk) as usize).min(bytes.len());
-            self.hasher.update(&bytes[..take]);
-            self.in_chunk += take as u64;
+            let take = (batch - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..take]);
+            self.pos += take as u64;
             bytes = &bytes[take..];
-            if self.in_chunk == self.chunk_size {
-                self.end_chunk()?;
+            if self.pending.len() == batch {
+                self.flush()?;
             }
         }
         Ok(())
@@ -220,20 +223,24 @@ impl<'a> DataOut<'a> {
         Ok(())
     }
 
-    fn end_chunk(&mut self) -> Result<()> {
-        let digest: Digest = std::mem::take(&mut self.hasher).finalize().into();
-        let n = self.chunks.len();
-        self.in_chunk = 0;
-        self.chunks.push(digest);
-        match self.expect {
-            Some(index) if index.chunks.get(n) != Some(&digest) => Err(self.bad_chunk(index, n as u64)),
-            _ => Ok(()),
+    /// Hashes the pending chunks (the last may be short), checks them, and writes them.
+    fn flush(&mut self) -> Result<()> {
+        let first = self.chunks.len();
+        let digests: Vec<Digest> = self.pending.par_chunks(self.chunk_size).map(sha256).collect();
+        if let Some(index) = self.expect {
+            if let Some(n) = (0..digests.len()).find(|i| index.chunks.get(first + i) != Some(&digests[*i])) {
+                return Err(self.bad_chunk(index, (first + n) as u64));
+            }
         }
+        (&*self.out).write_all(&self.pending).map_err(Error::io("writing", self.path))?;
+        self.chunks.extend(digests);
+        self.pending.clear();
+        Ok(())
     }
 
     fn bad_chunk(&self, index: &Index, n: u64) -> Error {
-        let start = self.data_offset + n * self.chunk_size;
-        let end = start + self.chunk_size;
+        let start = self.data_offset + n * self.chunk_size as u64;
+        let end = start + self.chunk_size as u64;
         let within: Vec<String> = index
             .entries
             .iter()
@@ -258,10 +265,9 @@ impl<'a> DataOut<'a> {
 
     /// Ends the data region: the last, short chunk hashed; returns its end and the digests.
     fn finish(mut self) -> Result<(u64, Vec<Digest>)> {
-        if self.in_chunk > 0 {
-            self.end_chunk()?;
+        if !self.pending.is_empty() {
+            self.flush()?;
         }
-        self.out.flush().map_err(Error::io("writing", self.path))?;
         Ok((self.pos, self.chunks))
     }
 }
