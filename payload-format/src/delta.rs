@@ -227,10 +227,10 @@ impl<'a> DataOut<'a> {
     fn flush(&mut self) -> Result<()> {
         let first = self.chunks.len();
         let digests: Vec<Digest> = self.pending.par_chunks(self.chunk_size).map(sha256).collect();
-        if let Some(index) = self.expect {
-            if let Some(n) = (0..digests.len()).find(|i| index.chunks.get(first + i) != Some(&digests[*i])) {
-                return Err(self.bad_chunk(index, (first + n) as u64));
-            }
+        if let Some(index) = self.expect
+            && let Some(n) = (0..digests.len()).find(|i| index.chunks.get(first + i) != Some(&digests[*i]))
+        {
+            return Err(self.bad_chunk(index, (first + n) as u64));
         }
         (&*self.out).write_all(&self.pending).map_err(Error::io("writing", self.path))?;
         self.chunks.extend(digests);
