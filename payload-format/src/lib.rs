@@ -28,6 +28,8 @@ mod keys;
 mod layout;
 mod pipeline;
 mod reader;
+#[cfg(test)]
+mod test_data;
 mod trailer;
 mod writer;
 

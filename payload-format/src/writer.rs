@@ -335,6 +335,7 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::bytes;
     use crate::{Payload, TrustPolicy};
 
     /// What a test adds, in order.
@@ -342,17 +343,6 @@ mod tests {
         Dir(&'static str),
         Link(&'static str, &'static str),
         File(&'static str, Compression, Vec<u8>),
-    }
-
-    /// Deterministic bytes: compressible when `text`, otherwise noise.
-    fn bytes(len: usize, seed: u64, text: bool) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|i| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                if text { b"kubelet containerd etcd\n"[(i + (x >> 60) as usize) % 24] } else { (x >> 33) as u8 }
-            })
-            .collect()
     }
 
     fn sample(frame: usize, chunk: usize) -> Vec<Add> {

@@ -1,17 +1,7 @@
 use super::*;
+use crate::test_data::bytes;
 use crate::{BundleMetadata, Compression, PayloadWriter, SignatureStatus, TrustPolicy, WriterOptions};
 use std::fs::OpenOptions;
-
-/// Deterministic noise (incompressible, like image layers) or text.
-fn bytes(len: usize, seed: u64, text: bool) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|i| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            if text { b"kubelet containerd etcd\n"[(i + (x >> 60) as usize) % 24] } else { (x >> 33) as u8 }
-        })
-        .collect()
-}
 
 /// Small chunks and frames, so a few hundred KiB span many of each.
 fn opts() -> WriterOptions {
