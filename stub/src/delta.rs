@@ -72,10 +72,13 @@ pub fn complete_file(delta: &Payload, base_path: &Path, out: &Path, printer: &Pr
     progress.finish();
     let summary = summary?;
     let completed = Payload::open(&tmp)?;
-    if completed.claimed_signer() != delta.claimed_signer() {
+    let same_signer = TrustPolicy {
+        trusted: delta.claimed_signer().into_iter().collect(),
+        allow_unsigned: delta.claimed_signer().is_none(),
+    };
+    if completed.check_signature(&same_signer).is_err() {
         bail!(
-            "the complete installer {} describes is signed by another key than {} itself; refusing it",
-            delta.path().display(),
+            "the complete installer {} describes is not signed by the key that signed it; refusing it",
             delta.path().display()
         );
     }
@@ -171,7 +174,7 @@ pub fn prepare_run(args: &mut RunArgs, printer: &Printer) -> Result<()> {
         ),
         (Some(record), None) => match find_base(&args.installer, args.state_dir.as_deref(), &record) {
             Some(found) => {
-                printer.warn(format!(
+                printer.note(format!(
                     "using {} as the base: it is {} {}, the installer this one was built on (index {})",
                     found.display(),
                     record.base.name,
@@ -189,10 +192,10 @@ pub fn prepare_run(args: &mut RunArgs, printer: &Printer) -> Result<()> {
     let out = kept_complete(&args.installer, args.state_dir.as_deref(), &record)?;
     let reusable = Payload::open(&out).is_ok_and(|p| index_digest(&p) == record.complete.digest);
     if reusable {
-        printer.warn(format!("using the complete installer put together earlier: {}", out.display()));
+        printer.note(format!("using the complete installer put together earlier: {}", out.display()));
     } else {
         let s = complete_file(&delta, &base, &out, printer)?;
-        printer.warn(format!(
+        printer.note(format!(
             "put together the complete installer {} {} ({}) at {}: {} from {}, {} from this file",
             record.complete.name,
             record.complete.version,
