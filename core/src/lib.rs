@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod launch;
 pub mod metadata;
 pub mod oci;
+pub mod output;
 pub mod printer;
 pub mod trust;
 pub mod units;

@@ -248,7 +248,7 @@ impl Base {
             name: meta.name.clone(),
             version: meta.version.clone(),
             kubernetes_version: meta.kubernetes_version.clone(),
-            digest: format!("sha256:{}", hex::encode(payload.trailer().index_sha256)),
+            digest: payload_format::index_digest(&payload),
             signer: key.fingerprint(),
         };
         printer.note(format!(

@@ -4,7 +4,7 @@
 //! Owns the command's side of it: the base opened and refused early (before any image is
 //! fetched), the temporary complete installer, the delta written atomically beside the output.
 
-use crate::output::{OutputError, TempOutput};
+use ferry_core::output::{OutputError, TempOutput};
 use payload_format::{DeltaSummary, Payload, SecretKey};
 use std::path::{Path, PathBuf};
 

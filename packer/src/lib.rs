@@ -10,7 +10,6 @@ pub mod delta;
 pub mod images;
 pub mod keygen;
 pub mod launch;
-pub mod output;
 pub mod paths;
 pub mod publish;
 pub mod render;

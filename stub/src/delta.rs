@@ -10,9 +10,9 @@
 use crate::cli::{CompleteArgs, RunArgs};
 use crate::printer::Printer;
 use crate::units;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
+use ferry_core::output::TempOutput;
 use payload_format::{CompleteSummary, DeltaRecord, Payload, SignatureStatus, TrustPolicy, index_digest};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where the complete installers put together for runs are kept, under a state directory.
@@ -56,17 +56,8 @@ pub fn refuse_alone(path: &Path) -> Result<()> {
 pub fn complete_file(delta: &Payload, base_path: &Path, out: &Path, printer: &Printer) -> Result<CompleteSummary> {
     let base = crate::verify::open_payload(base_path)?;
     let record = payload_format::check_base(delta, &base)?;
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = out.file_name().ok_or_else(|| anyhow!("{} is not a file name", out.display()))?;
-    let tmp = dir.join(format!(".{}.ferry-complete-{}", name.to_string_lossy(), std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    let guard = RemoveOnDrop(Some(tmp.clone()));
+    let (file, guard) = TempOutput::create(out, "complete")?;
+    let tmp = guard.path.clone();
     let progress = printer.progress(record.complete.size, "complete");
     let summary = payload_format::complete(delta, &base, file, &tmp, &|n| progress.inc(n));
     progress.finish();
@@ -82,31 +73,8 @@ pub fn complete_file(delta: &Payload, base_path: &Path, out: &Path, printer: &Pr
             delta.path().display()
         );
     }
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("setting the mode of {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-    guard.disarm();
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    guard.finish(out)?;
     Ok(summary)
-}
-
-/// Removes a temporary file unless disarmed.
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl RemoveOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
 }
 
 /// `installer complete`.

@@ -55,7 +55,7 @@ fn blobs(p: &Payload) -> BTreeSet<String> {
 }
 
 fn digest_of(p: &Payload) -> String {
-    format!("sha256:{}", hex::encode(p.trailer().index_sha256))
+    payload_format::index_digest(p)
 }
 
 fn installer(file: &Path, args: &[&str]) -> std::process::Output {

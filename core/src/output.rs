@@ -1,6 +1,7 @@
-//! Writing a file the build produces: under a temporary name beside it, made executable and
-//! renamed into place only when complete, removed otherwise, so a failed build never leaves a
-//! partial file at the output's name.
+//! Writing a large file the binaries produce (an installer, a delta, a completed installer):
+//! under a temporary name beside it, made executable and renamed into place only when complete,
+//! removed otherwise, so a failure never leaves a partial file at the output's name. Small files
+//! written from memory use [`crate::fs::write_atomic`].
 
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -91,6 +92,11 @@ impl TempOutput {
             source,
         })?;
         self.keep = true;
+        // The rename is durable only once the directory is; a failure here loses nothing.
+        let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
         Ok(())
     }
 }
