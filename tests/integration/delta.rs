@@ -251,7 +251,7 @@ fn run_dry(home: &Path, delta: &Path, v1: &Path, plain: &Path, key: &str) {
 }
 
 #[test]
-fn a_delta_runs_on_bare_lab_hosts_with_its_base_and_the_nodes_pull_the_new_image() {
+fn a_delta_alone_runs_on_lab_hosts_that_hold_its_base_and_the_nodes_pull_the_new_image() {
     use super::run::{NODES, bundle, inventory, lab, run_installer, wipe};
     use ferry_tests::bundles::next_release;
     use ferry_tests::lab::Host;
@@ -268,16 +268,28 @@ fn a_delta_runs_on_bare_lab_hosts_with_its_base_and_the_nodes_pull_the_new_image
     let inv = inventory(work.path(), &lab.inventory(NODES));
     let inv = inv.to_str().unwrap();
 
-    // Without its base the delta touches no host.
+    // Bare hosts hold no base: the delta is refused, every registry host named, none changed.
     let out = run_installer(&here, &["-f", inv], &[]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("is a differential installer"), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("is a differential installer"), "{said}");
+    assert!(said.contains("no registry host of cluster") && said.contains("holds no installer"), "{said}");
     assert_eq!(lab.ssh_ok(Host::Node(1), "ls /var/lib/ferry 2>/dev/null | wc -l").trim(), "0");
+    assert!(!usb.join(".ferry/.complete").exists() || fs::read_dir(usb.join(".ferry/.complete")).unwrap().count() == 0);
 
-    let out = run_installer(&here, &["--json", "-f", inv, "--base", b.installer.to_str().unwrap()], &[]);
+    // Release 1 runs from another machine's copy; the operator then carries only the delta.
+    let earlier = work.path().join("release1");
+    fs::create_dir(&earlier).unwrap();
+    fs::copy(&b.installer, earlier.join("installer")).unwrap();
+    let out = run_installer(&earlier.join("installer"), &["-f", inv], &[]);
     assert!(out.status.success(), "{}", text(&out));
+
+    let out = run_installer(&here, &["--json", "-f", inv], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("copying the base") && said.contains(":/var/lib/ferry/installer"), "{said}");
     let kept: Vec<PathBuf> = fs::read_dir(usb.join(".ferry/.complete")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept.len(), 1, "only the complete installer is kept, not the copy of the base: {kept:?}");
     assert_eq!(fs::read(&kept[0]).unwrap(), fs::read(&complete).unwrap());
     let state: Vec<PathBuf> = fs::read_dir(usb.join(".ferry")).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(

@@ -229,6 +229,19 @@ pub async fn locate(w: &Where) -> Result<Found> {
     Ok(Found { cluster, opts, jump, local_state })
 }
 
+/// The cluster `w` points at, where hosts given on the command line alone (`run --hosts`, no
+/// file, no `--master`) describe one too.
+pub async fn locate_listed(w: &Where) -> Result<Found> {
+    if w.master.is_some() || w.cluster_file.is_some() || w.overrides.hosts.is_empty() {
+        return locate(w).await;
+    }
+    let cluster = cluster::resolve(None, &w.overrides)?;
+    let opts = w.ssh(cluster.known_hosts.clone());
+    let jump = jump_for(&cluster, &opts).await?;
+    let local_state = local_state_dir(&w.installer, w.state_dir.as_deref(), &cluster.name);
+    Ok(Found { cluster, opts, jump, local_state })
+}
+
 /// A cluster that holds `master`, only to reach it. A cluster file given too says how: its
 /// host entry for `master`, or else the file's cluster-wide SSH settings (user, key,
 /// known_hosts, bastion) for a master it does not list. Flags still win.

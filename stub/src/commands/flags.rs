@@ -50,16 +50,27 @@ pub fn overrides(a: &RunArgs, hosts: Vec<String>) -> Overrides {
     }
 }
 
+/// Where `run`'s flags say the cluster is (its file, its hosts, or the one saved beside the
+/// installer); reads the secrets the flags ask for.
+pub fn where_run(a: &RunArgs) -> Result<Where> {
+    where_at(a, None, a.hosts.clone())
+}
+
 /// Where `args` say the cluster is; reads the secrets the flags ask for.
 pub fn where_(args: &ClusterCommandArgs) -> Result<Where> {
-    let a = &args.run;
+    where_at(&args.run, args.master.clone(), Vec::new())
+}
+
+/// Where the cluster is: `--master`, or else `a`'s file, `hosts`, or the one saved beside the
+/// installer; reads the secrets the flags ask for.
+pub fn where_at(a: &RunArgs, master: Option<String>, hosts: Vec<String>) -> Result<Where> {
     Ok(Where {
-        master: args.master.clone(),
+        master,
         cluster_file: a.cluster_file.clone(),
         name: a.name.clone(),
         installer: a.installer.clone(),
         state_dir: a.state_dir.clone(),
-        overrides: overrides(a, Vec::new()),
+        overrides: overrides(a, hosts),
         accept_new: a.accept_new_host_keys,
         connect_timeout: Duration::from_secs(a.connect_timeout),
         keepalive: Duration::from_secs(a.keepalive.max(1)),

@@ -56,9 +56,17 @@ pub fn main() -> ExitCode {
 /// content refuse a delta, naming its base.
 fn complete_first(command: &mut Command, printer: &Printer) -> anyhow::Result<()> {
     match command {
-        Command::Run(args) => crate::delta::prepare_run(args, printer),
-        Command::Join(args) => crate::delta::prepare_run(&mut args.run, printer),
-        Command::Upgrade(args) => crate::delta::prepare_run(&mut args.cluster.run, printer),
+        Command::Run(args) => crate::delta::prepare_run(args, printer, &flags::where_run),
+        Command::Join(args) => {
+            let master = args.master.clone();
+            crate::delta::prepare_run(&mut args.run, printer, &|a| flags::where_at(a, master.clone(), Vec::new()))
+        }
+        Command::Upgrade(args) => {
+            let master = args.cluster.master.clone();
+            crate::delta::prepare_run(&mut args.cluster.run, printer, &|a| {
+                flags::where_at(a, master.clone(), Vec::new())
+            })
+        }
         Command::Extract(_) => crate::delta::refuse_alone(std::path::Path::new(crate::node::SELF_EXE)),
         Command::Registry(RegistryCommand::Serve(args)) => crate::delta::refuse_alone(&args.file),
         Command::Registry(RegistryCommand::Push(args)) => crate::delta::refuse_alone(&args.file),

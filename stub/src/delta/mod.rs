@@ -8,12 +8,15 @@
 //! messages. The bytes are `payload_format`'s (`check_base`, `complete`).
 
 use crate::cli::{CompleteArgs, RunArgs};
+use crate::cluster::locate::Where;
 use crate::printer::Printer;
 use crate::units;
 use anyhow::{Result, anyhow, bail};
 use ferry_core::output::TempOutput;
 use payload_format::{CompleteSummary, DeltaRecord, Payload, SignatureStatus, TrustPolicy, index_digest};
 use std::path::{Path, PathBuf};
+
+mod from_hosts;
 
 /// Where the complete installers put together for runs are kept, under a state directory.
 const COMPLETE_DIR: &str = ".complete";
@@ -130,8 +133,10 @@ pub fn run(path: &Path, args: &CompleteArgs, printer: &Printer) -> Result<()> {
 
 /// For `run`, `join` and `upgrade`: when the installer is differential, puts the complete one
 /// together from `--base` (or reuses the one put together earlier) and makes it the file they
-/// deliver. Refuses a delta without `--base`, and `--base` with a complete installer.
-pub fn prepare_run(args: &mut RunArgs, printer: &Printer) -> Result<()> {
+/// deliver. Without `--base`, the base is looked for on this machine, and then on the registry
+/// hosts of the cluster `cluster` says how to reach (called only then: it may read a password).
+/// Refuses `--base` with a complete installer.
+pub fn prepare_run(args: &mut RunArgs, printer: &Printer, cluster: &dyn Fn(&RunArgs) -> Result<Where>) -> Result<()> {
     let delta = crate::verify::open_payload(&args.installer)?;
     let record = match (delta.delta_record()?, &args.base) {
         (None, None) => return Ok(()),
@@ -140,8 +145,8 @@ pub fn prepare_run(args: &mut RunArgs, printer: &Printer) -> Result<()> {
             base.display(),
             invoked_as(&args.installer)
         ),
-        (Some(record), None) => match find_base(&args.installer, args.state_dir.as_deref(), &record) {
-            Some(found) => {
+        (Some(record), None) => {
+            if let Some(found) = find_base(&args.installer, args.state_dir.as_deref(), &record) {
                 printer.note(format!(
                     "using {} as the base: it is {} {}, the installer this one was built on (index {})",
                     found.display(),
@@ -150,19 +155,28 @@ pub fn prepare_run(args: &mut RunArgs, printer: &Printer) -> Result<()> {
                     record.base.digest
                 ));
                 args.base = Some(found);
-                record
             }
-            None => bail!(needs_base(&args.installer, &record)),
-        },
+            record
+        }
         (Some(record), Some(_)) => record,
     };
-    let base = args.base.clone().expect("given or found above");
     let out = kept_complete(&args.installer, args.state_dir.as_deref(), &record)?;
     let reusable = Payload::open(&out).is_ok_and(|p| index_digest(&p) == record.complete.digest);
     if reusable {
         printer.note(format!("using the complete installer put together earlier: {}", out.display()));
     } else {
+        // Kept until the complete installer is written: removed when this scope ends, either way.
+        let mut fetched = None;
+        let base = match &args.base {
+            Some(base) => base.clone(),
+            None => fetched.insert(base_from_cluster(args, &record, &out, printer, cluster)?).0.clone(),
+        };
         let s = complete_file(&delta, &base, &out, printer)?;
+        let from = if fetched.is_some() {
+            format!("the base copied from {}", record.base.name)
+        } else {
+            base.display().to_string()
+        };
         printer.note(format!(
             "put together the complete installer {} {} ({}) at {}: {} from {}, {} from this file",
             record.complete.name,
@@ -170,12 +184,43 @@ pub fn prepare_run(args: &mut RunArgs, printer: &Printer) -> Result<()> {
             units::bytes(s.file_len),
             out.display(),
             units::bytes(s.bytes_from_base),
-            base.display(),
+            from,
             units::bytes(s.bytes_from_delta),
         ));
     }
     args.completed = Some(out);
     Ok(())
+}
+
+/// A file removed when dropped: the base copied from a host, needed only while completing.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Copies the base from a registry host of the cluster into a scratch file beside `out`.
+fn base_from_cluster(
+    args: &RunArgs,
+    record: &DeltaRecord,
+    out: &Path,
+    printer: &Printer,
+    cluster: &dyn Fn(&RunArgs) -> Result<Where>,
+) -> Result<Scratch> {
+    let hex = record.base.digest.trim_start_matches("sha256:");
+    let scratch = Scratch(out.with_file_name(format!(".base-{}.part", &hex[..hex.len().min(12)])));
+    // Left by a copy that was stopped: never trusted, never resumed.
+    let _ = std::fs::remove_file(&scratch.0);
+    let found = cluster(args).and_then(|w| from_hosts::fetch(&w, record, &scratch.0, printer));
+    match found {
+        Ok(_) => Ok(scratch),
+        Err(e) => Err(anyhow!(
+            "{}\nIt is not on this machine (beside the installer, or kept by an earlier run), and asking the cluster failed: {e:#}",
+            needs_base(&args.installer, record)
+        )),
+    }
 }
 
 /// The base, when this machine holds it where an earlier run left it or the operator keeps
