@@ -122,19 +122,6 @@ impl Payload {
     }
 }
 
-/// Whether two entries describe the same stored bytes at (possibly) different offsets.
-fn same_shape(a: &Entry, b: &Entry) -> bool {
-    a.path == b.path
-        && a.kind == b.kind
-        && a.mode == b.mode
-        && a.compression == b.compression
-        && a.stored_len == b.stored_len
-        && a.size == b.size
-        && a.link_target == b.link_target
-        && a.frame_size == b.frame_size
-        && a.frames == b.frames
-}
-
 fn by_path(index: &Index) -> HashMap<&str, &Entry> {
     index.entries.iter().map(|e| (e.path.as_str(), e)).collect()
 }
@@ -400,7 +387,7 @@ fn taken_from_base<'a>(complete: &'a Payload, base: &'a Payload) -> Result<HashM
         .index()
         .entries
         .iter()
-        .filter_map(|e| base_entries.get(e.path.as_str()).filter(|old| same_shape(e, old)).map(|old| (e, *old)))
+        .filter_map(|e| base_entries.get(e.path.as_str()).filter(|old| e.same_shape(old)).map(|old| (e, *old)))
         .collect();
     let same: Vec<bool> = candidates
         .par_iter()
@@ -495,7 +482,7 @@ fn sources<'a>(
             continue;
         }
         needed += 1;
-        match base_entries.get(entry.path.as_str()).filter(|old| same_shape(entry, old)) {
+        match base_entries.get(entry.path.as_str()).filter(|old| entry.same_shape(old)) {
             Some(old) => {
                 from_base.insert(entry.path.as_str(), *old);
             }

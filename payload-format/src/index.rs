@@ -64,6 +64,21 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether `other` describes the same stored bytes at (possibly) another offset: the same
+    /// path, kind, mode, storage, sizes and frames. Only the chunk digests of the file holding
+    /// them say whether the bytes themselves are the same.
+    pub fn same_shape(&self, other: &Entry) -> bool {
+        self.path == other.path
+            && self.kind == other.kind
+            && self.mode == other.mode
+            && self.compression == other.compression
+            && self.stored_len == other.stored_len
+            && self.size == other.size
+            && self.link_target == other.link_target
+            && self.frame_size == other.frame_size
+            && self.frames == other.frames
+    }
+
     /// Stored byte range of frame `i` of a zstd entry, as absolute file offsets.
     pub fn frame_range(&self, i: usize) -> (u64, u64) {
         let start = self.offset + self.frames[..i].iter().map(|&f| f as u64).sum::<u64>();

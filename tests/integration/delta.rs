@@ -288,6 +288,11 @@ fn a_delta_alone_runs_on_lab_hosts_that_hold_its_base_and_the_nodes_pull_the_new
     assert!(out.status.success(), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("copying the base") && said.contains(":/var/lib/ferry/installer"), "{said}");
+    // The hosts hold release 1: they are sent only what changed, not the complete installer again.
+    let sent = super::run::summary(&out)["distribute_bytes"].as_u64().unwrap();
+    let whole = fs::metadata(&complete).unwrap().len();
+    eprintln!("delta run to hosts holding the base: sent {sent} of a {whole}-byte complete installer");
+    assert!(sent < whole / 4, "sent {sent} bytes to hosts holding the base, of a {whole}-byte installer");
     let kept: Vec<PathBuf> = fs::read_dir(usb.join(".ferry/.complete")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(kept.len(), 1, "only the complete installer is kept, not the copy of the base: {kept:?}");
     assert_eq!(fs::read(&kept[0]).unwrap(), fs::read(&complete).unwrap());

@@ -21,6 +21,7 @@ pub mod lock;
 pub mod prepare;
 pub mod receive;
 pub mod relay;
+pub mod seed;
 pub mod service_route;
 
 pub use crate::protocol::{Facts, Record};

@@ -206,7 +206,7 @@ fn missing(payload: &Payload, file: &File, want: &[u64]) -> Vec<u64> {
 
 /// Whether `start..end` of `file` holds no data at all (`SEEK_DATA` finds none before `end`).
 /// False whenever the filesystem cannot tell, so the caller reads and checks.
-fn is_hole(file: &File, start: u64, end: u64) -> bool {
+pub(super) fn is_hole(file: &File, start: u64, end: u64) -> bool {
     let fd = std::os::fd::AsRawFd::as_raw_fd(file);
     // SAFETY: lseek on an fd we own; every read and write here is positional (pread/pwrite), so
     // moving the file offset changes nothing else.
@@ -312,12 +312,15 @@ fn receive_inner(
     if let Some(done) = already_complete(input, output, opts, &incoming, relaying)? {
         return Ok(done);
     }
-    let part = prepare_part(opts, &incoming)?;
+    let (part, fresh) = prepare_part(opts, &incoming)?;
     let file = OpenOptions::new().read(true).write(true).open(&part)?;
     let payload = Arc::new(Payload::open(&part)?);
     check_signer(&payload, opts)?;
     payload.verify_stub().map_err(ReceiveError::StubMismatch)?;
     check_want(&payload, want)?;
+    if fresh {
+        super::seed::from_previous(&opts.dest, &payload, &file, want);
+    }
     let need = missing(&payload, &file, want);
     let shelf = offer(output, opts, &incoming, &payload, &need, relaying)?;
     let mut remaining: BTreeSet<u64> = need.iter().copied().collect();
@@ -429,12 +432,13 @@ fn already_complete(
 
 /// The `.part` file chunks land in: an interrupted one of the same installer is kept, a
 /// finished copy of it is grown from, anything else is started afresh as a sparse file holding
-/// this agent's program and the index.
-fn prepare_part(opts: &ReceiveOptions, incoming: &Incoming) -> Result<PathBuf, ReceiveError> {
+/// this agent's program and the index (and then seeded from the installer held before: the
+/// returned flag).
+fn prepare_part(opts: &ReceiveOptions, incoming: &Incoming) -> Result<(PathBuf, bool), ReceiveError> {
     let Incoming { header, trailer_bytes, trailer } = incoming;
     let part = with_suffix(&opts.dest, ".part");
     if same_tail(&part, header.file_len, trailer_bytes) {
-        return Ok(part);
+        return Ok((part, false));
     }
     // A part of another installer, or none. One that cannot be removed makes the copy or the
     // creation below fail, with the reason.
@@ -442,7 +446,7 @@ fn prepare_part(opts: &ReceiveOptions, incoming: &Incoming) -> Result<PathBuf, R
     if same_tail(&opts.dest, header.file_len, trailer_bytes) {
         // Grow a finished file (e.g. a node that became a registry host) without touching it.
         std::fs::copy(&opts.dest, &part).map_err(|source| ReceiveError::Copy { path: opts.dest.clone(), source })?;
-        return Ok(part);
+        return Ok((part, false));
     }
     let f = OpenOptions::new()
         .create_new(true)
@@ -456,7 +460,7 @@ fn prepare_part(opts: &ReceiveOptions, incoming: &Incoming) -> Result<PathBuf, R
     let stub = &stub[..stub.len().min(trailer.stub_len as usize)];
     f.write_all_at(stub, 0)?;
     f.write_all_at(&header.tail, trailer.index_offset)?;
-    Ok(part)
+    Ok((part, true))
 }
 
 /// Lands chunks from the operator's stream, and from relays whenever the operator says to pull

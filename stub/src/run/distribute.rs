@@ -325,6 +325,62 @@ pub(crate) mod tests {
         assert_eq!(sent4, chunk_bytes(&payload, &all) - chunk_bytes(&payload, &want));
     }
 
+    /// A host holding release 1 is sent only what release 2 changed: the entries they share are
+    /// copied from the file it holds, and every copied chunk is checked like a sent one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_new_release_is_sent_only_what_the_held_one_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Payload::open(&build(dir.path())).unwrap();
+        let all_of = |p: &Payload| -> Vec<u64> { (0..p.chunk_count()).collect() };
+        let opts = ReceiveOptions {
+            dest: dir.path().join("node/installer"),
+            signer: None,
+            allow_unsigned: true,
+            stub: dir.path().join("stub"),
+            relay_listen: None,
+        };
+        session(&first, &all_of(&first), &opts).await.unwrap();
+
+        // Release 2: the same tool and blob (at other offsets), a changed launch file and a new blob.
+        let two = dir.path().join("two");
+        std::fs::create_dir(&two).unwrap();
+        let path = two.join("installer");
+        let stub_bytes = std::fs::read(dir.path().join("stub")).unwrap();
+        let f = std::fs::File::create(&path).unwrap();
+        let mut w = PayloadWriter::new(
+            f,
+            &path,
+            &mut &stub_bytes[..],
+            WriterOptions { chunk_size: 4096, ..Default::default() },
+        )
+        .unwrap();
+        let big: Vec<u8> = (0..40_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        w.add_file("bundle/launch.yaml", 0o644, Compression::Raw, &mut &b"steps: [release 2]\n"[..]).unwrap();
+        w.add_file("rootfs/usr/bin/tool", 0o755, Compression::Raw, &mut &big[..]).unwrap();
+        w.add_file("blobs/sha256/aa", 0o644, Compression::Raw, &mut &big[..160_000]).unwrap();
+        let fresh: Vec<u8> = (0..10_000u32).flat_map(|i| (i ^ 0x5a5a).to_be_bytes()).collect();
+        w.add_file("blobs/sha256/bb", 0o644, Compression::Raw, &mut &fresh[..]).unwrap();
+        w.finish(BundleMetadata { name: "t".into(), version: "2".into(), ..Default::default() }, None).unwrap();
+        let second = Payload::open(&path).unwrap();
+
+        let (sent, got) = session(&second, &all_of(&second), &opts).await.unwrap();
+        let changed: u64 = ["bundle/launch.yaml", "blobs/sha256/bb"]
+            .iter()
+            .map(|p| second.index().entries.iter().find(|e| &e.path == p).unwrap())
+            .map(|e| {
+                chunk_bytes(
+                    &second,
+                    &(second.chunk_of(e.offset)..=second.chunk_of(e.offset + e.stored_len - 1)).collect::<Vec<_>>(),
+                )
+            })
+            .sum();
+        assert!(got.had > 0, "{got:?}");
+        // The changed entries' chunks, and the program and index's chunks that differ, not the shared 320 kB.
+        assert!(sent <= changed + 3 * 4096, "sent {sent} for {changed} bytes of changed chunks");
+        assert!(sent < chunk_bytes(&second, &all_of(&second)) / 4, "sent {sent}");
+        assert_eq!(std::fs::read(&opts.dest).unwrap(), std::fs::read(&path).unwrap());
+    }
+
     /// A chunk altered on the way is refused by the receiver, which writes nothing of it and
     /// finishes nothing; the good chunks before it are kept for the next run.
     #[test]
