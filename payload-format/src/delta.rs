@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The metadata key of a delta's [`DeltaRecord`].
 pub const METADATA_KEY: &str = "delta";
@@ -168,8 +168,31 @@ struct DataOut<'a> {
     pending: Vec<u8>,
     chunks: Vec<Digest>,
     expect: Option<&'a Index>,
-    /// The entries taken from the base and its path, for naming the source of a bad chunk.
-    from_base: Option<(&'a Path, &'a HashMap<&'a str, &'a Entry>)>,
+    /// Where each entry comes from, for naming the source of a bad chunk.
+    origins: Option<Origins<'a>>,
+}
+
+/// The two files a complete installer is put together from, and which entries each gives.
+#[derive(Clone, Copy)]
+struct Origins<'a> {
+    delta: &'a Payload,
+    base: &'a Payload,
+    sources: &'a Sources<'a>,
+}
+
+impl Origins<'_> {
+    /// `path`, where it comes from, and whether its bytes there fail that file's own chunk
+    /// digests (which is what tells a damaged entry from its neighbours in a bad chunk).
+    fn describe(&self, path: &str) -> (bool, String) {
+        let (file, entry, whence) = match (self.sources.from_delta.get(path), self.sources.from_base.get(path)) {
+            (Some(e), _) => (self.delta, *e, "this installer".to_string()),
+            (None, Some(e)) => (self.base, *e, format!("the base {}", self.base.path().display())),
+            (None, None) => return (false, format!("{path} (from neither file)")),
+        };
+        let damaged = file.read_verified(entry.offset, entry.offset + entry.stored_len).is_err();
+        let note = if damaged { ", damaged there" } else { "" };
+        (damaged, format!("{path} (from {whence}{note})"))
+    }
 }
 
 impl<'a> DataOut<'a> {
@@ -183,7 +206,7 @@ impl<'a> DataOut<'a> {
             pending: Vec::with_capacity(BATCH_CHUNKS * chunk_size as usize),
             chunks: Vec::new(),
             expect: None,
-            from_base: None,
+            origins: None,
         }
     }
 
@@ -228,18 +251,23 @@ impl<'a> DataOut<'a> {
     fn bad_chunk(&self, index: &Index, n: u64) -> Error {
         let start = self.data_offset + n * self.chunk_size as u64;
         let end = start + self.chunk_size as u64;
-        let within: Vec<String> = index
+        let mut within: Vec<(bool, String)> = index
             .entries
             .iter()
             .filter(|e| e.stored_len > 0 && e.offset < end && start < e.offset + e.stored_len)
-            .take(4)
-            .map(|e| match self.from_base {
-                Some((base, taken)) if taken.contains_key(e.path.as_str()) => {
-                    format!("{} (from the base {})", e.path, base.display())
-                }
-                _ => format!("{} (from this installer)", e.path),
+            .map(|e| match self.origins {
+                Some(o) => o.describe(&e.path),
+                None => (false, format!("{} (from this installer)", e.path)),
             })
             .collect();
+        // The damaged entries first: a chunk can hold hundreds of small entries.
+        within.sort_by_key(|(damaged, _)| !damaged);
+        const SHOWN: usize = 4;
+        let more = within.len().saturating_sub(SHOWN);
+        let mut within: Vec<String> = within.into_iter().take(SHOWN).map(|(_, s)| s).collect();
+        if more > 0 {
+            within.push(format!("and {more} more"));
+        }
         delta_error(
             self.path,
             format!(
@@ -567,10 +595,9 @@ pub fn complete(
     out.write_all(&stub).map_err(Error::io("writing", out_path))?;
     drop(stub);
 
-    let base_path: PathBuf = base.path().into();
     let mut data = DataOut::new(&out, out_path, t.data_offset, tail.index.chunk_size);
     data.expect = Some(&tail.index);
-    data.from_base = Some((&base_path, &sources.from_base));
+    data.origins = Some(Origins { delta, base, sources: &sources });
     let mut buf = Vec::new();
     let (mut bytes_from_base, mut bytes_from_delta) = (0, 0);
     for entry in tail.index.entries.iter().filter(|e| e.stored_len > 0) {

@@ -197,6 +197,7 @@ fn refusals(home: &Path, delta: &Path, v1: &Path, plain: &Path, key: &str) {
     let out = complete_with(&damaged);
     assert!(!out.status.success());
     assert!(text(&out).contains(&format!("{} (from the base", layer.path)), "{}", text(&out));
+    assert!(text(&out).contains(", damaged there)"), "{}", text(&out));
     assert!(names(&site).is_empty(), "{:?}", names(&site));
 
     // A delta alone (no base beside it): its content is never used.

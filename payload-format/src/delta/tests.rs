@@ -2,6 +2,7 @@ use super::*;
 use crate::test_data::bytes;
 use crate::{BundleMetadata, Compression, PayloadWriter, SignatureStatus, TrustPolicy, WriterOptions};
 use std::fs::OpenOptions;
+use std::path::PathBuf;
 
 /// Small chunks and frames, so a few hundred KiB span many of each.
 fn opts() -> WriterOptions {
@@ -140,6 +141,7 @@ fn a_damaged_base_is_caught_at_the_chunk_that_holds_the_damage() {
     let out = f.dir.join("completed");
     let err = complete(&f.delta, &damaged, create(&out), &out, &|_| {}).unwrap_err().to_string();
     assert!(err.contains("blobs/sha256/cc (from the base") && err.contains("does not match"), "{err}");
+    assert!(err.contains(", damaged there)"), "the damaged entry is told from its neighbours: {err}");
 }
 
 #[test]
