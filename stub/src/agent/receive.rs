@@ -193,7 +193,7 @@ fn missing(payload: &Payload, file: &File, want: &[u64]) -> Vec<u64> {
         let len = (e - s) as usize;
         // A chunk never written is a hole of the sparse copy: missing, without reading and
         // hashing a mebibyte of zeros (for a fresh copy, that was most of the time to start).
-        if is_hole(file, s, e) {
+        if super::seed::is_hole(file, s, e) {
             out.push(n);
             continue;
         }
@@ -202,20 +202,6 @@ fn missing(payload: &Payload, file: &File, want: &[u64]) -> Vec<u64> {
         }
     }
     out
-}
-
-/// Whether `start..end` of `file` holds no data at all (`SEEK_DATA` finds none before `end`).
-/// False whenever the filesystem cannot tell, so the caller reads and checks.
-pub(super) fn is_hole(file: &File, start: u64, end: u64) -> bool {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
-    // SAFETY: lseek on an fd we own; every read and write here is positional (pread/pwrite), so
-    // moving the file offset changes nothing else.
-    let r = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_DATA) };
-    if r < 0 {
-        // ENXIO: no data at or after `start`.
-        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
-    }
-    r as u64 >= end
 }
 
 fn check_signer(payload: &Payload, opts: &ReceiveOptions) -> Result<(), ReceiveError> {

@@ -7,6 +7,9 @@
 //! Nothing copied is trusted: the receiver checks every wanted chunk against the new installer's
 //! signed index afterwards, and a chunk that does not match (same path and size, other bytes) is
 //! simply asked for.
+//!
+//! Owns also telling the never-written parts (holes) of a sparse copy, which both seeding and
+//! the receiver's check of what a copy lacks skip without reading.
 
 use payload_format::{Entry, Payload};
 use std::collections::HashMap;
@@ -65,7 +68,7 @@ fn copy_entry(from: &File, src: u64, to: &File, dst: u64, len: u64, buf: &mut [u
     let mut at = 0;
     while at < len {
         let n = (len - at).min(PIECE);
-        if !super::receive::is_hole(from, src + at, src + at + n) {
+        if !is_hole(from, src + at, src + at + n) {
             from.read_exact_at(&mut buf[..n as usize], src + at)?;
             to.write_all_at(&buf[..n as usize], dst + at)?;
             copied += n;
@@ -73,4 +76,18 @@ fn copy_entry(from: &File, src: u64, to: &File, dst: u64, len: u64, buf: &mut [u
         at += n;
     }
     Ok(copied)
+}
+
+/// Whether `start..end` of `file` holds no data at all (`SEEK_DATA` finds none before `end`).
+/// False whenever the filesystem cannot tell, so the caller reads and checks.
+pub(super) fn is_hole(file: &File, start: u64, end: u64) -> bool {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    // SAFETY: lseek on an fd we own; every read and write here is positional (pread/pwrite), so
+    // moving the file offset changes nothing else.
+    let r = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_DATA) };
+    if r < 0 {
+        // ENXIO: no data at or after `start`.
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    }
+    r as u64 >= end
 }

@@ -10,8 +10,21 @@ use crate::ssh::{Secret, Secrets};
 use anyhow::{Context, Result};
 use std::time::Duration;
 
-/// The passwords and passphrases `a` asks for: from the environment, stdin or a prompt.
+/// The passwords and passphrases `a` asks for: from the environment, stdin or a prompt. Read
+/// once per process: a delta's base may be looked for on the cluster before the command itself
+/// connects, and stdin gives a password only once, a prompt should ask only once.
 pub fn secrets(a: &RunArgs) -> Result<Secrets> {
+    static READ: std::sync::Mutex<Option<Secrets>> = std::sync::Mutex::new(None);
+    let mut read = READ.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = &*read {
+        return Ok(s.clone());
+    }
+    let s = read_secrets(a)?;
+    *read = Some(s.clone());
+    Ok(s)
+}
+
+fn read_secrets(a: &RunArgs) -> Result<Secrets> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty()).map(Secret::new);
     let mut s = Secrets {
         ssh_password: env("FERRY_SSH_PASSWORD"),

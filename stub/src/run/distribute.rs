@@ -260,6 +260,18 @@ pub(crate) mod tests {
         path
     }
 
+    /// Receiving options for a test host whose copy goes to `dir/node/installer`, with the
+    /// pretend program of [`build_sized`]; unsigned installers accepted.
+    pub(crate) fn node_receiving(dir: &Path) -> ReceiveOptions {
+        ReceiveOptions {
+            dest: dir.join("node/installer"),
+            signer: None,
+            allow_unsigned: true,
+            stub: dir.join("stub"),
+            relay_listen: None,
+        }
+    }
+
     async fn session(payload: &Payload, want: &[u64], opts: &ReceiveOptions) -> Result<(u64, Received)> {
         // The agent as `installer agent receive` runs it: hello first, then the stream.
         let dir = opts.dest.parent().unwrap().to_path_buf();
@@ -295,13 +307,7 @@ pub(crate) mod tests {
         };
         let want = wanted_chunks(&payload, &node);
         assert!(!want.is_empty() && (want.len() as u64) < payload.chunk_count());
-        let opts = ReceiveOptions {
-            dest: dir.path().join("node/installer"),
-            signer: None,
-            allow_unsigned: true,
-            stub: dir.path().join("stub"),
-            relay_listen: None,
-        };
+        let opts = node_receiving(dir.path());
         // Simulate an interrupted earlier run: a .part holding half the chunks.
         let (sent1, got1) = session(&payload, &want[..want.len() / 2], &opts).await.unwrap();
         assert_eq!(got1.chunks as usize, want.len() / 2);
@@ -332,13 +338,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = Payload::open(&build(dir.path())).unwrap();
         let all_of = |p: &Payload| -> Vec<u64> { (0..p.chunk_count()).collect() };
-        let opts = ReceiveOptions {
-            dest: dir.path().join("node/installer"),
-            signer: None,
-            allow_unsigned: true,
-            stub: dir.path().join("stub"),
-            relay_listen: None,
-        };
+        let opts = node_receiving(dir.path());
         session(&first, &all_of(&first), &opts).await.unwrap();
 
         // Release 2: the same tool and blob (at other offsets), a changed launch file and a new blob.

@@ -461,7 +461,7 @@ async fn inline<W: tokio::io::AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use crate::agent::local::LocalAgent;
-    use crate::agent::receive::{ReceiveOptions, receive};
+    use crate::agent::receive::receive;
     use crate::protocol::receive::{Opening, PULL};
     use crate::protocol::relay::ACCEPTED;
     use payload_format::Payload;
@@ -672,13 +672,7 @@ mod tests {
             }
             served2.store(true, Ordering::SeqCst);
         });
-        let opts = ReceiveOptions {
-            dest: dir.path().join("node/installer"),
-            signer: None,
-            allow_unsigned: true,
-            stub: dir.path().join("stub"),
-            relay_listen: None,
-        };
+        let opts = super::distribute::tests::node_receiving(dir.path());
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let agent = std::thread::spawn(move || {
             let mut r = std::io::BufReader::new(a.try_clone().unwrap());
