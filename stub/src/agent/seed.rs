@@ -17,15 +17,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// What seeding copied.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Seeded {
-    /// Entries copied, whole or in part.
-    pub entries: u64,
-    /// Bytes copied.
-    pub bytes: u64,
-}
-
 /// Bytes copied per read and write, and the granularity at which holes are skipped.
 const PIECE: u64 = 1 << 20;
 
@@ -33,8 +24,8 @@ const PIECE: u64 = 1 << 20;
 /// bytes of each entry that covers a wanted chunk and that the installer at `previous` holds in
 /// the same shape. Best effort: a previous file that is missing, unreadable or not an installer
 /// seeds nothing, and parts of it that were never delivered (holes) are not copied.
-pub fn from_previous(previous: &Path, new: &Payload, part: &File, want: &[u64]) -> Seeded {
-    let Ok(old) = Payload::open(previous) else { return Seeded::default() };
+pub fn from_previous(previous: &Path, new: &Payload, part: &File, want: &[u64]) {
+    let Ok(old) = Payload::open(previous) else { return };
     let held: HashMap<&str, &Entry> = old.index().entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let mut wanted = vec![false; new.chunk_count() as usize];
     for &n in want {
@@ -42,7 +33,6 @@ pub fn from_previous(previous: &Path, new: &Payload, part: &File, want: &[u64]) 
             *w = true;
         }
     }
-    let mut seeded = Seeded::default();
     let mut buf = vec![0u8; PIECE as usize];
     for e in new.index().entries.iter().filter(|e| e.stored_len > 0) {
         let (first, last) = (new.chunk_of(e.offset), new.chunk_of(e.offset + e.stored_len - 1));
@@ -50,32 +40,24 @@ pub fn from_previous(previous: &Path, new: &Payload, part: &File, want: &[u64]) 
             continue;
         }
         let Some(o) = held.get(e.path.as_str()).filter(|o| o.same_shape(e)) else { continue };
-        match copy_entry(old.file(), o.offset, part, e.offset, e.stored_len, &mut buf) {
-            Ok(0) | Err(_) => {}
-            Ok(n) => {
-                seeded.entries += 1;
-                seeded.bytes += n;
-            }
-        }
+        // An entry that cannot be copied is simply asked for.
+        let _ = copy_entry(old.file(), o.offset, part, e.offset, e.stored_len, &mut buf);
     }
-    seeded
 }
 
 /// Copies `len` bytes from `from` at `src` to `to` at `dst`, piece by piece, skipping pieces
-/// `from` holds no data for. Returns the bytes copied.
-fn copy_entry(from: &File, src: u64, to: &File, dst: u64, len: u64, buf: &mut [u8]) -> std::io::Result<u64> {
-    let mut copied = 0;
+/// `from` holds no data for.
+fn copy_entry(from: &File, src: u64, to: &File, dst: u64, len: u64, buf: &mut [u8]) -> std::io::Result<()> {
     let mut at = 0;
     while at < len {
         let n = (len - at).min(PIECE);
         if !is_hole(from, src + at, src + at + n) {
             from.read_exact_at(&mut buf[..n as usize], src + at)?;
             to.write_all_at(&buf[..n as usize], dst + at)?;
-            copied += n;
         }
         at += n;
     }
-    Ok(copied)
+    Ok(())
 }
 
 /// Whether `start..end` of `file` holds no data at all (`SEEK_DATA` finds none before `end`).

@@ -222,11 +222,7 @@ pub async fn locate(w: &Where) -> Result<Found> {
         (None, Some(f)) => cluster::load(f)?,
         (None, None) => cluster::load(&saved(w)?)?,
     };
-    let cluster = cluster::resolve(Some(file), &w.overrides(Vec::new()))?;
-    let opts = w.ssh(cluster.known_hosts.clone());
-    let jump = jump_for(&cluster, &opts).await?;
-    let local_state = local_state_dir(&w.installer, w.state_dir.as_deref(), &cluster.name);
-    Ok(Found { cluster, opts, jump, local_state })
+    reach(w, cluster::resolve(Some(file), &w.overrides(Vec::new()))?).await
 }
 
 /// The cluster `w` points at, where hosts given on the command line alone (`run --hosts`, no
@@ -235,7 +231,11 @@ pub async fn locate_listed(w: &Where) -> Result<Found> {
     if w.master.is_some() || w.cluster_file.is_some() || w.overrides.hosts.is_empty() {
         return locate(w).await;
     }
-    let cluster = cluster::resolve(None, &w.overrides)?;
+    reach(w, cluster::resolve(None, &w.overrides)?).await
+}
+
+/// How to reach `cluster` with `w`'s SSH settings, and its local state.
+async fn reach(w: &Where, cluster: Cluster) -> Result<Found> {
     let opts = w.ssh(cluster.known_hosts.clone());
     let jump = jump_for(&cluster, &opts).await?;
     let local_state = local_state_dir(&w.installer, w.state_dir.as_deref(), &cluster.name);

@@ -7,12 +7,13 @@
 //! operator gave with `--base`, since completing checks it by digest and checks every chunk
 //! taken from it against the signed index of the complete installer.
 
-use crate::cluster::locate::{Found, Where};
+use crate::cluster::locate::Where;
 use crate::node::INSTALLER_PATH;
 use crate::printer::Printer;
 use crate::ssh::RemoteHost;
 use anyhow::{Context, Result, anyhow, bail};
 use payload_format::{DeltaRecord, TRAILER_LEN, Trailer};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use tokio::io::AsyncReadExt;
@@ -26,29 +27,33 @@ enum Holding {
 }
 
 /// Copies the base `record` names from the first registry host of the cluster `w` points at that
-/// holds it, into `dest` (created new). Fails naming every host asked and what it holds.
-pub fn fetch(w: &Where, record: &DeltaRecord, dest: &Path, printer: &Printer) -> Result<String> {
+/// holds it, into `dest` (an empty file, named `dest_path` in messages). Fails naming every host
+/// asked and what it holds.
+pub fn fetch(w: &Where, record: &DeltaRecord, dest: File, dest_path: &Path, printer: &Printer) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the SSH runtime")?;
-    rt.block_on(fetch_async(w, record, dest, printer))
+    rt.block_on(fetch_async(w, record, dest, dest_path, printer))
 }
 
-async fn fetch_async(w: &Where, record: &DeltaRecord, dest: &Path, printer: &Printer) -> Result<String> {
+async fn fetch_async(w: &Where, record: &DeltaRecord, dest: File, dest_path: &Path, printer: &Printer) -> Result<()> {
     let found = crate::cluster::locate::locate_listed(w).await?;
     let mut asked = Vec::new();
     for host in found.cluster.registry_hosts() {
-        let ip = host.ip.clone();
-        match probe(&found, &ip, record).await {
-            Ok(Holding::Base) => {
+        let ip = &host.ip;
+        let probed = match found.connect_one(ip).await {
+            Ok(h) => probe(h.as_ref(), ip, record).await.map(|held| (h, held)),
+            Err(e) => Err(e.into()),
+        };
+        match probed {
+            Ok((h, Holding::Base)) => {
                 printer.note(format!(
                     "copying the base {} {} ({}) from {ip}:{INSTALLER_PATH}",
                     record.base.name, record.base.version, record.base.digest
                 ));
-                copy(&found, &ip, record.base.size, dest, printer)
-                    .await
-                    .with_context(|| format!("copying the base from {ip}:{INSTALLER_PATH} into {}", dest.display()))?;
-                return Ok(ip);
+                return copy(h.as_ref(), record.base.size, dest, dest_path, printer).await.with_context(|| {
+                    format!("copying the base from {ip}:{INSTALLER_PATH} into {}", dest_path.display())
+                });
             }
-            Ok(Holding::Other(what)) => asked.push(format!("{ip} holds {what}")),
+            Ok((_, Holding::Other(what))) => asked.push(format!("{ip} holds {what}")),
             Err(e) => asked.push(format!("{ip}: {e:#}")),
         }
     }
@@ -58,9 +63,8 @@ async fn fetch_async(w: &Where, record: &DeltaRecord, dest: &Path, printer: &Pri
     bail!("no registry host of cluster {} holds it: {}", found.cluster.name, asked.join("; "))
 }
 
-/// Reads the size and trailer of `ip`'s installer and tells whether it is the base.
-async fn probe(found: &Found, ip: &str, record: &DeltaRecord) -> Result<Holding> {
-    let h = found.connect_one(ip).await?;
+/// Reads the size and trailer of the installer on `h` (at `ip`) and tells whether it is the base.
+async fn probe(h: &impl RemoteHost, ip: &str, record: &DeltaRecord) -> Result<Holding> {
     let cmd = format!(
         "test -f {INSTALLER_PATH} || exit 3; stat -c %s {INSTALLER_PATH} && tail -c {TRAILER_LEN} {INSTALLER_PATH}"
     );
@@ -92,14 +96,8 @@ fn parse_probe(stdout: &[u8], ip: &str) -> Result<(u64, Trailer)> {
     Ok((size, trailer))
 }
 
-/// Streams `ip`'s installer (`size` bytes) into a new file at `dest`, flushed to disk.
-async fn copy(found: &Found, ip: &str, size: u64, dest: &Path, printer: &Printer) -> Result<()> {
-    let h = found.connect_one(ip).await?;
-    let mut file = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(dest)
-        .with_context(|| format!("creating {}", dest.display()))?;
+/// Streams the installer on `h` (`size` bytes) into `file` (at `path`), flushed to disk.
+async fn copy(h: &impl RemoteHost, size: u64, mut file: File, path: &Path, printer: &Printer) -> Result<()> {
     let mut exec = h.open(&format!("cat {INSTALLER_PATH}")).await?;
     let progress = printer.progress(size, "base");
     let mut buf = vec![0u8; 1 << 20];
@@ -113,7 +111,7 @@ async fn copy(found: &Found, ip: &str, size: u64, dest: &Path, printer: &Printer
         if got > size {
             bail!("the host sent more than the {size} bytes it said the file holds");
         }
-        file.write_all(&buf[..n]).with_context(|| format!("writing {}", dest.display()))?;
+        file.write_all(&buf[..n]).with_context(|| format!("writing {}", path.display()))?;
         progress.inc(n as u64);
     }
     progress.finish();
@@ -124,7 +122,7 @@ async fn copy(found: &Found, ip: &str, size: u64, dest: &Path, printer: &Printer
     if got != size {
         bail!("the copy ended after {got} of {size} bytes");
     }
-    file.sync_all().with_context(|| format!("flushing {}", dest.display()))?;
+    file.sync_all().with_context(|| format!("flushing {}", path.display()))?;
     Ok(())
 }
 

@@ -169,7 +169,7 @@ pub fn prepare_run(args: &mut RunArgs, printer: &Printer, cluster: &dyn Fn(&RunA
         let mut fetched = None;
         let base = match &args.base {
             Some(base) => base.clone(),
-            None => fetched.insert(base_from_cluster(args, &record, &out, printer, cluster)?).0.clone(),
+            None => fetched.insert(base_from_cluster(args, &record, &out, printer, cluster)?).path.clone(),
         };
         let s = complete_file(&delta, &base, &out, printer)?;
         let from = if fetched.is_some() {
@@ -192,30 +192,19 @@ pub fn prepare_run(args: &mut RunArgs, printer: &Printer, cluster: &dyn Fn(&RunA
     Ok(())
 }
 
-/// A file removed when dropped: the base copied from a host, needed only while completing.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Copies the base from a registry host of the cluster into a scratch file beside `out`.
+/// Copies the base from a registry host of the cluster into a temporary file beside `out`,
+/// removed when the returned guard is dropped (it is never renamed into place).
 fn base_from_cluster(
     args: &RunArgs,
     record: &DeltaRecord,
     out: &Path,
     printer: &Printer,
     cluster: &dyn Fn(&RunArgs) -> Result<Where>,
-) -> Result<Scratch> {
-    let hex = record.base.digest.trim_start_matches("sha256:");
-    let scratch = Scratch(out.with_file_name(format!(".base-{}.part", &hex[..hex.len().min(12)])));
-    // Left by a copy that was stopped: never trusted, never resumed.
-    let _ = std::fs::remove_file(&scratch.0);
-    let found = cluster(args).and_then(|w| from_hosts::fetch(&w, record, &scratch.0, printer));
+) -> Result<TempOutput> {
+    let (file, scratch) = TempOutput::create(out, "base")?;
+    let found = cluster(args).and_then(|w| from_hosts::fetch(&w, record, file, &scratch.path, printer));
     match found {
-        Ok(_) => Ok(scratch),
+        Ok(()) => Ok(scratch),
         Err(e) => Err(anyhow!(
             "{}\nIt is not on this machine (beside the installer, or kept by an earlier run), and asking the cluster failed: {e:#}",
             needs_base(&args.installer, record)
